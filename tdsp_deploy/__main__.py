@@ -1,0 +1,3 @@
+from tdsp_deploy.cli import run
+
+run()

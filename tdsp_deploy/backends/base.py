@@ -1,0 +1,194 @@
+"""The contract every target implements.
+
+The push pipeline drives a backend through these methods only; it never knows which platform
+it talks to. A backend never imports the CLI or rich: it reports progress through the
+``progress`` callback it is given, and raises errors from ``tdsp_deploy.errors``.
+Platform SDKs are imported inside the methods that need them, never at module import.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from tdsp_deploy.manifest.model import ManifestBase
+    from tdsp_deploy.packaging import BuiltPackage
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """One thing worth telling the user while a slow step runs."""
+
+    step: str  # "package", "deploy", "health", "smoke", "latency", "traffic", "rollback", ...
+    message: str
+    elapsed: float | None = None  # seconds spent in this step so far
+    timeout: float | None = None  # seconds allowed for it, when bounded
+    done: int | None = None  # units completed (requests, bytes, ...)
+    total: int | None = None
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def no_progress(event: ProgressEvent) -> None:
+    """The progress callback for callers that do not want to hear."""
+
+
+@dataclasses.dataclass
+class SlotStatus:
+    """One deployment slot (Azure ML: a deployment) of an endpoint."""
+
+    name: str
+    state: str  # "healthy" | "starting" | "unhealthy" | "stopped"
+    traffic: int = 0
+    model_version: str | None = None
+    package_id: str | None = None
+    config_id: str | None = None  # package + settings; equal config_id means nothing to redeploy
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class EndpointStatus:
+    name: str
+    kind: str
+    exists: bool
+    scoring_uri: str | None = None
+    slots: list[SlotStatus] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def traffic(self) -> dict[str, int]:
+        return {slot.name: slot.traffic for slot in self.slots}
+
+    def slot(self, name: str) -> SlotStatus | None:
+        return next((s for s in self.slots if s.name == name), None)
+
+    def live_slot(self) -> SlotStatus | None:
+        """The slot with the most traffic (None when no slot takes traffic)."""
+        live = [s for s in self.slots if s.traffic > 0]
+        return max(live, key=lambda s: s.traffic) if live else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "exists": self.exists,
+            "scoring_uri": self.scoring_uri,
+            "traffic": self.traffic,
+            "slots": [s.to_json() for s in self.slots],
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+@dataclasses.dataclass
+class InvokeResult:
+    """One answer of the endpoint."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    elapsed_ms: float
+
+    @property
+    def deployment(self) -> str | None:
+        return self.headers.get("azureml-model-deployment")
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+# A caller sends one request body and returns the answer. The latency run gives each of its
+# worker threads its own caller, so a backend can keep one connection per caller.
+Caller = Callable[[bytes], InvokeResult]
+
+
+class Backend(abc.ABC):
+    """A deployment target. One instance serves one manifest (one endpoint)."""
+
+    kind: ClassVar[str]
+    target_model: ClassVar[type[BaseModel]]
+    #: pip extra that installs what this backend needs, for the hint when it is missing
+    extra: ClassVar[str | None] = None
+    #: modules that must be importable for this backend to work (checked without importing)
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: True when the backend splits live traffic between slots by weight
+    supports_weighted_traffic: ClassVar[bool] = False
+    #: True when the backend can copy live traffic to a shadow slot
+    supports_mirror: ClassVar[bool] = False
+
+    def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress):
+        self.manifest = manifest
+        self.target = manifest.target  # type: ignore[attr-defined]
+        self.progress = progress
+
+    # -- reading -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def status(self) -> EndpointStatus:
+        """What is deployed now. An endpoint that does not exist has ``exists=False``."""
+
+    @abc.abstractmethod
+    def logs(self, slot: str, *, tail: int | None = None) -> str:
+        """The slot's server log (the last ``tail`` lines when given)."""
+
+    @abc.abstractmethod
+    def credentials(self) -> dict[str, str]:
+        """The endpoint's keys: ``primary_key`` and ``secondary_key``."""
+
+    # -- deploying ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        """Create the endpoint if needed and deploy ``package`` to ``slot`` with no live traffic.
+
+        When the slot already exists, its previous revision is kept until
+        ``finalize_slot`` or restored by ``discard_slot``. Returns once the slot exists;
+        ``wait_healthy`` waits for it to serve.
+        """
+
+    @abc.abstractmethod
+    def wait_healthy(self, slot: str) -> SlotStatus:
+        """Block until the slot answers its liveness probe; raise DeploymentFailed/Timeout."""
+
+    @abc.abstractmethod
+    def finalize_slot(self, slot: str) -> None:
+        """The new revision of ``slot`` passed: drop what ``deploy_slot`` kept for undo."""
+
+    @abc.abstractmethod
+    def discard_slot(self, slot: str) -> None:
+        """Undo ``deploy_slot``: restore the slot's previous revision, or remove the slot."""
+
+    @abc.abstractmethod
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        """Set live traffic weights (percent, summing to 100 or 0) for the named slots;
+        slots not named get 0. Must never drop a slot's traffic by accident."""
+
+    @abc.abstractmethod
+    def delete(self, slot: str | None = None) -> None:
+        """Remove one slot, or the whole endpoint with everything it holds."""
+
+    # -- calling -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
+        """A context whose value yields fresh callers (one per latency-run worker),
+        pinned to ``slot`` when given; their connections close when the context ends."""
+
+    def invoke(self, body: bytes, *, slot: str | None = None) -> InvokeResult:
+        """Send one request to the endpoint (pinned to ``slot`` when given)."""
+        with self.callers(slot) as new_callers:
+            return next(new_callers)(body)
+
+    # -- reviewing ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
+        """Write, offline, exactly what a push would send or start; return the files."""

@@ -1,0 +1,202 @@
+"""The manifest schema (v1), as pydantic v2 models.
+
+Paths are resolved while validating: relative paths against the manifest's folder (given in
+the validation context as ``base_dir``), and may not escape it; absolute paths are taken as
+they are. After validation every path field holds an absolute ``Path`` that exists.
+
+Target schemas are a discriminated union on ``target.kind``. The built-in local target is
+defined here; other kinds come from their backends (see ``manifest_class``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+
+ENDPOINT_NAME = r"^[a-z][a-z0-9-]{2,31}$"
+DEPLOYMENT_NAME = r"^[a-z][a-z0-9-]{2,31}$"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    """Every manifest section refuses unknown keys: a typo must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    return Path(context.get("base_dir", "."))
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = _base_dir(info).resolve()
+    if value.is_absolute():
+        resolved = value.resolve()
+    else:
+        resolved = (base / value).resolve()
+        if not resolved.is_relative_to(base):
+            raise ValueError(
+                f"path '{value}' leaves the manifest's folder {base}; "
+                "keep files beside the manifest or give an absolute path"
+            )
+    if not resolved.exists():
+        raise ValueError(f"'{value}' does not exist (looked for {resolved})")
+    return resolved
+
+
+def _as_text(value: Any) -> Any:
+    # YAML turns `version: 3` into an int; versions and variables are text.
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+ManifestPath = Annotated[Path, AfterValidator(_resolve)]
+Text = Annotated[str, BeforeValidator(_as_text)]
+
+
+class ModelSection(Strict):
+    path: ManifestPath = Field(description="Model file or folder, relative to the manifest.")
+    name: str | None = Field(
+        default=None, pattern=MODEL_NAME, description="Registered model name (default: the endpoint name)."
+    )
+    version: Text | None = Field(
+        default=None, min_length=1, max_length=64, description="Default: derived from the content hash."
+    )
+
+
+class ScoringSection(Strict):
+    code: ManifestPath | None = Field(
+        default=None, description="Folder shipped with the script (default: the script's folder)."
+    )
+    script: Path = Field(description="Entry script with init() and run(raw_data); relative to `code` when given.")
+
+    @model_validator(mode="after")
+    def _resolve_script(self, info: ValidationInfo) -> ScoringSection:
+        if self.code is not None and not self.code.is_dir():
+            raise ValueError(f"scoring.code must be a folder, got file {self.code}")
+        if self.code is None:
+            script = _resolve(self.script, info)
+            self.code = script.parent
+        else:
+            script = (self.code / self.script).resolve()
+            if not script.is_relative_to(self.code):
+                raise ValueError(f"scoring.script '{self.script}' leaves the code folder {self.code}")
+            if not script.exists():
+                raise ValueError(f"scoring.script '{self.script}' does not exist in {self.code}")
+        if not script.is_file():
+            raise ValueError(f"scoring.script must be a file, got {script}")
+        self.script = script
+        return self
+
+    @property
+    def script_name(self) -> str:
+        """The script's path inside the code folder, as the inference server is given it."""
+        assert self.code is not None
+        return self.script.relative_to(self.code).as_posix()
+
+
+def _check_variables(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not ENV_VAR_NAME.match(key):
+            raise ValueError(f"'{key}' is not a valid environment variable name")
+    return value
+
+
+class EnvironmentSection(Strict):
+    requirements: ManifestPath | None = Field(default=None, description="pip requirements file.")
+    conda_file: ManifestPath | None = Field(default=None, description="conda environment file.")
+    image: str | None = Field(default=None, description="Base image (azureml only).")
+    variables: Annotated[dict[str, Text], AfterValidator(_check_variables)] = Field(
+        default_factory=dict, description="Environment variables for the scoring process."
+    )
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> EnvironmentSection:
+        if self.requirements and self.conda_file:
+            raise ValueError("give either requirements or conda_file, not both")
+        return self
+
+
+class LatencyObjective(Strict):
+    requests: int = Field(default=200, ge=1, le=1_000_000)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    warmup: int = Field(default=10, ge=0, le=100_000)
+    p95_ms: float | None = Field(default=None, gt=0, description="Fail the push when p95 latency exceeds this.")
+    max_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SmokeTestSection(Strict):
+    request: ManifestPath = Field(description="Sample request body (JSON).")
+    expect: ManifestPath | None = Field(default=None, description="Expected response (JSON).")
+    tolerance: float = Field(default=1e-6, ge=0)
+    latency: LatencyObjective = Field(default_factory=LatencyObjective)
+
+
+class RolloutSection(Strict):
+    deployment: str | None = Field(
+        default=None, pattern=DEPLOYMENT_NAME, description="Slot name; default: alternate blue/green."
+    )
+    traffic: int = Field(default=100, ge=0, le=100, description="% for the new slot once the smoke test passes.")
+    mirror: int = Field(default=0, ge=0, le=50, description="% of live traffic copied to the new slot.")
+
+
+class LocalTarget(Strict):
+    """The embedded target: inference-server processes behind a router on loopback."""
+
+    kind: Literal["local"] = "local"
+    host: str = Field(default="127.0.0.1", description="Address the router binds; loopback unless you mean it.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Router port (default: a free port, kept).")
+    workers: int = Field(default=1, ge=1, le=64, description="Inference-server workers per slot.")
+    startup_timeout: float = Field(default=120, gt=0, le=3600, description="Seconds to wait for a slot to be healthy.")
+    request_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
+    max_request_mb: float = Field(default=100, gt=0, le=2048, description="Bodies above this get 413.")
+
+
+class ManifestBase(Strict):
+    name: str = Field(pattern=ENDPOINT_NAME, description="Endpoint name: 3-32 chars, letter first, [a-z0-9-].")
+    model: ModelSection
+    scoring: ScoringSection
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
+    smoke_test: SmokeTestSection | None = None
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or self.name
+
+
+@functools.lru_cache(maxsize=8)
+def manifest_class(targets: tuple[type[BaseModel], ...]) -> type[ManifestBase]:
+    """The manifest model whose ``target`` is a union of the given target schemas."""
+    if len(targets) == 1:
+        target_type: Any = targets[0]
+    else:
+        target_type = Annotated[Union[targets], Field(discriminator="kind")]  # noqa: UP007
+    return create_model(
+        "Manifest",
+        __base__=ManifestBase,
+        target=(target_type, Field(default_factory=LocalTarget)),
+    )
+
+
+def target_kind(target_model: type[BaseModel]) -> str:
+    annotation = target_model.model_fields["kind"].annotation
+    return annotation.__args__[0]  # type: ignore[union-attr]
