@@ -9,7 +9,10 @@ Platform SDKs are imported inside the methods that need them, never at module im
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -145,6 +148,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def credentials(self) -> dict[str, str]:
         """The endpoint's keys: ``primary_key`` and ``secondary_key``."""
+
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        """Held while a command changes the endpoint, so that two pushes never interleave.
+        Waits up to ``timeout`` seconds, then raises BackendError."""
+        return contextlib.nullcontext()
+
+    def config_id(self, package: BuiltPackage) -> str:
+        """Identifies what a slot would run: the package plus the settings that shape it.
+        A slot whose config_id equals this needs no redeploy."""
+        settings = {
+            "package": package.package_id,
+            "variables": self.manifest.environment.variables,
+            "target": self.target.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     # -- deploying ---------------------------------------------------------------------
     @abc.abstractmethod

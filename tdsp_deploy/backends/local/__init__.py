@@ -1,0 +1,497 @@
+"""The embedded local target: an Azure ML managed online endpoint emulated on loopback.
+
+Each slot is an ``azureml-inference-server-http`` process serving the user's unchanged
+score.py on a loopback port; a router process on the endpoint port checks keys and routes.
+Processes outlive the CLI; their state lives under ``$TDSP_DEPLOY_HOME`` (state.py).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tdsp_deploy.backends.base import Backend, Caller, EndpointStatus, ProgressEvent, SlotStatus, no_progress
+from tdsp_deploy.backends.local import processes
+from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
+from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
+from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
+from tdsp_deploy.manifest.model import LocalTarget
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Progress
+    from tdsp_deploy.manifest.model import ManifestBase
+    from tdsp_deploy.packaging import BuiltPackage
+
+PIN_HEADER = "azureml-model-deployment"
+ROUTER_START_TIMEOUT_S = 15.0
+RELOAD_TIMEOUT_S = 10.0
+
+
+class LocalBackend(Backend):
+    kind = "local"
+    target_model = LocalTarget
+    supports_weighted_traffic = True
+
+    def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, home: Path | None = None):
+        super().__init__(manifest, progress=progress)
+        self.target: LocalTarget
+        self.files = EndpointFiles(manifest.name, home)
+
+    # -- reading -------------------------------------------------------------------------
+    def _record(self) -> EndpointRecord:
+        record = self.files.read()
+        if record is None:
+            raise EndpointNotFound(
+                f"endpoint '{self.manifest.name}' is not deployed on the local target",
+                hint="deploy it with `tdsp-deploy push MANIFEST`",
+            )
+        return record
+
+    def scoring_uri(self, record: EndpointRecord) -> str:
+        return f"http://{_client_host(record.host)}:{record.port}/score"
+
+    def status(self) -> EndpointStatus:
+        record = self.files.read()
+        if record is None:
+            return EndpointStatus(name=self.manifest.name, kind=self.kind, exists=False)
+        router_up = processes.is_running(record.router)
+        slots = [self._slot_status(slot) for _, slot in sorted(record.slots.items())]
+        return EndpointStatus(
+            name=record.name,
+            kind=self.kind,
+            exists=True,
+            scoring_uri=self.scoring_uri(record),
+            slots=slots,
+            details={
+                "router": {
+                    "state": "running" if router_up else "stopped",
+                    "pid": record.router.pid if record.router and router_up else None,
+                    "host": record.host,
+                    "port": record.port,
+                },
+                "state_dir": str(self.files.root),
+            },
+        )
+
+    def _slot_status(self, slot: SlotRecord) -> SlotStatus:
+        running = processes.is_running(slot.process)
+        if not running:
+            state = "stopped"
+        else:
+            state = "healthy" if _probe(slot.port, timeout=2.0) else "unhealthy"
+        return SlotStatus(
+            name=slot.name,
+            state=state,
+            traffic=slot.traffic,
+            model_version=slot.model_version,
+            package_id=slot.package_id,
+            config_id=slot.config_id,
+            details={
+                "pid": slot.process.pid if slot.process and running else None,
+                "port": slot.port,
+                "revision": slot.revision,
+                "deployed_at": slot.deployed_at,
+                "log": str(slot.log_path),
+            },
+        )
+
+    def logs(self, slot: str, *, tail: int | None = None) -> str:
+        record = self._record()
+        found = record.slots.get(slot)
+        if found is None:
+            raise UsageError(
+                f"endpoint '{record.name}' has no deployment '{slot}'",
+                hint=f"deployments: {', '.join(record.slots) or 'none'}",
+            )
+        return _read_tail(found.log_path, tail)
+
+    def credentials(self) -> dict[str, str]:
+        self._record()
+        return self.files.keys()
+
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        def told(message: str) -> None:
+            self.progress(ProgressEvent(step="lock", message=message))
+
+        return EndpointLock(self.files, timeout=timeout, on_wait=told)
+
+    # -- deploying -----------------------------------------------------------------------
+    def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        from tdsp_deploy.environment import check_environment
+        from tdsp_deploy.packaging import extract_package
+
+        record = self.files.read() or self._new_record()
+        self.files.keys()
+        self._ensure_router(record)
+
+        record.revision_counter += 1
+        revision = f"r{record.revision_counter}"
+        directory = self.files.slot_dir(slot, revision)
+        if directory.exists():
+            shutil.rmtree(directory)
+        self.progress(ProgressEvent(step="deploy", message=f"unpacking package {package.package_id[:12]} into {slot}"))
+        lock = extract_package(package.path, directory / "package")
+        for warning in check_environment(self.manifest.environment):
+            self.progress(ProgressEvent(step="environment", message=warning))
+
+        port = processes.free_port()
+        process = processes.spawn(
+            self._slot_command(lock.scoring_script_name, directory / "package" / "model", port),
+            cwd=directory / "package" / "code",
+            env=self._slot_environment(directory),
+            log_path=directory / "server.log",
+        )
+        previous = record.slots.get(slot)
+        if previous is not None and previous.previous is not None:
+            # An earlier push died between deploy and finalize; its undo revision is stale.
+            self._stop_revision(previous.previous)
+            previous.previous = None
+        record.slots[slot] = SlotRecord(
+            name=slot,
+            revision=revision,
+            port=port,
+            process=process,
+            package_id=package.package_id,
+            config_id=self.config_id(package),
+            model_version=lock.model_version,
+            directory=str(directory),
+            deployed_at=time.time(),
+            traffic=previous.traffic if previous else 0,
+            previous=previous,
+        )
+        self.files.write(record)
+        self.progress(ProgressEvent(step="deploy", message=f"started {slot} (pid {process.pid}, port {port})"))
+        return self._slot_status(record.slots[slot])
+
+    def _slot_command(self, script_name: str, model_dir: Path, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tdsp_deploy.backends.local.slot_server",
+            "--entry_script",
+            script_name,
+            "--model_dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--worker_count",
+            str(self.target.workers),
+        ]
+
+    def _slot_environment(self, directory: Path) -> dict[str, str]:
+        code = directory / "package" / "code"
+        env = dict(os.environ)
+        env.update(self.manifest.environment.variables)
+        env.update(
+            {
+                "AZUREML_MODEL_DIR": str(directory / "package" / "model"),
+                "AML_APP_ROOT": str(code),
+                "PYTHONUNBUFFERED": "1",
+                # the inference server's own time limit for run(); the router enforces ours
+                "SCORING_TIMEOUT_MS": str(self.target.request_timeout_ms),
+            }
+        )
+        # The slot must not inherit a port setting meant for something else.
+        env.pop("SERVER_PORT", None)
+        return env
+
+    def wait_healthy(self, slot: str) -> SlotStatus:
+        record = self._record()
+        found = record.slots[slot]
+        timeout = self.target.startup_timeout
+        started = time.monotonic()
+        last_told = -1.0
+        while True:
+            elapsed = time.monotonic() - started
+            if not processes.is_running(found.process):
+                code = processes.exit_code(found.process) if found.process else None
+                raise DeploymentFailed(
+                    f"deployment '{slot}' exited during start-up"
+                    + (f" with code {code}" if code is not None else "")
+                    + "; init() failed or the server could not start",
+                    hint=f"the log below shows why; full log: {found.log_path}",
+                    details={"log_tail": _read_tail(found.log_path, 30)},
+                )
+            if _probe(found.port, timeout=1.0):
+                break
+            if elapsed > timeout:
+                raise DeploymentTimeout(
+                    f"deployment '{slot}' was not healthy after {timeout:g} s",
+                    hint="raise target.startup_timeout if init() is slow, or read the log below",
+                    details={"log_tail": _read_tail(found.log_path, 30)},
+                )
+            if elapsed - last_told >= 0.5:
+                self.progress(
+                    ProgressEvent(
+                        step="health", message=f"waiting for {slot} to be healthy", elapsed=elapsed, timeout=timeout
+                    )
+                )
+                last_told = elapsed
+            time.sleep(0.05)
+        self._publish(record)
+        self.progress(
+            ProgressEvent(step="health", message=f"{slot} is healthy", elapsed=time.monotonic() - started)
+        )
+        return self._slot_status(found)
+
+    def finalize_slot(self, slot: str) -> None:
+        record = self._record()
+        found = record.slots[slot]
+        if found.previous is not None:
+            self._stop_revision(found.previous)
+            found.previous = None
+            self.files.write(record)
+
+    def discard_slot(self, slot: str) -> None:
+        record = self.files.read()
+        if record is None or slot not in record.slots:
+            return
+        failed = record.slots[slot]
+        if failed.previous is not None:
+            restored = failed.previous
+            restored.traffic = failed.traffic
+            record.slots[slot] = restored
+        else:
+            del record.slots[slot]
+        self.files.write(record)
+        if processes.is_running(record.router):
+            self._publish(record)
+        self._stop_revision(failed)
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        record = self._record()
+        unknown = sorted(set(traffic) - set(record.slots))
+        if unknown:
+            raise UsageError(
+                f"no deployment named {', '.join(unknown)} in endpoint '{record.name}'",
+                hint=f"deployments: {', '.join(record.slots) or 'none'}",
+            )
+        total = sum(traffic.values())
+        if total not in (0, 100) or any(not 0 <= w <= 100 for w in traffic.values()):
+            raise UsageError(f"traffic must add up to 100 (or 0), got {total}: {traffic}")
+        for name, slot in record.slots.items():
+            slot.traffic = traffic.get(name, 0)
+        self.files.write(record)
+        self._publish(record)
+
+    def delete(self, slot: str | None = None) -> None:
+        record = self._record()
+        if slot is None:
+            processes.stop(record.router)
+            for found in record.slots.values():
+                self._stop_revision(found)
+                if found.previous:
+                    self._stop_revision(found.previous)
+            shutil.rmtree(self.files.root, ignore_errors=True)
+            return
+        found = record.slots.get(slot)
+        if found is None:
+            raise UsageError(
+                f"endpoint '{record.name}' has no deployment '{slot}'",
+                hint=f"deployments: {', '.join(record.slots) or 'none'}",
+            )
+        if found.traffic > 0:  # as on Azure ML: traffic must move away before a slot goes
+            raise UsageError(
+                f"deployment '{slot}' takes {found.traffic}% of the traffic",
+                hint="move its traffic to another deployment first, or delete the whole endpoint",
+            )
+        del record.slots[slot]
+        self.files.write(record)
+        if processes.is_running(record.router):
+            self._publish(record)
+        self._stop_revision(found)
+        if found.previous:
+            self._stop_revision(found.previous)
+
+    # -- calling -------------------------------------------------------------------------
+    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
+        from tdsp_deploy.http_caller import http_callers
+
+        record = self._record()
+        if not processes.is_running(record.router):
+            raise BackendError(
+                f"the router of endpoint '{record.name}' is not running",
+                hint="push again to bring it back, or delete the endpoint",
+            )
+        headers = {"Authorization": f"Bearer {self.files.keys()['primary_key']}"}
+        if slot:
+            headers[PIN_HEADER] = slot
+        return http_callers(self.scoring_uri(record), headers, timeout=self.target.request_timeout_ms / 1000 + 5)
+
+    # -- reviewing -----------------------------------------------------------------------
+    def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
+        slot = self.manifest.rollout.deployment or "blue"
+        state = self.files.root
+        plan = {
+            "target": "local",
+            "endpoint": self.manifest.name,
+            "package": {"id": package.package_id, "archive": str(package.path)},
+            "router": {
+                "command": [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(state / "router.json")],
+                "host": self.target.host,
+                "port": self.target.port or "a free port, chosen at the first push and kept",
+                "auth": "Authorization: Bearer <primary or secondary key>, keys in keys.json (mode 0600)",
+                "max_request_mb": self.target.max_request_mb,
+                "request_timeout_ms": self.target.request_timeout_ms,
+            },
+            "slot": {
+                "name": slot if self.manifest.rollout.deployment else "blue or green (the one without traffic)",
+                "command": self._slot_command(
+                    package.lock.scoring_script_name, state / "slots" / slot / "rN" / "package" / "model", 0
+                ),
+                "bind": "127.0.0.1 (loopback only; the router is the only door)",
+                "workers": self.target.workers,
+                "environment": {
+                    **self.manifest.environment.variables,
+                    "AZUREML_MODEL_DIR": str(state / "slots" / slot / "rN" / "package" / "model"),
+                },
+                "startup_timeout_s": self.target.startup_timeout,
+            },
+            "rollout": self.manifest.rollout.model_dump(),
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "local-plan.json"
+        path.write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+        return [path]
+
+    # -- internals -----------------------------------------------------------------------
+    def _new_record(self) -> EndpointRecord:
+        host = self.target.host
+        port = self.target.port or processes.free_port(host)
+        return EndpointRecord(name=self.manifest.name, host=host, port=port, created_at=time.time())
+
+    def _router_config(self, record: EndpointRecord) -> RouterConfig:
+        return RouterConfig(
+            endpoint=record.name,
+            host=record.host,
+            port=record.port,
+            keys_file=str(self.files.keys_path),
+            slots=self._routes(record),
+            generation=record.router_generation,
+            request_timeout_s=self.target.request_timeout_ms / 1000,
+            max_request_bytes=int(self.target.max_request_mb * 1024 * 1024),
+        )
+
+    @staticmethod
+    def _routes(record: EndpointRecord) -> tuple[SlotRoute, ...]:
+        """Where each slot's traffic goes: its newest revision once that answers its liveness
+        probe, until then the revision it replaces (if any)."""
+        routes = []
+        for name, slot in sorted(record.slots.items()):
+            serving = slot if _probe(slot.port, timeout=1.0) else slot.previous
+            if serving is not None:
+                routes.append(SlotRoute(name, serving.port, slot.traffic))
+        return tuple(routes)
+
+    def _publish(self, record: EndpointRecord) -> None:
+        """Tell the router the current slots and traffic, and wait until it serves them."""
+        record.router_generation += 1
+        self.files.write(record)
+        self._router_config(record).write(self.files.router_config_path)
+        if not processes.is_running(record.router):
+            self._start_router(record)
+            return
+        os.kill(record.router.pid, signal.SIGHUP)  # type: ignore[union-attr]
+        if not processes.wait_until(
+            lambda: self._router_generation(record) == record.router_generation, timeout=RELOAD_TIMEOUT_S
+        ):
+            raise BackendError(
+                f"the router of endpoint '{record.name}' did not take the new configuration",
+                hint=f"see {self.files.router_log}",
+            )
+
+    def _router_generation(self, record: EndpointRecord) -> int | None:
+        try:
+            connection = http.client.HTTPConnection(_client_host(record.host), record.port, timeout=2)
+            connection.request("GET", "/-/state", headers={"Authorization": f"Bearer {self.files.keys()['primary_key']}"})
+            response = connection.getresponse()
+            body = response.read()
+            connection.close()
+            if response.status != 200:
+                return None
+            return int(json.loads(body)["generation"])
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            return None
+
+    def _ensure_router(self, record: EndpointRecord) -> None:
+        if processes.is_running(record.router):
+            return
+        self.files.write(record)
+        self._router_config(record).write(self.files.router_config_path)
+        self._start_router(record)
+
+    def _start_router(self, record: EndpointRecord) -> None:
+        if not processes.port_is_free(record.host, record.port):
+            raise BackendError(
+                f"port {record.port} on {record.host} is taken by another program; the router cannot start",
+                hint="free the port, or set target.port to another one",
+            )
+        self.progress(ProgressEvent(step="router", message=f"starting the router on {record.host}:{record.port}"))
+        record.router = processes.spawn(
+            [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
+            cwd=self.files.root,
+            env=dict(os.environ),
+            log_path=self.files.router_log,
+        )
+        self.files.write(record)
+        host = _client_host(record.host)
+        if not processes.wait_until(
+            lambda: _probe(record.port, host=host, timeout=0.5) or not processes.is_running(record.router),
+            timeout=ROUTER_START_TIMEOUT_S,
+        ) or not processes.is_running(record.router):
+            processes.stop(record.router)
+            raise BackendError(
+                f"the router of endpoint '{record.name}' did not start",
+                hint=f"see {self.files.router_log}",
+                details={"log_tail": _read_tail(self.files.router_log, 20)},
+            )
+
+    def _stop_revision(self, slot: SlotRecord) -> None:
+        processes.stop(slot.process)
+        shutil.rmtree(slot.directory, ignore_errors=True)
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _probe(port: int, *, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    """The liveness probe: GET / answers 200."""
+    try:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        connection.request("GET", "/")
+        ok = connection.getresponse().status == 200
+        connection.close()
+        return ok
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _read_tail(path: Path, lines: int | None) -> str:
+    try:
+        with open(path, "rb") as handle:
+            if lines is None:
+                return handle.read().decode("utf-8", "replace")
+            # Read from the end in blocks: logs can be large.
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            block = 8192
+            data = b""
+            while size > 0 and data.count(b"\n") <= lines:
+                step = min(block, size)
+                size -= step
+                handle.seek(size)
+                data = handle.read(step) + data
+            return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,172 @@
+"""Processes that outlive the CLI: start them detached, recognise them later, stop them whole.
+
+A process is identified by its pid *and* its start time, so a pid reused by the system after
+a reboot or a crash is never mistaken for ours (and never killed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+# Popen objects of children this very process started, so that stopping them also reaps them
+# (a child that exits before its parent is a zombie until waited for).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRef:
+    pid: int
+    create_time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "create_time": self.create_time}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | None) -> ProcessRef | None:
+        if not doc:
+            return None
+        return cls(int(doc["pid"]), float(doc["create_time"]))
+
+
+def spawn(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path) -> ProcessRef:
+    """Start a process in a session of its own (Ctrl-C in the terminal does not reach it),
+    with output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _children[child.pid] = child
+    try:
+        create_time = psutil.Process(child.pid).create_time()
+    except psutil.NoSuchProcess:  # died at once; the health wait will report it
+        create_time = 0.0
+    return ProcessRef(child.pid, create_time)
+
+
+def _process(ref: ProcessRef | None) -> psutil.Process | None:
+    if ref is None:
+        return None
+    try:
+        process = psutil.Process(ref.pid)
+        if abs(process.create_time() - ref.create_time) > 0.01:
+            return None  # the pid now belongs to someone else
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    except psutil.Error:
+        return None
+
+
+def is_running(ref: ProcessRef | None) -> bool:
+    _reap(ref)
+    return _process(ref) is not None
+
+
+def exit_code(ref: ProcessRef) -> int | None:
+    """The exit status of a child this process started and that has ended, if known."""
+    child = _children.get(ref.pid)
+    return child.poll() if child is not None else None
+
+
+def _reap(ref: ProcessRef | None) -> None:
+    if ref is not None and ref.pid in _children:
+        _children[ref.pid].poll()
+
+
+def stop(ref: ProcessRef | None, *, timeout: float = 10.0) -> None:
+    """Stop the process and everything in its process group: TERM, then KILL after ``timeout``."""
+    process = _process(ref)
+    if process is None or ref is None:
+        _forget(ref)
+        return
+    group = _group_members(process)
+    _signal_group(ref.pid, group, signal.SIGTERM)
+    _, alive = psutil.wait_procs(group, timeout=timeout, callback=None)
+    if alive:
+        _signal_group(ref.pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    _forget(ref)
+
+
+def _group_members(process: psutil.Process) -> list[psutil.Process]:
+    members = [process]
+    try:
+        members += process.children(recursive=True)
+    except psutil.Error:
+        pass
+    return members
+
+
+def _signal_group(pgid: int, members: list[psutil.Process], signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        for member in members:  # not a group leader any more: signal each one we know
+            try:
+                member.send_signal(signum)
+            except psutil.Error:
+                pass
+
+
+def _forget(ref: ProcessRef | None) -> None:
+    if ref is not None:
+        child = _children.pop(ref.pid, None)
+        if child is not None:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def memory_rss(ref: ProcessRef | None) -> int | None:
+    process = _process(ref)
+    if process is None:
+        return None
+    try:
+        return sum(p.memory_info().rss for p in _group_members(process))
+    except psutil.Error:
+        return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on ``host`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until(condition: Any, *, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

@@ -1,0 +1,212 @@
+"""What the local target keeps on disk, under ``$TDSP_DEPLOY_HOME/endpoints/<name>/``:
+
+- ``endpoint.json``: router and slots (pids with start times, ports, versions, traffic),
+- ``keys.json``: the endpoint's keys, mode 0600,
+- ``router.json``: what the router process serves (see routes.py),
+- ``router.log`` and ``slots/<slot>/<revision>/server.log``: the processes' output,
+- ``.lock``: held while a command changes the endpoint.
+
+Every write is atomic, so an interrupted command leaves the previous state readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tdsp_deploy import paths
+from tdsp_deploy.backends.local.processes import ProcessRef
+from tdsp_deploy.backends.local.routes import write_json_atomic
+from tdsp_deploy.errors import BackendError
+
+
+@dataclasses.dataclass
+class SlotRecord:
+    """One running revision of a slot."""
+
+    name: str
+    revision: str
+    port: int
+    process: ProcessRef | None
+    package_id: str
+    config_id: str
+    model_version: str
+    directory: str
+    deployed_at: float
+    traffic: int = 0
+    previous: SlotRecord | None = None  # the revision this one replaced, kept until finalized
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["process"] = self.process.to_json() if self.process else None
+        doc["previous"] = self.previous.to_json() if self.previous else None
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SlotRecord:
+        doc = dict(doc)
+        doc["process"] = ProcessRef.from_json(doc.get("process"))
+        doc["previous"] = cls.from_json(doc["previous"]) if doc.get("previous") else None
+        return cls(**doc)
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.directory) / "server.log"
+
+
+@dataclasses.dataclass
+class EndpointRecord:
+    name: str
+    host: str
+    port: int
+    created_at: float
+    router: ProcessRef | None = None
+    router_generation: int = 0
+    revision_counter: int = 0
+    slots: dict[str, SlotRecord] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "name": self.name,
+            "host": self.host,
+            "port": self.port,
+            "created_at": self.created_at,
+            "router": self.router.to_json() if self.router else None,
+            "router_generation": self.router_generation,
+            "revision_counter": self.revision_counter,
+            "slots": {name: slot.to_json() for name, slot in sorted(self.slots.items())},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> EndpointRecord:
+        return cls(
+            name=doc["name"],
+            host=doc["host"],
+            port=int(doc["port"]),
+            created_at=float(doc["created_at"]),
+            router=ProcessRef.from_json(doc.get("router")),
+            router_generation=int(doc.get("router_generation", 0)),
+            revision_counter=int(doc.get("revision_counter", 0)),
+            slots={name: SlotRecord.from_json(s) for name, s in doc.get("slots", {}).items()},
+        )
+
+    @property
+    def traffic(self) -> dict[str, int]:
+        return {name: slot.traffic for name, slot in sorted(self.slots.items())}
+
+
+class EndpointFiles:
+    """The paths of one endpoint's state, and reading and writing them."""
+
+    def __init__(self, name: str, home: Path | None = None):
+        self.home = home or paths.state_home()
+        self.root = self.home / "endpoints" / name
+        self.name = name
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / "endpoint.json"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.root / "keys.json"
+
+    @property
+    def router_config_path(self) -> Path:
+        return self.root / "router.json"
+
+    @property
+    def router_log(self) -> Path:
+        return self.root / "router.log"
+
+    def slot_dir(self, slot: str, revision: str) -> Path:
+        return self.root / "slots" / slot / revision
+
+    def exists(self) -> bool:
+        return self.record_path.exists()
+
+    def read(self) -> EndpointRecord | None:
+        try:
+            return EndpointRecord.from_json(json.loads(self.record_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"the local state of endpoint '{self.name}' is unreadable: {exc}",
+                hint=f"inspect {self.record_path}, or remove {self.root} after stopping its processes",
+            ) from exc
+
+    def write(self, record: EndpointRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.record_path, record.to_json())
+
+    def keys(self) -> dict[str, str]:
+        """The endpoint's keys, created (mode 0600) on first use."""
+        try:
+            return json.loads(self.keys_path.read_text())
+        except FileNotFoundError:
+            self.root.mkdir(parents=True, exist_ok=True)
+            keys = {"primary_key": secrets.token_urlsafe(32), "secondary_key": secrets.token_urlsafe(32)}
+            write_json_atomic(self.keys_path, keys, mode=0o600)
+            return keys
+
+
+class EndpointLock:
+    """An exclusive lock on one endpoint, held while a command changes it.
+
+    flock is released by the kernel when its holder dies, so a crashed push never leaves a
+    lock that blocks the next one.
+    """
+
+    def __init__(self, files: EndpointFiles, *, timeout: float, on_wait: Callable[[str], None] | None = None):
+        self.path = files.root / ".lock"
+        self.name = files.name
+        self.timeout = timeout
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> EndpointLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and self.on_wait:
+                    self.on_wait(f"another command is changing endpoint '{self.name}'; waiting for it")
+                    told = True
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise BackendError(
+                        f"endpoint '{self.name}' is locked by another command",
+                        hint="wait for it to finish, or raise --lock-timeout",
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def all_endpoint_names(home: Path | None = None) -> list[str]:
+    root = (home or paths.state_home()) / "endpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "endpoint.json").exists())

@@ -1,0 +1,92 @@
+"""Finds backends through the entry-point group ``tdsp_deploy.backends``.
+
+Built-in targets register there too (pyproject.toml), so a third-party backend takes exactly
+the path ours do. A backend module is imported only when a command needs its kind; its
+platform SDK only when it acts. A plugin that fails to import is reported as a warning and
+the other targets keep working; using it is an error with exit code 7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+
+from pydantic import BaseModel
+
+from tdsp_deploy.backends.base import Backend
+from tdsp_deploy.errors import PluginError
+
+GROUP = "tdsp_deploy.backends"
+
+
+@dataclasses.dataclass
+class Registry:
+    entry_points: dict[str, importlib.metadata.EntryPoint]
+    loaded: dict[str, type[Backend]] = dataclasses.field(default_factory=dict)
+    broken: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def discover(cls) -> Registry:
+        found: dict[str, importlib.metadata.EntryPoint] = {}
+        for entry_point in importlib.metadata.entry_points(group=GROUP):
+            found.setdefault(entry_point.name, entry_point)  # first on sys.path wins
+        return cls(found)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.entry_points)
+
+    def backend_class(self, kind: str) -> type[Backend]:
+        """The backend for ``kind``, imported now; PluginError when it cannot be used."""
+        if kind in self.loaded:
+            return self.loaded[kind]
+        entry_point = self.entry_points.get(kind)
+        if entry_point is None:
+            raise PluginError(
+                f"no backend for target kind '{kind}'; installed: {', '.join(self.kinds) or 'none'}",
+                hint=f"install the package that provides it (for built-ins: pip install 'tdsp-deploy[{kind}]')",
+            )
+        try:
+            backend = entry_point.load()
+        except Exception as exc:  # a plugin's import error must not take the CLI down
+            self.broken[kind] = f"{type(exc).__name__}: {exc}"
+            raise PluginError(
+                f"the backend for target kind '{kind}' ({entry_point.value}) failed to load: {exc}",
+                hint=f"reinstall it, e.g. pip install 'tdsp-deploy[{kind}]'",
+            ) from exc
+        if not (isinstance(backend, type) and issubclass(backend, Backend)):
+            raise PluginError(f"entry point '{kind}' ({entry_point.value}) is not a tdsp_deploy Backend class")
+        self.loaded[kind] = backend
+        return backend
+
+    def target_models(self) -> tuple[tuple[type[BaseModel], ...], list[str]]:
+        """Every loadable target schema (for the manifest union), and warnings for broken plugins."""
+        models: list[type[BaseModel]] = []
+        warnings: list[str] = []
+        for kind in self.kinds:
+            try:
+                models.append(self.backend_class(kind).target_model)
+            except PluginError as exc:
+                warnings.append(f"{exc.message} (other targets keep working)")
+        return tuple(models), warnings
+
+
+def check_requirements(backend: type[Backend]) -> None:
+    """Fail with a one-line hint when the backend's SDK is not installed (without importing it)."""
+    missing = [module for module in backend.requires if not _installed(module)]
+    if missing:
+        extra = backend.extra or backend.kind
+        raise PluginError(
+            f"target '{backend.kind}' needs {', '.join(missing)}, which is not installed",
+            hint=f"pip install 'tdsp-deploy[{extra}]'",
+        )
+
+
+def _installed(module: str) -> bool:
+    # find_spec imports only the parent packages (namespace packages such as `azure`), never
+    # the module itself
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):
+        return False

@@ -1,0 +1,490 @@
+"""The command line: parse, call one pipeline or backend function, render.
+
+``main(argv, env)`` runs the CLI in-process and returns the exit code; tests call it with
+their own Environment. It is the only place that prints errors: every TdspError renders
+itself (message, hint, log tail), other exceptions become exit 1 with a one-line message,
+and a traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import click
+import typer
+
+from tdsp_deploy import __version__
+from tdsp_deploy.errors import EndpointNotFound, ExitCode, TdspError, UsageError
+from tdsp_deploy.output import Environment
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Backend, EndpointStatus, Progress
+    from tdsp_deploy.backends.registry import Registry
+    from tdsp_deploy.manifest import LoadedManifest
+    from tdsp_deploy.smoke import SmokeReport
+
+app = typer.Typer(
+    name="tdsp-deploy",
+    help="Deploy a model from one YAML manifest: package, deploy, smoke-test, shift traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_ENV: contextvars.ContextVar[Environment] = contextvars.ContextVar("tdsp_deploy_env")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
+ManifestArgument = Annotated[Path, typer.Argument(help="The manifest, e.g. deploy.yaml.", show_default=False)]
+DeploymentOption = Annotated[
+    str | None, typer.Option("--deployment", "-d", help="A deployment slot, e.g. blue.", show_default=False)
+]
+LockTimeoutOption = Annotated[
+    float, typer.Option("--lock-timeout", help="Seconds to wait for another command changing this endpoint.")
+]
+
+
+def _env(json_mode: bool, debug: bool) -> Environment:
+    env = _ENV.get()
+    env.json_mode = env.json_mode or json_mode
+    env.debug = env.debug or debug
+    return env
+
+
+def _version(value: bool) -> None:
+    if value:
+        _ENV.get().write_data(f"tdsp-deploy {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Deploy a model from one YAML manifest: package, deploy, smoke-test, shift traffic."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _registry() -> Registry:
+    from tdsp_deploy.backends.registry import Registry
+
+    return Registry.discover()
+
+
+def _load(path: Path, env: Environment, registry: Registry | None = None) -> LoadedManifest:
+    from tdsp_deploy.manifest import load_manifest
+
+    registry = registry or _registry()
+    models, warnings = registry.target_models()
+    for warning in warnings:
+        env.say(f"warning: {warning}", style="yellow")
+    return load_manifest(path, targets=models)
+
+
+def _backend(loaded: LoadedManifest, progress: Progress | None = None) -> Backend:
+    from tdsp_deploy.backends.base import no_progress
+    from tdsp_deploy.backends.registry import check_requirements
+
+    backend_class = _registry().backend_class(loaded.manifest.target.kind)  # type: ignore[attr-defined]
+    check_requirements(backend_class)
+    return backend_class(loaded.manifest, progress=progress or no_progress)
+
+
+def _templates_dir() -> Path:
+    packaged = Path(__file__).parent / "_templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+# -- commands -----------------------------------------------------------------------------------
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the starter project.")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="Endpoint name (default: from the folder name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Write a commented starter manifest, score.py, model and sample request."""
+    from tdsp_deploy.starter import write_starter
+
+    env = _env(json_out, debug)
+    created, endpoint = write_starter(_templates_dir(), directory, name=name, force=force)
+    if env.json_mode:
+        env.emit_json({"created": [str(p) for p in created], "name": endpoint})
+        return
+    for path in created:
+        env.say(f"created {path}")
+    manifest = directory / "deploy.yaml"
+    env.say(f"next: tdsp-deploy validate {manifest} && tdsp-deploy push {manifest}")
+
+
+@app.command()
+def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+    """Check a manifest without deploying anything (and without importing your code)."""
+    from tdsp_deploy.backends.registry import check_requirements
+    from tdsp_deploy.errors import PluginError
+    from tdsp_deploy.manifest import check_manifest
+
+    env = _env(json_out, debug)
+    registry = _registry()
+    loaded = _load(manifest, env, registry)
+    warnings = check_manifest(loaded)
+    kind = loaded.manifest.target.kind  # type: ignore[attr-defined]
+    try:
+        check_requirements(registry.backend_class(kind))
+    except PluginError as exc:
+        warnings.append(f"{exc.message}; {exc.hint}")
+    if env.json_mode:
+        env.emit_json(
+            {"valid": True, "manifest": str(manifest), "name": loaded.manifest.name, "target": kind, "warnings": warnings}
+        )
+        return
+    for warning in warnings:
+        env.say(f"warning: {warning}", style="yellow")
+    env.say(f"{manifest} is valid: endpoint '{loaded.manifest.name}', target {kind}", style="green")
+
+
+@app.command()
+def schema(json_out: JsonOption = False, debug: DebugOption = False) -> None:
+    """Print the manifest's JSON Schema (for editors: yaml-language-server)."""
+    from tdsp_deploy.manifest.schema import manifest_json_schema
+
+    env = _env(json_out, debug)
+    models, warnings = _registry().target_models()
+    for warning in warnings:
+        env.say(f"warning: {warning}", style="yellow")
+    document = manifest_json_schema(models)
+    if env.json_mode:
+        env.emit_json(document)
+    else:
+        env.write_data(json.dumps(document, indent=2))
+
+
+@app.command()
+def package(
+    manifest: ManifestArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the archive.")] = Path("dist"),
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Build the deterministic package (archive + sha256 lock) that a push deploys."""
+    from tdsp_deploy.manifest import check_manifest
+    from tdsp_deploy.packaging import build_package
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    check_manifest(loaded)
+    with env.progress() as progress:
+        built = build_package(loaded.manifest, output, progress=progress)
+    document = {
+        "path": str(built.path),
+        "package_id": built.package_id,
+        "model_version": built.lock.model_version,
+        "files": len(built.lock.files),
+        "bytes": built.path.stat().st_size,
+        "reused": built.reused,
+    }
+    if env.json_mode:
+        env.emit_json(document)
+        return
+    state = "unchanged" if built.reused else "built"
+    env.say(f"{state} {built.path} (package {built.package_id[:12]}, model version {built.lock.model_version})")
+
+
+@app.command()
+def render(
+    manifest: ManifestArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.", show_default=False)],
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Write, offline, exactly what a push would send or start: reviewable in a pull request."""
+    from tdsp_deploy import paths
+    from tdsp_deploy.manifest import check_manifest
+    from tdsp_deploy.packaging import build_package
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    check_manifest(loaded)
+    with env.progress() as progress:
+        built = build_package(loaded.manifest, paths.package_store(), progress=progress)
+        backend = _backend(loaded, progress)
+        output.mkdir(parents=True, exist_ok=True)
+        lock_path = output / "package.json"
+        lock_path.write_text(json.dumps(built.lock.to_json(), indent=2, sort_keys=True) + "\n")
+        files = [lock_path, *backend.render(built, output)]
+    if env.json_mode:
+        env.emit_json({"files": [str(f) for f in files], "package_id": built.package_id})
+        return
+    for path in files:
+        env.say(f"wrote {path}")
+
+
+@app.command()
+def push(
+    manifest: ManifestArgument,
+    keep_failed: Annotated[
+        bool, typer.Option("--keep-failed", help="Keep a failed deployment for debugging (traffic still restored).")
+    ] = False,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Package, deploy, smoke-test and shift traffic; roll back on any failure."""
+    from tdsp_deploy.pipeline import push as run_push
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    with env.progress() as progress:
+        backend = _backend(loaded, progress)
+        result = run_push(loaded, backend, progress=progress, keep_failed=keep_failed, lock_timeout=lock_timeout)
+    if env.json_mode:
+        env.emit_json(result.to_json())
+        return
+    from tdsp_deploy import render_text
+
+    render_text.push_summary(env, result, manifest)
+
+
+@app.command()
+def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> int:
+    """Show slots, health, versions, traffic and the scoring URI. Exit 4 when a slot with
+    traffic is not healthy, 3 when the endpoint does not exist."""
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    current = _backend(loaded).status()
+    if not current.exists:
+        raise EndpointNotFound(
+            f"endpoint '{current.name}' is not deployed on the {current.kind} target",
+            hint=f"deploy it with `tdsp-deploy push {manifest}`",
+        )
+    if env.json_mode:
+        env.emit_json(current.to_json())
+    else:
+        from tdsp_deploy import render_text
+
+        render_text.status_table(env, current)
+    return _health_exit_code(env, current)
+
+
+def _health_exit_code(env: Environment, current: EndpointStatus) -> int:
+    failing = [s.name for s in current.slots if s.traffic > 0 and s.state != "healthy"]
+    router = current.details.get("router", {})
+    if router.get("state") == "stopped":
+        failing.append("router")
+    if failing:
+        env.say(f"not healthy: {', '.join(failing)}", style="red")
+        return int(ExitCode.DEPLOYMENT_FAILED)
+    return 0
+
+
+@app.command()
+def invoke(
+    manifest: ManifestArgument,
+    request: Annotated[Path, typer.Option("--request", "-r", help="Request body file ('-' for stdin).")],
+    deployment: DeploymentOption = None,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Send one request to the endpoint and print the answer."""
+    from tdsp_deploy.errors import BackendError
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    body = _read_request(request)
+    result = _backend(loaded).invoke(body, slot=deployment)
+    try:
+        response: Any = result.json()
+    except ValueError:
+        response = result.body.decode("utf-8", "replace")
+    if not 200 <= result.status < 300:
+        message = response.get("message", response) if isinstance(response, dict) else response
+        raise BackendError(
+            f"the endpoint answered HTTP {result.status}: {message}",
+            hint="for a 500, the model raised: see `tdsp-deploy logs`",
+            details={"status": result.status, "deployment": result.deployment, "response": response},
+        )
+    if env.json_mode:
+        env.emit_json(
+            {"response": response, "status": result.status, "deployment": result.deployment,
+             "elapsed_ms": round(result.elapsed_ms, 3)}
+        )
+        return
+    env.say(f"HTTP {result.status} from {result.deployment or '?'} in {result.elapsed_ms:.1f} ms")
+    env.write_data(json.dumps(response, indent=2) if not isinstance(response, str) else response)
+
+
+def _read_request(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the request file {path}: {exc.strerror}") from exc
+
+
+@app.command("test")
+def test_command(
+    manifest: ManifestArgument,
+    deployment: DeploymentOption = None,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-run the manifest's smoke test (answers + latency) against what is deployed."""
+    from tdsp_deploy.pipeline import test_deployment
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    with env.progress() as progress:
+        report = test_deployment(loaded, _backend(loaded, progress), deployment=deployment, progress=progress)
+    if env.json_mode:
+        env.emit_json(report.to_json())
+        return
+    from tdsp_deploy import render_text
+
+    render_text.smoke_table(env, report)
+
+
+@app.command()
+def logs(
+    manifest: ManifestArgument,
+    deployment: DeploymentOption = None,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = 200,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a deployment's server log (default: the one with the most traffic)."""
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    backend = _backend(loaded)
+    slot = deployment or _default_slot(backend.status())
+    text = backend.logs(slot, tail=tail)
+    if env.json_mode:
+        env.emit_json({"deployment": slot, "lines": text.splitlines()})
+    else:
+        env.write_data(text)
+
+
+def _default_slot(current: EndpointStatus) -> str:
+    if not current.exists:
+        raise EndpointNotFound(f"endpoint '{current.name}' is not deployed", hint="run `tdsp-deploy push` first")
+    live = current.live_slot()
+    if live is not None:
+        return live.name
+    if len(current.slots) == 1:
+        return current.slots[0].name
+    names = ", ".join(s.name for s in current.slots) or "none"
+    raise UsageError("no deployment takes traffic; choose one with --deployment", hint=f"deployments: {names}")
+
+
+@app.command()
+def credentials(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+    """Print the endpoint's keys (the one command that shows a secret, because you asked)."""
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    keys = _backend(loaded).credentials()
+    if env.json_mode:
+        env.emit_json({"primary_key": keys["primary_key"], "secondary_key": keys["secondary_key"]})
+    else:
+        env.write_data(f"primary_key: {keys['primary_key']}\nsecondary_key: {keys['secondary_key']}")
+
+
+@app.command()
+def delete(
+    manifest: ManifestArgument,
+    deployment: DeploymentOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Stop and remove the endpoint (or one deployment with --deployment) and its state."""
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    backend = _backend(loaded)
+    what = f"deployment '{deployment}' of endpoint '{loaded.manifest.name}'" if deployment else (
+        f"endpoint '{loaded.manifest.name}' and every deployment in it"
+    )
+    if not backend.status().exists:
+        if env.json_mode:
+            env.emit_json({"deleted": False, "endpoint": loaded.manifest.name, "deployment": deployment})
+        else:
+            env.say(f"endpoint '{loaded.manifest.name}' does not exist; nothing to delete")
+        return
+    if not yes:
+        if not env.interactive:
+            raise UsageError(f"refusing to delete {what} without confirmation", hint="pass --yes")
+        if not typer.confirm(f"Delete {what}?", err=True):
+            raise typer.Exit(int(ExitCode.INTERRUPTED))
+    with backend.lock(timeout=lock_timeout):
+        backend.delete(deployment)
+    if env.json_mode:
+        env.emit_json({"deleted": True, "endpoint": loaded.manifest.name, "deployment": deployment})
+    else:
+        env.say(f"deleted {what}")
+
+
+# -- entry points ---------------------------------------------------------------------------------
+def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    env = env or Environment()
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that even a usage error answers in JSON when asked to.
+    env.json_mode = "--json" in args
+    env.debug = "--debug" in args
+    token = _ENV.set(env)
+    try:
+        command = typer.main.get_command(app)
+        result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return _render_error(env, _interrupted())
+    except click.ClickException as exc:
+        error = UsageError(exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`")
+        return _render_error(env, error)
+    except TdspError as exc:
+        return _render_error(env, exc)
+    except KeyboardInterrupt:
+        return _render_error(env, _interrupted())
+    except Exception as exc:  # the last line of defence: no traceback unless asked
+        if env.debug:
+            traceback.print_exc(file=env.stderr)
+        error = TdspError(
+            f"unexpected error: {type(exc).__name__}: {exc}",
+            hint="rerun with --debug for the traceback, and report it if it looks like a bug",
+        )
+        return _render_error(env, error)
+    finally:
+        _ENV.reset(token)
+
+
+def _interrupted() -> TdspError:
+    from tdsp_deploy.errors import Interrupted
+
+    return Interrupted("interrupted")
+
+
+def _render_error(env: Environment, error: TdspError) -> int:
+    if env.debug and error.__cause__ is not None:
+        traceback.print_exception(error, file=env.stderr)
+    if env.json_mode:
+        env.emit_json(error.to_json())
+    else:
+        from tdsp_deploy import render_text
+
+        render_text.error(env, error)
+    return int(error.exit_code)
+
+
+def run() -> None:
+    """The console script."""
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Push and test, step by step, for any backend (DESIGN.md, "Push, step by step").
+
+validate -> package -> deploy the slot with 0% traffic -> wait until healthy -> smoke test
+pinned to the slot -> traffic per rollout -> verify. Any failure after the slot exists rolls
+back: traffic returns to what it was, the failed slot goes (unless keep_failed), the tail of
+its log rides on the error, and the error's exit code says which step failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tdsp_deploy import paths
+from tdsp_deploy.backends.base import Backend, EndpointStatus, Progress, ProgressEvent, no_progress
+from tdsp_deploy.errors import DeploymentFailed, Interrupted, TdspError
+from tdsp_deploy.manifest import LoadedManifest, check_manifest
+from tdsp_deploy.manifest.model import RolloutSection
+from tdsp_deploy.packaging import build_package
+from tdsp_deploy.smoke import SmokeReport, run_smoke_test
+
+SLOT_PAIR = ("blue", "green")
+LOG_TAIL_LINES = 30
+
+
+@dataclasses.dataclass
+class PushResult:
+    endpoint: str
+    kind: str
+    deployment: str
+    scoring_uri: str | None
+    package_id: str
+    model_version: str
+    unchanged: bool
+    traffic: dict[str, int]
+    smoke: SmokeReport | None
+    warnings: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "deployment": self.deployment,
+            "scoring_uri": self.scoring_uri,
+            "package_id": self.package_id,
+            "model_version": self.model_version,
+            "unchanged": self.unchanged,
+            "traffic": self.traffic,
+            "smoke": self.smoke.to_json() if self.smoke else None,
+            "warnings": self.warnings,
+        }
+
+
+def choose_slot(status: EndpointStatus, rollout: RolloutSection) -> str:
+    """The manifest's slot, or the one of blue/green that does not take the traffic."""
+    if rollout.deployment:
+        return rollout.deployment
+    live = status.live_slot()
+    if live is None:
+        return SLOT_PAIR[0]
+    return SLOT_PAIR[1] if live.name == SLOT_PAIR[0] else SLOT_PAIR[0]
+
+
+def planned_traffic(status: EndpointStatus, slot: str, percent: int) -> dict[str, int] | None:
+    """Traffic after the push: ``percent`` to ``slot``, the rest to the slot that had the most.
+    None means leave traffic as it is (``traffic: 0`` stages the slot)."""
+    if percent == 0:
+        return None
+    others = [s for s in status.slots if s.name != slot and s.traffic > 0]
+    if percent == 100 or not others:
+        return {slot: 100}
+    previous = max(others, key=lambda s: s.traffic)
+    return {slot: percent, previous.name: 100 - percent}
+
+
+def push(
+    loaded: LoadedManifest,
+    backend: Backend,
+    *,
+    progress: Progress = no_progress,
+    keep_failed: bool = False,
+    lock_timeout: float = 600.0,
+) -> PushResult:
+    manifest = loaded.manifest
+    warnings = check_manifest(loaded)
+    for warning in warnings:
+        progress(ProgressEvent(step="validate", message=f"warning: {warning}"))
+    package = build_package(manifest, paths.package_store(), progress=progress)
+    progress(
+        ProgressEvent(
+            step="package",
+            message=f"package {package.package_id[:12]} " + ("(unchanged)" if package.reused else "built"),
+        )
+    )
+    with backend.lock(timeout=lock_timeout):
+        before = backend.status()
+        config_id = backend.config_id(package)
+        current = _already_deployed(before, config_id, manifest.rollout)
+        if current is not None:
+            progress(ProgressEvent(step="push", message=f"'{current}' already runs this package; nothing to do"))
+            return _result(loaded, backend, current, package, unchanged=True, smoke=None, warnings=warnings)
+        slot = choose_slot(before, manifest.rollout)
+        smoke = _deploy_and_prove(loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed)
+    return _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
+
+
+def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSection) -> str | None:
+    """A healthy slot that runs exactly this configuration with the traffic the manifest asks for."""
+    for slot in status.slots:
+        if slot.config_id != config_id or slot.state != "healthy":
+            continue
+        if rollout.deployment and slot.name != rollout.deployment:
+            continue
+        wanted = planned_traffic(status, slot.name, rollout.traffic)
+        if wanted is None or all(status.traffic.get(name, 0) == w for name, w in wanted.items()):
+            return slot.name
+    return None
+
+
+def _deploy_and_prove(
+    loaded: LoadedManifest,
+    backend: Backend,
+    slot: str,
+    package: Any,
+    before: EndpointStatus,
+    *,
+    progress: Progress,
+    keep_failed: bool,
+) -> SmokeReport | None:
+    manifest = loaded.manifest
+    replacing = before.slot(slot) is not None
+    traffic_changed = False
+    progress(ProgressEvent(step="deploy", message=f"deploying {manifest.name}/{slot} with no live traffic"))
+    backend.deploy_slot(slot, package)
+    try:
+        backend.wait_healthy(slot)
+        smoke = None
+        if manifest.smoke_test is not None:
+            progress(ProgressEvent(step="smoke", message=f"smoke test pinned to {slot}"))
+            smoke = run_smoke_test(backend.callers, manifest.smoke_test, deployment=slot, progress=progress)
+        wanted = planned_traffic(before, slot, manifest.rollout.traffic)
+        if wanted is not None:
+            progress(ProgressEvent(step="traffic", message=_describe_traffic(wanted)))
+            backend.set_traffic(wanted)
+            traffic_changed = True
+            _verify(backend, slot, wanted)
+        backend.finalize_slot(slot)
+        return smoke
+    except (TdspError, KeyboardInterrupt) as failure:
+        error = failure if isinstance(failure, TdspError) else Interrupted("push interrupted")
+        _roll_back(backend, slot, before, error, traffic_changed, keep_failed and not replacing, progress)
+        if error is failure:
+            raise
+        raise error from None
+
+
+def _verify(backend: Backend, slot: str, wanted: dict[str, int]) -> None:
+    after = backend.status()
+    found = after.slot(slot)
+    if found is None or found.state != "healthy":
+        raise DeploymentFailed(f"deployment '{slot}' is not healthy after the traffic change")
+    actual = {name: after.traffic.get(name, 0) for name in wanted}
+    if actual != wanted:
+        raise DeploymentFailed(f"traffic is {actual} after the change, expected {wanted}")
+
+
+def _roll_back(
+    backend: Backend,
+    slot: str,
+    before: EndpointStatus,
+    error: TdspError,
+    traffic_changed: bool,
+    keep_failed: bool,
+    progress: Progress,
+) -> None:
+    progress(ProgressEvent(step="rollback", message=f"rolling back {slot}"))
+    steps: list[str] = []
+    try:
+        error.details.setdefault("log_tail", backend.logs(slot, tail=LOG_TAIL_LINES))
+    except TdspError:
+        pass
+    try:
+        if traffic_changed:
+            backend.set_traffic({name: weight for name, weight in before.traffic.items()})
+            steps.append("traffic restored")
+        if keep_failed:
+            steps.append(f"'{slot}' kept for debugging (--keep-failed)")
+        else:
+            backend.discard_slot(slot)
+            steps.append(f"'{slot}' " + ("restored to its previous version" if before.slot(slot) else "removed"))
+        error.details["rolled_back"] = True
+    except TdspError as rollback_error:  # never hide the original failure behind this one
+        error.details["rolled_back"] = False
+        error.details["rollback_error"] = rollback_error.message
+        steps.append(f"rollback failed: {rollback_error.message}")
+    error.details["rollback"] = steps
+    progress(ProgressEvent(step="rollback", message="; ".join(steps)))
+
+
+def _describe_traffic(traffic: dict[str, int]) -> str:
+    return "traffic: " + ", ".join(f"{name}={weight}%" for name, weight in traffic.items())
+
+
+def _result(
+    loaded: LoadedManifest,
+    backend: Backend,
+    slot: str,
+    package: Any,
+    *,
+    unchanged: bool,
+    smoke: SmokeReport | None,
+    warnings: list[str],
+) -> PushResult:
+    status = backend.status()
+    return PushResult(
+        endpoint=loaded.manifest.name,
+        kind=backend.kind,
+        deployment=slot,
+        scoring_uri=status.scoring_uri,
+        package_id=package.package_id,
+        model_version=package.lock.model_version,
+        unchanged=unchanged,
+        traffic=status.traffic,
+        smoke=smoke,
+        warnings=warnings,
+    )
+
+
+def test_deployment(loaded: LoadedManifest, backend: Backend, *, deployment: str | None, progress: Progress) -> SmokeReport:
+    """Re-run the manifest's smoke test against what is deployed (pinned when ``deployment``)."""
+    from tdsp_deploy.errors import EndpointNotFound, UsageError
+
+    smoke_test = loaded.manifest.smoke_test
+    if smoke_test is None:
+        raise UsageError(
+            f"{loaded.file.name} has no smoke_test section",
+            hint="add smoke_test.request (and expect) to the manifest",
+        )
+    status = backend.status()
+    if not status.exists:
+        raise EndpointNotFound(f"endpoint '{status.name}' is not deployed", hint="run `tdsp-deploy push` first")
+    return run_smoke_test(backend.callers, smoke_test, deployment=deployment, progress=progress)
+
+
+# pytest must not collect the function above as a test
+test_deployment.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,112 @@
+"""Human renderings of results and errors, on stderr (tables) and stdout (data).
+
+Kept apart from cli.py so that the commands stay thin, and so that rich is imported only
+when something is shown to a person.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import EndpointStatus
+    from tdsp_deploy.errors import TdspError
+    from tdsp_deploy.output import Environment
+    from tdsp_deploy.pipeline import PushResult
+    from tdsp_deploy.smoke import SmokeReport
+
+
+def _table(env: Environment, title: str | None = None):  # type: ignore[no-untyped-def]
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, box=box.SIMPLE if env.colors else box.ASCII, title_justify="left")
+
+
+def push_summary(env: Environment, result: PushResult, manifest: Path) -> None:
+    console = env.console()
+    if result.unchanged:
+        console.print(f"'{result.endpoint}/{result.deployment}' already runs package {result.package_id[:12]}; "
+                      "nothing changed.", markup=False)
+    else:
+        console.print(f"deployed {result.endpoint}/{result.deployment} "
+                      f"(model version {result.model_version}, package {result.package_id[:12]})", markup=False)
+    if result.smoke is not None:
+        smoke_table(env, result.smoke)
+    traffic = ", ".join(f"{name}={weight}%" for name, weight in result.traffic.items()) or "none"
+    console.print(f"traffic: {traffic}", markup=False)
+    console.print(f"scoring URI: {result.scoring_uri}", markup=False)
+    request = "sample-request.json"
+    console.print(
+        "call it:\n"
+        f"  tdsp-deploy invoke {manifest} --request {request}\n"
+        f"  curl -X POST {result.scoring_uri} -H 'Content-Type: application/json' "
+        f"-H \"Authorization: Bearer $KEY\" -d @{request}\n"
+        f"  (the key: tdsp-deploy credentials {manifest})",
+        markup=False,
+    )
+
+
+def smoke_table(env: Environment, report: SmokeReport) -> None:
+    console = env.console()
+    answer = report.answer
+    verdict = "as expected" if answer.passed else "WRONG"
+    console.print(f"smoke test ({report.deployment or 'unpinned'}): answer {verdict} "
+                  f"(HTTP {answer.status}, {answer.elapsed_ms:.1f} ms)", markup=False)
+    latency = report.latency
+    if latency is None:
+        return
+    table = _table(env, "latency")
+    for column in ("requests", "concurrency", "errors", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "req/s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(latency.requests), str(latency.concurrency), str(latency.errors),
+        f"{latency.p50_ms:.2f}", f"{latency.p90_ms:.2f}", f"{latency.p95_ms:.2f}",
+        f"{latency.p99_ms:.2f}", f"{latency.max_ms:.2f}", f"{latency.requests_per_second:.0f}",
+    )
+    console.print(table)
+    objective = f"p95 <= {latency.objective_p95_ms:g} ms, " if latency.objective_p95_ms else ""
+    console.print(f"objective: {objective}error rate <= {latency.objective_max_error_rate:.1%}: "
+                  + ("met" if latency.passed else "MISSED"), markup=False)
+
+
+def status_table(env: Environment, status: EndpointStatus) -> None:
+    console = env.console()
+    router = status.details.get("router")
+    console.print(f"endpoint {status.name} ({status.kind})", markup=False)
+    console.print(f"scoring URI: {status.scoring_uri}", markup=False)
+    if router:
+        console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {router.get('host')}:{router.get('port')})",
+                      markup=False)
+    table = _table(env)
+    for column in ("deployment", "state", "traffic", "model version", "package", "pid", "port"):
+        table.add_column(column)
+    for slot in status.slots:
+        table.add_row(
+            slot.name, slot.state, f"{slot.traffic}%", slot.model_version or "-",
+            (slot.package_id or "-")[:12], str(slot.details.get("pid") or "-"), str(slot.details.get("port") or "-"),
+        )
+    console.print(table)
+
+
+def error(env: Environment, failure: TdspError) -> None:
+    stream = env.stderr
+    label = "error"
+    if env.colors:
+        console = env.console()
+        console.print(f"[bold red]{label}:[/] ", end="")
+        console.print(failure.format_message(), markup=False, highlight=False)
+    else:
+        stream.write(f"{label}: {failure.format_message()}\n")
+    details = failure.details
+    for step in details.get("rollback", []):
+        stream.write(f"  rollback: {step}\n")
+    tail = details.get("log_tail")
+    if tail:
+        stream.write("  last lines of the deployment's log:\n")
+        for line in str(tail).splitlines()[-30:]:
+            stream.write(f"    | {line}\n")
+    if failure.hint:
+        stream.write(f"  hint: {failure.hint}\n")
+    stream.flush()

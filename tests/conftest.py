@@ -1,0 +1,110 @@
+"""Shared fixtures: an isolated state home, the real CLI run in-process, and a guard that no
+test leaves a process running."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tdsp_deploy.cli import main
+from tdsp_deploy.output import Environment
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+# The fake backend registers through the real entry-point mechanism: its dist-info folder on
+# sys.path is found by importlib.metadata exactly as an installed plugin would be.
+if str(PLUGINS) not in sys.path:
+    sys.path.insert(0, str(PLUGINS))
+
+
+@dataclasses.dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class CliRunner:
+    """Runs the real CLI in this process, with streams that are not terminals (as in CI)."""
+
+    def __call__(self, *args: str | Path, isatty: bool = False, environ: dict[str, str] | None = None) -> CliResult:
+        import os
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        env = Environment(
+            stdout=stdout,
+            stderr=stderr,
+            stdin_isatty=isatty,
+            stderr_isatty=isatty,
+            environ=environ if environ is not None else dict(os.environ),
+        )
+        code = main([str(a) for a in args], env)
+        return CliResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own TDSP_DEPLOY_HOME, so tests never see each other's endpoints."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TDSP_DEPLOY_HOME", str(home))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(state_home: Path):  # type: ignore[no-untyped-def]
+    """Fails the test that leaves a process behind (and stops it, so others are not hurt)."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    left = []
+    for process in _project_processes(state_home):
+        if process.pid not in before:
+            left.append(process)
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    assert not left, f"processes left running: {[p.info.get('cmdline') for p in left]}"
+
+
+def _project_processes(home: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(process.info.get("cmdline") or [])
+            if "tdsp_deploy.backends.local" in cmdline and str(home) in " ".join(
+                f"{k}={v}" for k, v in (process.info.get("environ") or {}).items()
+            ):
+                found.append(process)
+            elif "tdsp_deploy.backends.local" in cmdline and str(home) in cmdline:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def iris(tmp_path: Path) -> Path:
+    """A private copy of the iris example (tests may change it)."""
+    target = tmp_path / "iris"
+    shutil.copytree(EXAMPLES / "iris", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target / "deploy.yaml"
