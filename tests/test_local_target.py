@@ -1,0 +1,244 @@
+"""The local target end to end: real inference-server processes, a real router, real HTTP on
+loopback. Every test deletes what it deployed; the conftest guard fails any test that
+leaves a process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tdsp_deploy.errors import ExitCode
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json",
+                                                                          **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+@pytest.fixture
+def deployed(cli, iris):  # type: ignore[no-untyped-def]
+    """The iris example pushed to the local target; deleted afterwards whatever happens."""
+    result = cli("push", iris, "--json")
+    try:
+        assert result.exit_code == 0, result.stderr
+        yield iris, result.json()
+    finally:
+        cli("delete", iris, "--yes")
+
+
+def keys(cli, manifest: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    result = cli("credentials", manifest, "--json")
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def test_push_serves_the_model_behind_the_key(cli, deployed):
+    manifest, pushed = deployed
+    assert pushed["deployment"] == "blue"
+    assert pushed["traffic"] == {"blue": 100}
+    assert pushed["smoke"]["answer"]["passed"] is True
+    assert pushed["smoke"]["latency"]["errors"] == 0
+    uri = pushed["scoring_uri"]
+    assert uri.startswith("http://127.0.0.1:") and uri.endswith("/score")
+    body = (manifest.parent / "sample-request.json").read_bytes()
+    expected = json.loads((manifest.parent / "expected-response.json").read_text())
+
+    status, _, answer = post(uri, body)
+    assert status == 401
+    assert "Authorization: Bearer" in json.loads(answer)["message"]
+    assert post(uri, body, {"Authorization": "Bearer wrong-key"})[0] == 401
+
+    for key in keys(cli, manifest).values():  # both keys work
+        status, headers, answer = post(uri, body, {"Authorization": f"Bearer {key}"})
+        assert status == 200
+        assert headers["azureml-model-deployment"] == "blue"
+        assert json.loads(answer)["predictions"] == expected["predictions"]
+
+
+def test_slots_listen_on_loopback_only_and_keys_are_private(cli, deployed, state_home):
+    manifest, pushed = deployed
+    status = cli("status", manifest, "--json").json()
+    slot = status["slots"][0]
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for p in [psutil.Process(slot["details"]["pid"])]
+        for c in p.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert listening == {("127.0.0.1", slot["details"]["port"])}
+    key_file = state_home / "endpoints" / "iris" / "keys.json"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # no command but `credentials` prints a key
+    secret = keys(cli, manifest)["primary_key"]
+    for command in (["status", manifest], ["status", manifest, "--json"], ["logs", manifest]):
+        result = cli(*command)
+        assert secret not in result.stdout + result.stderr
+
+
+def test_pinning_and_router_errors(cli, deployed):
+    manifest, pushed = deployed
+    uri = pushed["scoring_uri"]
+    auth = {"Authorization": f"Bearer {keys(cli, manifest)['primary_key']}"}
+    body = (manifest.parent / "sample-request.json").read_bytes()
+    status, headers, _ = post(uri, body, {**auth, "azureml-model-deployment": "blue"})
+    assert (status, headers["azureml-model-deployment"]) == (200, "blue")
+    status, _, answer = post(uri, body, {**auth, "azureml-model-deployment": "green"})
+    assert status == 404 and "deployment 'green' not found" in json.loads(answer)["message"]
+    # the model raises on a bad request: a 500 from the slot, and the endpoint keeps serving
+    status, headers, _ = post(uri, b'{"rows": []}', auth)
+    assert status == 500 and headers["azureml-model-deployment"] == "blue"
+    assert post(uri, body, auth)[0] == 200
+
+
+def test_status_invoke_logs_and_a_repeated_push(cli, deployed):
+    manifest, pushed = deployed
+    status = cli("status", manifest, "--json")
+    assert status.exit_code == 0
+    doc = status.json()
+    assert doc["scoring_uri"] == pushed["scoring_uri"]
+    assert doc["details"]["router"]["state"] == "running"
+    (slot,) = doc["slots"]
+    assert slot["state"] == "healthy" and slot["traffic"] == 100
+    assert slot["model_version"] == pushed["model_version"]
+
+    invoked = cli("invoke", manifest, "--request", manifest.parent / "sample-request.json", "--json")
+    assert invoked.exit_code == 0
+    assert invoked.json()["deployment"] == "blue"
+    expected = json.loads((manifest.parent / "expected-response.json").read_text())
+    assert invoked.json()["response"]["predictions"] == expected["predictions"]
+
+    logs = cli("logs", manifest, "--tail", "5", "--json")
+    assert logs.exit_code == 0 and len(logs.json()["lines"]) == 5
+    assert any("POST /score" in line for line in logs.json()["lines"])
+
+    again = cli("push", manifest, "--json")
+    assert again.exit_code == 0 and again.json()["unchanged"] is True
+
+
+def test_new_version_goes_to_green_then_blue_is_deletable(cli, deployed):
+    manifest, pushed = deployed
+    doc = yaml.safe_load(manifest.read_text())
+    doc["environment"]["variables"]["LOG_LEVEL"] = "debug"  # a new configuration
+    manifest.write_text(yaml.safe_dump(doc))
+    result = cli("push", manifest, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["deployment"] == "green"
+    assert result.json()["traffic"] == {"blue": 0, "green": 100}
+    assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json",
+               "--json").json()["deployment"] == "green"
+    # the old slot still answers when pinned, until it is deleted
+    assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json",
+               "-d", "blue", "--json").json()["deployment"] == "blue"
+    refused = cli("delete", manifest, "--deployment", "green", "--yes")
+    assert refused.exit_code == ExitCode.USAGE and "takes 100% of the traffic" in refused.stderr
+    assert cli("delete", manifest, "--deployment", "blue", "--yes").exit_code == 0
+    assert [s["name"] for s in cli("status", manifest, "--json").json()["slots"]] == ["green"]
+
+
+def test_failed_init_rolls_back_and_the_old_version_keeps_serving(cli, deployed):
+    manifest, pushed = deployed
+    score = manifest.parent / "src" / "score.py"
+    score.write_text(score.read_text() + "\n\ndef init():\n    raise RuntimeError('the model file is corrupt')\n")
+    result = cli("push", manifest)
+    assert result.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "exited during start-up" in result.stderr
+    assert "the model file is corrupt" in result.stderr  # the log tail shows why
+    assert "rollback: 'green' removed" in result.stderr
+    status = cli("status", manifest, "--json").json()
+    assert [(s["name"], s["traffic"], s["state"]) for s in status["slots"]] == [("blue", 100, "healthy")]
+    assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json").exit_code == 0
+
+
+def test_wrong_answer_rolls_back_with_exit_5(cli, deployed):
+    manifest, pushed = deployed
+    expected = manifest.parent / "expected-response.json"
+    doc = json.loads(expected.read_text())
+    doc["predictions"][0] = "virginica"
+    expected.write_text(json.dumps(doc))
+    score = manifest.parent / "src" / "score.py"
+    score.write_text(score.read_text() + "\n# a change, so that the push deploys a new slot\n")
+    result = cli("push", manifest, "--json")
+    assert result.exit_code == ExitCode.SMOKE_FAILED
+    error = result.json()
+    assert "$.predictions[0]: expected \"virginica\", got \"setosa\"" in error["message"]
+    assert error["details"]["rolled_back"] is True
+    status = cli("status", manifest, "--json").json()
+    assert [(s["name"], s["traffic"]) for s in status["slots"]] == [("blue", 100)]
+
+
+def test_latency_objective_missed_exits_6(cli, iris):
+    doc = yaml.safe_load(iris.read_text())
+    doc["smoke_test"]["latency"] = {"requests": 20, "concurrency": 2, "warmup": 0, "p95_ms": 0.001}
+    iris.write_text(yaml.safe_dump(doc))
+    try:
+        result = cli("push", iris, "--json")
+        assert result.exit_code == ExitCode.LATENCY_MISSED
+        assert "above the objective of 0.001 ms" in result.json()["message"]
+        assert cli("status", iris, "--json").json()["slots"] == []
+    finally:
+        cli("delete", iris, "--yes")
+
+
+def test_oversized_body_gets_413_and_the_endpoint_keeps_serving(cli, iris):
+    doc = yaml.safe_load(iris.read_text())
+    doc["target"]["max_request_mb"] = 0.01
+    iris.write_text(yaml.safe_dump(doc))
+    try:
+        pushed = cli("push", iris, "--json")
+        assert pushed.exit_code == 0, pushed.stderr
+        uri = pushed.json()["scoring_uri"]
+        auth = {"Authorization": f"Bearer {keys(cli, iris)['primary_key']}"}
+        status, _, answer = post(uri, b"x" * 20_000, auth)
+        assert status == 413 and "target.max_request_mb" in json.loads(answer)["message"]
+        assert post(uri, (iris.parent / "sample-request.json").read_bytes(), auth)[0] == 200
+    finally:
+        cli("delete", iris, "--yes")
+
+
+def test_delete_stops_every_process_and_removes_state(cli, iris, state_home):
+    pushed = cli("push", iris, "--json")
+    assert pushed.exit_code == 0, pushed.stderr
+    status = cli("status", iris, "--json").json()
+    pids = [status["details"]["router"]["pid"], status["slots"][0]["details"]["pid"]]
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    deleted = cli("delete", iris, "--yes", "--json")
+    assert deleted.exit_code == 0 and deleted.json()["deleted"] is True
+    assert not (state_home / "endpoints" / "iris").exists()
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    missing = cli("status", iris, "--json")
+    assert missing.exit_code == ExitCode.BACKEND and missing.json()["error"] == "not_found"
+
+
+def test_processes_outlive_the_cli(iris, state_home):
+    """A user pushes, the CLI exits, and other programs call the endpoint."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TDSP_DEPLOY_HOME": str(state_home)}
+    command = [sys.executable, "-m", "tdsp_deploy"]
+    try:
+        pushed = subprocess.run([*command, "push", str(iris), "--json"], env=env, capture_output=True, timeout=120)
+        assert pushed.returncode == 0, pushed.stderr.decode()
+        uri = json.loads(pushed.stdout)["scoring_uri"]
+        key = json.loads(subprocess.run([*command, "credentials", str(iris), "--json"], env=env,
+                                        capture_output=True, timeout=60).stdout)["primary_key"]
+        status, _, _ = post(uri, (iris.parent / "sample-request.json").read_bytes(), {"Authorization": f"Bearer {key}"})
+        assert status == 200
+    finally:
+        subprocess.run([*command, "delete", str(iris), "--yes"], env=env, capture_output=True, timeout=60)
