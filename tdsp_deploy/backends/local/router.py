@@ -338,18 +338,19 @@ async def forward(slot: SlotRoute, request: Request, timeout_s: float) -> bytes:
         )
         transport.write(b"".join(lines))
         upstream = await asyncio.wait_for(answer, timeout_s)
+    # TimeoutError is an OSError: it must be caught before the connection errors below
+    except TimeoutError:
+        return _response(
+            504,
+            [(PIN_HEADER, name)],
+            _message(f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"),
+            keep_alive=request.keep_alive,
+        )
     except (ConnectionError, OSError):
         return _response(
             502,
             [(PIN_HEADER, name)],
             _message(f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"),
-            keep_alive=request.keep_alive,
-        )
-    except asyncio.TimeoutError:
-        return _response(
-            504,
-            [(PIN_HEADER, name)],
-            _message(f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"),
             keep_alive=request.keep_alive,
         )
     finally:

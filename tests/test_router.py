@@ -1,0 +1,304 @@
+"""The router process against upstream servers we control, over real loopback sockets."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tdsp_deploy.backends.local.processes import free_port
+from tdsp_deploy.backends.local.routes import RouterConfig, RouteTable, SlotRoute
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+class Upstream(http.server.ThreadingHTTPServer):
+    """Echoes what it received (method, path, headers, body) as JSON, like a slot would answer."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str, delay: float = 0.0):
+        self.name = name
+        self.delay = delay
+        super().__init__(("127.0.0.1", 0), EchoHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+class EchoHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # closes after each answer, as gunicorn's sync worker does
+
+    def do_POST(self) -> None:  # noqa: N802
+        server: Upstream = self.server  # type: ignore[assignment]
+        if server.delay:
+            time.sleep(server.delay)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        answer = json.dumps(
+            {"upstream": server.name, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+             "body": body.decode()}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.send_header("x-upstream-header", "kept")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class RouterProcess:
+    def __init__(self, tmp: Path, slots: dict[str, tuple[int, int]], *, timeout_s: float = 5.0, max_bytes: int = 10_000):
+        self.dir = tmp
+        (tmp / "keys.json").write_text(json.dumps({"primary_key": KEY, "secondary_key": "second-key"}))
+        self.port = free_port()
+        self.config_path = tmp / "router.json"
+        self.write(slots, generation=1, timeout_s=timeout_s, max_bytes=max_bytes)
+        self.log = open(tmp / "router.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.config_path)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError((tmp / "router.log").read_text())
+
+    def write(self, slots: dict[str, tuple[int, int]], *, generation: int, timeout_s: float = 5.0,
+              max_bytes: int = 10_000) -> None:
+        RouterConfig(
+            endpoint="test", host="127.0.0.1", port=self.port, keys_file=str(self.dir / "keys.json"),
+            slots=tuple(SlotRoute(n, p, w) for n, (p, w) in slots.items()), generation=generation,
+            request_timeout_s=timeout_s, max_request_bytes=max_bytes,
+        ).write(self.config_path)
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def post(self, body: bytes = b"{}", headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+        connection = self.connection()
+        connection.request("POST", "/score", body=body, headers={**AUTH, **(headers or {})})
+        response = connection.getresponse()
+        result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        connection.close()
+        return result
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.log.close()
+
+
+@pytest.fixture
+def blue() -> Upstream:
+    server = Upstream("blue")
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def make_router(tmp_path):  # type: ignore[no-untyped-def]
+    made: list[RouterProcess] = []
+
+    def make(slots: dict[str, tuple[int, int]], **options: object) -> RouterProcess:
+        router = RouterProcess(tmp_path, slots, **options)  # type: ignore[arg-type]
+        made.append(router)
+        return router
+
+    yield make
+    for router in made:
+        router.stop()
+
+
+def test_forwards_the_request_and_names_the_slot(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    status, headers, body = router.post(
+        b'{"data": 1}', {"x-custom": "yes", "azureml-model-deployment": "blue", "Connection": "keep-alive"}
+    )
+    echoed = json.loads(body)
+    assert status == 200
+    assert headers["azureml-model-deployment"] == "blue"
+    assert headers["x-upstream-header"] == "kept"
+    assert echoed["body"] == '{"data": 1}' and echoed["path"] == "/score"
+    assert echoed["headers"]["x-custom"] == "yes"
+    # the key and connection-level headers stay at the router
+    for private in ("authorization", "azureml-model-deployment", "keep-alive"):
+        assert private not in echoed["headers"]
+
+
+def test_keeps_client_connections_alive(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    connection = router.connection()
+    for number in range(5):
+        connection.request("POST", "/score", body=str(number).encode(), headers=AUTH)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["body"] == str(number)
+        assert not response.will_close
+    connection.close()
+
+
+def test_answers_pipelined_requests_in_order(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    requests = b"".join(
+        f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 1\r\n\r\n{n}".encode()
+        for n in range(3)
+    )
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(requests)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 3 or not received.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    bodies = [json.loads(part[part.index(b"{"):])["body"] for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == ["0", "1", "2"]
+
+
+def test_chunked_request_bodies_are_forwarded_whole(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    connection = router.connection()
+    connection.request("POST", "/score", body=iter([b'{"a":', b" 1}"]), headers=AUTH, encode_chunked=True)
+    response = connection.getresponse()
+    assert json.loads(response.read())["body"] == '{"a": 1}'
+
+
+def test_refuses_missing_and_wrong_keys_but_takes_the_secondary(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    connection = router.connection()
+    connection.request("POST", "/score", body=b"{}")
+    response = connection.getresponse()
+    assert response.status == 401 and response.getheader("WWW-Authenticate") == "Bearer"
+    response.read()
+    assert router.post(headers={"Authorization": "Bearer nope"})[0] == 401
+    assert router.post(headers={"Authorization": KEY})[0] == 401  # the scheme is required
+    assert router.post(headers={"Authorization": "Bearer second-key"})[0] == 200
+
+
+def test_liveness_needs_no_key(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    connection = router.connection()
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (200, b"Healthy")
+
+
+def test_unreachable_slot_is_a_502_and_the_router_keeps_serving(make_router, blue):
+    dead_port = free_port()
+    router = make_router({"blue": (blue.port, 100), "gone": (dead_port, 0)})
+    status, headers, body = router.post(headers={"azureml-model-deployment": "gone"})
+    assert status == 502 and headers["azureml-model-deployment"] == "gone"
+    assert "not reachable" in json.loads(body)["message"]
+    assert router.post()[0] == 200
+
+
+def test_slow_slot_is_a_504():
+    slow = Upstream("slow", delay=2.0)
+    tmp = Path(os.environ["TDSP_DEPLOY_HOME"])
+    router = RouterProcess(tmp, {"slow": (slow.port, 100)}, timeout_s=0.3)
+    try:
+        status, _, body = router.post()
+        assert status == 504 and "did not answer within 0.3 s" in json.loads(body)["message"]
+    finally:
+        router.stop()
+        slow.shutdown()
+
+
+def test_no_traffic_is_a_503_unless_pinned(make_router, blue):
+    router = make_router({"blue": (blue.port, 0)})
+    status, _, body = router.post()
+    assert status == 503 and "no deployment takes traffic" in json.loads(body)["message"]
+    assert router.post(headers={"azureml-model-deployment": "blue"})[0] == 200
+
+
+def test_oversized_and_malformed_requests(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)}, max_bytes=100)
+    status, _, body = router.post(b"x" * 101)
+    assert status == 413 and "target.max_request_mb" in json.loads(body)["message"]
+    connection = router.connection()  # a chunked body without a length is counted too
+    connection.request("POST", "/score", body=iter([b"x" * 60, b"y" * 60]), headers=AUTH, encode_chunked=True)
+    assert connection.getresponse().status == 413
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(1000).startswith(b"HTTP/1.1 400")
+    assert router.post()[0] == 200
+
+
+def test_sighup_reloads_routes_and_weights_split_traffic(make_router, blue):
+    green = Upstream("green")
+    try:
+        router = make_router({"blue": (blue.port, 100)})
+        router.write({"blue": (blue.port, 70), "green": (green.port, 30)}, generation=2)
+        router.process.send_signal(signal.SIGHUP)
+        connection = router.connection()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            connection.request("GET", "/-/state", headers=AUTH)
+            state = json.loads(connection.getresponse().read())
+            if state["generation"] == 2:
+                break
+            time.sleep(0.05)
+        assert state["slots"] == {"blue": {"port": blue.port, "weight": 70}, "green": {"port": green.port, "weight": 30}}
+        counts = Counter()
+        for _ in range(400):
+            connection.request("POST", "/score", body=b"{}", headers=AUTH)
+            response = connection.getresponse()
+            response.read()
+            counts[response.getheader("azureml-model-deployment")] += 1
+        # 400 draws at p=0.3: the standard deviation of green's count is ~9; allow 4 of them
+        assert abs(counts["green"] - 120) < 37, counts
+        assert counts["blue"] + counts["green"] == 400
+    finally:
+        green.shutdown()
+
+
+def test_sigterm_lets_in_flight_requests_finish():
+    slow = Upstream("slow", delay=0.5)
+    tmp = Path(os.environ["TDSP_DEPLOY_HOME"])
+    router = RouterProcess(tmp, {"slow": (slow.port, 100)})
+    results: list[int] = []
+    try:
+        worker = threading.Thread(target=lambda: results.append(router.post()[0]))
+        worker.start()
+        time.sleep(0.2)
+        router.process.send_signal(signal.SIGTERM)
+        worker.join(timeout=10)
+        assert results == [200]
+        assert router.process.wait(timeout=10) == 0
+    finally:
+        router.stop()
+        slow.shutdown()
+
+
+def test_route_table_splits_by_weight_and_pins_by_name():
+    table = RouteTable(
+        (SlotRoute("blue", 1, 90), SlotRoute("green", 2, 10), SlotRoute("idle", 3, 0)), rng=random.Random(7)
+    )
+    counts = Counter(table.choose().name for _ in range(10_000))
+    assert set(counts) == {"blue", "green"}
+    assert 850 <= counts["green"] <= 1150
+    assert table.pinned("idle").port == 3 and table.pinned("nope") is None
+    assert RouteTable((SlotRoute("a", 1, 0),)).choose() is None
