@@ -8,6 +8,7 @@ and a traceback appears only with ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import sys
@@ -15,7 +16,6 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from tdsp_deploy import __version__
@@ -442,13 +442,17 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     token = _ENV.set(env)
     try:
         command = typer.main.get_command(app)
-        result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
+        with _streams(env):
+            result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         return _render_error(env, _interrupted())
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # the command line itself is wrong
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tdsp-deploy`: help was the answer
+            env.write_data(exc.format_message())
+            return 0
         error = UsageError(exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`")
         return _render_error(env, error)
     except TdspError as exc:
@@ -465,6 +469,17 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         return _render_error(env, error)
     finally:
         _ENV.reset(token)
+
+
+def _streams(env: Environment) -> contextlib.AbstractContextManager[object]:
+    """Help and parser messages are printed by typer to sys.stdout/stderr: send them to the
+    environment's streams (a no-op for the real console)."""
+    stack = contextlib.ExitStack()
+    if env.stdout is not sys.stdout:
+        stack.enter_context(contextlib.redirect_stdout(env.stdout))
+    if env.stderr is not sys.stderr:
+        stack.enter_context(contextlib.redirect_stderr(env.stderr))
+    return stack
 
 
 def _interrupted() -> TdspError:
