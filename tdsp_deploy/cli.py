@@ -250,7 +250,8 @@ def push(
         return
     from tdsp_deploy import render_text
 
-    render_text.push_summary(env, result, manifest)
+    sample = loaded.manifest.smoke_test.request if loaded.manifest.smoke_test else None
+    render_text.push_summary(env, result, manifest, sample)
 
 
 @app.command()

@@ -52,6 +52,8 @@ class Environment:
             highlight=False,
             soft_wrap=True,
             emoji=False,
+            # off a terminal (CI logs) there is no width to measure: do not squeeze tables to 80
+            width=None if self.stderr_isatty else 120,
         )
 
     # -- writing ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.base import Backend, EndpointStatus, Progress, ProgressEvent, no_progress
-from tdsp_deploy.errors import DeploymentFailed, Interrupted, TdspError
+from tdsp_deploy.errors import DeploymentFailed, Interrupted, TdspError, UsageError
 from tdsp_deploy.manifest import LoadedManifest, check_manifest
 from tdsp_deploy.manifest.model import RolloutSection
 from tdsp_deploy.packaging import build_package
@@ -83,6 +83,7 @@ def push(
 ) -> PushResult:
     manifest = loaded.manifest
     warnings = check_manifest(loaded)
+    _check_rollout_supported(backend, manifest.rollout)
     for warning in warnings:
         progress(ProgressEvent(step="validate", message=f"warning: {warning}"))
     package = build_package(manifest, paths.package_store(), progress=progress)
@@ -102,6 +103,20 @@ def push(
         slot = choose_slot(before, manifest.rollout)
         smoke = _deploy_and_prove(loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed)
     return _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
+
+
+def _check_rollout_supported(backend: Backend, rollout: RolloutSection) -> None:
+    """Refuse, before anything changes, a rollout the target cannot carry out."""
+    if rollout.mirror > 0 and not backend.supports_mirror:
+        raise UsageError(
+            f"the {backend.kind} target cannot mirror traffic (rollout.mirror: {rollout.mirror})",
+            hint="set rollout.mirror to 0",
+        )
+    if 0 < rollout.traffic < 100 and not backend.supports_weighted_traffic:
+        raise UsageError(
+            f"the {backend.kind} target cannot split traffic (rollout.traffic: {rollout.traffic})",
+            hint="use rollout.traffic 100 (switch) or 0 (stage only)",
+        )
 
 
 def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSection) -> str | None:
@@ -198,7 +213,7 @@ def _roll_back(
 
 
 def _describe_traffic(traffic: dict[str, int]) -> str:
-    return "traffic: " + ", ".join(f"{name}={weight}%" for name, weight in traffic.items())
+    return "setting " + ", ".join(f"{name}={weight}%" for name, weight in traffic.items())
 
 
 def _result(

@@ -24,7 +24,7 @@ def _table(env: Environment, title: str | None = None):  # type: ignore[no-untyp
     return Table(title=title, box=box.SIMPLE if env.colors else box.ASCII, title_justify="left")
 
 
-def push_summary(env: Environment, result: PushResult, manifest: Path) -> None:
+def push_summary(env: Environment, result: PushResult, manifest: Path, sample: Path | None) -> None:
     console = env.console()
     if result.unchanged:
         console.print(f"'{result.endpoint}/{result.deployment}' already runs package {result.package_id[:12]}; "
@@ -37,7 +37,7 @@ def push_summary(env: Environment, result: PushResult, manifest: Path) -> None:
     traffic = ", ".join(f"{name}={weight}%" for name, weight in result.traffic.items()) or "none"
     console.print(f"traffic: {traffic}", markup=False)
     console.print(f"scoring URI: {result.scoring_uri}", markup=False)
-    request = "sample-request.json"
+    request = _shown(sample) if sample else "request.json"
     console.print(
         "call it:\n"
         f"  tdsp-deploy invoke {manifest} --request {request}\n"
@@ -46,6 +46,14 @@ def push_summary(env: Environment, result: PushResult, manifest: Path) -> None:
         f"  (the key: tdsp-deploy credentials {manifest})",
         markup=False,
     )
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it from here."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def smoke_table(env: Environment, report: SmokeReport) -> None:

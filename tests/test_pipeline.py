@@ -245,3 +245,11 @@ def test_render_writes_the_lock_and_the_backends_plan(cli, tmp_path):
     plan = json.loads((out / "fake-plan.json").read_text())
     assert plan["package"] == lock["package_id"] == result.json()["package_id"]
     assert fake_backend.ENDPOINTS.get("fakey", {}).get("slots", {}) == {}  # offline: nothing deployed
+
+
+def test_a_rollout_the_target_cannot_do_is_refused_before_anything_changes(cli, tmp_path):
+    manifest = make_project(tmp_path, rollout={"mirror": 10})
+    result = cli("push", manifest, "--json")
+    assert result.exit_code == ExitCode.USAGE
+    assert "cannot mirror traffic" in result.json()["message"]
+    assert "fakey" not in fake_backend.ENDPOINTS
