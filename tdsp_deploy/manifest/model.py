@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -54,9 +55,19 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
                 f"path '{value}' leaves the manifest's folder {base}; "
                 "keep files beside the manifest or give an absolute path"
             )
-    if not resolved.exists():
-        raise ValueError(f"'{value}' does not exist (looked for {resolved})")
+    _must_exist(value, resolved)
     return resolved
+
+
+def _must_exist(value: Path, resolved: Path) -> None:
+    # Path.exists() raises OSError for a name too long or a folder we may not enter; pydantic
+    # turns only ValueError into a located validation error, so translate here.
+    try:
+        exists = resolved.exists()
+    except OSError as exc:
+        raise ValueError(f"'{value}' cannot be read: {exc.strerror or exc}") from None
+    if not exists:
+        raise ValueError(f"'{value}' does not exist (looked for {resolved})")
 
 
 def _as_text(value: Any) -> Any:
@@ -86,24 +97,41 @@ class ScoringSection(Strict):
     code: ManifestPath | None = Field(
         default=None, description="Folder shipped with the script (default: the script's folder)."
     )
-    script: Path = Field(description="Entry script with init() and run(raw_data); relative to `code` when given.")
+    script: Path = Field(
+        description="Entry script with init() and run(raw_data); relative to `code` when given."
+    )
+
+    # Field validators rather than one model validator, so that each error is located at the
+    # field it concerns (scoring.code or scoring.script) and the manifest line can be shown.
+    @field_validator("code")
+    @classmethod
+    def _code_is_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"must be a folder, got file {value}")
+        return value
+
+    @field_validator("script")
+    @classmethod
+    def _resolve_script(cls, value: Path, info: ValidationInfo) -> Path:
+        if "code" not in info.data:
+            return value  # scoring.code is wrong and says so; a second error here would be noise
+        code: Path | None = info.data["code"]
+        if code is None:
+            script = _resolve(value, info)
+        else:
+            script = (code / value).resolve()
+            if not script.is_relative_to(code):
+                raise ValueError(f"'{value}' leaves the code folder {code}")
+            _must_exist(value, script)
+        if not script.is_file():
+            what = "a folder" if script.is_dir() else "not a regular file"
+            raise ValueError(f"must be a file; {script} is {what}")
+        return script
 
     @model_validator(mode="after")
-    def _resolve_script(self, info: ValidationInfo) -> ScoringSection:
-        if self.code is not None and not self.code.is_dir():
-            raise ValueError(f"scoring.code must be a folder, got file {self.code}")
+    def _default_code(self) -> ScoringSection:
         if self.code is None:
-            script = _resolve(self.script, info)
-            self.code = script.parent
-        else:
-            script = (self.code / self.script).resolve()
-            if not script.is_relative_to(self.code):
-                raise ValueError(f"scoring.script '{self.script}' leaves the code folder {self.code}")
-            if not script.exists():
-                raise ValueError(f"scoring.script '{self.script}' does not exist in {self.code}")
-        if not script.is_file():
-            raise ValueError(f"scoring.script must be a file, got {script}")
-        self.script = script
+            self.code = self.script.parent
         return self
 
     @property
@@ -113,18 +141,23 @@ class ScoringSection(Strict):
         return self.script.relative_to(self.code).as_posix()
 
 
-def _check_variables(value: dict[str, str]) -> dict[str, str]:
-    for key in value:
-        if not ENV_VAR_NAME.match(key):
-            raise ValueError(f"'{key}' is not a valid environment variable name")
-    return value
+def _check_variable_name(key: str) -> str:
+    # Checked per key, so that an error points at the line of the bad name.
+    if not ENV_VAR_NAME.match(key):
+        raise ValueError(
+            "not a valid environment variable name: use letters, digits and '_', not a digit first"
+        )
+    return key
+
+
+VariableName = Annotated[str, AfterValidator(_check_variable_name)]
 
 
 class EnvironmentSection(Strict):
     requirements: ManifestPath | None = Field(default=None, description="pip requirements file.")
     conda_file: ManifestPath | None = Field(default=None, description="conda environment file.")
     image: str | None = Field(default=None, description="Base image (azureml only).")
-    variables: Annotated[dict[str, Text], AfterValidator(_check_variables)] = Field(
+    variables: dict[VariableName, Text] = Field(
         default_factory=dict, description="Environment variables for the scoring process."
     )
 
@@ -139,7 +172,9 @@ class LatencyObjective(Strict):
     requests: int = Field(default=200, ge=1, le=1_000_000)
     concurrency: int = Field(default=4, ge=1, le=256)
     warmup: int = Field(default=10, ge=0, le=100_000)
-    p95_ms: float | None = Field(default=None, gt=0, description="Fail the push when p95 latency exceeds this.")
+    p95_ms: float | None = Field(
+        default=None, gt=0, description="Fail the push when p95 latency exceeds this."
+    )
     max_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -154,7 +189,9 @@ class RolloutSection(Strict):
     deployment: str | None = Field(
         default=None, pattern=DEPLOYMENT_NAME, description="Slot name; default: alternate blue/green."
     )
-    traffic: int = Field(default=100, ge=0, le=100, description="% for the new slot once the smoke test passes.")
+    traffic: int = Field(
+        default=100, ge=0, le=100, description="% for the new slot once the smoke test passes."
+    )
     mirror: int = Field(default=0, ge=0, le=50, description="% of live traffic copied to the new slot.")
 
 
@@ -162,16 +199,24 @@ class LocalTarget(Strict):
     """The embedded target: inference-server processes behind a router on loopback."""
 
     kind: Literal["local"] = "local"
-    host: str = Field(default="127.0.0.1", description="Address the router binds; loopback unless you mean it.")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Router port (default: a free port, kept).")
+    host: str = Field(
+        default="127.0.0.1", description="Address the router binds; loopback unless you mean it."
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Router port (default: a free port, kept)."
+    )
     workers: int = Field(default=1, ge=1, le=64, description="Inference-server workers per slot.")
-    startup_timeout: float = Field(default=120, gt=0, le=3600, description="Seconds to wait for a slot to be healthy.")
+    startup_timeout: float = Field(
+        default=120, gt=0, le=3600, description="Seconds to wait for a slot to be healthy."
+    )
     request_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
     max_request_mb: float = Field(default=100, gt=0, le=2048, description="Bodies above this get 413.")
 
 
 class ManifestBase(Strict):
-    name: str = Field(pattern=ENDPOINT_NAME, description="Endpoint name: 3-32 chars, letter first, [a-z0-9-].")
+    name: str = Field(
+        pattern=ENDPOINT_NAME, description="Endpoint name: 3-32 chars, letter first, [a-z0-9-]."
+    )
     model: ModelSection
     scoring: ScoringSection
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)

@@ -1,0 +1,14 @@
+"""The deployment manifest: load it, validate it, check what can be checked without running it."""
+
+from tdsp_deploy.manifest.checks import check_manifest
+from tdsp_deploy.manifest.loader import LoadedManifest, load_manifest
+from tdsp_deploy.manifest.model import LocalTarget, ManifestBase, manifest_class
+
+__all__ = [
+    "LoadedManifest",
+    "LocalTarget",
+    "ManifestBase",
+    "check_manifest",
+    "load_manifest",
+    "manifest_class",
+]
