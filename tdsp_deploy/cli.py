@@ -138,7 +138,9 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
     warnings = check_manifest(loaded)
     kind = loaded.manifest.target.kind  # type: ignore[attr-defined]
     try:
-        check_requirements(registry.backend_class(kind))
+        backend_class = registry.backend_class(kind)
+        check_requirements(backend_class)
+        warnings += backend_class(loaded.manifest).preflight()
     except PluginError as exc:
         warnings.append(f"{exc.message}; {exc.hint}")
     if env.json_mode:

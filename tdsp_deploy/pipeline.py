@@ -82,7 +82,7 @@ def push(
     lock_timeout: float = 600.0,
 ) -> PushResult:
     manifest = loaded.manifest
-    warnings = check_manifest(loaded)
+    warnings = check_manifest(loaded) + backend.preflight()
     _check_rollout_supported(backend, manifest.rollout)
     for warning in warnings:
         progress(ProgressEvent(step="validate", message=f"warning: {warning}"))

@@ -242,3 +242,48 @@ def test_processes_outlive_the_cli(iris, state_home):
         assert status == 200
     finally:
         subprocess.run([*command, "delete", str(iris), "--yes"], env=env, capture_output=True, timeout=60)
+
+
+def test_the_script_sees_the_variables_and_a_single_file_model_as_on_azure_ml(cli, tmp_path):
+    """A model that is one file keeps its name under AZUREML_MODEL_DIR; variables are passed;
+    a requirement this environment lacks is a warning, in validate and in push."""
+    (tmp_path / "weights.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "score.py").write_text(
+        "import json, os\n"
+        "def init():\n"
+        "    global seen\n"
+        "    root = os.environ['AZUREML_MODEL_DIR']\n"
+        "    seen = {'files': sorted(os.listdir(root)), 'greeting': os.environ['GREETING'],\n"
+        "            'size': os.path.getsize(os.path.join(root, 'weights.bin'))}\n"
+        "def run(raw_data):\n"
+        "    return seen\n"
+    )
+    (tmp_path / "request.json").write_text("{}")
+    (tmp_path / "requirements.txt").write_text("a-distribution-nobody-installed>=1\n")
+    manifest = tmp_path / "deploy.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "name": "layout", "model": {"path": "weights.bin"}, "scoring": {"script": "score.py"},
+        "environment": {"requirements": "requirements.txt", "variables": {"GREETING": "hello"}},
+        "smoke_test": {"request": "request.json", "latency": {"requests": 5, "concurrency": 1, "warmup": 0}},
+    }))
+    validated = cli("validate", manifest, "--json")
+    assert any("a-distribution-nobody-installed" in w for w in validated.json()["warnings"])
+    try:
+        pushed = cli("push", manifest, "--json")
+        assert pushed.exit_code == 0, pushed.stderr
+        assert any("a-distribution-nobody-installed" in w for w in pushed.json()["warnings"])
+        answer = cli("invoke", manifest, "--request", tmp_path / "request.json", "--json").json()["response"]
+        assert answer == {"files": ["weights.bin"], "greeting": "hello", "size": 2}
+    finally:
+        cli("delete", manifest, "--yes")
+
+
+def test_a_second_push_waits_for_the_lock_then_gives_up(cli, iris):
+    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+
+    with EndpointLock(EndpointFiles("iris"), timeout=1):
+        result = cli("push", iris, "--lock-timeout", "0.5", "--json")
+    assert result.exit_code == ExitCode.BACKEND
+    assert "locked by another command" in result.json()["message"]
+    assert "waiting for it" in result.stderr
+    assert cli("status", iris, "--json").exit_code == ExitCode.BACKEND  # nothing was deployed

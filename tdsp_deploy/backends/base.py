@@ -149,6 +149,11 @@ class Backend(abc.ABC):
     def credentials(self) -> dict[str, str]:
         """The endpoint's keys: ``primary_key`` and ``secondary_key``."""
 
+    def preflight(self) -> list[str]:
+        """Warnings about the manifest on this target, found before anything is deployed
+        (e.g. the environment file asks for packages the target will not have)."""
+        return []
+
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """Held while a command changes the endpoint, so that two pushes never interleave.
         Waits up to ``timeout`` seconds, then raises BackendError."""

@@ -268,7 +268,8 @@ class _Tree:
 
     def _key(self, node: Node, path: FieldPath) -> str | None:
         if not isinstance(node, ScalarNode):
-            self.problem(path, _line(node), "keys must be plain names, not lists or mappings")
+            # The entry is left out; the rest of the mapping is still worth validating.
+            self.problem(path, _line(node), "keys must be plain names, not lists or mappings", failed=False)
             return None
         return node.value  # keys are names: `1:` or `yes:` mean the text the user wrote
 
@@ -482,7 +483,7 @@ def _message(
     if kind == "union_tag_not_found":
         return f"'kind' is required; one of: {', '.join(_target_kinds(cls))}"
     if kind in _BOUNDS:
-        return f"must be {_BOUNDS[kind]} {ctx.get(_BOUND_KEYS[kind])}{got}"
+        return f"must be {_BOUNDS[kind]} {ctx.get(_BOUND_KEYS[kind])}"  # as DESIGN.md shows it
     if kind == "string_pattern_mismatch":
         return _PATTERNS.get(ctx.get("pattern", ""), f"must match {ctx.get('pattern')}") + got
     if kind == "string_too_short":

@@ -118,6 +118,12 @@ class LocalBackend(Backend):
         self._record()
         return self.files.keys()
 
+    def preflight(self) -> list[str]:
+        from tdsp_deploy.environment import check_environment
+
+        # Slots run in this Python environment: say where it differs from the manifest's.
+        return check_environment(self.manifest.environment)
+
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         def told(message: str) -> None:
             self.progress(ProgressEvent(step="lock", message=message))
@@ -126,7 +132,6 @@ class LocalBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
-        from tdsp_deploy.environment import check_environment
         from tdsp_deploy.packaging import extract_package
 
         record = self.files.read() or self._new_record()
@@ -140,8 +145,6 @@ class LocalBackend(Backend):
             shutil.rmtree(directory)
         self.progress(ProgressEvent(step="deploy", message=f"unpacking package {package.package_id[:12]} into {slot}"))
         lock = extract_package(package.path, directory / "package")
-        for warning in check_environment(self.manifest.environment):
-            self.progress(ProgressEvent(step="environment", message=warning))
 
         port = processes.free_port()
         process = processes.spawn(
