@@ -15,7 +15,7 @@ from typing import Literal
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import Field
 
@@ -299,9 +299,9 @@ def test_wrong_type() -> None:
 
 def test_out_of_range_lists_every_problem_in_line_order() -> None:
     assert problems_of(CORPUS / "out-of-range.yaml") == [
-        (7, "target.port", "must be <= 65535, got 70000"),
-        (9, "rollout.traffic", "must be <= 100, got 150"),
-        (10, "rollout.mirror", "must be <= 50, got 60"),
+        (7, "target.port", "must be <= 65535"),
+        (9, "rollout.traffic", "must be <= 100"),
+        (10, "rollout.mirror", "must be <= 50"),
     ]
 
 
@@ -309,16 +309,14 @@ def test_error_renders_as_file_line_field_message(monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(CORPUS)
     with pytest.raises(ManifestError) as caught:
         load_manifest("out-of-range.yaml")
-    assert (
-        str(caught.value).splitlines()[0] == "out-of-range.yaml:7: target.port: must be <= 65535, got 70000"
-    )
+    assert str(caught.value).splitlines()[0] == "out-of-range.yaml:7: target.port: must be <= 65535"
     doc = caught.value.to_json()
     assert doc["exit_code"] == 2 and doc["error"] == "manifest"
     assert doc["problems"][1] == {
         "file": "out-of-range.yaml",
         "line": 9,
         "field": "rollout.traffic",
-        "message": "must be <= 100, got 150",
+        "message": "must be <= 100",
     }
     json.dumps(doc)
 
@@ -377,7 +375,7 @@ def test_several_targets_errors_are_located_without_the_union_tag(tmp_path: Path
     path = project(tmp_path, MINIMAL + "target:\n  kind: fake\n  instance_count: 0\n  regoin: x\n")
     assert problems_of(path, targets=targets) == [
         (6, "target.region", "required"),
-        (8, "target.instance_count", "must be >= 1, got 0"),
+        (8, "target.instance_count", "must be >= 1"),
         (9, "target.regoin", "unknown key; did you mean 'region'?"),
     ]
     path = project(tmp_path, MINIMAL + "target:\n  kind: k8s\n")
@@ -385,7 +383,7 @@ def test_several_targets_errors_are_located_without_the_union_tag(tmp_path: Path
         (7, "target.kind", "unknown target kind 'k8s'; one of: local, fake")
     ]
     path = project(tmp_path, MINIMAL + "target:\n  port: 70000\n")  # no kind: local
-    assert problems_of(path, targets=targets) == [(7, "target.port", "must be <= 65535, got 70000")]
+    assert problems_of(path, targets=targets) == [(7, "target.port", "must be <= 65535")]
     path = project(tmp_path, MINIMAL + "target:\n  kind: fake\n  region: westeurope\n")
     assert load_manifest(path, targets=targets).manifest.target.region == "westeurope"
     assert issubclass(manifest_class(targets), ManifestBase)
@@ -638,7 +636,9 @@ def test_init_with_required_parameter(tmp_path: Path) -> None:
         GOOD_SCRIPT,
         # inference_schema's decorators: the wrapped run takes its inputs by name
         "from inference_schema.schema_decorators import input_schema, output_schema\n"
-        "from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType\n"
+        "from inference_schema.parameter_types.standard_py_parameter_type import (\n"
+        "    StandardPythonParameterType,\n"
+        ")\n"
         "def init():\n    pass\n"
         "@input_schema('data', StandardPythonParameterType([1.0]))\n"
         "@output_schema(StandardPythonParameterType([1]))\n"
@@ -646,7 +646,8 @@ def test_init_with_required_parameter(tmp_path: Path) -> None:
         "async def init():\n    pass\nasync def run(raw_data, *rest):\n    return raw_data\n",
         "def init(): pass\nrun = lambda raw: raw\n",
         "from mylib.scoring import init, run\n",
-        "import json\ntry:\n    import fast\n    def init(): pass\nexcept ImportError:\n    def init(): pass\n"
+        "import json\ntry:\n    import fast\n    def init(): pass\n"
+        "except ImportError:\n    def init(): pass\n"
         "if True:\n    def run(*args): pass\n",
         "init = run = None  # assigned: the signature cannot be read, so it is not judged\n",
         "# -*- coding: latin-1 -*-\ns = 'caf\xe9'\ndef init(): pass\ndef run(d): pass\n",
@@ -681,7 +682,8 @@ def test_invalid_expected_response_and_script_together(tmp_path: Path) -> None:
         (
             5,
             "scoring.script",
-            "score.py: no top-level function 'run'; the scoring contract needs def init() and def run(raw_data)",
+            "score.py: no top-level function 'run'; "
+            "the scoring contract needs def init() and def run(raw_data)",
         ),
         (8, "smoke_test.expect", "expected.json:1: not valid UTF-8 (byte 0xff); save it as UTF-8"),
     ]
@@ -730,9 +732,10 @@ SCALARS = st.one_of(
 VALUES = st.recursive(
     SCALARS,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner)
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4)
     ),
-    max_leaves=20,
+    max_leaves=12,
 )
 # Characters YAML gives meaning to, plus a few words, so that random text reaches the parser's corners.
 YAML_TOKENS = list(":-[]{}&*!|>'\"#%@`,?<$\t\n ") + ["a", "1", "<<", "name", "model", "  ", "\n  ", "${X}"]
@@ -761,7 +764,7 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project(tmp_path_factory.mktemp("fuzz")).parent
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300), YAML_ISH))
 def test_fuzz_arbitrary_text(fuzz_dir: Path, content: str | bytes) -> None:
     path = fuzz_dir / "text.yaml"
@@ -769,9 +772,9 @@ def test_fuzz_arbitrary_text(fuzz_dir: Path, content: str | bytes) -> None:
     assert_only_manifest_errors(path)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(
-    st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=8),
+    st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6),
     st.dictionaries(
         st.sampled_from(["model", "scoring", "smoke_test", "target", "rollout"]), VALUES, max_size=2
     ),
@@ -789,3 +792,11 @@ def test_fuzz_dir_holds_a_valid_project(fuzz_dir: Path) -> None:
     path.write_text(yaml.safe_dump(VALID), encoding="utf-8")
     assert load_manifest(path).manifest.smoke_test is not None
     assert os.path.exists(fuzz_dir / "score.py")
+
+
+def test_complex_key_is_reported_and_the_rest_still_validated(tmp_path: Path) -> None:
+    path = project(tmp_path, MINIMAL + "rollout:\n  ? [a, b]\n  : 1\n  traffic: 150\n")
+    assert problems_of(path) == [
+        (7, "rollout", "keys must be plain names, not lists or mappings"),
+        (9, "rollout.traffic", "must be <= 100"),
+    ]
