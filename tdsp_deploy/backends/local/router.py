@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import hmac
 import json
 import logging
@@ -331,22 +332,32 @@ async def forward(slot: SlotRoute, request: Request, timeout_s: float) -> bytes:
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[UpstreamAnswer] = loop.create_future()
     name = slot.name.encode()
+    # One timer for connect + answer (cheaper than two wait_for wrappers on every request).
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()  # type: ignore[union-attr]
+
+    timer = loop.call_later(timeout_s, expire)
     transport = None
     try:
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamProtocol(answer), "127.0.0.1", slot.port), timeout_s
+        transport, _ = await loop.create_connection(
+            lambda: UpstreamProtocol(answer, b"".join(lines)), "127.0.0.1", slot.port
         )
-        transport.write(b"".join(lines))
-        upstream = await asyncio.wait_for(answer, timeout_s)
-    # TimeoutError is an OSError: it must be caught before the connection errors below
-    except TimeoutError:
+        upstream = await answer
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # the client went away: nothing to answer
         return _response(
             504,
             [(PIN_HEADER, name)],
             _message(f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"),
             keep_alive=request.keep_alive,
         )
-    except (ConnectionError, OSError):
+    except OSError:  # refused, reset, or closed before answering
         return _response(
             502,
             [(PIN_HEADER, name)],
@@ -354,6 +365,7 @@ async def forward(slot: SlotRoute, request: Request, timeout_s: float) -> bytes:
             keep_alive=request.keep_alive,
         )
     finally:
+        timer.cancel()
         if transport is not None:
             transport.close()
     headers = [(n, v) for n, v in upstream.headers if n.lower() not in RESPONSE_DROP]
@@ -372,14 +384,19 @@ class UpstreamAnswer:
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    """Reads one response from a slot's server."""
+    """Sends one request to a slot's server and reads its response."""
 
-    def __init__(self, answer: asyncio.Future[UpstreamAnswer]):
+    def __init__(self, answer: asyncio.Future[UpstreamAnswer], payload: bytes):
         self.answer = answer
+        self.payload = payload
         self.parser = httptools.HttpResponseParser(self)
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Write at once, in the connect callback: the slot's worker may already be waiting.
+        transport.write(self.payload)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -433,6 +450,11 @@ def _response(
 
 async def serve(config_path: Path) -> None:
     router = Router(config_path)
+    # Each request allocates a few dozen short-lived objects without reference cycles; at the
+    # default threshold the cyclic collector ran often enough to take ~6% of the router's CPU
+    # (measured with py-spy). Keep it, but far less often, and leave start-up objects out of it.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     loop = asyncio.get_running_loop()
     config = router.config
     server = await loop.create_server(lambda: ClientConnection(router), config.host, config.port, backlog=2048)
