@@ -11,6 +11,7 @@ defined here; other kinds come from their backends (see ``manifest_class``).
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -59,6 +60,14 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return resolved
 
 
+def _resolve_keeping_name(value: Path, info: ValidationInfo) -> Path:
+    """Like _resolve, but a symlink keeps the name it is given: Azure ML places a model under
+    the name the user wrote (model: path: model -> $AZUREML_MODEL_DIR/model), whatever it
+    links to. The checks still apply to where the link leads."""
+    _resolve(value, info)
+    return Path(os.path.normpath(value if value.is_absolute() else _base_dir(info).resolve() / value))
+
+
 def _must_exist(value: Path, resolved: Path) -> None:
     # Path.exists() raises OSError for a name too long or a folder we may not enter; pydantic
     # turns only ValueError into a located validation error, so translate here.
@@ -80,11 +89,12 @@ def _as_text(value: Any) -> Any:
 
 
 ManifestPath = Annotated[Path, AfterValidator(_resolve)]
+ModelPath = Annotated[Path, AfterValidator(_resolve_keeping_name)]
 Text = Annotated[str, BeforeValidator(_as_text)]
 
 
 class ModelSection(Strict):
-    path: ManifestPath = Field(description="Model file or folder, relative to the manifest.")
+    path: ModelPath = Field(description="Model file or folder, relative to the manifest.")
     name: str | None = Field(
         default=None, pattern=MODEL_NAME, description="Registered model name (default: the endpoint name)."
     )

@@ -71,11 +71,13 @@ def plan(
     code = _real(manifest.scoring.code, "scoring.code")  # type: ignore[arg-type]
     env = manifest.environment
     project = (project_dir or _common_root(model, code, env.requirements, env.conda_file)).resolve()
-    if not model.name:
+    # The name as the manifest gives it, not where a symlink leads: Azure ML does the same.
+    model_name = manifest.model.path.name or model.name
+    if not model_name:
         raise PackagingError(
             f"model.path {model} has no name to keep", hint="point model.path at a file or folder"
         )
-    model_arc = f"model/{model.name}"
+    model_arc = f"model/{model_name}"
     walker = _Walker(project=project, out_dir=out_dir.resolve(), archive_name=re.compile(archive_pattern))
 
     files = list(walker.walk_any(model, model_arc))

@@ -1,7 +1,7 @@
 """A deterministic tar writer that hashes each file while it copies it.
 
 tarfile's ``addfile`` would read each file through its own small buffer and leave hashing
-to a second pass. Here each file is read once, in 1 MiB chunks into one reused buffer, and
+to a second pass. Here each file is read once, in 1 MiB chunks into two reused buffers, and
 every chunk goes to sha256 (on a helper thread, for large files) and to the archive at the
 same time: constant memory, one pass, for any model size. Headers come from
 ``TarInfo.tobuf`` (PAX format), with every field that could vary between builds pinned:
@@ -10,11 +10,12 @@ mtime 0, uid/gid 0, no user or group names, two modes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import tarfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,35 +42,45 @@ def header(name: str, *, size: int = 0, mode: int = 0o644, folder: bool = False)
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-HashChunk = Callable[["hashlib._Hash", memoryview], Callable[[], object]]
+class _Hashing:
+    """Feeds chunks to one sha256, on a helper thread when ``pool`` is given.
+
+    sha256 costs about as much per byte as reading and writing together, and hashlib
+    releases the GIL; with a helper thread a large file takes the time of the slower of the
+    two instead of their sum. Chunks alternate between two buffers: while one is hashed, the
+    next is read into the other and written out. At most two chunks are in flight, so a
+    buffer is only refilled once its hash is done.
+    """
+
+    def __init__(self, digest: hashlib._Hash, pool: ThreadPoolExecutor | None):
+        self._digest = digest
+        self._pool = pool
+        self._pending: collections.deque[Future[None]] = collections.deque()
+
+    def add(self, data: memoryview) -> None:
+        """Queue ``data``; returns once the chunk before it is hashed (its buffer is free)."""
+        if self._pool is None:
+            self._digest.update(data)
+            return
+        self._pending.append(self._pool.submit(self._digest.update, data))
+        if len(self._pending) > 1:
+            self._pending.popleft().result()
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
 
 @contextlib.contextmanager
-def _hasher(size: int) -> Iterator[HashChunk]:
-    """How to hash one chunk: returns a function that waits until it is hashed.
-
-    sha256 and writing the archive each take about as long per byte, and both release the
-    GIL; hashing on a second thread while this one writes makes a large file take the time
-    of the slower of the two instead of their sum. Small files are hashed inline.
-    """
+def _hashing(digest: hashlib._Hash, size: int) -> Iterator[_Hashing]:
     if size < PIPELINE_MIN_SIZE:
-
-        def inline(digest: hashlib._Hash, data: memoryview) -> Callable[[], object]:
-            digest.update(data)
-            return _done
-
-        yield inline
+        yield _Hashing(digest, None)  # a thread would cost more than it saves
         return
+    # Leaving the pool waits for its work, so no buffer is still being read on the way out.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdsp-hash") as pool:
-
-        def threaded(digest: hashlib._Hash, data: memoryview) -> Callable[[], object]:
-            return pool.submit(digest.update, data).result
-
-        yield threaded
-
-
-def _done() -> None:
-    pass
+        hashing = _Hashing(digest, pool)
+        yield hashing
+        hashing.wait()
 
 
 class TarStream:
@@ -78,8 +89,7 @@ class TarStream:
     def __init__(self, out: BinaryIO, out_path: Path, *, total: int, progress: Progress):
         self._out = out
         self._out_path = out_path
-        self._buffer = bytearray(CHUNK)
-        self._view = memoryview(self._buffer)
+        self._buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
         self._progress = progress
         self.total = total  # bytes of file content, for progress
         self.done = 0
@@ -106,10 +116,11 @@ class TarStream:
             source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below; errors differ by side
         except OSError as exc:
             raise read_error(path, exc) from None
-        with source, _hasher(size) as hash_chunk:
+        with source, _hashing(digest, size) as hashing:
             remaining = size
+            turn = 0
             while remaining:
-                chunk = self._view[: min(remaining, CHUNK)]
+                chunk = self._buffers[turn][: min(remaining, CHUNK)]
                 try:
                     n = source.readinto(chunk)
                 except OSError as exc:
@@ -117,12 +128,10 @@ class TarStream:
                 if not n:
                     raise changed_error(path)  # shorter than its header says: the tar would be corrupt
                 data = chunk[:n]
-                hashed = hash_chunk(digest, data)
-                try:
-                    self._write(data)
-                finally:
-                    hashed()  # the next read reuses the buffer: the hash must be done with it
+                hashing.add(data)
+                self._write(data)
                 remaining -= n
+                turn ^= 1
                 self._advance(n)
             if source.read(1):
                 raise changed_error(path)  # it grew: what we hashed is not the file any more

@@ -1,0 +1,166 @@
+"""Benchmark: how long the CLI takes to start, against the Azure ML SDK and mlflow starting.
+
+Measured: the wall time of whole processes, median of N=10 runs after 1 warm-up, the
+commands alternating round by round so they share the machine's noise:
+
+- ours: ``tdsp-deploy validate examples/iris/deploy.yaml`` and ``tdsp-deploy --help``
+- peer 1: ``python -c "import azure.ai.ml"`` (what a CLI built on the SDK pays before any work)
+- peer 2: ``mlflow --help``
+- floor: ``python -c pass`` (the interpreter alone; reported, not compared)
+
+All with this interpreter and its venv. Goal: validate / import azure.ai.ml <= 0.2. A peer
+that is not installed (bench/requirements.txt) is reported as ``"peer": null, "met": null``.
+
+    /work/venv/bin/python bench/cli_start.py [--runs N | --quick]
+    /work/venv/bin/python bench/cli_start.py --importtime [TOP]   # where validate's start-up goes
+
+Prints one JSON document on stdout (the import-time table is text); notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+from common import EXAMPLE, REPO, emit, fresh_home, note, result, tdsp_deploy, timed, tool
+
+GOAL = 0.2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="3 runs")
+    parser.add_argument(
+        "--importtime",
+        type=int,
+        nargs="?",
+        const=15,
+        metavar="TOP",
+        help="print the TOP modules by cumulative import time of `validate` instead",
+    )
+    args = parser.parse_args()
+    if args.importtime:
+        print(import_table(args.importtime))
+        return
+    runs = 3 if args.quick else args.runs
+
+    commands = {
+        "validate": [*tdsp_deploy(), "validate", str(EXAMPLE)],
+        "help": [*tdsp_deploy(), "--help"],
+        "floor": [sys.executable, "-c", "pass"],
+    }
+    missing: dict[str, str] = {}
+    azure_ai_ml = [sys.executable, "-c", "import azure.ai.ml"]
+    if subprocess.run(azure_ai_ml, capture_output=True, cwd=REPO).returncode == 0:
+        commands["azure_ai_ml"] = azure_ai_ml
+    else:
+        missing["azure_ai_ml"] = "azure-ai-ml is not installed: pip install -r bench/requirements.txt"
+    mlflow = tool("mlflow")
+    if mlflow:
+        commands["mlflow"] = [mlflow, "--help"]
+    else:
+        missing["mlflow"] = "mlflow is not installed: pip install -r bench/requirements.txt"
+
+    times: dict[str, list[float]] = defaultdict(list)
+    with fresh_home() as env:
+        for round_ in range(runs + 1):  # round 0 is the warm-up
+            for name, command in commands.items():
+                seconds = timed(command, env=env)
+                if round_:
+                    times[name].append(seconds)
+            if round_:
+                note(f"round {round_}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in times))
+    median = {name: statistics.median(values) for name, values in times.items()}
+
+    def entry(name: str, ours: str, peer: str, goal: float | None, peer_command: str) -> dict:
+        peer_s = median.get(peer)
+        ratio = median[ours] / peer_s if peer_s else None
+        met = None if ratio is None or goal is None else ratio <= goal
+        extra = {"note": missing[peer]} if peer in missing else {}
+        return result(
+            name,
+            median[ours],
+            peer_s,
+            ratio=ratio,
+            unit="s",
+            goal=f"ratio <= {goal}" if goal is not None else "none set (reported for comparison)",
+            met=met,
+            command=" ".join(["tdsp-deploy", *commands[ours][len(tdsp_deploy()) :]]),
+            peer_command=peer_command,
+            python_floor_s=round(median["floor"], 4),
+            runs={"ours": _r(times[ours]), "peer": _r(times.get(peer, []))},
+            notes=f"median of {runs} after 1 warm-up, whole-process wall time, commands alternating",
+            **extra,
+        )
+
+    emit(
+        [
+            entry(
+                "cli_start_validate_vs_azure_ai_ml",
+                "validate",
+                "azure_ai_ml",
+                GOAL,
+                'python -c "import azure.ai.ml"',
+            ),
+            entry("cli_start_validate_vs_mlflow", "validate", "mlflow", None, "mlflow --help"),
+            entry(
+                "cli_start_help_vs_azure_ai_ml", "help", "azure_ai_ml", GOAL, 'python -c "import azure.ai.ml"'
+            ),
+        ]
+    )
+
+
+def _r(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
+
+
+LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def import_table(top: int, runs: int = 5) -> str:
+    """The TOP modules by cumulative import time of `tdsp-deploy validate`, medians of ``runs``."""
+    cumulative: dict[str, list[int]] = defaultdict(list)
+    own: dict[str, list[int]] = defaultdict(list)
+    depth: dict[str, int] = {}
+    totals: list[int] = []
+    with fresh_home() as env:
+        for i in range(runs + 1):  # run 0 fills the page cache and __pycache__
+            done = subprocess.run(
+                [sys.executable, "-X", "importtime", "-m", "tdsp_deploy", "validate", str(EXAMPLE)],
+                env=env,
+                cwd=env["TDSP_DEPLOY_HOME"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            parsed = [m.groups() for m in map(LINE.match, done.stderr.splitlines()) if m]
+            if i == 0:
+                continue
+            totals.append(sum(int(c) for _, c, indent, _ in parsed if len(indent) // 2 == 0))
+            for self_us, cumulative_us, indent, module in parsed:
+                cumulative[module].append(int(cumulative_us))
+                own[module].append(int(self_us))
+                depth[module] = len(indent) // 2
+    total = statistics.median(totals)
+    rows = sorted(cumulative, key=lambda m: statistics.median(cumulative[m]), reverse=True)[:top]
+    lines = [
+        f"`tdsp-deploy validate` imports: {total / 1000:.1f} ms in all (median of {runs}; -X importtime)",
+        f"{'cumulative ms':>13}  {'self ms':>7}  depth  module",
+    ]
+    for m in rows:
+        lines.append(
+            f"{statistics.median(cumulative[m]) / 1000:13.1f}  {statistics.median(own[m]) / 1000:7.1f}"
+            f"  {depth[m]:5d}  {m}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
