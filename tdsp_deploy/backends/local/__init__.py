@@ -7,7 +7,6 @@ Processes outlive the CLI; their state lives under ``$TDSP_DEPLOY_HOME`` (state.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -413,6 +412,8 @@ class LocalBackend(Backend):
             )
 
     def _router_generation(self, record: EndpointRecord) -> int | None:
+        import http.client
+
         try:
             connection = http.client.HTTPConnection(_client_host(record.host), record.port, timeout=2)
             connection.request("GET", "/-/state", headers={"Authorization": f"Bearer {self.files.keys()['primary_key']}"})
@@ -470,6 +471,8 @@ def _client_host(host: str) -> str:
 
 def _probe(port: int, *, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
     """The liveness probe: GET / answers 200."""
+    import http.client  # here, not at the top: `validate` loads this module and never probes
+
     try:
         connection = http.client.HTTPConnection(host, port, timeout=timeout)
         connection.request("GET", "/")
