@@ -11,8 +11,8 @@ commands alternating round by round so they share the machine's noise:
 All with this interpreter and its venv. Goal: validate / import azure.ai.ml <= 0.2. A peer
 that is not installed (bench/requirements.txt) is reported as ``"peer": null, "met": null``.
 
-    /work/venv/bin/python bench/cli_start.py [--runs N | --quick]
-    /work/venv/bin/python bench/cli_start.py --importtime [TOP]   # where validate's start-up goes
+    python bench/cli_start.py [--runs N | --quick]
+    python bench/cli_start.py --importtime [TOP]   # where validate's start-up goes
 
 Prints one JSON document on stdout (the import-time table is text); notes go to stderr.
 """

@@ -6,7 +6,7 @@ Both run in this one process's session on the same file, alternating, after one 
 that puts the file in the page cache, so the disk is out of the comparison for both. Each
 packaging run happens in a child process so its peak RSS is its own.
 
-    /work/venv/bin/python bench/packaging.py [--size-mb N | --quick]
+    python bench/packaging.py [--size-mb N | --quick]
 
 Prints one JSON document on stdout; progress notes go to stderr.
 """

@@ -14,7 +14,7 @@ deleted after each run, median of 3:
 The three alternate within each run; one untimed round first puts every file in the page
 cache for all three. Goal: ours <= 10 s (absolute); the ratio ours/peer is reported too.
 
-    /work/venv/bin/python bench/push_cold.py [--runs N | --quick]
+    python bench/push_cold.py [--runs N | --quick]
 
 Prints one JSON document on stdout; notes go to stderr.
 """

@@ -13,7 +13,7 @@ router/direct requests/s >= 0.90, and no non-2xx answer or socket error on eithe
 The inference server answers ``Connection: close``, so wrk reconnects for every direct
 request, while it keeps its connections to the router open.
 
-    /work/venv/bin/python bench/router_overhead.py [--quick]      (needs wrk: apt-get install wrk)
+    python bench/router_overhead.py [--quick]      (needs wrk: apt-get install wrk)
 
 Prints one JSON document on stdout; notes go to stderr.
 """
