@@ -88,6 +88,16 @@ def _load(path: Path, env: Environment, registry: Registry | None = None) -> Loa
     return load_manifest(path, targets=models)
 
 
+def _load_checked(path: Path, env: Environment) -> LoadedManifest:
+    """Load the manifest and run the checks that need no backend; warnings go to stderr."""
+    from tdsp_deploy.manifest import check_manifest
+
+    loaded = _load(path, env)
+    for warning in check_manifest(loaded):
+        env.say(f"warning: {warning}", style="yellow")
+    return loaded
+
+
 def _backend(loaded: LoadedManifest, progress: Progress | None = None) -> Backend:
     from tdsp_deploy.backends.base import no_progress
     from tdsp_deploy.backends.registry import check_requirements
@@ -177,12 +187,10 @@ def package(
     debug: DebugOption = False,
 ) -> None:
     """Build the deterministic package (archive + sha256 lock) that a push deploys."""
-    from tdsp_deploy.manifest import check_manifest
     from tdsp_deploy.packaging import build_package
 
     env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    check_manifest(loaded)
+    loaded = _load_checked(manifest, env)
     with env.progress() as progress:
         built = build_package(loaded.manifest, output, progress=progress)
     document = {
@@ -209,12 +217,10 @@ def render(
 ) -> None:
     """Write, offline, exactly what a push would send or start: reviewable in a pull request."""
     from tdsp_deploy import paths
-    from tdsp_deploy.manifest import check_manifest
     from tdsp_deploy.packaging import build_package
 
     env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    check_manifest(loaded)
+    loaded = _load_checked(manifest, env)
     with env.progress() as progress:
         built = build_package(loaded.manifest, paths.package_store(), progress=progress)
         backend = _backend(loaded, progress)
