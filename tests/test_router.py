@@ -65,7 +65,9 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
 
 class RouterProcess:
-    def __init__(self, tmp: Path, slots: dict[str, tuple[int, int]], *, timeout_s: float = 5.0, max_bytes: int = 10_000):
+    def __init__(self, tmp: Path, slots: dict[str, tuple[int, int]], *, timeout_s: float = 5.0, max_bytes: int = 10_000,
+                 **options: object):
+        self.options = options
         self.dir = tmp
         (tmp / "keys.json").write_text(json.dumps({"primary_key": KEY, "secondary_key": "second-key"}))
         self.port = free_port()
@@ -85,12 +87,13 @@ class RouterProcess:
                 time.sleep(0.05)
         raise RuntimeError((tmp / "router.log").read_text())
 
-    def write(self, slots: dict[str, tuple[int, int]], *, generation: int, timeout_s: float = 5.0,
+    def write(self, slots: dict[str, tuple], *, generation: int, timeout_s: float = 5.0,
               max_bytes: int = 10_000) -> None:
+        """slots: name -> (port, weight) or (port, weight, mirror)."""
         RouterConfig(
             endpoint="test", host="127.0.0.1", port=self.port, keys_file=str(self.dir / "keys.json"),
-            slots=tuple(SlotRoute(n, p, w) for n, (p, w) in slots.items()), generation=generation,
-            request_timeout_s=timeout_s, max_request_bytes=max_bytes,
+            slots=tuple(SlotRoute(n, *route) for n, route in slots.items()), generation=generation,
+            request_timeout_s=timeout_s, max_request_bytes=max_bytes, **self.options,  # type: ignore[arg-type]
         ).write(self.config_path)
 
     def connection(self) -> http.client.HTTPConnection:
@@ -261,7 +264,10 @@ def test_sighup_reloads_routes_and_weights_split_traffic(make_router, blue):
             if state["generation"] == 2:
                 break
             time.sleep(0.05)
-        assert state["slots"] == {"blue": {"port": blue.port, "weight": 70}, "green": {"port": green.port, "weight": 30}}
+        assert state["slots"] == {
+            "blue": {"port": blue.port, "weight": 70, "mirror": 0},
+            "green": {"port": green.port, "weight": 30, "mirror": 0},
+        }
         counts = Counter()
         for _ in range(400):
             connection.request("POST", "/score", body=b"{}", headers=AUTH)
@@ -302,3 +308,88 @@ def test_route_table_splits_by_weight_and_pins_by_name():
     assert 850 <= counts["green"] <= 1150
     assert table.pinned("idle").port == 3 and table.pinned("nope") is None
     assert RouteTable((SlotRoute("a", 1, 0),)).choose() is None
+
+
+def test_request_ids_are_kept_or_made_and_reach_the_slot(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    status, headers, body = router.post(headers={"x-request-id": "caller-chose-this"})
+    assert headers["x-request-id"] == "caller-chose-this"
+    assert json.loads(body)["headers"]["x-request-id"] == "caller-chose-this"
+    _, made, body = router.post()
+    assert len(made["x-request-id"]) == 32 and json.loads(body)["headers"]["x-request-id"] == made["x-request-id"]
+    _, again, _ = router.post()
+    assert again["x-request-id"] != made["x-request-id"]
+
+
+def test_sticky_keys_always_reach_the_same_slot(make_router, blue):
+    green = Upstream("green")
+    try:
+        router = make_router({"blue": (blue.port, 50), "green": (green.port, 50)}, sticky_header="X-User")
+        seen: dict[str, set[str]] = {}
+        for round_ in range(3):
+            for user in range(40):
+                _, headers, _ = router.post(headers={"x-user": f"user-{user}"})
+                seen.setdefault(f"user-{user}", set()).add(headers["azureml-model-deployment"])
+        assert all(len(slots) == 1 for slots in seen.values())
+        chosen = Counter(next(iter(slots)) for slots in seen.values())
+        assert set(chosen) == {"blue", "green"}  # keys spread over both slots
+    finally:
+        green.shutdown()
+
+
+def test_mirror_copies_requests_but_the_caller_gets_the_live_answer(make_router, blue, tmp_path):
+    shadow = Upstream("shadow", delay=0.3)  # a slow shadow must not slow the caller
+    try:
+        router = make_router({"blue": (blue.port, 100), "shadow": (shadow.port, 0, 50)},
+                             request_log=str(tmp_path / "requests.jsonl"))
+        started = time.perf_counter()
+        answers = [router.post(b'{"n": %d}' % i) for i in range(20)]
+        elapsed = time.perf_counter() - started
+        assert all(json.loads(body)["upstream"] == "blue" for _, _, body in answers)
+        assert all(headers["azureml-model-deployment"] == "blue" for _, headers, _ in answers)
+        assert elapsed < 0.3 * 20 / 4  # the shadows' 0.3 s each never added up on the caller's side
+        time.sleep(1.5)  # shadows finish, and the log is flushed within a second
+        records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+        live = [r for r in records if r["kind"] == "live"]
+        shadows = [r for r in records if r["kind"] == "shadow"]
+        assert len(live) == 20 and {r["deployment"] for r in live} == {"blue"}
+        assert 3 <= len(shadows) <= 17  # ~50% of 20
+        live_ids = {r["id"] for r in live}
+        assert all(r["id"] in live_ids and r["deployment"] == "shadow" for r in shadows)
+        assert all(r["agreed"] is False for r in shadows)  # the echo servers name themselves
+    finally:
+        shadow.shutdown()
+
+
+def test_metrics_in_prometheus_format_and_the_request_log(make_router, blue, tmp_path):
+    router = make_router({"blue": (blue.port, 100), "gone": (free_port(), 0)},
+                         request_log=str(tmp_path / "requests.jsonl"))
+    for _ in range(3):
+        router.post()
+    router.post(headers={"azureml-model-deployment": "gone"})
+    connection = router.connection()
+    connection.request("GET", "/metrics")
+    assert connection.getresponse().status == 401  # the key guards metrics too
+    connection = router.connection()
+    connection.request("GET", "/metrics", headers=AUTH)
+    response = connection.getresponse()
+    assert response.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    text = response.read().decode()
+    assert 'tdsp_requests_total{endpoint="test",deployment="blue",code="200"} 3' in text
+    assert 'tdsp_requests_total{endpoint="test",deployment="gone",code="502"} 1' in text
+    assert 'tdsp_request_errors_total{endpoint="test",deployment="gone"} 1' in text
+    assert 'tdsp_request_duration_seconds_count{endpoint="test",deployment="blue"} 3' in text
+    assert 'tdsp_request_duration_seconds_bucket{endpoint="test",deployment="blue",le="+Inf"} 3' in text
+    records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert [(r["deployment"], r["status"], r["pinned"]) for r in records] == [
+        ("blue", 200, False), ("blue", 200, False), ("blue", 200, False), ("gone", 502, True)]
+    assert all(r["latency_ms"] > 0 and len(r["id"]) == 32 for r in records)
+
+
+def test_sticky_hash_is_stable_and_salted():
+    from tdsp_deploy.backends.local.routes import key_fraction
+
+    assert key_fraction(b"exp-1", b"user-7") == key_fraction(b"exp-1", b"user-7")
+    assert key_fraction(b"exp-1", b"user-7") != key_fraction(b"exp-2", b"user-7")
+    fractions = [key_fraction(b"exp", f"user-{i}".encode()) for i in range(10_000)]
+    assert 0.48 < sum(f < 0.5 for f in fractions) / 10_000 < 0.52

@@ -27,15 +27,21 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httptools
 
+from tdsp_deploy.backends.local.metrics import Measurements
 from tdsp_deploy.backends.local.routes import RouteTable, RouterConfig, SlotRoute
 
 log = logging.getLogger("tdsp_deploy.router")
 
 PIN_HEADER = b"azureml-model-deployment"
+REQUEST_ID = b"x-request-id"
+MAX_REQUEST_ID = 100
+MAX_SHADOWS_IN_FLIGHT = 64
+PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # Headers that describe one connection, not the message (RFC 9110 7.6.1), plus those the
 # router sets itself.
 HOP_BY_HOP = frozenset(
@@ -56,7 +62,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 RESPONSE_DROP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", PIN_HEADER}
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", PIN_HEADER, REQUEST_ID}
 )
 KEEPALIVE_TIMEOUT_S = 75.0
 REQUEST_READ_TIMEOUT_S = 60.0
@@ -87,6 +93,9 @@ class Router:
         self.idle = asyncio.Event()
         self.idle.set()
         self.connections: set[ClientConnection] = set()
+        self.measurements = Measurements(self.config.endpoint, None)
+        self.sticky_header: bytes | None = None
+        self.shadows_in_flight = 0
         self.apply(self.config)
 
     def apply(self, config: RouterConfig) -> None:
@@ -94,7 +103,9 @@ class Router:
         self.keys = tuple(
             f"Bearer {keys[name]}".encode() for name in ("primary_key", "secondary_key") if keys.get(name)
         )
-        self.routes = RouteTable(config.slots)
+        self.routes = RouteTable(config.slots, salt=config.experiment_id or config.endpoint)
+        self.measurements.log_to(config.request_log)
+        self.sticky_header = config.sticky_header.lower().encode() if config.sticky_header else None
         self.config = config
 
     def reload(self) -> None:
@@ -105,7 +116,10 @@ class Router:
             log.error("reload failed, keeping generation %s: %s", self.config.generation, exc)
 
     def describe(self) -> str:
-        return ", ".join(f"{s.name}={s.weight}% :{s.port}" for s in self.config.slots) or "no slots"
+        return ", ".join(
+            f"{s.name}={s.weight}%" + (f" (mirror {s.mirror}%)" if s.mirror else "") + f" :{s.port}"
+            for s in self.config.slots
+        ) or "no slots"
 
     def authorized(self, header: bytes | None) -> bool:
         if header is None:
@@ -120,10 +134,36 @@ class Router:
         doc = {
             "endpoint": self.config.endpoint,
             "generation": self.config.generation,
-            "slots": {s.name: {"port": s.port, "weight": s.weight} for s in self.config.slots},
+            "slots": {s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.config.slots},
             "in_flight": self.in_flight,
         }
         return json.dumps(doc).encode()
+
+    def start_shadow(
+        self, shadow: SlotRoute, request: Request, live: asyncio.Future[UpstreamAnswer], timeout: float
+    ) -> None:
+        """Copy a live request to a shadow slot without making the caller wait for it."""
+        if self.shadows_in_flight >= MAX_SHADOWS_IN_FLIGHT:
+            return  # a slow shadow must never pile up work in the router
+        self.shadows_in_flight += 1
+        asyncio.get_running_loop().create_task(self._shadow(shadow, request, live, timeout))
+
+    async def _shadow(
+        self, shadow: SlotRoute, request: Request, live: asyncio.Future[UpstreamAnswer], timeout: float
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            answer = await exchange(shadow, request, timeout)
+            elapsed = time.perf_counter() - started
+            live_answer = await live
+            agreed = same_answer(live_answer, answer) if live_answer.status < 500 else None
+            self.measurements.shadow(
+                shadow.name, answer.status, elapsed, (request.request_id or b"").decode("latin-1"), agreed
+            )
+        except Exception as exc:  # a shadow's trouble is logged, never the caller's
+            log.warning("shadow request to %s failed: %s", shadow.name, exc)
+        finally:
+            self.shadows_in_flight -= 1
 
     def request_started(self) -> None:
         self.in_flight += 1
@@ -136,7 +176,7 @@ class Router:
 
 
 class Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "pin", "auth")
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "pin", "auth", "request_id", "sticky", "started")
 
     def __init__(self) -> None:
         self.method = b""
@@ -146,6 +186,9 @@ class Request:
         self.keep_alive = True
         self.pin: bytes | None = None
         self.auth: bytes | None = None
+        self.request_id: bytes | None = None
+        self.sticky: bytes | None = None
+        self.started = 0.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -220,6 +263,12 @@ class ClientConnection(asyncio.Protocol):
             request.auth = value  # type: ignore[union-attr]
         elif lname == PIN_HEADER:
             request.pin = value.strip()  # type: ignore[union-attr]
+        elif lname == REQUEST_ID:
+            if 0 < len(value) <= MAX_REQUEST_ID:  # the inference server refuses longer ids
+                request.request_id = value  # type: ignore[union-attr]
+            return
+        elif lname == self.router.sticky_header:
+            request.sticky = value  # type: ignore[union-attr]
         request.headers.append((lname, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -244,6 +293,9 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         request.method = self.parser.get_method()
         request.keep_alive = self.parser.should_keep_alive()
+        request.started = time.perf_counter()
+        if request.request_id is None:
+            request.request_id = uuid.uuid4().hex.encode()
         self.current = None
         self.queue.append(request)
         if len(self.queue) > MAX_PIPELINED and self.transport:
@@ -296,6 +348,9 @@ class ClientConnection(asyncio.Protocol):
             )
         if path == b"/-/state":
             return _response(200, [(b"Content-Type", b"application/json")], router.state_document(), keep_alive=keep)
+        if path == b"/metrics" and request.method == b"GET":
+            router.measurements.flush()
+            return _response(200, [(b"Content-Type", PROMETHEUS_TYPE)], router.measurements.prometheus(), keep_alive=keep)
         if request.pin:
             slot = router.routes.pinned(request.pin.decode("latin-1"))
             if slot is None:
@@ -306,8 +361,9 @@ class ClientConnection(asyncio.Protocol):
                     _message(f"deployment '{request.pin.decode('latin-1')}' not found; deployments: {names}"),
                     keep_alive=keep,
                 )
+            shadows: list[SlotRoute] = []
         else:
-            slot = router.routes.choose()
+            slot = router.routes.choose(request.sticky)
             if slot is None:
                 return _response(
                     503,
@@ -318,20 +374,36 @@ class ClientConnection(asyncio.Protocol):
                     ),
                     keep_alive=keep,
                 )
-        return await forward(slot, request, router.config.request_timeout_s)
+            shadows = router.routes.mirrored() if router.routes.mirrors else []
+        timeout = router.config.request_timeout_s
+        if shadows:
+            live: asyncio.Future[UpstreamAnswer] = self.loop.create_future()
+            for shadow in shadows:
+                router.start_shadow(shadow, request, live, timeout)
+            answer = await exchange(slot, request, timeout)
+            live.set_result(answer)
+        else:
+            answer = await exchange(slot, request, timeout)
+        router.measurements.live(
+            slot.name, answer.status, time.perf_counter() - request.started,
+            request.request_id.decode("latin-1"), request.pin is not None,  # type: ignore[union-attr]
+        )
+        headers = [(n, v) for n, v in answer.headers if n.lower() not in RESPONSE_DROP]
+        headers += [(PIN_HEADER, slot.name.encode()), (b"x-request-id", request.request_id)]  # type: ignore[list-item]
+        return _response(answer.status, headers, answer.body, keep_alive=keep, reason=answer.reason)
 
 
-async def forward(slot: SlotRoute, request: Request, timeout_s: float) -> bytes:
-    """Send the request to the slot's server and build the client's response."""
+async def exchange(slot: SlotRoute, request: Request, timeout_s: float) -> UpstreamAnswer:
+    """Send the request to the slot's server; its answer, or the router's 502/504 when it has none."""
     body = b"".join(request.body)
     lines = [request.method, b" ", request.url, b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"]
     for name, value in request.headers:
         if name not in HOP_BY_HOP:
             lines += [name, b": ", value, b"\r\n"]
+    lines += [b"x-request-id: ", request.request_id or b"", b"\r\n"]
     lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[UpstreamAnswer] = loop.create_future()
-    name = slot.name.encode()
     # One timer for connect + answer (cheaper than two wait_for wrappers on every request).
     task = asyncio.current_task()
     expired = False
@@ -347,30 +419,31 @@ async def forward(slot: SlotRoute, request: Request, timeout_s: float) -> bytes:
         transport, _ = await loop.create_connection(
             lambda: UpstreamProtocol(answer, b"".join(lines)), "127.0.0.1", slot.port
         )
-        upstream = await answer
+        return await answer
     except asyncio.CancelledError:
         if not expired:
             raise  # the client went away: nothing to answer
-        return _response(
-            504,
-            [(PIN_HEADER, name)],
-            _message(f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"),
-            keep_alive=request.keep_alive,
-        )
+        message = f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
+        return UpstreamAnswer(504, REASONS[504], [(b"Content-Type", b"application/json")], _message(message))
     except OSError:  # refused, reset, or closed before answering
-        return _response(
-            502,
-            [(PIN_HEADER, name)],
-            _message(f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"),
-            keep_alive=request.keep_alive,
-        )
+        message = f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"
+        return UpstreamAnswer(502, REASONS[502], [(b"Content-Type", b"application/json")], _message(message))
     finally:
         timer.cancel()
         if transport is not None:
             transport.close()
-    headers = [(n, v) for n, v in upstream.headers if n.lower() not in RESPONSE_DROP]
-    headers.append((PIN_HEADER, name))
-    return _response(upstream.status, headers, upstream.body, keep_alive=request.keep_alive, reason=upstream.reason)
+
+
+def same_answer(a: UpstreamAnswer, b: UpstreamAnswer) -> bool:
+    """Did two slots answer alike? Same status and the same body (as JSON when both are)."""
+    if a.status != b.status:
+        return False
+    if a.body == b.body:
+        return True
+    try:
+        return json.loads(a.body) == json.loads(b.body)
+    except ValueError:
+        return False
 
 
 class UpstreamAnswer:
@@ -460,6 +533,12 @@ async def serve(config_path: Path) -> None:
     server = await loop.create_server(lambda: ClientConnection(router), config.host, config.port, backlog=2048)
     log.info("router for endpoint %s listening on %s:%s: %s", config.endpoint, config.host, config.port, router.describe())
     stop = asyncio.Event()
+
+    def flush_log() -> None:  # a quiet endpoint's last requests still reach the log
+        router.measurements.flush()
+        loop.call_later(1.0, flush_log)
+
+    flush_log()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -474,6 +553,7 @@ async def serve(config_path: Path) -> None:
     for connection in list(router.connections):
         if connection.transport:
             connection.transport.close()
+    router.measurements.close()
     log.info("router stopped after draining for %.2f s", time.monotonic() - started)
 
 

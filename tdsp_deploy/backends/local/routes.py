@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ class SlotRoute:
     name: str
     port: int
     weight: int  # percent of unpinned traffic
+    mirror: int = 0  # percent of live requests copied to this slot (its answers are dropped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,16 +34,20 @@ class RouterConfig:
     generation: int = 0
     request_timeout_s: float = 60.0
     max_request_bytes: int = 100 * 1024 * 1024
+    sticky_header: str | None = None  # requests with the same value reach the same slot
+    experiment_id: str = ""  # salts the sticky hash, so each experiment reshuffles keys
+    request_log: str | None = None  # append-only JSON lines, one per request
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
-        doc["slots"] = {s.name: {"port": s.port, "weight": s.weight} for s in self.slots}
+        doc["slots"] = {s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.slots}
         return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RouterConfig:
         slots = tuple(
-            SlotRoute(name, int(s["port"]), int(s["weight"])) for name, s in sorted(doc.get("slots", {}).items())
+            SlotRoute(name, int(s["port"]), int(s["weight"]), int(s.get("mirror", 0)))
+            for name, s in sorted(doc.get("slots", {}).items())
         )
         return cls(
             endpoint=doc["endpoint"],
@@ -52,6 +58,9 @@ class RouterConfig:
             generation=int(doc.get("generation", 0)),
             request_timeout_s=float(doc.get("request_timeout_s", 60.0)),
             max_request_bytes=int(doc.get("max_request_bytes", 100 * 1024 * 1024)),
+            sticky_header=doc.get("sticky_header"),
+            experiment_id=str(doc.get("experiment_id", "")),
+            request_log=doc.get("request_log"),
         )
 
     def write(self, path: Path) -> None:
@@ -63,13 +72,15 @@ class RouterConfig:
 
 
 class RouteTable:
-    """Chooses a slot for each request: pinned by name, or by weight.
+    """Chooses a slot for each request: pinned by name, by a sticky key, or by weight.
 
     Weights are percentages; choosing is a bisect over cumulative weights, so the cost per
-    request does not grow with the number of slots.
+    request does not grow with the number of slots. A sticky key is hashed with the
+    experiment id into the same [0, total) range, so a key always lands on the same slot
+    while the split stays the same, and a new experiment reshuffles keys.
     """
 
-    def __init__(self, slots: tuple[SlotRoute, ...], rng: random.Random | None = None):
+    def __init__(self, slots: tuple[SlotRoute, ...], rng: random.Random | None = None, salt: str = ""):
         self.by_name = {s.name: s for s in slots}
         weighted = [s for s in slots if s.weight > 0]
         self._weighted = weighted
@@ -80,17 +91,29 @@ class RouteTable:
             self._cumulative.append(total)
         self._total = total
         self._random = (rng or random.Random()).random
+        self._salt = salt.encode()
+        self.mirrors = tuple(s for s in slots if s.mirror > 0)
 
-    def choose(self) -> SlotRoute | None:
+    def choose(self, key: bytes | None = None) -> SlotRoute | None:
         if not self._weighted:
             return None
         if len(self._weighted) == 1:
             return self._weighted[0]
-        point = self._random() * self._total
-        return self._weighted[bisect.bisect_right(self._cumulative, point)]
+        fraction = self._random() if key is None else key_fraction(self._salt, key)
+        return self._weighted[bisect.bisect_right(self._cumulative, fraction * self._total)]
 
     def pinned(self, name: str) -> SlotRoute | None:
         return self.by_name.get(name)
+
+    def mirrored(self) -> list[SlotRoute]:
+        """The shadow slots this request is copied to (each by its own percentage)."""
+        return [s for s in self.mirrors if self._random() * 100 < s.mirror]
+
+
+def key_fraction(salt: bytes, key: bytes) -> float:
+    """A stable number in [0, 1) for a sticky key."""
+    digest = hashlib.blake2b(key, digest_size=8, key=salt[:64]).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644) -> None:
