@@ -268,12 +268,7 @@ def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: Debu
     traffic is not healthy, 3 when the endpoint does not exist."""
     env = _env(json_out, debug)
     loaded = _load(manifest, env)
-    current = _backend(loaded).status()
-    if not current.exists:
-        raise EndpointNotFound(
-            f"endpoint '{current.name}' is not deployed on the {current.kind} target",
-            hint=f"deploy it with `tdsp-deploy push {manifest}`",
-        )
+    current = _existing(_backend(loaded).status(), manifest)
     if env.json_mode:
         env.emit_json(current.to_json())
     else:
@@ -292,6 +287,93 @@ def _health_exit_code(env: Environment, current: EndpointStatus) -> int:
         env.say(f"not healthy: {', '.join(failing)}", style="red")
         return int(ExitCode.DEPLOYMENT_FAILED)
     return 0
+
+
+@app.command()
+def traffic(
+    manifest: ManifestArgument,
+    assignments: Annotated[
+        list[str] | None, typer.Argument(help="Live split, e.g. blue=90 green=10 (unnamed slots get 0).", show_default=False)
+    ] = None,
+    mirror: Annotated[
+        list[str] | None, typer.Option("--mirror", help="Copy a share of live traffic, e.g. green=10 (0 stops).")
+    ] = None,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show or set the traffic split and the mirrored share; every change is kept for rollback."""
+    from tdsp_deploy.pipeline import change_traffic, current_split
+    from tdsp_deploy.traffic import TrafficSplit, parse_assignments, validate
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    backend = _backend(loaded)
+    current = _existing(backend.status(), manifest)
+    split = current_split(current)
+    if assignments or mirror is not None:
+        live = parse_assignments(assignments, option="traffic") if assignments else split.live
+        mirrored = parse_assignments(mirror, option="--mirror") if mirror is not None else split.mirror
+        split = TrafficSplit(live, {name: weight for name, weight in mirrored.items() if weight})
+        _check_capabilities(backend, split)
+        validate(split, [s.name for s in current.slots])
+        with backend.lock(timeout=lock_timeout):
+            change_traffic(backend, current, split, "traffic")
+        split = current_split(backend.status())
+    _show_split(env, split, changed=bool(assignments or mirror is not None))
+
+
+@app.command()
+def rollback(
+    manifest: ManifestArgument,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Return traffic to the split it had before the last change."""
+    from tdsp_deploy.pipeline import change_traffic, current_split
+    from tdsp_deploy.traffic import TrafficHistory, validate
+
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    backend = _backend(loaded)
+    current = _existing(backend.status(), manifest)
+    previous = TrafficHistory(backend.kind, current.name).previous()
+    if previous is None:
+        raise UsageError(
+            f"endpoint '{current.name}' has no earlier traffic split to return to",
+            hint="set one with `tdsp-deploy traffic MANIFEST blue=100`",
+        )
+    try:
+        validate(previous, [s.name for s in current.slots])
+    except UsageError as exc:
+        raise UsageError(f"cannot return to {previous.describe()}: {exc.message}", hint=exc.hint) from None
+    with backend.lock(timeout=lock_timeout):
+        change_traffic(backend, current, previous, "rollback")
+    _show_split(env, current_split(backend.status()), changed=True)
+
+
+def _existing(current: EndpointStatus, manifest: Path) -> EndpointStatus:
+    if not current.exists:
+        raise EndpointNotFound(
+            f"endpoint '{current.name}' is not deployed on the {current.kind} target",
+            hint=f"deploy it with `tdsp-deploy push {manifest}`",
+        )
+    return current
+
+
+def _check_capabilities(backend: Backend, split: Any) -> None:
+    if sum(1 for weight in split.live.values() if weight) > 1 and not backend.supports_weighted_traffic:
+        raise UsageError(f"the {backend.kind} target cannot split live traffic", hint="give one deployment 100")
+    if split.mirror and not backend.supports_mirror:
+        raise UsageError(f"the {backend.kind} target cannot mirror traffic", hint="leave out --mirror")
+
+
+def _show_split(env: Environment, split: Any, *, changed: bool) -> None:
+    if env.json_mode:
+        env.emit_json(split.to_json())
+    else:
+        env.say(("traffic now: " if changed else "traffic: ") + split.describe())
 
 
 @app.command()

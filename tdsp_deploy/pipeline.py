@@ -18,6 +18,7 @@ from tdsp_deploy.manifest import LoadedManifest, check_manifest
 from tdsp_deploy.manifest.model import RolloutSection
 from tdsp_deploy.packaging import build_package
 from tdsp_deploy.smoke import SmokeReport, run_smoke_test
+from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
 
 SLOT_PAIR = ("blue", "green")
 LOG_TAIL_LINES = 30
@@ -61,16 +62,39 @@ def choose_slot(status: EndpointStatus, rollout: RolloutSection) -> str:
     return SLOT_PAIR[1] if live.name == SLOT_PAIR[0] else SLOT_PAIR[0]
 
 
-def planned_traffic(status: EndpointStatus, slot: str, percent: int) -> dict[str, int] | None:
-    """Traffic after the push: ``percent`` to ``slot``, the rest to the slot that had the most.
-    None means leave traffic as it is (``traffic: 0`` stages the slot)."""
-    if percent == 0:
+def planned_traffic(status: EndpointStatus, slot: str, rollout: RolloutSection) -> TrafficSplit | None:
+    """The split after the push, or None to leave traffic as it is (``traffic: 0`` stages).
+
+    ``traffic`` percent goes to ``slot`` and the rest to the slot that had the most;
+    ``mirror`` percent of live traffic is copied to ``slot``, live traffic unchanged.
+    """
+    if rollout.mirror > 0:
+        return TrafficSplit(dict(status.traffic), {slot: rollout.mirror})
+    if rollout.traffic == 0:
         return None
     others = [s for s in status.slots if s.name != slot and s.traffic > 0]
-    if percent == 100 or not others:
-        return {slot: 100}
-    previous = max(others, key=lambda s: s.traffic)
-    return {slot: percent, previous.name: 100 - percent}
+    if rollout.traffic == 100 or not others:
+        live = {slot: 100}
+    else:
+        previous = max(others, key=lambda s: s.traffic)
+        live = {slot: rollout.traffic, previous.name: 100 - rollout.traffic}
+    # a mirror elsewhere stays; one on a slot that now takes live traffic cannot
+    mirror = {name: weight for name, weight in status.mirror.items() if name not in live}
+    return TrafficSplit(live, mirror)
+
+
+def current_split(status: EndpointStatus) -> TrafficSplit:
+    return TrafficSplit(dict(status.traffic), dict(status.mirror))
+
+
+def change_traffic(backend: Backend, status: EndpointStatus, split: TrafficSplit, reason: str) -> None:
+    """Set a split and record it in the endpoint's history (the split before it too, the
+    first time, so that a rollback can return to it)."""
+    history = TrafficHistory(backend.kind, status.name)
+    if not history.entries() and status.exists and status.slots:
+        history.record(current_split(status), "observed")
+    backend.set_traffic(split.live, split.mirror)
+    history.record(split, reason)
 
 
 def push(
@@ -126,8 +150,8 @@ def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSe
             continue
         if rollout.deployment and slot.name != rollout.deployment:
             continue
-        wanted = planned_traffic(status, slot.name, rollout.traffic)
-        if wanted is None or all(status.traffic.get(name, 0) == w for name, w in wanted.items()):
+        wanted = planned_traffic(status, slot.name, rollout)
+        if wanted is None or wanted.normalized(status.traffic) == current_split(status).normalized(status.traffic):
             return slot.name
     return None
 
@@ -153,10 +177,10 @@ def _deploy_and_prove(
         if manifest.smoke_test is not None:
             progress(ProgressEvent(step="smoke", message=f"smoke test pinned to {slot}"))
             smoke = run_smoke_test(backend.callers, manifest.smoke_test, deployment=slot, progress=progress)
-        wanted = planned_traffic(before, slot, manifest.rollout.traffic)
+        wanted = planned_traffic(before, slot, manifest.rollout)
         if wanted is not None:
-            progress(ProgressEvent(step="traffic", message=_describe_traffic(wanted)))
-            backend.set_traffic(wanted)
+            progress(ProgressEvent(step="traffic", message=f"setting {wanted.describe()}"))
+            change_traffic(backend, before, wanted, "push")
             traffic_changed = True
             _verify(backend, slot, wanted)
         backend.finalize_slot(slot)
@@ -169,14 +193,14 @@ def _deploy_and_prove(
         raise error from None
 
 
-def _verify(backend: Backend, slot: str, wanted: dict[str, int]) -> None:
+def _verify(backend: Backend, slot: str, wanted: TrafficSplit) -> None:
     after = backend.status()
     found = after.slot(slot)
     if found is None or found.state != "healthy":
         raise DeploymentFailed(f"deployment '{slot}' is not healthy after the traffic change")
-    actual = {name: after.traffic.get(name, 0) for name in wanted}
-    if actual != wanted:
-        raise DeploymentFailed(f"traffic is {actual} after the change, expected {wanted}")
+    actual = current_split(after).normalized(after.traffic)
+    if actual != wanted.normalized(after.traffic):
+        raise DeploymentFailed(f"traffic is {actual.describe()} after the change, expected {wanted.describe()}")
 
 
 def _roll_back(
@@ -196,7 +220,7 @@ def _roll_back(
         pass
     try:
         if traffic_changed:
-            backend.set_traffic({name: weight for name, weight in before.traffic.items()})
+            change_traffic(backend, before, current_split(before), "rollback")
             steps.append("traffic restored")
         if keep_failed:
             steps.append(f"'{slot}' kept for debugging (--keep-failed)")
@@ -210,10 +234,6 @@ def _roll_back(
         steps.append(f"rollback failed: {rollback_error.message}")
     error.details["rollback"] = steps
     progress(ProgressEvent(step="rollback", message="; ".join(steps)))
-
-
-def _describe_traffic(traffic: dict[str, int]) -> str:
-    return "setting " + ", ".join(f"{name}={weight}%" for name, weight in traffic.items())
 
 
 def _result(

@@ -88,11 +88,12 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
         console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {router.get('host')}:{router.get('port')})",
                       markup=False)
     table = _table(env)
-    for column in ("deployment", "state", "traffic", "model version", "package", "pid", "port"):
+    for column in ("deployment", "state", "traffic", "mirror", "model version", "package", "pid", "port"):
         table.add_column(column)
     for slot in status.slots:
         table.add_row(
-            slot.name, slot.state, f"{slot.traffic}%", slot.model_version or "-",
+            slot.name, slot.state, f"{slot.traffic}%", f"{slot.mirror}%" if slot.mirror else "-",
+            slot.model_version or "-",
             (slot.package_id or "-")[:12], str(slot.details.get("pid") or "-"), str(slot.details.get("port") or "-"),
         )
     console.print(table)

@@ -248,8 +248,85 @@ def test_render_writes_the_lock_and_the_backends_plan(cli, tmp_path):
 
 
 def test_a_rollout_the_target_cannot_do_is_refused_before_anything_changes(cli, tmp_path):
-    manifest = make_project(tmp_path, rollout={"mirror": 10})
+    manifest = make_project(tmp_path, target={"kind": "fake-nomirror"}, rollout={"mirror": 10, "traffic": 0})
     result = cli("push", manifest, "--json")
     assert result.exit_code == ExitCode.USAGE
     assert "cannot mirror traffic" in result.json()["message"]
     assert "fakey" not in fake_backend.ENDPOINTS
+
+
+def test_mirror_without_traffic_zero_is_a_manifest_error(cli, tmp_path):
+    manifest = make_project(tmp_path, rollout={"mirror": 10})
+    result = cli("validate", manifest, "--json")
+    assert result.exit_code == ExitCode.USAGE
+    assert "with mirror > 0, set traffic: 0" in result.json()["message"]
+
+
+def test_push_with_mirror_shadows_the_new_slot_and_leaves_live_traffic(cli, tmp_path):
+    manifest = make_project(tmp_path)
+    assert cli("push", manifest).exit_code == 0
+    (tmp_path / "model" / "weights.json").write_text('{"w": [11]}')
+    doc = yaml.safe_load(manifest.read_text())
+    doc["rollout"] = {"traffic": 0, "mirror": 20}
+    manifest.write_text(yaml.safe_dump(doc))
+    result = cli("push", manifest, "--json")
+    assert result.exit_code == 0, result.stderr
+    status = cli("status", manifest, "--json").json()
+    assert status["traffic"] == {"blue": 100, "green": 0} and status["mirror"] == {"green": 20}
+
+
+def two_slots(cli, tmp_path) -> Path:  # type: ignore[no-untyped-def]
+    manifest = make_project(tmp_path)
+    assert cli("push", manifest).exit_code == 0
+    (tmp_path / "model" / "weights.json").write_text('{"w": [12]}')
+    assert cli("push", manifest).exit_code == 0  # green takes the traffic
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["blue=90", "green=20"], "adds up to 110%"),
+        (["blue=90", "teal=10"], "no deployment named teal"),
+        (["blue=ninety"], "is not SLOT=PERCENT"),
+        (["blue=50", "blue=50"], "'blue' is given twice"),
+        (["blue=100", "--mirror", "green=60"], "at most 50%"),
+        (["blue=50", "green=50", "--mirror", "green=10"], "takes live traffic and cannot also be mirrored"),
+        (["green=100", "--mirror", "blue=10", "--mirror", "green=0"], None),  # valid: mirror the idle slot
+    ],
+)
+def test_traffic_rules(cli, tmp_path, arguments, message):
+    manifest = two_slots(cli, tmp_path)
+    result = cli("traffic", manifest, *arguments, "--json")
+    if message is None:
+        assert result.exit_code == 0, result.stdout
+        assert result.json() == {"traffic": {"blue": 0, "green": 100}, "mirror": {"blue": 10}}
+    else:
+        assert result.exit_code == ExitCode.USAGE
+        assert message in result.json()["message"]
+        status = cli("status", manifest, "--json").json()
+        assert status["traffic"] == {"blue": 0, "green": 100}  # nothing changed
+
+
+def test_traffic_shows_and_sets_the_split_and_rollback_walks_back(cli, tmp_path):
+    manifest = two_slots(cli, tmp_path)
+    shown = cli("traffic", manifest, "--json")
+    assert shown.json() == {"traffic": {"blue": 0, "green": 100}, "mirror": {}}
+    assert cli("traffic", manifest, "blue=90", "green=10").exit_code == 0
+    assert cli("status", manifest, "--json").json()["traffic"] == {"blue": 90, "green": 10}
+    back = cli("rollback", manifest, "--json")
+    assert back.exit_code == 0 and back.json()["traffic"] == {"blue": 0, "green": 100}
+    again = cli("rollback", manifest, "--json")  # before green's push: blue had it all
+    assert again.exit_code == 0 and again.json()["traffic"] == {"blue": 100, "green": 0}
+    nothing = cli("rollback", manifest, "--json")
+    assert nothing.exit_code == ExitCode.USAGE and "no earlier traffic split" in nothing.json()["message"]
+
+
+def test_a_failed_push_leaves_no_trace_in_the_history(cli, tmp_path):
+    manifest = two_slots(cli, tmp_path)
+    (tmp_path / "model" / "weights.json").write_text('{"w": [13]}')
+    set_target(manifest, wrong_answer=True)
+    assert cli("push", manifest).exit_code == ExitCode.SMOKE_FAILED
+    set_target(manifest, wrong_answer=False)
+    back = cli("rollback", manifest, "--json")  # returns past green's push, not to the failed one
+    assert back.json()["traffic"] == {"blue": 100, "green": 0}

@@ -51,6 +51,7 @@ class SlotStatus:
     name: str
     state: str  # "healthy" | "starting" | "unhealthy" | "stopped"
     traffic: int = 0
+    mirror: int = 0  # percent of live requests copied to this slot
     model_version: str | None = None
     package_id: str | None = None
     config_id: str | None = None  # package + settings; equal config_id means nothing to redeploy
@@ -73,6 +74,10 @@ class EndpointStatus:
     def traffic(self) -> dict[str, int]:
         return {slot.name: slot.traffic for slot in self.slots}
 
+    @property
+    def mirror(self) -> dict[str, int]:
+        return {slot.name: slot.mirror for slot in self.slots if slot.mirror}
+
     def slot(self, name: str) -> SlotStatus | None:
         return next((s for s in self.slots if s.name == name), None)
 
@@ -88,6 +93,7 @@ class EndpointStatus:
             "exists": self.exists,
             "scoring_uri": self.scoring_uri,
             "traffic": self.traffic,
+            "mirror": self.mirror,
             "slots": [s.to_json() for s in self.slots],
             **({"details": self.details} if self.details else {}),
         }
@@ -192,9 +198,11 @@ class Backend(abc.ABC):
         """Undo ``deploy_slot``: restore the slot's previous revision, or remove the slot."""
 
     @abc.abstractmethod
-    def set_traffic(self, traffic: dict[str, int]) -> None:
-        """Set live traffic weights (percent, summing to 100 or 0) for the named slots;
-        slots not named get 0. Must never drop a slot's traffic by accident."""
+    def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
+        """Set live traffic weights (percent, summing to 100 or 0) for the named slots, and
+        the mirrored share (None: leave mirroring as it is); slots not named get 0. The
+        split has passed tdsp_deploy.traffic.validate. Must never drop a slot's traffic by
+        accident."""
 
     @abc.abstractmethod
     def delete(self, slot: str | None = None) -> None:

@@ -202,7 +202,20 @@ class RolloutSection(Strict):
     traffic: int = Field(
         default=100, ge=0, le=100, description="% for the new slot once the smoke test passes."
     )
-    mirror: int = Field(default=0, ge=0, le=50, description="% of live traffic copied to the new slot.")
+    mirror: int = Field(
+        default=0, ge=0, le=50, description="% of live traffic copied to the new slot (which then takes no live traffic)."
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$",
+        description="Request header whose value keeps a caller on one slot (e.g. x-user-id).",
+    )
+
+    @model_validator(mode="after")
+    def _mirror_takes_no_live_traffic(self) -> RolloutSection:
+        if self.mirror > 0 and self.traffic > 0:
+            raise ValueError("a mirrored deployment takes no live traffic: with mirror > 0, set traffic: 0")
+        return self
 
 
 class LocalTarget(Strict):

@@ -39,6 +39,7 @@ class LocalBackend(Backend):
     kind = "local"
     target_model = LocalTarget
     supports_weighted_traffic = True
+    supports_mirror = True
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, home: Path | None = None):
         super().__init__(manifest, progress=progress)
@@ -91,6 +92,7 @@ class LocalBackend(Backend):
             name=slot.name,
             state=state,
             traffic=slot.traffic,
+            mirror=slot.mirror,
             model_version=slot.model_version,
             package_id=slot.package_id,
             config_id=slot.config_id,
@@ -269,31 +271,39 @@ class LocalBackend(Backend):
             self._publish(record)
         self._stop_revision(failed)
 
-    def set_traffic(self, traffic: dict[str, int]) -> None:
+    def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
+        from tdsp_deploy.traffic import TrafficSplit, validate
+
         record = self._record()
-        unknown = sorted(set(traffic) - set(record.slots))
-        if unknown:
-            raise UsageError(
-                f"no deployment named {', '.join(unknown)} in endpoint '{record.name}'",
-                hint=f"deployments: {', '.join(record.slots) or 'none'}",
-            )
-        total = sum(traffic.values())
-        if total not in (0, 100) or any(not 0 <= w <= 100 for w in traffic.values()):
-            raise UsageError(f"traffic must add up to 100 (or 0), got {total}: {traffic}")
+        if mirror is None:
+            mirror = {name: slot.mirror for name, slot in record.slots.items() if slot.mirror}
+        split = TrafficSplit(traffic, mirror)
+        validate(split, record.slots)
         for name, slot in record.slots.items():
             slot.traffic = traffic.get(name, 0)
+            slot.mirror = mirror.get(name, 0)
+        self.files.write(record)
+        self._publish(record)
+
+    def set_experiment(self, experiment_id: str) -> None:
+        """Salt sticky keys with a new experiment's id (a new experiment reshuffles users)."""
+        record = self._record()
+        record.experiment_id = experiment_id
         self.files.write(record)
         self._publish(record)
 
     def delete(self, slot: str | None = None) -> None:
         record = self._record()
         if slot is None:
+            from tdsp_deploy.traffic import TrafficHistory
+
             processes.stop(record.router)
             for found in record.slots.values():
                 self._stop_revision(found)
                 if found.previous:
                     self._stop_revision(found.previous)
             shutil.rmtree(self.files.root, ignore_errors=True)
+            TrafficHistory(self.kind, record.name, self.files.home).clear()
             return
         found = record.slots.get(slot)
         if found is None:
@@ -301,9 +311,10 @@ class LocalBackend(Backend):
                 f"endpoint '{record.name}' has no deployment '{slot}'",
                 hint=f"deployments: {', '.join(record.slots) or 'none'}",
             )
-        if found.traffic > 0:  # as on Azure ML: traffic must move away before a slot goes
+        if found.traffic > 0 or found.mirror > 0:  # as on Azure ML: traffic must move away first
             raise UsageError(
-                f"deployment '{slot}' takes {found.traffic}% of the traffic",
+                f"deployment '{slot}' takes {found.traffic}% of the traffic"
+                + (f" and {found.mirror}% mirrored" if found.mirror else ""),
                 hint="move its traffic to another deployment first, or delete the whole endpoint",
             )
         del record.slots[slot]
@@ -381,6 +392,9 @@ class LocalBackend(Backend):
             generation=record.router_generation,
             request_timeout_s=self.target.request_timeout_ms / 1000,
             max_request_bytes=int(self.target.max_request_mb * 1024 * 1024),
+            sticky_header=self.manifest.rollout.sticky_header,
+            experiment_id=record.experiment_id,
+            request_log=str(self.files.request_log),
         )
 
     @staticmethod
@@ -391,7 +405,7 @@ class LocalBackend(Backend):
         for name, slot in sorted(record.slots.items()):
             serving = slot if _probe(slot.port, timeout=1.0) else slot.previous
             if serving is not None:
-                routes.append(SlotRoute(name, serving.port, slot.traffic))
+                routes.append(SlotRoute(name, serving.port, slot.traffic, slot.mirror))
         return tuple(routes)
 
     def _publish(self, record: EndpointRecord) -> None:

@@ -41,6 +41,7 @@ class SlotRecord:
     directory: str
     deployed_at: float
     traffic: int = 0
+    mirror: int = 0
     previous: SlotRecord | None = None  # the revision this one replaced, kept until finalized
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class EndpointRecord:
     router: ProcessRef | None = None
     router_generation: int = 0
     revision_counter: int = 0
+    experiment_id: str = ""  # salts sticky keys; set by an A/B experiment
     slots: dict[str, SlotRecord] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +84,7 @@ class EndpointRecord:
             "router": self.router.to_json() if self.router else None,
             "router_generation": self.router_generation,
             "revision_counter": self.revision_counter,
+            "experiment_id": self.experiment_id,
             "slots": {name: slot.to_json() for name, slot in sorted(self.slots.items())},
         }
 
@@ -95,6 +98,7 @@ class EndpointRecord:
             router=ProcessRef.from_json(doc.get("router")),
             router_generation=int(doc.get("router_generation", 0)),
             revision_counter=int(doc.get("revision_counter", 0)),
+            experiment_id=str(doc.get("experiment_id", "")),
             slots={name: SlotRecord.from_json(s) for name, s in doc.get("slots", {}).items()},
         )
 
@@ -122,6 +126,10 @@ class EndpointFiles:
     @property
     def router_config_path(self) -> Path:
         return self.root / "router.json"
+
+    @property
+    def request_log(self) -> Path:
+        return self.root / "requests.jsonl"
 
     @property
     def router_log(self) -> Path:

@@ -40,6 +40,7 @@ class FakeBackend(Backend):
     kind = "fake"
     target_model = FakeTarget
     supports_weighted_traffic = True
+    supports_mirror = True
 
     @property
     def state(self) -> dict:
@@ -62,6 +63,7 @@ class FakeBackend(Backend):
                     name=name,
                     state=slot["state"],
                     traffic=slot["traffic"],
+                    mirror=slot.get("mirror", 0),
                     model_version=slot["model_version"],
                     package_id=slot["package_id"],
                     config_id=slot["config_id"],
@@ -114,15 +116,16 @@ class FakeBackend(Backend):
             slots[slot] = restored
         self._event("discard", slot)
 
-    def set_traffic(self, traffic: dict[str, int]) -> None:
+    def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
+        from tdsp_deploy.traffic import TrafficSplit, validate
+
         slots = self.state["slots"]
-        unknown = set(traffic) - set(slots)
-        if unknown:
-            raise UsageError(f"unknown deployments {sorted(unknown)}")
-        if sum(traffic.values()) not in (0, 100):
-            raise UsageError(f"traffic must add up to 100 or 0: {traffic}")
+        if mirror is None:
+            mirror = {name: slot.get("mirror", 0) for name, slot in slots.items() if slot.get("mirror")}
+        validate(TrafficSplit(traffic, mirror), slots)  # the platform's own rules say no
         for name, slot in slots.items():
             slot["traffic"] = traffic.get(name, 0)
+            slot["mirror"] = mirror.get(name, 0)
         self._event("traffic", dict(traffic))
 
     def delete(self, slot: str | None = None) -> None:
@@ -185,3 +188,15 @@ class NeedsExtraBackend(FakeBackend):
     target_model = NeedsExtraTarget  # type: ignore[assignment]
     extra = "needs-extra"
     requires = ("a_platform_sdk_that_is_not_installed",)
+
+
+class NoMirrorTarget(FakeTarget):
+    kind: Literal["fake-nomirror"] = "fake-nomirror"  # type: ignore[assignment]
+
+
+class NoMirrorBackend(FakeBackend):
+    """A target that splits traffic but cannot mirror it."""
+
+    kind = "fake-nomirror"
+    target_model = NoMirrorTarget
+    supports_mirror = False
