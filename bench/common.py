@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -199,3 +200,60 @@ def timed(command: Sequence[str], env: dict[str, str]) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+# -- wrk ---------------------------------------------------------------------------------
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def wrk_threads(concurrency: int) -> int:
+    return 1 if concurrency == 1 else 2
+
+
+def wrk_script(path: Path, body: str, headers: dict[str, str]) -> Path:
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = [==[{body.strip()}]==]",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(wrk: str, url: str, script: Path, *, concurrency: int, duration: int) -> dict[str, Any]:
+    command = [
+        wrk,
+        f"-t{wrk_threads(concurrency)}",
+        f"-c{concurrency}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout)
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """Requests/s, p50/p90/p99 latency in ms and error counts from `wrk --latency` output."""
+    latency = {
+        f"p{pct}_ms": round(float(value) * UNITS_MS[unit], 4)
+        for pct, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+    }
+    if len(latency) != 3:
+        raise ValueError(f"no latency distribution in wrk's output:\n{text}")
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = {"non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+    counts = map(int, socket.groups()) if socket else (0, 0, 0, 0)
+    errors.update(zip(("connect", "read", "write", "timeout"), counts, strict=True))
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),  # type: ignore[union-attr]
+        **latency,
+        "errors": errors,
+    }

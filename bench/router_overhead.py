@@ -21,21 +21,18 @@ Prints one JSON document on stdout; notes go to stderr.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import EXAMPLE, EXAMPLE_DIR, deployed, emit, note, result
+from common import EXAMPLE, EXAMPLE_DIR, deployed, emit, note, result, run_wrk, wrk_script, wrk_threads
 
 CONCURRENCY = (1, 4, 16)
 ROUNDS = 2
 GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT = 0.90
-UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def main() -> None:
@@ -59,21 +56,21 @@ def main() -> None:
         targets = {
             "direct": (
                 f"http://127.0.0.1:{slot['details']['port']}/score",
-                _lua(Path(tmp) / "direct.lua", body, {}),
+                wrk_script(Path(tmp) / "direct.lua", body, {}),
             ),
             "router": (
                 status["scoring_uri"],
-                _lua(Path(tmp) / "router.lua", body, {"Authorization": f"Bearer {endpoint['key']}"}),
+                wrk_script(Path(tmp) / "router.lua", body, {"Authorization": f"Bearer {endpoint['key']}"}),
             ),
         }
         note(f"router {targets['router'][0]}, slot {slot['name']} {targets['direct'][0]}; {duration} s/run")
         for url, script in targets.values():  # warm-up, not kept
-            _wrk(wrk, url, script, concurrency=4, duration=1)
+            run_wrk(wrk, url, script, concurrency=4, duration=1)
         best: dict[tuple[str, int], dict[str, Any]] = {}
         for round_ in range(1, ROUNDS + 1):
             for concurrency in CONCURRENCY:
                 for side, (url, script) in targets.items():
-                    run = _wrk(wrk, url, script, concurrency=concurrency, duration=duration)
+                    run = run_wrk(wrk, url, script, concurrency=concurrency, duration=duration)
                     note(
                         f"round {round_} c={concurrency} {side}: {run['requests_per_s']:.0f} req/s, "
                         f"p50 {run['p50_ms']:.3f} ms, p99 {run['p99_ms']:.3f} ms, errors {run['errors']}"
@@ -90,7 +87,7 @@ def main() -> None:
         throughput = router["requests_per_s"] / direct["requests_per_s"]
         detail = {
             "concurrency": c,
-            "threads": _threads(c),
+            "threads": wrk_threads(c),
             "router": router,
             "direct": direct,
             "errors_ok": clean,
@@ -123,59 +120,6 @@ def main() -> None:
             )
         )
     emit(entries)
-
-
-def _threads(concurrency: int) -> int:
-    return 1 if concurrency == 1 else 2
-
-
-def _lua(path: Path, body: str, headers: dict[str, str]) -> Path:
-    lines = [
-        'wrk.method = "POST"',
-        f"wrk.body = [==[{body.strip()}]==]",
-        'wrk.headers["Content-Type"] = "application/json"',
-    ]
-    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _wrk(wrk: str, url: str, script: Path, *, concurrency: int, duration: int) -> dict[str, Any]:
-    command = [
-        wrk,
-        f"-t{_threads(concurrency)}",
-        f"-c{concurrency}",
-        f"-d{duration}s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout)
-
-
-def parse_wrk(text: str) -> dict[str, Any]:
-    """Requests/s, p50/p90/p99 latency in ms and error counts from `wrk --latency` output."""
-    latency = {
-        f"p{pct}_ms": round(float(value) * UNITS_MS[unit], 4)
-        for pct, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
-    }
-    if len(latency) != 3:
-        raise ValueError(f"no latency distribution in wrk's output:\n{text}")
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = {"non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
-    counts = map(int, socket.groups()) if socket else (0, 0, 0, 0)
-    errors.update(zip(("connect", "read", "write", "timeout"), counts, strict=True))
-    return {
-        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
-        "requests": int(re.search(r"(\d+) requests in", text).group(1)),  # type: ignore[union-attr]
-        **latency,
-        "errors": errors,
-    }
 
 
 if __name__ == "__main__":

@@ -522,6 +522,15 @@ def delete(
         env.say(f"deleted {what}")
 
 
+def _register_ab() -> None:
+    from tdsp_deploy.cli_ab import ab_app
+
+    app.add_typer(ab_app, name="ab")
+
+
+_register_ab()
+
+
 # -- entry points ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     """Run the CLI; return the exit code."""

@@ -119,3 +119,50 @@ def error(env: Environment, failure: TdspError) -> None:
     if failure.hint:
         stream.write(f"  hint: {failure.hint}\n")
     stream.flush()
+
+
+def ab_verdict(env: Environment, analysis: dict, report: Path | None) -> None:
+    """The experiment's verdict and the numbers behind it, as the HTML report shows them."""
+    console = env.console()
+    experiment, verdict = analysis["experiment"], analysis["verdict"]
+    console.print(f"experiment {experiment['id']}: {experiment['control']} (control) vs "
+                  f"{experiment['treatment']} (treatment), {experiment['mode']}", markup=False)
+    variants = _table(env, "variants")
+    for column in ("deployment", "role", "n", "error rate", "p50 ms", "p95 ms"):
+        variants.add_column(column, justify="right")
+    for name, variant in analysis["variants"].items():
+        latency = variant.get("latency_ms") or {}
+        variants.add_row(name, variant.get("role", ""), str(variant.get("n", 0)), _pct(variant.get("error_rate")),
+                         _num(latency.get("p50")), _num(latency.get("p95")))
+    console.print(variants)
+    if analysis.get("metrics"):
+        metrics = _table(env, "metrics")
+        for column in ("metric", "test", "control", "treatment", "effect [CI]", "p", "p (Holm)", "significant"):
+            metrics.add_column(column, justify="right")
+        for metric in analysis["metrics"]:
+            low, high = metric.get("effect_ci") or (None, None)
+            metrics.add_row(metric["name"], str(metric.get("test") or "-"), _num(metric.get("control")),
+                            _num(metric.get("treatment")),
+                            f"{_num(metric.get('effect'))} [{_num(low)}, {_num(high)}]",
+                            _num(metric.get("p_value")), _num(metric.get("p_adjusted")),
+                            "yes" if metric.get("significant") else "no")
+        console.print(metrics)
+    for guardrail in analysis.get("guardrails", []):
+        if guardrail.get("breached"):
+            console.print(f"guardrail breached: {guardrail['name']} = {_num(guardrail.get('treatment'))} "
+                          f"(limit {_num(guardrail.get('limit'))})", markup=False)
+    console.print(f"verdict: {verdict['decision'].upper()}: {verdict['reason']}", markup=False)
+    if report is not None:
+        console.print(f"report: {report}", markup=False)
+
+
+def _num(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pct(value: object) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else "-"

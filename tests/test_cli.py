@@ -26,12 +26,18 @@ def test_help_lists_every_command_and_nothing_unfinished(cli):
     from tdsp_deploy.cli import app
 
     # exactly these commands: nothing half-built is listed
-    assert sorted(typer.main.get_command(app).commands) == sorted(COMMANDS)
+    assert sorted(typer.main.get_command(app).commands) == sorted([*COMMANDS, "ab"])
+    ab = cli("ab", "--help")
+    for command in AB_COMMANDS:
+        assert command in ab.stdout
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+AB_COMMANDS = ["start", "status", "analyze", "promote", "rollback", "replay"]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, *(f"ab {c}" for c in AB_COMMANDS)])
 def test_every_command_takes_json(cli, command):
-    result = cli(command, "--help")
+    result = cli(*command.split(), "--help")
     assert result.exit_code == 0
     assert "--json" in result.stdout
 

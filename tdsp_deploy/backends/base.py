@@ -219,6 +219,17 @@ class Backend(abc.ABC):
         with self.callers(slot) as new_callers:
             return next(new_callers)(body)
 
+    # -- experiments ---------------------------------------------------------------------
+    def set_experiment(self, experiment_id: str) -> None:
+        """A new A/B experiment starts: targets that hash sticky keys salt them with its id."""
+
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """The endpoint's request log from ``since`` (unix time): one dict per live or shadow
+        request, as tdsp_deploy.ab.analysis reads them."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target keeps no request log to analyze")
+
     # -- reviewing ---------------------------------------------------------------------
     @abc.abstractmethod
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:

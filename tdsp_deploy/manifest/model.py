@@ -218,6 +218,41 @@ class RolloutSection(Strict):
         return self
 
 
+class PrimaryMetric(Strict):
+    name: str = Field(default="outcome", min_length=1, description="What the outcomes file measures.")
+    type: Literal["binary", "continuous"] | None = Field(default=None, description="Default: from the outcomes.")
+    direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
+
+
+class Guardrails(Strict):
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="Treatment's error rate limit.")
+    max_p95_ms: float | None = Field(default=None, gt=0, description="Treatment's p95 latency limit.")
+    max_error_rate_increase: float | None = Field(
+        default=None, ge=0, le=1, description="Largest tolerated rise of the error rate over control's."
+    )
+
+
+class ABSection(Strict):
+    """How an A/B experiment is judged: the metric, the error rates we accept, the effect we
+    want to be able to see (which fixes the sample size), and the guardrails."""
+
+    primary_metric: PrimaryMetric = Field(default_factory=PrimaryMetric)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False-positive rate.")
+    power: float = Field(default=0.8, gt=0.5, lt=1, description="Chance of seeing an effect of the minimum size.")
+    minimum_detectable_effect: float = Field(gt=0, description="Smallest effect worth seeing (absolute).")
+    baseline: float | None = Field(
+        default=None, gt=0, description="Control's rate (binary metric) or standard deviation (continuous)."
+    )
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    max_duration_hours: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _rate_is_a_rate(self) -> ABSection:
+        if self.primary_metric.type == "binary" and self.baseline is not None and not self.baseline < 1:
+            raise ValueError("baseline of a binary metric is a rate between 0 and 1")
+        return self
+
+
 class LocalTarget(Strict):
     """The embedded target: inference-server processes behind a router on loopback."""
 
@@ -245,6 +280,7 @@ class ManifestBase(Strict):
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     smoke_test: SmokeTestSection | None = None
     rollout: RolloutSection = Field(default_factory=RolloutSection)
+    ab: ABSection | None = Field(default=None, description="A/B experiment settings (tdsp-deploy ab ...).")
 
     @property
     def model_name(self) -> str:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import Backend, Caller, EndpointStatus, ProgressEvent, SlotStatus, no_progress
 from tdsp_deploy.backends.local import processes
@@ -291,6 +291,20 @@ class LocalBackend(Backend):
         record.experiment_id = experiment_id
         self.files.write(record)
         self._publish(record)
+
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        # the router flushes its log at least once a second
+        try:
+            handle = open(self.files.request_log, encoding="utf-8")  # noqa: SIM115
+        except FileNotFoundError:
+            return
+        with handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if record.get("t", 0) >= since:
+                    yield record
 
     def delete(self, slot: str | None = None) -> None:
         record = self._record()

@@ -1,0 +1,102 @@
+"""Benchmark: what splitting and mirroring cost the caller, against one slot taking everything.
+
+The iris example is pushed twice (blue, then green: a second version), then `wrk` POSTs the
+sample request through the router with the key, at concurrency 4 and 16, with three splits
+in turn, alternating, best of 2 rounds each:
+
+- peer: blue=100 (one slot serves every request);
+- ours: blue=50 green=50 (goal: >= 90% of the single slot's throughput);
+- ours: blue=100 with 10% mirrored to green (goal: the caller's p99 grows by < 1 ms).
+
+    python bench/traffic_split.py [--quick]      (needs wrk: apt-get install wrk)
+
+Prints one JSON document on stdout; notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import EXAMPLE_DIR, cli, deployed, emit, note, result, run_wrk, wrk_script
+
+CONCURRENCY = (4, 16)
+ROUNDS = 2
+SPLITS = {
+    "single": ["blue=100", "--mirror", "green=0"],
+    "split_50_50": ["blue=50", "green=50", "--mirror", "green=0"],
+    "mirror_10": ["blue=100", "--mirror", "green=10"],
+}
+GOAL_THROUGHPUT = 0.90
+GOAL_MIRROR_P99_MS = 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
+    args = parser.parse_args()
+    duration = 3 if args.quick else 10
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("traffic_split: `wrk` is not installed (Debian: apt-get install wrk); nothing was measured")
+
+    with tempfile.TemporaryDirectory(prefix="tdsp-bench-split-") as tmp:
+        project = Path(tmp) / "iris"
+        shutil.copytree(EXAMPLE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = project / "deploy.yaml"
+        doc = yaml.safe_load(manifest.read_text())
+        doc["smoke_test"]["latency"] = {"requests": 20, "concurrency": 2, "warmup": 0}
+        manifest.write_text(yaml.safe_dump(doc))
+        with deployed(manifest) as endpoint:
+            env = endpoint["env"]
+            doc["environment"]["variables"]["LOG_LEVEL"] = "debug"  # a second version: green
+            manifest.write_text(yaml.safe_dump(doc))
+            cli(["push", str(manifest)], env)
+            script = wrk_script(Path(tmp) / "router.lua", (project / "sample-request.json").read_text(),
+                                {"Authorization": f"Bearer {endpoint['key']}"})
+            uri = endpoint["status"]["scoring_uri"]
+            best: dict[tuple[str, int], dict[str, Any]] = {}
+            for round_ in range(1, ROUNDS + 1):
+                for concurrency in CONCURRENCY:
+                    for name, split in SPLITS.items():
+                        cli(["traffic", str(manifest), *split], env)
+                        run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
+                        note(f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
+                             f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}")
+                        kept = best.get((name, concurrency))
+                        if kept is None or run["requests_per_s"] > kept["requests_per_s"]:
+                            best[name, concurrency] = run
+    emit(_entries(best, duration))
+
+
+def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int) -> list[dict[str, Any]]:
+    entries = []
+    for c in CONCURRENCY:
+        single, split, mirror = best["single", c], best["split_50_50", c], best["mirror_10", c]
+        clean = all(sum(run["errors"].values()) == 0 for run in (single, split, mirror))
+        notes = f"wrk --latency through the router, {duration} s per run, best of {ROUNDS} rounds"
+        entries.append(result(
+            f"split_50_50_throughput_c{c}", split["requests_per_s"], single["requests_per_s"], unit="req/s",
+            goal=f"50/50 split / single slot >= {GOAL_THROUGHPUT:g}",
+            met=split["requests_per_s"] / single["requests_per_s"] >= GOAL_THROUGHPUT and clean,
+            concurrency=c, ours_p99_ms=split["p99_ms"], peer_p99_ms=single["p99_ms"],
+            peer_command="the same load with blue=100", notes=notes,
+        ))
+        added = mirror["p99_ms"] - single["p99_ms"]
+        entries.append(result(
+            f"mirror_10_added_p99_c{c}", mirror["p99_ms"], single["p99_ms"], unit="ms",
+            goal=f"p99 with 10% mirrored - p99 of a single slot < {GOAL_MIRROR_P99_MS:g} ms",
+            met=added < GOAL_MIRROR_P99_MS and clean, added_p99_ms=round(added, 3), concurrency=c,
+            ours_requests_per_s=mirror["requests_per_s"], peer_requests_per_s=single["requests_per_s"],
+            peer_command="the same load with blue=100 and no mirror", notes=notes,
+        ))
+    return entries
+
+
+if __name__ == "__main__":
+    main()
