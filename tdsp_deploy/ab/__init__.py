@@ -1,0 +1,1 @@
+"""A/B testing between deployment slots: analysis and reports."""
