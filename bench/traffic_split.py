@@ -37,7 +37,9 @@ GOAL_MIRROR_P99_MS = 1.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
     args = parser.parse_args()
     duration = 3 if args.quick else 10
@@ -57,8 +59,11 @@ def main() -> None:
             doc["environment"]["variables"]["LOG_LEVEL"] = "debug"  # a second version: green
             manifest.write_text(yaml.safe_dump(doc))
             cli(["push", str(manifest)], env)
-            script = wrk_script(Path(tmp) / "router.lua", (project / "sample-request.json").read_text(),
-                                {"Authorization": f"Bearer {endpoint['key']}"})
+            script = wrk_script(
+                Path(tmp) / "router.lua",
+                (project / "sample-request.json").read_text(),
+                {"Authorization": f"Bearer {endpoint['key']}"},
+            )
             uri = endpoint["status"]["scoring_uri"]
             best: dict[tuple[str, int], dict[str, Any]] = {}
             for round_ in range(1, ROUNDS + 1):
@@ -66,8 +71,10 @@ def main() -> None:
                     for name, split in SPLITS.items():
                         cli(["traffic", str(manifest), *split], env)
                         run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
-                        note(f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
-                             f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}")
+                        note(
+                            f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
+                            f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}"
+                        )
                         kept = best.get((name, concurrency))
                         if kept is None or run["requests_per_s"] > kept["requests_per_s"]:
                             best[name, concurrency] = run
@@ -80,21 +87,38 @@ def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int) -> list
         single, split, mirror = best["single", c], best["split_50_50", c], best["mirror_10", c]
         clean = all(sum(run["errors"].values()) == 0 for run in (single, split, mirror))
         notes = f"wrk --latency through the router, {duration} s per run, best of {ROUNDS} rounds"
-        entries.append(result(
-            f"split_50_50_throughput_c{c}", split["requests_per_s"], single["requests_per_s"], unit="req/s",
-            goal=f"50/50 split / single slot >= {GOAL_THROUGHPUT:g}",
-            met=split["requests_per_s"] / single["requests_per_s"] >= GOAL_THROUGHPUT and clean,
-            concurrency=c, ours_p99_ms=split["p99_ms"], peer_p99_ms=single["p99_ms"],
-            peer_command="the same load with blue=100", notes=notes,
-        ))
+        entries.append(
+            result(
+                f"split_50_50_throughput_c{c}",
+                split["requests_per_s"],
+                single["requests_per_s"],
+                unit="req/s",
+                goal=f"50/50 split / single slot >= {GOAL_THROUGHPUT:g}",
+                met=split["requests_per_s"] / single["requests_per_s"] >= GOAL_THROUGHPUT and clean,
+                concurrency=c,
+                ours_p99_ms=split["p99_ms"],
+                peer_p99_ms=single["p99_ms"],
+                peer_command="the same load with blue=100",
+                notes=notes,
+            )
+        )
         added = mirror["p99_ms"] - single["p99_ms"]
-        entries.append(result(
-            f"mirror_10_added_p99_c{c}", mirror["p99_ms"], single["p99_ms"], unit="ms",
-            goal=f"p99 with 10% mirrored - p99 of a single slot < {GOAL_MIRROR_P99_MS:g} ms",
-            met=added < GOAL_MIRROR_P99_MS and clean, added_p99_ms=round(added, 3), concurrency=c,
-            ours_requests_per_s=mirror["requests_per_s"], peer_requests_per_s=single["requests_per_s"],
-            peer_command="the same load with blue=100 and no mirror", notes=notes,
-        ))
+        entries.append(
+            result(
+                f"mirror_10_added_p99_c{c}",
+                mirror["p99_ms"],
+                single["p99_ms"],
+                unit="ms",
+                goal=f"p99 with 10% mirrored - p99 of a single slot < {GOAL_MIRROR_P99_MS:g} ms",
+                met=added < GOAL_MIRROR_P99_MS and clean,
+                added_p99_ms=round(added, 3),
+                concurrency=c,
+                ours_requests_per_s=mirror["requests_per_s"],
+                peer_requests_per_s=single["requests_per_s"],
+                peer_command="the same load with blue=100 and no mirror",
+                notes=notes,
+            )
+        )
     return entries
 
 

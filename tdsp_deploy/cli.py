@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Backend, EndpointStatus, Progress
     from tdsp_deploy.backends.registry import Registry
     from tdsp_deploy.manifest import LoadedManifest
-    from tdsp_deploy.smoke import SmokeReport
 
 app = typer.Typer(
     name="tdsp-deploy",
@@ -155,7 +154,13 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
         warnings.append(f"{exc.message}; {exc.hint}")
     if env.json_mode:
         env.emit_json(
-            {"valid": True, "manifest": str(manifest), "name": loaded.manifest.name, "target": kind, "warnings": warnings}
+            {
+                "valid": True,
+                "manifest": str(manifest),
+                "name": loaded.manifest.name,
+                "target": kind,
+                "warnings": warnings,
+            }
         )
         return
     for warning in warnings:
@@ -205,7 +210,9 @@ def package(
         env.emit_json(document)
         return
     state = "unchanged" if built.reused else "built"
-    env.say(f"{state} {built.path} (package {built.package_id[:12]}, model version {built.lock.model_version})")
+    env.say(
+        f"{state} {built.path} (package {built.package_id[:12]}, model version {built.lock.model_version})"
+    )
 
 
 @app.command()
@@ -239,7 +246,10 @@ def render(
 def push(
     manifest: ManifestArgument,
     keep_failed: Annotated[
-        bool, typer.Option("--keep-failed", help="Keep a failed deployment for debugging (traffic still restored).")
+        bool,
+        typer.Option(
+            "--keep-failed", help="Keep a failed deployment for debugging (traffic still restored)."
+        ),
     ] = False,
     lock_timeout: LockTimeoutOption = 600.0,
     json_out: JsonOption = False,
@@ -252,7 +262,9 @@ def push(
     loaded = _load(manifest, env)
     with env.progress() as progress:
         backend = _backend(loaded, progress)
-        result = run_push(loaded, backend, progress=progress, keep_failed=keep_failed, lock_timeout=lock_timeout)
+        result = run_push(
+            loaded, backend, progress=progress, keep_failed=keep_failed, lock_timeout=lock_timeout
+        )
     if env.json_mode:
         env.emit_json(result.to_json())
         return
@@ -293,10 +305,12 @@ def _health_exit_code(env: Environment, current: EndpointStatus) -> int:
 def traffic(
     manifest: ManifestArgument,
     assignments: Annotated[
-        list[str] | None, typer.Argument(help="Live split, e.g. blue=90 green=10 (unnamed slots get 0).", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Live split, e.g. blue=90 green=10 (unnamed slots get 0).", show_default=False),
     ] = None,
     mirror: Annotated[
-        list[str] | None, typer.Option("--mirror", help="Copy a share of live traffic, e.g. green=10 (0 stops).")
+        list[str] | None,
+        typer.Option("--mirror", help="Copy a share of live traffic, e.g. green=10 (0 stops)."),
     ] = None,
     lock_timeout: LockTimeoutOption = 600.0,
     json_out: JsonOption = False,
@@ -364,7 +378,9 @@ def _existing(current: EndpointStatus, manifest: Path) -> EndpointStatus:
 
 def _check_capabilities(backend: Backend, split: Any) -> None:
     if sum(1 for weight in split.live.values() if weight) > 1 and not backend.supports_weighted_traffic:
-        raise UsageError(f"the {backend.kind} target cannot split live traffic", hint="give one deployment 100")
+        raise UsageError(
+            f"the {backend.kind} target cannot split live traffic", hint="give one deployment 100"
+        )
     if split.mirror and not backend.supports_mirror:
         raise UsageError(f"the {backend.kind} target cannot mirror traffic", hint="leave out --mirror")
 
@@ -404,8 +420,12 @@ def invoke(
         )
     if env.json_mode:
         env.emit_json(
-            {"response": response, "status": result.status, "deployment": result.deployment,
-             "elapsed_ms": round(result.elapsed_ms, 3)}
+            {
+                "response": response,
+                "status": result.status,
+                "deployment": result.deployment,
+                "elapsed_ms": round(result.elapsed_ms, 3),
+            }
         )
         return
     env.say(f"HTTP {result.status} from {result.deployment or '?'} in {result.elapsed_ms:.1f} ms")
@@ -465,14 +485,18 @@ def logs(
 
 def _default_slot(current: EndpointStatus) -> str:
     if not current.exists:
-        raise EndpointNotFound(f"endpoint '{current.name}' is not deployed", hint="run `tdsp-deploy push` first")
+        raise EndpointNotFound(
+            f"endpoint '{current.name}' is not deployed", hint="run `tdsp-deploy push` first"
+        )
     live = current.live_slot()
     if live is not None:
         return live.name
     if len(current.slots) == 1:
         return current.slots[0].name
     names = ", ".join(s.name for s in current.slots) or "none"
-    raise UsageError("no deployment takes traffic; choose one with --deployment", hint=f"deployments: {names}")
+    raise UsageError(
+        "no deployment takes traffic; choose one with --deployment", hint=f"deployments: {names}"
+    )
 
 
 @app.command()
@@ -500,8 +524,10 @@ def delete(
     env = _env(json_out, debug)
     loaded = _load(manifest, env)
     backend = _backend(loaded)
-    what = f"deployment '{deployment}' of endpoint '{loaded.manifest.name}'" if deployment else (
-        f"endpoint '{loaded.manifest.name}' and every deployment in it"
+    what = (
+        f"deployment '{deployment}' of endpoint '{loaded.manifest.name}'"
+        if deployment
+        else (f"endpoint '{loaded.manifest.name}' and every deployment in it")
     )
     if not backend.status().exists:
         if env.json_mode:
@@ -553,7 +579,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tdsp-deploy`: help was the answer
             env.write_data(exc.format_message())
             return 0
-        error = UsageError(exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`")
+        error = UsageError(
+            exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`"
+        )
         return _render_error(env, error)
     except TdspError as exc:
         return _render_error(env, exc)

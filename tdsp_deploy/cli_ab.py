@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest import LoadedManifest
     from tdsp_deploy.output import Environment
 
-ab_app = typer.Typer(help="A/B experiments between two deployments: start, status, analyze, promote, rollback.",
-                     no_args_is_help=True)
+ab_app = typer.Typer(
+    help="A/B experiments between two deployments: start, status, analyze, promote, rollback.",
+    no_args_is_help=True,
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
@@ -75,7 +77,9 @@ def required_sample_size(spec: dict[str, Any]) -> int | None:
     from tdsp_deploy.ab import stats
 
     if metric_type == "binary":
-        return stats.sample_size_proportions(baseline, spec["minimum_detectable_effect"], spec["alpha"], spec["power"])
+        return stats.sample_size_proportions(
+            baseline, spec["minimum_detectable_effect"], spec["alpha"], spec["power"]
+        )
     return stats.sample_size_means(baseline, spec["minimum_detectable_effect"], spec["alpha"], spec["power"])
 
 
@@ -114,16 +118,22 @@ def start(
     store = _store(backend)
     with backend.lock():
         experiment = store.start(
-            control=control, treatment=treatment, mode="split" if split is not None else "mirror",
-            share=split if split is not None else mirror, spec=spec, required_per_variant=required_sample_size(spec),
+            control=control,
+            treatment=treatment,
+            mode="split" if split is not None else "mirror",
+            share=split if split is not None else mirror,
+            spec=spec,
+            required_per_variant=required_sample_size(spec),
         )
         backend.set_experiment(experiment.id)
         change_traffic(backend, backend.status(), traffic, f"ab start {experiment.id}")
     if env.json_mode:
         env.emit_json(experiment.to_json())
         return
-    env.say(f"experiment {experiment.id} started: {control} (control) vs {treatment} (treatment), "
-            f"{traffic.describe()}")
+    env.say(
+        f"experiment {experiment.id} started: {control} (control) vs {treatment} (treatment), "
+        f"{traffic.describe()}"
+    )
     if experiment.required_per_variant:
         env.say(f"needs {experiment.required_per_variant} requests with outcomes per variant")
 
@@ -146,8 +156,10 @@ def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: Debu
         env.emit_json(document)
         return
     state = "running" if experiment.ended_at is None else f"ended ({experiment.decision})"
-    env.say(f"experiment {experiment.id}: {experiment.control} vs {experiment.treatment}, {state}, "
-            f"{document['elapsed_hours']} h")
+    env.say(
+        f"experiment {experiment.id}: {experiment.control} vs {experiment.treatment}, {state}, "
+        f"{document['elapsed_hours']} h"
+    )
     for name, count in counts.items():
         need = f" of {required} ({count / required:.0%})" if required else ""
         env.say(f"  {name}: {count} requests{need}")
@@ -162,8 +174,10 @@ def _variant_counts(backend: Backend, experiment: Experiment) -> dict[str, int]:
         name = record.get("deployment")
         if record.get("pinned") or name not in counts:
             continue
-        if name == experiment.control and record["kind"] == "live" or (
-            name == experiment.treatment and record["kind"] == treatment_kind
+        if (
+            name == experiment.control
+            and record["kind"] == "live"
+            or (name == experiment.treatment and record["kind"] == treatment_kind)
         ):
             counts[name] += 1
     return counts
@@ -174,7 +188,9 @@ def analyze(
     manifest: ManifestArgument,
     outcomes: Annotated[Path | None, typer.Option(help="CSV or parquet with request_id, outcome.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
-    apply: Annotated[bool, typer.Option("--apply", help="Act on the verdict: promote, or roll back.")] = False,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Act on the verdict: promote, or roll back.")
+    ] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -195,7 +211,9 @@ def analyze(
         progress(ProgressEvent(step="analyze", message="reading the request log"))
         records = list(backend.request_records(experiment.started_at))
         progress(ProgressEvent(step="analyze", message=f"analyzing {len(records)} requests"))
-        document = run_analysis(records, experiment.analysis_input(), experiment.spec, observed, now=time.time())
+        document = run_analysis(
+            records, experiment.analysis_input(), experiment.spec, observed, now=time.time()
+        )
         if report is not None:
             from tdsp_deploy.ab.report import write_report
 
@@ -224,7 +242,9 @@ def _end(backend: Backend, experiment: Experiment, decision: str) -> None:
 
     winner = experiment.treatment if decision == "promote" else experiment.control
     with backend.lock():
-        change_traffic(backend, backend.status(), TrafficSplit({winner: 100}, {}), f"ab {decision} {experiment.id}")
+        change_traffic(
+            backend, backend.status(), TrafficSplit({winner: 100}, {}), f"ab {decision} {experiment.id}"
+        )
         _store(backend).end(experiment, decision)
 
 
@@ -281,18 +301,27 @@ def replay(
             slot: collect_predictions(backend.callers, slot, rows, batch=batch, progress=progress)
             for slot in (control, treatment)
         }
-    result = {"control_deployment": control, "treatment_deployment": treatment,
-              **compare(rows.labels, predicted[control], predicted[treatment], alpha)}
+    result = {
+        "control_deployment": control,
+        "treatment_deployment": treatment,
+        **compare(rows.labels, predicted[control], predicted[treatment], alpha),
+    }
     if env.json_mode:
         env.emit_json(result)
     else:
         metric = "accuracy" if result["task"] == "classification" else "mae"
-        env.say(f"{result['rows']} rows: {control} {metric} {result['control'][metric]:.4g}, "
-                f"{treatment} {metric} {result['treatment'][metric]:.4g}")
+        env.say(
+            f"{result['rows']} rows: {control} {metric} {result['control'][metric]:.4g}, "
+            f"{treatment} {metric} {result['treatment'][metric]:.4g}"
+        )
         for test in result["tests"]:
-            env.say(f"  {test['test']}: effect {test['effect']:.4g} "
-                    f"[{test['ci_low']:.4g}, {test['ci_high']:.4g}], p = {test['p_value']:.4g}")
+            env.say(
+                f"  {test['test']}: effect {test['effect']:.4g} "
+                f"[{test['ci_low']:.4g}, {test['ci_high']:.4g}], p = {test['p_value']:.4g}"
+            )
         env.say(f"verdict: {result['verdict']}")
     if result["verdict"] == "no difference":
-        raise Inconclusive(f"no significant difference between {control} and {treatment} at alpha {alpha}",
-                           hint="replay more rows")
+        raise Inconclusive(
+            f"no significant difference between {control} and {treatment} at alpha {alpha}",
+            hint="replay more rows",
+        )

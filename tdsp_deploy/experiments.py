@@ -85,7 +85,9 @@ class ExperimentStore:
                 f"experiment {running.id} ({running.control} vs {running.treatment}) is still running",
                 hint="end it first: `tdsp-deploy ab promote` or `tdsp-deploy ab rollback`",
             )
-        experiment = Experiment(id=uuid.uuid4().hex[:12], endpoint=self.endpoint, started_at=time.time(), **fields)
+        experiment = Experiment(
+            id=uuid.uuid4().hex[:12], endpoint=self.endpoint, started_at=time.time(), **fields
+        )
         self._save([*self.all(), experiment])
         return experiment
 

@@ -80,7 +80,9 @@ class HttpCaller:
 
 
 @contextmanager
-def http_callers(url: str, headers: Mapping[str, str], *, timeout: float = 60.0) -> Iterator[Iterator[HttpCaller]]:
+def http_callers(
+    url: str, headers: Mapping[str, str], *, timeout: float = 60.0
+) -> Iterator[Iterator[HttpCaller]]:
     """Hands out callers on demand and closes all their connections at the end."""
     made: list[HttpCaller] = []
 

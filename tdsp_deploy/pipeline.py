@@ -122,10 +122,14 @@ def push(
         config_id = backend.config_id(package)
         current = _already_deployed(before, config_id, manifest.rollout)
         if current is not None:
-            progress(ProgressEvent(step="push", message=f"'{current}' already runs this package; nothing to do"))
+            progress(
+                ProgressEvent(step="push", message=f"'{current}' already runs this package; nothing to do")
+            )
             return _result(loaded, backend, current, package, unchanged=True, smoke=None, warnings=warnings)
         slot = choose_slot(before, manifest.rollout)
-        smoke = _deploy_and_prove(loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed)
+        smoke = _deploy_and_prove(
+            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed
+        )
     return _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
 
 
@@ -151,7 +155,9 @@ def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSe
         if rollout.deployment and slot.name != rollout.deployment:
             continue
         wanted = planned_traffic(status, slot.name, rollout)
-        if wanted is None or wanted.normalized(status.traffic) == current_split(status).normalized(status.traffic):
+        if wanted is None or wanted.normalized(status.traffic) == current_split(status).normalized(
+            status.traffic
+        ):
             return slot.name
     return None
 
@@ -200,7 +206,9 @@ def _verify(backend: Backend, slot: str, wanted: TrafficSplit) -> None:
         raise DeploymentFailed(f"deployment '{slot}' is not healthy after the traffic change")
     actual = current_split(after).normalized(after.traffic)
     if actual != wanted.normalized(after.traffic):
-        raise DeploymentFailed(f"traffic is {actual.describe()} after the change, expected {wanted.describe()}")
+        raise DeploymentFailed(
+            f"traffic is {actual.describe()} after the change, expected {wanted.describe()}"
+        )
 
 
 def _roll_back(
@@ -226,7 +234,9 @@ def _roll_back(
             steps.append(f"'{slot}' kept for debugging (--keep-failed)")
         else:
             backend.discard_slot(slot)
-            steps.append(f"'{slot}' " + ("restored to its previous version" if before.slot(slot) else "removed"))
+            steps.append(
+                f"'{slot}' " + ("restored to its previous version" if before.slot(slot) else "removed")
+            )
         error.details["rolled_back"] = True
     except TdspError as rollback_error:  # never hide the original failure behind this one
         error.details["rolled_back"] = False
@@ -261,7 +271,9 @@ def _result(
     )
 
 
-def test_deployment(loaded: LoadedManifest, backend: Backend, *, deployment: str | None, progress: Progress) -> SmokeReport:
+def test_deployment(
+    loaded: LoadedManifest, backend: Backend, *, deployment: str | None, progress: Progress
+) -> SmokeReport:
     """Re-run the manifest's smoke test against what is deployed (pinned when ``deployment``)."""
     from tdsp_deploy.errors import EndpointNotFound, UsageError
 
@@ -273,7 +285,9 @@ def test_deployment(loaded: LoadedManifest, backend: Backend, *, deployment: str
         )
     status = backend.status()
     if not status.exists:
-        raise EndpointNotFound(f"endpoint '{status.name}' is not deployed", hint="run `tdsp-deploy push` first")
+        raise EndpointNotFound(
+            f"endpoint '{status.name}' is not deployed", hint="run `tdsp-deploy push` first"
+        )
     return run_smoke_test(backend.callers, smoke_test, deployment=deployment, progress=progress)
 
 

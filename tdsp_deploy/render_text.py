@@ -27,11 +27,17 @@ def _table(env: Environment, title: str | None = None):  # type: ignore[no-untyp
 def push_summary(env: Environment, result: PushResult, manifest: Path, sample: Path | None) -> None:
     console = env.console()
     if result.unchanged:
-        console.print(f"'{result.endpoint}/{result.deployment}' already runs package {result.package_id[:12]}; "
-                      "nothing changed.", markup=False)
+        console.print(
+            f"'{result.endpoint}/{result.deployment}' already runs package {result.package_id[:12]}; "
+            "nothing changed.",
+            markup=False,
+        )
     else:
-        console.print(f"deployed {result.endpoint}/{result.deployment} "
-                      f"(model version {result.model_version}, package {result.package_id[:12]})", markup=False)
+        console.print(
+            f"deployed {result.endpoint}/{result.deployment} "
+            f"(model version {result.model_version}, package {result.package_id[:12]})",
+            markup=False,
+        )
     if result.smoke is not None:
         smoke_table(env, result.smoke)
     traffic = ", ".join(f"{name}={weight}%" for name, weight in result.traffic.items()) or "none"
@@ -42,7 +48,7 @@ def push_summary(env: Environment, result: PushResult, manifest: Path, sample: P
         "call it:\n"
         f"  tdsp-deploy invoke {manifest} --request {request}\n"
         f"  curl -X POST {result.scoring_uri} -H 'Content-Type: application/json' "
-        f"-H \"Authorization: Bearer $KEY\" -d @{request}\n"
+        f'-H "Authorization: Bearer $KEY" -d @{request}\n'
         f"  (the key: tdsp-deploy credentials {manifest})",
         markup=False,
     )
@@ -60,23 +66,45 @@ def smoke_table(env: Environment, report: SmokeReport) -> None:
     console = env.console()
     answer = report.answer
     verdict = "as expected" if answer.passed else "WRONG"
-    console.print(f"smoke test ({report.deployment or 'unpinned'}): answer {verdict} "
-                  f"(HTTP {answer.status}, {answer.elapsed_ms:.1f} ms)", markup=False)
+    console.print(
+        f"smoke test ({report.deployment or 'unpinned'}): answer {verdict} "
+        f"(HTTP {answer.status}, {answer.elapsed_ms:.1f} ms)",
+        markup=False,
+    )
     latency = report.latency
     if latency is None:
         return
     table = _table(env, "latency")
-    for column in ("requests", "concurrency", "errors", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "req/s"):
+    for column in (
+        "requests",
+        "concurrency",
+        "errors",
+        "p50 ms",
+        "p90 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "req/s",
+    ):
         table.add_column(column, justify="right")
     table.add_row(
-        str(latency.requests), str(latency.concurrency), str(latency.errors),
-        f"{latency.p50_ms:.2f}", f"{latency.p90_ms:.2f}", f"{latency.p95_ms:.2f}",
-        f"{latency.p99_ms:.2f}", f"{latency.max_ms:.2f}", f"{latency.requests_per_second:.0f}",
+        str(latency.requests),
+        str(latency.concurrency),
+        str(latency.errors),
+        f"{latency.p50_ms:.2f}",
+        f"{latency.p90_ms:.2f}",
+        f"{latency.p95_ms:.2f}",
+        f"{latency.p99_ms:.2f}",
+        f"{latency.max_ms:.2f}",
+        f"{latency.requests_per_second:.0f}",
     )
     console.print(table)
     objective = f"p95 <= {latency.objective_p95_ms:g} ms, " if latency.objective_p95_ms else ""
-    console.print(f"objective: {objective}error rate <= {latency.objective_max_error_rate:.1%}: "
-                  + ("met" if latency.passed else "MISSED"), markup=False)
+    console.print(
+        f"objective: {objective}error rate <= {latency.objective_max_error_rate:.1%}: "
+        + ("met" if latency.passed else "MISSED"),
+        markup=False,
+    )
 
 
 def status_table(env: Environment, status: EndpointStatus) -> None:
@@ -85,16 +113,23 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
     console.print(f"endpoint {status.name} ({status.kind})", markup=False)
     console.print(f"scoring URI: {status.scoring_uri}", markup=False)
     if router:
-        console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {router.get('host')}:{router.get('port')})",
-                      markup=False)
+        console.print(
+            f"router: {router.get('state')} (pid {router.get('pid')}, {router.get('host')}:{router.get('port')})",
+            markup=False,
+        )
     table = _table(env)
     for column in ("deployment", "state", "traffic", "mirror", "model version", "package", "pid", "port"):
         table.add_column(column)
     for slot in status.slots:
         table.add_row(
-            slot.name, slot.state, f"{slot.traffic}%", f"{slot.mirror}%" if slot.mirror else "-",
+            slot.name,
+            slot.state,
+            f"{slot.traffic}%",
+            f"{slot.mirror}%" if slot.mirror else "-",
             slot.model_version or "-",
-            (slot.package_id or "-")[:12], str(slot.details.get("pid") or "-"), str(slot.details.get("port") or "-"),
+            (slot.package_id or "-")[:12],
+            str(slot.details.get("pid") or "-"),
+            str(slot.details.get("port") or "-"),
         )
     console.print(table)
 
@@ -125,32 +160,58 @@ def ab_verdict(env: Environment, analysis: dict, report: Path | None) -> None:
     """The experiment's verdict and the numbers behind it, as the HTML report shows them."""
     console = env.console()
     experiment, verdict = analysis["experiment"], analysis["verdict"]
-    console.print(f"experiment {experiment['id']}: {experiment['control']} (control) vs "
-                  f"{experiment['treatment']} (treatment), {experiment['mode']}", markup=False)
+    console.print(
+        f"experiment {experiment['id']}: {experiment['control']} (control) vs "
+        f"{experiment['treatment']} (treatment), {experiment['mode']}",
+        markup=False,
+    )
     variants = _table(env, "variants")
     for column in ("deployment", "role", "n", "error rate", "p50 ms", "p95 ms"):
         variants.add_column(column, justify="right")
     for name, variant in analysis["variants"].items():
         latency = variant.get("latency_ms") or {}
-        variants.add_row(name, variant.get("role", ""), str(variant.get("n", 0)), _pct(variant.get("error_rate")),
-                         _num(latency.get("p50")), _num(latency.get("p95")))
+        variants.add_row(
+            name,
+            variant.get("role", ""),
+            str(variant.get("n", 0)),
+            _pct(variant.get("error_rate")),
+            _num(latency.get("p50")),
+            _num(latency.get("p95")),
+        )
     console.print(variants)
     if analysis.get("metrics"):
         metrics = _table(env, "metrics")
-        for column in ("metric", "test", "control", "treatment", "effect [CI]", "p", "p (Holm)", "significant"):
+        for column in (
+            "metric",
+            "test",
+            "control",
+            "treatment",
+            "effect [CI]",
+            "p",
+            "p (Holm)",
+            "significant",
+        ):
             metrics.add_column(column, justify="right")
         for metric in analysis["metrics"]:
             low, high = metric.get("effect_ci") or (None, None)
-            metrics.add_row(metric["name"], str(metric.get("test") or "-"), _num(metric.get("control")),
-                            _num(metric.get("treatment")),
-                            f"{_num(metric.get('effect'))} [{_num(low)}, {_num(high)}]",
-                            _num(metric.get("p_value")), _num(metric.get("p_adjusted")),
-                            "yes" if metric.get("significant") else "no")
+            metrics.add_row(
+                metric["name"],
+                str(metric.get("test") or "-"),
+                _num(metric.get("control")),
+                _num(metric.get("treatment")),
+                f"{_num(metric.get('effect'))} [{_num(low)}, {_num(high)}]",
+                _num(metric.get("p_value")),
+                _num(metric.get("p_adjusted")),
+                "yes" if metric.get("significant") else "no",
+            )
         console.print(metrics)
     for guardrail in analysis.get("guardrails", []):
         if guardrail.get("breached"):
-            console.print(f"guardrail breached: {guardrail['name']} = {_num(guardrail.get('treatment'))} "
-                          f"(limit {_num(guardrail.get('limit'))})", markup=False)
+            console.print(
+                f"guardrail breached: {guardrail['name']} = {_num(guardrail.get('treatment'))} "
+                f"(limit {_num(guardrail.get('limit'))})",
+                markup=False,
+            )
     console.print(f"verdict: {verdict['decision'].upper()}: {verdict['reason']}", markup=False)
     if report is not None:
         console.print(f"report: {report}", markup=False)

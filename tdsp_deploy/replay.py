@@ -46,7 +46,9 @@ def read_rows(path: Path, label: str, *, id_column: str | None = None) -> Labell
             try:
                 features.append([_value(row[c]) for c in columns])
             except (TypeError, ValueError):
-                raise UsageError(f"{path}:{line}: a feature is not a number", hint="replay sends numeric features") from None
+                raise UsageError(
+                    f"{path}:{line}: a feature is not a number", hint="replay sends numeric features"
+                ) from None
             labels.append(_label(row[label]))
     if not labels:
         raise UsageError(f"{path} holds no rows")
@@ -98,7 +100,9 @@ def collect_predictions(
                     hint=f"see `tdsp-deploy logs --deployment {slot}`",
                 )
             predictions += predictions_of(answer.json(), len(chunk))
-            progress(ProgressEvent(step="replay", message=f"{slot}", done=len(predictions), total=len(rows.labels)))
+            progress(
+                ProgressEvent(step="replay", message=f"{slot}", done=len(predictions), total=len(rows.labels))
+            )
     return predictions
 
 
@@ -119,7 +123,10 @@ def compare(labels: list[Any], control: list[Any], treatment: list[Any], alpha: 
         right_b = np.array([str(p) == str(y) for p, y in zip(treatment, labels, strict=True)])
         results = [stats.mcnemar(right_a, right_b)]
         task, better_when = "classification", "higher"
-        summary = {"control": {"accuracy": float(right_a.mean())}, "treatment": {"accuracy": float(right_b.mean())}}
+        summary = {
+            "control": {"accuracy": float(right_a.mean())},
+            "treatment": {"accuracy": float(right_b.mean())},
+        }
     else:
         y = np.array(labels, dtype=float)
         error_a = np.abs(np.array(control, dtype=float) - y)

@@ -12,9 +12,9 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Callable
+from typing import Any
 
 from tdsp_deploy.backends.base import Caller, InvokeResult, Progress, ProgressEvent, no_progress
 from tdsp_deploy.errors import BackendError, LatencyObjectiveMissed, SmokeFailed
@@ -177,14 +177,18 @@ def run_latency(
     return _judge(sorted(latencies), errors, objective, duration)
 
 
-def _wait_with_progress(threads: list[threading.Thread], done: Callable[[], int], total: int, progress: Progress) -> None:
+def _wait_with_progress(
+    threads: list[threading.Thread], done: Callable[[], int], total: int, progress: Progress
+) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(timeout=0.25)
             progress(ProgressEvent(step="latency", message="latency run", done=done(), total=total))
 
 
-def _judge(latencies: list[float], errors: list[str], objective: LatencyObjective, duration: float) -> LatencyReport:
+def _judge(
+    latencies: list[float], errors: list[str], objective: LatencyObjective, duration: float
+) -> LatencyReport:
     count = len(latencies)
     error_rate = len(errors) / count if count else 1.0
     p95 = percentile(latencies, 0.95)

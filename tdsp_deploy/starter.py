@@ -18,7 +18,9 @@ def endpoint_name_for(directory: Path) -> str:
     return name if len(name) >= 3 else "my-model"
 
 
-def write_starter(templates: Path, directory: Path, *, name: str | None, force: bool) -> tuple[list[Path], str]:
+def write_starter(
+    templates: Path, directory: Path, *, name: str | None, force: bool
+) -> tuple[list[Path], str]:
     endpoint = name or endpoint_name_for(directory)
     if not ENDPOINT_NAME.match(endpoint):
         raise UsageError(
@@ -29,7 +31,9 @@ def write_starter(templates: Path, directory: Path, *, name: str | None, force: 
     targets = [(source, directory / source.relative_to(templates)) for source in sources]
     existing = [str(target) for _, target in targets if target.exists()]
     if existing and not force:
-        raise UsageError(f"these files exist already: {', '.join(existing)}", hint="pass --force to overwrite them")
+        raise UsageError(
+            f"these files exist already: {', '.join(existing)}", hint="pass --force to overwrite them"
+        )
     created = []
     for source, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,9 @@ class TrafficSplit:
         return {"traffic": dict(self.live), "mirror": dict(self.mirror)}
 
     def describe(self) -> str:
-        live = ", ".join(f"{name}={weight}%" for name, weight in sorted(self.live.items()) if weight) or "none"
+        live = (
+            ", ".join(f"{name}={weight}%" for name, weight in sorted(self.live.items()) if weight) or "none"
+        )
         mirror = ", ".join(f"{name}={weight}%" for name, weight in sorted(self.mirror.items()) if weight)
         return live + (f" (mirror {mirror})" if mirror else "")
 
@@ -78,7 +80,9 @@ def validate(split: TrafficSplit, slots: Iterable[str]) -> None:
         raise UsageError("traffic can be mirrored to one deployment only", hint="as on Azure ML")
     for name, weight in mirrored.items():
         if weight > MAX_MIRROR:
-            raise UsageError(f"mirror {name}={weight}%: at most {MAX_MIRROR}% of live traffic can be mirrored")
+            raise UsageError(
+                f"mirror {name}={weight}%: at most {MAX_MIRROR}% of live traffic can be mirrored"
+            )
         if split.live.get(name, 0) > 0:
             raise UsageError(
                 f"'{name}' takes live traffic and cannot also be mirrored",

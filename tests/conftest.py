@@ -40,7 +40,9 @@ class CliResult:
 class CliRunner:
     """Runs the real CLI in this process, with streams that are not terminals (as in CI)."""
 
-    def __call__(self, *args: str | Path, isatty: bool = False, environ: dict[str, str] | None = None) -> CliResult:
+    def __call__(
+        self, *args: str | Path, isatty: bool = False, environ: dict[str, str] | None = None
+    ) -> CliResult:
         import os
 
         stdout, stderr = io.StringIO(), io.StringIO()
@@ -93,9 +95,7 @@ def _project_processes(home: Path) -> list[psutil.Process]:
             cmdline = " ".join(process.info.get("cmdline") or [])
             if "tdsp_deploy.backends.local" in cmdline and str(home) in " ".join(
                 f"{k}={v}" for k, v in (process.info.get("environ") or {}).items()
-            ):
-                found.append(process)
-            elif "tdsp_deploy.backends.local" in cmdline and str(home) in cmdline:
+            ) or "tdsp_deploy.backends.local" in cmdline and str(home) in cmdline:
                 found.append(process)
         except psutil.Error:
             continue

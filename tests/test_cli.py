@@ -12,8 +12,22 @@ import pytest
 from tdsp_deploy import __version__
 from tdsp_deploy.errors import ExitCode
 
-COMMANDS = ["init", "validate", "schema", "package", "render", "push", "status", "traffic", "rollback", "invoke",
-            "test", "logs", "credentials", "delete"]
+COMMANDS = [
+    "init",
+    "validate",
+    "schema",
+    "package",
+    "render",
+    "push",
+    "status",
+    "traffic",
+    "rollback",
+    "invoke",
+    "test",
+    "logs",
+    "credentials",
+    "delete",
+]
 
 
 def test_help_lists_every_command_and_nothing_unfinished(cli):
@@ -59,9 +73,17 @@ def test_usage_errors_exit_2_and_answer_in_json_when_asked(cli):
 def test_validate_ok_and_bad_manifest(cli, iris, tmp_path):
     ok = cli("validate", iris, "--json")
     assert ok.exit_code == 0
-    assert ok.json() == {"valid": True, "manifest": str(iris), "name": "iris", "target": "local", "warnings": []}
+    assert ok.json() == {
+        "valid": True,
+        "manifest": str(iris),
+        "name": "iris",
+        "target": "local",
+        "warnings": [],
+    }
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: iris\nmodel:\n  path: model/\nscoring:\n  script: score.py\nrollout:\n  trafic: 10\n")
+    bad.write_text(
+        "name: iris\nmodel:\n  path: model/\nscoring:\n  script: score.py\nrollout:\n  trafic: 10\n"
+    )
     result = cli("validate", bad)
     assert result.exit_code == ExitCode.USAGE
     assert "Traceback" not in result.stderr
@@ -138,8 +160,12 @@ def test_render_writes_the_local_plan_offline_without_secrets(cli, iris, tmp_pat
 
 
 def test_commands_on_an_endpoint_that_does_not_exist(cli, iris):
-    for command in (["status", iris], ["logs", iris], ["credentials", iris],
-                    ["invoke", iris, "--request", iris.parent / "sample-request.json"]):
+    for command in (
+        ["status", iris],
+        ["logs", iris],
+        ["credentials", iris],
+        ["invoke", iris, "--request", iris.parent / "sample-request.json"],
+    ):
         result = cli(*command, "--json")
         assert result.exit_code == ExitCode.BACKEND, command
         assert result.json()["error"] == "not_found"
@@ -184,7 +210,9 @@ def test_broken_plugin_warns_and_other_targets_keep_working(cli, iris, tmp_path,
     plugin = tmp_path / "broken_plugin-1.0.dist-info"
     plugin.mkdir()
     (plugin / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (plugin / "entry_points.txt").write_text("[tdsp_deploy.backends]\nbroken = no_such_module_anywhere:Backend\n")
+    (plugin / "entry_points.txt").write_text(
+        "[tdsp_deploy.backends]\nbroken = no_such_module_anywhere:Backend\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     result = cli("validate", iris, "--json")
     assert result.exit_code == 0

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json",
-                                                                          **(headers or {})})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -139,11 +140,19 @@ def test_new_version_goes_to_green_then_blue_is_deletable(cli, deployed):
     assert result.exit_code == 0, result.stderr
     assert result.json()["deployment"] == "green"
     assert result.json()["traffic"] == {"blue": 0, "green": 100}
-    assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json",
-               "--json").json()["deployment"] == "green"
+    assert (
+        cli("invoke", manifest, "--request", manifest.parent / "sample-request.json", "--json").json()[
+            "deployment"
+        ]
+        == "green"
+    )
     # the old slot still answers when pinned, until it is deleted
-    assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json",
-               "-d", "blue", "--json").json()["deployment"] == "blue"
+    assert (
+        cli(
+            "invoke", manifest, "--request", manifest.parent / "sample-request.json", "-d", "blue", "--json"
+        ).json()["deployment"]
+        == "blue"
+    )
     refused = cli("delete", manifest, "--deployment", "green", "--yes")
     assert refused.exit_code == ExitCode.USAGE and "takes 100% of the traffic" in refused.stderr
     assert cli("delete", manifest, "--deployment", "blue", "--yes").exit_code == 0
@@ -153,7 +162,9 @@ def test_new_version_goes_to_green_then_blue_is_deletable(cli, deployed):
 def test_failed_init_rolls_back_and_the_old_version_keeps_serving(cli, deployed):
     manifest, pushed = deployed
     score = manifest.parent / "src" / "score.py"
-    score.write_text(score.read_text() + "\n\ndef init():\n    raise RuntimeError('the model file is corrupt')\n")
+    score.write_text(
+        score.read_text() + "\n\ndef init():\n    raise RuntimeError('the model file is corrupt')\n"
+    )
     result = cli("push", manifest)
     assert result.exit_code == ExitCode.DEPLOYMENT_FAILED
     assert "exited during start-up" in result.stderr
@@ -175,7 +186,7 @@ def test_wrong_answer_rolls_back_with_exit_5(cli, deployed):
     result = cli("push", manifest, "--json")
     assert result.exit_code == ExitCode.SMOKE_FAILED
     error = result.json()
-    assert "$.predictions[0]: expected \"virginica\", got \"setosa\"" in error["message"]
+    assert '$.predictions[0]: expected "virginica", got "setosa"' in error["message"]
     assert error["details"]["rolled_back"] is True
     status = cli("status", manifest, "--json").json()
     assert [(s["name"], s["traffic"]) for s in status["slots"]] == [("blue", 100)]
@@ -233,12 +244,19 @@ def test_processes_outlive_the_cli(iris, state_home):
     env = {**os.environ, "TDSP_DEPLOY_HOME": str(state_home)}
     command = [sys.executable, "-m", "tdsp_deploy"]
     try:
-        pushed = subprocess.run([*command, "push", str(iris), "--json"], env=env, capture_output=True, timeout=120)
+        pushed = subprocess.run(
+            [*command, "push", str(iris), "--json"], env=env, capture_output=True, timeout=120
+        )
         assert pushed.returncode == 0, pushed.stderr.decode()
         uri = json.loads(pushed.stdout)["scoring_uri"]
-        key = json.loads(subprocess.run([*command, "credentials", str(iris), "--json"], env=env,
-                                        capture_output=True, timeout=60).stdout)["primary_key"]
-        status, _, _ = post(uri, (iris.parent / "sample-request.json").read_bytes(), {"Authorization": f"Bearer {key}"})
+        key = json.loads(
+            subprocess.run(
+                [*command, "credentials", str(iris), "--json"], env=env, capture_output=True, timeout=60
+            ).stdout
+        )["primary_key"]
+        status, _, _ = post(
+            uri, (iris.parent / "sample-request.json").read_bytes(), {"Authorization": f"Bearer {key}"}
+        )
         assert status == 200
     finally:
         subprocess.run([*command, "delete", str(iris), "--yes"], env=env, capture_output=True, timeout=60)
@@ -261,11 +279,20 @@ def test_the_script_sees_the_variables_and_a_single_file_model_as_on_azure_ml(cl
     (tmp_path / "request.json").write_text("{}")
     (tmp_path / "requirements.txt").write_text("a-distribution-nobody-installed>=1\n")
     manifest = tmp_path / "deploy.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "name": "layout", "model": {"path": "weights.bin"}, "scoring": {"script": "score.py"},
-        "environment": {"requirements": "requirements.txt", "variables": {"GREETING": "hello"}},
-        "smoke_test": {"request": "request.json", "latency": {"requests": 5, "concurrency": 1, "warmup": 0}},
-    }))
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "name": "layout",
+                "model": {"path": "weights.bin"},
+                "scoring": {"script": "score.py"},
+                "environment": {"requirements": "requirements.txt", "variables": {"GREETING": "hello"}},
+                "smoke_test": {
+                    "request": "request.json",
+                    "latency": {"requests": 5, "concurrency": 1, "warmup": 0},
+                },
+            }
+        )
+    )
     validated = cli("validate", manifest, "--json")
     assert any("a-distribution-nobody-installed" in w for w in validated.json()["warnings"])
     try:

@@ -25,9 +25,16 @@ class Client:
         self.key = key
 
     def post(self, body: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
-        self.connection.request("POST", "/score", body=body, headers={
-            "Authorization": f"Bearer {self.key}", "Content-Type": "application/json",
-            **{k.replace("_", "-"): v for k, v in headers.items()}})
+        self.connection.request(
+            "POST",
+            "/score",
+            body=body,
+            headers={
+                "Authorization": f"Bearer {self.key}",
+                "Content-Type": "application/json",
+                **{k.replace("_", "-"): v for k, v in headers.items()},
+            },
+        )
         response = self.connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
 
@@ -72,8 +79,9 @@ def test_canary_takes_its_share_and_sticky_users_stay_put(cli, canary):
             slot = client.post(body, x_user_id=f"user-{user}")[1]["azureml-model-deployment"]
             users.setdefault(f"user-{user}", set()).add(slot)
     assert all(len(slots) == 1 for slots in users.values())
-    pinned = Counter(client.post(body, azureml_model_deployment="green")[1]["azureml-model-deployment"]
-                     for _ in range(50))
+    pinned = Counter(
+        client.post(body, azureml_model_deployment="green")[1]["azureml-model-deployment"] for _ in range(50)
+    )
     assert pinned == {"green": 50}
 
 
@@ -95,7 +103,10 @@ def test_mirror_never_changes_what_the_caller_gets(cli, canary, state_home):
         assert status == 200 and headers["azureml-model-deployment"] == "blue"
         assert json.loads(answer) == expected
     time.sleep(1.5)  # shadow answers land in the log within a second
-    records = [json.loads(line) for line in (state_home / "endpoints" / "iris" / "requests.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (state_home / "endpoints" / "iris" / "requests.jsonl").read_text().splitlines()
+    ]
     shadows = [r for r in records if r["kind"] == "shadow" and r["deployment"] == "green"]
     assert 60 <= len(shadows) <= 140  # ~50% of 200
     assert all(r["agreed"] is True for r in shadows)  # same model, same answers

@@ -133,7 +133,8 @@ def test_full_manifest() -> None:
         "p95_ms": 250,
         "max_error_rate": 0.01,
     }
-    assert (m.rollout.deployment, m.rollout.traffic, m.rollout.mirror) == ("green", 10, 5)
+    assert (m.rollout.deployment, m.rollout.traffic, m.rollout.mirror) == ("green", 0, 5)
+    assert m.rollout.sticky_header == "x-user-id"
     assert loaded.lines[("target", "port")] == 19
     assert loaded.lines[("environment", "variables", "WORKERS")] == 14
     assert check_manifest(loaded) == []

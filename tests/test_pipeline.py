@@ -20,7 +20,9 @@ def fresh_fake_state():  # type: ignore[no-untyped-def]
     fake_backend.ENDPOINTS.clear()
 
 
-def make_project(root: Path, *, target: dict | None = None, smoke: dict | None = None, **extra: object) -> Path:
+def make_project(
+    root: Path, *, target: dict | None = None, smoke: dict | None = None, **extra: object
+) -> Path:
     (root / "model").mkdir(parents=True, exist_ok=True)
     (root / "model" / "weights.json").write_text('{"w": [1, 2, 3]}')
     (root / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n")
@@ -167,8 +169,11 @@ def test_latency_objective_missed_exits_6_and_rolls_back(cli, tmp_path):
     manifest = make_project(
         tmp_path,
         target={"delay_ms": 5},
-        smoke={"request": "request.json", "expect": "expected.json",
-               "latency": {"requests": 10, "concurrency": 2, "warmup": 0, "p95_ms": 1}},
+        smoke={
+            "request": "request.json",
+            "expect": "expected.json",
+            "latency": {"requests": 10, "concurrency": 2, "warmup": 0, "p95_ms": 1},
+        },
     )
     result = cli("push", manifest, "--json")
     assert result.exit_code == ExitCode.LATENCY_MISSED

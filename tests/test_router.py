@@ -50,8 +50,12 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             time.sleep(server.delay)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         answer = json.dumps(
-            {"upstream": server.name, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-             "body": body.decode()}
+            {
+                "upstream": server.name,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode(),
+            }
         ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -65,8 +69,15 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
 
 class RouterProcess:
-    def __init__(self, tmp: Path, slots: dict[str, tuple[int, int]], *, timeout_s: float = 5.0, max_bytes: int = 10_000,
-                 **options: object):
+    def __init__(
+        self,
+        tmp: Path,
+        slots: dict[str, tuple[int, int]],
+        *,
+        timeout_s: float = 5.0,
+        max_bytes: int = 10_000,
+        **options: object,
+    ):
         self.options = options
         self.dir = tmp
         (tmp / "keys.json").write_text(json.dumps({"primary_key": KEY, "secondary_key": "second-key"}))
@@ -76,7 +87,8 @@ class RouterProcess:
         self.log = open(tmp / "router.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.config_path)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -87,13 +99,20 @@ class RouterProcess:
                 time.sleep(0.05)
         raise RuntimeError((tmp / "router.log").read_text())
 
-    def write(self, slots: dict[str, tuple], *, generation: int, timeout_s: float = 5.0,
-              max_bytes: int = 10_000) -> None:
+    def write(
+        self, slots: dict[str, tuple], *, generation: int, timeout_s: float = 5.0, max_bytes: int = 10_000
+    ) -> None:
         """slots: name -> (port, weight) or (port, weight, mirror)."""
         RouterConfig(
-            endpoint="test", host="127.0.0.1", port=self.port, keys_file=str(self.dir / "keys.json"),
-            slots=tuple(SlotRoute(n, *route) for n, route in slots.items()), generation=generation,
-            request_timeout_s=timeout_s, max_request_bytes=max_bytes, **self.options,  # type: ignore[arg-type]
+            endpoint="test",
+            host="127.0.0.1",
+            port=self.port,
+            keys_file=str(self.dir / "keys.json"),
+            slots=tuple(SlotRoute(n, *route) for n, route in slots.items()),
+            generation=generation,
+            request_timeout_s=timeout_s,
+            max_request_bytes=max_bytes,
+            **self.options,  # type: ignore[arg-type]
         ).write(self.config_path)
 
     def connection(self) -> http.client.HTTPConnection:
@@ -177,7 +196,7 @@ def test_answers_pipelined_requests_in_order(make_router, blue):
             if not chunk:
                 break
             received += chunk
-    bodies = [json.loads(part[part.index(b"{"):])["body"] for part in received.split(b"HTTP/1.1 ")[1:]]
+    bodies = [json.loads(part[part.index(b"{") :])["body"] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert bodies == ["0", "1", "2"]
 
 
@@ -316,7 +335,10 @@ def test_request_ids_are_kept_or_made_and_reach_the_slot(make_router, blue):
     assert headers["x-request-id"] == "caller-chose-this"
     assert json.loads(body)["headers"]["x-request-id"] == "caller-chose-this"
     _, made, body = router.post()
-    assert len(made["x-request-id"]) == 32 and json.loads(body)["headers"]["x-request-id"] == made["x-request-id"]
+    assert (
+        len(made["x-request-id"]) == 32
+        and json.loads(body)["headers"]["x-request-id"] == made["x-request-id"]
+    )
     _, again, _ = router.post()
     assert again["x-request-id"] != made["x-request-id"]
 
@@ -340,8 +362,10 @@ def test_sticky_keys_always_reach_the_same_slot(make_router, blue):
 def test_mirror_copies_requests_but_the_caller_gets_the_live_answer(make_router, blue, tmp_path):
     shadow = Upstream("shadow", delay=0.3)  # a slow shadow must not slow the caller
     try:
-        router = make_router({"blue": (blue.port, 100), "shadow": (shadow.port, 0, 50)},
-                             request_log=str(tmp_path / "requests.jsonl"))
+        router = make_router(
+            {"blue": (blue.port, 100), "shadow": (shadow.port, 0, 50)},
+            request_log=str(tmp_path / "requests.jsonl"),
+        )
         started = time.perf_counter()
         answers = [router.post(b'{"n": %d}' % i) for i in range(20)]
         elapsed = time.perf_counter() - started
@@ -362,8 +386,9 @@ def test_mirror_copies_requests_but_the_caller_gets_the_live_answer(make_router,
 
 
 def test_metrics_in_prometheus_format_and_the_request_log(make_router, blue, tmp_path):
-    router = make_router({"blue": (blue.port, 100), "gone": (free_port(), 0)},
-                         request_log=str(tmp_path / "requests.jsonl"))
+    router = make_router(
+        {"blue": (blue.port, 100), "gone": (free_port(), 0)}, request_log=str(tmp_path / "requests.jsonl")
+    )
     for _ in range(3):
         router.post()
     router.post(headers={"azureml-model-deployment": "gone"})
@@ -382,7 +407,11 @@ def test_metrics_in_prometheus_format_and_the_request_log(make_router, blue, tmp
     assert 'tdsp_request_duration_seconds_bucket{endpoint="test",deployment="blue",le="+Inf"} 3' in text
     records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert [(r["deployment"], r["status"], r["pinned"]) for r in records] == [
-        ("blue", 200, False), ("blue", 200, False), ("blue", 200, False), ("gone", 502, True)]
+        ("blue", 200, False),
+        ("blue", 200, False),
+        ("blue", 200, False),
+        ("gone", 502, True),
+    ]
     assert all(r["latency_ms"] > 0 and len(r["id"]) == 32 for r in records)
 
 

@@ -12,7 +12,10 @@ from tdsp_deploy.smoke import check_answer, json_differences, percentile, run_la
 
 def test_numbers_match_within_tolerance_and_everything_else_exactly():
     expected = {"p": [0.5, 0.25], "label": "setosa", "n": 3, "ok": True}
-    assert json_differences(expected, {"p": [0.5000001, 0.25], "label": "setosa", "n": 3, "ok": True}, 1e-6) == []
+    assert (
+        json_differences(expected, {"p": [0.5000001, 0.25], "label": "setosa", "n": 3, "ok": True}, 1e-6)
+        == []
+    )
     assert json_differences(expected, {"p": [0.51, 0.25], "label": "setosa", "n": 3, "ok": True}, 1e-6) == [
         "$.p[0]: expected 0.5, got 0.51"
     ]
@@ -45,6 +48,7 @@ def caller_factory(fail_every: int = 0):  # type: ignore[no-untyped-def]
 
     def make():  # type: ignore[no-untyped-def]
         while True:
+
             def call(body: bytes) -> InvokeResult:
                 with lock:
                     counter["n"] += 1
@@ -60,7 +64,9 @@ def caller_factory(fail_every: int = 0):  # type: ignore[no-untyped-def]
 
 def test_latency_run_counts_requests_and_discards_warmup():
     callers, counter = caller_factory()
-    report = run_latency(callers, b"{}", LatencyObjective(requests=50, concurrency=4, warmup=7, p95_ms=10_000))
+    report = run_latency(
+        callers, b"{}", LatencyObjective(requests=50, concurrency=4, warmup=7, p95_ms=10_000)
+    )
     assert counter["n"] == 57
     assert report.requests == 50 and report.errors == 0 and report.passed
     assert report.p50_ms <= report.p95_ms <= report.p99_ms <= report.max_ms
@@ -73,5 +79,7 @@ def test_latency_run_fails_on_errors_and_on_p95():
     assert "error rate 20.0% is above the objective of 0.0%" in report.problems[0]
     assert report.error_samples == ["connection reset"]
     slow_callers, _ = caller_factory()
-    strict = run_latency(slow_callers, b"{}", LatencyObjective(requests=10, concurrency=1, warmup=0, p95_ms=1e-9))
+    strict = run_latency(
+        slow_callers, b"{}", LatencyObjective(requests=10, concurrency=1, warmup=0, p95_ms=1e-9)
+    )
     assert not strict.passed and "p95 latency" in strict.problems[0]

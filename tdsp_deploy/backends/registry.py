@@ -56,7 +56,9 @@ class Registry:
                 hint=f"reinstall it, e.g. pip install 'tdsp-deploy[{kind}]'",
             ) from exc
         if not (isinstance(backend, type) and issubclass(backend, Backend)):
-            raise PluginError(f"entry point '{kind}' ({entry_point.value}) is not a tdsp_deploy Backend class")
+            raise PluginError(
+                f"entry point '{kind}' ({entry_point.value}) is not a tdsp_deploy Backend class"
+            )
         self.loaded[kind] = backend
         return backend
 

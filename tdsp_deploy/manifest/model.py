@@ -203,7 +203,10 @@ class RolloutSection(Strict):
         default=100, ge=0, le=100, description="% for the new slot once the smoke test passes."
     )
     mirror: int = Field(
-        default=0, ge=0, le=50, description="% of live traffic copied to the new slot (which then takes no live traffic)."
+        default=0,
+        ge=0,
+        le=50,
+        description="% of live traffic copied to the new slot (which then takes no live traffic).",
     )
     sticky_header: str | None = Field(
         default=None,
@@ -220,12 +223,16 @@ class RolloutSection(Strict):
 
 class PrimaryMetric(Strict):
     name: str = Field(default="outcome", min_length=1, description="What the outcomes file measures.")
-    type: Literal["binary", "continuous"] | None = Field(default=None, description="Default: from the outcomes.")
+    type: Literal["binary", "continuous"] | None = Field(
+        default=None, description="Default: from the outcomes."
+    )
     direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
 
 
 class Guardrails(Strict):
-    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="Treatment's error rate limit.")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Treatment's error rate limit."
+    )
     max_p95_ms: float | None = Field(default=None, gt=0, description="Treatment's p95 latency limit.")
     max_error_rate_increase: float | None = Field(
         default=None, ge=0, le=1, description="Largest tolerated rise of the error rate over control's."
@@ -238,7 +245,9 @@ class ABSection(Strict):
 
     primary_metric: PrimaryMetric = Field(default_factory=PrimaryMetric)
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False-positive rate.")
-    power: float = Field(default=0.8, gt=0.5, lt=1, description="Chance of seeing an effect of the minimum size.")
+    power: float = Field(
+        default=0.8, gt=0.5, lt=1, description="Chance of seeing an effect of the minimum size."
+    )
     minimum_detectable_effect: float = Field(gt=0, description="Smallest effect worth seeing (absolute).")
     baseline: float | None = Field(
         default=None, gt=0, description="Control's rate (binary metric) or standard deviation (continuous)."

@@ -144,7 +144,9 @@ class LocalBackend(Backend):
         directory = self.files.slot_dir(slot, revision)
         if directory.exists():
             shutil.rmtree(directory)
-        self.progress(ProgressEvent(step="deploy", message=f"unpacking package {package.package_id[:12]} into {slot}"))
+        self.progress(
+            ProgressEvent(step="deploy", message=f"unpacking package {package.package_id[:12]} into {slot}")
+        )
         lock = extract_package(package.path, directory / "package")
 
         port = processes.free_port()
@@ -173,7 +175,9 @@ class LocalBackend(Backend):
             previous=previous,
         )
         self.files.write(record)
-        self.progress(ProgressEvent(step="deploy", message=f"started {slot} (pid {process.pid}, port {port})"))
+        self.progress(
+            ProgressEvent(step="deploy", message=f"started {slot} (pid {process.pid}, port {port})")
+        )
         return self._slot_status(record.slots[slot])
 
     def _slot_command(self, script_name: str, model_dir: Path, port: int) -> list[str]:
@@ -236,7 +240,10 @@ class LocalBackend(Backend):
             if elapsed - last_told >= 0.5:
                 self.progress(
                     ProgressEvent(
-                        step="health", message=f"waiting for {slot} to be healthy", elapsed=elapsed, timeout=timeout
+                        step="health",
+                        message=f"waiting for {slot} to be healthy",
+                        elapsed=elapsed,
+                        timeout=timeout,
                     )
                 )
                 last_told = elapsed
@@ -352,7 +359,9 @@ class LocalBackend(Backend):
         headers = {"Authorization": f"Bearer {self.files.keys()['primary_key']}"}
         if slot:
             headers[PIN_HEADER] = slot
-        return http_callers(self.scoring_uri(record), headers, timeout=self.target.request_timeout_ms / 1000 + 5)
+        return http_callers(
+            self.scoring_uri(record), headers, timeout=self.target.request_timeout_ms / 1000 + 5
+        )
 
     # -- reviewing -----------------------------------------------------------------------
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
@@ -363,7 +372,12 @@ class LocalBackend(Backend):
             "endpoint": self.manifest.name,
             "package": {"id": package.package_id, "archive": str(package.path)},
             "router": {
-                "command": [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(state / "router.json")],
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "tdsp_deploy.backends.local.router",
+                    str(state / "router.json"),
+                ],
                 "host": self.target.host,
                 "port": self.target.port or "a free port, chosen at the first push and kept",
                 "auth": "Authorization: Bearer <primary or secondary key>, keys in keys.json (mode 0600)",
@@ -371,7 +385,9 @@ class LocalBackend(Backend):
                 "request_timeout_ms": self.target.request_timeout_ms,
             },
             "slot": {
-                "name": slot if self.manifest.rollout.deployment else "blue or green (the one without traffic)",
+                "name": slot
+                if self.manifest.rollout.deployment
+                else "blue or green (the one without traffic)",
                 "command": self._slot_command(
                     package.lock.scoring_script_name, state / "slots" / slot / "rN" / "package" / "model", 0
                 ),
@@ -444,7 +460,9 @@ class LocalBackend(Backend):
 
         try:
             connection = http.client.HTTPConnection(_client_host(record.host), record.port, timeout=2)
-            connection.request("GET", "/-/state", headers={"Authorization": f"Bearer {self.files.keys()['primary_key']}"})
+            connection.request(
+                "GET", "/-/state", headers={"Authorization": f"Bearer {self.files.keys()['primary_key']}"}
+            )
             response = connection.getresponse()
             body = response.read()
             connection.close()
@@ -467,7 +485,9 @@ class LocalBackend(Backend):
                 f"port {record.port} on {record.host} is taken by another program; the router cannot start",
                 hint="free the port, or set target.port to another one",
             )
-        self.progress(ProgressEvent(step="router", message=f"starting the router on {record.host}:{record.port}"))
+        self.progress(
+            ProgressEvent(step="router", message=f"starting the router on {record.host}:{record.port}")
+        )
         record.router = processes.spawn(
             [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
             cwd=self.files.root,

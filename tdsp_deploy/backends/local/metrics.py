@@ -68,11 +68,20 @@ class Measurements:
         counters.count += 1
         if self._log is not None:
             self._write(
-                {"kind": "live", "t": round(time.time(), 6), "id": request_id, "deployment": deployment,
-                 "status": status, "latency_ms": round(seconds * 1000, 3), "pinned": pinned}
+                {
+                    "kind": "live",
+                    "t": round(time.time(), 6),
+                    "id": request_id,
+                    "deployment": deployment,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "pinned": pinned,
+                }
             )
 
-    def shadow(self, deployment: str, status: int, seconds: float, request_id: str, agreed: bool | None) -> None:
+    def shadow(
+        self, deployment: str, status: int, seconds: float, request_id: str, agreed: bool | None
+    ) -> None:
         counters = self._slot(deployment)
         if agreed:
             counters.shadow_agreed += 1
@@ -80,8 +89,15 @@ class Measurements:
             counters.shadow_disagreed += 1
         if self._log is not None:
             self._write(
-                {"kind": "shadow", "t": round(time.time(), 6), "id": request_id, "deployment": deployment,
-                 "status": status, "latency_ms": round(seconds * 1000, 3), "agreed": agreed}
+                {
+                    "kind": "shadow",
+                    "t": round(time.time(), 6),
+                    "id": request_id,
+                    "deployment": deployment,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "agreed": agreed,
+                }
             )
 
     def _write(self, record: dict) -> None:
@@ -112,13 +128,17 @@ class Measurements:
         ]
         for name, counters in sorted(self.slots.items()):
             for code, count in sorted(counters.codes.items()):
-                out.append(f'tdsp_requests_total{{endpoint="{endpoint}",deployment="{_label(name)}",code="{code}"}} {count}')
+                out.append(
+                    f'tdsp_requests_total{{endpoint="{endpoint}",deployment="{_label(name)}",code="{code}"}} {count}'
+                )
         out += [
             "# HELP tdsp_request_errors_total Requests answered with a status of 500 or more.",
             "# TYPE tdsp_request_errors_total counter",
         ]
         for name, counters in sorted(self.slots.items()):
-            out.append(f'tdsp_request_errors_total{{endpoint="{endpoint}",deployment="{_label(name)}"}} {counters.errors}')
+            out.append(
+                f'tdsp_request_errors_total{{endpoint="{endpoint}",deployment="{_label(name)}"}} {counters.errors}'
+            )
         out += [
             "# HELP tdsp_request_duration_seconds Time from the request's arrival to its answer, at the router.",
             "# TYPE tdsp_request_duration_seconds histogram",
@@ -140,7 +160,9 @@ class Measurements:
             if counters.shadow_agreed or counters.shadow_disagreed:
                 labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
                 out.append(f'tdsp_shadow_answers_total{{{labels},agreed="true"}} {counters.shadow_agreed}')
-                out.append(f'tdsp_shadow_answers_total{{{labels},agreed="false"}} {counters.shadow_disagreed}')
+                out.append(
+                    f'tdsp_shadow_answers_total{{{labels},agreed="false"}} {counters.shadow_disagreed}'
+                )
         return ("\n".join(out) + "\n").encode()
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import httptools
 
 from tdsp_deploy.backends.local.metrics import Measurements
-from tdsp_deploy.backends.local.routes import RouteTable, RouterConfig, SlotRoute
+from tdsp_deploy.backends.local.routes import RouterConfig, RouteTable, SlotRoute
 
 log = logging.getLogger("tdsp_deploy.router")
 
@@ -116,10 +116,13 @@ class Router:
             log.error("reload failed, keeping generation %s: %s", self.config.generation, exc)
 
     def describe(self) -> str:
-        return ", ".join(
-            f"{s.name}={s.weight}%" + (f" (mirror {s.mirror}%)" if s.mirror else "") + f" :{s.port}"
-            for s in self.config.slots
-        ) or "no slots"
+        return (
+            ", ".join(
+                f"{s.name}={s.weight}%" + (f" (mirror {s.mirror}%)" if s.mirror else "") + f" :{s.port}"
+                for s in self.config.slots
+            )
+            or "no slots"
+        )
 
     def authorized(self, header: bytes | None) -> bool:
         if header is None:
@@ -134,7 +137,9 @@ class Router:
         doc = {
             "endpoint": self.config.endpoint,
             "generation": self.config.generation,
-            "slots": {s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.config.slots},
+            "slots": {
+                s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.config.slots
+            },
             "in_flight": self.in_flight,
         }
         return json.dumps(doc).encode()
@@ -176,7 +181,18 @@ class Router:
 
 
 class Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "pin", "auth", "request_id", "sticky", "started")
+    __slots__ = (
+        "method",
+        "url",
+        "headers",
+        "body",
+        "keep_alive",
+        "pin",
+        "auth",
+        "request_id",
+        "sticky",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -273,7 +289,11 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         for name, value in self.current.headers:  # type: ignore[union-attr]
-            if name == b"content-length" and value.isdigit() and int(value) > self.router.config.max_request_bytes:
+            if (
+                name == b"content-length"
+                and value.isdigit()
+                and int(value) > self.router.config.max_request_bytes
+            ):
                 self._too_large()
                 return
 
@@ -305,7 +325,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _too_large(self) -> None:
         limit_mb = self.router.config.max_request_bytes / (1024 * 1024)
-        self._fail(413, f"request body larger than the endpoint's limit of {limit_mb:g} MB (target.max_request_mb)")
+        self._fail(
+            413, f"request body larger than the endpoint's limit of {limit_mb:g} MB (target.max_request_mb)"
+        )
 
     # -- serving -------------------------------------------------------------------------
     def _next(self) -> None:
@@ -343,14 +365,20 @@ class ClientConnection(asyncio.Protocol):
             return _response(
                 401,
                 [(b"WWW-Authenticate", b"Bearer")],
-                _message("missing or invalid key: send 'Authorization: Bearer <key>' (tdsp-deploy credentials)"),
+                _message(
+                    "missing or invalid key: send 'Authorization: Bearer <key>' (tdsp-deploy credentials)"
+                ),
                 keep_alive=keep,
             )
         if path == b"/-/state":
-            return _response(200, [(b"Content-Type", b"application/json")], router.state_document(), keep_alive=keep)
+            return _response(
+                200, [(b"Content-Type", b"application/json")], router.state_document(), keep_alive=keep
+            )
         if path == b"/metrics" and request.method == b"GET":
             router.measurements.flush()
-            return _response(200, [(b"Content-Type", PROMETHEUS_TYPE)], router.measurements.prometheus(), keep_alive=keep)
+            return _response(
+                200, [(b"Content-Type", PROMETHEUS_TYPE)], router.measurements.prometheus(), keep_alive=keep
+            )
         if request.pin:
             slot = router.routes.pinned(request.pin.decode("latin-1"))
             if slot is None:
@@ -385,8 +413,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             answer = await exchange(slot, request, timeout)
         router.measurements.live(
-            slot.name, answer.status, time.perf_counter() - request.started,
-            request.request_id.decode("latin-1"), request.pin is not None,  # type: ignore[union-attr]
+            slot.name,
+            answer.status,
+            time.perf_counter() - request.started,
+            request.request_id.decode("latin-1"),
+            request.pin is not None,  # type: ignore[union-attr]
         )
         headers = [(n, v) for n, v in answer.headers if n.lower() not in RESPONSE_DROP]
         headers += [(PIN_HEADER, slot.name.encode()), (b"x-request-id", request.request_id)]  # type: ignore[list-item]
@@ -423,10 +454,14 @@ async def exchange(slot: SlotRoute, request: Request, timeout_s: float) -> Upstr
     except asyncio.CancelledError:
         if not expired:
             raise  # the client went away: nothing to answer
-        message = f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
+        message = (
+            f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
+        )
         return UpstreamAnswer(504, REASONS[504], [(b"Content-Type", b"application/json")], _message(message))
     except OSError:  # refused, reset, or closed before answering
-        message = f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"
+        message = (
+            f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"
+        )
         return UpstreamAnswer(502, REASONS[502], [(b"Content-Type", b"application/json")], _message(message))
     finally:
         timer.cancel()
@@ -493,7 +528,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if not self.answer.done():
-            answer = UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, b"".join(self.body))
+            answer = UpstreamAnswer(
+                self.parser.get_status_code(), self.reason, self.headers, b"".join(self.body)
+            )
             self.answer.set_result(answer)
 
 
@@ -530,8 +567,16 @@ async def serve(config_path: Path) -> None:
     gc.set_threshold(50_000, 20, 20)
     loop = asyncio.get_running_loop()
     config = router.config
-    server = await loop.create_server(lambda: ClientConnection(router), config.host, config.port, backlog=2048)
-    log.info("router for endpoint %s listening on %s:%s: %s", config.endpoint, config.host, config.port, router.describe())
+    server = await loop.create_server(
+        lambda: ClientConnection(router), config.host, config.port, backlog=2048
+    )
+    log.info(
+        "router for endpoint %s listening on %s:%s: %s",
+        config.endpoint,
+        config.host,
+        config.port,
+        router.describe(),
+    )
     stop = asyncio.Event()
 
     def flush_log() -> None:  # a quiet endpoint's last requests still reach the log
@@ -548,7 +593,7 @@ async def serve(config_path: Path) -> None:
     started = time.monotonic()
     try:
         await asyncio.wait_for(router.idle.wait(), DRAIN_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("stopping with %s requests still in flight", router.in_flight)
     for connection in list(router.connections):
         if connection.transport:
@@ -562,7 +607,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1:
         print("usage: python -m tdsp_deploy.backends.local.router ROUTER_JSON", file=sys.stderr)
         raise SystemExit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s router: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s router: %(message)s", stream=sys.stderr
+    )
     try:
         import uvloop
     except ImportError:  # Windows, or an install without it: asyncio's own loop works too

@@ -161,7 +161,9 @@ class FakeBackend(Backend):
             else:
                 status, answer = 200, expected
             elapsed = (time.perf_counter() - started) * 1000
-            return InvokeResult(status, json.dumps(answer).encode(), {"azureml-model-deployment": chosen}, elapsed)
+            return InvokeResult(
+                status, json.dumps(answer).encode(), {"azureml-model-deployment": chosen}, elapsed
+            )
 
         def endless() -> Iterator:
             while True:
