@@ -1,7 +1,7 @@
 """Benchmark: what splitting and mirroring cost the caller, against one slot taking everything.
 
 The iris example is pushed twice (blue, then green: a second version), then `wrk` POSTs the
-sample request through the router with the key, at concurrency 4 and 16, with three splits
+sample request through the router with the key, at concurrency 1, 4 and 16, with three splits
 in turn, alternating, best of 2 rounds each:
 
 - peer: blue=100 (one slot serves every request);
@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from common import EXAMPLE_DIR, cli, deployed, emit, note, result, run_wrk, wrk_script
 
-CONCURRENCY = (4, 16)
+CONCURRENCY = (1, 4, 16)
 ROUNDS = 2
 SPLITS = {
     "single": ["blue=100", "--mirror", "green=0"],

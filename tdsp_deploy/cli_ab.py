@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tdsp_deploy.errors import ExitCode, TdspError, UsageError
+from tdsp_deploy.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Backend
@@ -29,16 +29,6 @@ ab_app = typer.Typer(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
 ManifestArgument = Annotated[Path, typer.Argument(help="The manifest, e.g. deploy.yaml.", show_default=False)]
-
-
-class Inconclusive(TdspError):
-    exit_code = ExitCode.AB_INCONCLUSIVE
-    kind = "inconclusive"
-
-
-class RolledBack(TdspError):
-    exit_code = ExitCode.ROLLED_BACK
-    kind = "rolled_back"
 
 
 def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Environment, LoadedManifest, Backend]:
@@ -193,10 +183,11 @@ def analyze(
     ] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
-) -> None:
+) -> int:
     """Compare the variants and give a verdict: promote, keep control, inconclusive (exit 8),
     or roll back (exit 9 with --apply, which also acts on it)."""
     from tdsp_deploy.ab.analysis import analyze as run_analysis
+
 
     env, loaded, backend = _context(manifest, json_out, debug)
     experiment = _store(backend).latest()
@@ -229,11 +220,12 @@ def analyze(
         from tdsp_deploy import render_text
 
         render_text.ab_verdict(env, document, report)
-    reason = document["verdict"]["reason"]
+    # The verdict is the answer, not an error: one document, and the exit code says which.
     if decision == "inconclusive":
-        raise Inconclusive(f"inconclusive: {reason}", hint="collect more requests (ab status) or outcomes")
+        return int(ExitCode.AB_INCONCLUSIVE)
     if decision == "roll back" and apply:
-        raise RolledBack(f"rolled back to {experiment.control}: {reason}")
+        return int(ExitCode.ROLLED_BACK)
+    return 0
 
 
 def _end(backend: Backend, experiment: Experiment, decision: str) -> None:
@@ -284,7 +276,7 @@ def replay(
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per request.")] = 32,
     json_out: JsonOption = False,
     debug: DebugOption = False,
-) -> None:
+) -> int:
     """Send the same labelled rows to both variants (pinned) and compare them with a paired
     test: McNemar for classes, paired t-test and Wilcoxon for numbers. Exit 8 when the
     difference is not significant."""
@@ -320,8 +312,5 @@ def replay(
                 f"[{test['ci_low']:.4g}, {test['ci_high']:.4g}], p = {test['p_value']:.4g}"
             )
         env.say(f"verdict: {result['verdict']}")
-    if result["verdict"] == "no difference":
-        raise Inconclusive(
-            f"no significant difference between {control} and {treatment} at alpha {alpha}",
-            hint="replay more rows",
-        )
+    return int(ExitCode.AB_INCONCLUSIVE) if result["verdict"] == "no difference" else 0
+

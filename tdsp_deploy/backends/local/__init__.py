@@ -300,7 +300,9 @@ class LocalBackend(Backend):
         self._publish(record)
 
     def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        # the router flushes its log at least once a second
+        record = self._record()
+        if processes.is_running(record.router):
+            self._router_generation(record)  # asking for its state makes the router flush its log
         try:
             handle = open(self.files.request_log, encoding="utf-8")  # noqa: SIM115
         except FileNotFoundError:

@@ -371,6 +371,7 @@ class ClientConnection(asyncio.Protocol):
                 keep_alive=keep,
             )
         if path == b"/-/state":
+            router.measurements.flush()  # readers of the request log see every answered request
             return _response(
                 200, [(b"Content-Type", b"application/json")], router.state_document(), keep_alive=keep
             )
