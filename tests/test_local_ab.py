@@ -86,6 +86,9 @@ def test_an_experiment_from_start_to_promotion(cli, iris, tmp_path):
         assert conversion["significant"] and conversion["effect"] > 0.1
         assert analysis["variants"]["blue"]["error_rate"] == 0
         assert "promote" in report.read_text().lower()
+        shown = cli("ab", "analyze", iris, "--outcomes", outcomes_file)  # the same verdict, as tables
+        assert shown.exit_code == 0 and "verdict: PROMOTE" in shown.stderr
+        assert "conversion" in shown.stderr and "two-proportion" in shown.stderr
 
         promoted = cli("ab", "promote", iris, "--json")
         assert promoted.exit_code == 0 and promoted.json()["traffic"] == {"green": 100}
