@@ -320,10 +320,7 @@ def traffic(
     from tdsp_deploy.pipeline import change_traffic, current_split
     from tdsp_deploy.traffic import TrafficSplit, parse_assignments, validate
 
-    env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    backend = _backend(loaded)
-    current = _existing(backend.status(), manifest)
+    env, _, backend, current = _deployed(manifest, json_out, debug)
     split = current_split(current)
     if assignments or mirror is not None:
         live = parse_assignments(assignments, option="traffic") if assignments else split.live
@@ -348,10 +345,7 @@ def rollback(
     from tdsp_deploy.pipeline import change_traffic, current_split
     from tdsp_deploy.traffic import TrafficHistory, validate
 
-    env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    backend = _backend(loaded)
-    current = _existing(backend.status(), manifest)
+    env, _, backend, current = _deployed(manifest, json_out, debug)
     previous = TrafficHistory(backend.kind, current.name).previous()
     if previous is None:
         raise UsageError(
@@ -365,6 +359,16 @@ def rollback(
     with backend.lock(timeout=lock_timeout):
         change_traffic(backend, current, previous, "rollback")
     _show_split(env, current_split(backend.status()), changed=True)
+
+
+def _deployed(
+    manifest: Path, json_out: bool, debug: bool
+) -> tuple[Environment, LoadedManifest, Backend, EndpointStatus]:
+    """What a command on a deployed endpoint starts from; EndpointNotFound when there is none."""
+    env = _env(json_out, debug)
+    loaded = _load(manifest, env)
+    backend = _backend(loaded)
+    return env, loaded, backend, _existing(backend.status(), manifest)
 
 
 def _existing(current: EndpointStatus, manifest: Path) -> EndpointStatus:

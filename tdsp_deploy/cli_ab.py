@@ -34,10 +34,7 @@ ManifestArgument = Annotated[Path, typer.Argument(help="The manifest, e.g. deplo
 def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Environment, LoadedManifest, Backend]:
     from tdsp_deploy import cli
 
-    env = cli._env(json_out, debug)
-    loaded = cli._load(manifest, env)
-    backend = cli._backend(loaded)
-    cli._existing(backend.status(), manifest)
+    env, loaded, backend, _ = cli._deployed(manifest, json_out, debug)
     return env, loaded, backend
 
 
