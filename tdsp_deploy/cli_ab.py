@@ -185,7 +185,6 @@ def analyze(
     or roll back (exit 9 with --apply, which also acts on it)."""
     from tdsp_deploy.ab.analysis import analyze as run_analysis
 
-
     env, loaded, backend = _context(manifest, json_out, debug)
     experiment = _store(backend).latest()
     observed = None
