@@ -184,6 +184,40 @@ def schema(json_out: JsonOption = False, debug: DebugOption = False) -> None:
         env.write_data(json.dumps(document, indent=2))
 
 
+@app.command("import")
+def import_command(
+    endpoint: Annotated[Path, typer.Argument(help="az ml endpoint YAML (managedOnlineEndpoint).", show_default=False)],
+    deployment: Annotated[
+        Path, typer.Argument(help="az ml deployment YAML (managedOnlineDeployment).", show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The manifest to write.")] = Path("deploy.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the manifest if it exists.")] = False,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Turn an existing az ml endpoint + deployment YAML pair into a manifest."""
+    import yaml
+
+    from tdsp_deploy.backends.azureml.importer import import_az_ml
+
+    env = _env(json_out, debug)
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists already", hint="pass --force to overwrite it, or choose -o")
+    document, warnings = import_az_ml(endpoint, deployment, output.parent.resolve())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        "# Imported from az ml YAML by `tdsp-deploy import`; check it with `tdsp-deploy validate`.\n"
+        + yaml.safe_dump(document, sort_keys=False)
+    )
+    _load(output, env)  # what was written must be a valid manifest
+    if env.json_mode:
+        env.emit_json({"manifest": str(output), "warnings": warnings})
+        return
+    for warning in warnings:
+        env.say(f"warning: {warning}", style="yellow")
+    env.say(f"wrote {output}; next: tdsp-deploy validate {output}")
+
+
 @app.command()
 def package(
     manifest: ManifestArgument,

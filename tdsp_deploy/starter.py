@@ -8,7 +8,7 @@ from pathlib import Path
 from tdsp_deploy.errors import UsageError
 
 PLACEHOLDER = "{{ name }}"
-ENDPOINT_NAME = re.compile(r"^[a-z][a-z0-9-]{2,31}$")
+ENDPOINT_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$")
 
 
 def endpoint_name_for(directory: Path) -> str:

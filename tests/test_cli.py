@@ -15,6 +15,7 @@ from tdsp_deploy.errors import ExitCode
 COMMANDS = [
     "init",
     "validate",
+    "import",
     "schema",
     "package",
     "render",

@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-ENDPOINT_NAME = r"^[a-z][a-z0-9-]{2,31}$"
-DEPLOYMENT_NAME = r"^[a-z][a-z0-9-]{2,31}$"
+ENDPOINT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"  # Azure: 3-32, letter first, no hyphen last
+DEPLOYMENT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
