@@ -37,7 +37,8 @@ ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Strict(BaseModel):
     """Every manifest section refuses unknown keys: a typo must not pass silently."""
 
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: each section's schema is built once, inside the manifest's, when first used
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def _base_dir(info: ValidationInfo) -> Path:

@@ -1,0 +1,563 @@
+"""The azureml target: a managed online endpoint on Azure Machine Learning, one deployment per slot.
+
+Everything goes through ``AzureMLClient`` (client.py), the one door to Azure; tests hand in a
+fake with the same methods. This module is imported when a manifest is validated, so it
+imports neither azure-ai-ml nor azure-identity: the client does, inside its functions.
+
+How the backend contract maps onto Azure ML:
+
+- a slot is a deployment; its traffic and mirror shares are the endpoint's ``traffic`` and
+  ``mirror_traffic``, changed read-modify-write so no other deployment's share is lost;
+- what a deployment runs (package, config, model version) is kept in its tags;
+- a push creates the endpoint without traffic (Azure refuses traffic at creation), registers
+  the model once per content hash, and creates or updates the deployment with the unpacked
+  package's code folder as its code configuration;
+- Azure updates a deployment in place, so there is nothing to keep after a successful update;
+  to undo a failed update, the previous revision's spec (read before the update) is submitted
+  again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.backends.base import (
+    Backend,
+    Caller,
+    EndpointStatus,
+    InvokeResult,
+    ProgressEvent,
+    SlotStatus,
+    no_progress,
+)
+from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.azureml.client import AzureMLClient, DeploymentInfo, EndpointInfo, Operation
+    from tdsp_deploy.backends.base import Progress
+    from tdsp_deploy.manifest.model import ManifestBase
+    from tdsp_deploy.packaging import BuiltPackage
+
+PIN_HEADER = "azureml-model-deployment"
+LOG_TAIL_LINES = 30
+#: lines asked for when `logs` is given no tail (the service caps what it returns)
+ALL_LOG_LINES = 10_000
+#: Azure ML provisioning states as the contract's slot states
+SLOT_STATES = {
+    "succeeded": "healthy",
+    "creating": "starting",
+    "updating": "starting",
+    "scaling": "starting",
+    "failed": "unhealthy",
+    "canceled": "unhealthy",
+    "cancelled": "unhealthy",
+    "deleting": "stopped",
+}
+_NEW = object()  # marks a slot that did not exist before deploy_slot
+
+
+class AzureMLBackend(Backend):
+    """Azure Machine Learning managed online endpoints, through azure-ai-ml."""
+
+    kind = "azureml"
+    target_model = AzureMLTarget
+    extra = "azureml"
+    requires = ("azure.ai.ml", "azure.identity")
+    supports_weighted_traffic = True
+    supports_mirror = True
+
+    def __init__(
+        self,
+        manifest: ManifestBase,
+        *,
+        progress: Progress = no_progress,
+        client: AzureMLClient | None = None,
+    ):
+        super().__init__(manifest, progress=progress)
+        self.target: AzureMLTarget
+        self._client = client
+        # slot -> the operation deploy_slot started, for wait_healthy
+        self._operations: dict[str, Operation] = {}
+        # slot -> the revision deploy_slot replaced (DeploymentInfo), or _NEW
+        self._replaced: dict[str, Any] = {}
+
+    @property
+    def client(self) -> AzureMLClient:
+        """The client, connected on first use (never when a test handed one in)."""
+        if self._client is None:
+            from tdsp_deploy.backends.azureml.client import AzureMLClient
+
+            self._client = AzureMLClient.connect(self.target)
+        return self._client
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.manifest.name
+
+    # -- reading -------------------------------------------------------------------------
+    def status(self) -> EndpointStatus:
+        """The endpoint's provisioning state and scoring URI; per deployment its state,
+        instance type and count, traffic and mirror share, and what it runs (from its tags)."""
+        try:
+            endpoint = self.client.get_endpoint(self.endpoint_name)
+        except EndpointNotFound:
+            return EndpointStatus(name=self.endpoint_name, kind=self.kind, exists=False)
+        deployments = self.client.list_deployments(self.endpoint_name)
+        return EndpointStatus(
+            name=endpoint.name,
+            kind=self.kind,
+            exists=True,
+            scoring_uri=endpoint.scoring_uri,
+            slots=[_slot_status(d, endpoint) for d in sorted(deployments, key=lambda d: d.name)],
+            details={
+                "provisioning_state": endpoint.provisioning_state,
+                "auth_mode": endpoint.auth_mode,
+                "workspace": self.target.workspace,
+                "resource_group": self.target.resource_group,
+            },
+        )
+
+    def logs(self, slot: str, *, tail: int | None = None) -> str:
+        """The inference-server container's log of the deployment (the last ``tail`` lines)."""
+        from tdsp_deploy.backends.azureml.client import INFERENCE_SERVER
+
+        self._deployment(slot)
+        return self.client.get_logs(
+            self.endpoint_name, slot, lines=tail or ALL_LOG_LINES, container=INFERENCE_SERVER
+        )
+
+    def credentials(self) -> dict[str, str]:
+        """``primary_key`` and ``secondary_key`` (auth_mode key), or ``access_token`` (token modes)."""
+        return self.client.get_keys(self.endpoint_name)
+
+    def preflight(self) -> list[str]:
+        """Azure ML's rules that need the whole manifest (errors), and warnings: default image,
+        missing inference server, VM size, a smoke test that would hit the concurrency limit."""
+        from tdsp_deploy.backends.azureml.target import azureml_warnings, check_manifest_for_azureml
+        from tdsp_deploy.errors import ManifestError
+
+        problems = check_manifest_for_azureml(self.manifest)
+        if problems:
+            raise ManifestError("\n".join(problems), hint="fix the manifest for Azure ML and push again")
+        warnings = azureml_warnings(self.manifest)
+        settings = self.target.request_settings
+        accepted = 2 * settings.max_concurrent_requests_per_instance * self.target.instance_count
+        smoke = self.manifest.smoke_test
+        if smoke is not None and smoke.latency.concurrency > accepted:
+            warnings.append(
+                f"smoke_test.latency.concurrency ({smoke.latency.concurrency}) is above what the "
+                f"deployment accepts at once (2 x max_concurrent_requests_per_instance x instance_count "
+                f"= {accepted}): expect HTTP 429; lower it or raise those settings"
+            )
+        if self.manifest.rollout.sticky_header:
+            warnings.append(
+                "rollout.sticky_header is ignored on Azure ML: the endpoint splits traffic per request"
+            )
+        return warnings
+
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        """A lock file per workspace and endpoint on this machine. Across machines, Azure itself
+        refuses a second operation on a deployment that is being changed (409, translated)."""
+        from tdsp_deploy import paths
+        from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+
+        home = paths.state_home() / "azureml" / self.target.subscription_id / self.target.resource_group
+        files = EndpointFiles(self.endpoint_name, home / self.target.workspace)
+
+        def told(message: str) -> None:
+            self.progress(ProgressEvent(step="lock", message=message))
+
+        return EndpointLock(files, timeout=timeout, on_wait=told)
+
+    # -- deploying -----------------------------------------------------------------------
+    def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        """Create the endpoint without traffic if it is missing, register the model (skipped
+        when its content-hash version exists) and the environment, then create or update the
+        deployment from the unpacked package. Returns once Azure has accepted the deployment;
+        ``wait_healthy`` waits for it."""
+        from tdsp_deploy.backends.azureml import entities
+        from tdsp_deploy.backends.azureml.client import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
+
+        lock = package.lock
+        package_dir = self._unpacked(package)
+        model = entities.build_model(self.manifest, lock, package_dir / lock.model.path)
+        environment = entities.build_environment(
+            self.manifest, lock, package_dir / "environment" if lock.environment else None
+        )
+        entities.validate_entities(model, environment)  # before anything is created or uploaded
+
+        self._ensure_endpoint()
+        registered_model, uploaded = self.client.ensure_model(model)
+        self._tell(
+            "deploy",
+            f"model {model.name}:{model.version} "
+            + ("registered" if uploaded else "already registered; not uploaded again"),
+        )
+        registered_environment = self.client.create_environment(environment)
+        deployment = entities.build_deployment(
+            self.manifest,
+            slot,
+            model=registered_model,
+            environment=registered_environment,
+            code_dir=package_dir / "code",
+            scoring_script=lock.scoring_script_name,
+            extra_tags={
+                PACKAGE_TAG: package.package_id,
+                CONFIG_TAG: self.config_id(package),
+                MODEL_VERSION_TAG: lock.model_version,
+            },
+        )
+        entities.validate_entities(deployment)
+        previous = self._find_deployment(slot)
+        self._tell(
+            "deploy",
+            f"{'updating' if previous else 'creating'} deployment {slot} "
+            f"({self.target.instance_count} x {self.target.instance_type})",
+        )
+        try:
+            operation = self.client.begin_create_deployment(deployment)
+        except DeploymentFailed:
+            # Refused on submission (quota, bad argument): nothing to wait for. A new
+            # deployment Azure left behind in Failed state is removed; an existing one is
+            # untouched by a refused update.
+            if previous is None:
+                self._remove_quietly(slot)
+            raise
+        self._operations[slot] = operation
+        self._replaced[slot] = previous if previous is not None else _NEW
+        return self._current_slot(slot) or SlotStatus(name=slot, state="starting")
+
+    def wait_healthy(self, slot: str) -> SlotStatus:
+        """Wait, up to target.timeout, for the deployment's operation to end. A failure
+        (DeploymentFailed, exit 4) or a timeout (DeploymentTimeout, naming what was still
+        provisioning) carries the tail of the inference-server and storage-initializer logs."""
+        from tdsp_deploy.backends.azureml.client import StatePoller
+
+        operation = self._operations.pop(slot, None)
+        if operation is None:  # deployed by an earlier command: watch its state instead
+            operation = StatePoller(
+                lambda: self.client.get_deployment(self.endpoint_name, slot).provisioning_state,
+                lambda state: DeploymentFailed(
+                    f"deployment '{slot}' is {state}", hint="read the log below, fix it and push again"
+                ),
+                pause=getattr(self.client, "poll_interval", 5.0),
+            )
+        timeout = self.target.timeout
+        started = time.monotonic()
+        try:
+            self.client.wait(
+                operation,
+                what=f"deployment '{slot}' of endpoint '{self.endpoint_name}'",
+                timeout=timeout,
+                endpoint=self.endpoint_name,
+                on_progress=self._health_progress(slot, timeout),
+            )
+            found = self._current_slot(slot)
+            if found is None or found.state != "healthy":
+                raise DeploymentFailed(
+                    f"deployment '{slot}' is {found.details.get('provisioning_state') if found else 'gone'} "
+                    "after its operation ended",
+                    hint="read the log below, fix it and push again",
+                )
+        except DeploymentFailed as failure:
+            failure.details.setdefault("log_tail", self._log_tail(slot))
+            raise
+        self._tell("health", f"{slot} is healthy", elapsed=time.monotonic() - started)
+        return found
+
+    def finalize_slot(self, slot: str) -> None:
+        """Nothing to remove: Azure ML updates a deployment in place and keeps no old revision.
+        Only the spec kept for undo is dropped."""
+        self._replaced.pop(slot, None)
+        self._operations.pop(slot, None)
+
+    def discard_slot(self, slot: str) -> None:
+        """Undo ``deploy_slot``: a deployment it created is deleted; one it updated is given
+        its previous spec again (read before the update) and waited for.
+
+        Limitation: the previous spec lives in this process only. A discard in a later
+        command, after the pushing one died, deletes the slot when it takes no traffic, and
+        otherwise leaves it as it is (Azure refuses to delete a deployment with traffic).
+        """
+        self._operations.pop(slot, None)
+        replaced = self._replaced.pop(slot, None)
+        if replaced is not None and replaced is not _NEW and replaced.spec is not None:
+            self._tell("rollback", f"restoring the previous revision of {slot}")
+            operation = self.client.begin_create_deployment(replaced.spec)
+            self._wait(operation, f"restoring deployment '{slot}'")
+            return
+        current = self._current_slot(slot)
+        if current is None:
+            return
+        if replaced is None and (current.traffic or current.mirror):
+            return  # unknown history and live: leave it (see the docstring)
+        self._tell("rollback", f"deleting deployment {slot}")
+        self._delete_deployment(slot)
+
+    def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
+        """Validate the split (tdsp_deploy.traffic), then write it to the endpoint read-modify-
+        write, naming every deployment (0 for those that lose their share)."""
+        from tdsp_deploy.traffic import TrafficSplit, validate
+
+        status = self.status()
+        if not status.exists:
+            raise EndpointNotFound(
+                f"endpoint '{self.endpoint_name}' does not exist in workspace '{self.target.workspace}'",
+                hint="deploy it with `tdsp-deploy push MANIFEST`",
+            )
+        if mirror is None:
+            mirror = dict(status.mirror)
+        names = [slot.name for slot in status.slots]
+        validate(TrafficSplit(traffic, mirror), names)
+        live = {name: traffic.get(name, 0) for name in names}
+        mirrored = {
+            name: mirror.get(name, 0) for name in names if mirror.get(name, 0) or status.mirror.get(name)
+        }
+        operation = self.client.set_traffic(self.endpoint_name, live, mirrored)
+        self._wait(operation, f"traffic change of endpoint '{self.endpoint_name}'")
+
+    def delete(self, slot: str | None = None) -> None:
+        """Delete one deployment (refused while it takes live or mirrored traffic, as Azure
+        refuses it), or the whole endpoint with its deployments."""
+        if slot is None:
+            from tdsp_deploy.traffic import TrafficHistory
+
+            self.client.get_endpoint(self.endpoint_name)  # EndpointNotFound, said clearly
+            self._tell("delete", f"deleting endpoint {self.endpoint_name} and its deployments")
+            operation = self.client.begin_delete_endpoint(self.endpoint_name)
+            self._wait(operation, f"deleting endpoint '{self.endpoint_name}'")
+            TrafficHistory(self.kind, self.endpoint_name).clear()
+            return
+        status = self.status()
+        if not status.exists:
+            raise EndpointNotFound(
+                f"endpoint '{self.endpoint_name}' does not exist in workspace '{self.target.workspace}'"
+            )
+        found = status.slot(slot)
+        if found is None:
+            raise UsageError(
+                f"endpoint '{self.endpoint_name}' has no deployment '{slot}'",
+                hint=f"deployments: {', '.join(s.name for s in status.slots) or 'none'}",
+            )
+        if found.traffic > 0 or found.mirror > 0:  # Azure refuses it too
+            raise UsageError(
+                f"deployment '{slot}' takes {found.traffic}% of the traffic"
+                + (f" and {found.mirror}% mirrored" if found.mirror else ""),
+                hint="move its traffic to another deployment first, or delete the whole endpoint",
+            )
+        self._delete_deployment(slot)
+
+    # -- calling -------------------------------------------------------------------------
+    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
+        """Callers of the scoring URI with the endpoint's key (or token) as bearer, pinned with
+        the ``azureml-model-deployment`` header when ``slot`` is given. Azure's own refusals
+        (401, 408, 424, 429) raise BackendError saying what to change."""
+        from tdsp_deploy.backends.azureml.client import scoring_error
+
+        endpoint = self.client.get_endpoint(self.endpoint_name)
+        if not endpoint.scoring_uri:
+            raise BackendError(
+                f"endpoint '{self.endpoint_name}' has no scoring URI yet ({endpoint.provisioning_state})",
+                hint="wait until it is provisioned (tdsp-deploy status)",
+            )
+        keys = self.client.get_keys(self.endpoint_name)
+        secret = keys.get("primary_key") or keys.get("access_token")
+        if not secret:
+            raise BackendError(f"Azure returned no key or token for endpoint '{self.endpoint_name}'")
+        headers = {"Authorization": f"Bearer {secret}"}
+        if slot:
+            headers[PIN_HEADER] = slot
+        settings = self.target.request_settings
+
+        def explain(result: InvokeResult) -> BackendError | None:
+            return scoring_error(
+                result.status,
+                result.headers,
+                endpoint=self.endpoint_name,
+                deployment=result.deployment or slot,
+                request_timeout_ms=settings.request_timeout_ms,
+                max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+                instance_count=self.target.instance_count,
+            )
+
+        return _checked_callers(
+            endpoint.scoring_uri, headers, timeout=settings.request_timeout_ms / 1000 + 10, explain=explain
+        )
+
+    # -- reviewing -----------------------------------------------------------------------
+    def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
+        """The az ml YAML a push would send (endpoint, deployment, model, environment), written
+        by render.render_yaml from the unpacked package."""
+        from tdsp_deploy.backends.azureml.render import render_yaml
+
+        slot = self.manifest.rollout.deployment or "blue"
+        return render_yaml(self.manifest, package.lock, out_dir, slot, package_dir=self._unpacked(package))
+
+    # -- internals -----------------------------------------------------------------------
+    def _ensure_endpoint(self) -> EndpointInfo:
+        from tdsp_deploy.backends.azureml import entities
+        from tdsp_deploy.backends.azureml.client import TERMINAL_STATES, StatePoller
+
+        name = self.endpoint_name
+        try:
+            endpoint = self.client.get_endpoint(name)
+        except EndpointNotFound:
+            entity = entities.build_endpoint(self.manifest)
+            entity.traffic = {}  # Azure refuses traffic at creation: no deployment exists yet
+            entities.validate_entities(entity)
+            self._tell("deploy", f"creating endpoint {name} in workspace {self.target.workspace}")
+            self._wait(self.client.begin_create_endpoint(entity), f"endpoint '{name}'")
+            return self.client.get_endpoint(name)
+        if (endpoint.provisioning_state or "").lower() not in TERMINAL_STATES:
+            # an earlier command's operation is still running: deployments are refused until it ends
+            self._tell("deploy", f"endpoint {name} is {endpoint.provisioning_state}; waiting for it")
+            watch = StatePoller(
+                lambda: self.client.get_endpoint(name).provisioning_state,
+                lambda state: DeploymentFailed(f"endpoint '{name}' is {state}"),
+                pause=getattr(self.client, "poll_interval", 5.0),
+            )
+            self._wait(watch, f"endpoint '{name}'")
+            endpoint = self.client.get_endpoint(name)
+        return endpoint
+
+    def _unpacked(self, package: BuiltPackage) -> Path:
+        """The package extracted (and checked against its lock) once per content, under the
+        state home; Azure uploads the code folder and the model from there."""
+        from tdsp_deploy import paths
+        from tdsp_deploy.packaging import extract_package
+
+        root = paths.state_home() / "azureml" / "packages" / package.package_id
+        if (root / "package.json").is_file():
+            return root
+        if root.exists():  # an extraction that did not finish
+            shutil.rmtree(root)
+        extract_package(package.path, root)
+        return root
+
+    def _find_deployment(self, slot: str) -> DeploymentInfo | None:
+        try:
+            return self.client.get_deployment(self.endpoint_name, slot)
+        except EndpointNotFound:
+            return None
+
+    def _deployment(self, slot: str) -> DeploymentInfo:
+        found = self._find_deployment(slot)
+        if found is None:
+            names = [d.name for d in self.client.list_deployments(self.endpoint_name)]
+            raise UsageError(
+                f"endpoint '{self.endpoint_name}' has no deployment '{slot}'",
+                hint=f"deployments: {', '.join(names) or 'none'}",
+            )
+        return found
+
+    def _current_slot(self, slot: str) -> SlotStatus | None:
+        return self.status().slot(slot)
+
+    def _delete_deployment(self, slot: str) -> None:
+        try:
+            operation = self.client.begin_delete_deployment(self.endpoint_name, slot)
+        except EndpointNotFound:
+            return
+        self._wait(operation, f"deleting deployment '{slot}'")
+
+    def _remove_quietly(self, slot: str) -> None:
+        with contextlib.suppress(TdspError):
+            if self._find_deployment(slot) is not None:
+                self._delete_deployment(slot)
+
+    def _wait(self, operation: Operation, what: str) -> Any:
+        timeout = self.target.timeout
+        return self.client.wait(
+            operation,
+            what=what,
+            timeout=timeout,
+            endpoint=self.endpoint_name,
+            on_progress=lambda state, elapsed: self._tell(
+                "deploy", f"{what}: {state}", elapsed=elapsed, timeout=timeout
+            ),
+        )
+
+    def _health_progress(self, slot: str, timeout: float) -> Callable[[str, float], None]:
+        def told(state: str, elapsed: float) -> None:
+            self._tell("health", f"waiting for {slot} ({state})", elapsed=elapsed, timeout=timeout)
+
+        return told
+
+    def _log_tail(self, slot: str, lines: int = LOG_TAIL_LINES) -> str:
+        """The tail of both containers' logs: storage-initializer (model and code download)
+        and inference-server (init() and the server)."""
+        from tdsp_deploy.backends.azureml.client import LOG_CONTAINERS
+
+        parts = []
+        for container in LOG_CONTAINERS:
+            try:
+                text = self.client.get_logs(self.endpoint_name, slot, lines=lines, container=container)
+            except TdspError as exc:
+                text = f"(not available: {exc.message})"
+            parts.append(f"--- {container} ---\n{text.rstrip() or '(empty)'}")
+        return "\n".join(parts)
+
+    def _tell(self, step: str, message: str, **numbers: Any) -> None:
+        self.progress(ProgressEvent(step=step, message=message, **numbers))
+
+
+def _slot_status(deployment: DeploymentInfo, endpoint: EndpointInfo) -> SlotStatus:
+    from tdsp_deploy.backends.azureml.client import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
+
+    state = (deployment.provisioning_state or "").lower()
+    return SlotStatus(
+        name=deployment.name,
+        state=SLOT_STATES.get(state, "starting"),
+        traffic=endpoint.traffic.get(deployment.name, 0),
+        mirror=endpoint.mirror_traffic.get(deployment.name, 0),
+        model_version=deployment.tags.get(MODEL_VERSION_TAG),
+        package_id=deployment.tags.get(PACKAGE_TAG),
+        config_id=deployment.tags.get(CONFIG_TAG),
+        details={
+            "provisioning_state": deployment.provisioning_state,
+            "instance_type": deployment.instance_type,
+            "instance_count": deployment.instance_count,
+            "model": deployment.model,
+        },
+    )
+
+
+class _CheckedCaller:
+    """An HTTP caller whose answers Azure gave instead of the model raise, explained."""
+
+    def __init__(self, caller: Caller, explain: Callable[[InvokeResult], BackendError | None]):
+        self._caller = caller
+        self._explain = explain
+
+    def __call__(self, body: bytes) -> InvokeResult:
+        result = self._caller(body)
+        error = self._explain(result)
+        if error is not None:
+            raise error
+        return result
+
+
+@contextlib.contextmanager
+def _checked_callers(
+    url: str,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    explain: Callable[[InvokeResult], BackendError | None],
+) -> Iterator[Iterator[Caller]]:
+    from tdsp_deploy.http_caller import http_callers
+
+    with http_callers(url, headers, timeout=timeout) as made:
+
+        def checked() -> Iterator[Caller]:
+            for caller in made:
+                yield _CheckedCaller(caller, explain)
+
+        yield checked()

@@ -1,0 +1,824 @@
+"""The azureml backend driven by the real push pipeline against the in-memory workspace of
+tests/azureml_fake.py (which enforces Azure ML's rules), with the smoke test sent over real
+HTTP on loopback to the fake's scoring URI. Also: the fake says no where Azure does, the
+client seam translates real azure-core exceptions, and importing the backend stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from azureml_fake import FakeAzureML, FakeOperation, azure_error
+
+from tdsp_deploy.backends.azureml import AzureMLBackend
+from tdsp_deploy.backends.azureml.client import (
+    CONFIG_TAG,
+    MODEL_HASH_TAG,
+    AzureMLClient,
+    Doing,
+    scoring_error,
+    translate_error,
+    wait_for,
+)
+from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.backends.base import ProgressEvent
+from tdsp_deploy.errors import (
+    BackendError,
+    DeploymentFailed,
+    DeploymentTimeout,
+    EndpointNotFound,
+    ExitCode,
+    LatencyObjectiveMissed,
+    TdspError,
+    UsageError,
+)
+from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.pipeline import PushResult, push
+from tdsp_deploy.traffic import TrafficHistory
+
+NAME = "irisaz"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+EXPECTED = {"predictions": [0, 1, 2]}
+
+
+# -- the project and the push -----------------------------------------------------------------
+def make_project(root: Path, *, target: dict | None = None, rollout: dict | None = None) -> Path:
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    (root / "model" / "weights.json").write_text('{"w": [1, 2, 3]}')
+    (root / "score.py").write_text("def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data\n")
+    (root / "requirements.txt").write_text("numpy\nazureml-inference-server-http\n")
+    (root / "request.json").write_text('{"data": [[5.1, 3.5, 1.4, 0.2]]}')
+    (root / "expected.json").write_text(json.dumps(EXPECTED))
+    manifest = {
+        "name": NAME,
+        "model": {"path": "model/", "name": "iris-classifier"},
+        "scoring": {"script": "score.py"},
+        "environment": {
+            "requirements": "requirements.txt",
+            "image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+        },
+        "target": {
+            "kind": "azureml",
+            "subscription_id": SUBSCRIPTION,
+            "resource_group": "rg-tdsp",
+            "workspace": "ws-tdsp",
+            "request_settings": {"max_concurrent_requests_per_instance": 2},
+            "timeout": 30,
+            **(target or {}),
+        },
+        "smoke_test": {
+            "request": "request.json",
+            "expect": "expected.json",
+            "latency": {"requests": 20, "concurrency": 2, "warmup": 2},
+        },
+        "rollout": rollout or {},
+    }
+    path = root / "deploy.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def edit(manifest: Path, **sections: Any) -> None:
+    doc = yaml.safe_load(manifest.read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+    manifest.write_text(yaml.safe_dump(doc))
+
+
+def new_model(manifest: Path, content: str) -> None:
+    (manifest.parent / "model" / "weights.json").write_text(content)
+
+
+def backend_for(manifest: Path, fake: FakeAzureML, events: list | None = None) -> AzureMLBackend:
+    loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
+    progress = events.append if events is not None else (lambda event: None)
+    return AzureMLBackend(loaded.manifest, progress=progress, client=fake)
+
+
+def run_push(manifest: Path, fake: FakeAzureML, **options: Any) -> PushResult:
+    loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
+    backend = AzureMLBackend(loaded.manifest, client=fake)
+    return push(loaded, backend, **options)
+
+
+def push_fails(manifest: Path, fake: FakeAzureML, **options: Any) -> TdspError:
+    with pytest.raises(TdspError) as caught:
+        run_push(manifest, fake, **options)
+    return caught.value
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeAzureML(polls=3).serve() as workspace:
+        workspace.answer = json.dumps(EXPECTED).encode()
+        yield workspace
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def live_traffic(fake: FakeAzureML) -> dict[str, int]:
+    return dict(fake.endpoints[NAME]["traffic"])
+
+
+# -- pushes ------------------------------------------------------------------------------------
+def test_first_push_creates_the_endpoint_without_traffic_and_gives_it_all_after_the_smoke_test(fake, project):
+    result = run_push(project, fake)
+
+    assert result.deployment == "blue"
+    assert result.traffic == {"blue": 100}
+    assert result.smoke is not None and result.smoke.passed
+    assert result.scoring_uri == f"{fake.base_url}/{NAME}/score"
+    assert [call[0] for call in fake.calls] == [
+        "create_endpoint",  # the fake refuses traffic here: none was asked for
+        "register_model",
+        "create_environment",
+        "create_deployment",
+        "traffic",
+    ]
+    assert fake.traffic_writes == [({"blue": 100}, {})]
+    # every smoke request came before the traffic change, pinned to the new deployment
+    assert fake.requests and all(r["pinned"] and r["deployment"] == "blue" for r in fake.requests)
+    assert all(r["traffic_writes"] == 0 for r in fake.requests)
+
+
+def test_status_reports_the_endpoint_and_each_deployment(fake, project):
+    result = run_push(project, fake)
+    status = backend_for(project, fake).status()
+
+    assert status.exists and status.kind == "azureml"
+    assert status.scoring_uri == result.scoring_uri
+    assert status.details["provisioning_state"] == "Succeeded"
+    assert status.details["auth_mode"] == "key"
+    blue = status.slot("blue")
+    assert blue is not None
+    assert blue.state == "healthy"
+    assert blue.traffic == 100 and blue.mirror == 0
+    assert blue.package_id == result.package_id
+    assert blue.model_version == result.model_version
+    assert blue.details["instance_type"] == "Standard_DS3_v2"
+    assert blue.details["instance_count"] == 1
+    assert blue.details["model"] == f"azureml:iris-classifier:{result.model_version}"
+
+
+def test_status_of_an_endpoint_that_does_not_exist(fake, project):
+    status = backend_for(project, fake).status()
+    assert status.exists is False and status.slots == []
+
+
+def test_same_push_again_changes_nothing(fake, project):
+    run_push(project, fake)
+    calls = list(fake.calls)
+    again = run_push(project, fake)
+    assert again.unchanged is True
+    assert fake.calls == calls
+
+
+def test_second_push_canaries_green_without_dropping_blues_share(fake, project):
+    first = run_push(project, fake)
+    new_model(project, '{"w": [4, 5, 6]}')
+    edit(project, rollout={"traffic": 10})
+
+    result = run_push(project, fake)
+
+    assert result.deployment == "green"
+    assert result.traffic == {"blue": 90, "green": 10}
+    assert fake.traffic_writes[-1] == ({"blue": 90, "green": 10}, {})
+    assert result.model_version != first.model_version
+    assert len(fake.uploads) == 2  # a new model version for new content
+
+
+def test_switch_takes_the_traffic_from_the_live_deployment(fake, project):
+    run_push(project, fake)
+    new_model(project, '{"w": [7]}')
+    result = run_push(project, fake)
+    assert result.deployment == "green"
+    assert result.traffic == {"blue": 0, "green": 100}
+    assert live_traffic(fake) == {"green": 100}  # Azure keeps no zeros
+
+
+def test_model_is_registered_once_for_unchanged_content(fake, project):
+    first = run_push(project, fake)
+    (project.parent / "score.py").write_text(
+        "def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data  # v2\n"
+    )
+
+    second = run_push(project, fake)
+
+    assert second.deployment == "green" and second.package_id != first.package_id
+    assert second.model_version == first.model_version
+    assert fake.uploads == [f"iris-classifier:{first.model_version}"]
+    models = {d["entity"].model for d in fake.deployments[NAME].values()}
+    assert models == {f"azureml:iris-classifier:{first.model_version}"}
+
+
+def test_a_pinned_model_version_with_other_content_is_refused(fake, project):
+    edit(project, model={"path": "model/", "name": "iris-classifier", "version": "3"})
+    run_push(project, fake)
+    new_model(project, '{"w": [9]}')
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, BackendError)
+    assert "already registered with other content" in error.message
+    assert "model.version" in (error.hint or "")
+    assert live_traffic(fake) == {"blue": 100}
+
+
+def test_mirror_push_shadows_the_new_deployment(fake, project):
+    run_push(project, fake)
+    new_model(project, '{"w": [2]}')
+    edit(project, rollout={"traffic": 0, "mirror": 20})
+
+    result = run_push(project, fake)
+
+    assert result.deployment == "green"
+    assert fake.traffic_writes[-1] == ({"blue": 100}, {"green": 20})
+    status = backend_for(project, fake).status()
+    assert status.slot("green").mirror == 20 and status.slot("green").traffic == 0
+    assert status.mirror == {"green": 20}
+
+
+def test_quota_error_exits_4_with_a_hint_naming_the_vm_size_and_count(fake, project):
+    fake.quota = {"blue"}
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, DeploymentFailed)
+    assert error.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "out of quota" in error.message
+    assert "1 x Standard_DS3_v2" in error.hint
+    assert "target.instance_count" in error.hint and "how-to-manage-quotas" in error.hint
+    assert fake.deployments[NAME] == {}  # nothing half-made was left
+
+
+def test_probe_failure_exits_4_with_both_log_tails_and_rolls_back(fake, project):
+    run_push(project, fake)
+    writes = list(fake.traffic_writes)
+    new_model(project, '{"w": [3]}')
+    fake.probe_failure["green"] = (
+        'Traceback (most recent call last):\n  File "score.py", line 1\n'
+        "ModuleNotFoundError: No module named 'onnxruntime'"
+    )
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, DeploymentFailed) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "liveness" in error.message
+    assert "init() failed" in error.hint
+    tail = error.details["log_tail"]
+    assert "--- inference-server ---" in tail and "ModuleNotFoundError" in tail
+    assert "--- storage-initializer ---" in tail
+    assert error.details["rolled_back"] is True
+    assert "green" not in fake.deployments[NAME]
+    assert live_traffic(fake) == {"blue": 100}
+    assert fake.traffic_writes == writes  # traffic never moved
+
+
+def test_failed_update_of_a_live_deployment_gives_it_its_previous_revision_again(fake, project):
+    edit(project, rollout={"deployment": "blue"})
+    first = run_push(project, fake)
+    new_model(project, '{"w": [11]}')
+    fake.probe_failure["blue"] = "init() raised ValueError"
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, DeploymentFailed)
+    assert "restored to its previous version" in " ".join(error.details["rollback"])
+    blue = backend_for(project, fake).status().slot("blue")
+    assert blue.state == "healthy" and blue.traffic == 100
+    assert blue.package_id == first.package_id
+    assert [c[0] for c in fake.calls].count("create_deployment") == 3  # first, failed, restored
+
+
+def test_timeout_exits_4_and_lists_what_was_still_provisioning(fake, project):
+    edit(project, target={"timeout": 0.3})
+    fake.never_finishes = {"blue"}
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, DeploymentTimeout) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "was not ready after 0.3 s" in error.message
+    assert "deployment blue: Creating" in error.message
+    assert error.details["still_provisioning"] == ["deployment blue: Creating"]
+    assert "target.timeout" in error.hint
+    assert "--- inference-server ---" in error.details["log_tail"]
+    assert "blue" not in fake.deployments[NAME]  # rolled back
+
+
+def test_wait_healthy_in_a_later_command_watches_the_deployment_state(fake, project):
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    pushing = backend_for(project, fake)
+    pushing.deploy_slot("blue", build_package(pushing.manifest, paths.package_store()))
+    assert fake.deployments[NAME]["blue"]["state"] == "Creating"
+
+    later = backend_for(project, fake)  # knows no operation: reads the state until it ends
+    assert later.wait_healthy("blue").state == "healthy"
+
+
+def test_push_waits_for_an_endpoint_another_command_is_still_creating(fake, project):
+    fake.begin_create_endpoint(_endpoint_entity())  # not waited for
+    assert fake.endpoints[NAME]["state"] == "Creating"
+    events: list[ProgressEvent] = []
+    loaded = load_manifest(project, targets=(LocalTarget, AzureMLTarget))
+    push(loaded, AzureMLBackend(loaded.manifest, progress=events.append, client=fake))
+    assert any("is Creating; waiting for it" in e.message for e in events)
+    assert [c[0] for c in fake.calls].count("create_endpoint") == 1
+
+
+def test_health_progress_is_reported_while_waiting(fake, project):
+    events: list[ProgressEvent] = []
+    loaded = load_manifest(project, targets=(LocalTarget, AzureMLTarget))
+    backend = AzureMLBackend(loaded.manifest, progress=events.append, client=fake)
+    push(loaded, backend)
+    health = [e for e in events if e.step == "health"]
+    assert any("waiting for blue" in e.message and e.timeout == 30 for e in health)
+    assert health[-1].message == "blue is healthy"
+
+
+def test_saturated_deployment_answers_429_and_the_latency_run_says_what_to_change(fake, project):
+    edit(
+        project,
+        target={"request_settings": {"max_concurrent_requests_per_instance": 1}},
+        smoke_test={
+            "request": "request.json",
+            "expect": "expected.json",
+            "latency": {"requests": 24, "concurrency": 6, "warmup": 0},
+        },
+    )
+    fake.answer_delay_s = 0.05
+
+    error = push_fails(project, fake)
+
+    assert isinstance(error, LatencyObjectiveMissed)
+    samples = error.details["smoke"]["latency"]["error_samples"]
+    assert any("HTTP 429" in s and "= 2 requests at a time" in s for s in samples), samples
+    assert "blue" not in fake.deployments[NAME]
+
+
+# -- calling, keys, logs, delete ---------------------------------------------------------------
+def test_invoke_sends_the_key_and_the_pin_over_http(fake, project):
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    answer = backend.invoke(b'{"data": []}', slot="blue")
+    assert answer.status == 200 and answer.deployment == "blue" and answer.json() == EXPECTED
+    unpinned = backend.invoke(b'{"data": []}')
+    assert unpinned.status == 200 and unpinned.deployment == "blue"
+    assert fake.requests[-1]["pinned"] is False
+
+
+def test_token_auth_mode_uses_the_token_as_bearer(fake, project):
+    edit(project, target={"auth_mode": "aml_token"})
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    assert set(backend.credentials()) == {"access_token", "expiry_time_utc"}
+    assert backend.invoke(b"{}", slot="blue").status == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "says"),
+    [
+        (408, {}, "request_timeout_ms (5000 ms)"),
+        (
+            424,
+            {"ms-azureml-model-error-statuscode": "500", "ms-azureml-model-error-reason": "run failed"},
+            "500 (run failed)",
+        ),
+        (429, {}, "max_concurrent_requests_per_instance (2)"),
+    ],
+)
+def test_azures_own_scoring_errors_say_what_to_change(fake, project, status, headers, says):
+    run_push(project, fake)
+    fake.answers["blue"] = lambda body: (status, headers, b'{"message": "no"}')
+    with pytest.raises(BackendError) as caught:
+        backend_for(project, fake).invoke(b"{}", slot="blue")
+    assert f"HTTP {status}" in caught.value.message and says in caught.value.message
+    assert caught.value.hint
+
+
+def test_a_wrong_key_is_refused_by_the_data_plane(fake, project):
+    run_push(project, fake)
+    fake.endpoints[NAME]["keys"] = {"primary_key": "rotated", "secondary_key": "rotated-too"}
+    backend = backend_for(project, fake)
+    backend.client.get_keys = lambda name: {"primary_key": "stale", "secondary_key": "stale"}  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match="HTTP 401"):
+        backend.invoke(b"{}")
+
+
+def test_credentials_and_logs(fake, project):
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    keys = backend.credentials()
+    assert set(keys) == {"primary_key", "secondary_key"}
+    assert keys == fake.endpoints[NAME]["keys"]
+    assert backend.logs("blue", tail=1) == "blue: init() done"
+    with pytest.raises(UsageError, match="no deployment 'green'"):
+        backend.logs("green")
+
+
+def test_delete_is_refused_while_the_deployment_takes_traffic(fake, project):
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    with pytest.raises(UsageError, match="takes 100% of the traffic"):
+        backend.delete("blue")
+    assert "blue" in fake.deployments[NAME]
+
+
+def test_delete_of_a_mirrored_deployment_is_refused_then_allowed_once_it_has_no_share(fake, project):
+    run_push(project, fake)
+    new_model(project, '{"w": [5]}')
+    edit(project, rollout={"traffic": 0, "mirror": 10})
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    with pytest.raises(UsageError, match="10% mirrored"):
+        backend.delete("green")
+    backend.set_traffic({"blue": 100}, {})
+    backend.delete("green")
+    assert set(fake.deployments[NAME]) == {"blue"}
+
+
+def test_delete_the_whole_endpoint(fake, project):
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    assert TrafficHistory("azureml", NAME).entries()
+    backend.delete()
+    assert NAME not in fake.endpoints
+    assert backend.status().exists is False
+    assert TrafficHistory("azureml", NAME).entries() == []
+    with pytest.raises(EndpointNotFound):
+        backend.delete()
+
+
+def test_set_traffic_validates_first_and_names_every_deployment(fake, project):
+    run_push(project, fake)
+    new_model(project, '{"w": [6]}')
+    edit(project, rollout={"traffic": 0})
+    run_push(project, fake)
+    backend = backend_for(project, fake)
+    writes = len(fake.traffic_writes)
+    with pytest.raises(UsageError, match="adds up to 90%"):
+        backend.set_traffic({"blue": 50, "green": 40})
+    with pytest.raises(UsageError, match="no deployment named red"):
+        backend.set_traffic({"red": 100})
+    assert len(fake.traffic_writes) == writes  # refused before Azure was asked
+
+    backend.set_traffic({"green": 100})  # blue is not named: it gets 0, said explicitly
+    assert live_traffic(fake) == {"green": 100}
+
+
+def test_render_writes_the_az_ml_yaml(fake, project, tmp_path):
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    backend = backend_for(project, fake)
+    package = build_package(backend.manifest, paths.package_store())
+    files = backend.render(package, tmp_path / "out")
+    assert {f.name for f in files} >= {"endpoint.yml", "deployment.yml"}
+    assert fake.calls == []  # offline
+
+
+def test_preflight_warns_about_a_smoke_test_the_deployment_would_refuse(fake, project):
+    edit(
+        project,
+        target={"request_settings": {"max_concurrent_requests_per_instance": 1}},
+        smoke_test={"request": "request.json", "latency": {"concurrency": 4}},
+        rollout={"sticky_header": "x-user"},
+    )
+    warnings = backend_for(project, fake).preflight()
+    assert any("expect HTTP 429" in w for w in warnings)
+    assert any("sticky_header" in w for w in warnings)
+
+
+# -- the fake says no, as Azure ML does -------------------------------------------------------
+def _endpoint_entity(**fields: Any) -> Any:
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(name=NAME, auth_mode="key", **fields)
+
+
+@pytest.fixture
+def two_slots(fake, project) -> FakeAzureML:
+    """An endpoint with blue (100%) and green (0%), both healthy."""
+    run_push(project, fake)
+    new_model(project, '{"w": [8]}')
+    edit(project, rollout={"traffic": 0})
+    run_push(project, fake)
+    assert set(fake.deployments[NAME]) == {"blue", "green"}
+    return fake
+
+
+def _finish(fake: FakeAzureML, operation: FakeOperation) -> None:
+    fake.wait(operation, what="test", timeout=5, endpoint=NAME)
+
+
+def test_fake_refuses_traffic_at_endpoint_creation(fake):
+    with pytest.raises(BackendError, match="Traffic cannot be set on an endpoint that is being created"):
+        fake.begin_create_endpoint(_endpoint_entity(traffic={"blue": 100}))
+    assert fake.endpoints == {}
+
+
+def test_fake_refuses_traffic_that_does_not_add_up_to_100(two_slots):
+    with pytest.raises(BackendError, match="sum of traffic rules must be 0 or 100, got 90"):
+        two_slots.set_traffic(NAME, {"blue": 50, "green": 40}, {})
+
+
+def test_fake_refuses_traffic_to_a_deployment_that_does_not_exist(two_slots):
+    with pytest.raises(BackendError, match="'red', which does not exist"):
+        two_slots.set_traffic(NAME, {"blue": 0, "red": 100}, {})
+
+
+def test_fake_refuses_a_traffic_write_that_leaves_out_a_live_deployment(two_slots):
+    with pytest.raises(BackendError, match="leaves out blue"):
+        two_slots.set_traffic(NAME, {"green": 100}, {})
+
+
+def test_fake_refuses_mirror_above_50_percent(two_slots):
+    with pytest.raises(BackendError, match="cannot exceed 50%"):
+        two_slots.set_traffic(NAME, {"blue": 100}, {"green": 60})
+
+
+def test_fake_refuses_mirror_to_a_deployment_with_live_traffic(two_slots):
+    with pytest.raises(BackendError, match="takes live traffic and cannot receive mirror"):
+        two_slots.set_traffic(NAME, {"blue": 50, "green": 50}, {"green": 10})
+
+
+def test_fake_refuses_mirror_to_two_deployments(two_slots, project):
+    # a third deployment, so that two can be mirrored while one is live
+    backend = backend_for(project, two_slots)
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    package = build_package(backend.manifest, paths.package_store())
+    backend.deploy_slot("red", package)
+    backend.wait_healthy("red")
+    with pytest.raises(BackendError, match="one deployment only"):
+        two_slots.set_traffic(NAME, {"blue": 100}, {"green": 10, "red": 10})
+
+
+def test_fake_refuses_to_delete_a_deployment_with_traffic(two_slots):
+    with pytest.raises(BackendError, match="has traffic: live 100%"):
+        two_slots.begin_delete_deployment(NAME, "blue")
+    _finish(two_slots, two_slots.set_traffic(NAME, {"blue": 100, "green": 0}, {"green": 10}))
+    with pytest.raises(BackendError, match="mirror 10%"):
+        two_slots.begin_delete_deployment(NAME, "green")
+
+
+def test_fake_refuses_a_model_version_registered_again_with_other_content(fake, tmp_path):
+    from azure.ai.ml.entities import Model
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "w.json").write_text("1")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "w.json").write_text("2")
+    assert fake.ensure_model(Model(name="m", version="1", path=str(tmp_path / "a"))) == ("azureml:m:1", True)
+    assert fake.ensure_model(Model(name="m", version="1", path=str(tmp_path / "a"))) == ("azureml:m:1", False)
+    with pytest.raises(BackendError, match="already registered with other content"):
+        fake.ensure_model(Model(name="m", version="1", path=str(tmp_path / "b")))
+    assert fake.uploads == ["m:1"]
+
+
+def test_fake_refuses_a_write_while_an_operation_runs(fake):
+    fake.begin_create_endpoint(_endpoint_entity())  # still Creating: not waited for
+    with pytest.raises(BackendError, match="another operation is in progress") as caught:
+        fake.set_traffic(NAME, {}, {})
+    assert "Creating" in caught.value.message
+
+
+def test_fake_refuses_a_deployment_on_an_endpoint_that_does_not_exist(fake, project):
+    from tdsp_deploy.backends.azureml import entities
+
+    backend = backend_for(project, fake)
+    deployment = entities.build_deployment(
+        backend.manifest,
+        "blue",
+        model="azureml:m:1",
+        environment="azureml:e:1",
+        code_dir=project.parent,
+        scoring_script="score.py",
+    )
+    with pytest.raises(EndpointNotFound):
+        fake.begin_create_deployment(deployment)
+
+
+def test_fake_operations_take_n_polls(fake):
+    operation = fake.begin_create_endpoint(_endpoint_entity())
+    assert operation.result(timeout=0) is None and not operation.done()
+    assert operation.result(timeout=0) is None and not operation.done()
+    operation.result(timeout=0)
+    assert operation.done() and operation.status() == "Succeeded" and operation.polls == 3
+    assert fake.get_endpoint(NAME).provisioning_state == "Succeeded"
+
+
+def test_fake_injected_probe_failure_fails_the_operation(fake, project):
+    fake.probe_failure["blue"] = "boom in init()"
+    with pytest.raises(DeploymentFailed, match="liveness"):
+        run_push(project, fake)
+
+
+def test_fake_operation_that_never_finishes_hits_the_deadline(fake):
+    operation = FakeOperation(1, lambda: None, never=True)
+    with pytest.raises(DeploymentTimeout, match="not ready after 0.05 s"):
+        wait_for(operation, what="it", timeout=0.05, poll_interval=0.01)
+
+
+def test_fake_data_plane_refuses_unpinned_calls_without_live_traffic(two_slots, project):
+    backend = backend_for(project, two_slots)
+    backend.set_traffic({"blue": 0, "green": 0})
+    answer = backend.invoke(b"{}")
+    assert answer.status == 404
+    assert backend.invoke(b"{}", slot="green").status == 200  # pinning still reaches it
+
+
+def test_fake_has_the_clients_public_methods():
+    public = {name for name in dir(AzureMLClient) if not name.startswith("_")} - {"connect"}
+    missing = {name for name in public if not hasattr(FakeAzureML, name)}
+    assert not missing
+
+
+# -- the seam translates real azure-core exceptions --------------------------------------------
+DEPLOYING = Doing(
+    "deploy 'blue' to endpoint 'iris'",
+    endpoint="iris",
+    deployment="blue",
+    instance_type="Standard_F4s_v2",
+    instance_count=3,
+    deploying=True,
+)
+
+
+def test_translate_sign_in_problems():
+    from azure.identity import CredentialUnavailableError
+
+    error = translate_error(CredentialUnavailableError("DefaultAzureCredential failed"), DEPLOYING)
+    assert isinstance(error, BackendError) and error.exit_code == ExitCode.BACKEND
+    assert "az login" in error.hint and "AZURE_CLIENT_ID" in error.hint
+
+
+def test_translate_quota_from_a_nested_error_code():
+    from azure.core.exceptions import HttpResponseError
+
+    class Response:
+        status_code, reason, headers, request = 400, "Bad Request", {}, None
+
+        def text(self, encoding=None):
+            return json.dumps(
+                {
+                    "error": {
+                        "code": "BadRequest",
+                        "message": "Deployment failed",
+                        "details": [{"code": "OutOfQuota", "message": "Not enough cores"}],
+                    }
+                }
+            )
+
+    error = translate_error(HttpResponseError(response=Response()), DEPLOYING)
+    assert isinstance(error, DeploymentFailed)
+    assert "3 x Standard_F4s_v2" in error.hint
+
+
+def test_translate_image_build_failure_points_at_the_environment_file():
+    error = translate_error(azure_error(400, "ImageBuildFailure", "pip failed"), DEPLOYING)
+    assert isinstance(error, DeploymentFailed)
+    assert "requirements" in error.hint and "conda_file" in error.hint
+
+
+def test_translate_not_found_conflict_network_and_bugs():
+    read = Doing("read endpoint 'iris'", endpoint="iris")
+    assert isinstance(
+        translate_error(azure_error(404, "ResourceNotFound", "no such endpoint"), read), EndpointNotFound
+    )
+    conflict = translate_error(azure_error(409, "Conflict", "busy"), read)
+    assert type(conflict) is BackendError and "retry" in conflict.hint
+    from azure.core.exceptions import ServiceRequestError
+
+    network = translate_error(ServiceRequestError("connection refused"), read)
+    assert isinstance(network, BackendError) and "cannot reach Azure" in network.message
+    assert translate_error(KeyError("a bug"), read) is None  # not Azure's: stays a bug
+
+
+def test_scoring_error_leaves_the_models_own_answers_alone():
+    common = dict(
+        endpoint="iris",
+        deployment="blue",
+        request_timeout_ms=5000,
+        max_concurrent_requests_per_instance=1,
+        instance_count=1,
+    )
+    assert scoring_error(200, {}, **common) is None
+    assert scoring_error(500, {}, **common) is None
+    assert scoring_error(429, {}, **common) is not None
+
+
+# -- the real client over a recording stand-in for MLClient's operations -------------------------
+class _Recorder:
+    """Just enough of MLClient for the client's own logic (read-modify-write, skip-if-present,
+    translation, quiet stdout); what Azure does is the fake's job, above."""
+
+    def __init__(self, endpoint: Any, models: dict | None = None):
+        self.endpoint = endpoint
+        self.written: list[Any] = []
+        self.models_by_version = models or {}
+        self.created_models: list[Any] = []
+        outer = self
+
+        class Endpoints:
+            def get(self, name):
+                if name != outer.endpoint.name:
+                    raise azure_error(404, "ResourceNotFound", f"endpoint {name} not found")
+                return outer.endpoint
+
+            def begin_create_or_update(self, entity):
+                print(".", end="")  # as azure-ai-ml's poller does
+                outer.written.append(entity)
+                return FakeOperation(1, lambda: entity)
+
+        class Models:
+            def get(self, name, version):
+                if (name, version) not in outer.models_by_version:
+                    raise azure_error(404, "ResourceNotFound", "no such model")
+                return outer.models_by_version[(name, version)]
+
+            def create_or_update(self, model):
+                outer.created_models.append(model)
+                return model
+
+        self.online_endpoints = Endpoints()
+        self.models = Models()
+
+
+def test_client_set_traffic_is_read_modify_write(capsys):
+    endpoint = _endpoint_entity(tags={"team": "ds"}, traffic={"blue": 90, "green": 10})
+    recorder = _Recorder(endpoint)
+    client = AzureMLClient(recorder)
+
+    operation = client.set_traffic(NAME, {"blue": 0, "green": 100}, {})
+    operation.result()
+
+    (written,) = recorder.written
+    assert written is endpoint  # the entity read, written back whole
+    assert written.tags == {"team": "ds"} and written.auth_mode == "key"
+    assert written.traffic == {"blue": 0, "green": 100}
+    assert capsys.readouterr().out == ""  # the SDK's poll dots never reach stdout
+    with pytest.raises(BackendError, match="leaves out green"):  # green has 100% now
+        client.set_traffic(NAME, {"blue": 100}, {})
+    assert len(recorder.written) == 1
+    with pytest.raises(EndpointNotFound):
+        client.set_traffic("other", {}, {})
+
+
+def test_client_registers_a_model_only_when_its_version_is_absent():
+    from azure.ai.ml.entities import Model
+
+    registered = Model(name="m", version="1", path=".", tags={MODEL_HASH_TAG: "aaa"})
+    recorder = _Recorder(_endpoint_entity(), models={("m", "1"): registered})
+    client = AzureMLClient(recorder)
+
+    assert client.ensure_model(Model(name="m", version="1", path=".", tags={MODEL_HASH_TAG: "aaa"})) == (
+        "azureml:m:1",
+        False,
+    )
+    with pytest.raises(BackendError, match="already registered with other content"):
+        client.ensure_model(Model(name="m", version="1", path=".", tags={MODEL_HASH_TAG: "bbb"}))
+    assert client.ensure_model(Model(name="m", version="2", path=".")) == ("azureml:m:2", True)
+    assert [m.version for m in recorder.created_models] == ["2"]
+
+
+def test_deployment_tags_carry_what_it_runs(fake, project):
+    result = run_push(project, fake)
+    tags = fake.deployments[NAME]["blue"]["entity"].tags
+    assert tags[CONFIG_TAG] == backend_for(project, fake).status().slot("blue").config_id
+    assert result.package_id in tags.values()
+
+
+# -- light import -----------------------------------------------------------------------------
+def test_importing_the_backend_does_not_import_the_azure_sdk():
+    code = (
+        "import sys\n"
+        "import tdsp_deploy.backends.azureml, tdsp_deploy.backends.azureml.client\n"
+        "heavy = sorted(m for m in sys.modules if m.startswith(('azure', 'msrest', 'marshmallow')))\n"
+        "print(heavy)\n"
+        "sys.exit(1 if heavy else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_backend_is_a_registered_target_kind():
+    from tdsp_deploy.backends.registry import Registry
+
+    registry = Registry.discover()
+    if "azureml" not in registry.kinds:
+        pytest.skip("the azureml entry point is not registered in this install (pyproject.toml)")
+    assert registry.backend_class("azureml") is AzureMLBackend
