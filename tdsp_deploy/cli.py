@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +35,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# What `import` writes as placeholders when it is not told the workspace, with stand-ins that
+# pass the target's checks, so that the rest of an imported manifest can be validated.
+WORKSPACE_STAND_INS = {
+    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+    "AZURE_RESOURCE_GROUP": "unset-resource-group",
+    "AZURE_ML_WORKSPACE": "unset-workspace",
+}
 
 _ENV: contextvars.ContextVar[Environment] = contextvars.ContextVar("tdsp_deploy_env")
 
@@ -77,14 +86,16 @@ def _registry() -> Registry:
     return Registry.discover()
 
 
-def _load(path: Path, env: Environment, registry: Registry | None = None) -> LoadedManifest:
+def _load(
+    path: Path, env: Environment, registry: Registry | None = None, environ: dict[str, str] | None = None
+) -> LoadedManifest:
     from tdsp_deploy.manifest import load_manifest
 
     registry = registry or _registry()
     models, warnings = registry.target_models()
     for warning in warnings:
         env.say(f"warning: {warning}", style="yellow")
-    return load_manifest(path, targets=models)
+    return load_manifest(path, targets=models, environ=environ)
 
 
 def _load_checked(path: Path, env: Environment) -> LoadedManifest:
@@ -192,6 +203,9 @@ def import_command(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The manifest to write.")] = Path("deploy.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the manifest if it exists.")] = False,
+    subscription_id: Annotated[str | None, typer.Option(help="Default: ${AZURE_SUBSCRIPTION_ID}.")] = None,
+    resource_group: Annotated[str | None, typer.Option(help="Default: ${AZURE_RESOURCE_GROUP}.")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Default: ${AZURE_ML_WORKSPACE}.")] = None,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -203,13 +217,22 @@ def import_command(
     env = _env(json_out, debug)
     if output.exists() and not force:
         raise UsageError(f"{output} exists already", hint="pass --force to overwrite it, or choose -o")
-    document, warnings = import_az_ml(endpoint, deployment, output.parent.resolve())
+    document, warnings = import_az_ml(
+        endpoint,
+        deployment,
+        output.parent.resolve(),
+        subscription_id=subscription_id,
+        resource_group=resource_group,
+        workspace=workspace,
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
         "# Imported from az ml YAML by `tdsp-deploy import`; check it with `tdsp-deploy validate`.\n"
         + yaml.safe_dump(document, sort_keys=False)
     )
-    _load(output, env)  # what was written must be a valid manifest
+    # What was written must be a valid manifest. The workspace placeholders may be unset
+    # here (the CI or the user sets them later): stand-ins let the rest be checked now.
+    _load(output, env, environ={**WORKSPACE_STAND_INS, **os.environ})
     if env.json_mode:
         env.emit_json({"manifest": str(output), "warnings": warnings})
         return

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tdsp_deploy import __version__
 from tdsp_deploy.errors import ExitCode
@@ -223,3 +224,39 @@ def test_broken_plugin_warns_and_other_targets_keep_working(cli, iris, tmp_path,
     (tmp_path / "model").mkdir()
     uses = cli("validate", bad, "--json")
     assert uses.exit_code == ExitCode.USAGE  # not a known kind: the manifest names a missing target
+
+
+def test_azureml_render_then_import_gives_back_a_valid_manifest(cli, iris, tmp_path):
+    doc = yaml.safe_load(iris.read_text())
+    doc["target"] = {
+        "kind": "azureml",
+        "subscription_id": "00000000-0000-0000-0000-000000000000",
+        "resource_group": "rg-models",
+        "workspace": "ws-models",
+        "instance_type": "Standard_DS3_v2",
+        "instance_count": 2,
+    }
+    iris.write_text(yaml.safe_dump(doc))
+    assert cli("validate", iris).exit_code == 0
+    review = tmp_path / "review"
+    rendered = cli("render", iris, "-o", review, "--json")
+    assert rendered.exit_code == 0, rendered.stdout + rendered.stderr
+    names = {Path(f).name for f in rendered.json()["files"]}
+    assert {"package.json", "endpoint.yml", "deployment.yml"} <= names
+    assert "$schema" in (review / "deployment.yml").read_text()
+    pair = (review / "endpoint.yml", review / "deployment.yml")
+    imported = tmp_path / "imported" / "deploy.yaml"
+    workspace = ("--subscription-id", "00000000-0000-0000-0000-000000000000",
+                 "--resource-group", "rg-models", "--workspace", "ws-models")
+    result = cli("import", *pair, "-o", imported, *workspace, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    back = yaml.safe_load(imported.read_text())
+    assert back["name"] == "iris" and back["target"]["instance_count"] == 2
+    assert back["target"]["workspace"] == "ws-models"
+    assert cli("validate", imported).exit_code == 0
+    again = cli("import", *pair, "-o", imported)
+    assert again.exit_code == ExitCode.USAGE and "--force" in again.stderr
+    # without the workspace, placeholders that CI or the user fills in later
+    placeholders = cli("import", *pair, "-o", tmp_path / "later.yaml", "--json")
+    assert placeholders.exit_code == 0, placeholders.stdout
+    assert "${AZURE_ML_WORKSPACE}" in (tmp_path / "later.yaml").read_text()
