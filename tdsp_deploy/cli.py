@@ -528,7 +528,7 @@ def test_command(
 def logs(
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
-    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = 200,
+    tail: Annotated[int | None, typer.Option("--tail", "--lines", help="Only the last N lines.")] = 200,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:

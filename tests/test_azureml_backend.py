@@ -344,7 +344,8 @@ def test_health_progress_is_reported_while_waiting(fake, project):
     backend = AzureMLBackend(loaded.manifest, progress=events.append, client=fake)
     push(loaded, backend)
     health = [e for e in events if e.step == "health"]
-    assert any("waiting for blue" in e.message and e.timeout == 30 for e in health)
+    # the budget left of target.timeout (30 s) at that point of the push
+    assert any("waiting for blue" in e.message and e.timeout is not None and 25 < e.timeout <= 30 for e in health)
     assert health[-1].message == "blue is healthy"
 
 
@@ -822,3 +823,17 @@ def test_the_backend_is_a_registered_target_kind():
     if "azureml" not in registry.kinds:
         pytest.skip("the azureml entry point is not registered in this install (pyproject.toml)")
     assert registry.backend_class("azureml") is AzureMLBackend
+
+
+def test_the_timeout_bounds_the_whole_push_not_each_wait(monkeypatch):
+    """target.timeout is one budget: a later wait gets only what the earlier ones left."""
+    import tdsp_deploy.backends.azureml as azureml_backend
+
+    backend = azureml_backend.AzureMLBackend.__new__(azureml_backend.AzureMLBackend)
+    backend._deadline = None
+    backend.target = type("T", (), {"timeout": 100.0})()
+    clock = iter([1000.0, 1000.0, 1060.0, 1200.0])
+    monkeypatch.setattr(azureml_backend.time, "monotonic", lambda: next(clock))
+    assert backend._time_left() == 100.0  # the clock starts
+    assert backend._time_left() == 40.0  # 60 s later
+    assert backend._time_left() == 1.0  # past the deadline: a last second to report what is pending

@@ -83,6 +83,7 @@ class AzureMLBackend(Backend):
         super().__init__(manifest, progress=progress)
         self.target: AzureMLTarget
         self._client = client
+        self._deadline: float | None = None  # end of target.timeout, set by the first wait
         # slot -> the operation deploy_slot started, for wait_healthy
         self._operations: dict[str, Operation] = {}
         # slot -> the revision deploy_slot replaced (DeploymentInfo), or _NEW
@@ -249,7 +250,7 @@ class AzureMLBackend(Backend):
                 ),
                 pause=getattr(self.client, "poll_interval", 5.0),
             )
-        timeout = self.target.timeout
+        timeout = self._time_left()
         started = time.monotonic()
         try:
             self.client.wait(
@@ -472,8 +473,17 @@ class AzureMLBackend(Backend):
             if self._find_deployment(slot) is not None:
                 self._delete_deployment(slot)
 
+    def _time_left(self) -> float:
+        """Seconds left of target.timeout, which bounds the whole push: the clock starts at
+        the push's first wait, and every later wait gets what remains (at least a second, or
+        the whole timeout when shorter, so that a late wait still reports what is
+        provisioning rather than failing blind)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.target.timeout
+        return max(self._deadline - time.monotonic(), min(1.0, self.target.timeout))
+
     def _wait(self, operation: Operation, what: str) -> Any:
-        timeout = self.target.timeout
+        timeout = self._time_left()
         return self.client.wait(
             operation,
             what=what,
