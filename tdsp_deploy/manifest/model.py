@@ -102,6 +102,10 @@ class ModelSection(Strict):
     version: Text | None = Field(
         default=None, min_length=1, max_length=64, description="Default: derived from the content hash."
     )
+    flavor: Literal["sklearn", "onnx", "mlflow"] | None = Field(
+        default=None,
+        description="How tabular targets (SQL Server, Synapse) load and call the model; HTTP targets use scoring.",
+    )
 
 
 class ScoringSection(Strict):
