@@ -12,7 +12,9 @@ import contextlib
 import contextvars
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -561,11 +563,22 @@ def _default_slot(current: EndpointStatus) -> str:
 
 
 @app.command()
-def credentials(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+def credentials(
+    manifest: ManifestArgument,
+    regenerate: Annotated[
+        bool, typer.Option("--regenerate", help="Replace both keys; the old ones are refused from then on.")
+    ] = False,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
     """Print the endpoint's keys (the one command that shows a secret, because you asked)."""
     env = _env(json_out, debug)
     loaded = _load(manifest, env)
-    keys = _backend(loaded).credentials()
+    backend = _backend(loaded)
+    if regenerate:
+        with backend.lock():
+            backend.regenerate_keys()
+    keys = backend.credentials()
     if env.json_mode:
         env.emit_json({"primary_key": keys["primary_key"], "secondary_key": keys["secondary_key"]})
     else:
@@ -627,6 +640,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     env.json_mode = "--json" in args
     env.debug = "--debug" in args
     token = _ENV.set(env)
+    previous_sigterm = _sigterm_interrupts()
     try:
         command = typer.main.get_command(app)
         with _streams(env):
@@ -658,6 +672,20 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         return _render_error(env, error)
     finally:
         _ENV.reset(token)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _sigterm_interrupts() -> Any:
+    """SIGTERM (a CI job cancelled, `kill`) gets the same care as Ctrl-C: a push in progress
+    rolls back and the command exits 130. Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _streams(env: Environment) -> contextlib.AbstractContextManager[object]:

@@ -314,3 +314,55 @@ def test_a_second_push_waits_for_the_lock_then_gives_up(cli, iris):
     assert "locked by another command" in result.json()["message"]
     assert "waiting for it" in result.stderr
     assert cli("status", iris, "--json").exit_code == ExitCode.BACKEND  # nothing was deployed
+
+
+def test_regenerated_keys_replace_the_old_ones_at_once(cli, deployed):
+    manifest, pushed = deployed
+    old = keys(cli, manifest)["primary_key"]
+    body = (manifest.parent / "sample-request.json").read_bytes()
+    assert post(pushed["scoring_uri"], body, {"Authorization": f"Bearer {old}"})[0] == 200
+    rotated = cli("credentials", manifest, "--regenerate", "--json")
+    assert rotated.exit_code == 0
+    new = rotated.json()["primary_key"]
+    assert new != old and len(new) >= 40
+    assert post(pushed["scoring_uri"], body, {"Authorization": f"Bearer {old}"})[0] == 401
+    assert post(pushed["scoring_uri"], body, {"Authorization": f"Bearer {new}"})[0] == 200
+
+
+def test_binding_beyond_loopback_is_a_warning(cli, iris):
+    doc = yaml.safe_load(iris.read_text())
+    doc["target"]["host"] = "0.0.0.0"
+    iris.write_text(yaml.safe_dump(doc))
+    result = cli("validate", iris, "--json")
+    assert result.exit_code == 0
+    assert any("lets other machines reach the endpoint" in w for w in result.json()["warnings"])
+
+
+def test_sigterm_during_push_rolls_back_exits_130_and_leaves_no_process(iris, state_home):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    score = iris.parent / "src" / "score.py"
+    score.write_text(score.read_text().replace("def init():", "def init():\n    import time; time.sleep(30)", 1))
+    env = {**os.environ, "TDSP_DEPLOY_HOME": str(state_home)}
+    push = subprocess.Popen([sys.executable, "-m", "tdsp_deploy", "push", str(iris), "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        record = state_home / "endpoints" / "iris" / "endpoint.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and '"blue"' not in (record.read_text() if record.exists() else ""):
+            time.sleep(0.1)  # until the slot exists and the push waits for it to be healthy
+        time.sleep(0.5)
+        push.send_signal(signal.SIGTERM)
+        out, err = push.communicate(timeout=60)
+        assert push.returncode == 130, err
+        assert json.loads(out)["details"]["rolled_back"] is True
+        slots = json.loads(record.read_text())["slots"]
+        assert slots == {}  # the half-started slot is gone
+    finally:
+        if push.poll() is None:
+            push.kill()
+        subprocess.run([sys.executable, "-m", "tdsp_deploy", "delete", str(iris), "--yes"], env=env,
+                       capture_output=True, timeout=60)

@@ -155,6 +155,12 @@ class Backend(abc.ABC):
     def credentials(self) -> dict[str, str]:
         """The endpoint's keys: ``primary_key`` and ``secondary_key``."""
 
+    def regenerate_keys(self) -> None:
+        """Replace the endpoint's keys; requests with the old ones are refused from then on."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target cannot regenerate its keys from here")
+
     def preflight(self) -> list[str]:
         """Warnings about the manifest on this target, found before anything is deployed
         (e.g. the environment file asks for packages the target will not have)."""

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tdsp_deploy.packaging import BuiltPackage
 
 PIN_HEADER = "azureml-model-deployment"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0
 
@@ -119,11 +120,23 @@ class LocalBackend(Backend):
         self._record()
         return self.files.keys()
 
+    def regenerate_keys(self) -> None:
+        record = self._record()
+        self.files.new_keys()
+        if processes.is_running(record.router):
+            self._publish(record)  # the router re-reads the keys; old ones fail from now on
+
     def preflight(self) -> list[str]:
         from tdsp_deploy.environment import check_environment
 
+        warnings = []
+        if self.target.host not in LOOPBACK_HOSTS:
+            warnings.append(
+                f"target.host {self.target.host} lets other machines reach the endpoint (the key still "
+                "guards it); use 127.0.0.1 unless that is what you want"
+            )
         # Slots run in this Python environment: say where it differs from the manifest's.
-        return check_environment(self.manifest.environment)
+        return warnings + check_environment(self.manifest.environment)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         def told(message: str) -> None:

@@ -161,10 +161,14 @@ class EndpointFiles:
         try:
             return json.loads(self.keys_path.read_text())
         except FileNotFoundError:
-            self.root.mkdir(parents=True, exist_ok=True)
-            keys = {"primary_key": secrets.token_urlsafe(32), "secondary_key": secrets.token_urlsafe(32)}
-            write_json_atomic(self.keys_path, keys, mode=0o600)
-            return keys
+            return self.new_keys()
+
+    def new_keys(self) -> dict[str, str]:
+        """Two fresh random keys (256 bits each), replacing any there were (mode 0600)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        keys = {"primary_key": secrets.token_urlsafe(32), "secondary_key": secrets.token_urlsafe(32)}
+        write_json_atomic(self.keys_path, keys, mode=0o600)
+        return keys
 
 
 class EndpointLock:
