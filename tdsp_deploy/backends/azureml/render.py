@@ -26,6 +26,7 @@ from tdsp_deploy.backends.azureml.entities import (
 )
 from tdsp_deploy.errors import BackendError
 from tdsp_deploy.packaging.lock import LOCK_NAME
+from tdsp_deploy.secrets import redact_variables
 
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
@@ -128,7 +129,8 @@ def _deployment_yaml(
     if model.tags:
         doc["model"]["tags"] = dict(model.tags)
     if deployment.environment_variables:
-        doc["environment_variables"] = dict(deployment.environment_variables)
+        # for review: the values of secret-looking variables are not written out
+        doc["environment_variables"] = redact_variables(deployment.environment_variables)
     doc["instance_type"] = deployment.instance_type
     doc["instance_count"] = deployment.instance_count
     doc["request_settings"] = _settings(deployment.request_settings)

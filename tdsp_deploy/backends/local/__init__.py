@@ -24,6 +24,7 @@ from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
 from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.manifest.model import LocalTarget
+from tdsp_deploy.secrets import redact_variables
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
@@ -409,7 +410,7 @@ class LocalBackend(Backend):
                 "bind": "127.0.0.1 (loopback only; the router is the only door)",
                 "workers": self.target.workers,
                 "environment": {
-                    **self.manifest.environment.variables,
+                    **redact_variables(self.manifest.environment.variables),
                     "AZUREML_MODEL_DIR": str(state / "slots" / slot / "rN" / "package" / "model"),
                 },
                 "startup_timeout_s": self.target.startup_timeout,

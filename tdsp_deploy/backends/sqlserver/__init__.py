@@ -1,0 +1,540 @@
+"""The sqlserver target: in-database scoring with SQL Server Machine Learning Services.
+
+Everything goes through ``SqlServerConnection`` (connection.py), the one door to the server;
+tests hand in a fake DB-API connection. The T-SQL itself comes from tsql.py, the Python run by
+``sp_execute_external_script`` from script.py. This module imports no driver.
+
+How the backend contract maps onto SQL Server:
+
+- the endpoint is the scoring procedure; its model versions are rows of the model table, one
+  of them active. The endpoint has one slot: the one whose version is active, taking all the
+  traffic (``supports_weighted_traffic`` is False until the routing procedure over versions
+  exists: ``set_traffic`` accepts only the split that is already the case);
+- a push checks the server first (external scripts enabled, EXECUTE ANY EXTERNAL SCRIPT, and
+  the server's Python libraries against the package lock), then in ONE transaction creates
+  the model table if missing, inserts the model (skipped when that version with that sha256
+  is there), creates or alters the procedure and activates the version: a failure leaves
+  nothing half-written;
+- undo re-activates the version that was active before (or removes what a first push made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tdsp_deploy.backends.base import (
+    Backend,
+    Caller,
+    EndpointStatus,
+    InvokeResult,
+    ProgressEvent,
+    SlotStatus,
+    no_progress,
+)
+from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
+from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Progress
+    from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+    from tdsp_deploy.manifest.model import ManifestBase
+    from tdsp_deploy.packaging import BuiltPackage
+    from tdsp_deploy.packaging.lock import PackageLock
+
+#: libraries whose pickles break across major/minor versions, per model flavor
+PICKLE_LIBRARIES = {"sklearn": ("scikit-learn", "numpy")}
+INPUT_TABLE = "#tdsp_input"
+_FIRST = object()  # marks a slot that had no active version before deploy_slot
+
+
+class SqlServerBackend(Backend):
+    """SQL Server (2019+) or Azure SQL Managed Instance with Machine Learning Services."""
+
+    kind = "sqlserver"
+    target_model = SqlServerTarget
+    extra = "sqlserver"
+    requires = ("mssql_python",)
+    #: one active model version takes all calls; a weighted routing procedure is not built yet
+    supports_weighted_traffic = False
+    supports_mirror = False
+
+    def __init__(
+        self,
+        manifest: ManifestBase,
+        *,
+        progress: Progress = no_progress,
+        connection: Any = None,
+        force: bool = False,
+    ):
+        super().__init__(manifest, progress=progress)
+        self.target: SqlServerTarget
+        self.force = force
+        self._connection: SqlServerConnection | None = None
+        self._shared = connection is not None  # handed in: never closed, shared by callers
+        if connection is not None:
+            from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+
+            self._connection = (
+                connection if isinstance(connection, SqlServerConnection) else SqlServerConnection(connection)
+            )
+        # slot -> the version active before deploy_slot (or _FIRST), for discard_slot
+        self._replaced: dict[str, Any] = {}
+
+    @property
+    def connection(self) -> SqlServerConnection:
+        """The connection, opened on first use (never when a test handed one in)."""
+        if self._connection is None:
+            from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+
+            self._connection = SqlServerConnection.connect(self.target)
+        return self._connection
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.model.name or self.manifest.name
+
+    # -- reading -------------------------------------------------------------------------
+    def status(self) -> EndpointStatus:
+        """The procedure and the model versions; the active one is the endpoint's one slot."""
+        procedure = self._procedure_exists()
+        versions = self._versions()
+        name = self.manifest.name
+        if not procedure and not versions:
+            return EndpointStatus(name=name, kind=self.kind, exists=False)
+        slots = []
+        active = next((v for v in versions if v["active"]), None)
+        if active is not None:
+            slots.append(
+                SlotStatus(
+                    name=active["slot"] or "blue",
+                    state="healthy" if procedure else "stopped",
+                    traffic=100 if procedure else 0,
+                    model_version=active["version"],
+                    package_id=active["package_id"],
+                    config_id=active["config_id"],
+                    details={"sha256": active["sha256"]},
+                )
+            )
+        return EndpointStatus(
+            name=name,
+            kind=self.kind,
+            exists=True,
+            scoring_uri=self._scoring_uri(),
+            slots=slots,
+            details={
+                "procedure": self._procedure_name(),
+                "model_table": self._table_name(),
+                "versions": [
+                    {"version": v["version"], "sha256": v["sha256"], "active": v["active"]} for v in versions
+                ],
+            },
+        )
+
+    def logs(self, slot: str, *, tail: int | None = None) -> str:
+        """Not available: SQL Server keeps no per-procedure log an ordinary user can read."""
+        raise UsageError(
+            "the sqlserver target has no slot log",
+            hint="read the Launchpad log (ExtensibilityLog) on the server, or run the procedure in SSMS",
+        )
+
+    def credentials(self) -> dict[str, str]:
+        """None: callers authenticate to the database itself (target.auth)."""
+        raise UsageError(
+            "the sqlserver target has no endpoint keys: callers use database authentication",
+            hint="GRANT EXECUTE ON the procedure to the callers' database users",
+        )
+
+    # -- deploying -----------------------------------------------------------------------
+    def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        """Pre-flight probes, then in one transaction: model table, model row, procedure,
+        active version. Nothing is written when any of it fails."""
+        from tdsp_deploy.backends.sqlserver import tsql
+        from tdsp_deploy.backends.sqlserver.script import generate_script
+
+        lock = package.lock
+        self._probe(lock)
+        flavor = self._flavor()
+        payload, model_file = self._model_payload(package)
+        script = generate_script(
+            flavor, self.target.inputs, self.target.outputs, model_file_name=model_file
+        )
+        before = next((v for v in self._versions() if v["active"]), None)
+        record = json.dumps(
+            {
+                "slot": slot,
+                "package_id": package.package_id,
+                "config_id": self.config_id(package),
+                "model_version": lock.model_version,
+            },
+            sort_keys=True,
+        )
+        conn = self.connection
+        with conn.transaction():
+            self._tell("deploy", f"model table {self._table_name()}")
+            conn.execute(tsql.create_model_table(self.target), doing="create the model table")
+            existing = self._version_row(lock.model_version)
+            if existing is not None and existing["sha256"] != lock.model.sha256:
+                raise DeploymentFailed(
+                    f"model {self.model_name} version {lock.model_version} is already in "
+                    f"{self._table_name()} with other content (sha256 {existing['sha256'][:12]})",
+                    hint="give the new model another model.version (or leave it out: derived from the content)",
+                )
+            if existing is None:
+                self._tell("deploy", f"inserting model {self.model_name}:{lock.model_version} ({len(payload)} bytes)")
+                conn.execute(
+                    tsql.insert_model(self.target),
+                    (self.model_name, lock.model_version, lock.model.sha256, flavor, payload, record),
+                    doing="insert the model",
+                )
+            else:
+                self._tell("deploy", f"model {self.model_name}:{lock.model_version} already stored")
+            self._tell("deploy", f"creating or altering procedure {self._procedure_name()}")
+            conn.execute(
+                tsql.create_or_alter_procedure(self.target, self.manifest, script),
+                doing="create the scoring procedure",
+            )
+            self._activate(lock.model_version)
+        self._replaced[slot] = before["version"] if before is not None else _FIRST
+        return SlotStatus(
+            name=slot,
+            state="starting",
+            model_version=lock.model_version,
+            package_id=package.package_id,
+            config_id=self.config_id(package),
+        )
+
+    def wait_healthy(self, slot: str) -> SlotStatus:
+        """EXEC the procedure on zero rows: it loads the model in Python and answers."""
+        started = time.monotonic()
+        self._score([], doing="probe the scoring procedure")
+        found = self.status().slot(slot)
+        if found is None or found.state != "healthy":
+            raise DeploymentFailed(f"slot '{slot}' is not the active version after the deploy")
+        self._tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
+        return found
+
+    def finalize_slot(self, slot: str) -> None:
+        """Older versions stay in the table (rollback material); only the undo note goes."""
+        self._replaced.pop(slot, None)
+
+    def discard_slot(self, slot: str) -> None:
+        """Re-activate the version active before ``deploy_slot``; after a first push, remove
+        the procedure and this model's rows. Limitation: the procedure keeps the new
+        definition (same inputs/outputs unless the manifest changed them)."""
+        replaced = self._replaced.pop(slot, None)
+        if replaced is None:  # unknown history (a later command): the newest other version
+            versions = self._versions()
+            others = [v for v in versions if not v["active"]]
+            replaced = others[-1]["version"] if others else _FIRST
+        if replaced is _FIRST:
+            self._tell("rollback", f"removing procedure {self._procedure_name()} and the model rows")
+            self._remove(rows=True)
+            return
+        self._tell("rollback", f"re-activating model version {replaced}")
+        with self.connection.transaction():
+            self._activate(replaced)
+
+    def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
+        """Only the split that is already the case (all calls to the active version) is accepted."""
+        status = self.status()
+        if not status.exists:
+            raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist", hint="push first")
+        wanted = {k: v for k, v in traffic.items() if v}
+        if wanted == {k: v for k, v in status.traffic.items() if v} and not any((mirror or {}).values()):
+            return
+        raise UsageError(
+            "the sqlserver target cannot split traffic yet: the active model version takes every call",
+            hint="push with rollout.traffic 100, or `tdsp-deploy rollback` to re-activate an older version",
+        )
+
+    def delete(self, slot: str | None = None) -> None:
+        """Drop the procedure; with the whole endpoint (``slot`` None), this model's rows too."""
+        status = self.status()
+        if not status.exists:
+            raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist")
+        if slot is not None and status.slot(slot) is None:
+            raise UsageError(
+                f"endpoint '{self.manifest.name}' has no slot '{slot}'",
+                hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
+            )
+        self._remove(rows=slot is None)
+
+    # -- calling -------------------------------------------------------------------------
+    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
+        """Callers that EXEC the procedure with the request's rows (bound ``?`` parameters),
+        one connection each (or the handed-in one, shared). The active version answers;
+        a slot that is not it is refused."""
+        if slot is not None:
+            found = self.status().slot(slot)
+            if found is None:
+                raise UsageError(f"slot '{slot}' is not the active model version of '{self.manifest.name}'")
+        return self._callers()
+
+    @contextlib.contextmanager
+    def _callers(self) -> Iterator[Iterator[Caller]]:
+        from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+
+        opened: list[SqlServerConnection] = []
+
+        def made() -> Iterator[Caller]:
+            while True:
+                if self._shared:
+                    conn = self.connection
+                else:
+                    conn = SqlServerConnection.connect(self.target)
+                    opened.append(conn)
+                yield self._caller(conn)
+
+        try:
+            yield made()
+        finally:
+            for conn in opened:
+                conn.close()
+
+    def _caller(self, conn: SqlServerConnection) -> Caller:
+        def call(body: bytes) -> InvokeResult:
+            started = time.perf_counter()
+            try:
+                rows = request_rows(body, [c.name for c in self.target.inputs])
+            except ValueError as exc:
+                return _result(400, {"error": str(exc)}, started)
+            try:
+                columns, result = self._score(rows, conn=conn, doing="score")
+            except DeploymentFailed as exc:  # the script failed: an answer, not a crash
+                return _result(500, {"error": exc.message}, started)
+            return _result(200, {"columns": columns, "data": [list(r) for r in result]}, started)
+
+        return call
+
+    # -- reviewing -----------------------------------------------------------------------
+    def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
+        """The T-SQL a push would run, from tsql.render_tsql."""
+        from tdsp_deploy.backends.sqlserver import tsql
+        from tdsp_deploy.backends.sqlserver.script import generate_script
+
+        _, model_file = self._model_payload(package)
+        script = generate_script(
+            self._flavor(), self.target.inputs, self.target.outputs, model_file_name=model_file
+        )
+        return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir)
+
+    # -- internals -----------------------------------------------------------------------
+    def _probe(self, lock: PackageLock) -> None:
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        conn = self.connection
+        self._tell("deploy", "checking that external scripts are enabled")
+        if not _truthy(conn.execute(tsql.probe_configuration(), doing="read the configuration")):
+            from tdsp_deploy.backends.sqlserver.connection import ENABLE_HINT
+
+            raise DeploymentFailed(
+                f"'external scripts enabled' is off on {self.target.server}", hint=ENABLE_HINT
+            )
+        if not _truthy(conn.execute(tsql.probe_permission(), doing="check permissions")):
+            from tdsp_deploy.backends.sqlserver.connection import PERMISSION_HINT
+
+            raise BackendError(
+                f"the login may not run external scripts on {self.target.database} "
+                "(EXECUTE ANY EXTERNAL SCRIPT is missing)",
+                hint=PERMISSION_HINT,
+            )
+        columns, rows = conn.query(tsql.probe_python(), doing="read the server's Python libraries")
+        server = library_versions(columns, rows)
+        mismatches = []
+        for library in PICKLE_LIBRARIES.get(self._flavor(), ()):
+            built = lock.libraries.get(library)
+            found = server.get(library)
+            if built and _major_minor(built) != _major_minor(found):
+                mismatches.append(f"{library} {built} here, {found or 'missing'} on the server")
+        if mismatches and not self.force:
+            raise DeploymentFailed(
+                "the server's Python cannot be trusted to unpickle this model: " + "; ".join(mismatches),
+                hint="install the same major.minor versions on the server (sqlmlutils), retrain "
+                "with the server's versions, or push with --force",
+            )
+        for problem in mismatches:
+            self._tell("deploy", f"warning (forced): {problem}")
+
+    def _score(
+        self, rows: Sequence[Sequence[Any]], *, conn: SqlServerConnection | None = None, doing: str
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        sql, params = scoring_batch(self.target, rows)
+        return (conn or self.connection).query(sql, params, doing=doing)
+
+    def _activate(self, version: str) -> None:
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        self._tell("deploy", f"activating version {version}")
+        self.connection.execute(
+            tsql.activate_version(self.target), (self.model_name, version), doing="activate the version"
+        )
+
+    def _remove(self, *, rows: bool) -> None:
+        conn = self.connection
+        with conn.transaction():
+            conn.execute(f"DROP PROCEDURE IF EXISTS {self._procedure_name()}", doing="drop the procedure")
+            if rows and self._table_exists():
+                conn.execute(
+                    f"DELETE FROM {self._table_name()} WHERE [name] = ?", (self.model_name,), doing="delete the model rows"
+                )
+
+    def _versions(self) -> list[dict[str, Any]]:
+        if not self._table_exists():
+            return []
+        rows = self.connection.execute(
+            f"SELECT [version], [sha256], [is_active], [manifest] FROM {self._table_name()} "
+            "WHERE [name] = ? ORDER BY [created_at], [version]",
+            (self.model_name,),
+            doing="list the model versions",
+        )
+        versions = []
+        for version, sha256, active, record in rows:
+            try:
+                note = json.loads(record) if record else {}
+            except ValueError:
+                note = {}
+            versions.append(
+                {
+                    "version": str(version),
+                    "sha256": sha256,
+                    "active": bool(active),
+                    "slot": note.get("slot"),
+                    "package_id": note.get("package_id"),
+                    "config_id": note.get("config_id"),
+                }
+            )
+        return versions
+
+    def _version_row(self, version: str) -> dict[str, Any] | None:
+        return next((v for v in self._versions() if v["version"] == version), None)
+
+    def _table_exists(self) -> bool:
+        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'U')", (self._table_name(),)))
+
+    def _procedure_exists(self) -> bool:
+        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'P')", (self._procedure_name(),)))
+
+    def _table_name(self) -> str:
+        from tdsp_deploy.backends.sqlserver.target import quote_identifier
+
+        return f"{quote_identifier(self.target.schema_name)}.{quote_identifier(self.target.model_table)}"
+
+    def _procedure_name(self) -> str:
+        from tdsp_deploy.backends.sqlserver.target import quote_identifier
+
+        return f"{quote_identifier(self.target.schema_name)}.{quote_identifier(self.target.procedure)}"
+
+    def _scoring_uri(self) -> str:
+        return f"mssql://{self.target.server}/{self.target.database}/{self._procedure_name()}"
+
+    def _flavor(self) -> str:
+        flavor = self.manifest.model.flavor
+        if flavor is None:
+            raise UsageError("the sqlserver target needs model.flavor", hint="set model.flavor: sklearn (or onnx)")
+        return flavor
+
+    def _model_payload(self, package: BuiltPackage) -> tuple[bytes, str]:
+        """The model file's bytes, read from the package archive (a folder model is refused)."""
+        import tarfile
+
+        lock = package.lock
+        path = lock.model.path
+        with tarfile.open(package.path) as archive:
+            names = [m.name for m in archive.getmembers() if m.isfile()]
+            if path not in names:
+                raise UsageError(
+                    f"the sqlserver target stores one model file; {path} is a folder",
+                    hint="point model.path at the pickle (or .onnx) file",
+                )
+            member = archive.extractfile(path)
+            assert member is not None
+            return member.read(), path.rsplit("/", 1)[-1]
+
+    def _tell(self, step: str, message: str, **numbers: Any) -> None:
+        self.progress(ProgressEvent(step=step, message=message, **numbers))
+
+
+# -- the scoring call -------------------------------------------------------------------------------
+def request_rows(body: bytes, inputs: Sequence[str]) -> list[list[Any]]:
+    """The rows of a JSON table request (``{"columns": [...], "data": [[...]]}``), in the
+    order of the procedure's inputs. ValueError says what is wrong."""
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"the request is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise ValueError('the request must be {"columns": [...], "data": [[...], ...]}')
+    columns = doc.get("columns") or list(inputs)
+    missing = [name for name in inputs if name not in columns]
+    if missing:
+        raise ValueError(f"the request has no column {', '.join(missing)}")
+    order = [columns.index(name) for name in inputs]
+    rows = []
+    for number, row in enumerate(doc["data"]):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise ValueError(f"data[{number}] must be a list of {len(columns)} values")
+        rows.append([row[i] for i in order])
+    return rows
+
+
+def scoring_batch(target: SqlServerTarget, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """One batch: the rows into a temporary table through a VALUES query whose values are
+    bound ``?`` parameters (never written into the SQL), then EXEC of the procedure with an
+    ``@input_query`` that reads that table. No rows: a typed empty table (the health probe)."""
+    from tdsp_deploy.backends.sqlserver.target import quote_identifier
+
+    names = ", ".join(quote_identifier(c.name) for c in target.inputs)
+    params: list[Any] = []
+    if rows:
+        groups = []
+        for row in rows:
+            groups.append("(" + ", ".join(f"CAST(? AS {c.type})" for c in target.inputs) + ")")
+            params.extend(row)
+        source = f"(VALUES {', '.join(groups)}) AS v({names})"
+    else:
+        null_row = ", ".join(f"CAST(NULL AS {c.type})" for c in target.inputs)
+        source = f"(VALUES ({null_row})) AS v({names}) WHERE 1 = 0"
+    procedure = f"{quote_identifier(target.schema_name)}.{quote_identifier(target.procedure)}"
+    sql = (
+        "SET NOCOUNT ON;\n"
+        f"SELECT * INTO {INPUT_TABLE} FROM {source};\n"
+        f"EXEC {procedure} @input_query = N'SELECT * FROM {INPUT_TABLE}';\n"
+        f"DROP TABLE {INPUT_TABLE};"
+    )
+    return sql, params
+
+
+def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:
+    """The probe's answer as library -> version: rows of (name, version), or one wide row."""
+    from tdsp_deploy.packaging.libraries import canonical
+
+    if len(columns) == 2 and len(rows) != 1 or (rows and len(rows[0]) == 2 and len(rows) > 1):
+        return {canonical(str(n)): str(v) for n, v in rows if v is not None}
+    if rows:
+        return {canonical(str(c)): str(v) for c, v in zip(columns, rows[0], strict=False) if v is not None}
+    return {}
+
+
+def _major_minor(version: str | None) -> tuple[str, ...] | None:
+    if not version:
+        return None
+    return tuple(version.split(".")[:2])
+
+
+def _truthy(rows: Sequence[Sequence[Any]]) -> bool:
+    return bool(rows) and bool(rows[0]) and rows[0][0] not in (None, 0, False, "0")
+
+
+def _result(status: int, doc: Any, started: float) -> InvokeResult:
+    return InvokeResult(
+        status=status,
+        body=json.dumps(doc, default=str).encode(),
+        headers={"content-type": "application/json"},
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
