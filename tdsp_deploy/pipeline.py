@@ -118,6 +118,9 @@ def push(
         )
     )
     with backend.lock(timeout=lock_timeout):
+        for repaired in backend.repair():
+            progress(ProgressEvent(step="repair", message=repaired))
+            warnings.append(repaired)
         before = backend.status()
         config_id = backend.config_id(package)
         current = _already_deployed(before, config_id, manifest.rollout)

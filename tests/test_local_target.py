@@ -396,3 +396,28 @@ def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
         assert plan["slot"]["environment"]["API_TOKEN"] == "<redacted>"
     finally:
         cli("delete", iris, "--yes")
+
+
+def test_killed_processes_are_reported_and_the_next_push_brings_them_back(cli, deployed):
+    import signal
+
+    manifest, pushed = deployed
+    status = cli("status", manifest, "--json").json()
+    router_pid, slot_pid = status["details"]["router"]["pid"], status["slots"][0]["details"]["pid"]
+    os.killpg(router_pid, signal.SIGKILL)
+    os.killpg(slot_pid, signal.SIGKILL)
+    for pid in (router_pid, slot_pid):
+        psutil.wait_procs([psutil.Process(pid)], timeout=10) if psutil.pid_exists(pid) else None
+    broken = cli("status", manifest, "--json")
+    assert broken.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert broken.json()["details"]["router"]["state"] == "stopped"
+    assert broken.json()["slots"][0]["state"] == "stopped"
+    healed = cli("push", manifest, "--json")
+    assert healed.exit_code == 0, healed.stderr
+    assert healed.json()["unchanged"] is True  # same package: only the processes came back
+    assert any("restarted the router" in w for w in healed.json()["warnings"])
+    assert healed.json()["scoring_uri"] == pushed["scoring_uri"]  # same port, same keys
+    key = keys(cli, manifest)["primary_key"]
+    body = (manifest.parent / "sample-request.json").read_bytes()
+    assert post(pushed["scoring_uri"], body, {"Authorization": f"Bearer {key}"})[0] == 200
+    assert cli("status", manifest).exit_code == 0

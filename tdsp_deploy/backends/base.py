@@ -155,6 +155,11 @@ class Backend(abc.ABC):
     def credentials(self) -> dict[str, str]:
         """The endpoint's keys: ``primary_key`` and ``secondary_key``."""
 
+    def repair(self) -> list[str]:
+        """Bring back what should be running and is not (a killed process, a machine that
+        restarted); say what was done. Push calls it first, so a push always heals."""
+        return []
+
     def regenerate_keys(self) -> None:
         """Replace the endpoint's keys; requests with the old ones are refused from then on."""
         from tdsp_deploy.errors import UsageError

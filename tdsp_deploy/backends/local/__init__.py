@@ -121,6 +121,38 @@ class LocalBackend(Backend):
         self._record()
         return self.files.keys()
 
+    def repair(self) -> list[str]:
+        record = self.files.read()
+        if record is None:
+            return []
+        done, restarted = [], []
+        for name, slot in sorted(record.slots.items()):
+            if processes.is_running(slot.process) or not (Path(slot.directory) / "package").is_dir():
+                continue
+            self._restart_slot(record, slot)
+            restarted.append(name)
+            done.append(f"restarted deployment '{name}' (its process had stopped)")
+        if not processes.is_running(record.router):
+            self._start_router(record)
+            done.append(f"restarted the router on {record.host}:{record.port}")
+        for name in restarted:
+            self.wait_healthy(name)  # publishes the slot to the router once it answers
+        return done
+
+    def _restart_slot(self, record: EndpointRecord, slot: SlotRecord) -> None:
+        from tdsp_deploy.packaging import PackageLock
+
+        directory = Path(slot.directory)
+        lock = PackageLock.from_json(json.loads((directory / "package" / "package.json").read_text()))
+        slot.port = processes.free_port()
+        slot.process = processes.spawn(
+            self._slot_command(lock.scoring_script_name, directory / "package" / "model", slot.port),
+            cwd=directory / "package" / "code",
+            env=self._slot_environment(directory),
+            log_path=slot.log_path,
+        )
+        self.files.write(record)
+
     def regenerate_keys(self) -> None:
         record = self._record()
         self.files.new_keys()

@@ -50,6 +50,14 @@ if TYPE_CHECKING:
 #: libraries whose pickles break across major/minor versions, per model flavor
 PICKLE_LIBRARIES = {"sklearn": ("scikit-learn", "numpy")}
 INPUT_TABLE = "#tdsp_input"
+STEP_MESSAGES = {
+    "create_model_table": "model table {table}",
+    "insert_model": "storing model {model} ({size} bytes) unless that version is there",
+    "create_procedure": "creating or altering procedure {procedure}",
+    "create_row_procedure": "creating or altering its single-row twin",
+    "bind_model_name": "binding the procedures to model {model}",
+    "activate_version": "activating {model}",
+}
 _FIRST = object()  # marks a slot that had no active version before deploy_slot
 
 
@@ -152,54 +160,32 @@ class SqlServerBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
-        """Pre-flight probes, then in one transaction: model table, model row, procedure,
-        active version. Nothing is written when any of it fails."""
+        """Pre-flight probes, then tsql.deployment_statements in one transaction: model table,
+        model row (skipped when that version with that sha256 is stored), both procedures, the
+        model-name binding, the active version. Nothing is written when any of it fails."""
         from tdsp_deploy.backends.sqlserver import tsql
-        from tdsp_deploy.backends.sqlserver.script import generate_script
 
         lock = package.lock
         self._probe(lock)
-        flavor = self._flavor()
-        payload, model_file = self._model_payload(package)
-        script = generate_script(
-            flavor, self.target.inputs, self.target.outputs, model_file_name=model_file
+        payload, script = self._payload_and_script(package)
+        values = tsql.parameter_values(self.target, self.manifest, lock, payload)
+        # the deployment document, plus the slot it was pushed as (read back by status)
+        values["manifest"] = json.dumps(
+            {**json.loads(values["manifest"]), "slot": slot}, sort_keys=True, separators=(",", ":")
         )
         before = next((v for v in self._versions() if v["active"]), None)
-        record = json.dumps(
-            {
-                "slot": slot,
-                "package_id": package.package_id,
-                "config_id": self.config_id(package),
-                "model_version": lock.model_version,
-            },
-            sort_keys=True,
-        )
         conn = self.connection
         with conn.transaction():
-            self._tell("deploy", f"model table {self._table_name()}")
-            conn.execute(tsql.create_model_table(self.target), doing="create the model table")
-            existing = self._version_row(lock.model_version)
-            if existing is not None and existing["sha256"] != lock.model.sha256:
-                raise DeploymentFailed(
-                    f"model {self.model_name} version {lock.model_version} is already in "
-                    f"{self._table_name()} with other content (sha256 {existing['sha256'][:12]})",
-                    hint="give the new model another model.version (or leave it out: derived from the content)",
-                )
-            if existing is None:
-                self._tell("deploy", f"inserting model {self.model_name}:{lock.model_version} ({len(payload)} bytes)")
+            for statement in tsql.deployment_statements(self.target, self.manifest, script):
+                self._tell("deploy", STEP_MESSAGES.get(statement.name, statement.name).format(
+                    table=self._table_name(), procedure=self._procedure_name(),
+                    model=f"{self.model_name}:{lock.model_version}", size=len(payload),
+                ))
                 conn.execute(
-                    tsql.insert_model(self.target),
-                    (self.model_name, lock.model_version, lock.model.sha256, flavor, payload, record),
-                    doing="insert the model",
+                    statement.sql,
+                    [values[name] for name in statement.parameters],
+                    doing=statement.name.replace("_", " "),
                 )
-            else:
-                self._tell("deploy", f"model {self.model_name}:{lock.model_version} already stored")
-            self._tell("deploy", f"creating or altering procedure {self._procedure_name()}")
-            conn.execute(
-                tsql.create_or_alter_procedure(self.target, self.manifest, script),
-                doing="create the scoring procedure",
-            )
-            self._activate(lock.model_version)
         self._replaced[slot] = before["version"] if before is not None else _FIRST
         return SlotStatus(
             name=slot,
@@ -208,6 +194,13 @@ class SqlServerBackend(Backend):
             package_id=package.package_id,
             config_id=self.config_id(package),
         )
+
+    def config_id(self, package: BuiltPackage) -> str:
+        """The hash of the deployment document (package, flavor, procedure, inputs, outputs):
+        stored with the model row, so ``status`` can tell what the active version runs."""
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        return _document_id(tsql.deployment_document(self.target, self.manifest, package.lock))
 
     def wait_healthy(self, slot: str) -> SlotStatus:
         """EXEC the procedure on zero rows: it loads the model in Python and answers."""
@@ -314,15 +307,11 @@ class SqlServerBackend(Backend):
 
     # -- reviewing -----------------------------------------------------------------------
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
-        """The T-SQL a push would run, from tsql.render_tsql."""
+        """The T-SQL a push would run, its parameters and the model payload (tsql.render_tsql)."""
         from tdsp_deploy.backends.sqlserver import tsql
-        from tdsp_deploy.backends.sqlserver.script import generate_script
 
-        _, model_file = self._model_payload(package)
-        script = generate_script(
-            self._flavor(), self.target.inputs, self.target.outputs, model_file_name=model_file
-        )
-        return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir)
+        payload, script = self._payload_and_script(package)
+        return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir, payload=payload)
 
     # -- internals -----------------------------------------------------------------------
     def _probe(self, lock: PackageLock) -> None:
@@ -344,7 +333,10 @@ class SqlServerBackend(Backend):
                 "(EXECUTE ANY EXTERNAL SCRIPT is missing)",
                 hint=PERMISSION_HINT,
             )
-        columns, rows = conn.query(tsql.probe_python(), doing="read the server's Python libraries")
+        wanted = PICKLE_LIBRARIES.get(self._flavor(), ())
+        columns, rows = conn.query(
+            tsql.probe_python(), (",".join(wanted),), doing="read the server's Python libraries"
+        )
         server = library_versions(columns, rows)
         mismatches = []
         for library in PICKLE_LIBRARIES.get(self._flavor(), ()):
@@ -364,7 +356,7 @@ class SqlServerBackend(Backend):
     def _score(
         self, rows: Sequence[Sequence[Any]], *, conn: SqlServerConnection | None = None, doing: str
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        sql, params = scoring_batch(self.target, rows)
+        sql, params = scoring_batch(self.target, self.manifest.name, rows)
         return (conn or self.connection).query(sql, params, doing=doing)
 
     def _activate(self, version: str) -> None:
@@ -378,7 +370,8 @@ class SqlServerBackend(Backend):
     def _remove(self, *, rows: bool) -> None:
         conn = self.connection
         with conn.transaction():
-            conn.execute(f"DROP PROCEDURE IF EXISTS {self._procedure_name()}", doing="drop the procedure")
+            for procedure in self._procedure_names():
+                conn.execute(f"DROP PROCEDURE IF EXISTS {procedure}", doing="drop the procedure")
             if rows and self._table_exists():
                 conn.execute(
                     f"DELETE FROM {self._table_name()} WHERE [name] = ?", (self.model_name,), doing="delete the model rows"
@@ -388,7 +381,7 @@ class SqlServerBackend(Backend):
         if not self._table_exists():
             return []
         rows = self.connection.execute(
-            f"SELECT [version], [sha256], [is_active], [manifest] FROM {self._table_name()} "
+            f"SELECT [version], [sha256], [active], [manifest] FROM {self._table_name()} "
             "WHERE [name] = ? ORDER BY [created_at], [version]",
             (self.model_name,),
             doing="list the model versions",
@@ -406,7 +399,7 @@ class SqlServerBackend(Backend):
                     "active": bool(active),
                     "slot": note.get("slot"),
                     "package_id": note.get("package_id"),
-                    "config_id": note.get("config_id"),
+                    "config_id": _document_id(record) if record else None,
                 }
             )
         return versions
@@ -423,12 +416,23 @@ class SqlServerBackend(Backend):
     def _table_name(self) -> str:
         from tdsp_deploy.backends.sqlserver.target import quote_identifier
 
-        return f"{quote_identifier(self.target.schema_name)}.{quote_identifier(self.target.model_table)}"
+        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(self.target.model_table)}"
 
     def _procedure_name(self) -> str:
         from tdsp_deploy.backends.sqlserver.target import quote_identifier
 
-        return f"{quote_identifier(self.target.schema_name)}.{quote_identifier(self.target.procedure)}"
+        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(self.target.procedure_name(self.manifest.name))}"
+
+    def _procedure_names(self) -> list[str]:
+        """The batch procedure and its single-row twin."""
+        from tdsp_deploy.backends.sqlserver.target import quote_identifier
+
+        schema = quote_identifier(self.target.schema_)
+        endpoint = self.manifest.name
+        return [
+            f"{schema}.{quote_identifier(self.target.procedure_name(endpoint))}",
+            f"{schema}.{quote_identifier(self.target.row_procedure_name(endpoint))}",
+        ]
 
     def _scoring_uri(self) -> str:
         return f"mssql://{self.target.server}/{self.target.database}/{self._procedure_name()}"
@@ -439,22 +443,38 @@ class SqlServerBackend(Backend):
             raise UsageError("the sqlserver target needs model.flavor", hint="set model.flavor: sklearn (or onnx)")
         return flavor
 
-    def _model_payload(self, package: BuiltPackage) -> tuple[bytes, str]:
-        """The model file's bytes, read from the package archive (a folder model is refused)."""
-        import tarfile
+    def _payload_and_script(self, package: BuiltPackage) -> tuple[bytes, str]:
+        from tdsp_deploy.backends.sqlserver.script import generate_script
 
-        lock = package.lock
-        path = lock.model.path
-        with tarfile.open(package.path) as archive:
-            names = [m.name for m in archive.getmembers() if m.isfile()]
-            if path not in names:
-                raise UsageError(
-                    f"the sqlserver target stores one model file; {path} is a folder",
-                    hint="point model.path at the pickle (or .onnx) file",
-                )
-            member = archive.extractfile(path)
-            assert member is not None
-            return member.read(), path.rsplit("/", 1)[-1]
+        payload, model_file = self._model_payload(package)
+        script = generate_script(
+            self._flavor(), self.target.inputs, self.target.outputs, model_file_name=model_file
+        )
+        return payload, script
+
+    def _model_payload(self, package: BuiltPackage) -> tuple[bytes, str]:
+        """(the model table's payload, the model file's name), from the unpacked package."""
+        from tdsp_deploy.backends.sqlserver.script import model_payload
+
+        try:
+            return model_payload(self._unpacked(package) / package.lock.model.path, self._flavor())
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="point model.path at the model file") from None
+
+    def _unpacked(self, package: BuiltPackage) -> Path:
+        """The package extracted (and checked against its lock) once per content."""
+        import shutil
+
+        from tdsp_deploy import paths
+        from tdsp_deploy.packaging import extract_package
+
+        root = paths.state_home() / "sqlserver" / "packages" / package.package_id
+        if (root / "package.json").is_file():
+            return root
+        if root.exists():  # an extraction that did not finish
+            shutil.rmtree(root)
+        extract_package(package.path, root)
+        return root
 
     def _tell(self, step: str, message: str, **numbers: Any) -> None:
         self.progress(ProgressEvent(step=step, message=message, **numbers))
@@ -483,7 +503,9 @@ def request_rows(body: bytes, inputs: Sequence[str]) -> list[list[Any]]:
     return rows
 
 
-def scoring_batch(target: SqlServerTarget, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+def scoring_batch(
+    target: SqlServerTarget, endpoint: str, rows: Sequence[Sequence[Any]]
+) -> tuple[str, list[Any]]:
     """One batch: the rows into a temporary table through a VALUES query whose values are
     bound ``?`` parameters (never written into the SQL), then EXEC of the procedure with an
     ``@input_query`` that reads that table. No rows: a typed empty table (the health probe)."""
@@ -500,7 +522,7 @@ def scoring_batch(target: SqlServerTarget, rows: Sequence[Sequence[Any]]) -> tup
     else:
         null_row = ", ".join(f"CAST(NULL AS {c.type})" for c in target.inputs)
         source = f"(VALUES ({null_row})) AS v({names}) WHERE 1 = 0"
-    procedure = f"{quote_identifier(target.schema_name)}.{quote_identifier(target.procedure)}"
+    procedure = f"{quote_identifier(target.schema_)}.{quote_identifier(target.procedure_name(endpoint))}"
     sql = (
         "SET NOCOUNT ON;\n"
         f"SELECT * INTO {INPUT_TABLE} FROM {source};\n"
@@ -519,6 +541,19 @@ def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> d
     if rows:
         return {canonical(str(c)): str(v) for c, v in zip(columns, rows[0], strict=False) if v is not None}
     return {}
+
+
+def _document_id(document: str) -> str:
+    """The config_id of a deployment document (without the slot it was pushed as)."""
+    import hashlib
+
+    try:
+        doc = json.loads(document)
+    except ValueError:
+        return ""
+    if isinstance(doc, dict):
+        doc.pop("slot", None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _major_minor(version: str | None) -> tuple[str, ...] | None:

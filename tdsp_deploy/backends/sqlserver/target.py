@@ -103,6 +103,9 @@ class Column(Strict):
 class SqlAuth(Strict):
     """SQL Server authentication: a login and a password taken from the environment."""
 
+    # A refused value may be a password: pydantic's messages must not repeat it.
+    model_config = Strict.model_config | {"hide_input_in_errors": True}
+
     method: Literal["sql"]
     username: str = Field(min_length=1, max_length=128)
     password_env: str = Field(description="Name of the environment variable that holds the password.")
@@ -162,7 +165,7 @@ class SqlServerTarget(Strict):
     encrypt: bool = True
     trust_server_certificate: bool = False
 
-    model_config = Strict.model_config | {"populate_by_name": True}
+    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
 
     @field_validator("server")
     @classmethod
