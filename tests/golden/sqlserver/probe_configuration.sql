@@ -1,0 +1,1 @@
+SELECT [value_in_use] FROM sys.configurations WHERE [name] = N'external scripts enabled';
