@@ -94,10 +94,26 @@ def _load(
     from tdsp_deploy.manifest import load_manifest
 
     registry = registry or _registry()
-    models, warnings = registry.target_models()
+    models, warnings = registry.target_models(only=_target_kind_of(path))
     for warning in warnings:
         env.say(f"warning: {warning}", style="yellow")
     return load_manifest(path, targets=models, environ=environ)
+
+
+def _target_kind_of(path: Path) -> str | None:
+    """A first look at the manifest's target kind, so that only its backend is loaded; None
+    when the file does not say plainly (the loader then reports whatever is wrong)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    target = document.get("target") if isinstance(document, dict) else None
+    if target is None:
+        return "local"
+    kind = target.get("kind", "local") if isinstance(target, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _load_checked(path: Path, env: Environment) -> LoadedManifest:

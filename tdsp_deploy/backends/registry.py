@@ -62,11 +62,15 @@ class Registry:
         self.loaded[kind] = backend
         return backend
 
-    def target_models(self) -> tuple[tuple[type[BaseModel], ...], list[str]]:
-        """Every loadable target schema (for the manifest union), and warnings for broken plugins."""
+    def target_models(self, only: str | None = None) -> tuple[tuple[type[BaseModel], ...], list[str]]:
+        """The loadable target schemas (for the manifest union), and warnings for broken plugins.
+
+        With ``only`` (a kind that is installed), just that one is loaded: every backend module
+        loaded costs start-up time, and a manifest names one target. Otherwise all are, so
+        that an unknown kind's error can list the installed ones."""
         models: list[type[BaseModel]] = []
         warnings: list[str] = []
-        for kind in self.kinds:
+        for kind in [only] if only in self.entry_points else self.kinds:
             try:
                 models.append(self.backend_class(kind).target_model)
             except PluginError as exc:

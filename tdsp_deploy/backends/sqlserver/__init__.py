@@ -177,10 +177,15 @@ class SqlServerBackend(Backend):
         conn = self.connection
         with conn.transaction():
             for statement in tsql.deployment_statements(self.target, self.manifest, script):
-                self._tell("deploy", STEP_MESSAGES.get(statement.name, statement.name).format(
-                    table=self._table_name(), procedure=self._procedure_name(),
-                    model=f"{self.model_name}:{lock.model_version}", size=len(payload),
-                ))
+                self._tell(
+                    "deploy",
+                    STEP_MESSAGES.get(statement.name, statement.name).format(
+                        table=self._table_name(),
+                        procedure=self._procedure_name(),
+                        model=f"{self.model_name}:{lock.model_version}",
+                        size=len(payload),
+                    ),
+                )
                 conn.execute(
                     statement.sql,
                     [values[name] for name in statement.parameters],
@@ -203,9 +208,11 @@ class SqlServerBackend(Backend):
         return _document_id(tsql.deployment_document(self.target, self.manifest, package.lock))
 
     def wait_healthy(self, slot: str) -> SlotStatus:
-        """EXEC the procedure on zero rows: it loads the model in Python and answers."""
+        """EXEC the procedure on a probe: the first row of the smoke request when there is
+        one (a scikit-learn model refuses zero rows), else zero rows. It loads the model in
+        Python and answers, or the script's error says why not."""
         started = time.monotonic()
-        self._score([], doing="probe the scoring procedure")
+        self._score(self._probe_rows(), doing="probe the scoring procedure")
         found = self.status().slot(slot)
         if found is None or found.state != "healthy":
             raise DeploymentFailed(f"slot '{slot}' is not the active version after the deploy")
@@ -353,6 +360,15 @@ class SqlServerBackend(Backend):
         for problem in mismatches:
             self._tell("deploy", f"warning (forced): {problem}")
 
+    def _probe_rows(self) -> list[list[Any]]:
+        smoke = self.manifest.smoke_test
+        if smoke is None:
+            return []
+        try:
+            return request_rows(smoke.request.read_bytes(), [c.name for c in self.target.inputs])[:1]
+        except (OSError, ValueError):
+            return []  # the smoke test itself will say what is wrong with the request
+
     def _score(
         self, rows: Sequence[Sequence[Any]], *, conn: SqlServerConnection | None = None, doing: str
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -374,7 +390,9 @@ class SqlServerBackend(Backend):
                 conn.execute(f"DROP PROCEDURE IF EXISTS {procedure}", doing="drop the procedure")
             if rows and self._table_exists():
                 conn.execute(
-                    f"DELETE FROM {self._table_name()} WHERE [name] = ?", (self.model_name,), doing="delete the model rows"
+                    f"DELETE FROM {self._table_name()} WHERE [name] = ?",
+                    (self.model_name,),
+                    doing="delete the model rows",
                 )
 
     def _versions(self) -> list[dict[str, Any]]:
@@ -404,9 +422,6 @@ class SqlServerBackend(Backend):
             )
         return versions
 
-    def _version_row(self, version: str) -> dict[str, Any] | None:
-        return next((v for v in self._versions() if v["version"] == version), None)
-
     def _table_exists(self) -> bool:
         return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'U')", (self._table_name(),)))
 
@@ -421,7 +436,8 @@ class SqlServerBackend(Backend):
     def _procedure_name(self) -> str:
         from tdsp_deploy.backends.sqlserver.target import quote_identifier
 
-        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(self.target.procedure_name(self.manifest.name))}"
+        procedure = self.target.procedure_name(self.manifest.name)
+        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(procedure)}"
 
     def _procedure_names(self) -> list[str]:
         """The batch procedure and its single-row twin."""
@@ -440,7 +456,9 @@ class SqlServerBackend(Backend):
     def _flavor(self) -> str:
         flavor = self.manifest.model.flavor
         if flavor is None:
-            raise UsageError("the sqlserver target needs model.flavor", hint="set model.flavor: sklearn (or onnx)")
+            raise UsageError(
+                "the sqlserver target needs model.flavor", hint="set model.flavor: sklearn (or onnx)"
+            )
         return flavor
 
     def _payload_and_script(self, package: BuiltPackage) -> tuple[bytes, str]:
@@ -533,14 +551,11 @@ def scoring_batch(
 
 
 def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:
-    """The probe's answer as library -> version: rows of (name, version), or one wide row."""
+    """tsql.probe_python's rows (name, version) as library -> version; a library the server
+    lacks (version NULL) is left out."""
     from tdsp_deploy.packaging.libraries import canonical
 
-    if len(columns) == 2 and len(rows) != 1 or (rows and len(rows[0]) == 2 and len(rows) > 1):
-        return {canonical(str(n)): str(v) for n, v in rows if v is not None}
-    if rows:
-        return {canonical(str(c)): str(v) for c, v in zip(columns, rows[0], strict=False) if v is not None}
-    return {}
+    return {canonical(str(row[0])): str(row[1]) for row in rows if len(row) >= 2 and row[1] is not None}
 
 
 def _document_id(document: str) -> str:

@@ -61,6 +61,12 @@ LOGIN_HINT = (
     "(auth.method sql reads the password from the variable auth.password_env)"
 )
 MAX_MESSAGE = 1200
+#: the errors tsql.py THROWs, with what to do about them
+TSQL_REFUSALS = {
+    50001: "give the new model another model.version (or leave it out: derived from the content)",
+    50002: "push the model version before activating it",
+    50003: "push the model first (tdsp-deploy push MANIFEST)",
+}
 
 
 class SqlServerConnection:
@@ -260,9 +266,7 @@ def _first_result(cursor: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
 # -- error translation: the one place ------------------------------------------------------------
 def is_driver_error(exc: BaseException) -> bool:
     """A DB-API exception of any driver (recognized by PEP 249's class names)."""
-    return any(
-        cls.__name__ in DBAPI_ERRORS and cls.__module__ != "builtins" for cls in type(exc).__mro__
-    )
+    return any(cls.__name__ in DBAPI_ERRORS and cls.__module__ != "builtins" for cls in type(exc).__mro__)
 
 
 def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[str] = ()) -> TdspError | None:
@@ -278,13 +282,19 @@ def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[st
     numbers = {int(n) for n in re.findall(r"\((\d{3,6})\)", text)}
     if "login failed" in lowered or 18456 in numbers or "28000" in text:
         return BackendError(f"{where}SQL Server refused the login: {_short(text)}", hint=LOGIN_HINT)
-    if "external scripts enabled" in lowered or 39023 in numbers or (
-        "sp_execute_external_script" in lowered and "disabled" in lowered
+    if (
+        "external scripts enabled" in lowered
+        or 39023 in numbers
+        or ("sp_execute_external_script" in lowered and "disabled" in lowered)
     ):
         return DeploymentFailed(
             f"{where}Machine Learning Services is off on this instance: {_short(text)}", hint=ENABLE_HINT
         )
-    if "permission" in lowered and ("denied" in lowered or "does not have" in lowered) or numbers & {229, 262, 297, 300}:
+    if (
+        "permission" in lowered
+        and ("denied" in lowered or "does not have" in lowered)
+        or numbers & {229, 262, 297, 300}
+    ):
         return BackendError(
             f"{where}permission denied (the user needs EXECUTE ANY EXTERNAL SCRIPT to score): {_short(text)}",
             hint=PERMISSION_HINT,
@@ -292,7 +302,11 @@ def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[st
     if numbers & {39004, 39019} or "external script error" in lowered or "script error occurred" in lowered:
         return DeploymentFailed(
             f"{where}the Python script failed inside SQL Server: {_script_message(text)}",
-            hint="run the procedure in SSMS to see the full traceback; fix the model or its flavor and push again",
+            hint="run the procedure in SSMS for the full traceback, fix the model and push again",
+        )
+    if numbers & set(TSQL_REFUSALS):  # the THROWs of tsql.py: the deployment's own rules
+        return DeploymentFailed(
+            f"{where}{_short(_server_text(text))}", hint=TSQL_REFUSALS[min(numbers & set(TSQL_REFUSALS))]
         )
     if any(word in lowered for word in ("timeout", "timed out", "tcp provider", "network", "08001", "08s01")):
         return BackendError(f"{where}SQL Server could not be reached: {_short(text)}", hint=LOGIN_HINT)
@@ -303,6 +317,11 @@ def _script_message(text: str) -> str:
     """The Python part of an external-script error (SQL Server wraps it in its own lines)."""
     match = re.search(r"(?:An external script error occurred:|Error in execution\.)\s*(.*)", text, re.S)
     return _short(match.group(1).strip() if match else text)
+
+
+def _server_text(text: str) -> str:
+    """The server's own message, without the driver's [state] [vendor][driver] prefix."""
+    return re.sub(r"^.*\[SQL Server\]", "", text, flags=re.S).strip()
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:

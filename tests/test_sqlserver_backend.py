@@ -1,0 +1,469 @@
+"""The sqlserver backend driven by the real push pipeline against tests/sqlserver_fake.py, a
+fake SQL Server that enforces the server's rules (transactions roll back whole, missing
+objects fail, Machine Learning Services can be off or forbidden) and scores for real: EXEC of
+the procedure runs the generated Python through the sp_execute_external_script harness with
+the pickled scikit-learn model stored in the model table."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlserver_fake import FakeSqlServer, server_error
+
+from tdsp_deploy.backends.sqlserver import SqlServerBackend, request_rows, scoring_batch
+from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection, connection_string, translate_error
+from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
+from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode, TdspError, UsageError
+from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.packaging.libraries import installed_version
+from tdsp_deploy.pipeline import PushResult, push
+
+NAME = "irissql"
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+SAMPLES = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
+TABLE = "dbo.tdsp_models"
+PROCEDURE = f"dbo.score_{NAME}"
+
+
+# -- the project -------------------------------------------------------------------------------
+def train(max_depth: int = 3) -> Any:
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.tree import DecisionTreeClassifier
+
+    iris = load_iris()
+    labels = iris.target_names[iris.target]
+    features = pd.DataFrame(iris.data, columns=FEATURES)
+    return DecisionTreeClassifier(max_depth=max_depth, random_state=0).fit(features, labels)
+
+
+def expected_answer(model: Any, version: str) -> dict[str, Any]:
+    import pandas as pd
+
+    species = model.predict(pd.DataFrame(SAMPLES, columns=FEATURES))
+    return {"columns": ["species", "model_version"], "data": [[str(s), version] for s in species]}
+
+
+def make_project(root: Path, *, version: str = "1", max_depth: int = 3) -> Path:
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    model = train(max_depth)
+    (root / "model" / "model.pkl").write_bytes(pickle.dumps(model))
+    (root / "score.py").write_text("def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data\n")
+    (root / "requirements.txt").write_text("scikit-learn\nnumpy\npandas\n")
+    (root / "request.json").write_text(json.dumps({"columns": FEATURES, "data": SAMPLES}))
+    (root / "expected.json").write_text(json.dumps(expected_answer(model, version)))
+    manifest = {
+        "name": NAME,
+        "model": {
+            "path": "model/model.pkl",
+            "name": "iris-classifier",
+            "version": version,
+            "flavor": "sklearn",
+        },
+        "scoring": {"script": "score.py"},
+        "environment": {"requirements": "requirements.txt"},
+        "target": {
+            "kind": "sqlserver",
+            "server": "sql.example.test",
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "deployer", "password_env": "TDSP_TEST_SQL_PASSWORD"},
+            "inputs": [{"name": name, "type": "float"} for name in FEATURES],
+            "outputs": [{"name": "species", "type": "nvarchar(32)"}],
+        },
+        "smoke_test": {
+            "request": "request.json",
+            "expect": "expected.json",
+            "latency": {"requests": 6, "concurrency": 2, "warmup": 1},
+        },
+    }
+    path = root / "deploy.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def matching_libraries() -> dict[str, str]:
+    return {name: installed_version(name) or "" for name in ("scikit-learn", "numpy")}
+
+
+def backend_for(manifest: Path, server: FakeSqlServer, **options: Any) -> SqlServerBackend:
+    loaded = load_manifest(manifest, targets=(LocalTarget, SqlServerTarget))
+    return SqlServerBackend(loaded.manifest, connection=server.connect(), **options)
+
+
+def run_push(manifest: Path, server: FakeSqlServer, **options: Any) -> PushResult:
+    loaded = load_manifest(manifest, targets=(LocalTarget, SqlServerTarget))
+    backend = SqlServerBackend(loaded.manifest, connection=server.connect(), **options)
+    return push(loaded, backend)
+
+
+def push_fails(manifest: Path, server: FakeSqlServer, **options: Any) -> TdspError:
+    with pytest.raises(TdspError) as caught:
+        run_push(manifest, server, **options)
+    return caught.value
+
+
+@pytest.fixture
+def server() -> FakeSqlServer:
+    return FakeSqlServer(libraries=matching_libraries())
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def rows_of(server: FakeSqlServer) -> list[tuple[str, str, int]]:
+    return [(r["name"], r["version"], r["active"]) for r in server.db.tables.get(TABLE, [])]
+
+
+# -- pushes --------------------------------------------------------------------------------------
+def test_first_push_creates_table_row_and_procedures_and_the_procedure_scores_like_the_model(server, project):
+    result = run_push(project, server)
+
+    assert result.smoke is not None and result.smoke.passed
+    assert result.smoke.answer.response == json.loads((project.parent / "expected.json").read_text())
+    assert result.traffic == {"blue": 100}
+    assert rows_of(server) == [("iris-classifier", "1", 1)]
+    assert set(server.db.procedures) == {PROCEDURE, PROCEDURE + "_row"}
+    assert server.db.bindings[PROCEDURE] == "iris-classifier"
+    payload = server.db.tables[TABLE][0]["payload"]
+    assert (
+        payload == (project.parent / "model" / "model.pkl").read_bytes()
+    )  # a bound parameter, byte for byte
+
+    status = backend_for(project, server).status()
+    assert status.exists and status.slots[0].state == "healthy" and status.slots[0].model_version == "1"
+    assert status.details["versions"] == [
+        {"version": "1", "sha256": server.db.tables[TABLE][0]["sha256"], "active": True}
+    ]
+
+
+def test_the_smoke_request_values_are_bound_parameters_never_sql_text(server, project):
+    run_push(project, server)
+    scoring = [
+        (sql, params)
+        for sql, params in zip(server.statements, server.executed_params, strict=True)
+        if "#tdsp_input" in sql
+    ]
+    assert scoring
+    sql, params = scoring[-1]
+    assert "5.1" not in sql and "CAST(? AS float)" in sql
+    assert list(params) == [v for row in SAMPLES for v in row]
+
+
+def test_an_unchanged_push_is_a_no_op(server, project):
+    run_push(project, server)
+    before = server.state()
+    statements = len(server.statements)
+
+    again = run_push(project, server)
+
+    assert again.unchanged and again.smoke is None
+    assert server.state() == before
+    written = [s for s in server.statements[statements:] if not s.lstrip().upper().startswith("SELECT")]
+    assert written == []  # only reads
+
+
+@pytest.mark.parametrize(
+    ("failure", "exit_code", "words"),
+    [
+        (
+            "scripts_off",
+            ExitCode.DEPLOYMENT_FAILED,
+            "sp_configure 'external scripts enabled', 1; RECONFIGURE",
+        ),
+        ("no_permission", ExitCode.BACKEND, "EXECUTE ANY EXTERNAL SCRIPT"),
+        ("library_mismatch", ExitCode.DEPLOYMENT_FAILED, "scikit-learn"),
+        ("insert_error", ExitCode.BACKEND, "injected failure"),
+        ("procedure_error", ExitCode.BACKEND, "injected failure"),
+        ("row_procedure_error", ExitCode.BACKEND, "injected failure"),
+        ("activation_error", ExitCode.BACKEND, "injected failure"),
+    ],
+)
+def test_a_failure_at_each_step_of_a_first_push_leaves_nothing_written(
+    server, project, failure, exit_code, words
+):
+    arrange(server, failure)
+    before = server.state()
+
+    error = push_fails(project, server)
+
+    assert error.exit_code == exit_code
+    assert words in error.message + " " + (error.hint or "")
+    assert server.state() == before
+    assert server.db.tables == {} and server.db.procedures == {}
+
+
+@pytest.mark.parametrize(
+    "failure", ["library_mismatch", "insert_error", "procedure_error", "activation_error"]
+)
+def test_a_failure_of_a_second_push_leaves_the_first_version_serving(server, tmp_path, failure):
+    first = make_project(tmp_path / "v1", version="1")
+    run_push(first, server)
+    before = server.state()
+    second = make_project(tmp_path / "v2", version="2", max_depth=1)
+    arrange(server, failure)
+
+    push_fails(second, server)
+
+    assert server.state() == before
+    server.fail_on = server.fail_matching = None
+    answer = backend_for(first, server).invoke((first.parent / "request.json").read_bytes())
+    assert answer.status == 200 and {row[1] for row in answer.json()["data"]} == {"1"}
+
+
+def arrange(server: FakeSqlServer, failure: str) -> None:
+    if failure == "scripts_off":
+        server.scripts_enabled = False
+    elif failure == "no_permission":
+        server.may_run_scripts = False
+    elif failure == "library_mismatch":
+        server.libraries["scikit-learn"] = "0.24.2"
+    elif failure == "insert_error":
+        server.fail_matching = r"INSERT INTO"
+    elif failure == "procedure_error":
+        server.fail_matching = r"^CREATE OR ALTER PROCEDURE \[dbo\]\.\[score_irissql\]\s"
+    elif failure == "row_procedure_error":
+        server.fail_matching = r"^CREATE OR ALTER PROCEDURE \[dbo\]\.\[score_irissql_row\]"
+    elif failure == "activation_error":
+        server.fail_matching = r"SET \[active\]"
+
+
+def test_a_stored_version_with_other_content_is_refused_and_nothing_changes(server, tmp_path):
+    run_push(make_project(tmp_path / "v1", version="1"), server)
+    before = server.state()
+    error = push_fails(make_project(tmp_path / "v1b", version="1", max_depth=1), server)
+    assert error.exit_code == ExitCode.DEPLOYMENT_FAILED and "other content" in error.message
+    assert server.state() == before
+
+
+def test_a_library_mismatch_is_pushed_with_force(server, project):
+    server.libraries["numpy"] = "1.26.4"
+    # the script still runs here (the harness uses this interpreter): force is what lets it through
+    result = run_push(project, server, force=True)
+    assert result.smoke is not None and result.smoke.passed
+
+
+def test_a_failure_on_any_statement_of_a_first_push_leaves_nothing_behind(project):
+    counting = FakeSqlServer(libraries=matching_libraries())
+    run_push(project, counting)
+    total = len(counting.statements)
+    deploy_statements = next(i for i, sql in enumerate(counting.statements, 1) if "SET [active]" in sql)
+    assert total > deploy_statements > 6
+    for n in range(1, total + 1):
+        server = FakeSqlServer(libraries=matching_libraries())
+        server.fail_on = n
+        try:
+            run_push(project, server)
+        except TdspError as error:
+            if error.details.get("rolled_back") is False:
+                continue  # the failure hit the rollback itself: reported, not hidden
+            if "rolled_back" not in error.details:  # before deploy_slot, or a read after success
+                complete = rows_of(server) == [("iris-classifier", "1", 1)] and len(server.db.procedures) == 2
+                assert complete or server.state() == FakeSqlServer().state(), n
+                continue
+            state = server.state()
+            # nothing of this model remains; the model table is shared by every model of the
+            # database, so a rollback after the transaction committed leaves it (empty)
+            assert state.procedures == {} and state.bindings == {}, n
+            assert all(rows == [] for rows in state.tables.values()), n
+            if n <= deploy_statements:  # failed inside deploy_slot: the transaction left nothing
+                assert state == FakeSqlServer().state(), f"half-written after failing statement {n}"
+        else:  # the failed statement was a read after the push had succeeded
+            assert rows_of(server) == [("iris-classifier", "1", 1)], n
+
+
+def test_a_second_version_can_be_discarded_back_to_the_first(server, tmp_path):
+    first = make_project(tmp_path / "v1", version="1")
+    run_push(first, server)
+    second = make_project(tmp_path / "v2", version="2", max_depth=1)
+    loaded = load_manifest(second, targets=(LocalTarget, SqlServerTarget))
+    backend = SqlServerBackend(loaded.manifest, connection=server.connect())
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    package = build_package(loaded.manifest, paths.package_store())
+    backend.deploy_slot("green", package)
+    backend.wait_healthy("green")
+    assert backend.status().slots[0].model_version == "2"
+    body = (second.parent / "request.json").read_bytes()
+    assert {row[1] for row in backend.invoke(body).json()["data"]} == {"2"}
+
+    backend.discard_slot("green")
+
+    status = backend.status()
+    assert [(s.name, s.model_version, s.traffic) for s in status.slots] == [("blue", "1", 100)]
+    assert [(v["version"], v["active"]) for v in status.details["versions"]] == [("1", True), ("2", False)]
+    assert backend.invoke(body).json() == json.loads((first.parent / "expected.json").read_text())
+
+
+def test_a_smoke_failure_rolls_back_to_the_first_version(server, tmp_path):
+    first = make_project(tmp_path / "v1", version="1")
+    run_push(first, server)
+    second = make_project(tmp_path / "v2", version="2", max_depth=1)
+    (second.parent / "expected.json").write_text(json.dumps({"columns": ["species"], "data": [["nope"]]}))
+
+    error = push_fails(second, server)
+
+    assert error.exit_code == ExitCode.SMOKE_FAILED and error.details["rolled_back"] is True
+    assert [(v, a) for _, v, a in rows_of(server)] == [("1", 1), ("2", 0)]
+
+
+def test_a_failed_first_push_after_deploy_removes_what_it_made(server, project):
+    (project.parent / "expected.json").write_text(json.dumps({"columns": [], "data": []}))
+    error = push_fails(project, server)
+    assert error.exit_code == ExitCode.SMOKE_FAILED
+    assert server.db.procedures == {} and rows_of(server) == []
+
+
+def test_second_version_push_switches_the_active_version(server, tmp_path):
+    run_push(make_project(tmp_path / "v1", version="1"), server)
+    result = run_push(make_project(tmp_path / "v2", version="2", max_depth=1), server)
+    assert result.deployment == "green" and result.traffic == {"green": 100}
+    assert [(v, a) for _, v, a in rows_of(server)] == [("1", 0), ("2", 1)]
+
+
+# -- the rest of the contract ---------------------------------------------------------------------
+def test_exec_of_a_missing_procedure_fails(server, project):
+    backend = backend_for(project, server)
+    error = pytest.raises(TdspError, backend.wait_healthy, "blue").value
+    assert "Could not find stored procedure" in error.message
+
+
+def test_set_traffic_logs_and_credentials_say_what_is_not_supported(server, project):
+    run_push(project, server)
+    backend = backend_for(project, server)
+    backend.set_traffic({"blue": 100})  # what is already the case is accepted
+    with pytest.raises(UsageError):
+        backend.set_traffic({"blue": 50, "green": 50})
+    with pytest.raises(UsageError) as logs:
+        backend.logs("blue")
+    assert logs.value.hint
+    with pytest.raises(UsageError):
+        backend.credentials()
+    assert SqlServerBackend.supports_weighted_traffic is False
+
+
+def test_delete_drops_the_procedures_and_with_the_endpoint_the_rows(server, project):
+    run_push(project, server)
+    backend = backend_for(project, server)
+    backend.delete("blue")
+    assert server.db.procedures == {} and rows_of(server) == [("iris-classifier", "1", 1)]
+    run_push(project, server)
+    backend.delete()
+    assert server.db.procedures == {} and rows_of(server) == []
+    assert backend.status().exists is False
+
+
+def test_a_script_error_is_deployment_failed_with_the_python_message(server, project):
+    run_push(project, server)
+    server.db.tables[TABLE][0]["payload"] = b"not a pickle"
+    backend = backend_for(project, server)
+    with pytest.raises(DeploymentFailed) as caught:
+        backend.wait_healthy("blue")
+    assert "UnpicklingError" in caught.value.message or "pickle" in caught.value.message
+    answer = backend.invoke((project.parent / "request.json").read_bytes())
+    assert answer.status == 500 and "pickle" in answer.json()["error"]
+
+
+def test_render_writes_the_tsql(server, project, tmp_path):
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    backend = backend_for(project, server)
+    package = build_package(backend.manifest, paths.package_store())
+    files = backend.render(package, tmp_path / "out")
+    assert any(f.name.endswith("create_procedure.sql") for f in files)
+    assert server.statements == []  # offline
+
+
+# -- the seam ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("number", "message", "kind", "words"),
+    [
+        (18456, "Login failed for user 'deployer'.", BackendError, "login"),
+        (
+            39023,
+            "'sp_execute_external_script' is disabled on this instance of SQL Server. Use sp_configure "
+            "'external scripts enabled' [1] to enable it.",
+            DeploymentFailed,
+            "RECONFIGURE",
+        ),
+        (
+            229,
+            "The EXECUTE permission was denied on the object 'sp_execute_external_script'.",
+            BackendError,
+            "EXECUTE ANY EXTERNAL SCRIPT",
+        ),
+        (
+            39004,
+            "A 'Python' script error occurred during execution of 'sp_execute_external_script' with HRESULT "
+            "0x80004004.\nSTDERR message(s) from external script:\nValueError: bad input",
+            DeploymentFailed,
+            "bad input",
+        ),
+    ],
+)
+def test_driver_errors_are_translated_in_one_place(number, message, kind, words):
+    error = translate_error(server_error(number, message), "doing")
+    assert type(error) is kind
+    assert words in error.message + " " + (error.hint or "")
+
+
+def test_the_password_never_leaves_the_seam(monkeypatch):
+    monkeypatch.setenv("TDSP_TEST_SQL_PASSWORD", "s3cret;pw")
+    target = SqlServerTarget.model_validate(
+        {
+            "kind": "sqlserver",
+            "server": "sql.example.test",
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "u", "password_env": "TDSP_TEST_SQL_PASSWORD"},
+            "inputs": [{"name": "x", "type": "float"}],
+            "outputs": [{"name": "y", "type": "float"}],
+        }
+    )
+    text = connection_string(target, driver="mssql_python", password="s3cret;pw")
+    assert "PWD={s3cret;pw};" in text and "Server=tcp:sql.example.test,1433;" in text
+    error = translate_error(server_error(18456, "Login failed; PWD=s3cret;pw"), secrets=["s3cret;pw"])
+    assert error is not None and "s3cret" not in error.message
+    assert "s3cret" not in repr(SqlServerConnection(object(), secrets=["s3cret;pw"]))
+    monkeypatch.delenv("TDSP_TEST_SQL_PASSWORD")
+    with pytest.raises(TdspError) as missing:
+        SqlServerConnection.connect(target)
+    assert "TDSP_TEST_SQL_PASSWORD" in missing.value.message
+
+
+def test_a_transaction_rolls_back_on_any_error(server):
+    connection = SqlServerConnection(server.connect())
+    with pytest.raises(RuntimeError), connection.transaction():
+        connection.execute("IF OBJECT_ID(N'[dbo].[t]', N'U') IS NULL CREATE TABLE [dbo].[t] ([name] int)")
+        raise RuntimeError("boom")
+    assert server.db.tables == {}
+    connection.execute("IF OBJECT_ID(N'[dbo].[t]', N'U') IS NULL CREATE TABLE [dbo].[t] ([name] int)")
+    assert "dbo.t" in server.db.tables  # outside a transaction, each statement commits
+
+
+def test_request_rows_follow_the_inputs_order_and_the_batch_binds_them(project):
+    loaded = load_manifest(project, targets=(LocalTarget, SqlServerTarget))
+    body = json.dumps({"columns": list(reversed(FEATURES)), "data": [[0.2, 1.4, 3.5, 5.1]]}).encode()
+    assert request_rows(body, FEATURES) == [[5.1, 3.5, 1.4, 0.2]]
+    sql, params = scoring_batch(loaded.manifest.target, NAME, [[5.1, 3.5, 1.4, 0.2]])
+    assert params == [5.1, 3.5, 1.4, 0.2] and "@input_query = N'SELECT * FROM #tdsp_input'" in sql
+    with pytest.raises(ValueError):
+        request_rows(b'{"columns": ["x"], "data": [[1]]}', FEATURES)
+
+
+def test_importing_the_backend_does_not_import_a_driver():
+    code = (
+        "import sys, tdsp_deploy.backends.sqlserver, tdsp_deploy.backends.sqlserver.connection;"
+        "print(sorted(m for m in ('mssql_python', 'pyodbc', 'azure.identity', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
