@@ -65,7 +65,8 @@ def test_an_experiment_from_start_to_promotion(cli, iris, tmp_path):
             request_id = f"req-{number}"
             status, headers, _ = client.post(body, x_request_id=request_id)
             assert status == 200 and headers["x-request-id"] == request_id
-            rate = 0.55 if headers["azureml-model-deployment"] == "green" else 0.3  # green converts better
+            # green converts far better: an effect of ~13 standard errors, so the verdict is never luck
+            rate = 0.85 if headers["azureml-model-deployment"] == "green" else 0.25
             outcomes.append((request_id, int(rng.random() < rate)))
         outcomes_file = tmp_path / "outcomes.csv"
         with open(outcomes_file, "w", newline="") as handle:
