@@ -22,6 +22,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tdsp_deploy import __version__
+from tdsp_deploy.cli_options import (
+    DebugOption,
+    DeploymentOption,
+    JsonOption,
+    LockTimeoutOption,
+    ManifestArgument,
+)
 from tdsp_deploy.errors import EndpointNotFound, ExitCode, TdspError, UsageError
 from tdsp_deploy.output import Environment
 
@@ -47,16 +54,6 @@ WORKSPACE_STAND_INS = {
 }
 
 _ENV: contextvars.ContextVar[Environment] = contextvars.ContextVar("tdsp_deploy_env")
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
-ManifestArgument = Annotated[Path, typer.Argument(help="The manifest, e.g. deploy.yaml.", show_default=False)]
-DeploymentOption = Annotated[
-    str | None, typer.Option("--deployment", "-d", help="A deployment slot, e.g. blue.", show_default=False)
-]
-LockTimeoutOption = Annotated[
-    float, typer.Option("--lock-timeout", help="Seconds to wait for another command changing this endpoint.")
-]
 
 
 def _env(json_mode: bool, debug: bool) -> Environment:
@@ -215,11 +212,15 @@ def schema(json_out: JsonOption = False, debug: DebugOption = False) -> None:
 
 @app.command("import")
 def import_command(
-    endpoint: Annotated[Path, typer.Argument(help="az ml endpoint YAML (managedOnlineEndpoint).", show_default=False)],
+    endpoint: Annotated[
+        Path, typer.Argument(help="az ml endpoint YAML (managedOnlineEndpoint).", show_default=False)
+    ],
     deployment: Annotated[
         Path, typer.Argument(help="az ml deployment YAML (managedOnlineDeployment).", show_default=False)
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The manifest to write.")] = Path("deploy.yaml"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="The manifest to write.")] = Path(
+        "deploy.yaml"
+    ),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the manifest if it exists.")] = False,
     subscription_id: Annotated[str | None, typer.Option(help="Default: ${AZURE_SUBSCRIPTION_ID}.")] = None,
     resource_group: Annotated[str | None, typer.Option(help="Default: ${AZURE_RESOURCE_GROUP}.")] = None,

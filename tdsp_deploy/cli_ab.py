@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tdsp_deploy.cli_options import DebugOption, JsonOption, ManifestArgument
 from tdsp_deploy.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
@@ -25,10 +26,6 @@ ab_app = typer.Typer(
     help="A/B experiments between two deployments: start, status, analyze, promote, rollback.",
     no_args_is_help=True,
 )
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
-ManifestArgument = Annotated[Path, typer.Argument(help="The manifest, e.g. deploy.yaml.", show_default=False)]
 
 
 def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Environment, LoadedManifest, Backend]:
@@ -309,4 +306,3 @@ def replay(
             )
         env.say(f"verdict: {result['verdict']}")
     return int(ExitCode.AB_INCONCLUSIVE) if result["verdict"] == "no difference" else 0
-
