@@ -103,10 +103,6 @@ class SqlServerBackend(Backend):
             self._connection = SqlServerConnection.connect(self.target)
         return self._connection
 
-    @property
-    def model_name(self) -> str:
-        return self.manifest.model.name or self.manifest.name
-
     # -- reading -------------------------------------------------------------------------
     def status(self) -> EndpointStatus:
         """The procedure and the model versions; the active one is the endpoint's one slot."""
@@ -182,7 +178,7 @@ class SqlServerBackend(Backend):
                     STEP_MESSAGES.get(statement.name, statement.name).format(
                         table=self._table_name(),
                         procedure=self._procedure_name(),
-                        model=f"{self.model_name}:{lock.model_version}",
+                        model=f"{self.manifest.model_name}:{lock.model_version}",
                         size=len(payload),
                     ),
                 )
@@ -380,7 +376,9 @@ class SqlServerBackend(Backend):
 
         self._tell("deploy", f"activating version {version}")
         self.connection.execute(
-            tsql.activate_version(self.target), (self.model_name, version), doing="activate the version"
+            tsql.activate_version(self.target),
+            (self.manifest.model_name, version),
+            doing="activate the version",
         )
 
     def _remove(self, *, rows: bool) -> None:
@@ -391,7 +389,7 @@ class SqlServerBackend(Backend):
             if rows and self._table_exists():
                 conn.execute(
                     f"DELETE FROM {self._table_name()} WHERE [name] = ?",
-                    (self.model_name,),
+                    (self.manifest.model_name,),
                     doing="delete the model rows",
                 )
 
@@ -401,7 +399,7 @@ class SqlServerBackend(Backend):
         rows = self.connection.execute(
             f"SELECT [version], [sha256], [active], [manifest] FROM {self._table_name()} "
             "WHERE [name] = ? ORDER BY [created_at], [version]",
-            (self.model_name,),
+            (self.manifest.model_name,),
             doing="list the model versions",
         )
         versions = []
