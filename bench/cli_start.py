@@ -36,7 +36,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="3 runs")
+    parser.add_argument("--quick", action="store_true", help="2 runs")
     parser.add_argument(
         "--importtime",
         type=int,
@@ -49,7 +49,7 @@ def main() -> None:
     if args.importtime:
         print(import_table(args.importtime))
         return
-    runs = 3 if args.quick else args.runs
+    runs = 2 if args.quick else args.runs
 
     commands = {
         "validate": [*tdsp_deploy(), "validate", str(EXAMPLE)],

@@ -6,12 +6,13 @@ sample request to:
 - ours: the scoring URI, through the router, with ``Authorization: Bearer <primary key>``;
 - peer: the slot's inference server directly, ``http://127.0.0.1:<slot port>/score``.
 
-At concurrency 1, 4 and 16 (wrk threads: 1 for c=1, else 2), 10 s each (--quick: 3 s),
+At concurrency 1, 4 and 16 (wrk threads: 1 for c=1, else 2), 10 s each (--quick: 2 s, one round),
 direct and router alternating so they share the machine's noise, 2 rounds; the run with
 more requests/s of each pair is kept. Goals per concurrency: router p50 - direct p50 <= 1 ms,
 router/direct requests/s >= 0.90, and no non-2xx answer or socket error on either side.
-The inference server answers ``Connection: close``, so wrk reconnects for every direct
-request, while it keeps its connections to the router open.
+The slot's inference server keeps connections alive (gunicorn's threaded worker, see
+slot_server.py), so both sides run on kept-alive connections: wrk's to the slot or the router,
+and the router's pooled ones to the slot.
 
     python bench/router_overhead.py [--quick]      (needs wrk: apt-get install wrk)
 
@@ -39,10 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s per run and one round, instead of 10 s and two"
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     args = parser.parse_args()
-    duration = 3 if args.quick else args.duration
+    duration = 2 if args.quick else args.duration
+    rounds = 1 if args.quick else ROUNDS
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit(
@@ -67,7 +71,7 @@ def main() -> None:
         for url, script in targets.values():  # warm-up, not kept
             run_wrk(wrk, url, script, concurrency=4, duration=1)
         best: dict[tuple[str, int], dict[str, Any]] = {}
-        for round_ in range(1, ROUNDS + 1):
+        for round_ in range(1, rounds + 1):
             for concurrency in CONCURRENCY:
                 for side, (url, script) in targets.items():
                     run = run_wrk(wrk, url, script, concurrency=concurrency, duration=duration)
@@ -93,7 +97,7 @@ def main() -> None:
             "errors_ok": clean,
             "peer_command": "wrk POST to the slot's inference server directly (no router, no key)",
             "notes": f"wrk --latency, {duration} s per run, direct/router alternating, "
-            f"better of {ROUNDS} rounds (by requests/s); met also requires 0 non-2xx and 0 socket errors "
+            f"better of {rounds} round(s) (by requests/s); met also requires 0 non-2xx and 0 socket errors "
             "on both sides",
         }
         entries.append(

@@ -40,9 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s per run and one round, instead of 10 s and two"
+    )
     args = parser.parse_args()
-    duration = 3 if args.quick else 10
+    duration = 2 if args.quick else 10
+    rounds = 1 if args.quick else ROUNDS
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("traffic_split: `wrk` is not installed (Debian: apt-get install wrk); nothing was measured")
@@ -66,7 +69,7 @@ def main() -> None:
             )
             uri = endpoint["status"]["scoring_uri"]
             best: dict[tuple[str, int], dict[str, Any]] = {}
-            for round_ in range(1, ROUNDS + 1):
+            for round_ in range(1, rounds + 1):
                 for concurrency in CONCURRENCY:
                     for name, split in SPLITS.items():
                         cli(["traffic", str(manifest), *split], env)
@@ -78,15 +81,15 @@ def main() -> None:
                         kept = best.get((name, concurrency))
                         if kept is None or run["requests_per_s"] > kept["requests_per_s"]:
                             best[name, concurrency] = run
-    emit(_entries(best, duration))
+    emit(_entries(best, duration, rounds))
 
 
-def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int) -> list[dict[str, Any]]:
+def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int, rounds: int) -> list[dict[str, Any]]:
     entries = []
     for c in CONCURRENCY:
         single, split, mirror = best["single", c], best["split_50_50", c], best["mirror_10", c]
         clean = all(sum(run["errors"].values()) == 0 for run in (single, split, mirror))
-        notes = f"wrk --latency through the router, {duration} s per run, best of {ROUNDS} rounds"
+        notes = f"wrk --latency through the router, {duration} s per run, best of {rounds} round(s)"
         entries.append(
             result(
                 f"split_50_50_throughput_c{c}",

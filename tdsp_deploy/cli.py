@@ -55,6 +55,19 @@ WORKSPACE_STAND_INS = {
 
 _ENV: contextvars.ContextVar[Environment] = contextvars.ContextVar("tdsp_deploy_env")
 
+CiOption = Annotated[
+    bool,
+    typer.Option("--ci", help="Write a Markdown summary for the CI page (automatic when CI=true)."),
+]
+SummaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary",
+        help="Write the Markdown summary to this file (default in CI mode: $GITHUB_STEP_SUMMARY).",
+        show_default=False,
+    ),
+]
+
 
 def _env(json_mode: bool, debug: bool) -> Environment:
     env = _ENV.get()
@@ -142,17 +155,44 @@ def _templates_dir() -> Path:
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to write the starter project.")] = Path("."),
     name: Annotated[str | None, typer.Option(help="Endpoint name (default: from the folder name).")] = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="local | azureml | sqlserver | synapse (the starter's target).",
+            autocompletion=lambda: _registry().kinds,
+        ),
+    ] = "local",
+    flavor: Annotated[
+        str | None,
+        typer.Option(
+            help="sklearn | onnx | mlflow (default: a model needing no library; tabular targets: sklearn).",
+            autocompletion=lambda: ["sklearn", "onnx", "mlflow"],
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Write a commented starter manifest, score.py, model and sample request."""
+    """Write a commented starter manifest, score.py, model and sample request for a target."""
+    from tdsp_deploy.manifest.schema import manifest_json_schema
     from tdsp_deploy.starter import write_starter
 
     env = _env(json_out, debug)
-    created, endpoint = write_starter(_templates_dir(), directory, name=name, force=force)
+    models, _ = _registry().target_models()
+    schema_text = json.dumps(manifest_json_schema(models), indent=2, sort_keys=True) + "\n"
+    created, endpoint = write_starter(
+        _templates_dir(),
+        directory,
+        name=name,
+        force=force,
+        target=target,
+        flavor=flavor,
+        schema_text=schema_text,
+    )
     if env.json_mode:
-        env.emit_json({"created": [str(p) for p in created], "name": endpoint})
+        env.emit_json({"created": [str(p) for p in created], "name": endpoint, "target": target})
         return
     for path in created:
         env.say(f"created {path}")
@@ -195,8 +235,18 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
 
 
 @app.command()
-def schema(json_out: JsonOption = False, debug: DebugOption = False) -> None:
-    """Print the manifest's JSON Schema (for editors: yaml-language-server)."""
+def schema(
+    reference: Annotated[
+        bool, typer.Option("--reference", help="The Markdown manifest reference instead of the JSON Schema.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Print the manifest's JSON Schema (for editors: yaml-language-server), or its reference."""
+    from tdsp_deploy.manifest.reference import markdown_reference
     from tdsp_deploy.manifest.schema import manifest_json_schema
 
     env = _env(json_out, debug)
@@ -204,10 +254,28 @@ def schema(json_out: JsonOption = False, debug: DebugOption = False) -> None:
     for warning in warnings:
         env.say(f"warning: {warning}", style="yellow")
     document = manifest_json_schema(models)
-    if env.json_mode:
-        env.emit_json(document)
+    if reference:
+        text = markdown_reference(document)
     else:
-        env.write_data(json.dumps(document, indent=2))
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if output is not None:
+        _write_text(output, text)
+        if env.json_mode:
+            env.emit_json({"path": str(output), "format": "markdown" if reference else "json-schema"})
+        else:
+            env.say(f"wrote {output}")
+    elif env.json_mode:
+        env.emit_json({"reference": text} if reference else document)
+    else:
+        env.write_data(text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 @app.command("import")
@@ -295,6 +363,8 @@ def package(
 def render(
     manifest: ManifestArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.", show_default=False)],
+    ci: CiOption = False,
+    summary: SummaryOption = None,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -311,6 +381,12 @@ def render(
         lock_path = output / "package.json"
         lock_path.write_text(json.dumps(built.lock.to_json(), indent=2, sort_keys=True) + "\n")
         files = [lock_path, *backend.render(built, output)]
+    from tdsp_deploy import ci_summary
+
+    summary_to = ci_summary.summary_target(summary, ci, env.environ)
+    if summary_to is not None:
+        markdown = ci_summary.render_markdown(str(manifest), files, built.package_id)
+        ci_summary.write_summary(summary_to, markdown)
     if env.json_mode:
         env.emit_json({"files": [str(f) for f in files], "package_id": built.package_id})
         return
@@ -327,20 +403,38 @@ def push(
             "--keep-failed", help="Keep a failed deployment for debugging (traffic still restored)."
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Deploy although the target's pre-flight check refuses (e.g. SQL Server's Python "
+            "libraries differ from the ones the model was pickled with); warns instead.",
+        ),
+    ] = False,
     lock_timeout: LockTimeoutOption = 600.0,
+    ci: CiOption = False,
+    summary: SummaryOption = None,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Package, deploy, smoke-test and shift traffic; roll back on any failure."""
+    from tdsp_deploy.ci_summary import PushRecorder, summary_target
     from tdsp_deploy.pipeline import push as run_push
 
     env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    with env.progress() as progress:
-        backend = _backend(loaded, progress)
-        result = run_push(
-            loaded, backend, progress=progress, keep_failed=keep_failed, lock_timeout=lock_timeout
-        )
+    with PushRecorder(summary_target(summary, ci, env.environ), str(manifest)) as recorder:
+        loaded = _load(manifest, env)
+        with env.progress() as progress:
+            backend = _backend(loaded, progress)
+            result = run_push(
+                loaded,
+                backend,
+                progress=progress,
+                keep_failed=keep_failed,
+                lock_timeout=lock_timeout,
+                force=force,
+            )
+        recorder.done(result.to_json())
     if env.json_mode:
         env.emit_json(result.to_json())
         return
@@ -351,19 +445,70 @@ def push(
 
 
 @app.command()
-def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> int:
+def status(
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(help="The manifest, e.g. deploy.yaml (not with --all).", show_default=False),
+    ] = None,
+    all_endpoints: Annotated[
+        bool, typer.Option("--all", help="Every endpoint deployed on this machine's local target.")
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Refresh until Ctrl-C (off a terminal or with --json: a JSON line each time).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+    count: Annotated[int | None, typer.Option("--count", min=1, hidden=True)] = None,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> int:
     """Show slots, health, versions, traffic and the scoring URI. Exit 4 when a slot with
     traffic is not healthy, 3 when the endpoint does not exist."""
-    env = _env(json_out, debug)
-    loaded = _load(manifest, env)
-    current = _existing(_backend(loaded).status(), manifest)
-    if env.json_mode:
-        env.emit_json(current.to_json())
-    else:
-        from tdsp_deploy import render_text
+    from tdsp_deploy import status_view
 
-        render_text.status_table(env, current)
-    return _health_exit_code(env, current)
+    env = _env(json_out, debug)
+    if all_endpoints == (manifest is not None):
+        raise UsageError("give a manifest or --all (not both)", hint="e.g. tdsp-deploy status deploy.yaml")
+    if all_endpoints:
+        backends = status_view.local_backends()
+    else:
+        assert manifest is not None
+        loaded = _load(manifest, env)
+        backends = [_backend(loaded)]
+        current = _existing(backends[0].status(), manifest)
+        if not watch:
+            if env.json_mode:
+                env.emit_json(current.to_json())
+            else:
+                from tdsp_deploy import render_text
+
+                render_text.status_table(env, current)
+            return _health_exit_code(env, current)
+    watchers = [status_view.EndpointWatcher(backend) for backend in backends]
+
+    def take() -> list[status_view.EndpointSnapshot]:
+        return [watcher.snapshot() for watcher in watchers]
+
+    def health(snapshots: list[status_view.EndpointSnapshot]) -> int:
+        return max([0, *(_health_exit_code(env, s.status) for s in snapshots)])
+
+    if watch:
+        return status_view.watch(env, take, interval=interval, count=count, health=health)
+    snapshots = take()
+    if env.json_mode:
+        env.emit_json({"endpoints": [s.to_json() for s in snapshots]})
+    elif snapshots:
+        env.say(status_view.headline(snapshots))
+        env.console().print(status_view.table(env, snapshots))
+    else:
+        env.say("no endpoint is deployed on the local target")
+    return health(snapshots)
 
 
 def _health_exit_code(env: Environment, current: EndpointStatus) -> int:
@@ -646,6 +791,15 @@ def _register_ab() -> None:
 
 
 _register_ab()
+
+
+def _register_run() -> None:
+    from tdsp_deploy.cli_run import register
+
+    register(app)
+
+
+_register_run()
 
 
 # -- entry points ---------------------------------------------------------------------------------

@@ -104,9 +104,12 @@ def push(
     progress: Progress = no_progress,
     keep_failed: bool = False,
     lock_timeout: float = 600.0,
+    force: bool = False,
 ) -> PushResult:
     manifest = loaded.manifest
     warnings = check_manifest(loaded) + backend.preflight()
+    if force:
+        warnings.append(_allow_forced(backend))
     _check_rollout_supported(backend, manifest.rollout)
     for warning in warnings:
         progress(ProgressEvent(step="validate", message=f"warning: {warning}"))
@@ -134,6 +137,15 @@ def push(
             loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed
         )
     return _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
+
+
+def _allow_forced(backend: Backend) -> str:
+    """--force: a backend with a refusal that may be overridden has a ``force`` attribute
+    (SQL Server: a library mismatch that may break unpickling); it then warns instead."""
+    if not hasattr(backend, "force"):
+        return f"--force has no effect on the {backend.kind} target"
+    backend.force = True  # type: ignore[attr-defined]
+    return "--force: pre-flight refusals become warnings"
 
 
 def _check_rollout_supported(backend: Backend, rollout: RolloutSection) -> None:

@@ -3,6 +3,15 @@
 Backend-agnostic: it needs only callers (body in, answer out) from the backend, so every
 target shares it. Answers are compared as JSON, numbers within a tolerance; the latency run
 keeps ``concurrency`` callers busy, discards the warm-up, and reports percentiles.
+
+Coordinated omission. By default the latency run is a closed loop, as `wrk` is: each caller
+sends its next request when the previous answer arrives, and each latency runs from sending
+to the whole answer. That measures the service time at a given concurrency, which is what
+the objective states. It does not say what a client arriving at a fixed rate would see when
+the endpoint stalls: a closed loop sends nothing during a stall, so the stall is counted
+once, not once per request that would have waited (coordinated omission). With ``rate``
+set, requests are scheduled at fixed intervals (as wrk2 does) and each latency runs from
+the request's scheduled start, so time spent waiting for a free caller counts too.
 """
 
 from __future__ import annotations
@@ -109,6 +118,8 @@ class LatencyReport:
     mean_ms: float
     requests_per_second: float
     duration_s: float
+    client_cpu_s: float  # CPU time this process spent during the run (the runner's own cost)
+    rate_per_s: float | None  # the fixed schedule's rate, None for a closed loop
     objective_p95_ms: float | None
     objective_max_error_rate: float
     passed: bool
@@ -135,14 +146,24 @@ def run_latency(
     objective: LatencyObjective,
     *,
     progress: Progress = no_progress,
+    rate: float | None = None,
 ) -> LatencyReport:
-    """Send ``warmup + requests`` requests from ``concurrency`` threads, each with its own caller."""
+    """Send ``warmup + requests`` requests from ``concurrency`` threads, each with its own caller.
+
+    Without ``rate``: a closed loop, each latency from send to answer. With ``rate`` (requests
+    per second): request n is due at start + n / rate, and its latency runs from when it was
+    due, so a stall is charged to every request it delayed (no coordinated omission)."""
+    if rate is not None and not rate > 0:
+        raise ValueError("rate must be > 0 requests per second")
     total = objective.warmup + objective.requests
     lock = threading.Lock()
     issued = 0
     latencies: list[float] = []
     errors: list[str] = []
     workers = [next(callers) for _ in range(objective.concurrency)]
+    interval = 1.0 / rate if rate else 0.0
+    clock = time.perf_counter
+    start = 0.0
 
     def take() -> int | None:
         nonlocal issued
@@ -155,13 +176,20 @@ def run_latency(
     def work(caller: Caller) -> None:
         while (number := take()) is not None:
             measured = number > objective.warmup
-            started = time.perf_counter()
+            if rate:
+                due = start + (number - 1) * interval
+                wait = due - clock()
+                if wait > 0:
+                    time.sleep(wait)
+                started = due
+            else:
+                started = clock()
             try:
                 status = caller(body).status
                 error = None if status == 200 else f"HTTP {status}"
             except BackendError as exc:
                 error = exc.message
-            elapsed = (time.perf_counter() - started) * 1000.0
+            elapsed = (clock() - started) * 1000.0
             if measured:
                 with lock:
                     latencies.append(elapsed)
@@ -169,12 +197,14 @@ def run_latency(
                         errors.append(error)
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
-    started = time.perf_counter()
+    cpu_before = time.process_time()
+    start = clock()
     for thread in threads:
         thread.start()
     _wait_with_progress(threads, lambda: issued, total, progress)
-    duration = max(time.perf_counter() - started, 1e-9)
-    return _judge(sorted(latencies), errors, objective, duration)
+    duration = max(clock() - start, 1e-9)
+    cpu = time.process_time() - cpu_before
+    return _judge(sorted(latencies), errors, objective, duration, cpu, rate)
 
 
 def _wait_with_progress(
@@ -187,7 +217,12 @@ def _wait_with_progress(
 
 
 def _judge(
-    latencies: list[float], errors: list[str], objective: LatencyObjective, duration: float
+    latencies: list[float],
+    errors: list[str],
+    objective: LatencyObjective,
+    duration: float,
+    cpu: float,
+    rate: float | None,
 ) -> LatencyReport:
     count = len(latencies)
     error_rate = len(errors) / count if count else 1.0
@@ -214,6 +249,8 @@ def _judge(
         mean_ms=rounded(sum(latencies) / count if count else math.nan),
         requests_per_second=round(count / duration, 1),
         duration_s=round(duration, 3),
+        client_cpu_s=round(cpu, 3),
+        rate_per_s=rate,
         objective_p95_ms=objective.p95_ms,
         objective_max_error_rate=objective.max_error_rate,
         passed=not problems,

@@ -518,8 +518,23 @@ class FakeAzureML:
         return self._track((name, None), FakeOperation(self.polls, applied))
 
     def _check_code(self, deployment: Any, doing: Doing) -> None:
-        # azure-ai-ml checks the scoring script exists in the code folder before uploading it
         code = deployment.code_configuration
+        if code is None or deployment.environment is None:
+            # Only an MLflow model deploys without a scoring script and environment (no-code
+            # deployment); its model folder must hold the MLmodel file.
+            model = self._model_entity(deployment.model)
+            if code is not None or deployment.environment is not None or model is None or model.type != "mlflow_model":
+                raise refuse(
+                    400,
+                    "BadArgument",
+                    "A scoring script and an environment are required for models other than MLflow "
+                    "models (and a scoring script needs an environment)",
+                    doing,
+                )
+            if not (Path(model.path) / "MLmodel").is_file():
+                raise refuse(400, "BadArgument", f"No MLmodel file found in {model.path}", doing)
+            return
+        # azure-ai-ml checks the scoring script exists in the code folder before uploading it
         script = Path(code.code) / code.scoring_script
         if not script.is_file():
             from azure.ai.ml.exceptions import ErrorTarget, ValidationException
@@ -531,6 +546,13 @@ class FakeAzureML:
                 ),
                 doing,
             )  # type: ignore[misc]
+
+    def _model_entity(self, model: Any) -> Any:
+        if not isinstance(model, str):
+            return model
+        name, version = model.removeprefix("azureml:").split(":")
+        found = self.models.get((name, version))
+        return found["entity"] if found else None
 
     def _resolve_model(self, model: Any, doing: Doing) -> None:
         if isinstance(model, str):

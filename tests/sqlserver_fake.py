@@ -13,9 +13,15 @@ What it enforces, as the server does:
 - ``external scripts enabled`` can be off (sp_execute_external_script then fails with 39023),
   EXECUTE ANY EXTERNAL SCRIPT can be missing (EXEC fails with 229), the server's Python
   libraries are configurable;
-- EXEC of a scoring procedure runs the Python script stored in its definition through
-  tests/sqlserver_harness.run_external_script, with the active model row's payload bound as
-  ``model_bytes``, and returns its result set (a script error comes back as Msg 39004).
+- the batches tsql.py tags (``-- tdsp-deploy: <name>``) are carried out as their T-SQL says,
+  THROWs included: a slot for a version not stored (50002), weights for a slot that does not
+  exist (50004) or that do not add up to 100 (50005), the CHECK on a weight;
+- EXEC of a scoring procedure does what its T-SQL does: it finds its model through the
+  procedure's extended property, the routes in the traffic table (the pinned ``@slot``, else
+  the slots with a weight; none: THROW 50003), bundles their payloads, runs the Python script
+  stored in its definition through tests/sqlserver_harness with ``model_bundle`` and ``routes``
+  bound, returns its result set typed by WITH RESULT SETS (a script error comes back as Msg
+  39004) and inserts the script's ``request_log`` into the request log table.
 
 Failure injection: ``fail_on = N`` fails the Nth statement from now on (1 = the next one);
 ``fail_matching = "regex"`` fails the first statement that matches.
@@ -25,13 +31,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import json
 import re
 import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlserver_harness import ExternalScriptError, run_external_script
+from sqlserver_harness import ExternalScriptError, run_external_script_with_outputs
 
 
 # -- DB-API 2.0 exceptions (PEP 249 names: the seam recognizes drivers by them) ---------------
@@ -68,6 +76,7 @@ class Database:
     procedures: dict[str, str] = dataclasses.field(default_factory=dict)
     #: procedure -> the model name in its extended property tdsp_model_name
     bindings: dict[str, str] = dataclasses.field(default_factory=dict)
+    identity: int = 0  # the last IDENTITY value handed out
 
 
 def _name(text: str) -> str:
@@ -103,7 +112,7 @@ class FakeSqlServer:
         self.executed_params: list[tuple[Any, ...]] = []
         self.commits = 0
         self._lock = threading.RLock()
-        self._counter = 0  # created_at order of inserted rows
+        self._last_time = datetime.datetime.min
 
     def connect(self) -> FakeConnection:
         return FakeConnection(self)
@@ -133,9 +142,15 @@ class FakeSqlServer:
             return self._dispatch(sql, params)
 
     def _dispatch(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        text = re.sub(r"--[^\n]*", "", sql) if "CREATE" not in sql.upper()[:200] else sql
+        tag = re.match(r"-- tdsp-deploy: (\w+)\n", sql)
+        text = re.sub(r"--[^\n]*", "", sql) if "CREATE" not in sql.upper()[:200] or tag else sql
         flat = " ".join(text.split())
         upper = flat.upper()
+        if tag and tag.group(1) in _TAGGED:
+            variables = _declared(flat, params)
+            # every table tsql.py names is [schema].[table]; in order of first mention
+            tables = list(dict.fromkeys(_name(t) for t in re.findall(r"\[\w+\]\.\[\w+\]", flat)))
+            return getattr(self, "_" + tag.group(1))(variables, tables)
         create = re.match(
             r"^(?:SET \w+ ON;\s*)*CREATE\s+(?:OR\s+ALTER\s+)?PROC(?:EDURE)?\s+" + _NAME, flat, re.I
         )
@@ -145,24 +160,12 @@ class FakeSqlServer:
             raise server_error(111, "'CREATE/ALTER PROCEDURE' must be the first statement in a query batch.")
         if "SP_ADDEXTENDEDPROPERTY" in upper:
             return self._bind(flat, params)
-        if upper.startswith("DECLARE") and ("INSERT INTO" in upper or "UPDATE" in upper):
-            names = re.findall(r"@(\w+)\s+[\w()]+\s*=\s*\?", flat)
-            if len(names) != len(params):
-                raise server_error(137, "Must declare the scalar variable.")
-            variables = dict(zip(names, params, strict=True))
-            table = re.search(r"(?:INSERT INTO|UPDATE)\s+" + _NAME, flat, re.I)
-            assert table is not None
-            if "INSERT INTO" in upper:
-                return self._insert(_name(table.group(1)), variables)
-            return self._activate(_name(table.group(1)), variables)
+        if tag:
+            raise server_error(102, f"the fake does not know the batch {tag.group(1)}")
         if "SELECT * INTO #TDSP_INPUT" in upper:
             return self._score_batch(flat, params)
-        if "SP_EXECUTE_EXTERNAL_SCRIPT" in upper:
-            return self._probe_python(params)
-        if "EXTERNAL SCRIPTS ENABLED" in upper:
-            return ["value_in_use"], [(1 if self.scripts_enabled else 0,)]
-        if "EXECUTE ANY EXTERNAL SCRIPT" in upper:
-            return ["allowed"], [(1 if self.may_run_scripts else 0,)]
+        if re.match(r"^SELECT OBJECT_DEFINITION\(OBJECT_ID\(\?\)\)$", flat, re.I):
+            return [""], [(self.db.procedures.get(_name(params[0])),)]
         match = re.match(r"^SELECT OBJECT_ID\(\?, N?'(U|P)'\)$", flat, re.I)
         if match:
             kind = match.group(1).upper()
@@ -176,11 +179,19 @@ class FakeSqlServer:
                 raise server_error(2714, f"There is already an object named '{table}' in the database.")
             self.db.tables.setdefault(table, [])
             return [], []
-        match = re.match(r"^SELECT (.+?) FROM\s+" + _NAME + r" WHERE \[?name\]? = \?", flat, re.I)
+        match = re.match(
+            r"^SELECT (?:TOP \(\?\) )?(.+?) FROM\s+" + _NAME + r" WHERE (.+?)(?: ORDER BY (.+?))?;?$",
+            flat,
+            re.I,
+        )
         if match:
+            top = params[0] if flat.upper().startswith("SELECT TOP (?)") else None
             table = self._table(_name(match.group(2)))
             columns = [c.strip(" []") for c in match.group(1).split(",")]
-            rows = sorted((r for r in table if r["name"] == params[0]), key=lambda r: r["created_at"])
+            rows = _where(table, match.group(3), list(params[1:] if top is not None else params))
+            rows = _ordered(rows, match.group(4))
+            if top is not None:
+                rows = rows[: int(top)]
             return columns, [tuple(r.get(c) for c in columns) for r in rows]
         match = re.match(r"^DROP PROCEDURE (IF EXISTS )?" + _NAME + r";?$", flat, re.I)
         if match:
@@ -192,14 +203,15 @@ class FakeSqlServer:
             self.db.procedures.pop(procedure, None)
             self.db.bindings.pop(procedure, None)  # a dropped object's properties go with it
             return [], []
-        match = re.match(r"^DELETE FROM\s+" + _NAME + r" WHERE \[?name\]? = \?;?$", flat, re.I)
+        match = re.match(r"^DELETE FROM\s+" + _NAME + r" WHERE (.+?);?$", flat, re.I)
         if match:
             table = self._table(_name(match.group(1)))
-            table[:] = [r for r in table if r["name"] != params[0]]
+            doomed = {id(r) for r in _where(table, match.group(2), list(params))}
+            table[:] = [r for r in table if id(r) not in doomed]
             return [], []
-        match = re.match(r"^EXEC(?:UTE)?\s+" + _NAME, flat, re.I)
-        if match:
-            return self._exec(_name(match.group(1)), None)
+        match = re.match(r"^EXEC(?:UTE)?\s+" + _NAME + r"(.*?);?$", flat, re.I)
+        if match:  # the single-row procedure: its arguments are bound parameters
+            return self._exec(_name(match.group(1)), None, _declared(match.group(2), params))
         raise server_error(102, f"the fake does not understand: {flat[:200]}")
 
     def _table(self, name: str) -> list[dict[str, Any]]:
@@ -207,28 +219,100 @@ class FakeSqlServer:
             raise server_error(208, f"Invalid object name '{name}'.")
         return self.db.tables[name]
 
-    def _insert(self, table_name: str, variables: dict[str, Any]) -> tuple[list[str], list]:
-        """insert_model: THROW 50001 for a stored version with other content; else insert once."""
-        table = self._table(table_name)
+    # -- the tagged batches of tsql.py, as their T-SQL says ---------------------------------
+    def _create_model_table(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        self.db.tables.setdefault(tables[0], [])
+        return [], []
+
+    _create_traffic_table = _create_model_table
+    _create_request_log_table = _create_model_table
+
+    def _probe_configuration(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        return ["value_in_use"], [(1 if self.scripts_enabled else 0,)]
+
+    def _probe_permission(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        return ["allowed"], [(1 if self.may_run_scripts else 0,)]
+
+    def _probe_python(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        if not self.scripts_enabled:
+            raise _disabled()
+        if not self.may_run_scripts:
+            raise _denied()
+        asked = [n.strip() for n in str(variables.get("libraries") or "").split(",") if n.strip()]
+        rows = [("python", self.python), *[(n, self.libraries.get(n)) for n in asked]]
+        return ["name", "version"], rows
+
+    def _insert_model(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        """THROW 50001 for a stored version with other content; else insert once."""
+        table = self._table(tables[0])
         same = [r for r in table if r["name"] == variables["name"] and r["version"] == variables["version"]]
         if same and same[0]["sha256"] != variables["sha256"]:
             raise server_error(
                 50001, "this model version is already stored with other content; give the model a new version"
             )
         if not same:
-            self._counter += 1
-            table.append({**variables, "active": 0, "created_at": self._counter})
+            table.append({**variables, "active": 0, "created_at": self.now(), "created_by": "deployer"})
         return [], []
 
-    def _activate(self, table_name: str, variables: dict[str, Any]) -> tuple[list[str], list]:
-        table = self._table(table_name)
-        name, version = variables["name"], variables["version"]
-        if not any(r["name"] == name and r["version"] == version for r in table):
+    def _assign_slot(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        models, traffic = self._table(tables[0]), self._table(tables[1])
+        name, slot, version = variables["name"], variables["slot"], variables["version"]
+        if not any(r["name"] == name and r["version"] == version for r in models):
             raise server_error(50002, "this model version is not in the model table; insert it first")
-        for row in table:
-            if row["name"] == name:
-                row["active"] = 1 if row["version"] == version else 0
+        found = [r for r in traffic if r["name"] == name and r["slot"] == slot]
+        if found:
+            found[0]["version"] = version
+        else:
+            salts = [r["salt"] for r in traffic if r["name"] == name and r["salt"] is not None]
+            traffic.append(
+                {
+                    "name": name,
+                    "slot": slot,
+                    "version": version,
+                    "weight": 0,
+                    "salt": max(salts, default=None),
+                }
+            )
         return [], []
+
+    def _set_weight(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        traffic = self._table(tables[0])
+        found = [r for r in traffic if r["name"] == variables["name"] and r["slot"] == variables["slot"]]
+        if not found:
+            raise server_error(50004, "this model has no such deployment slot")
+        if not 0 <= int(variables["weight"]) <= 100:
+            raise server_error(547, "The UPDATE statement conflicted with the CHECK constraint.")
+        found[0]["weight"] = int(variables["weight"])
+        return [], []
+
+    def _refresh_active(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        traffic = self._table(tables[0])
+        models = self._table(next(t for t in tables if t != tables[0]))
+        name = variables["name"]
+        mine = [r for r in traffic if r["name"] == name]
+        if sum(r["weight"] for r in mine) not in (0, 100):
+            raise server_error(50005, "the traffic weights of this model's slots must add up to 100 (or 0)")
+        serving = {r["version"] for r in mine if r["weight"] > 0}
+        for row in models:
+            if row["name"] == name:
+                row["active"] = 1 if row["version"] in serving else 0
+        return [], []
+
+    def _set_salt(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        for row in self._table(tables[0]):
+            if row["name"] == variables["name"]:
+                row["salt"] = variables["salt"]
+        return [], []
+
+    def _restore_slot(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        traffic = self._table(tables[0])
+        if any(r["name"] == variables["name"] and r["slot"] == variables["slot"] for r in traffic):
+            raise server_error(2627, "Violation of PRIMARY KEY constraint. Cannot insert duplicate key.")
+        traffic.append({k: variables[k] for k in ("name", "slot", "version", "weight", "salt")})
+        return [], []
+
+    def _bind_model_name(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        raise AssertionError("handled by _bind")
 
     def _bind(self, flat: str, params: tuple[Any, ...]) -> tuple[list[str], list]:
         schema = re.search(r"@level0name = N'(\w+)'", flat)
@@ -251,63 +335,230 @@ class FakeSqlServer:
         self.db.procedures[name] = sql
         return [], []
 
-    def _probe_python(self, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        if not self.scripts_enabled:
-            raise _disabled()
-        if not self.may_run_scripts:
-            raise _denied()
-        asked = [n.strip() for n in str(params[0] if params else "").split(",") if n.strip()]
-        rows = [("python", self.python), *[(n, self.libraries.get(n)) for n in asked]]
-        return ["name", "version"], rows
-
     # -- scoring -----------------------------------------------------------------------------
     def _score_batch(self, flat: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
         match = re.search(r"FROM \(VALUES (.*)\) AS v\(([^)]*)\)( WHERE 1 = 0)?;", flat)
         if match is None:
             raise server_error(102, "Incorrect syntax near 'VALUES'.")
         columns = [c.strip(" []") for c in match.group(2).split(",")]
+        types = re.findall(r"CAST\((?:\?|NULL) AS ([\w(), ]+?)\)(?:,|\))", match.group(1))[: len(columns)]
+        proc = re.search(r"EXEC(?:UTE)?\s+" + _NAME + r"\s+@input_query = N'[^']*'(.*?);", flat, re.I)
+        if proc is None:
+            raise server_error(102, "Incorrect syntax near 'EXEC'.")
+        named = re.findall(r"@(\w+) = \?", proc.group(2))
+        values, call = (
+            list(params[: len(params) - len(named)]),
+            dict(zip(named, params[len(params) - len(named) :], strict=True)),
+        )
         if match.group(3):
             frame = pd.DataFrame({c: pd.Series([], dtype="float64") for c in columns})
         else:
             width = len(columns)
-            if len(params) % width:
+            if len(values) % width:
                 raise server_error(
                     10709, "The number of columns for each row in a table value constructor must be the same."
                 )
-            data = [list(params[i : i + width]) for i in range(0, len(params), width)]
+            data = [
+                [_cast(v, t) for v, t in zip(values[i : i + width], types, strict=True)]
+                for i in range(0, len(values), width)
+            ]
             frame = pd.DataFrame(data, columns=columns)
-        proc = re.search(r"EXEC(?:UTE)?\s+" + _NAME + r"\s+@input_query", flat, re.I)
-        if proc is None:
-            raise server_error(102, "Incorrect syntax near 'EXEC'.")
-        return self._exec(_name(proc.group(1)), frame)
+        return self._exec(_name(proc.group(1)), frame, call)
 
-    def _exec(self, name: str, frame: pd.DataFrame | None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def _exec(
+        self, name: str, frame: pd.DataFrame | None, call: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         if name not in self.db.procedures:
             raise server_error(2812, f"Could not find stored procedure '{name}'.")
         if not self.scripts_enabled:
             raise _disabled()
         if not self.may_run_scripts:
             raise _denied()
+        call = dict(call or {})
         definition = self.db.procedures[name]
-        script = _script_of(definition)
-        model = self._active_model(name)
-        params = {"model_bytes": model.get("payload"), "model_version": model.get("version")}
+        model_name = self.db.bindings.get(name)
+        routes = self._routes(definition, model_name, call.get("slot"))
+        if not routes:
+            raise server_error(
+                50003, "no slot of this model takes traffic (or @slot names none); push the model first"
+            )
+        models = self._table(_tables_of(definition)[0])
+        bundle = b""
+        for route in routes:
+            payload = next(
+                (
+                    r["payload"]
+                    for r in models
+                    if r["name"] == model_name and r["version"] == route["version"]
+                ),
+                b"",
+            )
+            bundle += len(payload).to_bytes(8, "big") + payload
+        # FOR JSON PATH leaves out NULLs
+        routes_json = json.dumps([{k: v for k, v in r.items() if v is not None} for r in routes])
+        params = {"model_bundle": bundle, "routes": routes_json}
+        if frame is None:  # the single-row procedure binds its inputs under their names
+            params.update({k: v for k, v in call.items() if k not in ("slot", "request_id")})
         try:
-            result = run_external_script(script, frame, params, result_sets=_result_sets(definition))
+            result, outputs = run_external_script_with_outputs(
+                _script_of(definition),
+                frame,
+                params,
+                result_sets=_result_sets(definition),
+                output_params=["request_log"],
+            )
         except ExternalScriptError as exc:
             raise server_error(exc.number, str(exc).split("\n", 1)[-1]) from None
+        self._log_requests(definition, model_name, call, outputs.get("request_log"))
         rows = [tuple(_plain(v) for v in row) for row in result.itertuples(index=False, name=None)]
         return list(result.columns), rows
 
-    def _active_model(self, procedure: str) -> dict[str, Any]:
-        """What the procedure's preamble selects: the active row of the model named by its
-        extended property; THROW 50003 when there is none."""
-        model_name = self.db.bindings.get(procedure)
-        for rows in self.db.tables.values():
-            active = [r for r in rows if r.get("active") and r["name"] == model_name]
-            if active:
-                return active[0]
-        raise server_error(50003, "no active model version for this procedure; push the model first")
+    def _routes(self, definition: str, model_name: str | None, slot: str | None) -> list[dict[str, Any]]:
+        """The procedure's @route table: the pinned slot, else the slots with a weight, by slot."""
+        traffic = self._table(_tables_of(definition)[1])
+        chosen = [
+            r
+            for r in traffic
+            if r["name"] == model_name and (r["slot"] == slot or (slot is None and r["weight"] > 0))
+        ]
+        return [
+            {"slot": r["slot"], "version": r["version"], "weight": r["weight"], "salt": r["salt"]}
+            for r in sorted(chosen, key=lambda r: r["slot"])
+        ]
+
+    def _log_requests(
+        self, definition: str, model_name: str | None, call: dict[str, Any], request_log: Any
+    ) -> None:
+        tables = _tables_of(definition)
+        if len(tables) < 3:  # target.request_log off: the procedure inserts nothing
+            return
+        if not isinstance(request_log, str):
+            raise server_error(13609, "JSON text is not properly formatted.")
+        log = self._table(tables[2])
+        for entry in json.loads(request_log):
+            self.db.identity += 1
+            keys = entry.get("row_keys")
+            log.append(
+                {
+                    "id": self.db.identity,
+                    "name": model_name,
+                    "t": self.now(),
+                    "request_id": call.get("request_id") or f"fake-{self.db.identity}",
+                    "slot": entry["slot"],
+                    "version": entry["version"],
+                    "status": int(entry["status"]),
+                    "row_count": int(entry["row_count"]),
+                    "latency_ms": entry.get("latency_ms"),
+                    "row_keys": None if keys is None else json.dumps(keys),
+                    "pinned": 0 if call.get("slot") is None else 1,
+                    "message": entry.get("message"),
+                }
+            )
+
+    def now(self) -> datetime.datetime:
+        """SYSUTCDATETIME(): naive UTC, as drivers return datetime2; never the same twice, so
+        that ORDER BY a time is the order things happened in."""
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        self._last_time = max(now, self._last_time + datetime.timedelta(microseconds=1))
+        return self._last_time
+
+
+_TAGGED = frozenset(
+    {
+        "create_model_table",
+        "create_traffic_table",
+        "create_request_log_table",
+        "insert_model",
+        "assign_slot",
+        "set_weight",
+        "refresh_active",
+        "set_salt",
+        "restore_slot",
+        "probe_configuration",
+        "probe_permission",
+        "probe_python",
+    }
+)
+
+
+def _declared(flat: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    """The batch's ``DECLARE @x type = ?`` variables (or ``@x = ?`` arguments), bound in order."""
+    names = re.findall(r"@(\w+)\s+[\w()]+\s*=\s*\?", flat) or re.findall(r"@(\w+)\s*=\s*\?", flat)
+    if len(names) != len(params):
+        raise server_error(137, "Must declare the scalar variable.")
+    return dict(zip(names, params, strict=True))
+
+
+def _tables_of(definition: str) -> list[str]:
+    """A scoring procedure's tables, in the order it names them: model, traffic, request log."""
+    found = re.findall(r"(?:FROM|JOIN|INSERT INTO)\s+(\[\w+\]\.\[\w+\])", definition)
+    ordered = list(dict.fromkeys(_name(t) for t in found))
+    traffic = ordered[0]  # the routes are read first, then the payloads
+    models = ordered[1]
+    return [models, traffic, *ordered[2:]]
+
+
+_OPERATORS = {
+    "=": lambda a, b: a == b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "<>": lambda a, b: a != b,
+}
+
+
+def _where(rows: list[dict[str, Any]], clause: str, params: list[Any]) -> list[dict[str, Any]]:
+    """Rows matching ``[col] op ? | literal`` terms joined by AND (what the backend sends)."""
+    tests = []
+    for term in re.split(r"\s+AND\s+", clause.strip().rstrip(";"), flags=re.I):
+        match = re.fullmatch(r"\[?(\w+)\]?\s*(=|>=|<=|<>|>|<)\s*(\?|\d+|N?'[^']*')", term.strip())
+        if match is None:
+            raise server_error(102, f"the fake does not understand the condition: {term}")
+        column, operator, value = match.groups()
+        if value == "?":
+            value = params.pop(0)
+        elif value.isdigit():
+            value = int(value)
+        else:
+            value = value.lstrip("N").strip("'")
+        tests.append((column, _OPERATORS[operator], value))
+    if params:
+        raise server_error(8178, "too many parameters for the conditions")
+    return [r for r in rows if all(r.get(c) is not None and op(r.get(c), v) for c, op, v in tests)]
+
+
+def _ordered(rows: list[dict[str, Any]], order: str | None) -> list[dict[str, Any]]:
+    if not order:  # no ORDER BY: the fake answers in insertion order
+        return list(rows)
+    result = list(rows)
+    for part in reversed([p.strip() for p in order.split(",")]):
+        match = re.fullmatch(r"\[?(\w+)\]?(?:\s+(ASC|DESC))?", part, re.I)
+        if match is None:
+            raise server_error(102, f"the fake does not understand ORDER BY {part}")
+        column = match.group(1)
+        result.sort(
+            key=lambda r: (r.get(column) is None, r.get(column)),
+            reverse=(match.group(2) or "").upper() == "DESC",
+        )
+    return result
+
+
+def _cast(value: Any, sql_type: str) -> Any:
+    """CAST(? AS type) of a bound value, refused as the server refuses it."""
+    base = sql_type.lower().split("(")[0].strip()
+    if value is None:
+        return None
+    try:
+        if base in ("float", "real", "decimal", "numeric"):
+            return float(value)
+        if base in ("int", "bigint", "smallint", "tinyint"):
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if base == "bit":
+            return bool(int(value)) if not isinstance(value, str) else value.strip().lower() in ("1", "true")
+    except (TypeError, ValueError):
+        raise server_error(8114, f"Error converting data type nvarchar to {base}.") from None
+    return value
 
 
 def _disabled() -> DatabaseError:

@@ -5,6 +5,8 @@ The script runs in a fresh namespace with ``InputDataSet`` (a pandas DataFrame, 
 leaves in ``OutputDataSet`` is checked against the ``WITH RESULT SETS`` columns as the server
 does: a script error, a missing or non-DataFrame ``OutputDataSet``, a wrong column count or a
 value that does not convert to the declared type is refused with the server's message.
+An ``OUTPUT`` parameter is read back from the variable of its name when the script ends
+(``run_external_script_with_outputs``); one the script did not set comes back as NULL.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+_COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
 
 
 class ExternalScriptError(Exception):
@@ -44,9 +48,23 @@ def run_external_script(
     ``result_sets``: the ``WITH RESULT SETS`` columns as (name, SQL type); the output is
     renamed to these names and converted to their types. None: returned as the script left it.
     """
+    return run_external_script_with_outputs(script, input_df, params, result_sets=result_sets)[0]
+
+
+def run_external_script_with_outputs(
+    script: str,
+    input_df: pd.DataFrame | None,
+    params: Mapping[str, Any],
+    *,
+    result_sets: Sequence[tuple[str, str]] | None = None,
+    output_params: Sequence[str] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``run_external_script``, plus the values of the ``OUTPUT`` parameters named."""
     namespace: dict[str, Any] = {"__name__": "__main__"}
     if input_df is not None:
-        namespace["InputDataSet"] = input_df.copy()
+        # the script gets a frame of its own; with copy-on-write (pandas 3) a shallow copy is
+        # one already, and costs nothing next to the model on a large batch
+        namespace["InputDataSet"] = input_df.copy(deep=not _COPY_ON_WRITE)
     for name, value in params.items():
         namespace[name.removeprefix("@")] = value
     try:
@@ -54,7 +72,11 @@ def run_external_script(
     except Exception:
         details = "".join(traceback.format_exc(limit=-3))
         raise ExternalScriptError(39004, _SCRIPT_ERROR.format(details=details)) from None
-    output = namespace.get("OutputDataSet")
+    outputs = {name.removeprefix("@"): namespace.get(name.removeprefix("@")) for name in output_params}
+    return _result_set(namespace.get("OutputDataSet"), result_sets), outputs
+
+
+def _result_set(output: Any, result_sets: Sequence[tuple[str, str]] | None) -> pd.DataFrame:
     if output is None:
         if result_sets:
             raise ExternalScriptError(
@@ -66,7 +88,9 @@ def run_external_script(
     if not isinstance(output, pd.DataFrame):
         raise ExternalScriptError(
             39004,
-            _SCRIPT_ERROR.format(details=f"OutputDataSet must be a pandas DataFrame, got {type(output).__name__}"),
+            _SCRIPT_ERROR.format(
+                details=f"OutputDataSet must be a pandas DataFrame, got {type(output).__name__}"
+            ),
         )
     if result_sets is None:
         return output
@@ -74,7 +98,8 @@ def run_external_script(
         raise ExternalScriptError(
             11537,
             f"EXECUTE statement failed because its WITH RESULT SETS clause specified {len(result_sets)} "
-            f"column(s) for result set number 1, but the statement sent {output.shape[1]} column(s) at run time.",
+            f"column(s) for result set number 1, but the statement sent {output.shape[1]} column(s) "
+            "at run time.",
         )
     # WITH RESULT SETS names the columns by position, and converts each value to its type.
     result = pd.DataFrame(index=range(len(output)))
@@ -83,8 +108,13 @@ def run_external_script(
     return result
 
 
-_INTEGERS = {"bit": (0, 1), "tinyint": (0, 255), "smallint": (-(2**15), 2**15 - 1),
-             "int": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
+_INTEGERS = {
+    "bit": (0, 1),
+    "tinyint": (0, 255),
+    "smallint": (-(2**15), 2**15 - 1),
+    "int": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
 _DTYPES = {"tinyint": "UInt8", "smallint": "Int16", "int": "Int32", "bigint": "Int64"}
 
 
@@ -109,12 +139,16 @@ def _convert(column: pd.Series, sql_type: str, name: str) -> pd.Series:
             if base == "bit":
                 return numbers.map(lambda v: None if pd.isna(v) else bool(v)).astype("boolean")
             if ((present < low) | (present > high)).any():
-                raise ExternalScriptError(8115, f"Arithmetic overflow error converting expression to data type {base}.")
+                raise ExternalScriptError(
+                    8115, f"Arithmetic overflow error converting expression to data type {base}."
+                )
             return numbers.astype(_DTYPES[base])
         if base in ("nvarchar", "varchar"):
             size = re.findall(r"\((\w+)\)", kind)[0]
-            text = pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                              for v in column], dtype=object)
+            text = pd.Series(
+                [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in column],
+                dtype=object,
+            )
             if size != "max" and text.dropna().map(len).gt(int(size)).any():
                 raise ExternalScriptError(
                     2628, f"String or binary data would be truncated in column '{name}' ({sql_type})."
@@ -124,5 +158,7 @@ def _convert(column: pd.Series, sql_type: str, name: str) -> pd.Series:
             values = pd.to_datetime(column, errors="raise")
             return values.dt.normalize() if base == "date" else values
     except (ValueError, TypeError):
-        raise ExternalScriptError(8114, f"Error converting data type to {sql_type} in column '{name}'.") from None
+        raise ExternalScriptError(
+            8114, f"Error converting data type to {sql_type} in column '{name}'."
+        ) from None
     raise ValueError(f"the harness does not know SQL type {sql_type!r}")

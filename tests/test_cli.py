@@ -263,3 +263,32 @@ def test_azureml_render_then_import_gives_back_a_valid_manifest(cli, iris, tmp_p
     placeholders = cli("import", *pair, "-o", tmp_path / "later.yaml", "--json")
     assert placeholders.exit_code == 0, placeholders.stdout
     assert "${AZURE_ML_WORKSPACE}" in (tmp_path / "later.yaml").read_text()
+
+
+def _complete(words: str) -> list[str]:
+    import os
+
+    environ = {
+        **os.environ,
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+        "_TDSP_DEPLOY_COMPLETE": "complete_bash",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tdsp_deploy"], env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_shell_completion_offers_commands_targets_and_flavors():
+    assert _complete("tdsp-deploy sta") == ["status"]
+    assert set(_complete("tdsp-deploy init --target ")) >= {"local", "azureml", "sqlserver"}
+    assert _complete("tdsp-deploy init --flavor ml") == ["mlflow"]
+    script = subprocess.run(
+        [sys.executable, "-m", "tdsp_deploy", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "_TDSP_DEPLOY_COMPLETE=complete_bash" in script.stdout

@@ -385,6 +385,13 @@ def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
             result = cli(*command)
             assert result.exit_code == 0, (command, result.stderr)
             outputs.append(result.stdout + result.stderr)
+        # The supervisor restarts a killed slot with a copy of its environment, secret included:
+        # that copy lives in its memory only.
+        _kill_and_wait_for_restart(cli, iris)
+        for command in (["status", iris, "--json"], ["logs", iris]):
+            result = cli(*command)
+            outputs.append(result.stdout + result.stderr)
+        assert cli("invoke", iris, "--request", iris.parent / "sample-request.json").exit_code == 0
         for text in outputs:
             assert secret not in text
         written = [p for root in (state_home, tmp_path / "dist", tmp_path / "review") for p in root.rglob("*")
@@ -399,18 +406,20 @@ def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
 
 
 def test_killed_processes_are_reported_and_the_next_push_brings_them_back(cli, deployed):
+    """As after a machine restart: router, supervisor and slot all gone; the state is still read."""
     import signal
 
     manifest, pushed = deployed
     status = cli("status", manifest, "--json").json()
     router_pid, slot_pid = status["details"]["router"]["pid"], status["slots"][0]["details"]["pid"]
-    os.killpg(router_pid, signal.SIGKILL)
-    os.killpg(slot_pid, signal.SIGKILL)
-    for pid in (router_pid, slot_pid):
+    supervisor_pid = status["details"]["supervisor"]["pid"]
+    for pid in (supervisor_pid, router_pid, slot_pid):  # the supervisor first, or it restarts the slot
+        os.killpg(pid, signal.SIGKILL)
         psutil.wait_procs([psutil.Process(pid)], timeout=10) if psutil.pid_exists(pid) else None
     broken = cli("status", manifest, "--json")
     assert broken.exit_code == ExitCode.DEPLOYMENT_FAILED
     assert broken.json()["details"]["router"]["state"] == "stopped"
+    assert broken.json()["details"]["supervisor"]["state"] == "stopped"
     assert broken.json()["slots"][0]["state"] == "stopped"
     healed = cli("push", manifest, "--json")
     assert healed.exit_code == 0, healed.stderr
@@ -420,4 +429,24 @@ def test_killed_processes_are_reported_and_the_next_push_brings_them_back(cli, d
     key = keys(cli, manifest)["primary_key"]
     body = (manifest.parent / "sample-request.json").read_bytes()
     assert post(pushed["scoring_uri"], body, {"Authorization": f"Bearer {key}"})[0] == 200
-    assert cli("status", manifest).exit_code == 0
+    healthy = cli("status", manifest, "--json")
+    assert healthy.exit_code == 0
+    assert healthy.json()["details"]["supervisor"]["state"] == "running"
+    assert healthy.json()["slots"][0]["details"]["port"] == status["slots"][0]["details"]["port"]
+
+
+def _kill_and_wait_for_restart(cli, manifest: Path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    slot = cli("status", manifest, "--json").json()["slots"][0]["details"]
+    group = [psutil.Process(slot["pid"]), *psutil.Process(slot["pid"]).children(recursive=True)]
+    os.killpg(slot["pid"], signal.SIGKILL)
+    psutil.wait_procs(group, timeout=30)
+    deadline = time.monotonic() + 120
+    while True:
+        now = cli("status", manifest, "--json").json()["slots"][0]
+        if now["state"] == "healthy" and now["details"]["restarts"] == 1:
+            return
+        assert time.monotonic() < deadline, f"not restarted: {now}"
+        time.sleep(0.2)

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -30,10 +31,10 @@ class Upstream(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, name: str, delay: float = 0.0):
+    def __init__(self, name: str, delay: float = 0.0, *, keep_alive: bool = False):
         self.name = name
         self.delay = delay
-        super().__init__(("127.0.0.1", 0), EchoHandler)
+        super().__init__(("127.0.0.1", 0), KeepAliveEchoHandler if keep_alive else EchoHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -55,6 +56,7 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode(),
+                "client_port": self.client_address[1],  # which of the router's connections
             }
         ).encode()
         self.send_response(200)
@@ -66,6 +68,10 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class KeepAliveEchoHandler(EchoHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open, as a threaded gunicorn worker does
 
 
 class RouterProcess:
@@ -126,11 +132,50 @@ class RouterProcess:
         connection.close()
         return result
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        connection = self.connection()
+        connection.request("GET", path, headers=AUTH)
+        response = connection.getresponse()
+        result = response.status, response.read()
+        connection.close()
+        return result
+
+    def get_json(self, path: str) -> dict:
+        status, body = self.get(path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def get_text(self, path: str) -> str:
+        status, body = self.get(path)
+        assert status == 200, body
+        return body.decode()
+
+    def control(self, path: str, doc: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        connection = self.connection()
+        connection.request(
+            "POST", path, body=json.dumps(doc).encode(), headers=AUTH if headers is None else headers
+        )
+        response = connection.getresponse()
+        result = response.status, json.loads(response.read())
+        connection.close()
+        return result
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=15)
         self.log.close()
+
+
+def wait_for(read, done, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Poll ``read()`` until ``done(value)``; the last value (the test's assert shows it)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    assert done(value), value
+    return value
 
 
 @pytest.fixture
@@ -145,7 +190,9 @@ def make_router(tmp_path):  # type: ignore[no-untyped-def]
     made: list[RouterProcess] = []
 
     def make(slots: dict[str, tuple[int, int]], **options: object) -> RouterProcess:
-        router = RouterProcess(tmp_path, slots, **options)  # type: ignore[arg-type]
+        folder = tmp_path / f"router-{len(made)}"
+        folder.mkdir()
+        router = RouterProcess(folder, slots, **options)  # type: ignore[arg-type]
         made.append(router)
         return router
 
@@ -226,15 +273,135 @@ def test_liveness_needs_no_key(make_router, blue):
     connection.request("GET", "/")
     response = connection.getresponse()
     assert (response.status, response.read()) == (200, b"Healthy")
+    connection.request("HEAD", "/score", headers=AUTH)  # not forwarded: the slot's bodiless answer
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 405
 
 
-def test_unreachable_slot_is_a_502_and_the_router_keeps_serving(make_router, blue):
+def test_pinned_request_to_an_unreachable_slot_is_a_503_and_the_router_keeps_serving(make_router, blue):
     dead_port = free_port()
     router = make_router({"blue": (blue.port, 100), "gone": (dead_port, 0)})
     status, headers, body = router.post(headers={"azureml-model-deployment": "gone"})
-    assert status == 502 and headers["azureml-model-deployment"] == "gone"
-    assert "not reachable" in json.loads(body)["message"]
+    assert status == 503 and headers["azureml-model-deployment"] == "gone"
+    assert "deployment 'gone' is unavailable" in json.loads(body)["message"]
     assert router.post()[0] == 200
+
+
+def test_upstream_connections_are_pooled_and_reused(make_router):
+    slot = Upstream("pooled", keep_alive=True)
+    try:
+        router = make_router({"pooled": (slot.port, 100)})
+        connection = router.connection()
+        ports = []
+        for _ in range(20):
+            connection.request("POST", "/score", body=b"{}", headers=AUTH)
+            response = connection.getresponse()
+            assert response.status == 200
+            ports.append(json.loads(response.read())["client_port"])
+        assert len(set(ports)) == 1  # one connection to the slot carried all 20 requests
+    finally:
+        slot.shutdown()
+
+
+def test_weighted_request_goes_to_another_slot_when_its_slot_cannot_be_reached(make_router, blue):
+    router = make_router({"blue": (blue.port, 50), "gone": (free_port(), 50)})
+    answers = [router.post() for _ in range(30)]
+    assert [status for status, _, _ in answers] == [200] * 30  # not one caller saw the dead slot
+    assert {headers["azureml-model-deployment"] for _, headers, _ in answers} == {"blue"}
+    state = router.get_json("/-/state")
+    assert state["down"] == ["gone"]  # left out for a back-off after it refused
+    metrics = router.get_text("/metrics")
+    retried = re.search(r'tdsp_requests_retried_total\{endpoint="test",deployment="gone"\} (\d+)', metrics)
+    assert retried and int(retried.group(1)) >= 1
+    # with no other slot to go to, the caller is told which slot is unavailable
+    lonely = make_router({"gone": (free_port(), 100)})
+    status, headers, body = lonely.post()
+    assert status == 503 and "deployment 'gone' is unavailable" in json.loads(body)["message"]
+
+
+def test_requests_in_flight_are_counted_per_slot(make_router, blue):
+    slow = Upstream("slow", delay=1.0)
+    try:
+        router = make_router({"slow": (slow.port, 100), "blue": (blue.port, 0)})
+        workers = [threading.Thread(target=router.post) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        seen = wait_for(lambda: router.get_json("/-/state")["in_flight"], lambda v: v["slow"] == 3)
+        assert seen == {"slow": 3, "blue": 0}
+        gauge = 'tdsp_requests_in_flight{endpoint="test",deployment="slow"}'
+        assert f"{gauge} 3" in router.get_text("/metrics")
+        for worker in workers:
+            worker.join(timeout=10)
+        assert router.get_json("/-/state")["in_flight"] == {"slow": 0, "blue": 0}
+        assert f"{gauge} 0" in router.get_text("/metrics")
+    finally:
+        slow.shutdown()
+
+
+def test_drain_stops_new_requests_and_answers_when_the_slot_is_idle(make_router, blue):
+    slow = Upstream("slow", delay=0.8)
+    try:
+        router = make_router({"slow": (slow.port, 50), "blue": (blue.port, 50)})
+        pin = {"azureml-model-deployment": "slow"}
+        results: list[int] = []
+        workers = [
+            threading.Thread(target=lambda: results.append(router.post(headers=pin)[0])) for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        wait_for(lambda: router.get_json("/-/state")["in_flight"]["slow"], lambda n: n == 2)
+        drained: list[tuple[int, dict]] = []
+        drainer = threading.Thread(
+            target=lambda: drained.append(router.control("/-/drain", {"deployment": "slow"}))
+        )
+        drainer.start()
+        wait_for(lambda: router.get_json("/-/state")["draining"], lambda names: names == ["slow"])
+        # while it drains: weighted traffic all goes to the other slot, a pinned request is refused
+        assert {router.post()[1]["azureml-model-deployment"] for _ in range(20)} == {"blue"}
+        status, _, body = router.post(headers=pin)
+        assert status == 503 and "draining" in json.loads(body)["message"]
+        drainer.join(timeout=10)
+        for worker in workers:
+            worker.join(timeout=10)
+        assert results == [200, 200]  # what was in flight was answered
+        status, answer = drained[0]
+        assert status == 200 and answer["drained"] is True and answer["in_flight"] == 0
+        assert answer["waited_s"] > 0.2  # it waited for the two slow requests
+        assert router.control("/-/resume", {"deployment": "slow"})[0] == 200
+        assert router.post(headers=pin)[0] == 200
+    finally:
+        slow.shutdown()
+
+
+def test_drain_gives_up_after_its_timeout_and_says_how_many_are_left(make_router):
+    slow = Upstream("slow", delay=2.0)
+    try:
+        router = make_router({"slow": (slow.port, 100)})
+        worker = threading.Thread(target=router.post)
+        worker.start()
+        wait_for(lambda: router.get_json("/-/state")["in_flight"]["slow"], lambda n: n == 1)
+        status, answer = router.control("/-/drain", {"deployment": "slow", "timeout_s": 0.2})
+        assert status == 504 and answer["drained"] is False and answer["in_flight"] == 1
+        assert "1 requests still in flight" in answer["message"]
+        worker.join(timeout=10)
+        # by port: a process that already left the routes, with nothing in flight, is drained at once
+        status, answer = router.control("/-/drain", {"port": free_port()})
+        assert status == 200 and answer["drained"] is True
+    finally:
+        slow.shutdown()
+
+
+def test_drain_refuses_bad_requests(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    assert router.control("/-/drain", {"deployment": "nope"})[0] == 404
+    assert router.control("/-/drain", {})[0] == 400
+    assert router.control("/-/drain", {"deployment": "blue", "timeout_s": "soon"})[0] == 400
+    assert router.control("/-/drain", {"deployment": "blue"}, headers={})[0] == 401  # needs the key
+    connection = router.connection()
+    connection.request("GET", "/-/drain", headers=AUTH)
+    assert connection.getresponse().status == 405
+    assert router.get_json("/-/state")["draining"] == []  # none of these drained anything
 
 
 def test_slow_slot_is_a_504():
@@ -401,7 +568,7 @@ def test_metrics_in_prometheus_format_and_the_request_log(make_router, blue, tmp
     assert response.getheader("Content-Type").startswith("text/plain; version=0.0.4")
     text = response.read().decode()
     assert 'tdsp_requests_total{endpoint="test",deployment="blue",code="200"} 3' in text
-    assert 'tdsp_requests_total{endpoint="test",deployment="gone",code="502"} 1' in text
+    assert 'tdsp_requests_total{endpoint="test",deployment="gone",code="503"} 1' in text
     assert 'tdsp_request_errors_total{endpoint="test",deployment="gone"} 1' in text
     assert 'tdsp_request_duration_seconds_count{endpoint="test",deployment="blue"} 3' in text
     assert 'tdsp_request_duration_seconds_bucket{endpoint="test",deployment="blue",le="+Inf"} 3' in text
@@ -410,7 +577,7 @@ def test_metrics_in_prometheus_format_and_the_request_log(make_router, blue, tmp
         ("blue", 200, False),
         ("blue", 200, False),
         ("blue", 200, False),
-        ("gone", 502, True),
+        ("gone", 503, True),
     ]
     assert all(r["latency_ms"] > 0 and len(r["id"]) == 32 for r in records)
 
@@ -422,3 +589,132 @@ def test_sticky_hash_is_stable_and_salted():
     assert key_fraction(b"exp-1", b"user-7") != key_fraction(b"exp-2", b"user-7")
     fractions = [key_fraction(b"exp", f"user-{i}".encode()) for i in range(10_000)]
     assert 0.48 < sum(f < 0.5 for f in fractions) / 10_000 < 0.52
+
+
+class SlotProcess:
+    """A real slot: slot_server.py (the inference server under gunicorn) with a small score.py."""
+
+    def __init__(self, tmp: Path, score_py: str, *, workers: int = 1, scoring_timeout_ms: int | None = None):
+        code = tmp / "code"
+        code.mkdir()
+        (code / "score.py").write_text(score_py)
+        (tmp / "model").mkdir()
+        self.port = free_port()
+        self.log_path = tmp / "slot.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
+        env = {k: v for k, v in os.environ.items() if k not in ("SERVER_PORT", "WORKER_COUNT")}
+        env.update(
+            {"AZUREML_MODEL_DIR": str(tmp / "model"), "AML_APP_ROOT": str(code), "PYTHONUNBUFFERED": "1"}
+        )
+        if scoring_timeout_ms is not None:
+            env["SCORING_TIMEOUT_MS"] = str(scoring_timeout_ms)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tdsp_deploy.backends.local.slot_server",
+                "--entry_script",
+                "score.py",
+                "--model_dir",
+                str(tmp / "model"),
+                "--port",
+                str(self.port),
+                "--worker_count",
+                str(workers),
+            ],
+            cwd=code,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if self.post(b'"ping"', path="/")[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log_path.read_text()
+            time.sleep(0.2)
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def post(self, body: bytes, path: str = "/score") -> tuple[int, bytes]:
+        connection = self.connection()
+        connection.request(
+            "GET" if path == "/" else "POST",
+            path,
+            body=None if path == "/" else body,
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        result = response.status, response.read()
+        connection.close()
+        return result
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+ECHO_SCORE = "def init():\n    pass\n\n\ndef run(raw_data):\n    return {'echo': raw_data}\n"
+
+
+def test_slot_server_runs_the_manifests_workers_with_keep_alive(tmp_path):
+    """The slot process itself: the inference server with N workers, keeping connections open
+    for the router's pool, and logging each request once (no second gunicorn access line)."""
+    import psutil
+
+    slot = SlotProcess(tmp_path, ECHO_SCORE, workers=2)
+    try:
+        connection = slot.connection()
+        for number in range(3):  # one connection for all: the server keeps it open
+            connection.request(
+                "POST", "/score", body=f'"{number}"', headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert response.status == 200 and not response.will_close
+            assert json.loads(response.read()) == {"echo": f'"{number}"'}  # run() gets the raw body
+        connection.close()
+        workers = wait_for(lambda: psutil.Process(slot.process.pid).children(), lambda found: len(found) == 2)
+        assert len(workers) == 2  # --worker_count reached gunicorn
+        time.sleep(0.5)
+        text = slot.log_path.read_text()
+        assert text.count("POST /score") == 3, text[-2000:]  # the server's own line, once per request
+    finally:
+        slot.stop()
+
+
+def test_slot_keeps_the_scoring_time_limit_on_its_worker_thread(tmp_path):
+    score = (
+        "import time\n\n\ndef init():\n    pass\n\n\n"
+        "def run(raw_data):\n"
+        "    if raw_data == '\"spin\"':\n"
+        "        while True:\n"
+        "            pass\n"
+        "    if raw_data == '\"block\"':\n"
+        "        time.sleep(120)\n"
+        "    return {'ok': True}\n"
+    )
+    slot = SlotProcess(tmp_path, score, scoring_timeout_ms=500)
+    try:
+        # a run() busy in Python is interrupted at the limit, and the server says so
+        status, body = slot.post(b'"spin"')
+        assert status == 500 and "Scoring timeout" in json.loads(body)["message"]
+        assert slot.post(b'"fine"') == (200, b'{"ok": true}')
+        # a run() stuck in C cannot be interrupted: its worker is replaced, and the slot serves again
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            slot.post(b'"block"')
+        wait_for(lambda: _answer_or_none(slot), lambda answer: answer == (200, b'{"ok": true}'), timeout=60)
+    finally:
+        slot.stop()
+
+
+def _answer_or_none(slot: SlotProcess) -> tuple[int, bytes] | None:
+    try:
+        return slot.post(b'"fine"')
+    except (OSError, http.client.HTTPException):
+        return None

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import socket
 import threading
+import time
+
+import pytest
 
 from tdsp_deploy.backends.base import InvokeResult
 from tdsp_deploy.errors import BackendError
+from tdsp_deploy.http_caller import PlainHttpCaller, http_callers
 from tdsp_deploy.manifest.model import LatencyObjective
 from tdsp_deploy.smoke import check_answer, json_differences, percentile, run_latency
 
@@ -83,3 +90,111 @@ def test_latency_run_fails_on_errors_and_on_p95():
         slow_callers, b"{}", LatencyObjective(requests=10, concurrency=1, warmup=0, p95_ms=1e-9)
     )
     assert not strict.passed and "p95 latency" in strict.problems[0]
+
+
+def stalling_callers(stall_on: int, stall_s: float):  # type: ignore[no-untyped-def]
+    """Callers of an endpoint that answers at once, except request ``stall_on``, which stalls."""
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    def make():  # type: ignore[no-untyped-def]
+        while True:
+
+            def call(body: bytes) -> InvokeResult:
+                with lock:
+                    counter["n"] += 1
+                    number = counter["n"]
+                if number == stall_on:
+                    time.sleep(stall_s)
+                return InvokeResult(200, body, {}, 0.1)
+
+            yield call
+
+    return make()
+
+
+def test_fixed_rate_charges_a_stall_to_every_request_it_delayed():
+    objective = LatencyObjective(requests=40, concurrency=1, warmup=0)
+    closed = run_latency(stalling_callers(5, 0.3), b"{}", objective)
+    fixed = run_latency(stalling_callers(5, 0.3), b"{}", objective, rate=100.0)
+    # closed loop: one slow request; nothing else was sent while it stalled
+    assert closed.max_ms >= 300 and closed.p50_ms < 50 and closed.rate_per_s is None
+    # fixed rate: the requests due every 10 ms during the 0.3 s stall waited for it, and count
+    # it from when they were due (as wrk2 does)
+    assert fixed.rate_per_s == 100.0 and fixed.max_ms >= 300
+    assert fixed.p50_ms > 50  # about half of the 40 waited 100 ms or more for the stall
+    assert fixed.duration_s >= 0.39  # 40 requests at 100/s take at least 0.39 s
+    assert closed.client_cpu_s >= 0 and fixed.client_cpu_s >= 0
+
+
+def test_fixed_rate_must_be_positive():
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        run_latency(stalling_callers(0, 0), b"{}", LatencyObjective(requests=1), rate=0)
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """Answers like the endpoints the runner meets: kept alive, chunked, closed after each."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        answer = json.dumps({"got": body.decode(), "port": self.client_address[1]}).encode()
+        self.send_response(200 if self.path != "/fail" else 500)
+        self.send_header("azureml-model-deployment", "blue")
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (answer[:5], answer[5:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("Content-Length", str(len(answer)))
+        if self.path == "/close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def answers():  # type: ignore[no-untyped-def]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_plain_http_caller_keeps_one_connection_and_reads_every_kind_of_answer(answers):
+    with http_callers(f"{answers}/score", {"Authorization": "Bearer k"}) as callers:
+        caller = next(callers)
+        assert isinstance(caller, PlainHttpCaller)
+        first, second = caller(b'{"a": 1}'), caller(b'{"a": 2}')
+        assert first.status == 200 and first.deployment == "blue"
+        assert first.json()["got"] == '{"a": 1}' and second.json()["got"] == '{"a": 2}'
+        assert first.json()["port"] == second.json()["port"]  # the same connection
+    with http_callers(f"{answers}/chunked", {}) as callers:
+        assert next(callers)(b"x").json()["got"] == "x"
+    with http_callers(f"{answers}/close", {}) as callers:
+        caller = next(callers)
+        ports = {caller(b"y").json()["port"] for _ in range(3)}
+        assert len(ports) == 3  # the server closed each time: a new connection each time
+    with http_callers(f"{answers}/fail", {}) as callers:
+        assert next(callers)(b"z").status == 500  # an HTTP error is an answer, not an exception
+
+
+def test_plain_http_caller_reconnects_after_an_idle_close_and_reports_a_dead_endpoint(answers):
+    caller = PlainHttpCaller(f"{answers}/score", {})
+    assert caller(b"1").status == 200
+    caller._socket.shutdown(socket.SHUT_RDWR)  # as if the server had closed the idle connection
+    assert caller(b"2").json()["got"] == "2"
+    caller.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    with pytest.raises(BackendError, match="cannot reach"):
+        PlainHttpCaller(f"http://127.0.0.1:{dead}/score", {})(b"{}")

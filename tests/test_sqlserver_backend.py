@@ -155,7 +155,8 @@ def test_the_smoke_request_values_are_bound_parameters_never_sql_text(server, pr
     assert scoring
     sql, params = scoring[-1]
     assert "5.1" not in sql and "CAST(? AS float)" in sql
-    assert list(params) == [v for row in SAMPLES for v in row]
+    assert list(params[:-2]) == [v for row in SAMPLES for v in row]
+    assert params[-2] == "blue"  # @slot: the smoke test is pinned to the new slot
 
 
 def test_an_unchanged_push_is_a_no_op(server, project):
@@ -184,6 +185,7 @@ def test_an_unchanged_push_is_a_no_op(server, project):
         ("insert_error", ExitCode.BACKEND, "injected failure"),
         ("procedure_error", ExitCode.BACKEND, "injected failure"),
         ("row_procedure_error", ExitCode.BACKEND, "injected failure"),
+        ("slot_error", ExitCode.BACKEND, "injected failure"),
         ("activation_error", ExitCode.BACKEND, "injected failure"),
     ],
 )
@@ -202,7 +204,7 @@ def test_a_failure_at_each_step_of_a_first_push_leaves_nothing_written(
 
 
 @pytest.mark.parametrize(
-    "failure", ["library_mismatch", "insert_error", "procedure_error", "activation_error"]
+    "failure", ["library_mismatch", "insert_error", "procedure_error", "slot_error", "activation_error"]
 )
 def test_a_failure_of_a_second_push_leaves_the_first_version_serving(server, tmp_path, failure):
     first = make_project(tmp_path / "v1", version="1")
@@ -232,8 +234,10 @@ def arrange(server: FakeSqlServer, failure: str) -> None:
         server.fail_matching = r"^CREATE OR ALTER PROCEDURE \[dbo\]\.\[score_irissql\]\s"
     elif failure == "row_procedure_error":
         server.fail_matching = r"^CREATE OR ALTER PROCEDURE \[dbo\]\.\[score_irissql_row\]"
+    elif failure == "slot_error":
+        server.fail_matching = r"^-- tdsp-deploy: assign_slot"
     elif failure == "activation_error":
-        server.fail_matching = r"SET \[active\]"
+        server.fail_matching = r"^-- tdsp-deploy: refresh_active"
 
 
 def test_a_stored_version_with_other_content_is_refused_and_nothing_changes(server, tmp_path):
@@ -255,7 +259,9 @@ def test_a_failure_on_any_statement_of_a_first_push_leaves_nothing_behind(projec
     counting = FakeSqlServer(libraries=matching_libraries())
     run_push(project, counting)
     total = len(counting.statements)
-    deploy_statements = next(i for i, sql in enumerate(counting.statements, 1) if "SET [active]" in sql)
+    deploy_statements = next(
+        i for i, sql in enumerate(counting.statements, 1) if sql.startswith("-- tdsp-deploy: refresh_active")
+    )
     assert total > deploy_statements > 6
     for n in range(1, total + 1):
         server = FakeSqlServer(libraries=matching_libraries())
@@ -292,9 +298,14 @@ def test_a_second_version_can_be_discarded_back_to_the_first(server, tmp_path):
     package = build_package(loaded.manifest, paths.package_store())
     backend.deploy_slot("green", package)
     backend.wait_healthy("green")
-    assert backend.status().slots[0].model_version == "2"
+    status = backend.status()
+    assert [(s.name, s.model_version, s.traffic) for s in status.slots] == [
+        ("blue", "1", 100),
+        ("green", "2", 0),
+    ]
     body = (second.parent / "request.json").read_bytes()
-    assert {row[1] for row in backend.invoke(body).json()["data"]} == {"2"}
+    assert {row[1] for row in backend.invoke(body, slot="green").json()["data"]} == {"2"}
+    assert {row[1] for row in backend.invoke(body).json()["data"]} == {"1"}  # green has no traffic
 
     backend.discard_slot("green")
 
@@ -302,6 +313,29 @@ def test_a_second_version_can_be_discarded_back_to_the_first(server, tmp_path):
     assert [(s.name, s.model_version, s.traffic) for s in status.slots] == [("blue", "1", 100)]
     assert [(v["version"], v["active"]) for v in status.details["versions"]] == [("1", True), ("2", False)]
     assert backend.invoke(body).json() == json.loads((first.parent / "expected.json").read_text())
+
+
+def test_a_failed_push_puts_the_previous_procedure_definitions_back(server, tmp_path):
+    first = make_project(tmp_path / "v1", version="1")
+    run_push(first, server)
+    definitions = dict(server.db.procedures)
+    status_before = backend_for(first, server).status()
+    # v2 changes the procedures (another output column) and then fails its smoke test
+    second = make_project(tmp_path / "v2", version="2", max_depth=1)
+    document = yaml.safe_load(second.read_text())
+    document["target"]["outputs"].append({"name": "p_setosa", "type": "float"})
+    second.write_text(yaml.safe_dump(document))
+    (second.parent / "expected.json").write_text(json.dumps({"columns": ["species"], "data": [["nope"]]}))
+
+    error = push_fails(second, server)
+
+    assert error.exit_code == ExitCode.SMOKE_FAILED and error.details["rolled_back"] is True
+    assert server.db.procedures == definitions  # the text itself, byte for byte
+    after = backend_for(first, server).status()
+    assert after.details["procedure_sha256"] == status_before.details["procedure_sha256"]
+    assert [(s.name, s.model_version, s.traffic) for s in after.slots] == [("blue", "1", 100)]
+    answer = backend_for(first, server).invoke((first.parent / "request.json").read_bytes())
+    assert answer.json() == json.loads((first.parent / "expected.json").read_text())
 
 
 def test_a_smoke_failure_rolls_back_to_the_first_version(server, tmp_path):
@@ -326,7 +360,7 @@ def test_a_failed_first_push_after_deploy_removes_what_it_made(server, project):
 def test_second_version_push_switches_the_active_version(server, tmp_path):
     run_push(make_project(tmp_path / "v1", version="1"), server)
     result = run_push(make_project(tmp_path / "v2", version="2", max_depth=1), server)
-    assert result.deployment == "green" and result.traffic == {"green": 100}
+    assert result.deployment == "green" and result.traffic == {"blue": 0, "green": 100}
     assert [(v, a) for _, v, a in rows_of(server)] == [("1", 0), ("2", 1)]
 
 
@@ -337,28 +371,32 @@ def test_exec_of_a_missing_procedure_fails(server, project):
     assert "Could not find stored procedure" in error.message
 
 
-def test_set_traffic_logs_and_credentials_say_what_is_not_supported(server, project):
+def test_credentials_and_mirroring_say_what_is_not_supported(server, project):
     run_push(project, server)
     backend = backend_for(project, server)
-    backend.set_traffic({"blue": 100})  # what is already the case is accepted
-    with pytest.raises(UsageError):
-        backend.set_traffic({"blue": 50, "green": 50})
-    with pytest.raises(UsageError) as logs:
-        backend.logs("blue")
-    assert logs.value.hint
     with pytest.raises(UsageError):
         backend.credentials()
-    assert SqlServerBackend.supports_weighted_traffic is False
+    with pytest.raises(UsageError):
+        backend.set_traffic({"blue": 100}, {"blue": 10})
+    assert SqlServerBackend.supports_weighted_traffic is True and SqlServerBackend.supports_mirror is False
 
 
-def test_delete_drops_the_procedures_and_with_the_endpoint_the_rows(server, project):
-    run_push(project, server)
-    backend = backend_for(project, server)
+def test_delete_a_slot_without_traffic_then_the_whole_endpoint(server, tmp_path):
+    first = make_project(tmp_path / "v1", version="1")
+    run_push(first, server)
+    run_push(make_project(tmp_path / "v2", version="2", max_depth=1), server)  # green takes it all
+    backend = backend_for(first, server)
+    with pytest.raises(UsageError) as busy:
+        backend.delete("green")
+    assert "100%" in busy.value.message
     backend.delete("blue")
-    assert server.db.procedures == {} and rows_of(server) == [("iris-classifier", "1", 1)]
-    run_push(project, server)
+    assert [s.name for s in backend.status().slots] == ["green"]
+    assert set(server.db.procedures) == {PROCEDURE, PROCEDURE + "_row"}
+
     backend.delete()
+
     assert server.db.procedures == {} and rows_of(server) == []
+    assert all(rows == [] for rows in server.db.tables.values())  # traffic and request log too
     assert backend.status().exists is False
 
 
@@ -454,8 +492,9 @@ def test_request_rows_follow_the_inputs_order_and_the_batch_binds_them(project):
     loaded = load_manifest(project, targets=(LocalTarget, SqlServerTarget))
     body = json.dumps({"columns": list(reversed(FEATURES)), "data": [[0.2, 1.4, 3.5, 5.1]]}).encode()
     assert request_rows(body, FEATURES) == [[5.1, 3.5, 1.4, 0.2]]
-    sql, params = scoring_batch(loaded.manifest.target, NAME, [[5.1, 3.5, 1.4, 0.2]])
-    assert params == [5.1, 3.5, 1.4, 0.2] and "@input_query = N'SELECT * FROM #tdsp_input'" in sql
+    sql, params = scoring_batch(loaded.manifest.target, NAME, [[5.1, 3.5, 1.4, 0.2]], slot="green")
+    assert params == [5.1, 3.5, 1.4, 0.2, "green", None]
+    assert "@input_query = N'SELECT * FROM #tdsp_input', @slot = ?, @request_id = ?" in sql
     with pytest.raises(ValueError):
         request_rows(b'{"columns": ["x"], "data": [[1]]}', FEATURES)
 

@@ -28,6 +28,8 @@ def check_manifest(loaded: LoadedManifest) -> list[str]:
     Returns warnings (rendered like problems) for things that work but are probably mistakes.
     """
     problems = [*_script_problems(loaded), *_smoke_test_problems(loaded)]
+    if not problems and loaded.manifest.model.flavor == "mlflow":
+        problems += _mlflow_problems(loaded)
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.field or ""))
         raise ManifestError(problems)
@@ -47,6 +49,8 @@ def _shown(loaded: LoadedManifest, path: Path) -> str:
 
 def _script_problems(loaded: LoadedManifest) -> list[ManifestProblem]:
     field: FieldPath = ("scoring", "script")
+    if loaded.manifest.scoring is None:
+        return []  # an MLflow model: its entry script is generated
     script = loaded.manifest.scoring.script
     shown = _shown(loaded, script)
     try:
@@ -165,6 +169,27 @@ def _decorated(function: _Callable) -> bool:
     return not isinstance(function, ast.Lambda) and bool(function.decorator_list)
 
 
+# --- MLflow models ---------------------------------------------------------------------------
+
+
+def _mlflow_problems(loaded: LoadedManifest) -> list[ManifestProblem]:
+    """The model folder holds a pyfunc MLmodel; an HTTP sample request fits its signature."""
+    from tdsp_deploy.mlflow_model import MLmodelError, read_mlmodel, request_problems
+
+    try:
+        model = read_mlmodel(loaded.manifest.model.path)
+    except MLmodelError as exc:
+        return [loaded.problem(("model", "path"), str(exc))]
+    smoke = loaded.manifest.smoke_test
+    kind = getattr(getattr(loaded.manifest, "target", None), "kind", "local")
+    if smoke is None or kind not in ("local", "azureml"):  # tabular targets take rows, not input_data
+        return []
+    request = json.loads(smoke.request.read_text(encoding="utf-8-sig"))
+    shown = _shown(loaded, smoke.request)
+    field: FieldPath = ("smoke_test", "request")
+    return [loaded.problem(field, f"{shown}: {p}") for p in request_problems(model, request)]
+
+
 # --- smoke-test files ----------------------------------------------------------------------
 
 
@@ -179,10 +204,17 @@ def _smoke_test_problems(loaded: LoadedManifest) -> list[ManifestProblem]:
     problems = []
     for field, path in files:
         if path is not None:
+            if field[1] == "request" and path.suffix.lower() == ".csv" and _takes_csv(loaded):
+                continue  # rows as CSV: the target reads them (and says what is wrong)
             message = _json_problem(path, _shown(loaded, path))
             if message:
                 problems.append(loaded.problem(field, message))
     return problems
+
+
+def _takes_csv(loaded: LoadedManifest) -> bool:
+    """Tabular targets (SQL Server) take a CSV sample request as well as a JSON table."""
+    return getattr(getattr(loaded.manifest, "target", None), "kind", None) == "sqlserver"
 
 
 def _json_problem(path: Path, shown: str) -> str | None:
@@ -217,6 +249,37 @@ def _warnings(loaded: LoadedManifest) -> Iterator[ManifestProblem]:
     target = getattr(loaded.manifest, "target", None)
     if loaded.manifest.environment.image and getattr(target, "kind", None) == "local":
         yield loaded.problem(("environment", "image"), "ignored by the local target")
+    flavor = loaded.manifest.model.flavor
+    pickled = _pickled_files(model_path) if flavor in ("sklearn", "mlflow") else []
+    if pickled:
+        names = ", ".join(_shown(loaded, path) for path in pickled[:3])
+        names += ", ..." if len(pickled) > 3 else ""
+        yield loaded.problem(
+            ("model", "flavor"),
+            f"model.flavor {flavor} loads {names} by unpickling, which runs whatever code the file "
+            "holds: deploy only a model you trust, or export it to ONNX (model.flavor: onnx), "
+            "which loads without running code",
+        )
+
+
+PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib"})
+_MAX_LOOKED_AT = 10_000  # files of a model folder looked at for pickles; validate stays fast
+
+
+def _pickled_files(path: Path) -> list[Path]:
+    """The model's files that are loaded by unpickling (by their suffix: pickle, joblib)."""
+    try:
+        if path.is_file():
+            return [path] if path.suffix.lower() in PICKLE_SUFFIXES else []
+        found = []
+        for count, entry in enumerate(path.rglob("*")):
+            if count >= _MAX_LOOKED_AT:
+                break
+            if entry.suffix.lower() in PICKLE_SUFFIXES and entry.is_file():
+                found.append(entry)
+        return sorted(found)
+    except OSError:
+        return []
 
 
 def _is_empty(path: Path) -> bool:

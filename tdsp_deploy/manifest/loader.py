@@ -89,6 +89,7 @@ def load_manifest(
     # everything (values that could not be read are left out of it, see `tree.failed`).
     substituted = _interpolate_tree(raw, os.environ if environ is None else environ, tree)
     _default_target_kind(raw)
+    _columns_from_mlflow_signature(raw, file.parent)
     cls = manifest_class(targets)
     problems = tree.problems
     try:
@@ -428,6 +429,14 @@ _TYPES = {
     "dict_type": "must be a mapping",
     "list_type": "must be a list",
 }
+
+
+def _columns_from_mlflow_signature(raw: dict[str, Any], base_dir: Path) -> None:
+    # An MLflow model's signature gives the typed columns tabular targets need (mlflow_model).
+    if isinstance(raw.get("model"), dict) and raw["model"].get("flavor") == "mlflow":
+        from tdsp_deploy.mlflow_model import fill_columns
+
+        fill_columns(raw, base_dir)
 
 
 def _validation_problems(

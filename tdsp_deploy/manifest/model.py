@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 ENDPOINT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"  # Azure: 3-32, letter first, no hyphen last
 DEPLOYMENT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"
@@ -104,7 +105,8 @@ class ModelSection(Strict):
     )
     flavor: Literal["sklearn", "onnx", "mlflow"] | None = Field(
         default=None,
-        description="How tabular targets (SQL Server, Synapse) load and call the model; HTTP targets use scoring.",
+        description="How tabular targets (SQL Server, Synapse) load the model; mlflow: every target "
+        "serves it without a scoring script.",
     )
 
 
@@ -290,11 +292,28 @@ class ManifestBase(Strict):
         pattern=ENDPOINT_NAME, description="Endpoint name: 3-32 chars, letter first, [a-z0-9-]."
     )
     model: ModelSection
-    scoring: ScoringSection
+    scoring: ScoringSection | None = Field(
+        default=None,
+        validate_default=True,
+        description="The entry script; required unless model.flavor is mlflow (then one is generated).",
+    )
     environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
     smoke_test: SmokeTestSection | None = None
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     ab: ABSection | None = Field(default=None, description="A/B experiment settings (tdsp-deploy ab ...).")
+
+    @field_validator("scoring")
+    @classmethod
+    def _scoring_unless_mlflow(
+        cls, value: ScoringSection | None, info: ValidationInfo
+    ) -> ScoringSection | None:
+        # An MLflow model says how to load and call it (its MLmodel file): no script needed.
+        # Reported as pydantic's own "missing", so that it is located at `scoring` like any
+        # other required section (when the model section is wrong, its flavor is unknown).
+        model = info.data.get("model")
+        if value is None and (model is None or model.flavor != "mlflow"):
+            raise PydanticCustomError("missing", "required")
+        return value
 
     @property
     def model_name(self) -> str:

@@ -125,6 +125,10 @@ def _write(
     for name, source in members:
         if source is None:
             tar.add_folder(name)
+        elif source.data is not None:  # generated, not read from disk
+            files.append(
+                LockedFile(name, tar.add_bytes(name, source.data, mode=source.mode), source.size, source.mode)
+            )
         elif name.startswith("environment/"):
             # Small, and parsed for library names: read once, then archive what was parsed.
             data = _read_small(source.path, source.size)

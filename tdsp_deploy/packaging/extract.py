@@ -64,6 +64,41 @@ def extract_package(archive: Path, dest: Path) -> PackageLock:
     return lock
 
 
+def verify_extracted(dest: Path, expected_id: str) -> PackageLock:
+    """Check an extracted package before its model is loaded again (a restart): its lock is
+    the one of package ``expected_id``, and every file it lists has the listed sha256.
+
+    Files on disk can change after extraction; a process that starts again must load what
+    was checked, not whatever is there now. Files the lock does not list (``__pycache__``
+    written by the running script) are left alone. Raises DeploymentFailed.
+    """
+    hint = "redeploy with `tdsp-deploy push` (the slot's files were changed on disk)"
+    try:
+        lock = PackageLock.from_json(json.loads((dest / LOCK_NAME).read_bytes()))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        problem = f"{dest / LOCK_NAME} is missing or not a valid lock: {exc}"
+        raise DeploymentFailed(problem, hint=hint) from None
+    if lock.package_id != expected_id:
+        raise DeploymentFailed(
+            f"{dest / LOCK_NAME} is the lock of package {lock.package_id[:12]}, not of {expected_id[:12]}",
+            hint=hint,
+        )
+    for locked in lock.files:
+        try:
+            with open(dest / locked.path, "rb") as handle:
+                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            problem = f"{dest / locked.path} cannot be read: {exc.strerror or exc}"
+            raise DeploymentFailed(problem, hint=hint) from None
+        if sha256 != locked.sha256:
+            raise DeploymentFailed(
+                f"{dest / locked.path} does not match the package's lock: sha256 {sha256}, "
+                f"expected {locked.sha256}",
+                hint=hint,
+            )
+    return lock
+
+
 @contextlib.contextmanager
 def _open(archive: Path) -> Iterator[tuple[BinaryIO, list[tarfile.TarInfo]]]:
     try:

@@ -27,6 +27,7 @@ _BY_SUFFIX = {
     ".pkl": (("scikit-learn", True), ("joblib", True)),
     ".pickle": (("scikit-learn", True), ("joblib", True)),
     ".joblib": (("scikit-learn", True), ("joblib", True)),
+    ".skops": (("scikit-learn", True), ("skops", True)),  # loads without running the file's code
 }
 _BY_NAME = {"MLmodel": (("mlflow", True),)}
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # Build and editor debris: never part of what a model or a scoring script needs.
 JUNK_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
 JUNK_SUFFIXES = (".pyc",)
+GENERATED_SCRIPT = "score.py"  # code/score.py, when the package generates the entry script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +32,10 @@ class SourceFile:
     """One regular file to archive: where it is read from and its name in the archive."""
 
     arcname: str
-    path: Path  # the real file (links resolved)
+    path: Path  # the real file (links resolved); for generated content, what it stands for
     size: int
     mode: int  # 0o644 or 0o755
+    data: bytes | None = None  # generated content (the entry script of an MLflow model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +70,8 @@ def plan(
     never packaged when ``out_dir`` sits in the project.
     """
     model = _real(manifest.model.path, "model.path")
-    code = _real(manifest.scoring.code, "scoring.code")  # type: ignore[arg-type]
+    scoring = manifest.scoring
+    code = _real(scoring.code, "scoring.code") if scoring is not None else None  # type: ignore[arg-type]
     env = manifest.environment
     project = (project_dir or _common_root(model, code, env.requirements, env.conda_file)).resolve()
     # The name as the manifest gives it, not where a symlink leads: Azure ML does the same.
@@ -85,8 +88,11 @@ def plan(
         raise PackagingError(
             f"model folder {model} holds no files", hint="point model.path at the trained model"
         )
-    # The model is under model/ already: a copy in code/ would ship it twice.
-    files += walker.walk_any(code, "code", model=model)
+    if code is not None:
+        # The model is under model/ already: a copy in code/ would ship it twice.
+        files += walker.walk_any(code, "code", model=model)
+    else:
+        files.append(_generated_entry_script(model, model_name))
     environment = None
     for field, source, arcname in (
         ("requirements", env.requirements, "environment/requirements.txt"),
@@ -96,13 +102,25 @@ def plan(
             files.append(walker.file(_real(source, f"environment.{field}"), arcname))
             environment = {field: arcname}
     files.sort(key=lambda f: f.arcname)
-    script = f"code/{manifest.scoring.script_name}"
+    script = f"code/{scoring.script_name if scoring is not None else GENERATED_SCRIPT}"
     if not any(f.arcname == script for f in files):
         raise PackagingError(
-            f"the scoring script {manifest.scoring.script} would be left out of the package",
+            f"the scoring script {scoring.script if scoring else script} would be left out of the package",
             hint="do not name it like build debris (*.pyc) or put it inside the model or output folder",
         )
     return Layout(files=files, model_path=model_arc, script=script, environment=environment)
+
+
+def _generated_entry_script(model: Path, model_name: str) -> SourceFile:
+    """An MLflow model without a scoring script: the entry script that serves it (mlflow_model)."""
+    from tdsp_deploy.mlflow_model import MLmodelError, entry_script, read_mlmodel
+
+    try:
+        read_mlmodel(model)
+    except MLmodelError as exc:
+        raise PackagingError(str(exc), hint="point model.path at the folder MLflow saved") from None
+    data = entry_script(model_name)
+    return SourceFile(f"code/{GENERATED_SCRIPT}", model / "MLmodel", len(data), 0o644, data)
 
 
 def _real(path: Path, field: str) -> Path:

@@ -189,10 +189,12 @@ class AzureMLBackend(Backend):
         lock = package.lock
         package_dir = self._unpacked(package)
         model = entities.build_model(self.manifest, lock, package_dir / lock.model.path)
-        environment = entities.build_environment(
+        no_code = entities.is_no_code(self.manifest)  # an MLflow model: Azure ML brings both
+        environment = None if no_code else entities.build_environment(
             self.manifest, lock, package_dir / "environment" if lock.environment else None
         )
-        entities.validate_entities(model, environment)  # before anything is created or uploaded
+        # before anything is created or uploaded
+        entities.validate_entities(model, *([environment] if environment is not None else []))
 
         self._ensure_endpoint()
         registered_model, uploaded = self.client.ensure_model(model)
@@ -201,14 +203,14 @@ class AzureMLBackend(Backend):
             f"model {model.name}:{model.version} "
             + ("registered" if uploaded else "already registered; not uploaded again"),
         )
-        registered_environment = self.client.create_environment(environment)
+        registered_environment = None if environment is None else self.client.create_environment(environment)
         deployment = entities.build_deployment(
             self.manifest,
             slot,
             model=registered_model,
             environment=registered_environment,
-            code_dir=package_dir / "code",
-            scoring_script=lock.scoring_script_name,
+            code_dir=None if no_code else package_dir / "code",
+            scoring_script=None if no_code else lock.scoring_script_name,
             extra_tags={
                 PACKAGE_TAG: package.package_id,
                 CONFIG_TAG: self.config_id(package),

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tdsp_deploy.packaging.lock import PackageLock
 
 MODEL_TYPE = "custom_model"
+MLFLOW_MODEL_TYPE = "mlflow_model"
 #: Model tag holding the model's content hash: a model version is immutable on Azure ML, so
 #: a client can tell "same version, other content" from "already registered".
 MODEL_SHA256_TAG = f"{TAG_PREFIX}model-sha256"
@@ -70,6 +71,12 @@ def build_endpoint(manifest: ManifestBase) -> ManagedOnlineEndpoint:
     )
 
 
+def is_no_code(manifest: ManifestBase) -> bool:
+    """An MLflow model without a scoring script: Azure ML's no-code deployment serves it, with
+    the scoring script and environment Azure ML derives from its MLmodel file."""
+    return manifest.model.flavor == "mlflow" and manifest.scoring is None
+
+
 def build_model(manifest: ManifestBase, lock: PackageLock, model_path: Path) -> Model:
     """The model to register: name from the manifest, version from the lock (the content hash
     unless the manifest pins one), the local file or folder ``model_path`` to upload."""
@@ -79,7 +86,7 @@ def build_model(manifest: ManifestBase, lock: PackageLock, model_path: Path) -> 
         name=manifest.model_name,
         version=lock.model_version,
         path=str(model_path),
-        type=MODEL_TYPE,
+        type=MLFLOW_MODEL_TYPE if manifest.model.flavor == "mlflow" else MODEL_TYPE,
         tags={MODEL_SHA256_TAG: lock.model.sha256},
     )
 
@@ -109,15 +116,16 @@ def build_deployment(
     slot: str,
     *,
     model: Model | str,
-    environment: Environment | str,
-    code_dir: Path,
-    scoring_script: str,
+    environment: Environment | str | None,
+    code_dir: Path | None,
+    scoring_script: str | None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> ManagedOnlineDeployment:
     """The deployment for ``slot``. ``model`` and ``environment`` are entities or registered
     references (``azureml:name:version`` or ARM ids); ``code_dir`` is the scoring folder and
     ``scoring_script`` the script's path inside it. ``extra_tags`` join the target's tags
-    (for what the backend records, e.g. the package id)."""
+    (for what the backend records, e.g. the package id). No environment and no code: a
+    no-code deployment of an MLflow model (``is_no_code``)."""
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
     target = _target(manifest)
@@ -140,7 +148,11 @@ def build_deployment(
         endpoint_name=manifest.name,
         model=model,
         environment=environment,
-        code_configuration=CodeConfiguration(code=str(code_dir), scoring_script=scoring_script),
+        code_configuration=(
+            CodeConfiguration(code=str(code_dir), scoring_script=scoring_script)
+            if code_dir is not None
+            else None
+        ),
         instance_type=target.instance_type,
         instance_count=target.instance_count,
         request_settings=OnlineRequestSettings(

@@ -22,6 +22,7 @@ from tdsp_deploy.backends.azureml.entities import (
     build_endpoint,
     build_environment,
     build_model,
+    is_no_code,
     validate_entities,
 )
 from tdsp_deploy.errors import BackendError
@@ -57,20 +58,23 @@ def render_yaml(
     endpoint = build_endpoint(manifest)
     model = build_model(manifest, lock, content / lock.model.path)
     environment_dir = content / "environment" if lock.environment else None
-    environment = build_environment(manifest, lock, environment_dir)
+    no_code = is_no_code(manifest)  # an MLflow model: Azure ML brings script and environment
+    environment = None if no_code else build_environment(manifest, lock, environment_dir)
     deployment = build_deployment(
         manifest,
         slot,
         model=model,
         environment=environment,
-        code_dir=content / "code",
-        scoring_script=lock.scoring_script_name,
+        code_dir=None if no_code else content / "code",
+        scoring_script=None if no_code else lock.scoring_script_name,
     )
-    validate_entities(endpoint, model, environment, deployment)
+    validate_entities(endpoint, model, *([environment] if environment is not None else []), deployment)
 
     written: list[Path] = []
     conda_file: Path | None = None
-    if lock.environment and "conda_file" in lock.environment and environment_dir is not None:
+    if environment is None:
+        pass
+    elif lock.environment and "conda_file" in lock.environment and environment_dir is not None:
         conda_file = content / lock.environment["conda_file"]  # the user's own file, as shipped
     elif environment.conda_file is not None:
         conda_file = out_dir / CONDA_FILE
@@ -104,13 +108,6 @@ def _deployment_yaml(
     deployment: Any, model: Any, environment: Any, conda_file: Path | None, base: Path
 ) -> str:
     code = deployment.code_configuration
-    environment_doc: dict[str, Any] = {
-        "name": environment.name,
-        "version": environment.version,
-        "image": environment.image,
-    }
-    if conda_file is not None:
-        environment_doc["conda_file"] = _relative(conda_file, base)
     doc: dict[str, Any] = {
         "name": deployment.name,
         "endpoint_name": deployment.endpoint_name,
@@ -120,12 +117,20 @@ def _deployment_yaml(
             "path": _relative(Path(model.path), base),
             "type": model.type,
         },
-        "code_configuration": {
+    }
+    if code is not None:  # without code and environment: Azure ML's no-code MLflow deployment
+        doc["code_configuration"] = {
             "code": _relative(Path(code.code), base),
             "scoring_script": code.scoring_script,
-        },
-        "environment": environment_doc,
-    }
+        }
+    if environment is not None:
+        doc["environment"] = {
+            "name": environment.name,
+            "version": environment.version,
+            "image": environment.image,
+        }
+        if conda_file is not None:
+            doc["environment"]["conda_file"] = _relative(conda_file, base)
     if model.tags:
         doc["model"]["tags"] = dict(model.tags)
     if deployment.environment_variables:

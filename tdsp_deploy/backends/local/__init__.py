@@ -35,6 +35,7 @@ PIN_HEADER = "azureml-model-deployment"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0
+MAX_DRAIN_S = 30.0  # a slot's in-flight requests get at most this long (or the request timeout)
 
 
 class LocalBackend(Backend):
@@ -66,6 +67,7 @@ class LocalBackend(Backend):
         if record is None:
             return EndpointStatus(name=self.manifest.name, kind=self.kind, exists=False)
         router_up = processes.is_running(record.router)
+        supervisor_up = processes.is_running(record.supervisor)
         slots = [self._slot_status(slot) for _, slot in sorted(record.slots.items())]
         return EndpointStatus(
             name=record.name,
@@ -79,6 +81,11 @@ class LocalBackend(Backend):
                     "pid": record.router.pid if record.router and router_up else None,
                     "host": record.host,
                     "port": record.port,
+                },
+                "supervisor": {
+                    "state": "running" if supervisor_up else "stopped",
+                    "pid": record.supervisor.pid if record.supervisor and supervisor_up else None,
+                    "log": str(self.files.supervisor_log),
                 },
                 "state_dir": str(self.files.root),
             },
@@ -104,6 +111,8 @@ class LocalBackend(Backend):
                 "revision": slot.revision,
                 "deployed_at": slot.deployed_at,
                 "log": str(slot.log_path),
+                "restarts": slot.restarts,  # by the supervisor, after the process died
+                "last_exit": slot.last_exit,
             },
         )
 
@@ -125,28 +134,54 @@ class LocalBackend(Backend):
         record = self.files.read()
         if record is None:
             return []
+        dead = [
+            slot
+            for slot in record.slots.values()
+            if not processes.is_running(slot.process) and (Path(slot.directory) / "package").is_dir()
+        ]
+        supervisor_up = processes.is_running(record.supervisor)
+        if not dead and supervisor_up and processes.is_running(record.router):
+            return []
         done, restarted = [], []
-        for name, slot in sorted(record.slots.items()):
-            if processes.is_running(slot.process) or not (Path(slot.directory) / "package").is_dir():
-                continue
-            self._restart_slot(record, slot)
-            restarted.append(name)
-            done.append(f"restarted deployment '{name}' (its process had stopped)")
+        if dead:
+            # The supervisor may be restarting them too: stop it first so only one of us does.
+            processes.stop(record.supervisor)
+            record = self._record()
+            for name in sorted(slot.name for slot in dead):
+                slot = record.slots[name]
+                if processes.is_running(slot.process):
+                    continue
+                try:
+                    self._restart_slot(record, slot)
+                except DeploymentFailed as refused:  # its files changed on disk: not loaded again
+                    done.append(f"deployment '{name}' not restarted: {refused.message}")
+                    continue
+                restarted.append(name)
+                done.append(f"restarted deployment '{name}' (its process had stopped)")
         if not processes.is_running(record.router):
             self._start_router(record)
             done.append(f"restarted the router on {record.host}:{record.port}")
         for name in restarted:
             self.wait_healthy(name)  # publishes the slot to the router once it answers
+        record = self._record()
+        if not processes.is_running(record.supervisor):
+            self._start_supervisor(record)
+            if not supervisor_up and not dead:
+                done.append("restarted the supervisor")
         return done
 
     def _restart_slot(self, record: EndpointRecord, slot: SlotRecord) -> None:
-        from tdsp_deploy.packaging import PackageLock
+        from tdsp_deploy.packaging.extract import verify_extracted
 
         directory = Path(slot.directory)
-        lock = PackageLock.from_json(json.loads((directory / "package" / "package.json").read_text()))
-        slot.port = processes.free_port()
+        processes.end_leftovers(slot.process, directory)
+        lock = verify_extracted(directory / "package", slot.package_id)  # before the model loads again
+        if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
+            slot.port = processes.free_port()
+        model_dir = directory / "package" / "model"
+        slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port)
         slot.process = processes.spawn(
-            self._slot_command(lock.scoring_script_name, directory / "package" / "model", slot.port),
+            slot.command,
             cwd=directory / "package" / "code",
             env=self._slot_environment(directory),
             log_path=slot.log_path,
@@ -184,6 +219,8 @@ class LocalBackend(Backend):
         record = self.files.read() or self._new_record()
         self.files.keys()
         self._ensure_router(record)
+        if not processes.is_running(record.supervisor):
+            self._start_supervisor(record)
 
         record.revision_counter += 1
         revision = f"r{record.revision_counter}"
@@ -196,17 +233,18 @@ class LocalBackend(Backend):
         lock = extract_package(package.path, directory / "package")
 
         port = processes.free_port()
+        command = self._slot_command(lock.scoring_script_name, directory / "package" / "model", port)
         process = processes.spawn(
-            self._slot_command(lock.scoring_script_name, directory / "package" / "model", port),
+            command,
             cwd=directory / "package" / "code",
             env=self._slot_environment(directory),
             log_path=directory / "server.log",
         )
         previous = record.slots.get(slot)
+        stale = None
         if previous is not None and previous.previous is not None:
             # An earlier push died between deploy and finalize; its undo revision is stale.
-            self._stop_revision(previous.previous)
-            previous.previous = None
+            stale, previous.previous = previous.previous, None
         record.slots[slot] = SlotRecord(
             name=slot,
             revision=revision,
@@ -219,8 +257,11 @@ class LocalBackend(Backend):
             deployed_at=time.time(),
             traffic=previous.traffic if previous else 0,
             previous=previous,
+            command=command,
         )
         self.files.write(record)
+        if stale is not None:
+            self._stop_revision(record, stale)
         self.progress(
             ProgressEvent(step="deploy", message=f"started {slot} (pid {process.pid}, port {port})")
         )
@@ -294,6 +335,7 @@ class LocalBackend(Backend):
                 )
                 last_told = elapsed
             time.sleep(0.05)
+        found.supervised = True  # it ran: from now on the supervisor restarts it if it dies
         self._publish(record)
         self.progress(
             ProgressEvent(step="health", message=f"{slot} is healthy", elapsed=time.monotonic() - started)
@@ -304,9 +346,9 @@ class LocalBackend(Backend):
         record = self._record()
         found = record.slots[slot]
         if found.previous is not None:
-            self._stop_revision(found.previous)
-            found.previous = None
-            self.files.write(record)
+            replaced, found.previous = found.previous, None
+            self.files.write(record)  # first out of the record, so the supervisor lets it go
+            self._stop_revision(record, replaced)
 
     def discard_slot(self, slot: str) -> None:
         record = self.files.read()
@@ -322,7 +364,7 @@ class LocalBackend(Backend):
         self.files.write(record)
         if processes.is_running(record.router):
             self._publish(record)
-        self._stop_revision(failed)
+        self._stop_revision(record, failed)
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
         from tdsp_deploy.traffic import TrafficSplit, validate
@@ -366,11 +408,10 @@ class LocalBackend(Backend):
         if slot is None:
             from tdsp_deploy.traffic import TrafficHistory
 
+            processes.stop(record.supervisor)  # first, or it would restart what we stop
             processes.stop(record.router)
-            for found in record.slots.values():
-                self._stop_revision(found)
-                if found.previous:
-                    self._stop_revision(found.previous)
+            for found in record.revisions():
+                self._stop_revision(None, found)
             shutil.rmtree(self.files.root, ignore_errors=True)
             TrafficHistory(self.kind, record.name, self.files.home).clear()
             return
@@ -390,9 +431,9 @@ class LocalBackend(Backend):
         self.files.write(record)
         if processes.is_running(record.router):
             self._publish(record)
-        self._stop_revision(found)
+        self._stop_revision(record, found)
         if found.previous:
-            self._stop_revision(found.previous)
+            self._stop_revision(record, found.previous)
 
     # -- calling -------------------------------------------------------------------------
     def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
@@ -447,6 +488,11 @@ class LocalBackend(Backend):
                 },
                 "startup_timeout_s": self.target.startup_timeout,
             },
+            "supervisor": {
+                "command": [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(state)],
+                "restarts": "a slot process that ends, on the same port, after 0.5 s doubling to 30 s "
+                "(reset after 60 s up); its files are checked against the package lock first",
+            },
             "rollout": self.manifest.rollout.model_dump(),
         }
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -478,10 +524,11 @@ class LocalBackend(Backend):
     @staticmethod
     def _routes(record: EndpointRecord) -> tuple[SlotRoute, ...]:
         """Where each slot's traffic goes: its newest revision once that answers its liveness
-        probe, until then the revision it replaces (if any)."""
+        probe, until then the revision it replaces (if any). A revision that answered once
+        keeps its route while it is down: the supervisor brings it back on the same port."""
         routes = []
         for name, slot in sorted(record.slots.items()):
-            serving = slot if _probe(slot.port, timeout=1.0) else slot.previous
+            serving = slot if slot.supervised or _probe(slot.port, timeout=1.0) else slot.previous
             if serving is not None:
                 routes.append(SlotRoute(name, serving.port, slot.traffic, slot.mirror))
         return tuple(routes)
@@ -555,9 +602,70 @@ class LocalBackend(Backend):
                 details={"log_tail": _read_tail(self.files.router_log, 20)},
             )
 
-    def _stop_revision(self, slot: SlotRecord) -> None:
+    def _start_supervisor(self, record: EndpointRecord) -> None:
+        record.supervisor = processes.spawn(
+            [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(self.files.root)],
+            cwd=self.files.root,
+            env=dict(os.environ),
+            log_path=self.files.supervisor_log,
+        )
+        self.files.write(record)
+
+    def _stop_revision(self, record: EndpointRecord | None, slot: SlotRecord) -> None:
+        """Stop a revision that no longer takes requests. It left the record and the router's
+        routes before this; let what the router already sent it finish first (bounded)."""
+        if record is not None and processes.is_running(slot.process):
+            self._drain(record, slot)
         processes.stop(slot.process)
+        processes.end_leftovers(slot.process, Path(slot.directory))
         shutil.rmtree(slot.directory, ignore_errors=True)
+
+    def _drain(self, record: EndpointRecord, slot: SlotRecord) -> None:
+        """Wait until the router has no request in flight to the revision's process, at most the
+        request timeout (and MAX_DRAIN_S). The router answers ``POST /-/drain`` once that
+        process's requests are done; a router from before that existed is watched through the
+        kernel's connection table instead (a request in flight holds a connection to the slot)."""
+        if not processes.is_running(record.router):
+            return
+        limit = min(self.target.request_timeout_ms / 1000, MAX_DRAIN_S)
+        started = time.monotonic()
+        drained = self._router_drain(record, slot.port, limit)
+        if drained is None:
+            drained = processes.wait_until(
+                lambda: processes.upstream_connections(record.router, slot.port) == 0,
+                timeout=limit,
+                interval=0.02,
+            )
+        waited = time.monotonic() - started
+        what = f"{slot.name} ({slot.revision})"
+        if not drained:
+            message = f"{what} still had requests in flight after {limit:g} s; stopping it"
+            self.progress(ProgressEvent(step="drain", message=message))
+        elif waited > 0.1:
+            self.progress(ProgressEvent(step="drain", message=f"drained {what} in {waited:.2f} s"))
+
+    def _router_drain(self, record: EndpointRecord, port: int, timeout: float) -> bool | None:
+        """True when the router says the process on ``port`` has nothing in flight, False when
+        it still had after ``timeout``; None when the router cannot drain."""
+        import http.client
+
+        body = json.dumps({"port": port, "timeout_s": timeout}).encode()
+        headers = {
+            "Authorization": f"Bearer {self.files.keys()['primary_key']}",
+            "Content-Type": "application/json",
+        }
+        try:
+            host = _client_host(record.host)
+            connection = http.client.HTTPConnection(host, record.port, timeout=timeout + 5)
+            connection.request("POST", "/-/drain", body, headers)
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+        except (OSError, http.client.HTTPException):
+            return None
+        if response.status == 200:
+            return True
+        return False if response.status == 504 else None
 
 
 def _client_host(host: str) -> str:

@@ -20,7 +20,16 @@ FLUSH_LINES = 512
 
 
 class SlotCounters:
-    __slots__ = ("codes", "errors", "buckets", "latency_sum", "count", "shadow_agreed", "shadow_disagreed")
+    __slots__ = (
+        "codes",
+        "errors",
+        "buckets",
+        "latency_sum",
+        "count",
+        "shadow_agreed",
+        "shadow_disagreed",
+        "retried",
+    )
 
     def __init__(self) -> None:
         self.codes: dict[int, int] = {}
@@ -30,6 +39,7 @@ class SlotCounters:
         self.count = 0
         self.shadow_agreed = 0
         self.shadow_disagreed = 0
+        self.retried = 0  # requests sent to another slot because this one could not be reached
 
 
 class Measurements:
@@ -100,6 +110,10 @@ class Measurements:
                 }
             )
 
+    def retried(self, deployment: str) -> None:
+        """A request meant for ``deployment`` went to another slot: this one could not be reached."""
+        self._slot(deployment).retried += 1
+
     def _write(self, record: dict) -> None:
         self._pending.append(json.dumps(record, separators=(",", ":")))
         if len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
@@ -119,8 +133,9 @@ class Measurements:
             self._log = None
             self._log_path = None
 
-    def prometheus(self) -> bytes:
-        """The counters in Prometheus' text exposition format (version 0.0.4)."""
+    def prometheus(self, in_flight: dict[str, int] | None = None) -> bytes:
+        """The counters in Prometheus' text exposition format (version 0.0.4), with the
+        requests in flight to each deployment right now (a gauge) when given."""
         endpoint = _label(self.endpoint)
         out = [
             "# HELP tdsp_requests_total Requests answered through the endpoint, by deployment and status code.",
@@ -162,6 +177,22 @@ class Measurements:
                 out.append(f'tdsp_shadow_answers_total{{{labels},agreed="true"}} {counters.shadow_agreed}')
                 out.append(
                     f'tdsp_shadow_answers_total{{{labels},agreed="false"}} {counters.shadow_disagreed}'
+                )
+        out += [
+            "# HELP tdsp_requests_retried_total Requests sent to another deployment: this one was unreachable.",
+            "# TYPE tdsp_requests_retried_total counter",
+        ]
+        for name, counters in sorted(self.slots.items()):
+            labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
+            out.append(f"tdsp_requests_retried_total{{{labels}}} {counters.retried}")
+        if in_flight is not None:
+            out += [
+                "# HELP tdsp_requests_in_flight Requests sent to a deployment and not yet answered.",
+                "# TYPE tdsp_requests_in_flight gauge",
+            ]
+            for name, count in sorted(in_flight.items()):
+                out.append(
+                    f'tdsp_requests_in_flight{{endpoint="{endpoint}",deployment="{_label(name)}"}} {count}'
                 )
         return ("\n".join(out) + "\n").encode()
 

@@ -136,6 +136,39 @@ def _forget(ref: ProcessRef | None) -> None:
                 pass
 
 
+def end_leftovers(ref: ProcessRef | None, directory: Path) -> None:
+    """Kill what is left of a dead process's group: a killed gunicorn master leaves its workers
+    running, and they keep the port. Only members whose working directory lies in
+    ``directory`` are touched, so a pid reused by someone else is never hit."""
+    if ref is None or _process(ref) is not None:
+        return
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == ref.pid and Path(process.cwd()).is_relative_to(directory):
+                process.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
+def upstream_connections(holder: ProcessRef | None, port: int) -> int:
+    """How many of ``holder``'s TCP connections to 127.0.0.1:``port`` are open or opening:
+    the kernel's count of the requests a router still has in flight to that slot."""
+    process = _process(holder)
+    if process is None:
+        return 0
+    try:
+        return sum(
+            1
+            for c in process.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status in _OPEN_STATES
+        )
+    except psutil.Error:
+        return 0
+
+
+_OPEN_STATES = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_SYN_SENT})
+
+
 def memory_rss(ref: ProcessRef | None) -> int | None:
     process = _process(ref)
     if process is None:

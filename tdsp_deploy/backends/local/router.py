@@ -7,10 +7,15 @@ inference server on loopback, and names the slot that answered in the response h
 ``azureml-model-deployment``.
 
 Speed matters here (the router sits on every request), so it is an asyncio protocol with
-httptools' C parser rather than a web framework: keep-alive toward clients, no per-request
-copies beyond joining the body, and one small task per request. The inference server closes
-every connection (gunicorn's sync worker), so a new loopback connection per request upstream
-is unavoidable; the client side never pays for a connection set-up of its own.
+httptools' C parser rather than a web framework: keep-alive toward clients and toward the
+slots (pooled connections, upstream.py), no per-request copies of a body, and one small
+task per request.
+
+Reliability: a weighted request whose slot cannot be reached (no connection: it never saw
+the request) goes once to another slot with traffic, and that slot is left out for a short
+back-off; a pinned request to such a slot gets a 503 saying so. Each slot's requests in
+flight are counted (``GET /-/state``, ``/metrics``), and ``POST /-/drain`` stops new requests
+to a slot and answers once the ones it has are done.
 
 Run as: ``python -m tdsp_deploy.backends.local.router ROUTER_JSON``. SIGHUP reloads the
 configuration and keys; SIGTERM stops accepting, lets in-flight requests finish, and exits.
@@ -24,16 +29,23 @@ import gc
 import hmac
 import json
 import logging
+import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httptools
 
 from tdsp_deploy.backends.local.metrics import Measurements
 from tdsp_deploy.backends.local.routes import RouterConfig, RouteTable, SlotRoute
+from tdsp_deploy.backends.local.upstream import (
+    IDLE_TIMEOUT_S,
+    SlotClosed,
+    SlotPool,
+    SlotUnavailable,
+    UpstreamAnswer,
+)
 
 log = logging.getLogger("tdsp_deploy.router")
 
@@ -42,6 +54,7 @@ REQUEST_ID = b"x-request-id"
 MAX_REQUEST_ID = 100
 MAX_SHADOWS_IN_FLIGHT = 64
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+JSON_TYPE = (b"Content-Type", b"application/json")
 # Headers that describe one connection, not the message (RFC 9110 7.6.1), plus those the
 # router sets itself.
 HOP_BY_HOP = frozenset(
@@ -68,11 +81,14 @@ KEEPALIVE_TIMEOUT_S = 75.0
 REQUEST_READ_TIMEOUT_S = 60.0
 MAX_PIPELINED = 16
 DRAIN_TIMEOUT_S = 30.0
+MAX_DRAIN_TIMEOUT_S = 600.0
+SMALL_BODY = 65536  # bodies up to this size are joined to their head; larger ones are not copied
 REASONS = {
     200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     502: b"Bad Gateway",
@@ -82,13 +98,16 @@ REASONS = {
 
 
 class Router:
-    """Shared state of the router process: routes, keys, and in-flight accounting."""
+    """Shared state of the router process: routes, keys, slot pools and in-flight accounting."""
 
     def __init__(self, config_path: Path):
         self.config_path = config_path
         self.config = RouterConfig.read(config_path)
         self.keys: tuple[bytes, ...] = ()
         self.routes = RouteTable(())
+        self.pools: dict[int, SlotPool] = {}  # by port: one pool per slot process
+        self.draining: set[str] = set()
+        self.down_until = 0.0  # the latest back-off of any pool: before it, look for down slots
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -104,9 +123,31 @@ class Router:
             f"Bearer {keys[name]}".encode() for name in ("primary_key", "secondary_key") if keys.get(name)
         )
         self.routes = RouteTable(config.slots, salt=config.experiment_id or config.endpoint)
+        self._sync_pools(config.slots)
         self.measurements.log_to(config.request_log)
         self.sticky_header = config.sticky_header.lower().encode() if config.sticky_header else None
         self.config = config
+
+    def _sync_pools(self, slots: tuple[SlotRoute, ...]) -> None:
+        ports = {s.port: s.name for s in slots}
+        for port, name in ports.items():
+            pool = self.pools.get(port)
+            if pool is None or pool.retired or pool.name != name:
+                if pool is not None:
+                    pool.close_idle()
+                self.pools[port] = SlotPool(name, port)
+        for port, pool in list(self.pools.items()):
+            if port not in ports:  # a revision that left the routes: finish what it has, then go
+                pool.retired = True
+                pool.close_idle()
+                if pool.in_flight == 0:
+                    del self.pools[port]
+        # A drain ends when its slot is gone or is a new process (another port).
+        serving = {s.name: s.port for s in slots}
+        previous = {s.name: s.port for s in self.config.slots}
+        for name in list(self.draining):
+            if name not in serving or serving[name] != previous.get(name):
+                self.draining.discard(name)
 
     def reload(self) -> None:
         try:
@@ -133,17 +174,97 @@ class Router:
             matched |= hmac.compare_digest(header, key)
         return matched
 
+    # -- slots -----------------------------------------------------------------------------
+    def pool(self, slot: SlotRoute) -> SlotPool:
+        pool = self.pools.get(slot.port)
+        if pool is None or pool.retired:
+            pool = self.pools[slot.port] = SlotPool(slot.name, slot.port)
+        return pool
+
+    def avoided(self) -> set[str]:
+        """Slots that weighted traffic leaves out now: draining, or in a back-off."""
+        if not self.draining and time.monotonic() >= self.down_until:
+            return set()
+        now = time.monotonic()
+        down = {p.name for p in self.pools.values() if not p.retired and p.is_down(now)}
+        return down | self.draining
+
+    def choose(self, sticky: bytes | None, tried: set[str] | None = None) -> SlotRoute | None:
+        avoid = self.avoided()
+        if tried:
+            avoid |= tried
+        if not avoid:
+            return self.routes.choose(sticky)
+        slot = self.routes.choose(sticky, avoid)
+        if slot is None and not tried:
+            # Every slot with traffic is in a back-off: try one anyway rather than refuse
+            # (never a draining one).
+            slot = self.routes.choose(sticky, self.draining)
+        return slot
+
+    def slot_refused(self, pool: SlotPool, reason: str) -> None:
+        pool.refused()
+        self.down_until = max(self.down_until, pool.down_until)
+        log.warning(
+            "deployment %s (port %s) cannot be reached (%s); leaving it out for a while",
+            pool.name,
+            pool.port,
+            reason,
+        )
+
+    def in_flight_by_slot(self) -> dict[str, int]:
+        counts = {s.name: 0 for s in self.config.slots}
+        for pool in self.pools.values():
+            counts[pool.name] = counts.get(pool.name, 0) + pool.in_flight
+        return counts
+
+    def tidy(self) -> None:
+        """Close connections idle too long, and forget revisions that left with nothing in flight."""
+        for port, pool in list(self.pools.items()):
+            pool.close_idle(IDLE_TIMEOUT_S)
+            if pool.retired and pool.in_flight == 0:
+                del self.pools[port]
+
+    async def drain(self, name: str | None, port: int | None, timeout: float) -> dict[str, object]:
+        """Stop new requests to a slot (by name) and wait until its requests in flight are done.
+        By port: wait for that one process (a revision that already left the routes)."""
+        if name is not None:
+            self.draining.add(name)
+            pools = [p for p in self.pools.values() if p.name == name]
+        else:
+            pools = [p for p in self.pools.values() if p.port == port]
+        started = time.monotonic()
+        waits = [asyncio.ensure_future(p.quiet.wait()) for p in pools if p.in_flight]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for wait in pending:
+                wait.cancel()
+        left = sum(p.in_flight for p in pools)
+        return {
+            "deployment": name if name is not None else (pools[0].name if pools else None),
+            "port": port,
+            "drained": left == 0,
+            "in_flight": left,
+            "waited_s": round(time.monotonic() - started, 3),
+        }
+
     def state_document(self) -> bytes:
+        now = time.monotonic()
         doc = {
             "endpoint": self.config.endpoint,
             "generation": self.config.generation,
             "slots": {
                 s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.config.slots
             },
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight_by_slot(),
+            "in_flight_total": self.in_flight,
+            "in_flight_by_port": {str(p.port): p.in_flight for p in self.pools.values()},
+            "draining": sorted(self.draining),
+            "down": sorted({p.name for p in self.pools.values() if not p.retired and p.is_down(now)}),
         }
         return json.dumps(doc).encode()
 
+    # -- shadows ---------------------------------------------------------------------------
     def start_shadow(
         self, shadow: SlotRoute, request: Request, live: asyncio.Future[UpstreamAnswer], timeout: float
     ) -> None:
@@ -157,19 +278,28 @@ class Router:
         self, shadow: SlotRoute, request: Request, live: asyncio.Future[UpstreamAnswer], timeout: float
     ) -> None:
         started = time.perf_counter()
+        pool = self.pool(shadow)
+        pool.started()
         try:
-            answer = await exchange(shadow, request, timeout)
+            answer = await asyncio.wait_for(pool.exchange(upstream_head(request), request.body), timeout)
             elapsed = time.perf_counter() - started
-            live_answer = await live
-            agreed = same_answer(live_answer, answer) if live_answer.status < 500 else None
+            try:
+                live_answer = await live
+            except asyncio.CancelledError:  # the live request itself was abandoned
+                live_answer = None
+            agreed = same_answer(live_answer, answer) if live_answer and live_answer.status < 500 else None
             self.measurements.shadow(
                 shadow.name, answer.status, elapsed, (request.request_id or b"").decode("latin-1"), agreed
             )
+        except SlotUnavailable as exc:
+            self.slot_refused(pool, str(exc))
         except Exception as exc:  # a shadow's trouble is logged, never the caller's
-            log.warning("shadow request to %s failed: %s", shadow.name, exc)
+            log.warning("shadow request to %s failed: %s", shadow.name, exc or type(exc).__name__)
         finally:
+            pool.finished()
             self.shadows_in_flight -= 1
 
+    # -- whole router ----------------------------------------------------------------------
     def request_started(self) -> None:
         self.in_flight += 1
         self.idle.clear()
@@ -185,6 +315,7 @@ class Request:
         "method",
         "url",
         "headers",
+        "chunks",
         "body",
         "keep_alive",
         "pin",
@@ -198,7 +329,8 @@ class Request:
         self.method = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.body = b""
         self.keep_alive = True
         self.pin: bytes | None = None
         self.auth: bytes | None = None
@@ -304,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
         if self.body_size > self.router.config.max_request_bytes:  # chunked bodies have no length
             self._too_large()
             return
-        self.current.body.append(body)  # type: ignore[union-attr]
+        self.current.chunks.append(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         if self.closing:
@@ -314,8 +446,12 @@ class ClientConnection(asyncio.Protocol):
         request.method = self.parser.get_method()
         request.keep_alive = self.parser.should_keep_alive()
         request.started = time.perf_counter()
+        chunks = request.chunks
+        # The usual body arrives in one piece and is kept as it is; only a split one is joined.
+        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request.chunks = []
         if request.request_id is None:
-            request.request_id = uuid.uuid4().hex.encode()
+            request.request_id = os.urandom(16).hex().encode()
         self.current = None
         self.queue.append(request)
         if len(self.queue) > MAX_PIPELINED and self.transport:
@@ -345,24 +481,29 @@ class ClientConnection(asyncio.Protocol):
         router = self.router
         router.request_started()
         try:
-            payload = await self._answer(request)
-            if self.transport and not self.transport.is_closing():
-                self.transport.write(payload)
+            head, body = await self._answer(request)
+            transport = self.transport
+            if transport and not transport.is_closing():
+                if len(body) <= SMALL_BODY:
+                    transport.write(head + body)
+                else:
+                    transport.write(head)
+                    transport.write(body)
                 if not request.keep_alive:
-                    self.transport.close()
+                    transport.close()
                     self.closing = True
         finally:
             router.request_finished()
         self._next()
 
-    async def _answer(self, request: Request) -> bytes:
+    async def _answer(self, request: Request) -> tuple[bytes, bytes]:
         path = request.url.split(b"?", 1)[0]
         keep = request.keep_alive
         if path == b"/" and request.method in (b"GET", b"HEAD"):
-            return _response(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)
+            return _parts(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)
         router = self.router
         if not router.authorized(request.auth):
-            return _response(
+            return _parts(
                 401,
                 [(b"WWW-Authenticate", b"Bearer")],
                 _message(
@@ -370,104 +511,209 @@ class ClientConnection(asyncio.Protocol):
                 ),
                 keep_alive=keep,
             )
-        if path == b"/-/state":
-            router.measurements.flush()  # readers of the request log see every answered request
-            return _response(
-                200, [(b"Content-Type", b"application/json")], router.state_document(), keep_alive=keep
-            )
-        if path == b"/metrics" and request.method == b"GET":
-            router.measurements.flush()
-            return _response(
-                200, [(b"Content-Type", PROMETHEUS_TYPE)], router.measurements.prometheus(), keep_alive=keep
+        if path.startswith(b"/-/") or path == b"/metrics":
+            return await self._control(path, request)
+        if request.method == b"HEAD":  # an answer without a body would stall a kept-alive upstream
+            return _parts(
+                405, [(b"Allow", b"GET, POST")], _message("HEAD is answered only at /"), keep_alive=keep
             )
         if request.pin:
-            slot = router.routes.pinned(request.pin.decode("latin-1"))
-            if slot is None:
-                names = ", ".join(router.routes.by_name) or "none"
-                return _response(
-                    404,
-                    [],
-                    _message(f"deployment '{request.pin.decode('latin-1')}' not found; deployments: {names}"),
-                    keep_alive=keep,
+            return await self._pinned(request)
+        return await self._weighted(request)
+
+    async def _control(self, path: bytes, request: Request) -> tuple[bytes, bytes]:
+        router, keep = self.router, request.keep_alive
+        if path == b"/-/state":
+            router.measurements.flush()  # readers of the request log see every answered request
+            return _parts(200, [JSON_TYPE], router.state_document(), keep_alive=keep)
+        if path == b"/metrics" and request.method == b"GET":
+            router.measurements.flush()
+            text = router.measurements.prometheus(router.in_flight_by_slot())
+            return _parts(200, [(b"Content-Type", PROMETHEUS_TYPE)], text, keep_alive=keep)
+        if path in (b"/-/drain", b"/-/resume"):
+            if request.method != b"POST":
+                return _parts(
+                    405, [(b"Allow", b"POST")], _message(f"use POST {path.decode()}"), keep_alive=keep
                 )
-            shadows: list[SlotRoute] = []
-        else:
-            slot = router.routes.choose(request.sticky)
-            if slot is None:
-                return _response(
-                    503,
-                    [],
-                    _message(
-                        "no deployment takes traffic; set traffic with a push, "
-                        "or pin one with the azureml-model-deployment header"
-                    ),
-                    keep_alive=keep,
+            return await self._drain_control(path, request)
+        return _parts(404, [], _message(f"no such path: {path.decode('latin-1')}"), keep_alive=keep)
+
+    async def _drain_control(self, path: bytes, request: Request) -> tuple[bytes, bytes]:
+        """POST /-/drain {"deployment": NAME | "port": PORT, "timeout_s": S}: answers 200 once
+        nothing is in flight to it, or 504 after the timeout with the count still in flight.
+        POST /-/resume {"deployment": NAME}: the slot takes requests again."""
+        router, keep = self.router, request.keep_alive
+        try:
+            doc = json.loads(request.body or b"{}")
+            name = doc.get("deployment")
+            port = doc.get("port")
+            timeout = float(doc.get("timeout_s", DRAIN_TIMEOUT_S))
+            if name is not None and not isinstance(name, str):
+                raise ValueError("deployment must be a string")
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+                raise ValueError("port must be an integer")
+            if (name is None) == (port is None) or (path == b"/-/resume" and name is None):
+                raise ValueError('give "deployment" (or, to drain one process, "port")')
+            if not 0 <= timeout <= MAX_DRAIN_TIMEOUT_S:
+                raise ValueError(f"timeout_s must be between 0 and {MAX_DRAIN_TIMEOUT_S:g}")
+        except (ValueError, TypeError, AttributeError) as exc:
+            return _parts(400, [], _message(f"bad {path.decode()} request: {exc}"), keep_alive=keep)
+        if name is not None and router.routes.pinned(name) is None:
+            names = ", ".join(router.routes.by_name) or "none"
+            return _parts(
+                404, [], _message(f"deployment '{name}' not found; deployments: {names}"), keep_alive=keep
+            )
+        if path == b"/-/resume":
+            router.draining.discard(name)
+            log.info("deployment %s takes requests again", name)
+            return _parts(
+                200,
+                [JSON_TYPE],
+                json.dumps({"deployment": name, "draining": False}).encode(),
+                keep_alive=keep,
+            )
+        log.info("draining %s", name if name is not None else f"port {port}")
+        result = await router.drain(name, port, timeout)
+        if not result["drained"]:
+            result["message"] = f"{result['in_flight']} requests still in flight after {timeout:g} s"
+        status = 200 if result["drained"] else 504
+        return _parts(status, [JSON_TYPE], json.dumps(result).encode(), keep_alive=keep)
+
+    async def _pinned(self, request: Request) -> tuple[bytes, bytes]:
+        router, keep = self.router, request.keep_alive
+        name = request.pin.decode("latin-1")  # type: ignore[union-attr]
+        slot = router.routes.pinned(name)
+        if slot is None:
+            names = ", ".join(router.routes.by_name) or "none"
+            return _parts(
+                404, [], _message(f"deployment '{name}' not found; deployments: {names}"), keep_alive=keep
+            )
+        if name in router.draining:
+            return self._unavailable(request, slot, "it is draining (being stopped)")
+        pool = router.pool(slot)
+        try:
+            answer = await self._forward(pool, request, ())
+        except SlotUnavailable as exc:
+            router.slot_refused(pool, str(exc))
+            return self._unavailable(request, slot, f"it cannot be reached ({exc})")
+        return self._relay(request, slot, answer)
+
+    async def _weighted(self, request: Request) -> tuple[bytes, bytes]:
+        router = self.router
+        slot = router.choose(request.sticky)
+        if slot is None:
+            return _parts(
+                503,
+                [],
+                _message(
+                    "no deployment takes traffic; set traffic with a push, "
+                    "or pin one with the azureml-model-deployment header"
+                ),
+                keep_alive=request.keep_alive,
+            )
+        shadows = router.routes.mirrored() if router.routes.mirrors else ()
+        pool = router.pool(slot)
+        try:
+            answer = await self._forward(pool, request, shadows)
+        except SlotUnavailable as exc:
+            # It never saw the request: send it once to another slot with traffic.
+            router.slot_refused(pool, str(exc))
+            other = router.choose(request.sticky, tried={slot.name})
+            if other is None:
+                return self._unavailable(request, slot, f"it cannot be reached ({exc})")
+            router.measurements.retried(slot.name)
+            pool = router.pool(other)
+            try:
+                answer = await self._forward(pool, request, ())
+            except SlotUnavailable as again:
+                router.slot_refused(pool, str(again))
+                return self._unavailable(
+                    request, other, f"it cannot be reached ({again}), nor can {slot.name}"
                 )
-            shadows = router.routes.mirrored() if router.routes.mirrors else []
-        timeout = router.config.request_timeout_s
+            slot = other
+        return self._relay(request, slot, answer)
+
+    async def _forward(
+        self, pool: SlotPool, request: Request, shadows: tuple[SlotRoute, ...] | list[SlotRoute]
+    ) -> UpstreamAnswer:
+        """The slot's answer, or the router's own 502/504; SlotUnavailable when it was never sent."""
+        router = self.router
+        timeout_s = router.config.request_timeout_s
+        live: asyncio.Future[UpstreamAnswer] | None = None
         if shadows:
-            live: asyncio.Future[UpstreamAnswer] = self.loop.create_future()
+            live = self.loop.create_future()
             for shadow in shadows:
-                router.start_shadow(shadow, request, live, timeout)
-            answer = await exchange(slot, request, timeout)
+                if shadow.name not in router.draining:
+                    router.start_shadow(shadow, request, live, timeout_s)
+        # One timer for connect + answer (cheaper than a wait_for wrapper on every request).
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()  # type: ignore[union-attr]
+
+        timer = self.loop.call_later(timeout_s, expire)
+        pool.started()
+        try:
+            answer = await pool.exchange(upstream_head(request), request.body)
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # the client went away: nothing to answer
+            message = (
+                f"deployment '{pool.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
+            )
+            answer = UpstreamAnswer(504, REASONS[504], [JSON_TYPE], _message(message))
+        except SlotClosed as exc:
+            message = (
+                f"deployment '{pool.name}' closed the connection without answering ({exc}); "
+                f"see `tdsp-deploy logs --deployment {pool.name}`"
+            )
+            answer = UpstreamAnswer(502, REASONS[502], [JSON_TYPE], _message(message))
+        except BaseException:
+            if live is not None:
+                live.cancel()  # the shadows stop waiting for a live answer that will not come
+            raise
+        finally:
+            timer.cancel()
+            pool.finished()
+        if live is not None:
             live.set_result(answer)
-        else:
-            answer = await exchange(slot, request, timeout)
-        router.measurements.live(
+        return answer
+
+    def _relay(self, request: Request, slot: SlotRoute, answer: UpstreamAnswer) -> tuple[bytes, bytes]:
+        self.router.measurements.live(
             slot.name,
             answer.status,
             time.perf_counter() - request.started,
-            request.request_id.decode("latin-1"),
-            request.pin is not None,  # type: ignore[union-attr]
+            request.request_id.decode("latin-1"),  # type: ignore[union-attr]
+            request.pin is not None,
         )
         headers = [(n, v) for n, v in answer.headers if n.lower() not in RESPONSE_DROP]
-        headers += [(PIN_HEADER, slot.name.encode()), (b"x-request-id", request.request_id)]  # type: ignore[list-item]
-        return _response(answer.status, headers, answer.body, keep_alive=keep, reason=answer.reason)
+        headers += [(PIN_HEADER, slot.name.encode()), (REQUEST_ID, request.request_id)]  # type: ignore[list-item]
+        return _parts(
+            answer.status, headers, answer.body, keep_alive=request.keep_alive, reason=answer.reason
+        )
+
+    def _unavailable(self, request: Request, slot: SlotRoute, why: str) -> tuple[bytes, bytes]:
+        message = (
+            f"deployment '{slot.name}' is unavailable: {why}; "
+            f"see `tdsp-deploy status` and `tdsp-deploy logs --deployment {slot.name}`"
+        )
+        answer = UpstreamAnswer(503, REASONS[503], [JSON_TYPE, (b"Retry-After", b"1")], _message(message))
+        return self._relay(request, slot, answer)
 
 
-async def exchange(slot: SlotRoute, request: Request, timeout_s: float) -> UpstreamAnswer:
-    """Send the request to the slot's server; its answer, or the router's 502/504 when it has none."""
-    body = b"".join(request.body)
-    lines = [request.method, b" ", request.url, b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"]
+def upstream_head(request: Request) -> bytes:
+    """The request line and headers sent to a slot (keep-alive, the caller's key left out)."""
+    lines = [request.method, b" ", request.url, b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"]
     for name, value in request.headers:
         if name not in HOP_BY_HOP:
             lines += [name, b": ", value, b"\r\n"]
-    lines += [b"x-request-id: ", request.request_id or b"", b"\r\n"]
-    lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[UpstreamAnswer] = loop.create_future()
-    # One timer for connect + answer (cheaper than two wait_for wrappers on every request).
-    task = asyncio.current_task()
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()  # type: ignore[union-attr]
-
-    timer = loop.call_later(timeout_s, expire)
-    transport = None
-    try:
-        transport, _ = await loop.create_connection(
-            lambda: UpstreamProtocol(answer, b"".join(lines)), "127.0.0.1", slot.port
-        )
-        return await answer
-    except asyncio.CancelledError:
-        if not expired:
-            raise  # the client went away: nothing to answer
-        message = (
-            f"deployment '{slot.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
-        )
-        return UpstreamAnswer(504, REASONS[504], [(b"Content-Type", b"application/json")], _message(message))
-    except OSError:  # refused, reset, or closed before answering
-        message = (
-            f"deployment '{slot.name}' is not reachable; see `tdsp-deploy logs --deployment {slot.name}`"
-        )
-        return UpstreamAnswer(502, REASONS[502], [(b"Content-Type", b"application/json")], _message(message))
-    finally:
-        timer.cancel()
-        if transport is not None:
-            transport.close()
+    lines += [b"x-request-id: ", request.request_id or b"", b"\r\nContent-Length: "]
+    lines += [str(len(request.body)).encode(), b"\r\n\r\n"]
+    return b"".join(lines)
 
 
 def same_answer(a: UpstreamAnswer, b: UpstreamAnswer) -> bool:
@@ -482,81 +728,35 @@ def same_answer(a: UpstreamAnswer, b: UpstreamAnswer) -> bool:
         return False
 
 
-class UpstreamAnswer:
-    __slots__ = ("status", "reason", "headers", "body")
-
-    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes):
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-
-
-class UpstreamProtocol(asyncio.Protocol):
-    """Sends one request to a slot's server and reads its response."""
-
-    def __init__(self, answer: asyncio.Future[UpstreamAnswer], payload: bytes):
-        self.answer = answer
-        self.payload = payload
-        self.parser = httptools.HttpResponseParser(self)
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Write at once, in the connect callback: the slot's worker may already be waiting.
-        transport.write(self.payload)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if not self.answer.done():
-                self.answer.set_exception(ConnectionError(f"malformed response from the slot: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.answer.done():
-            self.answer.set_exception(ConnectionError("the slot closed the connection before answering"))
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if not self.answer.done():
-            answer = UpstreamAnswer(
-                self.parser.get_status_code(), self.reason, self.headers, b"".join(self.body)
-            )
-            self.answer.set_result(answer)
-
-
 def _message(text: str) -> bytes:
     return json.dumps({"message": text}).encode()
 
 
-def _response(
+def _parts(
     status: int,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     *,
     keep_alive: bool,
     reason: bytes | None = None,
-) -> bytes:
+) -> tuple[bytes, bytes]:
+    """A response's head (status line and headers) and its body, kept apart so that a large
+    body is written as it is."""
     if not headers or all(n.lower() != b"content-type" for n, _ in headers):
-        headers = [*headers, (b"Content-Type", b"application/json")]
+        headers = [*headers, JSON_TYPE]
     parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or REASONS.get(status, b"Unknown"), b"\r\n"]
     for name, value in headers:
         parts += [name, b": ", value, b"\r\n"]
     parts += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
-    parts += [b"\r\n", body]
-    return b"".join(parts)
+    parts.append(b"\r\n")
+    return b"".join(parts), body
+
+
+def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool) -> bytes:
+    head, body = _parts(status, headers, body, keep_alive=keep_alive)
+    return head + body
 
 
 async def serve(config_path: Path) -> None:
@@ -580,11 +780,12 @@ async def serve(config_path: Path) -> None:
     )
     stop = asyncio.Event()
 
-    def flush_log() -> None:  # a quiet endpoint's last requests still reach the log
+    def every_second() -> None:  # a quiet endpoint's last requests still reach the log
         router.measurements.flush()
-        loop.call_later(1.0, flush_log)
+        router.tidy()
+        loop.call_later(1.0, every_second)
 
-    flush_log()
+    every_second()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -599,6 +800,8 @@ async def serve(config_path: Path) -> None:
     for connection in list(router.connections):
         if connection.transport:
             connection.transport.close()
+    for pool in router.pools.values():
+        pool.close_idle()
     router.measurements.close()
     log.info("router stopped after draining for %.2f s", time.monotonic() - started)
 

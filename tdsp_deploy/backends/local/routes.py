@@ -94,13 +94,30 @@ class RouteTable:
         self._salt = salt.encode()
         self.mirrors = tuple(s for s in slots if s.mirror > 0)
 
-    def choose(self, key: bytes | None = None) -> SlotRoute | None:
+    def choose(
+        self, key: bytes | None = None, avoid: frozenset[str] | set[str] = frozenset()
+    ) -> SlotRoute | None:
+        """A slot by weight (or by the sticky ``key``), leaving out the slots named in ``avoid``
+        (draining, or not reachable just now); None when no slot with weight is left."""
+        if avoid:
+            return self._choose_among([s for s in self._weighted if s.name not in avoid], key)
         if not self._weighted:
             return None
         if len(self._weighted) == 1:
             return self._weighted[0]
         fraction = self._random() if key is None else key_fraction(self._salt, key)
         return self._weighted[bisect.bisect_right(self._cumulative, fraction * self._total)]
+
+    def _choose_among(self, slots: list[SlotRoute], key: bytes | None) -> SlotRoute | None:
+        if len(slots) <= 1:
+            return slots[0] if slots else None
+        total = sum(s.weight for s in slots)
+        point = (self._random() if key is None else key_fraction(self._salt, key)) * total
+        for slot in slots:
+            point -= slot.weight
+            if point < 0:
+                return slot
+        return slots[-1]
 
     def pinned(self, name: str) -> SlotRoute | None:
         return self.by_name.get(name)

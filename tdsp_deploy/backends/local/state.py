@@ -3,7 +3,9 @@
 - ``endpoint.json``: router and slots (pids with start times, ports, versions, traffic),
 - ``keys.json``: the endpoint's keys, mode 0600,
 - ``router.json``: what the router process serves (see routes.py),
-- ``router.log`` and ``slots/<slot>/<revision>/server.log``: the processes' output,
+- ``supervisor.json``: what the supervisor restarted (written by it alone, see supervisor.py),
+- ``router.log``, ``supervisor.log`` and ``slots/<slot>/<revision>/server.log``: the
+  processes' output,
 - ``.lock``: held while a command changes the endpoint.
 
 Every write is atomic, so an interrupted command leaves the previous state readable.
@@ -43,6 +45,10 @@ class SlotRecord:
     traffic: int = 0
     mirror: int = 0
     previous: SlotRecord | None = None  # the revision this one replaced, kept until finalized
+    command: list[str] | None = None  # how to start it again (no secret: the environment is not kept)
+    supervised: bool = False  # True once it answered its health probe: from then on it is restarted
+    restarts: int = 0  # by the supervisor (merged in from supervisor.json when read)
+    last_exit: int | None = None  # the exit status the supervisor saw before its latest restart
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -69,6 +75,7 @@ class EndpointRecord:
     port: int
     created_at: float
     router: ProcessRef | None = None
+    supervisor: ProcessRef | None = None
     router_generation: int = 0
     revision_counter: int = 0
     experiment_id: str = ""  # salts sticky keys; set by an A/B experiment
@@ -82,6 +89,7 @@ class EndpointRecord:
             "port": self.port,
             "created_at": self.created_at,
             "router": self.router.to_json() if self.router else None,
+            "supervisor": self.supervisor.to_json() if self.supervisor else None,
             "router_generation": self.router_generation,
             "revision_counter": self.revision_counter,
             "experiment_id": self.experiment_id,
@@ -96,6 +104,7 @@ class EndpointRecord:
             port=int(doc["port"]),
             created_at=float(doc["created_at"]),
             router=ProcessRef.from_json(doc.get("router")),
+            supervisor=ProcessRef.from_json(doc.get("supervisor")),
             router_generation=int(doc.get("router_generation", 0)),
             revision_counter=int(doc.get("revision_counter", 0)),
             experiment_id=str(doc.get("experiment_id", "")),
@@ -105,6 +114,15 @@ class EndpointRecord:
     @property
     def traffic(self) -> dict[str, int]:
         return {name: slot.traffic for name, slot in sorted(self.slots.items())}
+
+    def revisions(self) -> list[SlotRecord]:
+        """Every running revision: each slot's current one and the one it replaces, if kept."""
+        found = []
+        for _, slot in sorted(self.slots.items()):
+            found.append(slot)
+            if slot.previous is not None:
+                found.append(slot.previous)
+        return found
 
 
 class EndpointFiles:
@@ -135,6 +153,14 @@ class EndpointFiles:
     def router_log(self) -> Path:
         return self.root / "router.log"
 
+    @property
+    def supervisor_state_path(self) -> Path:
+        return self.root / "supervisor.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
+
     def slot_dir(self, slot: str, revision: str) -> Path:
         return self.root / "slots" / slot / revision
 
@@ -143,7 +169,7 @@ class EndpointFiles:
 
     def read(self) -> EndpointRecord | None:
         try:
-            return EndpointRecord.from_json(json.loads(self.record_path.read_text()))
+            record = EndpointRecord.from_json(json.loads(self.record_path.read_text()))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -151,6 +177,35 @@ class EndpointFiles:
                 f"the local state of endpoint '{self.name}' is unreadable: {exc}",
                 hint=f"inspect {self.record_path}, or remove {self.root} after stopping its processes",
             ) from exc
+        self._merge_restarts(record)
+        return record
+
+    def read_restarts(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's account, by revision folder: its latest process and restart count."""
+        try:
+            doc = json.loads(self.supervisor_state_path.read_text())
+            return dict(doc.get("revisions", {}))
+        except (FileNotFoundError, ValueError, AttributeError):
+            return {}  # never written, or from a supervisor of another version: nothing restarted
+
+    def write_restarts(self, revisions: dict[str, dict[str, Any]]) -> None:
+        write_json_atomic(self.supervisor_state_path, {"format": 1, "revisions": revisions})
+
+    def _merge_restarts(self, record: EndpointRecord) -> None:
+        """The supervisor writes only its own file (commands hold the endpoint lock for minutes,
+        it cannot wait for it); a revision's process is the newer of the two accounts."""
+        restarts = self.read_restarts()
+        if not restarts:
+            return
+        for slot in record.revisions():
+            entry = restarts.get(slot.directory)
+            if not entry:
+                continue
+            slot.restarts = int(entry.get("restarts", 0))
+            slot.last_exit = entry.get("last_exit")
+            restarted = ProcessRef.from_json(entry.get("process"))
+            if restarted and (slot.process is None or restarted.create_time > slot.process.create_time):
+                slot.process = restarted
 
     def write(self, record: EndpointRecord) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -6,23 +6,31 @@ tests hand in a fake DB-API connection. The T-SQL itself comes from tsql.py, the
 
 How the backend contract maps onto SQL Server:
 
-- the endpoint is the scoring procedure; its model versions are rows of the model table, one
-  of them active. The endpoint has one slot: the one whose version is active, taking all the
-  traffic (``supports_weighted_traffic`` is False until the routing procedure over versions
-  exists: ``set_traffic`` accepts only the split that is already the case);
+- the endpoint is the pair of scoring procedures; its model versions are rows of the model
+  table. A deployment slot (blue, green, ...) is a row of the traffic table: the version it
+  serves and its traffic weight. The procedures route each call: pinned with ``@slot`` to
+  that slot, else each row to a slot with a weight, by a hash of its key (``target.ab_key``,
+  else its input values), and log what answered in the request log table;
 - a push checks the server first (external scripts enabled, EXECUTE ANY EXTERNAL SCRIPT, and
-  the server's Python libraries against the package lock), then in ONE transaction creates
-  the model table if missing, inserts the model (skipped when that version with that sha256
-  is there), creates or alters the procedure and activates the version: a failure leaves
-  nothing half-written;
-- undo re-activates the version that was active before (or removes what a first push made).
+  the server's Python libraries against the package lock; ``force`` lets a mismatch through
+  with a warning), then in ONE transaction creates the tables if missing, inserts the model
+  (skipped when that version with that sha256 is there), creates or alters the procedures and
+  points the slot at the version, with no traffic: a failure leaves nothing half-written;
+- ``set_traffic`` writes every slot's weight in one transaction; the server refuses weights
+  that do not add up to 100;
+- undo puts back what ``deploy_slot`` changed: the procedures' previous definitions and the
+  traffic table's rows (or, after a first push, removes what it made).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import json
+import re
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,7 +45,7 @@ from tdsp_deploy.backends.base import (
     SlotStatus,
     no_progress,
 )
-from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
+from tdsp_deploy.backends.sqlserver.target import Column, SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
 
 if TYPE_CHECKING:
@@ -52,13 +60,25 @@ PICKLE_LIBRARIES = {"sklearn": ("scikit-learn", "numpy")}
 INPUT_TABLE = "#tdsp_input"
 STEP_MESSAGES = {
     "create_model_table": "model table {table}",
+    "create_traffic_table": "traffic table",
+    "create_request_log_table": "request log table",
     "insert_model": "storing model {model} ({size} bytes) unless that version is there",
     "create_procedure": "creating or altering procedure {procedure}",
     "create_row_procedure": "creating or altering its single-row twin",
     "bind_model_name": "binding the procedures to model {model}",
-    "activate_version": "activating {model}",
+    "assign_slot": "slot {slot} serves {model} (no traffic yet)",
+    "refresh_active": "marking the versions that take traffic",
 }
-_FIRST = object()  # marks a slot that had no active version before deploy_slot
+#: request log rows read per query by request_records
+LOG_PAGE = 5000
+
+
+@dataclasses.dataclass
+class _Undo:
+    """What deploy_slot changed, as it was before: for discard_slot."""
+
+    definitions: dict[str, str | None]  # procedure -> its definition (None: did not exist)
+    slots: list[dict[str, Any]]  # the model's traffic rows
 
 
 class SqlServerBackend(Backend):
@@ -68,8 +88,8 @@ class SqlServerBackend(Backend):
     target_model = SqlServerTarget
     extra = "sqlserver"
     requires = ("mssql_python",)
-    #: one active model version takes all calls; a weighted routing procedure is not built yet
-    supports_weighted_traffic = False
+    #: the scoring procedures route rows by weight (traffic table); nothing copies them
+    supports_weighted_traffic = True
     supports_mirror = False
 
     def __init__(
@@ -91,8 +111,8 @@ class SqlServerBackend(Backend):
             self._connection = (
                 connection if isinstance(connection, SqlServerConnection) else SqlServerConnection(connection)
             )
-        # slot -> the version active before deploy_slot (or _FIRST), for discard_slot
-        self._replaced: dict[str, Any] = {}
+        # slot -> what deploy_slot changed, for discard_slot
+        self._replaced: dict[str, _Undo] = {}
 
     @property
     def connection(self) -> SqlServerConnection:
@@ -105,24 +125,25 @@ class SqlServerBackend(Backend):
 
     # -- reading -------------------------------------------------------------------------
     def status(self) -> EndpointStatus:
-        """The procedure and the model versions; the active one is the endpoint's one slot."""
+        """The procedures, the model versions, and the slots of the traffic table."""
         procedure = self._procedure_exists()
         versions = self._versions()
         name = self.manifest.name
         if not procedure and not versions:
             return EndpointStatus(name=name, kind=self.kind, exists=False)
+        by_version = {v["version"]: v for v in versions}
         slots = []
-        active = next((v for v in versions if v["active"]), None)
-        if active is not None:
+        for route in self._slots():
+            version = by_version.get(route["version"])
             slots.append(
                 SlotStatus(
-                    name=active["slot"] or "blue",
-                    state="healthy" if procedure else "stopped",
-                    traffic=100 if procedure else 0,
-                    model_version=active["version"],
-                    package_id=active["package_id"],
-                    config_id=active["config_id"],
-                    details={"sha256": active["sha256"]},
+                    name=route["slot"],
+                    state="healthy" if procedure and version is not None else "stopped",
+                    traffic=route["weight"] if procedure else 0,
+                    model_version=route["version"],
+                    package_id=version["package_id"] if version else None,
+                    config_id=version["config_id"] if version else None,
+                    details={"sha256": version["sha256"] if version else None},
                 )
             )
         return EndpointStatus(
@@ -134,6 +155,7 @@ class SqlServerBackend(Backend):
             details={
                 "procedure": self._procedure_name(),
                 "model_table": self._table_name(),
+                "procedure_sha256": self._definition_hash(),
                 "versions": [
                     {"version": v["version"], "sha256": v["sha256"], "active": v["active"]} for v in versions
                 ],
@@ -141,11 +163,36 @@ class SqlServerBackend(Backend):
         )
 
     def logs(self, slot: str, *, tail: int | None = None) -> str:
-        """Not available: SQL Server keeps no per-procedure log an ordinary user can read."""
-        raise UsageError(
-            "the sqlserver target has no slot log",
-            hint="read the Launchpad log (ExtensibilityLog) on the server, or run the procedure in SSMS",
-        )
+        """The slot's history as the database keeps it: each model version pushed as this slot
+        (when, by whom, its sha256), what it serves now, and the calls it failed (status 500
+        in the request log, with the Python error), oldest first; the last ``tail`` lines."""
+        routes = {r["slot"]: r for r in self._slots()}
+        if slot not in routes:
+            raise UsageError(
+                f"endpoint '{self.manifest.name}' has no slot '{slot}'",
+                hint=f"slots: {', '.join(sorted(routes)) or 'none'}",
+            )
+        events: list[tuple[datetime.datetime, str]] = []
+        model = self.manifest.model_name
+        for version in self._versions():
+            if version["slot"] == slot:
+                events.append(
+                    (
+                        version["created_at"],
+                        f"pushed {model}:{version['version']} (sha256 {str(version['sha256'])[:12]}, "
+                        f"by {version['created_by']})",
+                    )
+                )
+        for row in self._failed_calls(slot, limit=tail or 200):
+            t, request_id, version, rows, message = row
+            events.append(
+                (t, f"error: {rows} row(s) of call {request_id} failed on version {version}: {message}")
+            )
+        events.sort(key=lambda event: event[0])
+        lines = [f"{_iso(t)} {slot}: {text}" for t, text in events]
+        route = routes[slot]
+        lines.append(f"now {slot}: {model}:{route['version']}, {route['weight']}% of traffic")
+        return "\n".join(lines[-tail:] if tail else lines)
 
     def credentials(self) -> dict[str, str]:
         """None: callers authenticate to the database itself (target.auth)."""
@@ -156,20 +203,24 @@ class SqlServerBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
-        """Pre-flight probes, then tsql.deployment_statements in one transaction: model table,
-        model row (skipped when that version with that sha256 is stored), both procedures, the
-        model-name binding, the active version. Nothing is written when any of it fails."""
+        """Pre-flight probes, then tsql.deployment_statements in one transaction: the tables,
+        the model row (skipped when that version with that sha256 is stored), both procedures,
+        the model-name binding, the slot pointed at the version (no traffic when new). Nothing
+        is written when any of it fails."""
         from tdsp_deploy.backends.sqlserver import tsql
 
         lock = package.lock
         self._probe(lock)
         payload, script = self._payload_and_script(package)
-        values = tsql.parameter_values(self.target, self.manifest, lock, payload)
-        # the deployment document, plus the slot it was pushed as (read back by status)
+        values = tsql.parameter_values(self.target, self.manifest, lock, payload, slot=slot)
+        # the deployment document, plus the slot it was pushed as (read back by logs)
         values["manifest"] = json.dumps(
             {**json.loads(values["manifest"]), "slot": slot}, sort_keys=True, separators=(",", ":")
         )
-        before = next((v for v in self._versions() if v["active"]), None)
+        undo = _Undo(
+            definitions={name: self._definition(name) for name in self._procedure_names()},
+            slots=self._slots(),
+        )
         conn = self.connection
         with conn.transaction():
             for statement in tsql.deployment_statements(self.target, self.manifest, script):
@@ -180,6 +231,7 @@ class SqlServerBackend(Backend):
                         procedure=self._procedure_name(),
                         model=f"{self.manifest.model_name}:{lock.model_version}",
                         size=len(payload),
+                        slot=slot,
                     ),
                 )
                 conn.execute(
@@ -187,7 +239,7 @@ class SqlServerBackend(Backend):
                     [values[name] for name in statement.parameters],
                     doing=statement.name.replace("_", " "),
                 )
-        self._replaced[slot] = before["version"] if before is not None else _FIRST
+        self._replaced[slot] = undo
         return SlotStatus(
             name=slot,
             state="starting",
@@ -204,14 +256,14 @@ class SqlServerBackend(Backend):
         return _document_id(tsql.deployment_document(self.target, self.manifest, package.lock))
 
     def wait_healthy(self, slot: str) -> SlotStatus:
-        """EXEC the procedure on a probe: the first row of the smoke request when there is
-        one (a scikit-learn model refuses zero rows), else zero rows. It loads the model in
-        Python and answers, or the script's error says why not."""
+        """EXEC the procedure pinned to ``slot`` on a probe: the first row of the smoke
+        request when there is one, else zero rows. It loads the slot's model in Python and
+        answers, or the script's error says why not."""
         started = time.monotonic()
-        self._score(self._probe_rows(), doing="probe the scoring procedure")
+        self._score(self._probe_rows(), slot=slot, doing="probe the scoring procedure")
         found = self.status().slot(slot)
         if found is None or found.state != "healthy":
-            raise DeploymentFailed(f"slot '{slot}' is not the active version after the deploy")
+            raise DeploymentFailed(f"slot '{slot}' is not serving after the deploy")
         self._tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
         return found
 
@@ -220,60 +272,141 @@ class SqlServerBackend(Backend):
         self._replaced.pop(slot, None)
 
     def discard_slot(self, slot: str) -> None:
-        """Re-activate the version active before ``deploy_slot``; after a first push, remove
-        the procedure and this model's rows. Limitation: the procedure keeps the new
-        definition (same inputs/outputs unless the manifest changed them)."""
-        replaced = self._replaced.pop(slot, None)
-        if replaced is None:  # unknown history (a later command): the newest other version
-            versions = self._versions()
-            others = [v for v in versions if not v["active"]]
-            replaced = others[-1]["version"] if others else _FIRST
-        if replaced is _FIRST:
+        """Undo ``deploy_slot`` in one transaction: the procedures get their previous
+        definitions back and the traffic table its previous rows; after a first push (no
+        slot before), the procedures and this model's rows go. Without a note from
+        ``deploy_slot`` (another process), a slot without traffic is removed."""
+        undo = self._replaced.pop(slot, None)
+        if undo is None:
+            route = next((r for r in self._slots() if r["slot"] == slot), None)
+            if route is not None and route["weight"] == 0:
+                self._tell("rollback", f"removing slot {slot}")
+                self._delete_slot(slot)
+            return
+        if not undo.slots:
             self._tell("rollback", f"removing procedure {self._procedure_name()} and the model rows")
             self._remove(rows=True)
             return
-        self._tell("rollback", f"re-activating model version {replaced}")
-        with self.connection.transaction():
-            self._activate(replaced)
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        self._tell("rollback", f"restoring the procedures and the slots as they were before {slot}")
+        conn = self.connection
+        name = self.manifest.model_name
+        with conn.transaction():
+            for procedure, definition in undo.definitions.items():
+                if definition is None:
+                    conn.execute(f"DROP PROCEDURE IF EXISTS {procedure}", doing="drop the procedure")
+                else:
+                    conn.execute(_create_or_alter(definition), doing="restore the procedure")
+            conn.execute(
+                f"DELETE FROM {self._traffic_table()} WHERE [name] = ?", (name,), doing="restore the slots"
+            )
+            for route in undo.slots:
+                conn.execute(
+                    tsql.restore_slot(self.target),
+                    (name, route["slot"], route["version"], route["weight"], route["salt"]),
+                    doing="restore the slots",
+                )
+            conn.execute(tsql.refresh_active(self.target), (name,), doing="restore the active versions")
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
-        """Only the split that is already the case (all calls to the active version) is accepted."""
-        status = self.status()
-        if not status.exists:
-            raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist", hint="push first")
-        wanted = {k: v for k, v in traffic.items() if v}
-        if wanted == {k: v for k, v in status.traffic.items() if v} and not any((mirror or {}).values()):
-            return
-        raise UsageError(
-            "the sqlserver target cannot split traffic yet: the active model version takes every call",
-            hint="push with rollout.traffic 100, or `tdsp-deploy rollback` to re-activate an older version",
+        """Every slot's weight (slots not named get 0) in one transaction; the server checks
+        that they add up to 100 (or 0) and marks the versions that take traffic active."""
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        if any((mirror or {}).values()):
+            raise UsageError("the sqlserver target cannot mirror traffic", hint="leave out --mirror")
+        slots = self._slots()
+        if not slots:
+            raise EndpointNotFound(f"procedure {self._procedure_name()} has no slots", hint="push first")
+        known = {r["slot"] for r in slots}
+        unknown = sorted(set(traffic) - known)
+        if unknown:
+            raise UsageError(f"no slot named {', '.join(unknown)}", hint=f"slots: {', '.join(sorted(known))}")
+        name = self.manifest.model_name
+        conn = self.connection
+        with conn.transaction():
+            for route in slots:
+                weight = int(traffic.get(route["slot"], 0))
+                conn.execute(
+                    tsql.set_weight(self.target), (name, route["slot"], weight), doing="set the traffic"
+                )
+            conn.execute(tsql.refresh_active(self.target), (name,), doing="set the traffic")
+
+    def set_experiment(self, experiment_id: str) -> None:
+        """A new experiment salts the key hash with its id: keys are shuffled afresh."""
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        self.connection.execute(
+            tsql.set_salt(self.target),
+            (self.manifest.model_name, experiment_id),
+            doing="start the experiment",
         )
 
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """The request log from ``since``: one record per scored row, as the A/B analysis reads
+        them (``id``: the row's ab_key value, else ``<request id>:<row number>``)."""
+        if not self.target.request_log:
+            raise UsageError(
+                "target.request_log is off: the procedures log no requests to analyze",
+                hint="set target.request_log: true and push again",
+            )
+        if not self._exists(self._log_table(), "U"):
+            return
+        started = datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
+        last = 0
+        while True:
+            rows = self.connection.execute(
+                "SELECT TOP (?) [id], [t], [request_id], [slot], [version], [status], [row_count], "
+                f"[latency_ms], [row_keys], [pinned] FROM {self._log_table()} "
+                "WHERE [name] = ? AND [t] >= ? AND [id] > ? ORDER BY [id]",
+                (LOG_PAGE, self.manifest.model_name, started, last),
+                doing="read the request log",
+            )
+            for row in rows:
+                yield from _row_records(*row[1:])
+            if len(rows) < LOG_PAGE:
+                return
+            last = rows[-1][0]
+
     def delete(self, slot: str | None = None) -> None:
-        """Drop the procedure; with the whole endpoint (``slot`` None), this model's rows too."""
+        """One slot (its traffic row; refused while it takes traffic), or the whole endpoint:
+        the procedures, and this model's rows in the model, traffic and request log tables."""
         status = self.status()
         if not status.exists:
             raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist")
-        if slot is not None and status.slot(slot) is None:
+        if slot is None:
+            self._remove(rows=True)
+            return
+        found = status.slot(slot)
+        if found is None:
             raise UsageError(
                 f"endpoint '{self.manifest.name}' has no slot '{slot}'",
                 hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
             )
-        self._remove(rows=slot is None)
+        if found.traffic > 0:
+            raise UsageError(
+                f"slot '{slot}' takes {found.traffic}% of the traffic",
+                hint="move its traffic first: tdsp-deploy traffic MANIFEST other=100",
+            )
+        self._delete_slot(slot)
 
     # -- calling -------------------------------------------------------------------------
     def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
         """Callers that EXEC the procedure with the request's rows (bound ``?`` parameters),
-        one connection each (or the handed-in one, shared). The active version answers;
-        a slot that is not it is refused."""
-        if slot is not None:
-            found = self.status().slot(slot)
-            if found is None:
-                raise UsageError(f"slot '{slot}' is not the active model version of '{self.manifest.name}'")
-        return self._callers()
+        one connection each (or the handed-in one, shared), pinned to ``slot`` when given.
+        The answer names the slot(s) that served it, as the HTTP targets do."""
+        routes = self._slots()
+        if slot is not None and slot not in {r["slot"] for r in routes}:
+            raise UsageError(f"endpoint '{self.manifest.name}' has no slot '{slot}'")
+        serving: dict[str, list[str]] = {}
+        for route in routes:
+            if route["weight"] > 0:
+                serving.setdefault(route["version"], []).append(route["slot"])
+        return self._callers(slot, serving)
 
     @contextlib.contextmanager
-    def _callers(self) -> Iterator[Iterator[Caller]]:
+    def _callers(self, slot: str | None, serving: dict[str, list[str]]) -> Iterator[Iterator[Caller]]:
         from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 
         opened: list[SqlServerConnection] = []
@@ -285,7 +418,7 @@ class SqlServerBackend(Backend):
                 else:
                     conn = SqlServerConnection.connect(self.target)
                     opened.append(conn)
-                yield self._caller(conn)
+                yield self._caller(conn, slot, serving)
 
         try:
             yield made()
@@ -293,18 +426,26 @@ class SqlServerBackend(Backend):
             for conn in opened:
                 conn.close()
 
-    def _caller(self, conn: SqlServerConnection) -> Caller:
+    def _caller(self, conn: SqlServerConnection, slot: str | None, serving: dict[str, list[str]]) -> Caller:
         def call(body: bytes) -> InvokeResult:
             started = time.perf_counter()
+            request_id = uuid.uuid4().hex
+            headers = {"x-request-id": request_id}
             try:
-                rows = request_rows(body, [c.name for c in self.target.inputs])
+                rows = request_rows(body, self.target.inputs)
             except ValueError as exc:
-                return _result(400, {"error": str(exc)}, started)
+                return _result(400, {"error": str(exc)}, started, headers)
             try:
-                columns, result = self._score(rows, conn=conn, doing="score")
+                columns, result = self._score(
+                    rows, conn=conn, slot=slot, request_id=request_id, doing="score"
+                )
             except DeploymentFailed as exc:  # the script failed: an answer, not a crash
-                return _result(500, {"error": exc.message}, started)
-            return _result(200, {"columns": columns, "data": [list(r) for r in result]}, started)
+                return _result(500, {"error": exc.message}, started, headers)
+            versions = sorted({str(r[-1]) for r in result}) if result else []
+            slots = [slot] if slot else sorted({s for v in versions for s in serving.get(v, [])})
+            if slots:
+                headers["azureml-model-deployment"] = ",".join(slots)
+            return _result(200, {"columns": columns, "data": [list(r) for r in result]}, started, headers)
 
         return call
 
@@ -354,56 +495,69 @@ class SqlServerBackend(Backend):
                 "with the server's versions, or push with --force",
             )
         for problem in mismatches:
-            self._tell("deploy", f"warning (forced): {problem}")
+            self._tell("deploy", f"warning: --force: deploying although {problem}; the model may not load")
 
     def _probe_rows(self) -> list[list[Any]]:
         smoke = self.manifest.smoke_test
         if smoke is None:
             return []
         try:
-            return request_rows(smoke.request.read_bytes(), [c.name for c in self.target.inputs])[:1]
+            return request_rows(smoke.request.read_bytes(), self.target.inputs)[:1]
         except (OSError, ValueError):
             return []  # the smoke test itself will say what is wrong with the request
 
     def _score(
-        self, rows: Sequence[Sequence[Any]], *, conn: SqlServerConnection | None = None, doing: str
+        self,
+        rows: Sequence[Sequence[Any]],
+        *,
+        conn: SqlServerConnection | None = None,
+        slot: str | None = None,
+        request_id: str | None = None,
+        doing: str,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        sql, params = scoring_batch(self.target, self.manifest.name, rows)
+        sql, params = scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request_id)
         return (conn or self.connection).query(sql, params, doing=doing)
-
-    def _activate(self, version: str) -> None:
-        from tdsp_deploy.backends.sqlserver import tsql
-
-        self._tell("deploy", f"activating version {version}")
-        self.connection.execute(
-            tsql.activate_version(self.target),
-            (self.manifest.model_name, version),
-            doing="activate the version",
-        )
 
     def _remove(self, *, rows: bool) -> None:
         conn = self.connection
+        name = self.manifest.model_name
         with conn.transaction():
             for procedure in self._procedure_names():
                 conn.execute(f"DROP PROCEDURE IF EXISTS {procedure}", doing="drop the procedure")
-            if rows and self._table_exists():
-                conn.execute(
-                    f"DELETE FROM {self._table_name()} WHERE [name] = ?",
-                    (self.manifest.model_name,),
-                    doing="delete the model rows",
-                )
+            if not rows:
+                return
+            for table in (self._table_name(), self._traffic_table(), self._log_table()):
+                if self._exists(table, "U"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE [name] = ?", (name,), doing="delete the model rows"
+                    )
+
+    def _delete_slot(self, slot: str) -> None:
+        from tdsp_deploy.backends.sqlserver import tsql
+
+        conn = self.connection
+        with conn.transaction():
+            conn.execute(
+                f"DELETE FROM {self._traffic_table()} WHERE [name] = ? AND [slot] = ?",
+                (self.manifest.model_name, slot),
+                doing="delete the slot",
+            )
+            conn.execute(
+                tsql.refresh_active(self.target), (self.manifest.model_name,), doing="delete the slot"
+            )
 
     def _versions(self) -> list[dict[str, Any]]:
         if not self._table_exists():
             return []
         rows = self.connection.execute(
-            f"SELECT [version], [sha256], [active], [manifest] FROM {self._table_name()} "
+            "SELECT [version], [sha256], [active], [manifest], [created_at], [created_by] "
+            f"FROM {self._table_name()} "
             "WHERE [name] = ? ORDER BY [created_at], [version]",
             (self.manifest.model_name,),
             doing="list the model versions",
         )
         versions = []
-        for version, sha256, active, record in rows:
+        for version, sha256, active, record, created_at, created_by in rows:
             try:
                 note = json.loads(record) if record else {}
             except ValueError:
@@ -416,9 +570,53 @@ class SqlServerBackend(Backend):
                     "slot": note.get("slot"),
                     "package_id": note.get("package_id"),
                     "config_id": _document_id(record) if record else None,
+                    "created_at": created_at,
+                    "created_by": created_by,
                 }
             )
         return versions
+
+    def _slots(self) -> list[dict[str, Any]]:
+        """The model's rows of the traffic table, by slot name."""
+        if not self._exists(self._traffic_table(), "U"):
+            return []
+        rows = self.connection.execute(
+            f"SELECT [slot], [version], [weight], [salt] FROM {self._traffic_table()} "
+            "WHERE [name] = ? ORDER BY [slot]",
+            (self.manifest.model_name,),
+            doing="list the slots",
+        )
+        return [
+            {"slot": str(slot), "version": str(version), "weight": int(weight), "salt": salt}
+            for slot, version, weight, salt in rows
+        ]
+
+    def _failed_calls(self, slot: str, *, limit: int) -> list[tuple[Any, ...]]:
+        if not self.target.request_log or not self._exists(self._log_table(), "U"):
+            return []
+        return self.connection.execute(
+            f"SELECT TOP (?) [t], [request_id], [version], [row_count], [message] FROM {self._log_table()} "
+            "WHERE [name] = ? AND [slot] = ? AND [status] >= 500 ORDER BY [id] DESC",
+            (limit, self.manifest.model_name, slot),
+            doing="read the failed calls",
+        )
+
+    def _definition(self, procedure: str) -> str | None:
+        rows = self.connection.execute(
+            "SELECT OBJECT_DEFINITION(OBJECT_ID(?))", (procedure,), doing="read the procedure"
+        )
+        return rows[0][0] if rows and rows[0] else None
+
+    def _definition_hash(self) -> str | None:
+        import hashlib
+
+        texts = [self._definition(name) or "" for name in self._procedure_names()]
+        if not any(texts):
+            return None
+        return hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+
+    def _exists(self, name: str, kind: str) -> bool:
+        return _truthy(self.connection.execute(f"SELECT OBJECT_ID(?, N'{kind}')", (name,)))
 
     def _table_exists(self) -> bool:
         return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'U')", (self._table_name(),)))
@@ -427,9 +625,18 @@ class SqlServerBackend(Backend):
         return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'P')", (self._procedure_name(),)))
 
     def _table_name(self) -> str:
+        return self._qualified(self.target.model_table)
+
+    def _traffic_table(self) -> str:
+        return self._qualified(self.target.traffic_table)
+
+    def _log_table(self) -> str:
+        return self._qualified(self.target.request_log_table)
+
+    def _qualified(self, name: str) -> str:
         from tdsp_deploy.backends.sqlserver.target import quote_identifier
 
-        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(self.target.model_table)}"
+        return f"{quote_identifier(self.target.schema_)}.{quote_identifier(name)}"
 
     def _procedure_name(self) -> str:
         from tdsp_deploy.backends.sqlserver.target import quote_identifier
@@ -464,7 +671,11 @@ class SqlServerBackend(Backend):
 
         payload, model_file = self._model_payload(package)
         script = generate_script(
-            self._flavor(), self.target.inputs, self.target.outputs, model_file_name=model_file
+            self._flavor(),
+            self.target.inputs,
+            self.target.outputs,
+            model_file_name=model_file,
+            ab_key=self.target.ab_key,
         )
         return payload, script
 
@@ -497,34 +708,87 @@ class SqlServerBackend(Backend):
 
 
 # -- the scoring call -------------------------------------------------------------------------------
-def request_rows(body: bytes, inputs: Sequence[str]) -> list[list[Any]]:
-    """The rows of a JSON table request (``{"columns": [...], "data": [[...]]}``), in the
-    order of the procedure's inputs. ValueError says what is wrong."""
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise ValueError(f"the request is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise ValueError('the request must be {"columns": [...], "data": [[...], ...]}')
-    columns = doc.get("columns") or list(inputs)
-    missing = [name for name in inputs if name not in columns]
+def request_rows(body: bytes, inputs: Sequence[Column | str]) -> list[list[Any]]:
+    """The rows of a request, in the order of the procedure's inputs: a JSON table
+    (``{"columns": [...], "data": [[...]]}``) or CSV with a header line naming the columns.
+    CSV cells become numbers for numeric inputs (an empty cell is NULL). ValueError says
+    what is wrong."""
+    names = [c if isinstance(c, str) else c.name for c in inputs]
+    text = body.decode("utf-8-sig", errors="strict") if isinstance(body, bytes) else str(body)
+    if text.lstrip()[:1] in ("{", "["):
+        columns, data = _json_table(text, names)
+    else:
+        columns, data = _csv_table(text, inputs)
+    missing = [name for name in names if name not in columns]
     if missing:
         raise ValueError(f"the request has no column {', '.join(missing)}")
-    order = [columns.index(name) for name in inputs]
+    order = [columns.index(name) for name in names]
     rows = []
-    for number, row in enumerate(doc["data"]):
+    for number, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(columns):
             raise ValueError(f"data[{number}] must be a list of {len(columns)} values")
         rows.append([row[i] for i in order])
     return rows
 
 
+def _json_table(text: str, names: list[str]) -> tuple[list[str], list[Any]]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the request is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise ValueError('the request must be {"columns": [...], "data": [[...], ...]} or CSV')
+    return list(doc.get("columns") or names), doc["data"]
+
+
+_NUMERIC = re.compile(r"^(float|real|decimal|numeric|int|bigint|smallint|tinyint|bit)\b")
+
+
+def _csv_table(text: str, inputs: Sequence[Column | str]) -> tuple[list[str], list[Any]]:
+    import csv
+    import io
+
+    lines = list(csv.reader(io.StringIO(text)))
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError("the CSV request is empty: it needs a header line naming the columns")
+    header = [cell.strip() for cell in lines[0]]
+    types = {c.name: c.type for c in inputs if not isinstance(c, str)}
+    data = []
+    for number, line in enumerate(lines[1:], start=2):
+        if len(line) != len(header):
+            raise ValueError(f"CSV line {number} has {len(line)} cells; the header names {len(header)}")
+        data.append(
+            [_csv_cell(cell, types.get(name), name, number) for name, cell in zip(header, line, strict=True)]
+        )
+    return header, data
+
+
+def _csv_cell(cell: str, sql_type: str | None, name: str, line: int) -> Any:
+    cell = cell.strip()
+    if sql_type is None or not _NUMERIC.match(sql_type):
+        return cell
+    if cell == "":
+        return None
+    try:
+        number = float(cell)
+    except ValueError:
+        raise ValueError(f"CSV line {line}, column {name}: '{cell}' is not a number ({sql_type})") from None
+    return int(number) if sql_type.startswith(("int", "bigint", "smallint", "tinyint", "bit")) else number
+
+
 def scoring_batch(
-    target: SqlServerTarget, endpoint: str, rows: Sequence[Sequence[Any]]
+    target: SqlServerTarget,
+    endpoint: str,
+    rows: Sequence[Sequence[Any]],
+    *,
+    slot: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[str, list[Any]]:
     """One batch: the rows into a temporary table through a VALUES query whose values are
     bound ``?`` parameters (never written into the SQL), then EXEC of the procedure with an
-    ``@input_query`` that reads that table. No rows: a typed empty table (the health probe)."""
+    ``@input_query`` that reads that table, ``@slot`` (NULL: the traffic split decides) and
+    ``@request_id``. No rows: a typed empty table (the health probe)."""
     from tdsp_deploy.backends.sqlserver.target import quote_identifier
 
     names = ", ".join(quote_identifier(c.name) for c in target.inputs)
@@ -542,10 +806,10 @@ def scoring_batch(
     sql = (
         "SET NOCOUNT ON;\n"
         f"SELECT * INTO {INPUT_TABLE} FROM {source};\n"
-        f"EXEC {procedure} @input_query = N'SELECT * FROM {INPUT_TABLE}';\n"
+        f"EXEC {procedure} @input_query = N'SELECT * FROM {INPUT_TABLE}', @slot = ?, @request_id = ?;\n"
         f"DROP TABLE {INPUT_TABLE};"
     )
-    return sql, params
+    return sql, [*params, slot, request_id]
 
 
 def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:
@@ -579,10 +843,58 @@ def _truthy(rows: Sequence[Sequence[Any]]) -> bool:
     return bool(rows) and bool(rows[0]) and rows[0][0] not in (None, 0, False, "0")
 
 
-def _result(status: int, doc: Any, started: float) -> InvokeResult:
+def _row_records(
+    t: datetime.datetime,
+    request_id: str,
+    slot: str,
+    version: str,
+    status: int,
+    row_count: int,
+    latency_ms: float | None,
+    row_keys: str | None,
+    pinned: Any,
+) -> Iterator[dict[str, Any]]:
+    """One request-log row (a call's rows served by one slot) as one record per scored row."""
+    when = t.replace(tzinfo=datetime.UTC).timestamp() if isinstance(t, datetime.datetime) else float(t)
+    keys = json.loads(row_keys) if row_keys else None
+    if keys is None:
+        ids = [f"{request_id}:{n}" for n in range(int(row_count))]
+    else:  # ab_key values (strings), or the row numbers of the call (a split without ab_key)
+        ids = [str(k) if isinstance(k, str) else f"{request_id}:{k}" for k in keys]
+    for row_id in ids:
+        yield {
+            "kind": "live",
+            "t": when,
+            "id": row_id,
+            "deployment": slot,
+            "version": version,
+            "status": int(status),
+            "latency_ms": latency_ms,
+            "pinned": bool(pinned),
+        }
+
+
+def _iso(t: Any) -> str:
+    if isinstance(t, datetime.datetime):
+        return t.replace(microsecond=0).isoformat() + "Z"
+    return str(t)
+
+
+def _create_or_alter(definition: str) -> str:
+    """A stored procedure definition, made re-runnable: CREATE becomes CREATE OR ALTER."""
+    return re.sub(
+        r"^(\s*)CREATE\s+(?!OR\s+ALTER\b)(PROC(?:EDURE)?\b)",
+        r"\1CREATE OR ALTER \2",
+        definition,
+        count=1,
+        flags=re.I,
+    )
+
+
+def _result(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
     return InvokeResult(
         status=status,
         body=json.dumps(doc, default=str).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
         elapsed_ms=(time.perf_counter() - started) * 1000.0,
     )

@@ -65,7 +65,9 @@ MAX_MESSAGE = 1200
 TSQL_REFUSALS = {
     50001: "give the new model another model.version (or leave it out: derived from the content)",
     50002: "push the model version before activating it",
-    50003: "push the model first (tdsp-deploy push MANIFEST)",
+    50003: "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
+    50004: "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
+    50005: "give weights that add up to 100, e.g. blue=90 green=10",
 }
 
 

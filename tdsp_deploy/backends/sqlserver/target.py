@@ -29,11 +29,28 @@ _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(\\[A-Za-z0-9
 
 #: Names the generated procedures and script use themselves: a column may not take them.
 RESERVED_COLUMNS = frozenset(
-    {"model_bytes", "model_version", "input_query", "payload", "version", "InputDataSet", "OutputDataSet"}
+    {
+        "model_bytes",
+        "model_bundle",
+        "model_version",
+        "input_query",
+        "payload",
+        "version",
+        "routes",
+        "request_log",
+        "request_id",
+        "slot",
+        "InputDataSet",
+        "OutputDataSet",
+    }
 )
+#: Column names starting with this are the generated code's own.
+RESERVED_PREFIX = "tdsp_"
 
 # The allow-list of SQL types for inputs and outputs, lower case, normalized by _sql_type.
-_SIMPLE_TYPES = frozenset({"float", "real", "int", "bigint", "smallint", "tinyint", "bit", "datetime2", "date"})
+_SIMPLE_TYPES = frozenset(
+    {"float", "real", "int", "bigint", "smallint", "tinyint", "bit", "datetime2", "date"}
+)
 _DECIMAL = re.compile(r"^(?:decimal|numeric)\((\d{1,2})(?:,(\d{1,2}))?\)$")
 _STRING = re.compile(r"^(n?varchar)\((max|\d{1,4})\)$")
 
@@ -93,7 +110,9 @@ class Column(Strict):
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value in RESERVED_COLUMNS or value.lower() in {r.lower() for r in RESERVED_COLUMNS}:
+        if value.lower() in {r.lower() for r in RESERVED_COLUMNS} or value.lower().startswith(
+            RESERVED_PREFIX
+        ):
             raise ValueError(f"'{value}' is used by the generated procedure; rename the column")
         if keyword.iskeyword(value):
             raise ValueError(f"'{value}' is a Python keyword and cannot be bound in the scoring script")
@@ -157,10 +176,26 @@ class SqlServerTarget(Strict):
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedures.")
     auth: Auth = Field(description="method: sql (username, password_env) | entra | integrated.")
     model_table: Identifier = Field(default="tdsp_models", description="Versioned model table.")
+    traffic_table: Identifier = Field(
+        default="tdsp_traffic", description="Deployment slots: each one's model version and traffic weight."
+    )
+    request_log_table: Identifier = Field(
+        default="tdsp_requests", description="Scored rows per call and slot, read by `ab` and `logs`."
+    )
+    request_log: bool = Field(
+        default=True, description="Log every call of the scoring procedures (needed by `ab analyze`)."
+    )
+    ab_key: Identifier | None = Field(
+        default=None,
+        description="Input column whose value picks a row's slot under a traffic split (default: "
+        "all input values); the same key always reaches the same slot while the split holds.",
+    )
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>, '-' as '_')."
     )
-    inputs: list[Column] = Field(min_length=1, description="Input columns, in the order the model takes them.")
+    inputs: list[Column] = Field(
+        min_length=1, description="Input columns, in the order the model takes them."
+    )
     outputs: list[Column] = Field(min_length=1, description="Output columns, in order.")
     encrypt: bool = True
     trust_server_certificate: bool = False
@@ -183,6 +218,17 @@ class SqlServerTarget(Strict):
                 raise ValueError(f"column '{column.name}' is listed twice")
             seen.add(column.name.lower())
         return columns
+
+    @model_validator(mode="after")
+    def _ab_key_is_an_input(self) -> SqlServerTarget:
+        if self.ab_key is not None and self.ab_key.lower() not in {c.name.lower() for c in self.inputs}:
+            raise ValueError(f"ab_key: '{self.ab_key}' is not one of the inputs")
+        names = [self.model_table.lower(), self.traffic_table.lower(), self.request_log_table.lower()]
+        if len(set(names)) != 3:
+            raise ValueError(
+                "model_table, traffic_table and request_log_table must be three different tables"
+            )
+        return self
 
     @model_validator(mode="after")
     def _row_procedure_fits(self) -> SqlServerTarget:

@@ -11,8 +11,18 @@ kept instead in the procedure's extended property ``tdsp_model_name``, set with 
 (``bind_model_name``); the procedure reads it through ``@@PROCID``. ``CREATE OR ALTER`` keeps
 extended properties, so re-deploying does not lose the binding.
 
-Order of execution (``deployment_statements``): model table, model row, the two procedures,
-the binding, then activation -- so a procedure never points at a version that is not there.
+Slots and traffic: the traffic table holds, per model, each deployment slot's version and
+traffic weight (percent). The scoring procedures route: a call pinned with ``@slot`` goes to
+that slot's version; any other call's rows are split over the slots with a weight, by a hash
+of each row's key (script.py). What answered goes into the request log table, one row per
+call and slot, which ``ab analyze`` and ``logs`` read.
+
+Order of execution (``deployment_statements``): the tables, the model row, the two
+procedures, the binding, then the slot (with no traffic) and the active flags -- so a
+procedure never points at a version that is not there.
+
+Batches other than CREATE PROCEDURE start with a ``-- tdsp-deploy: <statement>`` line, so
+that a DBA reading the server's traces knows what sent them.
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ if TYPE_CHECKING:
 
 MODEL_NAME_PROPERTY = "tdsp_model_name"
 VERSION_TYPE = "nvarchar(64)"
+SLOT_TYPE = "nvarchar(64)"
 #: The ``@params`` declaration every scoring call starts with.
-MODEL_PARAMS = "@model_bytes varbinary(max), @model_version nvarchar(64)"
+MODEL_PARAMS = "@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +62,7 @@ class Statement:
             raise AssertionError(f"{self.name}: {self.sql.count('?')} markers, {len(self.parameters)} names")
 
 
-# --- quoting helpers ------------------------------------------------------------------------
+# --- quoting ---------------------------------------------------------------------------------
 
 
 def _q(name: str) -> str:
@@ -84,12 +95,24 @@ def _result_sets(target: SqlServerTarget) -> str:
     return f"WITH RESULT SETS (({_columns(target.outputs)}, {_q('model_version')} {VERSION_TYPE}))"
 
 
+def _tagged(name: str, sql: str) -> str:
+    return f"-- tdsp-deploy: {name}\n{sql}"
+
+
+def statement_tag(sql: str) -> str | None:
+    """The name in a batch's ``-- tdsp-deploy: <name>`` first line, if it has one."""
+    first = sql.split("\n", 1)[0]
+    return first.removeprefix("-- tdsp-deploy: ").strip() if first.startswith("-- tdsp-deploy: ") else None
+
+
 # --- the model table ------------------------------------------------------------------------
 
 
 def create_model_table(target: SqlServerTarget) -> str:
     table = _qualified(target, target.model_table)
-    return f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
+    return _tagged(
+        "create_model_table",
+        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
 CREATE TABLE {table} (
     [name] nvarchar(128) NOT NULL,
     [version] nvarchar(64) NOT NULL,
@@ -102,7 +125,54 @@ CREATE TABLE {table} (
     [active] bit NOT NULL DEFAULT 0,
     PRIMARY KEY ([name], [version])
 );
-"""
+""",
+    )
+
+
+def create_traffic_table(target: SqlServerTarget) -> str:
+    """Per model and slot: the version it serves, its traffic weight (percent) and the salt of
+    the key hash (a new A/B experiment gets a new one, which reshuffles the keys)."""
+    table = _qualified(target, target.traffic_table)
+    return _tagged(
+        "create_traffic_table",
+        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
+CREATE TABLE {table} (
+    [name] nvarchar(128) NOT NULL,
+    [slot] {SLOT_TYPE} NOT NULL,
+    [version] {VERSION_TYPE} NOT NULL,
+    [weight] int NOT NULL DEFAULT 0 CHECK ([weight] BETWEEN 0 AND 100),
+    [salt] nvarchar(64) NULL,
+    [updated_at] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
+    PRIMARY KEY ([name], [slot])
+);
+""",
+    )
+
+
+def create_request_log_table(target: SqlServerTarget) -> str:
+    """One row per scoring call and slot that answered it: the rows it scored (``row_keys``:
+    their ``ab_key`` values or row numbers as JSON; NULL for all of the call's rows), the
+    status (500: that version failed on them) and the time per row."""
+    table = _qualified(target, target.request_log_table)
+    return _tagged(
+        "create_request_log_table",
+        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
+CREATE TABLE {table} (
+    [id] bigint IDENTITY(1, 1) PRIMARY KEY,
+    [name] nvarchar(128) NOT NULL,
+    [t] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
+    [request_id] nvarchar(64) NOT NULL,
+    [slot] {SLOT_TYPE} NOT NULL,
+    [version] {VERSION_TYPE} NOT NULL,
+    [status] int NOT NULL,
+    [row_count] int NOT NULL,
+    [latency_ms] float NULL,
+    [row_keys] nvarchar(max) NULL,
+    [pinned] bit NOT NULL,
+    [message] nvarchar(2000) NULL
+);
+""",
+    )
 
 
 INSERT_PARAMETERS = ("name", "version", "sha256", "flavor", "payload", "manifest")
@@ -113,46 +183,162 @@ def insert_model(target: SqlServerTarget) -> str:
     with the same sha256 is left alone (re-running a push is a no-op); with another sha256 the
     batch fails (error 50001): a version's content never changes."""
     table = _qualified(target, target.model_table)
-    return f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
+    return _tagged(
+        "insert_model",
+        f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
     @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
 IF EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version AND [sha256] <> @sha256)
     THROW 50001, N'this model version is already stored with other content; give the model a new version', 1;
 IF NOT EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version)
     INSERT INTO {table} ([name], [version], [sha256], [flavor], [payload], [manifest], [active])
     VALUES (@name, @version, @sha256, @flavor, @payload, @manifest, 0);
-"""
+""",
+    )
 
 
-def activate_version(target: SqlServerTarget) -> str:
-    """Parameters: name, version. Makes that version the only active one of the model."""
-    table = _qualified(target, target.model_table)
-    return f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?;
-IF NOT EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version)
+def assign_slot(target: SqlServerTarget) -> str:
+    """Parameters: name, slot, version. The slot serves that version from now on; a new slot
+    takes no traffic (``set_weight`` gives it some), an existing one keeps its weight."""
+    models = _qualified(target, target.model_table)
+    traffic = _qualified(target, target.traffic_table)
+    return _tagged(
+        "assign_slot",
+        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version {VERSION_TYPE} = ?;
+IF NOT EXISTS (SELECT 1 FROM {models} WHERE [name] = @name AND [version] = @version)
     THROW 50002, N'this model version is not in the model table; insert it first', 1;
-UPDATE {table}
-SET [active] = CASE WHEN [version] = @version THEN 1 ELSE 0 END
-WHERE [name] = @name;
-"""
+IF EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
+    UPDATE {traffic}
+    SET [version] = @version, [updated_at] = SYSUTCDATETIME()
+    WHERE [name] = @name AND [slot] = @slot;
+ELSE
+    INSERT INTO {traffic} ([name], [slot], [version], [weight], [salt])
+    SELECT @name, @slot, @version, 0, MAX([salt]) FROM {traffic} WHERE [name] = @name;
+""",
+    )
+
+
+def set_weight(target: SqlServerTarget) -> str:
+    """Parameters: name, slot, weight. Run for every slot of the model in one transaction,
+    then ``refresh_active`` (which checks the sum)."""
+    traffic = _qualified(target, target.traffic_table)
+    return _tagged(
+        "set_weight",
+        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @weight int = ?;
+IF NOT EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
+    THROW 50004, N'this model has no such deployment slot', 1;
+UPDATE {traffic}
+SET [weight] = @weight, [updated_at] = SYSUTCDATETIME()
+WHERE [name] = @name AND [slot] = @slot;
+""",
+    )
+
+
+def refresh_active(target: SqlServerTarget) -> str:
+    """Parameter: name. Refuses weights that do not add up to 100 (or 0); marks active the
+    versions that take traffic."""
+    models = _qualified(target, target.model_table)
+    traffic = _qualified(target, target.traffic_table)
+    return _tagged(
+        "refresh_active",
+        f"""DECLARE @name nvarchar(128) = ?;
+DECLARE @total int = (SELECT ISNULL(SUM([weight]), 0) FROM {traffic} WHERE [name] = @name);
+IF @total NOT IN (0, 100)
+    THROW 50005, N'the traffic weights of this model''s slots must add up to 100 (or 0)', 1;
+UPDATE m
+SET m.[active] = CASE WHEN EXISTS (
+        SELECT 1 FROM {traffic} AS t WHERE t.[name] = @name AND t.[version] = m.[version] AND t.[weight] > 0
+    ) THEN 1 ELSE 0 END
+FROM {models} AS m
+WHERE m.[name] = @name;
+""",
+    )
+
+
+def set_salt(target: SqlServerTarget) -> str:
+    """Parameters: name, salt. A new A/B experiment's id: the key hash starts afresh."""
+    traffic = _qualified(target, target.traffic_table)
+    return _tagged(
+        "set_salt",
+        f"""DECLARE @name nvarchar(128) = ?, @salt nvarchar(64) = ?;
+UPDATE {traffic} SET [salt] = @salt WHERE [name] = @name;
+""",
+    )
+
+
+def restore_slot(target: SqlServerTarget) -> str:
+    """Parameters: name, slot, version, weight, salt. Puts back a slot as it was (undo)."""
+    traffic = _qualified(target, target.traffic_table)
+    return _tagged(
+        "restore_slot",
+        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version {VERSION_TYPE} = ?,
+    @weight int = ?, @salt nvarchar(64) = ?;
+INSERT INTO {traffic} ([name], [slot], [version], [weight], [salt])
+VALUES (@name, @slot, @version, @weight, @salt);
+""",
+    )
 
 
 # --- the scoring procedures -----------------------------------------------------------------
 
 
-def _load_active_model(target: SqlServerTarget) -> str:
-    table = _qualified(target, target.model_table)
+def _route(target: SqlServerTarget) -> str:
+    """The procedures' common start: which slots answer, and their models as one bundle."""
+    models = _qualified(target, target.model_table)
+    traffic = _qualified(target, target.traffic_table)
     return f"""    SET NOCOUNT ON;
-    DECLARE @model_name nvarchar(128), @payload varbinary(max), @version nvarchar(64);
+    DECLARE @model_name nvarchar(128), @routes nvarchar(max), @bundle varbinary(max) = 0x,
+        @request_log nvarchar(max), @n int = 1, @count int;
+    DECLARE @route TABLE ([n] int IDENTITY(1, 1) PRIMARY KEY, [slot] {SLOT_TYPE} NOT NULL,
+        [version] {VERSION_TYPE} NOT NULL, [weight] int NOT NULL, [salt] nvarchar(64) NULL);
     -- The model this procedure serves: its extended property {MODEL_NAME_PROPERTY}.
     SELECT @model_name = CAST([value] AS nvarchar(128))
     FROM sys.extended_properties
     WHERE [class] = 1 AND [major_id] = @@PROCID AND [minor_id] = 0 AND [name] = {_name_literal(MODEL_NAME_PROPERTY)};
-    SELECT TOP (1) @payload = [payload], @version = [version]
-    FROM {table}
-    WHERE [name] = @model_name AND [active] = 1
-    ORDER BY [created_at] DESC;
-    IF @payload IS NULL
-        THROW 50003, N'no active model version for this procedure; push the model first', 1;
+    -- Who answers: the slot that @slot pins, else every slot with a traffic weight.
+    INSERT INTO @route ([slot], [version], [weight], [salt])
+    SELECT [slot], [version], [weight], [salt]
+    FROM {traffic}
+    WHERE [name] = @model_name AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0))
+    ORDER BY [slot];
+    SET @count = @@ROWCOUNT;
+    IF @count = 0
+        THROW 50003, N'no slot of this model takes traffic (or @slot names none); push the model first', 1;
+    -- Their models, in route order, as one bundle: each payload after its 8-byte length.
+    WHILE @n <= @count
+    BEGIN
+        SELECT @bundle = @bundle + CAST(DATALENGTH(m.[payload]) AS binary(8)) + m.[payload]
+        FROM @route AS r
+        JOIN {models} AS m ON m.[name] = @model_name AND m.[version] = r.[version]
+        WHERE r.[n] = @n;
+        SET @n = @n + 1;
+    END;
+    SET @routes = (SELECT [slot], [version], [weight], [salt] FROM @route ORDER BY [n] FOR JSON PATH);
+    IF @request_id IS NULL
+        SET @request_id = CONVERT(nvarchar(64), NEWID());
 """
+
+
+def _log_requests(target: SqlServerTarget) -> str:
+    """What answered, from the script's ``request_log``, into the request log table."""
+    if not target.request_log:
+        return ""
+    log = _qualified(target, target.request_log_table)
+    return f"""    -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
+    INSERT INTO {log}
+        ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
+    SELECT @model_name, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
+        CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
+    FROM OPENJSON(@request_log)
+    WITH ([slot] {SLOT_TYPE}, [version] {VERSION_TYPE}, [status] int, [row_count] int, [latency_ms] float,
+        [row_keys] nvarchar(max) AS JSON, [message] nvarchar(2000));
+"""
+
+
+_CALL_PARAMETERS = f"""    @slot {SLOT_TYPE} = NULL,
+    @request_id nvarchar(64) = NULL"""
+_BOUND_MODEL = """        @model_bundle = @bundle,
+        @routes = @routes,
+        @request_log = @request_log OUTPUT"""
 
 
 def _endpoint(manifest: ManifestBase) -> str:
@@ -160,49 +346,49 @@ def _endpoint(manifest: ManifestBase) -> str:
 
 
 def create_or_alter_procedure(target: SqlServerTarget, manifest: ManifestBase, script: str) -> str:
-    """The batch form: ``EXEC <procedure> @input_query = N'SELECT ...'`` scores the query's rows."""
+    """The batch form: ``EXEC <procedure> @input_query = N'SELECT ...'`` scores the query's
+    rows (``@slot`` pins a slot; ``@request_id`` names the call in the request log)."""
     procedure = _qualified(target, target.procedure_name(_endpoint(manifest)))
     return f"""CREATE OR ALTER PROCEDURE {procedure}
-    @input_query nvarchar(max)
+    @input_query nvarchar(max),
+{_CALL_PARAMETERS}
 AS
 BEGIN
-{_load_active_model(target)}    EXEC sp_execute_external_script
+{_route(target)}    EXEC sp_execute_external_script
         @language = N'Python',
         @script = {script_literal(script)},
         @input_data_1 = @input_query,
         @params = N'{MODEL_PARAMS}',
-        @model_bytes = @payload,
-        @model_version = @version
+{_BOUND_MODEL}
     {_result_sets(target)};
-END;
+{_log_requests(target)}END;
 """
 
 
 def create_or_alter_row_procedure(target: SqlServerTarget, manifest: ManifestBase, script: str) -> str:
     """The single-row form: ``EXEC <procedure>_row @col = value, ...`` with typed parameters."""
     procedure = _qualified(target, target.row_procedure_name(_endpoint(manifest)))
-    parameters = ",\n".join(f"    @{c.name} {c.type}" for c in target.inputs)
+    parameters = "".join(f"    @{c.name} {c.type},\n" for c in target.inputs)
     declared = ", ".join(f"@{c.name} {c.type}" for c in target.inputs)
     bound = "".join(f",\n        @{c.name} = @{c.name}" for c in target.inputs)
     return f"""CREATE OR ALTER PROCEDURE {procedure}
-{parameters}
+{parameters}{_CALL_PARAMETERS}
 AS
 BEGIN
-{_load_active_model(target)}    EXEC sp_execute_external_script
+{_route(target)}    EXEC sp_execute_external_script
         @language = N'Python',
         @script = {script_literal(row_prelude(target.inputs) + script)},
         @params = N'{MODEL_PARAMS}, {declared}',
-        @model_bytes = @payload,
-        @model_version = @version{bound}
+{_BOUND_MODEL}{bound}
     {_result_sets(target)};
-END;
+{_log_requests(target)}END;
 """
 
 
 def bind_model_name(target: SqlServerTarget, manifest: ManifestBase) -> str:
     """Parameter: the model name. Sets ``tdsp_model_name`` on both scoring procedures."""
     schema = target.schema_
-    parts = ["DECLARE @model_name sql_variant = CAST(? AS nvarchar(128));"]
+    parts = ["-- tdsp-deploy: bind_model_name", "DECLARE @model_name sql_variant = CAST(? AS nvarchar(128));"]
     for name in (target.procedure_name(_endpoint(manifest)), target.row_procedure_name(_endpoint(manifest))):
         where = (
             f"[class] = 1 AND [major_id] = OBJECT_ID({_name_literal(_qualified(target, name))}) "
@@ -227,12 +413,18 @@ def bind_model_name(target: SqlServerTarget, manifest: ManifestBase) -> str:
 
 def probe_configuration() -> str:
     """1 when Machine Learning Services may run scripts (sp_configure 'external scripts enabled')."""
-    return "SELECT [value_in_use] FROM sys.configurations WHERE [name] = N'external scripts enabled';\n"
+    return _tagged(
+        "probe_configuration",
+        "SELECT [value_in_use] FROM sys.configurations WHERE [name] = N'external scripts enabled';\n",
+    )
 
 
 def probe_permission() -> str:
     """1 when the current user may run external scripts in this database."""
-    return "SELECT HAS_PERMS_BY_NAME(NULL, N'DATABASE', N'EXECUTE ANY EXTERNAL SCRIPT') AS [allowed];\n"
+    return _tagged(
+        "probe_permission",
+        "SELECT HAS_PERMS_BY_NAME(NULL, N'DATABASE', N'EXECUTE ANY EXTERNAL SCRIPT') AS [allowed];\n",
+    )
 
 
 PROBE_PYTHON_SCRIPT = """\
@@ -252,14 +444,17 @@ OutputDataSet = pandas.DataFrame(rows, columns=["name", "version"])
 
 def probe_python() -> str:
     """Parameter: library names, comma-separated. Rows (name, version); version NULL when the
-    library is not installed; the first row is ``python``."""
-    return f"""EXEC sp_execute_external_script
+    library is not installed; the first row is ``python``. Read by position: without WITH
+    RESULT SETS the columns have no names (and the batch parses with sqlglot)."""
+    return _tagged(
+        "probe_python",
+        f"""EXEC sp_execute_external_script
     @language = N'Python',
     @script = {script_literal(PROBE_PYTHON_SCRIPT)},
     @params = N'@libraries nvarchar(max)',
-    @libraries = ?
-WITH RESULT SETS (([name] nvarchar(256), [version] nvarchar(128)));
-"""
+    @libraries = ?;
+""",
+    )
 
 
 # --- everything, in order -------------------------------------------------------------------
@@ -267,13 +462,20 @@ WITH RESULT SETS (([name] nvarchar(256), [version] nvarchar(128)));
 
 def deployment_statements(target: SqlServerTarget, manifest: ManifestBase, script: str) -> list[Statement]:
     """The batches of a deployment, in execution order, with their parameters' names."""
-    return [
+    statements = [
         Statement("create_model_table", create_model_table(target)),
+        Statement("create_traffic_table", create_traffic_table(target)),
+    ]
+    if target.request_log:
+        statements.append(Statement("create_request_log_table", create_request_log_table(target)))
+    return [
+        *statements,
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),
         Statement("create_procedure", create_or_alter_procedure(target, manifest, script)),
         Statement("create_row_procedure", create_or_alter_row_procedure(target, manifest, script)),
         Statement("bind_model_name", bind_model_name(target, manifest), ("name",)),
-        Statement("activate_version", activate_version(target), ("name", "version")),
+        Statement("assign_slot", assign_slot(target), ("name", "slot", "version")),
+        Statement("refresh_active", refresh_active(target), ("name",)),
     ]
 
 
@@ -287,12 +489,14 @@ def deployment_document(target: SqlServerTarget, manifest: ManifestBase, lock: P
         "procedure": target.procedure_name(manifest.name),
         "inputs": [c.model_dump() for c in target.inputs],
         "outputs": [c.model_dump() for c in target.outputs],
+        "ab_key": target.ab_key,
+        "request_log": target.request_log,
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def parameter_values(
-    target: SqlServerTarget, manifest: ManifestBase, lock: PackageLock, payload: bytes
+    target: SqlServerTarget, manifest: ManifestBase, lock: PackageLock, payload: bytes, *, slot: str
 ) -> dict[str, Any]:
     """The values of the named parameters. ``sha256`` is the payload's own hash, so the server
     can check it: ``HASHBYTES('SHA2_256', payload)``."""
@@ -306,6 +510,7 @@ def parameter_values(
         "flavor": flavor,
         "payload": payload,
         "manifest": deployment_document(target, manifest, lock),
+        "slot": slot,
     }
 
 
@@ -317,15 +522,19 @@ def render_tsql(
     out_dir: Path,
     *,
     payload: bytes | None = None,
+    slot: str | None = None,
 ) -> list[Path]:
     """Write what a deployment executes, for review: ``NN-<statement>.sql`` in execution order,
     ``model.bin`` (the payload exactly as inserted) and ``parameters.json`` (each statement's
-    parameters, in order; the payload as ``model.bin`` with its sha256)."""
+    parameters, in order; the payload as ``model.bin``). The slot is the manifest's
+    ``rollout.deployment``, else blue (a push picks the one without traffic)."""
     if payload is None:
         payload = model_payload(Path(manifest.model.path), manifest.model.flavor or "")[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    values = parameter_values(target, manifest, lock, payload)
+    values = parameter_values(
+        target, manifest, lock, payload, slot=slot or manifest.rollout.deployment or "blue"
+    )
     written: list[Path] = []
     listing: dict[str, list[dict[str, Any]]] = {}
     for number, statement in enumerate(deployment_statements(target, manifest, script), start=1):

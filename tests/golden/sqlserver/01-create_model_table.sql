@@ -1,3 +1,4 @@
+-- tdsp-deploy: create_model_table
 IF OBJECT_ID(N'[dbo].[tdsp_models]', N'U') IS NULL
 CREATE TABLE [dbo].[tdsp_models] (
     [name] nvarchar(128) NOT NULL,

@@ -1,3 +1,4 @@
+-- tdsp-deploy: probe_python
 EXEC sp_execute_external_script
     @language = N'Python',
     @script = N'# tdsp-deploy probe: the server''s Python and the versions of the libraries asked for.
@@ -13,5 +14,4 @@ for name in [part.strip() for part in libraries.split(",") if part.strip()]:
 OutputDataSet = pandas.DataFrame(rows, columns=["name", "version"])
 ',
     @params = N'@libraries nvarchar(max)',
-    @libraries = ?
-WITH RESULT SETS (([name] nvarchar(256), [version] nvarchar(128)));
+    @libraries = ?;

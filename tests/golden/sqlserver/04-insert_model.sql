@@ -1,3 +1,4 @@
+-- tdsp-deploy: insert_model
 DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
     @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
 IF EXISTS (SELECT 1 FROM [dbo].[tdsp_models] WHERE [name] = @name AND [version] = @version AND [sha256] <> @sha256)

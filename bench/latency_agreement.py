@@ -1,0 +1,215 @@
+"""Benchmark: do the smoke test's latency figures agree with an independent load generator?
+
+With the iris example pushed (fresh TDSP_DEPLOY_HOME, deleted at the end), at concurrency 1, 4
+and 16 against the same scoring URI with the same body and key:
+
+- ours: the smoke test's latency runner (`tdsp_deploy.smoke.run_latency` with the same HTTP
+  callers `push` uses), N requests after a warm-up; its p50/p99, and its own CPU time
+  (this process) per request and as a share of one core;
+- peer: `wrk --latency` for about as long as our run took; its p50/p99 and its CPU time.
+
+Rounds alternate (ours, then wrk for as long as ours took; 7 rounds of about 4 s each, --quick:
+3 of about 2 s), and the verdict is the median over rounds of each round's ratio: on a shared
+machine the load moves between runs, and a pair taken back to back shares most of it. Goals: our p50 and our p99 within 15% of wrk's; the runner well short of one core
+(a Python runner's threads share one core: at 0.75 of it, it would start to be what is
+measured).
+
+Also reported (no goal): the fixed-rate mode (`rate=`, as wrk2 does) at half the closed
+loop's throughput, where each latency runs from the request's scheduled start.
+
+    python bench/latency_agreement.py [--quick]      (needs wrk: apt-get install wrk)
+
+Prints one JSON document on stdout; notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import EXAMPLE_DIR, deployed, emit, note, parse_wrk, result, wrk_script, wrk_threads
+
+from tdsp_deploy.http_caller import http_callers
+from tdsp_deploy.manifest.model import LatencyObjective
+from tdsp_deploy.smoke import run_latency
+
+CONCURRENCY = (1, 4, 16)
+GOAL_AGREEMENT = 0.15
+GOAL_RUNNER_CORES = 0.75
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests and one round")
+    args = parser.parse_args()
+    rounds, slice_s = (3, 2.0) if args.quick else (7, 4.0)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "latency_agreement: `wrk` is not installed (Debian: apt-get install wrk); nothing was measured"
+        )
+    body = (EXAMPLE_DIR / "sample-request.json").read_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="tdsp-bench-latency-") as tmp_name:
+        tmp = Path(tmp_name)
+        project = tmp / "iris"
+        shutil.copytree(EXAMPLE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = project / "deploy.yaml"
+        doc = yaml.safe_load(manifest.read_text())
+        doc["smoke_test"]["latency"] = {"requests": 20, "concurrency": 2, "warmup": 0}
+        manifest.write_text(yaml.safe_dump(doc))
+        with deployed(manifest) as endpoint:
+            url = endpoint["status"]["scoring_uri"]
+            headers = {"Authorization": f"Bearer {endpoint['key']}"}
+            script = wrk_script(tmp / "post.lua", body.decode(), headers)
+            load_before = [round(v, 2) for v in os.getloadavg()]
+            entries = []
+            for concurrency in CONCURRENCY:
+                pairs = []
+                size = 50 * concurrency  # the first slice; then sized to last about `slice_s`
+                for round_ in range(1, rounds + 1):
+                    mine = runner(url, headers, body, concurrency, size)
+                    run = wrk_run(wrk, url, script, concurrency, max(2, round(mine["duration_s"])))
+                    note(
+                        f"round {round_} c={concurrency}: ours p50 {mine['p50_ms']:.3f} p99 {mine['p99_ms']:.3f} ms "
+                        f"({mine['requests']} requests, {mine['cpu_cores']:.2f} of a core); wrk p50 "
+                        f"{run['p50_ms']:.3f} p99 {run['p99_ms']:.3f} ms ({run['requests']} requests)"
+                    )
+                    pairs.append((mine, run))
+                    size = min(20_000, max(100, int(mine["requests_per_second"] * slice_s)))
+                entries += judge(concurrency, pairs)
+            # The fixed-rate mode, at half of what the closed loop sustained at concurrency 4.
+            requests = 600 if args.quick else 3000
+            closed = runner(url, headers, body, 4, requests)
+            rate = max(10.0, closed["requests_per_second"] / 2)
+            fixed = runner(url, headers, body, 4, requests, rate=rate)
+            note(
+                f"fixed rate {rate:.0f}/s, c=4: p50 {fixed['p50_ms']:.3f} p99 {fixed['p99_ms']:.3f} ms "
+                f"(closed loop: p50 {closed['p50_ms']:.3f} p99 {closed['p99_ms']:.3f} ms)"
+            )
+            entries.append(
+                result(
+                    "latency_fixed_rate_p99_c4",
+                    fixed["p99_ms"],
+                    closed["p99_ms"],
+                    unit="ms",
+                    goal="(reported: fixed-rate mode at half the closed loop's rate vs the closed loop)",
+                    met=None,
+                    rate_per_s=round(rate, 1),
+                    fixed=fixed,
+                    closed=closed,
+                )
+            )
+            load_after = [round(v, 2) for v in os.getloadavg()]
+    for entry in entries:
+        entry["load_average_before"], entry["load_average_after"] = load_before, load_after
+    emit(entries)
+
+
+def wrk_run(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [
+            wrk,
+            f"-t{wrk_threads(concurrency)}",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    run = parse_wrk(done.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    run["cpu_us_per_request"] = round(cpu / max(run["requests"], 1) * 1e6, 1)
+    run["cpu_cores"] = round(cpu / seconds, 3)
+    return run
+
+
+def runner(
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    *,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    objective = LatencyObjective(requests=requests, concurrency=concurrency, warmup=max(20, concurrency * 5))
+    with http_callers(url, headers, timeout=30) as callers:
+        report = run_latency(callers, body, objective, rate=rate).to_json()
+    report["cpu_us_per_request"] = round(report["client_cpu_s"] / report["requests"] * 1e6, 1)
+    report["cpu_cores"] = round(report["client_cpu_s"] / report["duration_s"], 3)
+    return report
+
+
+def judge(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each round pairs our run with wrk's right after it; the verdict is the median of the
+    rounds' ratios, so a burst of load on the shared machine moves one pair, not the result."""
+    clean = all(mine["errors"] == 0 and sum(run["errors"].values()) == 0 for mine, run in pairs)
+    common = {
+        "concurrency": concurrency,
+        "rounds": len(pairs),
+        "ours_requests": [mine["requests"] for mine, _ in pairs],
+        "peer_requests": [run["requests"] for _, run in pairs],
+        "errors_ok": clean,
+        "peer_command": f"wrk -t{wrk_threads(concurrency)} -c{concurrency} --latency, POST the sample with the key",
+        "notes": "rounds alternate ours then wrk for as long as ours took; figures are medians over "
+        "rounds, the ratio is the median of the rounds' ratios",
+    }
+    out = []
+    for key in ("p50_ms", "p99_ms"):
+        ratios = [mine[key] / run[key] for mine, run in pairs]
+        ratio = statistics.median(ratios)
+        out.append(
+            result(
+                f"latency_agreement_{key.removesuffix('_ms')}_c{concurrency}",
+                statistics.median(mine[key] for mine, _ in pairs),
+                statistics.median(run[key] for _, run in pairs),
+                ratio=ratio,
+                unit="ms",
+                goal=f"within {GOAL_AGREEMENT:.0%} of wrk",
+                met=abs(ratio - 1) <= GOAL_AGREEMENT and clean,
+                round_ratios=[round(r, 3) for r in ratios],
+                **common,
+            )
+        )
+    cores = statistics.median(mine["cpu_cores"] for mine, _ in pairs)
+    out.append(
+        result(
+            f"latency_runner_cpu_c{concurrency}",
+            cores,
+            statistics.median(run["cpu_cores"] for _, run in pairs),
+            unit="cores",
+            goal=f"runner < {GOAL_RUNNER_CORES:g} of one core (not the bottleneck)",
+            met=cores < GOAL_RUNNER_CORES,
+            ours_cpu_us_per_request=statistics.median(mine["cpu_us_per_request"] for mine, _ in pairs),
+            peer_cpu_us_per_request=statistics.median(run["cpu_us_per_request"] for _, run in pairs),
+            ours_requests_per_second=statistics.median(mine["requests_per_second"] for mine, _ in pairs),
+            peer_requests_per_second=statistics.median(run["requests_per_s"] for _, run in pairs),
+            **common,
+        )
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Benchmark: how the cost of our work grows with the work.
+
+1. Push time and peak memory vs model size. The iris example with an extra model file of
+   1 MB, 100 MB and 1 GB of random bytes (--quick: 1 MB and 100 MB), each pushed cold into a
+   fresh TDSP_DEPLOY_HOME (hash, archive, unpack, start, smoke test). The peer is `cp -r` of
+   the same model folder (what any deployment must at least do with the bytes), same run.
+   Peak memory is the push process's maximum RSS (GNU time's %M). Then the same manifest is
+   pushed again unchanged: it must report `unchanged` and must not start a slot.
+2. Smoke test time vs request count: `tdsp-deploy test` with 1, 100, 1,000 and 5,000 latency
+   requests (--quick: 1, 200 and 1,000) against one endpoint. The run with one request is the
+   fixed cost (CLI start, connections); the marginal time per request above it,
+   (time(N) - time(1)) / (N - 1), should stay flat as N grows.
+
+Plots (PNG, matplotlib) and the JSON they were drawn from are written next to this script:
+`bench/scale_push.png`, `bench/scale_smoke.png`, `bench/scale.json`.
+
+    python bench/scale.py [--quick]
+
+Prints one JSON document on stdout; notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import EXAMPLE_DIR, cli, delete, emit, fresh_home, note, result, tdsp_deploy
+
+HERE = Path(__file__).resolve().parent
+MB = 1024 * 1024
+SIZES_MB = (1, 100, 1024)
+QUICK_SIZES_MB = (1, 100)
+REQUESTS = (1, 100, 1000, 5000)  # the run with 1 request measures the fixed cost (CLI, connections)
+QUICK_REQUESTS = (1, 200, 1000)
+GOAL_MEMORY_GROWTH = 1.5  # peak RSS at the largest model / at 1 MB
+GOAL_SMOKE_PER_REQUEST = 1.25  # marginal time per request at the most requests / at the fewest
+
+
+def project_with_model(root: Path, size_mb: int) -> Path:
+    project = root / f"iris-{size_mb}mb"
+    shutil.copytree(EXAMPLE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(project / "model" / "weights.bin", "wb") as out:  # incompressible, written in 16 MB steps
+        left = size_mb * MB
+        while left:
+            step = min(left, 16 * MB)
+            out.write(os.urandom(step))
+            left -= step
+    manifest = project / "deploy.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    doc["smoke_test"]["latency"] = {"requests": 50, "concurrency": 2, "warmup": 0}
+    manifest.write_text(yaml.safe_dump(doc))
+    return manifest
+
+
+def timed_push(manifest: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Push once; wall time, peak RSS of the push process (GNU time), and its JSON."""
+    report = Path(env["TDSP_DEPLOY_HOME"]) / "time.txt"
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(report), *tdsp_deploy(), "push", str(manifest), "--json"],
+        env=env,
+        cwd=env["TDSP_DEPLOY_HOME"],
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"push exited {done.returncode}:\n{done.stderr[-3000:]}")
+    peak_kb = int(report.read_text().split()[-1])
+    return {
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "result": json.loads(done.stdout),
+    }
+
+
+def copy_time(folder: Path, scratch: Path) -> float:
+    target = scratch / "copy"
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(folder), str(target)], check=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(target, ignore_errors=True)
+    return seconds
+
+
+def push_scale(sizes: tuple[int, ...], root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        note(f"writing a {size} MB model ...")
+        manifest = project_with_model(root, size)
+        with fresh_home() as env:
+            try:
+                first = timed_push(manifest, env)
+                slot_pids = {s["details"]["pid"] for s in cli(["status", str(manifest)], env)["slots"]}
+                again = timed_push(manifest, env)
+                after = {s["details"]["pid"] for s in cli(["status", str(manifest)], env)["slots"]}
+            finally:
+                delete(manifest, env)
+        peer = copy_time(manifest.parent / "model", root)
+        row = {
+            "model_mb": size,
+            "push_s": first["seconds"],
+            "push_peak_rss_mb": first["peak_rss_mb"],
+            "copy_s": round(peer, 3),
+            "repush_s": again["seconds"],
+            "repush_peak_rss_mb": again["peak_rss_mb"],
+            "repush_unchanged": bool(again["result"].get("unchanged")),
+            "repush_same_slot_process": slot_pids == after,
+        }
+        note(
+            f"{size} MB: push {row['push_s']} s (peak {row['push_peak_rss_mb']} MB), cp {row['copy_s']} s, "
+            f"re-push {row['repush_s']} s unchanged={row['repush_unchanged']}"
+        )
+        rows.append(row)
+        shutil.rmtree(manifest.parent)
+    return rows
+
+
+def smoke_scale(counts: tuple[int, ...], root: Path) -> list[dict[str, Any]]:
+    project = root / "iris-smoke"
+    shutil.copytree(EXAMPLE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = project / "deploy.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    doc["smoke_test"]["latency"] = {"requests": 20, "concurrency": 4, "warmup": 0}
+    manifest.write_text(yaml.safe_dump(doc))
+    rows = []
+    with fresh_home() as env:
+        try:
+            cli(["push", str(manifest)], env)
+            for count in counts:
+                doc["smoke_test"]["latency"] = {"requests": count, "concurrency": 4, "warmup": 10}
+                manifest.write_text(yaml.safe_dump(doc))
+                started = time.perf_counter()
+                report = cli(["test", str(manifest)], env)
+                seconds = time.perf_counter() - started
+                latency = _find_latency(report)
+                fixed = rows[0]["test_s"] if rows else seconds
+                rows.append(
+                    {
+                        "requests": count,
+                        "test_s": round(seconds, 3),
+                        "per_request_ms": round(seconds / count * 1000, 3),
+                        "marginal_ms": round((seconds - fixed) / (count - 1) * 1000, 3)
+                        if count > 1
+                        else None,
+                        "p50_ms": latency.get("p50_ms"),
+                        "p99_ms": latency.get("p99_ms"),
+                        "runner_cpu_s": latency.get("client_cpu_s"),
+                    }
+                )
+                note(f"smoke test with {count} requests: {seconds:.2f} s")
+        finally:
+            delete(manifest, env)
+    return rows
+
+
+def _find_latency(doc: Any) -> dict[str, Any]:
+    """The latency report inside `test --json`'s document, wherever it sits."""
+    if isinstance(doc, dict):
+        if "p50_ms" in doc and "requests" in doc:
+            return doc
+        for value in doc.values():
+            found = _find_latency(value)
+            if found:
+                return found
+    return {}
+
+
+def plot(push: list[dict[str, Any]], smoke: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    sizes = [r["model_mb"] for r in push]
+    left.plot(sizes, [r["push_s"] for r in push], "o-", label="push (cold)")
+    left.plot(sizes, [r["repush_s"] for r in push], "s-", label="push again (unchanged)")
+    left.plot(sizes, [r["copy_s"] for r in push], "^--", label="cp -r of the model (peer)")
+    left.set(xscale="log", xlabel="model size (MB)", ylabel="seconds", title="Push time vs model size")
+    left.legend()
+    left.grid(True, which="both", alpha=0.3)
+    right.plot(sizes, [r["push_peak_rss_mb"] for r in push], "o-", label="push")
+    right.plot(sizes, [r["repush_peak_rss_mb"] for r in push], "s-", label="push again")
+    right.set(
+        xscale="log", xlabel="model size (MB)", ylabel="peak RSS (MB)", title="Push memory vs model size"
+    )
+    right.set_ylim(bottom=0)
+    right.legend()
+    right.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(HERE / "scale_push.png", dpi=100)
+    written.append(str(HERE / "scale_push.png"))
+    plt.close(figure)
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    counts = [r["requests"] for r in smoke]
+    left.plot(counts, [r["test_s"] for r in smoke], "o-")
+    left.set(xscale="log", xlabel="latency requests", ylabel="seconds", title="Smoke test time vs requests")
+    left.set_ylim(bottom=0)
+    left.grid(True, which="both", alpha=0.3)
+    marginal = [r for r in smoke if r["marginal_ms"] is not None]
+    right.plot(
+        [r["requests"] for r in marginal],
+        [r["marginal_ms"] for r in marginal],
+        "o-",
+        label="marginal wall time per request",
+    )
+    right.plot(
+        [r["requests"] for r in marginal], [r["p50_ms"] for r in marginal], "s--", label="p50 latency (c=4)"
+    )
+    right.set(xscale="log", xlabel="latency requests", ylabel="ms", title="Cost per request")
+    right.set_ylim(bottom=0)
+    right.legend()
+    right.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(HERE / "scale_smoke.png", dpi=100)
+    written.append(str(HERE / "scale_smoke.png"))
+    plt.close(figure)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 MB and 100 MB models; 100 and 1,000 requests")
+    args = parser.parse_args()
+    sizes = QUICK_SIZES_MB if args.quick else SIZES_MB
+    counts = QUICK_REQUESTS if args.quick else REQUESTS
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="tdsp-bench-scale-") as tmp:
+        push = push_scale(sizes, Path(tmp))
+        smoke = smoke_scale(counts, Path(tmp))
+    load_after = [round(v, 2) for v in os.getloadavg()]
+    plots = plot(push, smoke)
+    (HERE / "scale.json").write_text(
+        json.dumps({"push": push, "smoke": smoke, "load_average": [load_before, load_after]}, indent=2) + "\n"
+    )
+    common = {"load_average_before": load_before, "load_average_after": load_after, "plots": plots}
+    entries = []
+    for row in push:
+        entries.append(
+            result(
+                f"scale_push_{row['model_mb']}mb",
+                row["push_s"],
+                row["copy_s"],
+                unit="s",
+                goal="(reported: push time vs a plain copy of the model)",
+                met=None,
+                **row,
+                **common,
+            )
+        )
+        entries.append(
+            result(
+                f"scale_repush_unchanged_{row['model_mb']}mb",
+                row["repush_s"],
+                row["push_s"],
+                unit="s",
+                goal="re-push reports unchanged and starts no slot",
+                met=row["repush_unchanged"] and row["repush_same_slot_process"],
+                **common,
+            )
+        )
+    smallest, largest = push[0], push[-1]
+    growth = largest["push_peak_rss_mb"] / smallest["push_peak_rss_mb"]
+    entries.append(
+        result(
+            f"scale_push_peak_rss_{largest['model_mb']}mb_vs_{smallest['model_mb']}mb",
+            largest["push_peak_rss_mb"],
+            smallest["push_peak_rss_mb"],
+            unit="MB",
+            goal=f"flat: <= {GOAL_MEMORY_GROWTH:g}x the smallest model's",
+            met=growth <= GOAL_MEMORY_GROWTH,
+            **common,
+        )
+    )
+    few, many = smoke[1], smoke[-1]
+    entries.append(
+        result(
+            f"scale_smoke_marginal_{many['requests']}_vs_{few['requests']}",
+            many["marginal_ms"],
+            few["marginal_ms"],
+            unit="ms/request",
+            goal=f"linear: marginal time per request <= {GOAL_SMOKE_PER_REQUEST:g}x that of the smallest run",
+            met=many["marginal_ms"] / few["marginal_ms"] <= GOAL_SMOKE_PER_REQUEST,
+            fixed_s=smoke[0]["test_s"],
+            rows=smoke,
+            **common,
+        )
+    )
+    emit(entries)
+
+
+if __name__ == "__main__":
+    main()

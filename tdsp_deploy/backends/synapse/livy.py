@@ -1,0 +1,181 @@
+"""The Synapse Livy batch API: the one door to a Spark pool.
+
+REST reference: learn.microsoft.com/rest/api/synapse/data-plane/spark-batch ("Create Spark Batch
+Job", "Get Spark Batch Job", "Cancel Spark Batch Job"):
+
+    POST   {endpoint}/livyApi/versions/2019-11-01-preview/sparkPools/{pool}/batches?detailed=true
+    GET    {endpoint}/livyApi/versions/2019-11-01-preview/sparkPools/{pool}/batches/{id}?detailed=true
+    DELETE {endpoint}/livyApi/versions/2019-11-01-preview/sparkPools/{pool}/batches/{id}
+
+The request body requires ``name`` and ``file``; a batch has ``id``, ``state`` (Livy's:
+not_started, starting, running, busy, idle, shutting_down, recovering, then success, dead,
+killed or error) and ``log`` (the last lines of the driver's output). Calls carry a bearer token
+for ``https://dev.azuresynapse.net/.default``. HTTP and connection errors become BackendError
+here; a job that ends badly is DeploymentFailed with its log tail, one that outlives its time
+is cancelled and raises DeploymentTimeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tdsp_deploy.backends.base import Progress, ProgressEvent, no_progress
+from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout
+
+API_VERSION = "2019-11-01-preview"
+TOKEN_SCOPE = "https://dev.azuresynapse.net/.default"
+FINAL_STATES = frozenset({"success", "dead", "killed", "error"})
+LOG_TAIL_LINES = 40
+
+TokenProvider = Callable[[], str]
+
+
+def azure_token_provider(credential: Any = None) -> TokenProvider:
+    """Tokens for the Synapse development endpoint from DefaultAzureCredential (or ``credential``)."""
+
+    def token() -> str:
+        nonlocal credential
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        try:
+            return credential.get_token(TOKEN_SCOPE).token
+        except Exception as exc:  # azure-identity raises its own tree; say what to do instead
+            raise BackendError(
+                f"could not get a token for Synapse ({type(exc).__name__})",
+                hint="sign in with `az login`, or set AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET",
+            ) from None
+
+    return token
+
+
+class LivyClient:
+    """Batches on one Spark pool of one workspace."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        pool: str,
+        token: TokenProvider,
+        *,
+        session: Any = None,
+        request_timeout: float = 60.0,
+        poll_interval: float = 2.0,
+        max_poll_interval: float = 20.0,
+    ):
+        import requests
+
+        self.base = f"{endpoint.rstrip('/')}/livyApi/versions/{API_VERSION}/sparkPools/{pool}/batches"
+        self.pool = pool
+        self.token = token
+        self.session = session or requests.Session()
+        self.request_timeout = request_timeout
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+
+    # -- the three calls -------------------------------------------------------------------------
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the batch; its description (``id``, ``state``)."""
+        return self._call("POST", self.base, doing="submit the Spark batch", json=body)
+
+    def get(self, batch_id: int) -> dict[str, Any]:
+        return self._call("GET", f"{self.base}/{batch_id}", doing=f"read batch {batch_id}")
+
+    def cancel(self, batch_id: int) -> None:
+        self._call("DELETE", f"{self.base}/{batch_id}", doing=f"cancel batch {batch_id}", detailed=False)
+
+    # -- a batch to its end ----------------------------------------------------------------------
+    def wait(self, batch_id: int, *, timeout: float, progress: Progress = no_progress) -> dict[str, Any]:
+        """Poll with backoff until the batch ends. Success: its description. dead / killed /
+        error: DeploymentFailed with the log tail. Past ``timeout``: cancel, DeploymentTimeout."""
+        started = time.monotonic()
+        interval = self.poll_interval
+        last_state = None
+        while True:
+            batch = self.get(batch_id)
+            state = str(batch.get("state"))
+            elapsed = time.monotonic() - started
+            if state != last_state:
+                progress(
+                    ProgressEvent(
+                        step="run", message=f"batch {batch_id}: {state}", elapsed=elapsed, timeout=timeout
+                    )
+                )
+                last_state = state
+            if state == "success":
+                return batch
+            if state in FINAL_STATES:
+                tail = log_tail(batch)
+                raise DeploymentFailed(
+                    f"Spark batch {batch_id} on pool {self.pool} ended {state}"
+                    + (f":\n{tail}" if tail else ""),
+                    hint="read the whole log in Synapse Studio (Monitor > Apache Spark applications)",
+                    details={"batch_id": batch_id, "state": state, "log_tail": tail},
+                )
+            if elapsed >= timeout:
+                self._cancel_quietly(batch_id)
+                raise DeploymentTimeout(
+                    f"Spark batch {batch_id} did not finish within {timeout:g} s ({state}); it was cancelled",
+                    hint="raise target.job_timeout, add executors, or score a smaller input",
+                    details={"batch_id": batch_id, "state": state, "log_tail": log_tail(batch)},
+                )
+            time.sleep(min(interval, max(0.0, timeout - elapsed) + 0.05))
+            interval = min(interval * 1.5, self.max_poll_interval)
+
+    def _cancel_quietly(self, batch_id: int) -> None:
+        with contextlib.suppress(BackendError):  # the timeout is what the user needs to hear about
+            self.cancel(batch_id)
+
+    def _call(self, method: str, url: str, *, doing: str, detailed: bool = True, **kwargs: Any) -> Any:
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        params = {"detailed": "true"} if detailed else None
+        try:
+            response = self.session.request(
+                method, url, headers=headers, params=params, timeout=self.request_timeout, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise BackendError(
+                f"could not reach the Synapse workspace to {doing}: {type(exc).__name__}",
+                hint=f"check the workspace name and network access to {url.split('/livyApi')[0]}",
+            ) from None
+        if response.status_code in (401, 403):
+            raise BackendError(
+                f"Synapse refused to {doing} (HTTP {response.status_code})",
+                hint="the identity needs the Synapse Compute Operator role on the workspace",
+            )
+        if response.status_code == 404:
+            raise BackendError(
+                f"Synapse could not {doing}: not found (HTTP 404)",
+                hint=f"check that Spark pool '{self.pool}' exists in the workspace",
+            )
+        if response.status_code >= 400:
+            raise BackendError(
+                f"Synapse could not {doing}: HTTP {response.status_code} {_short(response.text)}"
+            )
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"Synapse answered {doing} with something that is not JSON") from None
+
+
+def log_tail(batch: dict[str, Any], lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a batch's log (``log``), plus Synapse's ``errorInfo`` messages."""
+    log = batch.get("log") or []
+    text = [str(line) for line in (log if isinstance(log, list) else str(log).splitlines())][-lines:]
+    for error in batch.get("errorInfo") or []:
+        if isinstance(error, dict) and error.get("message"):
+            text.append(f"{error.get('errorCode', 'error')}: {error['message']}")
+    return "\n".join(text)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,274 @@
+"""The workspace's ADLS Gen2 storage, through the Blob API (which ADLS Gen2 accounts serve too).
+
+What is kept under the target's ``storage`` root::
+
+    packages/<package_id>.tar          content-addressed: written once, never changed
+    jobs/<sha256>/tdsp_score_job.py    content-addressed
+    endpoints/<name>/slots/<slot>.json what a slot runs; written LAST, so it only ever points at
+                                       blobs that are complete
+    endpoints/<name>/traffic.json      the split of rows between slots
+    endpoints/<name>/runs/<id>/...     smoke-test inputs and outputs
+
+Why a failed upload leaves nothing a job could pick up: a block blob's staged blocks are not
+part of it until Put Block List commits them (Azure docs, "Understanding block blobs"), and a
+small blob is one Put Blob; either way a reader sees the whole new content or none of it. The
+slot record, which is what a job is started from, is written only after every blob it names.
+Content-addressed blobs carry their sha256 in metadata; one is skipped only when the stored
+blob's sha256 and size both match.
+
+``BlobStore`` wraps azure-storage-blob's ContainerClient (the one seam to the SDK; its errors
+are mapped to BackendError here). ``FolderStore`` keeps the same layout in a local folder that
+stands for the container (a mounted filesystem, or a test's Spark that cannot reach Azure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from tdsp_deploy.backends.synapse.target import parse_abfss
+from tdsp_deploy.errors import BackendError
+
+SHA256_METADATA = "tdsp_sha256"
+BLOB_ENDPOINT_ENV = "TDSP_SYNAPSE_BLOB_ENDPOINT"  # e.g. an emulator's http://127.0.0.1:10000/<account>
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+CHUNK = 4 * 1024 * 1024
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Store(Protocol):
+    """The storage root, as the Spark backend uses it. Names are relative to the root."""
+
+    root: str  # abfss://container@account.dfs.core.windows.net/path
+
+    def uri(self, name: str) -> str: ...
+    def put_file(self, name: str, path: Path, sha256: str) -> bool: ...
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def get_bytes(self, name: str) -> bytes | None: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, name: str) -> None: ...
+
+
+def put_json(store: Store, name: str, doc: Any) -> None:
+    store.put_bytes(name, json.dumps(doc, sort_keys=True, indent=2).encode())
+
+
+def get_json(store: Store, name: str) -> Any:
+    data = store.get_bytes(name)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise BackendError(f"{store.uri(name)} is not JSON; was it written by tdsp-deploy?") from None
+
+
+def _join(root_path: str, name: str) -> str:
+    return str(PurePosixPath(root_path, name)) if root_path else name
+
+
+class BlobStore:
+    """The storage root in a real (or emulated) storage account, through azure-storage-blob."""
+
+    def __init__(self, root: str, container_client: Any):
+        self.root = root.rstrip("/")
+        self.container, self.account, self.prefix = parse_abfss(self.root)
+        self.client = container_client  # its service's max_block_size decides when blocks are staged
+
+    @classmethod
+    def connect(
+        cls, root: str, *, credential: Any = None, environ: dict[str, str] | None = None
+    ) -> BlobStore:
+        """A store for ``root``: with the connection string in $AZURE_STORAGE_CONNECTION_STRING when
+        set, else the account's blob endpoint ($TDSP_SYNAPSE_BLOB_ENDPOINT overrides) and
+        ``credential`` (default: DefaultAzureCredential)."""
+        env = os.environ if environ is None else environ
+        try:
+            from azure.storage.blob import BlobServiceClient
+        except ImportError:
+            from tdsp_deploy.errors import PluginError
+
+            raise PluginError(
+                "the synapse target needs azure-storage-blob", hint="pip install 'tdsp-deploy[synapse]'"
+            ) from None
+        container, account, _ = parse_abfss(root)
+        if env.get(CONNECTION_STRING_ENV):
+            service = BlobServiceClient.from_connection_string(env[CONNECTION_STRING_ENV])
+        else:
+            if credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
+            url = env.get(BLOB_ENDPOINT_ENV) or f"https://{account}.blob.core.windows.net"
+            service = BlobServiceClient(account_url=url, credential=credential)
+        return cls(root, service.get_container_client(container))
+
+    def uri(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _blob(self, name: str) -> str:
+        return _join(self.prefix, name)
+
+    def put_file(self, name: str, path: Path, sha256: str) -> bool:
+        """Upload ``path`` as ``name`` unless a blob with this sha256 and size is there.
+        True when it was uploaded."""
+        blob = self.client.get_blob_client(self._blob(name))
+        size = path.stat().st_size
+        with _mapped_errors(f"check {self.uri(name)}"):
+            from azure.core.exceptions import ResourceNotFoundError
+
+            try:
+                properties = blob.get_blob_properties()
+                if (properties.metadata or {}).get(SHA256_METADATA) == sha256 and properties.size == size:
+                    return False
+            except ResourceNotFoundError:
+                pass
+        with open(path, "rb") as data:
+            self.put_stream(name, data, size, sha256)
+        return True
+
+    def put_stream(self, name: str, stream: Any, size: int, sha256: str) -> None:
+        """Upload ``size`` bytes from ``stream``: staged blocks, then one commit (or one Put
+        Blob when small). Until the commit, readers see the old blob or none."""
+        options: dict[str, Any] = {"overwrite": True, "metadata": {SHA256_METADATA: sha256}, "length": size}
+        self._ensure_container()
+        with _mapped_errors(f"upload {self.uri(name)}"):
+            self.client.get_blob_client(self._blob(name)).upload_blob(stream, **options)
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._ensure_container()
+        with _mapped_errors(f"write {self.uri(name)}"):
+            self.client.get_blob_client(self._blob(name)).upload_blob(data, overwrite=True)
+
+    def get_bytes(self, name: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _mapped_errors(f"read {self.uri(name)}"):
+            try:
+                return self.client.get_blob_client(self._blob(name)).download_blob().readall()
+            except ResourceNotFoundError:
+                return None
+
+    def list(self, prefix: str) -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        start = len(self.prefix) + 1 if self.prefix else 0
+        with _mapped_errors(f"list {self.uri(prefix)}"):
+            try:
+                return sorted(
+                    b.name[start:] for b in self.client.list_blobs(name_starts_with=self._blob(prefix))
+                )
+            except ResourceNotFoundError:  # no container yet
+                return []
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _mapped_errors(f"delete {self.uri(name)}"), contextlib.suppress(ResourceNotFoundError):
+            self.client.delete_blob(self._blob(name))
+
+    def _ensure_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with _mapped_errors(f"create container {self.container}"), contextlib.suppress(ResourceExistsError):
+            self.client.create_container()
+
+
+class _mapped_errors:
+    """Azure SDK errors become BackendError, saying what we were doing."""
+
+    def __init__(self, doing: str):
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        try:
+            from azure.core.exceptions import AzureError, ClientAuthenticationError
+        except ImportError:  # pragma: no cover - the SDK raised, so it is there
+            return False
+        if isinstance(exc, ClientAuthenticationError):
+            raise BackendError(
+                f"storage refused the credential while trying to {self.doing}",
+                hint="sign in (az login) or grant Storage Blob Data Contributor on the account",
+            ) from None
+        if isinstance(exc, AzureError):
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BackendError(f"storage: could not {self.doing}: {message}") from None
+        if isinstance(exc, OSError):
+            raise BackendError(f"storage: could not {self.doing}: {exc}") from None
+        return False
+
+
+class FolderStore:
+    """The same layout in a local folder standing for the container root. Writes go to a temp
+    file renamed into place, so a reader never sees half a file either."""
+
+    def __init__(self, root: str, folder: Path):
+        self.root = root.rstrip("/")
+        parse_abfss(self.root)
+        self.folder = Path(folder)
+
+    def uri(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _path(self, name: str) -> Path:
+        return self.folder / name
+
+    def put_file(self, name: str, path: Path, sha256: str) -> bool:
+        target = self._path(name)
+        if (
+            target.is_file()
+            and target.stat().st_size == path.stat().st_size
+            and file_sha256(target) == sha256
+        ):
+            return False
+        self._write(target, path.read_bytes())
+        return True
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._write(self._path(name), data)
+
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return []
+        found = (p.relative_to(self.folder).as_posix() for p in start.rglob("*") if p.is_file())
+        return sorted(n for n in found if n.startswith(prefix))
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(name).unlink()
+
+    def _write(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(scratch, target)
+        except BaseException:
+            Path(scratch).unlink(missing_ok=True)
+            raise

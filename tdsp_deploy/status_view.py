@@ -1,0 +1,327 @@
+"""`status --watch` and `status --all`: snapshots of endpoints, with live request rates.
+
+A snapshot is what ``Backend.status()`` says plus, where the endpoint serves Prometheus
+metrics (the local target's router, at ``GET /metrics``), requests per second, error rate and
+p95 latency per deployment over the time since the previous snapshot. On a terminal the table
+is redrawn in place until Ctrl-C; elsewhere (a pipe, a CI log, ``--json``) every refresh is one
+JSON document on its own line, so that ``jq`` or a log collector can follow it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Backend, EndpointStatus
+    from tdsp_deploy.output import Environment
+
+METRICS_TIMEOUT_S = 2.0
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+# -- metrics ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SlotCounters:
+    """A deployment's counters as the endpoint reports them (totals since the router started)."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: tuple[tuple[float, int], ...] = ()  # (upper bound in seconds, cumulative count)
+
+    def minus(self, earlier: SlotCounters) -> SlotCounters:
+        """What happened between ``earlier`` and this (a restarted router starts from zero)."""
+        if self.requests < earlier.requests:
+            return self
+        before = dict(earlier.buckets)
+        return SlotCounters(
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            tuple((bound, count - before.get(bound, 0)) for bound, count in self.buckets),
+        )
+
+
+def parse_prometheus(text: str) -> dict[str, SlotCounters]:
+    """Per-deployment counters from the router's ``/metrics`` (Prometheus text format 0.0.4)."""
+    requests: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    buckets: dict[str, list[tuple[float, int]]] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if not match or line.startswith("#"):
+            continue
+        labels = dict(_LABEL.findall(match["labels"] or ""))
+        deployment = labels.get("deployment")
+        if deployment is None:
+            continue
+        value = float(match["value"])
+        if match["name"] == "tdsp_requests_total":
+            requests[deployment] = requests.get(deployment, 0) + int(value)
+        elif match["name"] == "tdsp_request_errors_total":
+            errors[deployment] = int(value)
+        elif match["name"] == "tdsp_request_duration_seconds_bucket":
+            bound = float("inf") if labels.get("le") == "+Inf" else float(labels["le"])
+            buckets.setdefault(deployment, []).append((bound, int(value)))
+    return {
+        name: SlotCounters(requests.get(name, 0), errors.get(name, 0), tuple(sorted(buckets.get(name, []))))
+        for name in sorted(set(requests) | set(buckets))
+    }
+
+
+def quantile_ms(counters: SlotCounters, q: float) -> float | None:
+    """The ``q`` quantile of latency from the histogram, interpolated within its bucket as
+    Prometheus' histogram_quantile does; None without requests."""
+    if not counters.buckets:
+        return None
+    total = counters.buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0
+    for bound, count in counters.buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound * 1000  # beyond the last bucket: its bound is all we know
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return (lower_bound + (bound - lower_bound) * share) * 1000
+        lower_bound, lower_count = bound, count
+    return lower_bound * 1000
+
+
+def fetch_counters(metrics_url: str, key: str) -> dict[str, SlotCounters] | None:
+    """The endpoint's counters, or None when it serves none (or cannot be reached now)."""
+    import requests
+
+    try:
+        response = requests.get(
+            metrics_url, headers={"Authorization": f"Bearer {key}"}, timeout=METRICS_TIMEOUT_S
+        )
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    return parse_prometheus(response.text)
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class EndpointSnapshot:
+    status: EndpointStatus
+    taken_at: float
+    rates: dict[str, dict[str, Any]]  # deployment -> requests, requests_per_second, error_rate, p95_ms
+    last_deploy: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.status.to_json(),
+            "time": round(self.taken_at, 3),
+            "metrics": self.rates,
+            "last_deploy": self.last_deploy,
+        }
+
+
+class EndpointWatcher:
+    """Takes snapshots of one endpoint; rates are over the time since the previous snapshot
+    (since the router started, for the first one)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._previous: tuple[float, dict[str, SlotCounters]] | None = None
+
+    def snapshot(self) -> EndpointSnapshot:
+        status = self.backend.status()
+        now = time.time()
+        counters = self._counters(status)
+        rates: dict[str, dict[str, Any]] = {}
+        if counters is not None:
+            previous_time, previous = self._previous or (None, {})
+            for slot in status.slots:
+                total = counters.get(slot.name, SlotCounters())
+                window = total.minus(previous.get(slot.name, SlotCounters()))
+                seconds = now - previous_time if previous_time is not None else None
+                rates[slot.name] = {
+                    "requests": total.requests,
+                    "errors": total.errors,
+                    "requests_per_second": round(window.requests / seconds, 3) if seconds else None,
+                    "error_rate": round(window.errors / window.requests, 4) if window.requests else None,
+                    "p95_ms": _rounded(quantile_ms(window, 0.95)),
+                }
+            self._previous = (now, counters)
+        return EndpointSnapshot(status, now, rates, _last_deploy(status))
+
+    def _counters(self, status: EndpointStatus) -> dict[str, SlotCounters] | None:
+        router = status.details.get("router")
+        if not status.exists or not status.scoring_uri or not router or router.get("state") != "running":
+            return None  # only the local target's router serves /metrics
+        metrics_url = status.scoring_uri.rsplit("/", 1)[0] + "/metrics"
+        return fetch_counters(metrics_url, self.backend.credentials()["primary_key"])
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _last_deploy(status: EndpointStatus) -> dict[str, Any] | None:
+    deployed = [(s.details.get("deployed_at"), s.name) for s in status.slots if s.details.get("deployed_at")]
+    if not deployed:
+        return None
+    at, slot = max(deployed)
+    return {"deployment": slot, "time": round(float(at), 3)}
+
+
+def local_backends(home: Any = None) -> list[Backend]:
+    """A backend for every endpoint deployed on this machine's local target, by name."""
+    from types import SimpleNamespace
+
+    from tdsp_deploy.backends.local import LocalBackend
+    from tdsp_deploy.backends.local.state import all_endpoint_names
+    from tdsp_deploy.manifest.model import LocalTarget
+
+    # status() and credentials() read only the endpoint's name and its state files: no manifest
+    # is needed to look at what runs.
+    return [
+        LocalBackend(SimpleNamespace(name=name, target=LocalTarget()), home=home)  # type: ignore[arg-type]
+        for name in all_endpoint_names(home)
+    ]
+
+
+# -- rendering ------------------------------------------------------------------------------------
+COLUMNS = (
+    "endpoint",
+    "deployment",
+    "state",
+    "traffic",
+    "mirror",
+    "version",
+    "req/s",
+    "p95 ms",
+    "errors",
+    "deployed",
+)
+NUMBERS = frozenset({"traffic", "mirror", "req/s", "p95 ms", "errors"})
+
+
+def table(env: Environment, snapshots: list[EndpointSnapshot], *, title: str | None = None) -> Any:
+    """One rich table: a row per deployment (and a column for the endpoint when there are several)."""
+    from rich import box
+    from rich.table import Table
+
+    several = len(snapshots) > 1
+    columns = COLUMNS if several else COLUMNS[1:]
+    grid = Table(
+        title=title,
+        box=box.SIMPLE if env.colors else box.ASCII,
+        title_justify="left",
+    )
+    for column in columns:
+        grid.add_column(column, justify="right" if column in NUMBERS else "left", no_wrap=True)
+    for snapshot in snapshots:
+        status = snapshot.status
+        first = [status.name] if several else []
+        if not status.slots:
+            state = "no deployment" if status.exists else "not deployed"
+            grid.add_row(*first, "-", state, *["-"] * (len(COLUMNS) - 3))
+        for slot in status.slots:
+            rates = snapshot.rates.get(slot.name, {})
+            grid.add_row(
+                *first,
+                slot.name,
+                slot.state,
+                f"{slot.traffic}%",
+                f"{slot.mirror}%" if slot.mirror else "-",
+                slot.model_version or "-",
+                _number(rates.get("requests_per_second"), "{:.1f}"),
+                _number(rates.get("p95_ms"), "{:.1f}"),
+                _number(rates.get("error_rate"), "{:.1%}"),
+                _when(slot.details.get("deployed_at")),
+            )
+    return grid
+
+
+def _number(value: Any, shape: str) -> str:
+    return "-" if value is None else shape.format(value)
+
+
+def _when(timestamp: Any) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%m-%d %H:%M", time.localtime(float(timestamp)))
+
+
+def headline(snapshots: list[EndpointSnapshot]) -> str:
+    """A line above the table: where each endpoint answers and whether its router runs."""
+    lines = []
+    for snapshot in snapshots:
+        status = snapshot.status
+        router = status.details.get("router", {})
+        state = f", router {router['state']}" if router.get("state") else ""
+        lines.append(f"{status.name} ({status.kind}{state}): {status.scoring_uri or '-'}")
+    return "\n".join(lines)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def watch(
+    env: Environment,
+    take: Callable[[], list[EndpointSnapshot]],
+    *,
+    interval: float,
+    count: int | None = None,
+    health: Callable[[list[EndpointSnapshot]], int] = lambda _: 0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Refresh every ``interval`` seconds, ``count`` times (None: until Ctrl-C).
+
+    Returns the health exit code of the last refresh after ``count`` refreshes, 130 when
+    interrupted (the table or the JSON lines written so far stay as they are)."""
+    live_table = env.stderr_isatty and not env.json_mode
+    try:
+        if live_table:
+            return _watch_table(env, take, interval=interval, count=count, health=health, sleep=sleep)
+        done = 0
+        while True:
+            snapshots = take()
+            line = {"endpoints": [s.to_json() for s in snapshots]}
+            env.stdout.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+            env.stdout.flush()
+            done += 1
+            if count is not None and done >= count:
+                return health(snapshots)
+            sleep(interval)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _watch_table(
+    env: Environment,
+    take: Callable[[], list[EndpointSnapshot]],
+    *,
+    interval: float,
+    count: int | None,
+    health: Callable[[list[EndpointSnapshot]], int],
+    sleep: Callable[[float], None],
+) -> int:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def view(snapshots: list[EndpointSnapshot]) -> Any:
+        stamp = time.strftime("%H:%M:%S")
+        caption = f"every {interval:g} s, last at {stamp}; Ctrl-C to stop"
+        return Group(Text(headline(snapshots)), table(env, snapshots), Text(caption, style="dim"))
+
+    snapshots = take()
+    with Live(
+        view(snapshots), console=env.console(), auto_refresh=False, vertical_overflow="visible"
+    ) as live:
+        done = 1
+        while count is None or done < count:
+            sleep(interval)
+            snapshots = take()
+            live.update(view(snapshots), refresh=True)
+            done += 1
+    return health(snapshots)

@@ -1,0 +1,2 @@
+-- Score the rows of a table or view (columns: sepal_length, sepal_width, petal_length, petal_width):
+EXEC [dbo].[score_iris] @input_table = N'dbo.my_table';

@@ -1,0 +1,133 @@
+"""`status --watch` and `status --all`, against real local endpoints and their router's metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tdsp_deploy.backends.local.metrics import Measurements
+from tdsp_deploy.errors import ExitCode
+from tdsp_deploy.status_view import SlotCounters, parse_prometheus, quantile_ms
+
+
+def test_counters_and_p95_come_from_the_routers_own_exposition():
+    measurements = Measurements("e", None)
+    for i in range(100):  # 95 fast answers (3 ms) and 5 slow ones (300 ms); one error
+        measurements.live("blue", 500 if i == 0 else 200, 0.3 if i >= 95 else 0.003, f"r{i}", False)
+    measurements.live("green", 200, 0.02, "g", False)
+    counters = parse_prometheus(measurements.prometheus().decode())
+    assert set(counters) == {"blue", "green"}
+    assert (counters["blue"].requests, counters["blue"].errors) == (100, 1)
+    p95 = quantile_ms(counters["blue"], 0.95)
+    assert 2.5 <= p95 <= 5.0  # inside the 2.5-5 ms bucket, where the 95th answer is
+    assert quantile_ms(counters["blue"], 0.99) > 250
+    assert quantile_ms(SlotCounters(), 0.95) is None
+    window = counters["blue"].minus(
+        SlotCounters(requests=95, errors=1, buckets=((0.005, 95), (float("inf"), 95)))
+    )
+    assert window.requests == 5 and window.errors == 0
+
+
+def _starter(cli, root: Path, name: str) -> Path:
+    assert cli("init", root / name, "--name", name).exit_code == 0
+    return root / name / "deploy.yaml"
+
+
+def _invoke(cli, manifest: Path, times: int) -> None:
+    for _ in range(times):
+        assert cli("invoke", manifest, "--request", manifest.parent / "sample-request.json").exit_code == 0
+
+
+def test_watch_and_all_follow_real_endpoints(cli, tmp_path):
+    first, second = _starter(cli, tmp_path, "watched"), _starter(cli, tmp_path, "other")
+    assert cli("status", "--all", "--json").json() == {"endpoints": []}
+    try:
+        for manifest in (first, second):
+            pushed = cli("push", manifest, "--json")
+            assert pushed.exit_code == 0, pushed.stderr
+        _invoke(cli, first, 6)
+
+        # without a terminal: one JSON document per refresh
+        watched = cli("status", first, "--watch", "--interval", "0.2", "--count", "2")
+        assert watched.exit_code == 0, watched.stderr
+        lines = [json.loads(line) for line in watched.stdout.splitlines()]
+        assert len(lines) == 2
+        endpoint = lines[0]["endpoints"][0]
+        assert endpoint["name"] == "watched" and endpoint["traffic"] == {"blue": 100}
+        assert endpoint["metrics"]["blue"]["requests"] >= 6  # the smoke test's requests too
+        assert endpoint["metrics"]["blue"]["p95_ms"] > 0
+        assert endpoint["last_deploy"]["deployment"] == "blue"
+        assert lines[1]["endpoints"][0]["metrics"]["blue"]["requests_per_second"] is not None
+
+        # every endpoint of this machine, without a manifest
+        every = cli("status", "--all", "--json")
+        assert every.exit_code == 0
+        assert [e["name"] for e in every.json()["endpoints"]] == ["other", "watched"]
+        human = cli("status", "--all")
+        assert "watched" in human.stderr and "other" in human.stderr and "req/s" in human.stderr
+
+        # on a terminal: a table redrawn in place
+        table = cli("status", first, "--watch", "--interval", "0.1", "--count", "2", isatty=True)
+        assert table.exit_code == 0 and table.stdout == ""
+        assert "blue" in table.stderr and "p95" in table.stderr and "Ctrl-C" in table.stderr
+
+        # a killed slot is reported by the watch's exit code, as by plain status
+        slot_pid = cli("status", first, "--json").json()["slots"][0]["details"]["pid"]
+        os.kill(slot_pid, signal.SIGKILL)
+        _wait_gone(slot_pid)
+        down = cli("status", "--all", "--watch", "--count", "1", "--json")
+        assert down.exit_code == ExitCode.DEPLOYMENT_FAILED
+        states = {e["name"]: e["slots"][0]["state"] for e in json.loads(down.stdout)["endpoints"]}
+        assert states == {"watched": "stopped", "other": "healthy"}
+    finally:
+        cli("delete", first, "--yes")
+        cli("delete", second, "--yes")
+
+
+def test_ctrl_c_ends_the_watch_with_130_and_whole_lines(cli, tmp_path):
+    manifest = _starter(cli, tmp_path, "interrupted")
+    try:
+        assert cli("push", manifest).exit_code == 0
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "tdsp_deploy", "status", str(manifest), "--watch", "--interval", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first_line = watcher.stdout.readline()  # type: ignore[union-attr]
+        assert json.loads(first_line)["endpoints"][0]["name"] == "interrupted"
+        watcher.send_signal(signal.SIGINT)
+        rest, errors = watcher.communicate(timeout=60)
+        assert watcher.returncode == 130, errors
+        assert "Traceback" not in errors
+        for line in rest.splitlines():
+            json.loads(line)
+    finally:
+        cli("delete", manifest, "--yes")
+
+
+def test_status_needs_a_manifest_or_all(cli, tmp_path):
+    assert cli("status").exit_code == ExitCode.USAGE
+    both = cli("status", tmp_path / "deploy.yaml", "--all", "--json")
+    assert both.exit_code == ExitCode.USAGE and "--all" in both.json()["message"]
+
+
+def _wait_gone(pid: int) -> None:
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"process {pid} did not stop")

@@ -1,0 +1,344 @@
+"""The synapse target's Spark job on a real local Spark.
+
+One SparkSession serves the whole module (starting a JVM is the slow part). The job module is
+the template itself, imported as the workers import it (addPyFile), and it is given the spec
+the backend builds from a real manifest and a real package. Every row must come out scored
+exactly as the model scores it in this process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+pyspark = pytest.importorskip("pyspark")
+
+from tdsp_deploy.backends.synapse import job as jobs  # noqa: E402
+from tdsp_deploy.backends.synapse.target import DataLocation, SynapseTarget  # noqa: E402
+from tdsp_deploy.manifest import load_manifest  # noqa: E402
+from tdsp_deploy.packaging import build_package  # noqa: E402
+
+FEATURES = ["f0", "f1", "f2", "f3"]
+OUTPUTS = [("label", "bigint"), ("p0", "float"), ("p1", "float"), ("p2", "float")]
+STORAGE = "abfss://tdsp@contosolake.dfs.core.windows.net/deploy"
+
+SCORE_PY = """\
+import json, os, pickle
+
+def init():
+    global model
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "model.pkl"), "rb") as f:
+        model = pickle.load(f)
+
+def run(raw_data):
+    return model.predict(json.loads(raw_data)["data"]).tolist()
+"""
+
+BATCH_PREDICT_PY = (
+    SCORE_PY
+    + """
+def predict(model, df):
+    # batch scoring: the label and a fixed score, to tell this path from the built-in one
+    import pandas
+    return pandas.DataFrame({"label": model.predict(df), "p0": 0.25, "p1": 0.5, "p2": 0.25})
+"""
+)
+
+
+# -- a project: a model, its scoring script, a synapse manifest -----------------------------------
+def train(seed: int, rows: int = 300) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, len(FEATURES)))
+    y = (x[:, 0] + seed * x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)
+    return LogisticRegression(max_iter=500).fit(pd.DataFrame(x, columns=FEATURES), y)
+
+
+def make_project(
+    folder: Path,
+    *,
+    seed: int = 1,
+    score_py: str = SCORE_PY,
+    target: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """A project with a pickled scikit-learn classifier and a spark-mode manifest; its path."""
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    (folder / "model" / "model.pkl").write_bytes(pickle.dumps(train(seed)))
+    (folder / "score.py").write_text(score_py)
+    manifest = {
+        "name": "churn",
+        "model": {"path": "model/model.pkl", "flavor": "sklearn"},
+        "scoring": {"script": "score.py"},
+        "target": {
+            "kind": "synapse",
+            "workspace": "contoso-ws",
+            "mode": "spark",
+            "spark_pool": "pool1",
+            "storage": STORAGE,
+            "inputs": [{"name": f, "type": "float"} for f in FEATURES],
+            "outputs": [{"name": n, "type": t} for n, t in OUTPUTS],
+            "key_column": "customer_id",
+            **(target or {}),
+        },
+        **extra,
+    }
+    path = folder / "deploy.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def rows(count: int, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(count, len(FEATURES))), columns=FEATURES)
+    frame.insert(0, "customer_id", np.arange(count, dtype=np.int64) * 7 + 3)
+    frame["region"] = np.where(np.arange(count) % 2 == 0, "north", "south")
+    return frame
+
+
+def load(path: Path) -> Any:
+    return load_manifest(path, targets=(SynapseTarget,))
+
+
+def expected_scores(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    features = frame[FEATURES].astype("float64")
+    proba = model.predict_proba(features)
+    return pd.DataFrame(
+        {
+            "label": model.predict(features).astype("int64"),
+            # the outputs are declared `float` (Spark double)
+            **{f"p{i}": proba[:, i] for i in range(3)},
+        }
+    )
+
+
+# -- the module's one Spark ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def job_module() -> Any:
+    spec = importlib.util.spec_from_file_location(jobs.JOB_FILE[:-3], jobs.job_script_path())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def spark(job_module: Any) -> Any:
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("tdsp-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    session.sparkContext.addPyFile(str(jobs.job_script_path()))
+    yield session
+    session.stop()
+
+
+def spec_for(
+    manifest_path: Path,
+    variants: list[tuple[str, int]],
+    source: DataLocation,
+    sink: DataLocation,
+    *,
+    salt: str = "",
+) -> dict[str, Any]:
+    """The backend's spec for the manifest, with one variant per (project, share)."""
+    loaded = load(manifest_path)
+    built = []
+    for index, (project, share) in enumerate(variants):
+        manifest = load(Path(project)).manifest
+        package = build_package(manifest, Path(project).parent / "packages")
+        built.append(
+            jobs.Variant.of(["blue", "green"][index], package.lock, str(package.path), share, "sklearn")
+        )
+    return jobs.job_spec(loaded.manifest.target, loaded.manifest, built, source, sink, salt=salt)
+
+
+def score(spark: Any, job_module: Any, spec: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    scored = job_module.scored_frame(spark, spark.createDataFrame(frame), spec)
+    return scored.toPandas().sort_values("customer_id").reset_index(drop=True)
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_every_row_is_scored_exactly_as_the_model_scores_it(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    project = make_project(tmp_path / "p")
+    frame = rows(2000)
+    spec = spec_for(project, [(str(project), 100)], DataLocation(path="in"), DataLocation(path="out"))
+    out = score(spark, job_module, spec, frame)
+
+    assert len(out) == len(frame)
+    expected = expected_scores(pickle.loads((tmp_path / "p/model/model.pkl").read_bytes()), frame)
+    np.testing.assert_array_equal(out["label"].to_numpy(), expected["label"].to_numpy())
+    for name in ("p0", "p1", "p2"):
+        np.testing.assert_allclose(out[name].to_numpy(), expected[name].to_numpy(), rtol=0, atol=1e-12)
+    # passthrough columns (the id, a string) and the features are kept as they were
+    np.testing.assert_array_equal(out["customer_id"].to_numpy(), frame["customer_id"].to_numpy())
+    assert list(out["region"]) == list(frame["region"])
+    np.testing.assert_array_equal(out[FEATURES].to_numpy(), frame[FEATURES].to_numpy())
+    # every row says which model version scored it; no variant column without a split
+    version = (
+        load(project).manifest.model.version
+        or build_package(load(project).manifest, tmp_path / "x").lock.model_version
+    )
+    assert set(out["model_version"]) == {version}
+    assert "variant" not in out.columns
+    assert [
+        f.name for f in job_module.scored_frame(spark, spark.createDataFrame(frame), spec).schema.fields
+    ] == ["customer_id", *FEATURES, "region", "label", "p0", "p1", "p2", "model_version"]
+
+
+def test_ab_split_is_deterministic_by_key_and_close_to_the_share(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    control = make_project(tmp_path / "a", seed=1)
+    treatment = make_project(tmp_path / "b", seed=3)
+    models = {
+        "blue": pickle.loads((tmp_path / "a/model/model.pkl").read_bytes()),
+        "green": pickle.loads((tmp_path / "b/model/model.pkl").read_bytes()),
+    }
+    frame = rows(6000, seed=11)
+    spec = spec_for(
+        control, [(str(control), 30), (str(treatment), 70)], DataLocation(path="i"), DataLocation(path="o")
+    )
+    first = score(spark, job_module, spec, frame)
+    second = score(spark, job_module, spec, frame.sample(frac=1.0, random_state=5))  # another row order
+
+    # the same key meets the same model, whatever the order or the partitioning
+    assert list(first["variant"]) == list(second["variant"])
+    share = (first["variant"] == "blue").mean()
+    assert abs(share - 0.30) < 0.03, share
+    # each row is scored by its variant's model, exactly
+    for variant, model in models.items():
+        mine = first[first["variant"] == variant]
+        expected = expected_scores(model, mine)
+        np.testing.assert_array_equal(mine["label"].to_numpy(), expected["label"].to_numpy())
+        np.testing.assert_allclose(mine["p1"].to_numpy(), expected["p1"].to_numpy(), atol=1e-12)
+    # the two models differ, so the check above tells them apart
+    assert (
+        expected_scores(models["blue"], frame)["label"] != expected_scores(models["green"], frame)["label"]
+    ).any()
+    # a new experiment's salt splits anew, still near the share
+    salted = spec | {"salt": "experiment-2"}
+    third = score(spark, job_module, salted, frame)
+    assert list(third["variant"]) != list(first["variant"])
+    assert abs((third["variant"] == "blue").mean() - 0.30) < 0.03
+
+
+def test_scoring_module_batch_predict_replaces_the_built_in_call(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    project = make_project(tmp_path / "p", score_py=BATCH_PREDICT_PY)
+    frame = rows(50)
+    spec = spec_for(project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"))
+    out = score(spark, job_module, spec, frame)
+    model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
+    np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(frame[FEATURES]))
+    assert set(out["p1"]) == {0.5}
+
+
+def test_job_reads_csv_and_writes_the_format_of_the_path(tmp_path: Path, spark: Any, job_module: Any) -> None:
+    project = make_project(tmp_path / "p")
+    frame = rows(300)
+    source = tmp_path / "in.csv"
+    frame.to_csv(source, index=False)
+    sink = tmp_path / "out.csv"
+    spec = spec_for(
+        project, [(str(project), 100)], DataLocation(path=str(source)), DataLocation(path=str(sink))
+    )
+    summary = job_module.run(spark, spec)
+    assert summary["rows"] == 300 and summary["format"] == "csv"
+    written = pd.concat(pd.read_csv(p) for p in sorted(sink.glob("part-*.csv"))).sort_values("customer_id")
+    model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
+    np.testing.assert_array_equal(written["label"].to_numpy(), model.predict(frame[FEATURES]))
+
+
+def test_input_without_a_model_column_is_refused_by_name(tmp_path: Path, spark: Any, job_module: Any) -> None:
+    project = make_project(tmp_path / "p")
+    spec = spec_for(project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"))
+    with pytest.raises(ValueError, match="no column f2"):
+        job_module.scored_frame(spark, spark.createDataFrame(rows(5).drop(columns=["f2"])), spec)
+
+
+# -- tdsp-deploy run --local: the same job through spark-submit ----------------------------------
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tdsp_deploy", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env or dict(os.environ),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    frame = rows(1500)
+    source = tmp_path / "rows.parquet"
+    frame.to_parquet(source, index=False)
+    sink = tmp_path / "scored.parquet"
+
+    result = run_cli(
+        "run", str(project), "--local", "--master", "local[2]", "-i", str(source), "-o", str(sink), "--json"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 1500 and summary["local"] is True
+    assert "local Spark" in result.stderr  # progress goes to stderr
+    out = pd.read_parquet(sink).sort_values("customer_id").reset_index(drop=True)
+    model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
+    expected = expected_scores(model, frame)
+    np.testing.assert_array_equal(out["label"].to_numpy(), expected["label"].to_numpy())
+    np.testing.assert_allclose(out["p2"].to_numpy(), expected["p2"].to_numpy(), atol=1e-12)
+    assert list(out["region"]) == list(frame["region"])
+
+
+def test_run_local_failure_exits_4_with_the_reason(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    source = tmp_path / "rows.parquet"
+    rows(10).drop(columns=["f3"]).to_parquet(source, index=False)
+    result = run_cli(
+        "run", str(project), "--local", "--master", "local[1]", "-i", str(source), "-o", str(tmp_path / "o")
+    )
+    assert result.returncode == 4, result.stderr[-3000:]
+    assert "the input has no column f3" in result.stderr
+    assert "Traceback" not in result.stderr.split("failed")[0]  # our message first, the job's log after
+
+
+def test_run_local_without_java_says_how_to_get_it(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    source = tmp_path / "rows.parquet"
+    rows(3).to_parquet(source, index=False)
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(Path(sys.executable).parent)  # python, but no java
+    result = run_cli("run", str(project), "--local", "-i", str(source), "-o", str(tmp_path / "o"), env=env)
+    assert result.returncode == 3, result.stderr
+    assert "needs Java" in result.stderr and "default-jre-headless" in result.stderr
+
+
+def test_run_local_refuses_an_azure_path(tmp_path: Path, cli: Any) -> None:
+    project = make_project(tmp_path / "p")
+    result = cli("run", project, "--local", "-i", f"{STORAGE}/rows.parquet", "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "local paths" in result.stderr

@@ -1,0 +1,131 @@
+"""The Spark-mode backend's contract without a Spark: slots, the split of rows, the experiment
+salt, undo, render, and the smoke test's limits. The storage is a folder store; the jobs
+these would start are run for real in test_synapse_livy.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_synapse_spark import STORAGE, load, make_project
+
+from tdsp_deploy import paths
+from tdsp_deploy.backends.synapse import SynapseBackend
+from tdsp_deploy.backends.synapse.storage import FolderStore
+from tdsp_deploy.errors import EndpointNotFound, UsageError
+from tdsp_deploy.packaging import build_package
+
+
+class RecordingLivy:
+    """Stands in for the pool where a test only needs to see what would be submitted."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.bodies.append(body)
+        return {"id": len(self.bodies) - 1, "state": "starting"}
+
+    def wait(self, batch_id: int, *, timeout: float, progress: Any = None) -> dict[str, Any]:
+        return {"id": batch_id, "state": "success", "log": ['TDSP_RESULT {"rows": 3}']}
+
+
+def setup(tmp_path: Path, **target: Any) -> tuple[SynapseBackend, Any, RecordingLivy, FolderStore]:
+    project = make_project(tmp_path / "p", target=target or None)
+    manifest = load(project).manifest
+    store = FolderStore(STORAGE, tmp_path / "container")
+    livy = RecordingLivy()
+    return SynapseBackend(manifest, store=store, livy=livy), manifest, livy, store
+
+
+def test_two_slots_split_rows_by_key_with_a_lasting_experiment_salt(tmp_path: Path) -> None:
+    backend, manifest, livy, store = setup(tmp_path)
+    package = build_package(manifest, paths.package_store())
+    for slot in ("blue", "green"):
+        backend.deploy_slot(slot, package)
+        backend.wait_healthy(slot)
+    backend.set_traffic({"blue": 70, "green": 30})
+    assert backend.status().traffic == {"blue": 70, "green": 30}
+    backend.set_experiment("exp-42")
+
+    later = SynapseBackend(manifest, store=store, livy=livy)  # another command, another process
+    from tdsp_deploy.backends.synapse.target import DataLocation
+
+    summary = later.run_job(DataLocation(path=f"{STORAGE}/in.parquet"), DataLocation(path=f"{STORAGE}/out"))
+    assert summary["rows"] == 3
+    spec = json.loads(livy.bodies[-1]["args"][0])
+    assert [(v["name"], v["share"]) for v in spec["variants"]] == [("blue", 70), ("green", 30)]
+    assert spec["salt"] == "exp-42" and spec["key_column"] == "customer_id"
+    # pinned to one slot: that slot takes every row
+    later.run_job(
+        DataLocation(path=f"{STORAGE}/in.parquet"), DataLocation(path=f"{STORAGE}/out"), slot="green"
+    )
+    assert [(v["name"], v["share"]) for v in json.loads(livy.bodies[-1]["args"][0])["variants"]] == [
+        ("green", 100)
+    ]
+
+
+def test_a_split_without_key_column_is_refused(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    text = project.read_text().replace("  key_column: customer_id\n", "")
+    project.write_text(text)
+    manifest = load(project).manifest
+    backend = SynapseBackend(manifest, store=FolderStore(STORAGE, tmp_path / "c"), livy=RecordingLivy())
+    package = build_package(manifest, paths.package_store())
+    backend.deploy_slot("blue", package)
+    backend.deploy_slot("green", package)
+    with pytest.raises(UsageError, match="key_column"):
+        backend.set_traffic({"blue": 50, "green": 50})
+    backend.set_traffic({"blue": 100})  # one slot needs no key
+    with pytest.raises(UsageError, match="cannot mirror"):
+        backend.set_traffic({"blue": 100}, {"green": 10})
+
+
+def test_discard_restores_the_previous_record_or_removes_the_slot(tmp_path: Path) -> None:
+    backend, manifest, _, store = setup(tmp_path)
+    first = build_package(manifest, paths.package_store())
+    backend.deploy_slot("blue", first)
+    backend.discard_slot("blue")
+    assert not backend.status().exists  # a first deploy undone leaves nothing
+    backend.deploy_slot("blue", first)
+    backend.finalize_slot("blue")
+    (tmp_path / "p" / "score.py").write_text((tmp_path / "p" / "score.py").read_text() + "\n# v2\n")
+    second = build_package(load(tmp_path / "p" / "deploy.yaml").manifest, paths.package_store())
+    assert second.package_id != first.package_id
+    backend.deploy_slot("blue", second)
+    backend.discard_slot("blue")
+    assert backend.status().slot("blue").package_id == first.package_id
+    backend.delete()
+    with pytest.raises(EndpointNotFound):
+        backend.delete()
+
+
+def test_render_writes_job_spec_livy_request_and_upload_plan(tmp_path: Path) -> None:
+    backend, manifest, _, _ = setup(tmp_path, executor={"size": "Large", "count": 3})
+    package = build_package(manifest, paths.package_store())
+    files = {p.name: p for p in backend.render(package, tmp_path / "out")}
+    assert set(files) == {"tdsp_score_job.py", "job-spec.json", "livy-request.json", "upload-plan.json"}
+    request = json.loads(files["livy-request.json"].read_text())
+    assert request["url"] == (
+        "https://contoso-ws.dev.azuresynapse.net/livyApi/versions/2019-11-01-preview/sparkPools/pool1/batches?detailed=true"
+    )
+    body = request["body"]
+    assert (body["executorCores"], body["executorMemory"], body["numExecutors"]) == (16, "112g", 3)
+    assert json.loads(body["args"][0]) == json.loads(files["job-spec.json"].read_text())
+    plan = json.loads(files["upload-plan.json"].read_text())
+    assert [item["name"] for item in plan] == [
+        f"packages/{package.package_id}.tar",
+        body["file"].split("/deploy/")[1],
+    ]
+
+
+def test_a_smoke_test_of_hundreds_of_jobs_is_refused_up_front(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "sample.json").write_text('{"columns": ["f0"], "data": [[1.0]]}')
+    project = make_project(tmp_path / "p", smoke_test={"request": "sample.json"})
+    backend = SynapseBackend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
+    with pytest.raises(UsageError, match="each one is a Spark batch job") as refused:
+        backend.preflight()
+    assert "requests: 1" in (refused.value.hint or "")
