@@ -12,7 +12,8 @@
    (time(N) - time(1)) / (N - 1), should stay flat as N grows.
 
 Plots (PNG, matplotlib) and the JSON they were drawn from are written next to this script:
-`bench/scale_push.png`, `bench/scale_smoke.png`, `bench/scale.json`.
+`bench/scale_push.png`, `bench/scale_smoke.png`, `bench/scale.json` (--quick: `*_quick.*`, so
+that a quick run never replaces the full run's figures).
 
     python bench/scale.py [--quick]
 
@@ -175,7 +176,7 @@ def _find_latency(doc: Any) -> dict[str, Any]:
     return {}
 
 
-def plot(push: list[dict[str, Any]], smoke: list[dict[str, Any]]) -> list[str]:
+def plot(push: list[dict[str, Any]], smoke: list[dict[str, Any]], suffix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,8 +200,8 @@ def plot(push: list[dict[str, Any]], smoke: list[dict[str, Any]]) -> list[str]:
     right.legend()
     right.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(HERE / "scale_push.png", dpi=100)
-    written.append(str(HERE / "scale_push.png"))
+    figure.savefig(HERE / f"scale_push{suffix}.png", dpi=100)
+    written.append(str(HERE / f"scale_push{suffix}.png"))
     plt.close(figure)
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -224,8 +225,8 @@ def plot(push: list[dict[str, Any]], smoke: list[dict[str, Any]]) -> list[str]:
     right.legend()
     right.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(HERE / "scale_smoke.png", dpi=100)
-    written.append(str(HERE / "scale_smoke.png"))
+    figure.savefig(HERE / f"scale_smoke{suffix}.png", dpi=100)
+    written.append(str(HERE / f"scale_smoke{suffix}.png"))
     plt.close(figure)
     return written
 
@@ -243,8 +244,9 @@ def main() -> None:
         push = push_scale(sizes, Path(tmp))
         smoke = smoke_scale(counts, Path(tmp))
     load_after = [round(v, 2) for v in os.getloadavg()]
-    plots = plot(push, smoke)
-    (HERE / "scale.json").write_text(
+    suffix = "_quick" if args.quick else ""  # a quick run never replaces the full run's figures
+    plots = plot(push, smoke, suffix)
+    (HERE / f"scale{suffix}.json").write_text(
         json.dumps({"push": push, "smoke": smoke, "load_average": [load_before, load_after]}, indent=2) + "\n"
     )
     common = {"load_average_before": load_before, "load_average_after": load_after, "plots": plots}

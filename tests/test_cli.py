@@ -29,6 +29,7 @@ COMMANDS = [
     "logs",
     "credentials",
     "delete",
+    "run",
 ]
 
 

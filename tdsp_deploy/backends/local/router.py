@@ -620,6 +620,12 @@ class ClientConnection(asyncio.Protocol):
             router.slot_refused(pool, str(exc))
             other = router.choose(request.sticky, tried={slot.name})
             if other is None:
+                log.warning(
+                    "no other deployment to retry on for %s (draining: %s; down: %s)",
+                    slot.name,
+                    sorted(router.draining) or "none",
+                    sorted(router.avoided() - router.draining) or "none",
+                )
                 return self._unavailable(request, slot, f"it cannot be reached ({exc})")
             router.measurements.retried(slot.name)
             pool = router.pool(other)
