@@ -160,6 +160,7 @@ def spec_for(
     sink: DataLocation,
     *,
     salt: str = "",
+    flavor: str = "sklearn",
 ) -> dict[str, Any]:
     """The backend's spec for the manifest, with one variant per (project, share)."""
     loaded = load(manifest_path)
@@ -168,7 +169,7 @@ def spec_for(
         manifest = load(Path(project)).manifest
         package = build_package(manifest, Path(project).parent / "packages")
         built.append(
-            jobs.Variant.of(["blue", "green"][index], package.lock, str(package.path), share, "sklearn")
+            jobs.Variant.of(["blue", "green"][index], package.lock, str(package.path), share, flavor)
         )
     return jobs.job_spec(loaded.manifest.target, loaded.manifest, built, source, sink, salt=salt)
 
@@ -255,6 +256,27 @@ def test_scoring_module_batch_predict_replaces_the_built_in_call(
     model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
     np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(frame[FEATURES]))
     assert set(out["p1"]) == {0.5}
+
+
+def test_an_mlflow_model_is_scored_through_pyfunc(tmp_path: Path, spark: Any, job_module: Any) -> None:
+    """model.flavor: mlflow needs no scoring script: the job loads the MLmodel folder with
+    mlflow.pyfunc, once per worker, and its answers are the model's."""
+    mlflow_sklearn = pytest.importorskip("mlflow.sklearn")
+    project = make_project(tmp_path / "p")
+    model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
+    mlflow_sklearn.save_model(model, str(tmp_path / "p/mlmodel"))
+    manifest = yaml.safe_load(project.read_text())
+    manifest["model"] = {"path": "mlmodel", "flavor": "mlflow"}
+    del manifest["scoring"]
+    manifest["target"]["outputs"] = [{"name": "label", "type": "bigint"}]
+    project.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    frame = rows(500)
+    spec = spec_for(
+        project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"), flavor="mlflow"
+    )
+    out = score(spark, job_module, spec, frame)
+    np.testing.assert_array_equal(out["label"].to_numpy(), model.predict(frame[FEATURES]))
+    np.testing.assert_array_equal(out["customer_id"].to_numpy(), frame["customer_id"].to_numpy())
 
 
 def test_job_reads_csv_and_writes_the_format_of_the_path(tmp_path: Path, spark: Any, job_module: Any) -> None:
