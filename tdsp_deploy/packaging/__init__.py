@@ -14,7 +14,7 @@ Same content gives byte-identical archives and the same ``package_id``. Backends
 
 from tdsp_deploy.packaging.build import BuiltPackage, archive_name, build_package
 from tdsp_deploy.packaging.errors import PackagingError
-from tdsp_deploy.packaging.extract import extract_package, read_lock
+from tdsp_deploy.packaging.extract import extract_once, extract_package, read_lock
 from tdsp_deploy.packaging.lock import LockedFile, LockedModel, PackageLock, package_id
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "PackagingError",
     "archive_name",
     "build_package",
+    "extract_once",
     "extract_package",
     "package_id",
     "read_lock",

@@ -64,6 +64,18 @@ def extract_package(archive: Path, dest: Path) -> PackageLock:
     return lock
 
 
+def extract_once(archive: Path, dest: Path) -> Path:
+    """``archive`` extracted into ``dest`` once per content: an extraction that finished (its
+    lock is written last) is reused; one that did not is removed and done again."""
+    dest = Path(dest)
+    if (dest / LOCK_NAME).is_file():
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    extract_package(archive, dest)
+    return dest
+
+
 def verify_extracted(dest: Path, expected_id: str) -> PackageLock:
     """Check an extracted package before its model is loaded again (a restart): its lock is
     the one of package ``expected_id``, and every file it lists has the listed sha256.

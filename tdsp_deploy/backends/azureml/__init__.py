@@ -20,7 +20,6 @@ How the backend contract maps onto Azure ML:
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -434,15 +433,10 @@ class AzureMLBackend(Backend):
         """The package extracted (and checked against its lock) once per content, under the
         state home; Azure uploads the code folder and the model from there."""
         from tdsp_deploy import paths
-        from tdsp_deploy.packaging import extract_package
+        from tdsp_deploy.packaging import extract_once
 
         root = paths.state_home() / "azureml" / "packages" / package.package_id
-        if (root / "package.json").is_file():
-            return root
-        if root.exists():  # an extraction that did not finish
-            shutil.rmtree(root)
-        extract_package(package.path, root)
-        return root
+        return extract_once(package.path, root)
 
     def _find_deployment(self, slot: str) -> DeploymentInfo | None:
         try:

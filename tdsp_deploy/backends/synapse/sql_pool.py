@@ -532,18 +532,11 @@ class SqlPoolBackend(Backend):
 
     def _unpacked(self, package: BuiltPackage) -> Path:
         """The package extracted (and checked against its lock) once per content."""
-        import shutil
-
         from tdsp_deploy import paths
-        from tdsp_deploy.packaging import extract_package
+        from tdsp_deploy.packaging import extract_once
 
         root = paths.state_home() / "synapse-sql" / "packages" / package.package_id
-        if (root / "package.json").is_file():
-            return root
-        if root.exists():  # an extraction that did not finish
-            shutil.rmtree(root)
-        extract_package(package.path, root)
-        return root
+        return extract_once(package.path, root)
 
     def _tell(self, step: str, message: str, **numbers: Any) -> None:
         self.progress(ProgressEvent(step=step, message=message, **numbers))
