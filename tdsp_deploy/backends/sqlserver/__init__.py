@@ -253,7 +253,7 @@ class SqlServerBackend(Backend):
         stored with the model row, so ``status`` can tell what the active version runs."""
         from tdsp_deploy.backends.sqlserver import tsql
 
-        return _document_id(tsql.deployment_document(self.target, self.manifest, package.lock))
+        return document_id(tsql.deployment_document(self.target, self.manifest, package.lock))
 
     def wait_healthy(self, slot: str) -> SlotStatus:
         """EXEC the procedure pinned to ``slot`` on a probe: the first row of the smoke
@@ -434,18 +434,18 @@ class SqlServerBackend(Backend):
             try:
                 rows = request_rows(body, self.target.inputs)
             except ValueError as exc:
-                return _result(400, {"error": str(exc)}, started, headers)
+                return json_answer(400, {"error": str(exc)}, started, headers)
             try:
                 columns, result = self._score(
                     rows, conn=conn, slot=slot, request_id=request_id, doing="score"
                 )
             except DeploymentFailed as exc:  # the script failed: an answer, not a crash
-                return _result(500, {"error": exc.message}, started, headers)
+                return json_answer(500, {"error": exc.message}, started, headers)
             versions = sorted({str(r[-1]) for r in result}) if result else []
             slots = [slot] if slot else sorted({s for v in versions for s in serving.get(v, [])})
             if slots:
                 headers["azureml-model-deployment"] = ",".join(slots)
-            return _result(200, {"columns": columns, "data": [list(r) for r in result]}, started, headers)
+            return json_answer(200, {"columns": columns, "data": [list(r) for r in result]}, started, headers)
 
         return call
 
@@ -463,13 +463,13 @@ class SqlServerBackend(Backend):
 
         conn = self.connection
         self._tell("deploy", "checking that external scripts are enabled")
-        if not _truthy(conn.execute(tsql.probe_configuration(), doing="read the configuration")):
+        if not first_value_true(conn.execute(tsql.probe_configuration(), doing="read the configuration")):
             from tdsp_deploy.backends.sqlserver.connection import ENABLE_HINT
 
             raise DeploymentFailed(
                 f"'external scripts enabled' is off on {self.target.server}", hint=ENABLE_HINT
             )
-        if not _truthy(conn.execute(tsql.probe_permission(), doing="check permissions")):
+        if not first_value_true(conn.execute(tsql.probe_permission(), doing="check permissions")):
             from tdsp_deploy.backends.sqlserver.connection import PERMISSION_HINT
 
             raise BackendError(
@@ -569,7 +569,7 @@ class SqlServerBackend(Backend):
                     "active": bool(active),
                     "slot": note.get("slot"),
                     "package_id": note.get("package_id"),
-                    "config_id": _document_id(record) if record else None,
+                    "config_id": document_id(record) if record else None,
                     "created_at": created_at,
                     "created_by": created_by,
                 }
@@ -616,13 +616,15 @@ class SqlServerBackend(Backend):
         return hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
 
     def _exists(self, name: str, kind: str) -> bool:
-        return _truthy(self.connection.execute(f"SELECT OBJECT_ID(?, N'{kind}')", (name,)))
+        return first_value_true(self.connection.execute(f"SELECT OBJECT_ID(?, N'{kind}')", (name,)))
 
     def _table_exists(self) -> bool:
-        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'U')", (self._table_name(),)))
+        return first_value_true(self.connection.execute("SELECT OBJECT_ID(?, N'U')", (self._table_name(),)))
 
     def _procedure_exists(self) -> bool:
-        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'P')", (self._procedure_name(),)))
+        return first_value_true(
+            self.connection.execute("SELECT OBJECT_ID(?, N'P')", (self._procedure_name(),))
+        )
 
     def _table_name(self) -> str:
         return self._qualified(self.target.model_table)
@@ -813,7 +815,7 @@ def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> d
     return {canonical(str(row[0])): str(row[1]) for row in rows if len(row) >= 2 and row[1] is not None}
 
 
-def _document_id(document: str) -> str:
+def document_id(document: str) -> str:
     """The config_id of a deployment document (without the slot it was pushed as)."""
     import hashlib
 
@@ -832,7 +834,7 @@ def _major_minor(version: str | None) -> tuple[str, ...] | None:
     return tuple(version.split(".")[:2])
 
 
-def _truthy(rows: Sequence[Sequence[Any]]) -> bool:
+def first_value_true(rows: Sequence[Sequence[Any]]) -> bool:
     return bool(rows) and bool(rows[0]) and rows[0][0] not in (None, 0, False, "0")
 
 
@@ -884,7 +886,7 @@ def _create_or_alter(definition: str) -> str:
     )
 
 
-def _result(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
+def json_answer(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
     return InvokeResult(
         status=status,
         body=json.dumps(doc, default=str).encode(),

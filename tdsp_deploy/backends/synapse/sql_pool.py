@@ -22,7 +22,6 @@ How the backend contract maps onto the pool (as the SQL Server target does):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,7 @@ from tdsp_deploy.backends.base import (
     SlotStatus,
     no_progress,
 )
+from tdsp_deploy.backends.sqlserver import document_id, first_value_true, json_answer
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
 
@@ -175,7 +175,7 @@ class SqlPoolBackend(Backend):
         document = predict_tsql.deployment_document(
             self.target, self.manifest, package.lock, source=self._source()
         )
-        return _document_id(document)
+        return document_id(document)
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
@@ -320,12 +320,12 @@ class SqlPoolBackend(Backend):
             try:
                 rows = request_rows(body, self.target.inputs)
             except ValueError as exc:
-                return _result(400, {"error": str(exc)}, started)
+                return json_answer(400, {"error": str(exc)}, started)
             try:
                 columns, result = self._score(rows, conn=conn, doing="score")
             except DeploymentFailed as exc:  # PREDICT or the procedure refused: an answer, not a crash
-                return _result(500, {"error": exc.message}, started)
-            return _result(200, answer(columns, result, self.target.outputs), started)
+                return json_answer(500, {"error": exc.message}, started)
+            return json_answer(200, answer(columns, result, self.target.outputs), started)
 
         return call
 
@@ -498,16 +498,18 @@ class SqlPoolBackend(Backend):
                     "active": bool(active),
                     "slot": document.get("slot"),
                     "document": document if isinstance(document, dict) else {},
-                    "config_id": _document_id(record) if record else None,
+                    "config_id": document_id(record) if record else None,
                 }
             )
         return versions
 
     def _table_exists(self) -> bool:
-        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'U');", (self._table_name(),)))
+        return first_value_true(self.connection.execute("SELECT OBJECT_ID(?, N'U');", (self._table_name(),)))
 
     def _procedure_exists(self) -> bool:
-        return _truthy(self.connection.execute("SELECT OBJECT_ID(?, N'P');", (self._procedure_name(),)))
+        return first_value_true(
+            self.connection.execute("SELECT OBJECT_ID(?, N'P');", (self._procedure_name(),))
+        )
 
     def _endpoint_key(self) -> str:
         from tdsp_deploy.backends.synapse import predict_tsql
@@ -554,27 +556,3 @@ def answer(columns: Sequence[str], rows: Sequence[Sequence[Any]], outputs: Seque
         )
     picks = [position[name.lower()] for name in wanted]
     return {"columns": wanted, "data": [[row[i] for i in picks] for row in rows]}
-
-
-def _document_id(document: str) -> str:
-    """The config_id of a deployment document (without the slot it was pushed as)."""
-    try:
-        doc = json.loads(document)
-    except ValueError:
-        return ""
-    if isinstance(doc, dict):
-        doc.pop("slot", None)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _truthy(rows: Sequence[Sequence[Any]]) -> bool:
-    return bool(rows) and bool(rows[0]) and rows[0][0] not in (None, 0, False, "0")
-
-
-def _result(status: int, doc: Any, started: float) -> InvokeResult:
-    return InvokeResult(
-        status=status,
-        body=json.dumps(doc, default=str).encode(),
-        headers={"content-type": "application/json"},
-        elapsed_ms=(time.perf_counter() - started) * 1000.0,
-    )
