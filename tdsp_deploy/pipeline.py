@@ -8,6 +8,7 @@ its log rides on the error, and the error's exit code says which step failed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -237,10 +238,8 @@ def _roll_back(
 ) -> None:
     progress(ProgressEvent(step="rollback", message=f"rolling back {slot}"))
     steps: list[str] = []
-    try:
+    with contextlib.suppress(TdspError):
         error.details.setdefault("log_tail", backend.logs(slot, tail=LOG_TAIL_LINES))
-    except TdspError:
-        pass
     try:
         if traffic_changed:
             change_traffic(backend, before, current_split(before), "rollback")

@@ -95,8 +95,9 @@ def collect_predictions(
             chunk = rows.features[start : start + batch]
             answer = caller(json.dumps({"data": chunk}).encode())
             if answer.status != 200:
+                rows_sent = f"rows {start + 1}-{start + len(chunk)}"
                 raise BackendError(
-                    f"deployment '{slot}' answered HTTP {answer.status} to rows {start + 1}-{start + len(chunk)}",
+                    f"deployment '{slot}' answered HTTP {answer.status} to {rows_sent}",
                     hint=f"see `tdsp-deploy logs --deployment {slot}`",
                 )
             predictions += predictions_of(answer.json(), len(chunk))

@@ -523,7 +523,12 @@ class FakeAzureML:
             # Only an MLflow model deploys without a scoring script and environment (no-code
             # deployment); its model folder must hold the MLmodel file.
             model = self._model_entity(deployment.model)
-            if code is not None or deployment.environment is not None or model is None or model.type != "mlflow_model":
+            if (
+                code is not None
+                or deployment.environment is not None
+                or model is None
+                or model.type != "mlflow_model"
+            ):
                 raise refuse(
                     400,
                     "BadArgument",

@@ -3,6 +3,7 @@ test leaves a process running."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -80,10 +81,8 @@ def no_process_left(state_home: Path):  # type: ignore[no-untyped-def]
         if process.pid not in before:
             left.append(process)
     for process in left:
-        try:
+        with contextlib.suppress(psutil.Error):
             process.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(left, timeout=5)
     assert not left, f"processes left running: {[p.info.get('cmdline') for p in left]}"
 
@@ -93,9 +92,12 @@ def _project_processes(home: Path) -> list[psutil.Process]:
     for process in psutil.process_iter(["cmdline", "environ"]):
         try:
             cmdline = " ".join(process.info.get("cmdline") or [])
-            if "tdsp_deploy.backends.local" in cmdline and str(home) in " ".join(
-                f"{k}={v}" for k, v in (process.info.get("environ") or {}).items()
-            ) or "tdsp_deploy.backends.local" in cmdline and str(home) in cmdline:
+            if (
+                "tdsp_deploy.backends.local" in cmdline
+                and str(home) in " ".join(f"{k}={v}" for k, v in (process.info.get("environ") or {}).items())
+                or "tdsp_deploy.backends.local" in cmdline
+                and str(home) in cmdline
+            ):
                 found.append(process)
         except psutil.Error:
             continue

@@ -345,7 +345,9 @@ def test_health_progress_is_reported_while_waiting(fake, project):
     push(loaded, backend)
     health = [e for e in events if e.step == "health"]
     # the budget left of target.timeout (30 s) at that point of the push
-    assert any("waiting for blue" in e.message and e.timeout is not None and 25 < e.timeout <= 30 for e in health)
+    assert any(
+        "waiting for blue" in e.message and e.timeout is not None and 25 < e.timeout <= 30 for e in health
+    )
     assert health[-1].message == "blue is healthy"
 
 

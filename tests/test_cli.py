@@ -250,8 +250,14 @@ def test_azureml_render_then_import_gives_back_a_valid_manifest(cli, iris, tmp_p
     assert "$schema" in (review / "deployment.yml").read_text()
     pair = (review / "endpoint.yml", review / "deployment.yml")
     imported = tmp_path / "imported" / "deploy.yaml"
-    workspace = ("--subscription-id", "00000000-0000-0000-0000-000000000000",
-                 "--resource-group", "rg-models", "--workspace", "ws-models")
+    workspace = (
+        "--subscription-id",
+        "00000000-0000-0000-0000-000000000000",
+        "--resource-group",
+        "rg-models",
+        "--workspace",
+        "ws-models",
+    )
     result = cli("import", *pair, "-o", imported, *workspace, "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     back = yaml.safe_load(imported.read_text())

@@ -54,7 +54,9 @@ def two_versions(cli, manifest: Path, *, failing: bool = False) -> Client:  # ty
 def test_an_experiment_from_start_to_promotion(cli, iris, tmp_path):
     try:
         client = two_versions(cli, iris)
-        started = cli("ab", "start", iris, "--control", "blue", "--treatment", "green", "--split", "50", "--json")
+        started = cli(
+            "ab", "start", iris, "--control", "blue", "--treatment", "green", "--split", "50", "--json"
+        )
         assert started.exit_code == 0, started.stdout + started.stderr
         required = started.json()["required_per_variant"]
         assert 50 < required < 200  # 0.3 -> 0.5 at alpha 0.05, power 0.8: about 90 per variant
@@ -103,7 +105,10 @@ def test_an_experiment_from_start_to_promotion(cli, iris, tmp_path):
 def test_a_guardrail_breach_rolls_back(cli, iris):
     try:
         client = two_versions(cli, iris, failing=True)
-        assert cli("ab", "start", iris, "--control", "blue", "--treatment", "green", "--split", "50").exit_code == 0
+        assert (
+            cli("ab", "start", iris, "--control", "blue", "--treatment", "green", "--split", "50").exit_code
+            == 0
+        )
         body = (iris.parent / "sample-request.json").read_bytes()
         marked = body.rstrip()[:-1] + b', "fail": true}'
         for number in range(300):
@@ -120,8 +125,20 @@ def test_replay_compares_both_variants_on_the_same_rows(cli, iris, tmp_path):
     try:
         two_versions(cli, iris)
         rows = iris.parent / "labelled.csv"  # the 150 iris rows with their species
-        result = cli("ab", "replay", iris, "--data", rows, "--label", "species",
-                     "--control", "blue", "--treatment", "green", "--json")
+        result = cli(
+            "ab",
+            "replay",
+            iris,
+            "--data",
+            rows,
+            "--label",
+            "species",
+            "--control",
+            "blue",
+            "--treatment",
+            "green",
+            "--json",
+        )
         assert result.exit_code == ExitCode.AB_INCONCLUSIVE  # the same model twice: no difference
         replay = result.json()
         assert replay["task"] == "classification" and replay["rows"] == 150

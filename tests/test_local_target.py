@@ -345,10 +345,17 @@ def test_sigterm_during_push_rolls_back_exits_130_and_leaves_no_process(iris, st
     import time
 
     score = iris.parent / "src" / "score.py"
-    score.write_text(score.read_text().replace("def init():", "def init():\n    import time; time.sleep(30)", 1))
+    score.write_text(
+        score.read_text().replace("def init():", "def init():\n    import time; time.sleep(30)", 1)
+    )
     env = {**os.environ, "TDSP_DEPLOY_HOME": str(state_home)}
-    push = subprocess.Popen([sys.executable, "-m", "tdsp_deploy", "push", str(iris), "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    push = subprocess.Popen(
+        [sys.executable, "-m", "tdsp_deploy", "push", str(iris), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         record = state_home / "endpoints" / "iris" / "endpoint.json"
         deadline = time.monotonic() + 60
@@ -364,12 +371,17 @@ def test_sigterm_during_push_rolls_back_exits_130_and_leaves_no_process(iris, st
     finally:
         if push.poll() is None:
             push.kill()
-        subprocess.run([sys.executable, "-m", "tdsp_deploy", "delete", str(iris), "--yes"], env=env,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "tdsp_deploy", "delete", str(iris), "--yes"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
 
 
-def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(cli, iris, state_home, tmp_path,
-                                                                             monkeypatch):
+def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
+    cli, iris, state_home, tmp_path, monkeypatch
+):
     """Whatever the tool prints or writes (output, state, logs, package, render) holds no secret."""
     secret = "s3cr3t-7f1e9c2b-PLANTED"
     monkeypatch.setenv("PLANTED_API_TOKEN", secret)
@@ -378,10 +390,18 @@ def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
     iris.write_text(yaml.safe_dump(doc))
     outputs = []
     try:
-        for command in (["validate", iris], ["push", iris], ["push", iris, "--json"], ["status", iris],
-                        ["status", iris, "--json"], ["logs", iris], ["test", iris, "--json"],
-                        ["package", iris, "-o", tmp_path / "dist"], ["render", iris, "-o", tmp_path / "review"],
-                        ["invoke", iris, "--request", iris.parent / "sample-request.json"]):
+        for command in (
+            ["validate", iris],
+            ["push", iris],
+            ["push", iris, "--json"],
+            ["status", iris],
+            ["status", iris, "--json"],
+            ["logs", iris],
+            ["test", iris, "--json"],
+            ["package", iris, "-o", tmp_path / "dist"],
+            ["render", iris, "-o", tmp_path / "review"],
+            ["invoke", iris, "--request", iris.parent / "sample-request.json"],
+        ):
             result = cli(*command)
             assert result.exit_code == 0, (command, result.stderr)
             outputs.append(result.stdout + result.stderr)
@@ -394,8 +414,12 @@ def test_a_planted_secret_appears_in_no_output_log_state_file_render_or_package(
         assert cli("invoke", iris, "--request", iris.parent / "sample-request.json").exit_code == 0
         for text in outputs:
             assert secret not in text
-        written = [p for root in (state_home, tmp_path / "dist", tmp_path / "review") for p in root.rglob("*")
-                   if p.is_file()]
+        written = [
+            p
+            for root in (state_home, tmp_path / "dist", tmp_path / "review")
+            for p in root.rglob("*")
+            if p.is_file()
+        ]
         assert any(p.suffix == ".tar" for p in written) and any(p.name == "local-plan.json" for p in written)
         for path in written:
             assert secret.encode() not in path.read_bytes(), path

@@ -231,7 +231,7 @@ class Backend(abc.ABC):
             return next(new_callers)(body)
 
     # -- experiments ---------------------------------------------------------------------
-    def set_experiment(self, experiment_id: str) -> None:
+    def set_experiment(self, experiment_id: str) -> None:  # noqa: B027 (optional hook: most targets need nothing)
         """A new A/B experiment starts: targets that hash sticky keys salt them with its id."""
 
     def request_records(self, since: float) -> Iterator[dict[str, Any]]:

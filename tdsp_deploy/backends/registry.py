@@ -45,7 +45,8 @@ class Registry:
         if entry_point is None:
             raise PluginError(
                 f"no backend for target kind '{kind}'; installed: {', '.join(self.kinds) or 'none'}",
-                hint=f"install the package that provides it (for built-ins: pip install 'tdsp-deploy[{kind}]')",
+                hint="install the package that provides it"
+                f" (for built-ins: pip install 'tdsp-deploy[{kind}]')",
             )
         try:
             backend = entry_point.load()

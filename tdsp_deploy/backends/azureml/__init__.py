@@ -189,8 +189,12 @@ class AzureMLBackend(Backend):
         package_dir = self._unpacked(package)
         model = entities.build_model(self.manifest, lock, package_dir / lock.model.path)
         no_code = entities.is_no_code(self.manifest)  # an MLflow model: Azure ML brings both
-        environment = None if no_code else entities.build_environment(
-            self.manifest, lock, package_dir / "environment" if lock.environment else None
+        environment = (
+            None
+            if no_code
+            else entities.build_environment(
+                self.manifest, lock, package_dir / "environment" if lock.environment else None
+            )
         )
         # before anything is created or uploaded
         entities.validate_entities(model, *([environment] if environment is not None else []))

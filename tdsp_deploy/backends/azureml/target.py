@@ -314,8 +314,12 @@ def _environment_findings(manifest: ManifestBase) -> list[Finding]:
     if manifest.model.flavor == "mlflow" and manifest.scoring is None:
         # No-code deployment: Azure ML builds the environment from the model's MLmodel file.
         return [
-            Finding((("environment", field)), "ignored: Azure ML serves an MLflow model with the "
-                    "environment its MLmodel file describes (no-code deployment)", "warning")
+            Finding(
+                (("environment", field)),
+                "ignored: Azure ML serves an MLflow model with the "
+                "environment its MLmodel file describes (no-code deployment)",
+                "warning",
+            )
             for field in ("image", "requirements", "conda_file")
             if getattr(env, field) is not None
         ]

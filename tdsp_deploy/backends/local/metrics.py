@@ -138,24 +138,24 @@ class Measurements:
         requests in flight to each deployment right now (a gauge) when given."""
         endpoint = _label(self.endpoint)
         out = [
-            "# HELP tdsp_requests_total Requests answered through the endpoint, by deployment and status code.",
+            "# HELP tdsp_requests_total"
+            " Requests answered through the endpoint, by deployment and status code.",
             "# TYPE tdsp_requests_total counter",
         ]
         for name, counters in sorted(self.slots.items()):
             for code, count in sorted(counters.codes.items()):
-                out.append(
-                    f'tdsp_requests_total{{endpoint="{endpoint}",deployment="{_label(name)}",code="{code}"}} {count}'
-                )
+                labels = f'endpoint="{endpoint}",deployment="{_label(name)}",code="{code}"'
+                out.append(f"tdsp_requests_total{{{labels}}} {count}")
         out += [
             "# HELP tdsp_request_errors_total Requests answered with a status of 500 or more.",
             "# TYPE tdsp_request_errors_total counter",
         ]
         for name, counters in sorted(self.slots.items()):
-            out.append(
-                f'tdsp_request_errors_total{{endpoint="{endpoint}",deployment="{_label(name)}"}} {counters.errors}'
-            )
+            labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
+            out.append(f"tdsp_request_errors_total{{{labels}}} {counters.errors}")
         out += [
-            "# HELP tdsp_request_duration_seconds Time from the request's arrival to its answer, at the router.",
+            "# HELP tdsp_request_duration_seconds"
+            " Time from the request's arrival to its answer, at the router.",
             "# TYPE tdsp_request_duration_seconds histogram",
         ]
         for name, counters in sorted(self.slots.items()):
@@ -168,7 +168,8 @@ class Measurements:
             out.append(f"tdsp_request_duration_seconds_sum{{{labels}}} {counters.latency_sum:.6f}")
             out.append(f"tdsp_request_duration_seconds_count{{{labels}}} {counters.count}")
         out += [
-            "# HELP tdsp_shadow_answers_total Mirrored requests, by whether the shadow answered as the live slot did.",
+            "# HELP tdsp_shadow_answers_total"
+            " Mirrored requests, by whether the shadow answered as the live slot did.",
             "# TYPE tdsp_shadow_answers_total counter",
         ]
         for name, counters in sorted(self.slots.items()):
@@ -179,7 +180,8 @@ class Measurements:
                     f'tdsp_shadow_answers_total{{{labels},agreed="false"}} {counters.shadow_disagreed}'
                 )
         out += [
-            "# HELP tdsp_requests_retried_total Requests sent to another deployment: this one was unreachable.",
+            "# HELP tdsp_requests_retried_total"
+            " Requests sent to another deployment: this one was unreachable.",
             "# TYPE tdsp_requests_retried_total counter",
         ]
         for name, counters in sorted(self.slots.items()):
