@@ -5,8 +5,9 @@ Ours: ``tdsp-deploy run MANIFEST --local --master local[2]`` on a parquet of N r
 --quick: 100,000): the generated job reads it, scores it with mapInPandas over Arrow batches
 (model loaded once per Python worker) and writes every row with its predictions and model
 version as parquet. The input is written in row groups of 50,000 rows (a parquet split is a
-row group: a file of one huge row group is read by one task). Peer: one Python process that reads the same parquet with pandas, calls
-the same model's predict and predict_proba, and writes the same columns as parquet.
+row group: a file of one huge row group is read by one task).
+Peer: one Python process that reads the same parquet with pandas, calls the same model's predict
+and predict_proba, and writes the same columns as parquet.
 
 Two models, so that the figure is not one model's accident: a logistic regression (cheap to
 score: the run is mostly reading, converting and writing) and a random forest of 100 trees
@@ -19,6 +20,13 @@ score: the run is mostly reading, converting and writing) and a random forest of
 - peak memory (RSS) of each side: the Spark process tree (JVM + Python workers) and the peer.
 
     python bench/spark_batch.py [--quick]
+    python bench/spark_batch.py --scale [--quick]
+
+``--scale`` runs both sides at 100,000, 300,000, 1,000,000 and 3,000,000 rows and reports the
+marginal rate of a straight line fitted through each side's times (what each further row costs
+once the JVM, the workers and the model are up, which is what a bigger cluster multiplies)
+and the job's fixed seconds, with the plot in
+``bench/scale_spark.png`` and its points in ``bench/scale_spark.json``.
 
 Prints one JSON document on stdout; progress notes go to stderr.
 """
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -124,102 +133,186 @@ def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float,
     return time.perf_counter() - started, stdout, peak
 
 
+def write_rows(path: Path, count: int) -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(count, len(FEATURES))), columns=FEATURES)
+    frame.insert(0, "customer_id", np.arange(count, dtype=np.int64))
+    # row groups of 50,000 rows, as a Spark-written or appended dataset has: a parquet split
+    # is a row group, and one row group of a million rows would be read by one task
+    frame.to_parquet(path, index=False, row_group_size=50_000)
+    note(f"{count:,} rows in {path.stat().st_size / 2**20:.1f} MiB of parquet")
+
+
+def measure_pair(work: Path, name: str, model: Any, source: Path, count: int, env: dict[str, str]) -> dict:
+    """The pandas peer, then the job, on the same ``count`` rows: their times and peak memory."""
+    project = make_project(work / name)
+    model_file = work / name / "model" / "model.pkl"
+    model_file.write_bytes(pickle.dumps(model))
+    (work / "peer.py").write_text(PEER)
+    note(f"{name}, {count:,} rows: pandas peer")
+    peer_wall, peer_out, peer_peak = measured(
+        [
+            sys.executable,
+            str(work / "peer.py"),
+            str(model_file),
+            str(source),
+            str(work / "peer.parquet"),
+            ",".join(FEATURES),
+        ],
+        env,
+        work,
+    )
+    note(f"{name}, {count:,} rows: tdsp-deploy run --local --master local[2]")
+    scored = work / f"{name}-{count}-scored.parquet"
+    ours_wall, ours_out, ours_peak = measured(
+        [*tdsp_deploy(), "run", str(project), "--local", "--master", "local[2]"]
+        + ["-i", str(source), "-o", str(scored), "--json"],
+        env,
+        work,
+    )
+    summary = json.loads(ours_out)
+    if summary.get("rows") != count:
+        raise RuntimeError(f"the job scored {summary.get('rows')} rows, not {count}")
+    with contextlib.suppress(OSError):
+        subprocess.run(["rm", "-rf", str(scored), str(work / "peer.parquet")], check=False)
+    pair = {
+        "rows": count,
+        "job_s": summary["seconds"],
+        "peer_s": float(peer_out.strip().splitlines()[-1]),
+        "command_s": ours_wall,
+        "peer_command_s": peer_wall,
+        "ours_peak_rss_mib": round(ours_peak / 2**20, 1),
+        "peer_peak_rss_mib": round(peer_peak / 2**20, 1),
+    }
+    note(
+        f"{name}: job {count / pair['job_s']:,.0f} rows/s, peer {count / pair['peer_s']:,.0f} rows/s,"
+        f" command {ours_wall:.1f} s"
+    )
+    return pair
+
+
+def ratio_entries(name: str, pair: dict[str, Any]) -> list[dict[str, Any]]:
+    count = pair["rows"]
+    job_rate, peer_rate = count / pair["job_s"], count / pair["peer_s"]
+    return [
+        result(
+            f"spark_batch_job_{name}",
+            job_rate,
+            peer_rate,
+            unit="rows/s",
+            goal=f"ratio >= {GOAL}",
+            met=job_rate / peer_rate >= GOAL,
+            rows=count,
+            job_seconds=pair["job_s"],
+            peer_seconds=round(pair["peer_s"], 3),
+            ours_peak_rss_mib=pair["ours_peak_rss_mib"],
+            peer_peak_rss_mib=pair["peer_peak_rss_mib"],
+            master="local[2]",
+        ),
+        result(
+            f"spark_batch_end_to_end_{name}",
+            count / pair["command_s"],
+            count / pair["peer_command_s"],
+            unit="rows/s",
+            goal="reported (JVM and Spark start included)",
+            met=None,
+            rows=count,
+            ours_seconds=round(pair["command_s"], 3),
+            peer_seconds=round(pair["peer_command_s"], 3),
+        ),
+    ]
+
+
+def scale_entries(name: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch time vs rows: a straight line fitted through the points (least squares) splits each
+    side's time into a fixed part and a part per row; the marginal rate (what each further row
+    costs once the JVM, the workers and the model are up, which is what a bigger cluster
+    multiplies) is compared, and the job's fixed seconds are reported beside it."""
+    rows = np.array([p["rows"] for p in pairs], dtype=float)
+    job_slope, job_fixed = np.polyfit(rows, [p["job_s"] for p in pairs], 1)
+    peer_slope, peer_fixed = np.polyfit(rows, [p["peer_s"] for p in pairs], 1)
+    job_rate, peer_rate = 1 / max(job_slope, 1e-12), 1 / max(peer_slope, 1e-12)
+    return [
+        result(
+            f"spark_batch_marginal_{name}",
+            job_rate,
+            peer_rate,
+            unit="rows/s",
+            goal=f"ratio >= {GOAL} (what a further row costs)",
+            met=job_rate / peer_rate >= GOAL,
+            job_fixed_seconds=round(float(job_fixed), 2),
+            peer_fixed_seconds=round(float(peer_fixed), 2),
+            points=pairs,
+            master="local[2]",
+        )
+    ]
+
+
+def plot_scale(series: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, pairs in series.items():
+        rows = [p["rows"] for p in pairs]
+        left.plot(rows, [p["job_s"] for p in pairs], "o-", label=f"{name}: job, local[2]")
+        left.plot(rows, [p["peer_s"] for p in pairs], "s--", label=f"{name}: pandas, 1 process")
+        right.plot(
+            rows, [p["ours_peak_rss_mib"] for p in pairs], "o-", label=f"{name}: Spark (JVM + workers)"
+        )
+        right.plot(rows, [p["peer_peak_rss_mib"] for p in pairs], "s--", label=f"{name}: pandas")
+    left.set(xscale="log", yscale="log", xlabel="rows", ylabel="seconds", title="Batch time vs rows")
+    right.set(xscale="log", xlabel="rows", ylabel="peak RSS (MiB)", title="Batch memory vs rows")
+    right.set_ylim(bottom=0)
+    for axis in (left, right):
+        axis.legend(fontsize=8)
+        axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="100,000 rows instead of 1,000,000")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="batch time vs rows (100,000 to 3,000,000; --quick: to 1,000,000), plotted to"
+        " bench/scale_spark.png with its JSON beside it",
+    )
     args = parser.parse_args()
-    count = 100_000 if args.quick else 1_000_000
-    entries = []
+    entries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-spark-") as scratch:
         work = Path(scratch)
         env = dict(
             os.environ, TDSP_DEPLOY_HOME=str(work / "home"), NO_COLOR="1", PYSPARK_PYTHON=sys.executable
         )
-        rng = np.random.default_rng(1)
-        frame = pd.DataFrame(rng.normal(size=(count, len(FEATURES))), columns=FEATURES)
-        frame.insert(0, "customer_id", np.arange(count, dtype=np.int64))
-        source = work / "rows.parquet"
-        # row groups of 50,000 rows, as a Spark-written or appended dataset has: a parquet split
-        # is a row group, and one row group of a million rows would be read by one task
-        frame.to_parquet(source, index=False, row_group_size=50_000)
-        note(f"{count:,} rows in {source.stat().st_size / 2**20:.1f} MiB of parquet")
+        if not args.scale:
+            count = 100_000 if args.quick else 1_000_000
+            source = work / "rows.parquet"
+            write_rows(source, count)
+            for name, model in models().items():
+                entries += ratio_entries(name, measure_pair(work, name, model, source, count, env))
+            emit(entries)
+            return
+        counts = (100_000, 300_000, 1_000_000) if args.quick else (100_000, 300_000, 1_000_000, 3_000_000)
+        sources = {}
+        for count in counts:
+            sources[count] = work / f"rows-{count}.parquet"
+            write_rows(sources[count], count)
+        series = {}
         for name, model in models().items():
-            project = make_project(work / name)
-            model_file = work / name / "model" / "model.pkl"
-            model_file.write_bytes(pickle.dumps(model))
-            (work / "peer.py").write_text(PEER)
-
-            note(f"{name}: pandas peer")
-            peer_wall, peer_out, peer_peak = measured(
-                [
-                    sys.executable,
-                    str(work / "peer.py"),
-                    str(model_file),
-                    str(source),
-                    str(work / "peer.parquet"),
-                    ",".join(FEATURES),
-                ],
-                env,
-                work,
-            )
-            peer_seconds = float(peer_out.strip().splitlines()[-1])
-
-            note(f"{name}: tdsp-deploy run --local --master local[2]")
-            ours_wall, ours_out, ours_peak = measured(
-                [
-                    *tdsp_deploy(),
-                    "run",
-                    str(project),
-                    "--local",
-                    "--master",
-                    "local[2]",
-                    "-i",
-                    str(source),
-                    "-o",
-                    str(work / f"{name}-scored.parquet"),
-                    "--json",
-                ],
-                env,
-                work,
-            )
-            summary = json.loads(ours_out)
-            if summary.get("rows") != count:
-                raise RuntimeError(f"the job scored {summary.get('rows')} rows, not {count}")
-            job_rate, peer_rate = count / summary["seconds"], count / peer_seconds
-            note(
-                f"{name}: job {job_rate:,.0f} rows/s, peer {peer_rate:,.0f} rows/s, command {ours_wall:.1f} s"
-            )
-            entries.append(
-                result(
-                    f"spark_batch_job_{name}",
-                    job_rate,
-                    peer_rate,
-                    unit="rows/s",
-                    goal=f"ratio >= {GOAL}",
-                    met=job_rate / peer_rate >= GOAL,
-                    rows=count,
-                    job_seconds=summary["seconds"],
-                    peer_seconds=round(peer_seconds, 3),
-                    ours_peak_rss_mib=round(ours_peak / 2**20, 1),
-                    peer_peak_rss_mib=round(peer_peak / 2**20, 1),
-                    master="local[2]",
-                )
-            )
-            entries.append(
-                result(
-                    f"spark_batch_end_to_end_{name}",
-                    count / ours_wall,
-                    count / peer_wall,
-                    unit="rows/s",
-                    goal="reported (JVM and Spark start included)",
-                    met=None,
-                    rows=count,
-                    ours_seconds=round(ours_wall, 3),
-                    peer_seconds=round(peer_wall, 3),
-                )
-            )
+            series[name] = [measure_pair(work, name, model, sources[c], c, env) for c in counts]
+            entries += scale_entries(name, series[name])
+        suffix = "_quick" if args.quick else ""
+        plot_scale(series, HERE / f"scale_spark{suffix}.png")
+        (HERE / f"scale_spark{suffix}.json").write_text(json.dumps(series, indent=2) + "\n")
+        note(f"wrote {HERE / f'scale_spark{suffix}.png'}")
     emit(entries)
 
 
