@@ -489,6 +489,8 @@ def status(
                 from tdsp_deploy import render_text
 
                 render_text.status_table(env, current)
+                for line in status_view.restart_lines(current):
+                    env.say(line)
             return _health_exit_code(env, current)
     watchers = [status_view.EndpointWatcher(backend) for backend in backends]
 

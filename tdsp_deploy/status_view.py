@@ -201,46 +201,93 @@ COLUMNS = (
     "req/s",
     "p95 ms",
     "errors",
+    "restarts",
     "deployed",
 )
 NUMBERS = frozenset({"traffic", "mirror", "req/s", "p95 ms", "errors"})
+# Why the supervisor restarted a slot, in the status table and in the lines under it.
+RESTART_REASONS = {"exit": "ended", "liveness": "hung"}
+RESTART_EXPLAINED = {"exit": "its process ended", "liveness": "it hung: its liveness probe went unanswered"}
 
 
 def table(env: Environment, snapshots: list[EndpointSnapshot], *, title: str | None = None) -> Any:
-    """One rich table: a row per deployment (and a column for the endpoint when there are several)."""
+    """One rich table: a row per deployment (and a column for the endpoint when there are several;
+    one for restarts when the supervisor restarted any)."""
     from rich import box
     from rich.table import Table
 
-    several = len(snapshots) > 1
-    columns = COLUMNS if several else COLUMNS[1:]
+    rows: list[dict[str, str]] = []
+    for snapshot in snapshots:
+        status = snapshot.status
+        if not status.slots:
+            state = "no deployment" if status.exists else "not deployed"
+            rows.append({"endpoint": status.name, "deployment": "-", "state": state})
+        for slot in status.slots:
+            rates = snapshot.rates.get(slot.name, {})
+            rows.append(
+                {
+                    "endpoint": status.name,
+                    "deployment": slot.name,
+                    "state": slot.state,
+                    "traffic": f"{slot.traffic}%",
+                    "mirror": f"{slot.mirror}%" if slot.mirror else "-",
+                    "version": slot.model_version or "-",
+                    "req/s": _number(rates.get("requests_per_second"), "{:.1f}"),
+                    "p95 ms": _number(rates.get("p95_ms"), "{:.1f}"),
+                    "errors": _number(rates.get("error_rate"), "{:.1%}"),
+                    "restarts": restarts(slot.details) or "-",
+                    "deployed": _when(slot.details.get("deployed_at")),
+                }
+            )
+    columns = [
+        column
+        for column in COLUMNS
+        if (column != "endpoint" or len(snapshots) > 1)
+        and (column != "restarts" or any(row.get("restarts", "-") != "-" for row in rows))
+    ]
     grid = Table(
         title=title,
         box=box.SIMPLE if env.colors else box.ASCII,
         title_justify="left",
     )
-    for column in columns:
-        grid.add_column(column, justify="right" if column in NUMBERS else "left", no_wrap=True)
-    for snapshot in snapshots:
-        status = snapshot.status
-        first = [status.name] if several else []
-        if not status.slots:
-            state = "no deployment" if status.exists else "not deployed"
-            grid.add_row(*first, "-", state, *["-"] * (len(COLUMNS) - 3))
-        for slot in status.slots:
-            rates = snapshot.rates.get(slot.name, {})
-            grid.add_row(
-                *first,
-                slot.name,
-                slot.state,
-                f"{slot.traffic}%",
-                f"{slot.mirror}%" if slot.mirror else "-",
-                slot.model_version or "-",
-                _number(rates.get("requests_per_second"), "{:.1f}"),
-                _number(rates.get("p95_ms"), "{:.1f}"),
-                _number(rates.get("error_rate"), "{:.1%}"),
-                _when(slot.details.get("deployed_at")),
-            )
+    for column in columns:  # the restarts cell may fold on a narrow terminal; the others not
+        grid.add_column(
+            column, justify="right" if column in NUMBERS else "left", no_wrap=column != "restarts"
+        )
+    for row in rows:
+        grid.add_row(*(row.get(column, "-") for column in columns))
     return grid
+
+
+def restarts(details: dict[str, Any]) -> str | None:
+    """The table's cell: how often the supervisor restarted a slot, why and when the last time
+    (``2 (hung, 11-30 07:41)``); None when it never did."""
+    count = details.get("restarts") or 0
+    if not count:
+        return None
+    reason = details.get("last_restart_reason")
+    last = [RESTART_REASONS.get(reason, reason)] if reason else []
+    if details.get("last_restart_at"):
+        last.append(_when(details["last_restart_at"]))
+    return f"{count} ({', '.join(last)})" if last else str(count)
+
+
+def restart_lines(status: EndpointStatus) -> list[str]:
+    """A line per slot the supervisor restarted, under the plain `status` table."""
+    lines = []
+    for slot in status.slots:
+        count = slot.details.get("restarts") or 0
+        if not count:
+            continue
+        line = f"{slot.name}: restarted {count} time{'s' if count != 1 else ''} by the supervisor"
+        at = slot.details.get("last_restart_at")
+        if at:
+            line += ", last at " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at)))
+        reason = slot.details.get("last_restart_reason")
+        if reason:
+            line += f" ({RESTART_EXPLAINED.get(reason, reason)})"
+        lines.append(line)
+    return lines
 
 
 def _number(value: Any, shape: str) -> str:

@@ -73,6 +73,8 @@ def test_restart_back_off_doubles_to_its_ceiling_and_resets_after_a_healthy_stre
     assert policy.next_delay() == 30
     policy.ran_for(60.0)
     assert [policy.next_delay() for _ in range(3)] == [0.5, 1, 2]
+    # a slot that crash-loops for hours: the delay stays at the ceiling (2**1024 is no float)
+    assert {policy.next_delay() for _ in range(3000)} == {4, 8, 16, 30}
 
 
 def test_the_lock_of_a_killed_command_is_taken_over_at_once(state_home):
@@ -92,9 +94,11 @@ def test_the_lock_of_a_killed_command_is_taken_over_at_once(state_home):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(BackendError, match="locked by another command"):
-            with EndpointLock(EndpointFiles("iris"), timeout=0.2):
-                pass
+        with (
+            pytest.raises(BackendError, match="locked by another command"),
+            EndpointLock(EndpointFiles("iris"), timeout=0.2),
+        ):
+            pass
         holder.kill()
         holder.wait(timeout=30)
         with EndpointLock(EndpointFiles("iris"), timeout=30) as lock:  # a stale lock would time out

@@ -90,7 +90,7 @@ class RouterProcess:
         self.port = free_port()
         self.config_path = tmp / "router.json"
         self.write(slots, generation=1, timeout_s=timeout_s, max_bytes=max_bytes)
-        self.log = open(tmp / "router.log", "wb")
+        self.log = open(tmp / "router.log", "wb")  # noqa: SIM115 (closed by stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.config_path)],
             stdout=self.log,
@@ -232,7 +232,8 @@ def test_keeps_client_connections_alive(make_router, blue):
 def test_answers_pipelined_requests_in_order(make_router, blue):
     router = make_router({"blue": (blue.port, 100)})
     requests = b"".join(
-        f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 1\r\n\r\n{n}".encode()
+        f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Length: 1\r\n\r\n{n}".encode()
         for n in range(3)
     )
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
@@ -286,6 +287,33 @@ def test_pinned_request_to_an_unreachable_slot_is_a_503_and_the_router_keeps_ser
     assert status == 503 and headers["azureml-model-deployment"] == "gone"
     assert "deployment 'gone' is unavailable" in json.loads(body)["message"]
     assert router.post()[0] == 200
+
+
+def test_a_slot_down_for_long_keeps_getting_503s_and_the_others_keep_serving(make_router, blue):
+    """A slot that stays down is refused on every request pinned to it: well past 1024 refusals
+    in a row (where its back-off once overflowed, the router's task died and the caller's
+    connection was never answered again) pinned callers still get 503s on the same kept-alive
+    connection, and weighted ones still reach the other slot."""
+    router = make_router({"blue": (blue.port, 50), "gone": (free_port(), 50)})
+    connection = router.connection()
+    pinned = {**AUTH, "azureml-model-deployment": "gone"}
+    statuses: Counter[int] = Counter()
+    for _ in range(1100):
+        connection.request("POST", "/score", body=b"{}", headers=pinned)
+        response = connection.getresponse()
+        response.read()
+        statuses[response.status] += 1
+    assert statuses == {503: 1100}
+    time.sleep(5.5)  # the longest back-off: weighted requests try the dead slot again, and retry
+    for _ in range(20):
+        connection.request("POST", "/score", body=b"{}", headers=AUTH)
+        response = connection.getresponse()
+        assert (response.status, response.getheader("azureml-model-deployment")) == (200, "blue")
+        response.read()
+    connection.close()
+    log = (router.dir / "router.log").read_text()
+    assert "Traceback" not in log
+    assert log.count("deployment gone (port") <= 12  # said at 1, 2, 4, ... 1024 refusals, not 1100 times
 
 
 def test_upstream_connections_are_pooled_and_reused(make_router):
@@ -397,6 +425,7 @@ def test_drain_refuses_bad_requests(make_router, blue):
     assert router.control("/-/drain", {"deployment": "nope"})[0] == 404
     assert router.control("/-/drain", {})[0] == 400
     assert router.control("/-/drain", {"deployment": "blue", "timeout_s": "soon"})[0] == 400
+    assert router.control("/-/drain", {"deployment": "blue", "timeout_s": 10**400})[0] == 400  # no float
     assert router.control("/-/drain", {"deployment": "blue"}, headers={})[0] == 401  # needs the key
     connection = router.connection()
     connection.request("GET", "/-/drain", headers=AUTH)
@@ -434,6 +463,43 @@ def test_oversized_and_malformed_requests(make_router, blue):
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(1000).startswith(b"HTTP/1.1 400")
     assert router.post()[0] == 200
+
+
+def test_scoring_bodies_that_are_not_json_are_refused_unless_the_slot_takes_raw_requests(make_router, blue):
+    raw = Upstream("raw")
+    try:
+        router = make_router({"blue": (blue.port, 100), "raw": (raw.port, 0, 0, True)})
+        status, headers, body = router.post(b"a,b", {"Content-Type": "text/csv"})
+        assert status == 415 and "'Content-Type: application/json'" in json.loads(body)["message"]
+        assert headers["azureml-model-deployment"] == "blue"  # as if the slot had answered it
+        status, _, body = router.post(b'{"a": tru}')
+        assert status == 400 and "line 1, column 7" in json.loads(body)["message"]
+        assert router.post(b"")[0] == 400
+        status, _, body = router.post(b"\xef\xbb\xbf{}")
+        assert status == 400 and "byte order mark" in json.loads(body)["message"]
+        for content_type in (
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "APPLICATION/JSON",
+        ):
+            assert router.post(b'{"a": 1}', {"Content-Type": content_type})[0] == 200, content_type
+        assert router.post(b"[1, 2]")[0] == 200  # no Content-Type: the body alone decides
+        # a slot whose run() takes raw requests gets them as they were sent
+        pin = {"azureml-model-deployment": "raw", "Content-Type": "text/csv"}
+        status, headers, body = router.post(b"a,b", pin)
+        assert status == 200 and json.loads(body)["body"] == "a,b"
+        assert headers["azureml-model-deployment"] == "raw"
+        # only POST /score is the scoring script's: other paths go through as they are
+        connection = router.connection()
+        connection.request("POST", "/other", body=b"plain", headers={**AUTH, "Content-Type": "text/plain"})
+        assert connection.getresponse().status == 200
+        connection.close()
+        metrics = router.get_text("/metrics")
+        assert re.search(r'tdsp_requests_total\{[^}]*deployment="blue"[^}]*code="415"[^}]*\} 1', metrics), (
+            metrics
+        )
+    finally:
+        raw.shutdown()
 
 
 def test_sighup_reloads_routes_and_weights_split_traffic(make_router, blue):
@@ -515,7 +581,7 @@ def test_sticky_keys_always_reach_the_same_slot(make_router, blue):
     try:
         router = make_router({"blue": (blue.port, 50), "green": (green.port, 50)}, sticky_header="X-User")
         seen: dict[str, set[str]] = {}
-        for round_ in range(3):
+        for _ in range(3):
             for user in range(40):
                 _, headers, _ = router.post(headers={"x-user": f"user-{user}"})
                 seen.setdefault(f"user-{user}", set()).add(headers["azureml-model-deployment"])

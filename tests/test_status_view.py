@@ -35,6 +35,52 @@ def test_counters_and_p95_come_from_the_routers_own_exposition():
     assert window.requests == 5 and window.errors == 0
 
 
+def test_the_table_and_the_plain_status_show_restarts_with_their_reason_and_time():
+    """`status` prints what the supervisor did to each slot: how often, why, when last."""
+    import io
+
+    from tdsp_deploy.backends.base import EndpointStatus, SlotStatus
+    from tdsp_deploy.output import Environment
+    from tdsp_deploy.status_view import EndpointSnapshot, restart_lines, table
+
+    at = time.mktime((2026, 11, 30, 7, 41, 2, 0, 0, -1))
+    hung = {"restarts": 2, "last_restart_reason": "liveness", "last_restart_at": at, "deployed_at": at}
+    ended = {"restarts": 1, "last_restart_reason": "exit", "last_restart_at": at}
+    status = EndpointStatus(
+        "iris",
+        "local",
+        True,
+        "http://127.0.0.1:1/score",
+        slots=[
+            SlotStatus("blue", "healthy", 50, details=hung),
+            SlotStatus("green", "healthy", 50, details=ended),
+            SlotStatus("red", "healthy", 0, details={"restarts": 0}),
+        ],
+    )
+    stderr = io.StringIO()
+    env = Environment(stdout=io.StringIO(), stderr=stderr, stderr_isatty=False, environ={})
+    env.console().print(table(env, [EndpointSnapshot(status, at, {}, None)]))
+    rows = {
+        line.split("|")[1].strip(): line for line in stderr.getvalue().splitlines() if line.count("|") > 3
+    }
+    assert "restarts" in rows["deployment"]
+    assert "2 (hung, 11-30 07:41)" in rows["blue"]
+    assert "1 (ended, 11-30 07:41)" in rows["green"]
+    assert "(" not in rows["red"]
+    calm = EndpointStatus(
+        "iris", "local", True, slots=[SlotStatus("red", "healthy", 100, details={"restarts": 0})]
+    )
+    stderr.truncate(0)
+    env.console().print(table(env, [EndpointSnapshot(calm, at, {}, None)]))
+    assert "deployed" in stderr.getvalue() and "restarts" not in stderr.getvalue()  # only when there are some
+    assert restart_lines(calm) == []
+    assert restart_lines(status) == [
+        "blue: restarted 2 times by the supervisor, last at 2026-11-30 07:41:02 "
+        "(it hung: its liveness probe went unanswered)",
+        "green: restarted 1 time by the supervisor, last at 2026-11-30 07:41:02 (its process ended)",
+    ]
+
+
 def _starter(cli, root: Path, name: str) -> Path:
     assert cli("init", root / name, "--name", name).exit_code == 0
     return root / name / "deploy.yaml"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import Backend, Caller, EndpointStatus, ProgressEvent, SlotStatus, no_progress
 from tdsp_deploy.backends.local import processes
+from tdsp_deploy.backends.local.entry_script import takes_raw_requests
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
 from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
@@ -111,8 +112,10 @@ class LocalBackend(Backend):
                 "revision": slot.revision,
                 "deployed_at": slot.deployed_at,
                 "log": str(slot.log_path),
-                "restarts": slot.restarts,  # by the supervisor, after the process died
+                "restarts": slot.restarts,  # by the supervisor: the process ended, or hung
                 "last_exit": slot.last_exit,
+                "last_restart_reason": slot.last_restart_reason,
+                "last_restart_at": slot.last_restart_at,
             },
         )
 
@@ -203,6 +206,14 @@ class LocalBackend(Backend):
                 f"target.host {self.target.host} lets other machines reach the endpoint (the key still "
                 "guards it); use 127.0.0.1 unless that is what you want"
             )
+        probe, timeout_ms = self.target.liveness_probe, self.target.request_timeout_ms
+        silence = probe.period * probe.failure_threshold  # a busy worker answers no probe meanwhile
+        if silence < timeout_ms / 1000:
+            warnings.append(
+                f"target.liveness_probe gives up on a slot after {silence} s without an answer, less "
+                f"than target.request_timeout_ms ({timeout_ms} ms): a slot busy with one long request "
+                "may be restarted; raise period or failure_threshold"
+            )
         # Slots run in this Python environment: say where it differs from the manifest's.
         return warnings + check_environment(self.manifest.environment)
 
@@ -258,6 +269,8 @@ class LocalBackend(Backend):
             traffic=previous.traffic if previous else 0,
             previous=previous,
             command=command,
+            raw_http=takes_raw_requests(directory / "package" / "code" / lock.scoring_script_name),
+            liveness_probe=self.target.liveness_probe.model_dump(),
         )
         self.files.write(record)
         if stale is not None:
@@ -492,6 +505,7 @@ class LocalBackend(Backend):
                 "command": [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(state)],
                 "restarts": "a slot process that ends, on the same port, after 0.5 s doubling to 30 s "
                 "(reset after 60 s up); its files are checked against the package lock first",
+                "liveness_probe": self.target.liveness_probe.model_dump(),
             },
             "rollout": self.manifest.rollout.model_dump(),
         }
@@ -530,7 +544,7 @@ class LocalBackend(Backend):
         for name, slot in sorted(record.slots.items()):
             serving = slot if slot.supervised or _probe(slot.port, timeout=1.0) else slot.previous
             if serving is not None:
-                routes.append(SlotRoute(name, serving.port, slot.traffic, slot.mirror))
+                routes.append(SlotRoute(name, serving.port, slot.traffic, slot.mirror, serving.raw_http))
         return tuple(routes)
 
     def _publish(self, record: EndpointRecord) -> None:

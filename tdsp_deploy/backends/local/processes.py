@@ -6,6 +6,7 @@ a reboot or a crash is never mistaken for ours (and never killed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -106,12 +107,31 @@ def stop(ref: ProcessRef | None, *, timeout: float = 10.0) -> None:
     _forget(ref)
 
 
+def kill(ref: ProcessRef | None, *, timeout: float = 5.0) -> None:
+    """Kill the process and everything in its process group at once (SIGKILL): for a process
+    that no longer answers, which may never act on SIGTERM (a stopped one does not even run)."""
+    process = _process(ref)
+    if process is None or ref is None:
+        _forget(ref)
+        return
+    group = _group_members(process)
+    _signal_group(ref.pid, group, signal.SIGKILL)
+    # A killed process of another parent stays a zombie until that parent reaps it: gone enough.
+    wait_until(lambda: not any(_alive(member) for member in group), timeout=timeout)
+    _forget(ref)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _group_members(process: psutil.Process) -> list[psutil.Process]:
     members = [process]
-    try:
+    with contextlib.suppress(psutil.Error):
         members += process.children(recursive=True)
-    except psutil.Error:
-        pass
     return members
 
 
@@ -120,20 +140,16 @@ def _signal_group(pgid: int, members: list[psutil.Process], signum: int) -> None
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         for member in members:  # not a group leader any more: signal each one we know
-            try:
+            with contextlib.suppress(psutil.Error):
                 member.send_signal(signum)
-            except psutil.Error:
-                pass
 
 
 def _forget(ref: ProcessRef | None) -> None:
     if ref is not None:
         child = _children.pop(ref.pid, None)
         if child is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def end_leftovers(ref: ProcessRef | None, directory: Path) -> None:

@@ -22,6 +22,7 @@ class SlotRoute:
     port: int
     weight: int  # percent of unpinned traffic
     mirror: int = 0  # percent of live requests copied to this slot (its answers are dropped)
+    raw_http: bool = False  # its run() takes the raw request (@rawhttp): the router checks no body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,22 @@ class RouterConfig:
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
-        doc["slots"] = {s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror} for s in self.slots}
+        doc["slots"] = {
+            s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror, "raw_http": s.raw_http}
+            for s in self.slots
+        }
         return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RouterConfig:
         slots = tuple(
-            SlotRoute(name, int(s["port"]), int(s["weight"]), int(s.get("mirror", 0)))
+            SlotRoute(
+                name,
+                int(s["port"]),
+                int(s["weight"]),
+                int(s.get("mirror", 0)),
+                bool(s.get("raw_http", False)),
+            )
             for name, s in sorted(doc.get("slots", {}).items())
         )
         return cls(

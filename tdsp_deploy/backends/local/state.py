@@ -47,8 +47,12 @@ class SlotRecord:
     previous: SlotRecord | None = None  # the revision this one replaced, kept until finalized
     command: list[str] | None = None  # how to start it again (no secret: the environment is not kept)
     supervised: bool = False  # True once it answered its health probe: from then on it is restarted
+    raw_http: bool = False  # its run() takes raw requests (@rawhttp): the router checks no body
+    liveness_probe: dict[str, int] | None = None  # target.liveness_probe at deploy (None: defaults)
     restarts: int = 0  # by the supervisor (merged in from supervisor.json when read)
     last_exit: int | None = None  # the exit status the supervisor saw before its latest restart
+    last_restart_reason: str | None = None  # "exit" (the process ended) or "liveness" (it hung)
+    last_restart_at: float | None = None  # wall-clock time of the latest restart
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -203,6 +207,8 @@ class EndpointFiles:
                 continue
             slot.restarts = int(entry.get("restarts", 0))
             slot.last_exit = entry.get("last_exit")
+            slot.last_restart_reason = entry.get("last_reason")
+            slot.last_restart_at = entry.get("last_restart_at")
             restarted = ProcessRef.from_json(entry.get("process"))
             if restarted and (slot.process is None or restarted.create_time > slot.process.create_time):
                 slot.process = restarted

@@ -2,8 +2,15 @@
 
 A slot process that dies is started again on the same port (so the router needs no change)
 after a back-off that doubles from 0.5 s to 30 s and resets once the slot has stayed up for a
-healthy stretch. Every exit and restart is appended to the slot's own log (so `logs` shows
-it) and counted in ``supervisor.json`` (so `status` shows it).
+healthy stretch. So is one that hangs: each slot's ``GET /`` is probed with the manifest's
+``target.liveness_probe`` settings (Azure ML's), and after ``failure_threshold`` failed probes
+in a row its process group is killed (SIGKILL: a stopped process would not act on SIGTERM) and
+restarted the same way. Every exit, kill and restart is appended to the slot's own log (so
+`logs` shows it) and counted, with its reason, in ``supervisor.json`` (so `status` shows it).
+
+Probes run on a small thread pool, so a slot that does not answer never holds up the others;
+a process the supervisor started itself is not judged until it has answered once (its init()
+may take a while), one a command started has answered already (the push waited for it).
 
 One supervisor per endpoint, started with the router, recorded in endpoint.json and brought
 back by `repair` (every push). What it restarts, and why only that:
@@ -32,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.processes import ProcessRef
 from tdsp_deploy.backends.local.state import EndpointFiles, SlotRecord
 from tdsp_deploy.errors import DeploymentFailed
+from tdsp_deploy.manifest.model import LivenessProbe
 from tdsp_deploy.packaging.extract import verify_extracted
 
 log = logging.getLogger("tdsp_deploy.supervisor")
@@ -47,9 +56,13 @@ POLL_INTERVAL_S = 0.2
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
 HEALTHY_STRETCH_S = 60.0
+MAX_DOUBLINGS = 32
 # A revision that left the record is the command's to drain and stop; only a process the
 # command could not know of (restarted while it worked) is stopped here, and only after this.
 ORPHAN_GRACE_S = 45.0
+PROBE_THREADS = 8
+EXITED = "exit"
+HUNG = "liveness"
 
 
 @dataclasses.dataclass
@@ -63,13 +76,42 @@ class RestartPolicy:
     failures: int = 0  # exits since the last healthy stretch
 
     def next_delay(self) -> float:
-        delay = min(self.first * 2**self.failures, self.ceiling)
+        # The exponent stops growing well past the ceiling: a slot that crash-loops for hours
+        # must not reach 2**1024, which no longer converts to a float.
+        delay = min(self.first * 2 ** min(self.failures, MAX_DOUBLINGS), self.ceiling)
         self.failures += 1
         return delay
 
     def ran_for(self, seconds: float) -> None:
         if seconds >= self.healthy_stretch:
             self.failures = 0
+
+
+@dataclasses.dataclass
+class LivenessCheck:
+    """The liveness probing of one slot process."""
+
+    settings: LivenessProbe
+    next_probe: float  # when the next probe may start
+    answered: bool  # since the process started: until then a failure is start-up, not a hang
+    failures: int = 0  # in a row
+    successes: int = 0  # in a row
+    probe: Future[bool] | None = None  # the probe in flight
+
+    def record(self, answered: bool) -> None:
+        if answered:
+            self.answered = True
+            self.successes += 1
+            if self.successes >= self.settings.success_threshold:
+                self.failures = 0
+        else:
+            self.successes = 0
+            if self.answered:
+                self.failures += 1
+
+    @property
+    def hung(self) -> bool:
+        return self.failures >= self.settings.failure_threshold
 
 
 @dataclasses.dataclass
@@ -88,6 +130,11 @@ class Watched:
     restarts: int = 0
     last_exit: int | None = None
     told_unknown: bool = False
+    reason: str = EXITED  # why the pending restart is due
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)  # restarts by reason
+    last_restart_at: float | None = None  # wall clock
+    liveness: LivenessCheck | None = None
+    told_unprobed: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -100,8 +147,8 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.watched: dict[str, Watched] = {}
         self.leaving: list[tuple[float, Watched]] = []  # (stop after, revision) no longer wanted
-        restarts = files.read_restarts()  # a supervisor brought back keeps counting
-        self.known_counts = {d: int(e.get("restarts", 0)) for d, e in restarts.items()}
+        self.known = files.read_restarts()  # a supervisor brought back keeps counting
+        self.probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="liveness")
 
     def tick(self, now: float) -> bool:
         """One look at every revision; False once the endpoint is gone."""
@@ -124,14 +171,17 @@ class Supervisor:
         return True
 
     def _watch(self, slot: SlotRecord) -> Watched:
+        known = self.known.get(slot.directory, {})
         watched = Watched(
             slot=slot.name,
             directory=slot.directory,
             port=slot.port,
             command=list(slot.command or ()),
             policy=dataclasses.replace(self.policy),
-            restarts=self.known_counts.get(slot.directory, 0),
+            restarts=int(known.get("restarts", 0)),
             last_exit=slot.last_exit,
+            reasons=dict(known.get("reasons", {})),
+            last_restart_at=known.get("last_restart_at"),
         )
         self.watched[slot.directory] = watched
         return watched
@@ -143,8 +193,12 @@ class Supervisor:
                 watched.up_since = now
                 watched.due = None
                 watched.environment = _environment_of(slot.process)
+                # A command starts a process and waits until it answers before it is supervised.
+                watched.liveness = self._liveness(slot, now, answered=True)
             elif watched.up_since is not None:
                 watched.policy.ran_for(now - watched.up_since)
+            if watched.due is None:  # not killed already, waiting for the kernel to show it
+                self._probe(watched, now)
             return False
         if watched.environment is None:
             if not watched.told_unknown:
@@ -154,11 +208,13 @@ class Supervisor:
         if watched.due is None:
             code = processes.exit_code(slot.process) if slot.process else None
             watched.last_exit = code
+            watched.reason = EXITED
             delay = watched.policy.next_delay()
             watched.due = now + delay
             self._say(
                 watched,
-                "exited" + (f" with code {code}" if code is not None else "")
+                "exited"
+                + (f" with code {code}" if code is not None else "")
                 + f"; restart {watched.restarts + 1} in {delay:g} s",
             )
             return False
@@ -189,11 +245,75 @@ class Supervisor:
         watched.up_since = time.monotonic()
         watched.due = None
         watched.restarts += 1
-        self._say(watched, f"restarted (pid {process.pid}, port {watched.port}), restart {watched.restarts}")
+        watched.reasons[watched.reason] = watched.reasons.get(watched.reason, 0) + 1
+        watched.last_restart_at = time.time()
+        watched.liveness = self._liveness(dead, watched.up_since, answered=False)
+        why = "it hung" if watched.reason == HUNG else "it ended"
+        self._say(
+            watched,
+            f"restarted (pid {process.pid}, port {watched.port}) because {why}, restart {watched.restarts}",
+        )
         # A command may have removed the revision while this one started: then it is an orphan.
         record = self.files.read()
         if record is None or all(s.directory != watched.directory for s in record.revisions()):
             processes.stop(process)
+
+    # -- liveness ---------------------------------------------------------------------------
+    @staticmethod
+    def _liveness(slot: SlotRecord, now: float, *, answered: bool) -> LivenessCheck:
+        settings = LivenessProbe.model_validate(slot.liveness_probe or {})
+        return LivenessCheck(settings, next_probe=now + settings.initial_delay, answered=answered)
+
+    def _probe(self, watched: Watched, now: float) -> None:
+        """Take the result of the probe in flight, kill the process once it failed too often in
+        a row, and start the next probe when it is due."""
+        check = watched.liveness
+        if check is None:
+            return
+        if check.probe is not None:
+            if not check.probe.done():
+                return
+            answered = check.probe.result()
+            check.probe = None
+            check.record(answered)
+            if not answered and check.failures:  # in supervisor.log: the slot's own log stays quiet
+                log.info(
+                    "deployment '%s' (%s): liveness probe failed, %d of %d in a row",
+                    watched.slot,
+                    Path(watched.directory).name,
+                    check.failures,
+                    check.settings.failure_threshold,
+                )
+            if check.hung:
+                self._kill_hung(watched, check, now)
+                return
+        if now >= check.next_probe:
+            check.next_probe = now + check.settings.period
+            check.probe = self.probes.submit(answers, watched.port, check.settings.timeout)
+
+    def _kill_hung(self, watched: Watched, check: LivenessCheck, now: float) -> None:
+        settings = check.settings
+        failed = (
+            f"did not answer its liveness probe {check.failures} times in a row "
+            f"(GET / on port {watched.port}, timeout {settings.timeout} s, every {settings.period} s)"
+        )
+        if watched.environment is None:  # it cannot be started again from here: leave it
+            if not watched.told_unprobed:
+                self._say(watched, f"{failed}; `tdsp-deploy push` restarts it")
+                watched.told_unprobed = True
+            check.failures = 0
+            return
+        pid = watched.process.pid if watched.process else None
+        processes.kill(watched.process)
+        watched.reason = HUNG
+        watched.last_exit = None
+        delay = watched.policy.next_delay()
+        watched.due = now + delay
+        watched.liveness = None
+        self._say(
+            watched,
+            f"{failed}; killed (pid {pid} and its workers); restart {watched.restarts + 1} in {delay:g} s",
+        )
 
     def _stop_orphans(self, now: float) -> None:
         """Stop a process this supervisor started for a revision that has left the record, if
@@ -219,6 +339,9 @@ class Supervisor:
                     "slot": watched.slot,
                     "process": watched.process.to_json() if watched.process else None,
                     "restarts": watched.restarts,
+                    "reasons": watched.reasons,
+                    "last_reason": watched.reason,
+                    "last_restart_at": watched.last_restart_at,
                     "last_exit": watched.last_exit,
                 }
         if self.files.root.is_dir():
@@ -229,6 +352,21 @@ class Supervisor:
         log.info("%s", line)
         with contextlib.suppress(OSError), open(watched.log_path, "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tdsp-deploy supervisor: {line}\n")
+
+
+def answers(port: int, timeout: float) -> bool:
+    """The liveness probe: ``GET /`` on the slot's port answers 200 within ``timeout`` seconds."""
+    import http.client
+
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            connection.request("GET", "/")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def _environment_of(process: ProcessRef | None) -> dict[str, str] | None:
@@ -252,15 +390,18 @@ def run(root: Path, stop: threading.Event) -> None:
             return
         supervisor = Supervisor(files)
         log.info("supervising endpoint %s (pid %s)", files.name, os.getpid())
-        while not stop.is_set():
-            try:
-                if not supervisor.tick(time.monotonic()):
-                    log.info("endpoint %s is gone; stopping", files.name)
-                    return
-            except Exception:  # keep supervising; one bad look is no reason to stop for good
-                log.exception("supervision round failed")
-            stop.wait(POLL_INTERVAL_S)
-        log.info("stopped")
+        try:
+            while not stop.is_set():
+                try:
+                    if not supervisor.tick(time.monotonic()):
+                        log.info("endpoint %s is gone; stopping", files.name)
+                        return
+                except Exception:  # keep supervising; one bad look is no reason to stop for good
+                    log.exception("supervision round failed")
+                stop.wait(POLL_INTERVAL_S)
+            log.info("stopped")
+        finally:
+            supervisor.probes.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ IDLE_TIMEOUT_S = 1.5
 MAX_IDLE_PER_SLOT = 64
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
+MAX_DOUBLINGS = 16  # far past the ceiling
 
 
 class SlotUnavailable(Exception):
@@ -153,7 +154,9 @@ class SlotPool:
 
     def refused(self) -> None:
         """The slot could not be reached: keep weighted traffic away for a while, longer each time."""
-        delay = min(FIRST_BACKOFF_S * 2**self.failures, MAX_BACKOFF_S)
+        # The exponent stops growing at the ceiling: a slot down for long is refused thousands of
+        # times (every pinned request), and 2**1024 no longer converts to a float.
+        delay = min(FIRST_BACKOFF_S * 2 ** min(self.failures, MAX_DOUBLINGS), MAX_BACKOFF_S)
         self.failures += 1
         self.down_until = time.monotonic() + delay
         self.close_idle()
