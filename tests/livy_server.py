@@ -13,8 +13,14 @@ goes not_started -> starting -> running -> success | dead, or killed when cancel
 ``log`` holds the last lines of the driver's output, as Livy's does.
 
 The workspace's storage is a local folder: ``abfss://`` URIs under a mounted root are read
-from there (the pool's view of its ADLS Gen2 account). A ``file`` that is not there makes the
-batch dead with the error Spark gives.
+from there (the pool's view of its ADLS Gen2 account). A root may instead be a container in
+Azurite (``blob_mounts``): the server copies the container into a folder before each batch and
+the files the batch wrote back into the container after it, as the pool reads and writes its
+account. A ``file`` that is not there makes the batch dead with the error Spark gives.
+
+``ManagedIdentityEndpoint`` is the token service of an Azure host with a managed identity (the
+App Service contract that azure-identity's DefaultAzureCredential reads from IDENTITY_ENDPOINT
+and IDENTITY_HEADER), so that the CLI, run as a user would run it, gets its Synapse token.
 """
 
 from __future__ import annotations
@@ -68,13 +74,118 @@ class Batch:
         }
 
 
+class BlobMount:
+    """One container in Azurite as the pool sees it: a folder, filled from the container before
+    a batch; what the batch wrote goes back after it (Hadoop's .crc side files excepted, which
+    ABFS does not write)."""
+
+    def __init__(self, container_client: Any, folder: Path):
+        self.client = container_client
+        self.folder = folder
+        self.lock = threading.Lock()
+
+    def pull(self) -> dict[Path, int]:
+        """Copy the container into the folder; the folder's files and their mtimes after it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for blob in self.client.list_blobs():
+            target = self.folder / blob.name
+            if target.is_file() and target.stat().st_size == blob.size:
+                continue  # content-addressed names, or a file this batch left as it was
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.client.download_blob(blob.name).readall())
+        return self._files()
+
+    def push(self, before: dict[Path, int]) -> None:
+        after = self._files()
+        for path, mtime in after.items():
+            if before.get(path) != mtime and not path.name.endswith(".crc"):
+                with open(path, "rb") as data:
+                    self.client.upload_blob(path.relative_to(self.folder).as_posix(), data, overwrite=True)
+        for path in before.keys() - after.keys():  # replaced by an overwrite
+            if not path.name.endswith(".crc"):
+                self.client.delete_blob(path.relative_to(self.folder).as_posix())
+
+    def _files(self) -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in self.folder.rglob("*") if p.is_file()}
+
+
+class ManagedIdentityEndpoint:
+    """A managed identity's token service on loopback: ``environ`` is what a process needs to
+    find it. Refuses a request without the identity header, as the platform does."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.secret = os.urandom(8).hex()
+        self.resources: list[str] = []
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {
+            "IDENTITY_ENDPOINT": f"http://127.0.0.1:{self._http.server_address[1]}/MSI/token",
+            "IDENTITY_HEADER": self.secret,
+        }
+
+    def __enter__(self) -> ManagedIdentityEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs
+
+                query = parse_qs(urlparse(self.path).query)
+                if self.headers.get("X-IDENTITY-HEADER") != endpoint.secret or "resource" not in query:
+                    status, doc = 400, {"error": "invalid_request"}
+                else:
+                    endpoint.resources.append(query["resource"][0])
+                    status, doc = (
+                        200,
+                        {
+                            "access_token": endpoint.token,
+                            "expires_on": str(int(time.time()) + 3600),
+                            "resource": query["resource"][0],
+                            "token_type": "Bearer",
+                        },
+                    )
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
 class LivyServer:
     """Start with ``with LivyServer(...) as server``; ``server.endpoint`` is the workspace URL."""
 
-    def __init__(self, *, token: str, pools: set[str], mounts: dict[str, Path], start_delay: float = 0.2):
+    def __init__(
+        self,
+        *,
+        token: str,
+        pools: set[str],
+        mounts: dict[str, Path] | None = None,
+        blob_mounts: dict[str, BlobMount] | None = None,
+        start_delay: float = 0.2,
+    ):
         self.token = token
         self.pools = pools
-        self.mounts = {root.rstrip("/"): Path(folder) for root, folder in mounts.items()}
+        self.blob_mounts = {root.rstrip("/"): mount for root, mount in (blob_mounts or {}).items()}
+        self.mounts = {root.rstrip("/"): Path(folder) for root, folder in (mounts or {}).items()}
+        self.mounts |= {root: mount.folder for root, mount in self.blob_mounts.items()}
         self.start_delay = start_delay
         self.batches: dict[int, Batch] = {}
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
@@ -113,6 +224,27 @@ class LivyServer:
         return uri
 
     def _run(self, batch: Batch) -> None:
+        mounts = list(self.blob_mounts.values())
+        for mount in mounts:
+            mount.lock.acquire()  # one batch at a time sees and changes a container
+        try:
+            before = [mount.pull() for mount in mounts]
+            final = self._run_batch(batch)
+            if final == "success":  # what it wrote is in the container before it says success
+                for mount, files in zip(mounts, before, strict=True):
+                    mount.push(files)
+        except Exception as exc:  # the container could not be read or written: the batch fails
+            batch.log.append(f"storage: {type(exc).__name__}: {exc}")
+            final = "dead"
+        finally:
+            for mount in mounts:
+                mount.lock.release()
+        with batch.lock:
+            if final is not None and batch.state not in ("success", "dead", "killed", "error"):
+                batch.state = final
+
+    def _run_batch(self, batch: Batch) -> str | None:
+        """Run the batch; the state it ended in, or None when it ended early (its state set)."""
         time.sleep(self.start_delay)
         with batch.lock:
             if batch.cancelled:
@@ -157,9 +289,7 @@ class LivyServer:
         for line in batch.process.stdout:
             batch.log.append(line.rstrip("\n"))
         code = batch.process.wait()
-        with batch.lock:
-            if batch.state == "running":
-                batch.state = "success" if code == 0 else "dead"
+        return "success" if code == 0 else "dead"
 
     def _kill(self, batch: Batch) -> None:
         with batch.lock:

@@ -135,7 +135,7 @@ def job_module() -> Any:
 
 
 @pytest.fixture(scope="module")
-def spark(job_module: Any) -> Any:
+def spark(job_module: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -146,6 +146,7 @@ def spark(job_module: Any) -> Any:
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("warehouse")))  # tables go here
         .getOrCreate()
     )
     session.sparkContext.addPyFile(str(jobs.job_script_path()))
@@ -279,6 +280,123 @@ def test_an_mlflow_model_is_scored_through_pyfunc(tmp_path: Path, spark: Any, jo
     np.testing.assert_array_equal(out["customer_id"].to_numpy(), frame["customer_id"].to_numpy())
 
 
+def onnx_project(folder: Path, form: str) -> tuple[Path, bytes]:
+    """A project whose model is the scikit-learn classifier exported to ONNX: as skl2onnx gives it
+    by default (one float matrix in, a label and a ZipMap of probabilities out), or in the form a
+    SQL pool's PREDICT needs (one input and one output per column, float64)."""
+    project = make_project(folder)
+    model = pickle.loads((folder / "model/model.pkl").read_bytes())
+    if form == "matrix":
+        from skl2onnx import to_onnx
+
+        data = to_onnx(model, np.zeros((1, len(FEATURES)), dtype=np.float32)).SerializeToString()
+    else:
+        from tdsp_deploy.backends.sqlserver.target import Column
+        from tdsp_deploy.backends.synapse.sql_onnx_convert import sklearn_to_onnx
+
+        data = sklearn_to_onnx(
+            model,
+            [Column(name=f, type="float") for f in FEATURES],
+            [Column(name=n, type=t) for n, t in OUTPUTS],
+        )
+    (folder / "model").joinpath("model.pkl").unlink()
+    (folder / "model" / "model.onnx").write_bytes(data)
+    manifest = yaml.safe_load(project.read_text())
+    manifest["model"] = {"path": "model/model.onnx", "flavor": "onnx"}
+    project.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return project, data
+
+
+def onnxruntime_scores(data: bytes, frame: pd.DataFrame) -> pd.DataFrame:
+    """What onnxruntime answers for the rows, called directly: the reference for the job."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) == 1:
+        feeds = {inputs[0].name: frame[FEATURES].to_numpy(dtype=np.float32)}
+    else:
+        feeds = {node.name: frame[[node.name]].to_numpy(dtype=np.float64) for node in inputs}
+    label, *rest = session.run(None, feeds)
+    if len(rest) == 1 and isinstance(rest[0], list):  # ZipMap: one {class: probability} per row
+        probabilities = np.array([[row[c] for c in sorted(row)] for row in rest[0]])
+    else:
+        probabilities = np.column_stack([np.asarray(r).reshape(-1) for r in rest])
+    scored = {"label": np.asarray(label).reshape(-1).astype("int64")}
+    return pd.DataFrame(scored | {f"p{i}": probabilities[:, i].astype("float64") for i in range(3)})
+
+
+@pytest.mark.parametrize("form", ["matrix", "per-column"])
+def test_an_onnx_model_scores_every_row_as_onnxruntime_does(
+    tmp_path: Path, spark: Any, job_module: Any, form: str
+) -> None:
+    project, data = onnx_project(tmp_path / "p", form)
+    frame = rows(1500)
+    spec = spec_for(
+        project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"), flavor="onnx"
+    )
+    out = score(spark, job_module, spec, frame)
+
+    expected = onnxruntime_scores(data, frame)
+    assert len(out) == len(frame)
+    np.testing.assert_array_equal(out["label"].to_numpy(), expected["label"].to_numpy())
+    for name in ("p0", "p1", "p2"):  # exactly: the same runtime, the same float32 or float64 values
+        np.testing.assert_array_equal(out[name].to_numpy(), expected[name].to_numpy())
+    np.testing.assert_array_equal(out["customer_id"].to_numpy(), frame["customer_id"].to_numpy())
+    # the ONNX model is the classifier: it agrees with scikit-learn on nearly every label
+    model = train(1)
+    assert (out["label"].to_numpy() == model.predict(frame[FEATURES])).mean() > 0.99
+
+
+def test_tables_in_and_out_keep_every_row_scored(tmp_path: Path, spark: Any, job_module: Any) -> None:
+    project = make_project(tmp_path / "p")
+    frame = rows(700)
+    spark.sql("CREATE DATABASE IF NOT EXISTS lake")
+    spark.createDataFrame(frame).write.mode("overwrite").saveAsTable("lake.customers")
+    spec = spec_for(
+        project,
+        [(str(project), 100)],
+        DataLocation.model_validate("lake.customers"),
+        DataLocation.model_validate("lake.scores"),
+    )
+    assert spec["input"] == {"table": "lake.customers", "format": "parquet"}
+
+    summary = job_module.run(spark, spec)
+
+    assert summary["rows"] == 700 and summary["output"] == "lake.scores"
+    out = spark.table("lake.scores").toPandas().sort_values("customer_id").reset_index(drop=True)
+    assert len(out) == len(frame)
+    model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
+    expected = expected_scores(model, frame)
+    np.testing.assert_array_equal(out["label"].to_numpy(), expected["label"].to_numpy())
+    np.testing.assert_allclose(out["p2"].to_numpy(), expected["p2"].to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(out["customer_id"].to_numpy(), frame["customer_id"].to_numpy())
+    # the table lives in the warehouse folder, as a pool's lake database keeps it
+    assert any(Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:")).rglob("*.parquet"))
+    # a second run replaces the table rather than appending to it
+    job_module.run(spark, spec)
+    assert spark.table("lake.scores").count() == 700
+
+
+def test_a_delta_output_without_delta_lake_fails_before_scoring(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    project = make_project(tmp_path / "p")
+    source = tmp_path / "in.parquet"
+    rows(20).to_parquet(source, index=False)
+    sink = tmp_path / "out.delta"
+    spec = spec_for(
+        project, [(str(project), 100)], DataLocation(path=str(source)), DataLocation(path=str(sink))
+    )
+    assert spec["output"]["format"] == "delta"
+    with pytest.raises(job_module.JobError) as refused:
+        job_module.run(spark, spec)
+    message = str(refused.value)
+    assert "needs Delta Lake" in message and "io.delta:delta-spark_2.13" in message
+    assert "DeltaSparkSessionExtension" in message and "Synapse Spark pools include it" in message
+    assert not sink.exists()  # nothing was written
+
+
 def test_job_reads_csv_and_writes_the_format_of_the_path(tmp_path: Path, spark: Any, job_module: Any) -> None:
     project = make_project(tmp_path / "p")
     frame = rows(300)
@@ -346,6 +464,28 @@ def test_run_local_failure_exits_4_with_the_reason(tmp_path: Path) -> None:
     assert result.returncode == 4, result.stderr[-3000:]
     assert "the input has no column f3" in result.stderr
     assert "Traceback" not in result.stderr.split("failed")[0]  # our message first, the job's log after
+
+
+def test_run_local_to_delta_without_delta_lake_says_what_to_install(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    source = tmp_path / "rows.parquet"
+    rows(10).to_parquet(source, index=False)
+    result = run_cli(
+        "run",
+        str(project),
+        "--local",
+        "--master",
+        "local[1]",
+        "-i",
+        str(source),
+        "-o",
+        str(tmp_path / "o.delta"),
+    )
+    assert result.returncode == 4, result.stderr[-3000:]
+    reason = result.stderr.split("failed")[1]
+    assert "JobError: the delta format needs Delta Lake" in reason
+    assert "spark.jars.packages: io.delta:delta-spark_2.13" in reason
+    assert "\tat org.apache" not in reason  # the job's words, not a Java stack trace
 
 
 def test_run_local_without_java_says_how_to_get_it(tmp_path: Path) -> None:

@@ -129,3 +129,49 @@ def test_a_smoke_test_of_hundreds_of_jobs_is_refused_up_front(tmp_path: Path) ->
     with pytest.raises(UsageError, match="each one is a Spark batch job") as refused:
         backend.preflight()
     assert "requests: 1" in (refused.value.hint or "")
+
+
+def test_a_latency_objective_is_refused_because_one_job_answers_the_smoke_test(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "sample.json").write_text('{"columns": ["f0"], "data": [[1.0]]}')
+    latency = {"requests": 1, "warmup": 0, "concurrency": 1, "p95_ms": 60000}
+    project = make_project(tmp_path / "p", smoke_test={"request": "sample.json", "latency": latency})
+    backend = SynapseBackend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
+    with pytest.raises(UsageError, match="p95_ms cannot be checked") as refused:
+        backend.preflight()
+    assert "job_timeout" in (refused.value.hint or "")
+
+
+def test_the_same_request_again_is_answered_by_the_job_that_scored_it(tmp_path: Path) -> None:
+    """Within one run of callers, a repeated request (the smoke test's latency sample) starts no
+    second job: it gets the first job's answer, its batch id, and that job's elapsed time."""
+    backend, manifest, livy, store = setup(tmp_path)
+    package = build_package(manifest, paths.package_store())
+    backend.deploy_slot("blue", package)
+    backend.wait_healthy("blue")
+    scored = {"rows": 1}
+
+    def scored_output(source: Any, sink: Any, *, slot: Any = None) -> dict[str, Any]:
+        # what the pool's job writes: the request's rows with a label and the model version
+        import pandas
+
+        from tdsp_deploy.backends.synapse.spark_backend import parquet_bytes
+
+        name = sink.path.removeprefix(store.root + "/")
+        frame = pandas.read_parquet(store.folder / source.path.removeprefix(store.root + "/"))
+        store.put_bytes(f"{name}/part-0.parquet", parquet_bytes(frame.assign(label=1, model_version="v1")))
+        livy.bodies.append({"slot": slot})
+        return {"batch_id": len(livy.bodies) - 1, **scored}
+
+    backend.delegate.run_job = scored_output  # type: ignore[method-assign]
+    body = b'{"columns": ["f0"], "data": [[1.0], [2.0]]}'
+    with backend.callers("blue") as callers:
+        first = next(callers)(body)
+        again = next(callers)(body)
+        other = next(callers)(b'{"columns": ["f0"], "data": [[3.0]]}')
+    assert len(livy.bodies) == 2  # the sample once, the other request once
+    assert first.status == again.status == other.status == 200
+    assert again.body == first.body and json.loads(first.body)["data"] == [[1.0, 1], [2.0, 1]]
+    assert again.headers["x-tdsp-answered-by-batch"] == first.headers["x-spark-batch-id"] == "0"
+    assert again.elapsed_ms == first.elapsed_ms
+    assert "x-tdsp-answered-by-batch" not in first.headers and other.headers["x-spark-batch-id"] == "1"

@@ -153,9 +153,8 @@ def _predict(variant, features, output_names):
         if len(output_names) > blocks[0].shape[1] and hasattr(model, "predict_proba"):
             blocks.append(numpy.asarray(model.predict_proba(features)).reshape(len(features), -1))
     elif flavor == "onnx":
-        name = model.get_inputs()[0].name
-        matrix = features.to_numpy(dtype=numpy.float32)
-        blocks = [numpy.asarray(out).reshape(len(features), -1) for out in model.run(None, {name: matrix})]
+        outputs = model.run(None, _onnx_feeds(model, features))
+        blocks = [_onnx_block(out, len(features)) for out in outputs]
     elif flavor == "mlflow":
         result = model.predict(features)
         values = result.to_numpy() if hasattr(result, "to_numpy") else numpy.asarray(result)
@@ -166,6 +165,57 @@ def _predict(variant, features, output_names):
     if len(columns) < len(output_names):
         raise ValueError(f"the model gives {len(columns)} output column(s); {len(output_names)} are declared")
     return dict(zip(output_names, columns, strict=False))
+
+
+# ONNX element types (as onnxruntime names them) to numpy types
+_ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(string)": "object",
+}
+
+
+def _onnx_feeds(session, features):
+    """The model's inputs: one input takes the feature matrix; one input per feature (the form
+    PREDICT in a SQL pool needs) takes each column, matched by name, else by position."""
+    import numpy
+
+    inputs = session.get_inputs()
+
+    def typed(values, node):
+        if node.type not in _ONNX_TYPES:
+            raise ValueError(f"ONNX input {node.name} has type {node.type}, which the job cannot feed")
+        return numpy.asarray(values).astype(_ONNX_TYPES[node.type])
+
+    if len(inputs) == 1:
+        return {inputs[0].name: typed(features.to_numpy(), inputs[0])}
+    if len(inputs) != features.shape[1]:
+        raise ValueError(
+            f"the ONNX model takes {len(inputs)} inputs; {features.shape[1]} columns are declared in "
+            "target.inputs (give one input for all, or one per column)"
+        )
+    by_name = {str(c).lower(): c for c in features.columns}
+    named = all(node.name.lower() in by_name for node in inputs)
+    return {
+        node.name: typed(
+            features[by_name[node.name.lower()]] if named else features.iloc[:, position], node
+        ).reshape(-1, 1)
+        for position, node in enumerate(inputs)
+    }
+
+
+def _onnx_block(output, rows):
+    """One ONNX output as a (rows, k) matrix. A classifier converted with skl2onnx's default
+    ZipMap gives a list of {class: probability} per row: its columns are the classes in order."""
+    import numpy
+
+    if isinstance(output, list) and output and isinstance(output[0], dict):
+        classes = list(output[0])
+        return numpy.array([[row[c] for c in classes] for row in output], dtype=numpy.float64)
+    return numpy.asarray(output).reshape(rows, -1)
 
 
 def score_batches(batches, spec, counter=None):
@@ -211,6 +261,37 @@ def score_batches(batches, spec, counter=None):
 
 
 # -- the job, on the driver ----------------------------------------------------------------
+class JobError(RuntimeError):
+    """A problem the job can name (raised on the driver, before any row is scored)."""
+
+
+def require_format(spark, fmt):
+    """Fail up front, with what to install, when Spark has no reader/writer for ``fmt`` (delta
+    needs Delta Lake's jars: Synapse pools have them, a plain local Spark does not)."""
+    try:
+        jvm = spark.sparkContext._jvm
+        lookup = jvm.org.apache.spark.sql.execution.datasources.DataSource.lookupDataSource
+        session_conf = spark._jsparkSession.sessionState().conf()
+    except Exception:  # no JVM gateway (e.g. Spark Connect): Spark itself will say
+        return
+    try:
+        lookup(fmt, session_conf)
+    except Exception as exc:
+        if "DATA_SOURCE_NOT_FOUND" not in str(exc) and "Failed to find" not in str(exc):
+            raise
+        if fmt != "delta":
+            raise JobError(f"this Spark has no data source for the format {fmt}") from None
+        scala = spark.sparkContext._jvm.scala.util.Properties.versionNumberString().rsplit(".", 1)[0]
+        raise JobError(
+            f"the delta format needs Delta Lake, which this Spark {spark.version} does not have. "
+            "Synapse Spark pools include it. On another Spark, add Delta Lake's jars and settings in "
+            f"target.conf: spark.jars.packages: io.delta:delta-spark_{scala}:<version for Spark "
+            f"{spark.version}> (fetched from Maven Central), spark.sql.extensions: "
+            "io.delta.sql.DeltaSparkSessionExtension, spark.sql.catalog.spark_catalog: "
+            "org.apache.spark.sql.delta.catalog.DeltaCatalog; or use format parquet"
+        ) from None
+
+
 def read_input(spark, source):
     reader = spark.read.format(source["format"])
     if source["format"] == "csv":
@@ -292,9 +373,30 @@ def scored_frame(spark, frame, spec, counter=None):
     )
 
 
+def write_request_log(spark, spec):
+    """Under an A/B split, which model version scored which key, read back from the output just
+    written (so it says what was written, not what was meant): one row per scored row, the key as
+    text (the id `ab analyze --outcomes` joins on), its variant and model version."""
+    from pyspark.sql import functions as F
+
+    key = spec["key_column"]
+    written = read_input(spark, spec["output"])
+    log = written.select(
+        F.col(key).cast("string").alias("id"), F.col("variant"), F.col("model_version").cast("string")
+    )
+    place = spec["request_log"]["path"]
+    log.write.mode("overwrite").parquet(place)
+    say(f"wrote the request log of the split to {place}")
+    return place
+
+
 def run(spark, spec):
     """Read, score, write; returns the summary that is also printed after RESULT_MARKER."""
     started = time.time()
+    # a table is read in its own format; a path, and whatever is written, in the spec's
+    formats = {spec["output"]["format"]} | ({spec["input"]["format"]} if "path" in spec["input"] else set())
+    for fmt in sorted(formats):
+        require_format(spark, fmt)
     say(f"reading {spec['input'].get('path') or spec['input'].get('table')} ({spec['input']['format']})")
     counter = spark.sparkContext.accumulator(0)
     frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counter)
@@ -309,6 +411,8 @@ def run(spark, spec):
         "seconds": round(time.time() - started, 3),
     }
     say(f"wrote {summary['rows']} rows to {summary['output']}")
+    if spec.get("request_log"):
+        summary["request_log"] = write_request_log(spark, spec)
     print(RESULT_MARKER + json.dumps(summary, sort_keys=True), flush=True)
     return summary
 

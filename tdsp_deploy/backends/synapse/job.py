@@ -95,8 +95,10 @@ def job_spec(
     sink: DataLocation,
     *,
     salt: str = "",
+    request_log: str | None = None,
 ) -> dict[str, Any]:
-    """The job's argument. Raises ValueError when the variants cannot make a split."""
+    """The job's argument. Raises ValueError when the variants cannot make a split.
+    ``request_log``: where a split run writes which variant scored which key (for `ab`)."""
     live = [v for v in variants if v.share > 0]
     if not live:
         raise ValueError("no model version takes a share of the rows")
@@ -115,6 +117,7 @@ def job_spec(
         "key_column": target.key_column,
         "salt": salt,
         "variants": [v.to_json() for v in live],
+        **({"request_log": {"path": request_log}} if request_log and len(live) > 1 else {}),
     }
 
 

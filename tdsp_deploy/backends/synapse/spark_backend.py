@@ -19,8 +19,10 @@ its own (a folder store, a Livy client pointed at a loopback server).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import (
+    REPLAYED_ANSWER_HEADER,
     Backend,
     Caller,
     EndpointStatus,
@@ -48,9 +51,13 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
-#: A push's smoke test runs one Spark job per request: more than this is refused up front.
+#: A push's smoke test runs one Spark job per distinct request: more than this is refused.
 MAX_SMOKE_JOBS = 3
 ROW_INDEX = "_tdsp_row"
+#: On an answer given again from the job that answered the same request before: that job's id.
+REPLAY_HEADER = REPLAYED_ANSWER_HEADER
+#: Beside a run's request log, written once the run succeeded: when it started.
+RUN_RECORD = "run.json"
 
 
 class SparkBackend(Backend):
@@ -153,9 +160,18 @@ class SparkBackend(Backend):
         )
 
     def preflight(self) -> list[str]:
-        """Refuse a smoke test that would start hundreds of Spark jobs (one per request)."""
+        """Refuse a smoke test that would start hundreds of Spark jobs, or that asks for a
+        per-request latency objective, which a batch target cannot honestly measure."""
         smoke = self.manifest.smoke_test
         if smoke is not None:
+            if smoke.latency.p95_ms is not None:
+                # The sample is scored by one job; the latency run's repeats of it are answered
+                # from that job, so their clock would measure nothing: no objective to check.
+                raise UsageError(
+                    "smoke_test.latency.p95_ms cannot be checked on the synapse target: one Spark job "
+                    "scores the sample, and its time is the answer's elapsed_ms, not a request latency",
+                    hint="remove p95_ms; target.job_timeout bounds how long a job may run",
+                )
             jobs_asked = smoke.latency.requests + smoke.latency.warmup
             if jobs_asked > MAX_SMOKE_JOBS:
                 raise UsageError(
@@ -164,6 +180,18 @@ class SparkBackend(Backend):
                     hint="set smoke_test.latency: {requests: 1, warmup: 0, concurrency: 1}",
                 )
         return []
+
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        """A lock blob in the storage root (endpoint_lock.py): held while a command changes the
+        endpoint, whichever machine it runs on."""
+        from tdsp_deploy.backends.synapse.endpoint_lock import EndpointLock
+
+        def told(message: str) -> None:
+            self._tell("lock", message)
+
+        return EndpointLock(
+            self.store, f"{self._endpoint_dir()}/lock.json", self.manifest.name, timeout=timeout, on_wait=told
+        )
 
     # -- deploying ---------------------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
@@ -344,8 +372,19 @@ class SparkBackend(Backend):
             self._salt = str(
                 (get_json(self.store, f"{self._endpoint_dir()}/experiment.json") or {}).get("id", "")
             )
-        spec = self._spec(variants, source, sink)
-        return self._submit(spec, self._job_uri(variants), slot=slot)
+        # a run split between versions logs which version scored which key, for `ab`
+        log_dir = f"{self._endpoint_dir()}/requests/{_run_id()}" if len(variants) > 1 else None
+        started = time.time()
+        spec = self._spec(variants, source, sink, request_log=self.store.uri(log_dir) if log_dir else None)
+        result = self._submit(spec, self._job_uri(variants), slot=slot)
+        if log_dir and result.get("request_log"):
+            from tdsp_deploy.backends.synapse.storage import put_json
+
+            # written last: a log without it (a run that died half-way) is never read
+            put_json(
+                self.store, f"{log_dir}/{RUN_RECORD}", {"t": started, "batch_id": result.get("batch_id")}
+            )
+        return result
 
     def _run_local(
         self, source: DataLocation, sink: DataLocation, *, master: str, work_dir: Path | None
@@ -377,9 +416,18 @@ class SparkBackend(Backend):
             progress=self.progress,
         )
 
-    def _spec(self, variants: list[jobs.Variant], source: DataLocation, sink: DataLocation) -> dict[str, Any]:
+    def _spec(
+        self,
+        variants: list[jobs.Variant],
+        source: DataLocation,
+        sink: DataLocation,
+        *,
+        request_log: str | None = None,
+    ) -> dict[str, Any]:
         try:
-            return jobs.job_spec(self.target, self.manifest, variants, source, sink, salt=self._salt)
+            return jobs.job_spec(
+                self.target, self.manifest, variants, source, sink, salt=self._salt, request_log=request_log
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -460,28 +508,86 @@ class SparkBackend(Backend):
         if slot and text:
             self.store.put_bytes(f"{self._endpoint_dir()}/slots/{slot}.log", text.encode())
 
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """One record per row scored by a run split between versions (``run`` on the endpoint,
+        not pinned) since ``since``: ``id`` is the row's key_column value, the id that `ab analyze
+        --outcomes` joins on. A batch has no per-request latency, so the records carry none."""
+        import pyarrow.parquet
+
+        from tdsp_deploy.backends.synapse.storage import get_json
+
+        prefix = f"{self._endpoint_dir()}/requests/"
+        names = self.store.list(prefix)
+        runs = sorted(
+            (record["t"], name.removesuffix(RUN_RECORD))
+            for name in names
+            if name.endswith("/" + RUN_RECORD)
+            and isinstance(record := get_json(self.store, name), dict)
+            and isinstance(record.get("t"), int | float)
+            and record["t"] >= since
+        )
+        for t, folder in runs:
+            for part in (n for n in names if n.startswith(folder) and n.endswith(".parquet")):
+                data = self.store.get_bytes(part)
+                if not data:
+                    continue
+                table = pyarrow.parquet.read_table(
+                    io.BytesIO(data), columns=["id", "variant", "model_version"]
+                )
+                for row_id, variant, version in zip(
+                    *(table.column(i).to_pylist() for i in range(3)), strict=True
+                ):
+                    yield {
+                        "kind": "live",
+                        "t": t,
+                        "id": row_id,
+                        "deployment": variant,
+                        "version": version,
+                        "status": 200,
+                        "latency_ms": None,
+                        "pinned": False,
+                    }
+
     # -- calling -----------------------------------------------------------------------------------
     def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
         """Callers that score a JSON table (``{"columns": [...], "data": [[...]]}``) with a Spark
         job on the pool; the answer is the table of scored rows (model version and slot in the
-        headers)."""
+        headers).
 
-        # Each call is a Spark job: a latency run asking for hundreds (`test` with the default
-        # smoke_test.latency) gets a refusal per call past the budget, not hundreds of jobs.
-        calls = iter(range(1 << 62))
+        One job per distinct request in a context: a push's smoke test sends the sample for its
+        answer and again as its latency sample, and both are answered by the one job (the repeat
+        is marked with REPLAY_HEADER and carries the job's own elapsed time)."""
+        answered: dict[str, InvokeResult] = {}
+        guard = threading.Lock()  # a repeat waits for the job of its first sending
 
         def call(body: bytes) -> InvokeResult:
-            if next(calls) >= MAX_SMOKE_JOBS:
-                return _answer(
-                    429,
-                    {
-                        "error": f"more than {MAX_SMOKE_JOBS} calls in one run: each one is a Spark "
-                        "batch job; "
-                        "set smoke_test.latency: {requests: 1, warmup: 0, concurrency: 1}"
-                    },
-                    time.perf_counter(),
-                )
-            return self._call(body, slot)
+            key = hashlib.sha256(body).hexdigest()
+            with guard:
+                first = answered.get(key)
+                if first is None:
+                    # Each new request is a Spark job: a latency run of hundreds of distinct
+                    # requests gets a refusal per request past the budget, not hundreds of jobs.
+                    if len(answered) >= MAX_SMOKE_JOBS:
+                        return _answer(
+                            429,
+                            {
+                                "error": f"more than {MAX_SMOKE_JOBS} distinct requests in one run: each "
+                                "one is a Spark batch job; send the same sample, or set "
+                                "smoke_test.latency: {requests: 1, warmup: 0, concurrency: 1}"
+                            },
+                            time.perf_counter(),
+                        )
+                    result = self._call(body, slot)
+                    if result.status == 200:
+                        answered[key] = result
+                    return result
+            batch = first.headers.get("x-spark-batch-id", "")
+            return InvokeResult(
+                status=first.status,
+                body=first.body,
+                headers={**first.headers, REPLAY_HEADER: batch},
+                elapsed_ms=first.elapsed_ms,
+            )
 
         @contextlib.contextmanager
         def made() -> Iterator[Iterator[Caller]]:
@@ -499,7 +605,7 @@ class SparkBackend(Backend):
             frame = request_frame(body)
         except ValueError as exc:
             return _answer(400, {"error": str(exc)}, started)
-        run_dir = f"{self._endpoint_dir()}/runs/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        run_dir = f"{self._endpoint_dir()}/runs/{_run_id()}"
         self.store.put_bytes(f"{run_dir}/input.parquet", parquet_bytes(frame))
         source = DataLocation(path=self.store.uri(f"{run_dir}/input.parquet"), format="parquet")
         sink = DataLocation(path=self.store.uri(f"{run_dir}/output"), format="parquet")
@@ -629,6 +735,11 @@ def read_scored(store: Store, prefix: str) -> tuple[dict[str, Any], list[str], l
     variants = sorted(frame.pop("variant").astype(str).unique()) if "variant" in frame else []
     data = json.loads(frame.to_json(orient="split", index=False, double_precision=15))
     return {"columns": data["columns"], "data": data["data"]}, versions, variants
+
+
+def _run_id() -> str:
+    """Sorts by time, unique across machines."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def _answer(status: int, doc: Any, started: float) -> InvokeResult:

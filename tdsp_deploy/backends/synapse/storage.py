@@ -8,13 +8,17 @@ What is kept under the target's ``storage`` root::
                                        blobs that are complete
     endpoints/<name>/traffic.json      the split of rows between slots
     endpoints/<name>/runs/<id>/...     smoke-test inputs and outputs
+    endpoints/<name>/requests/<id>/... a split run's request log (for `ab`), run.json last
+    endpoints/<name>/lock.json         held while a command changes the endpoint (endpoint_lock.py)
 
 Why a failed upload leaves nothing a job could pick up: a block blob's staged blocks are not
 part of it until Put Block List commits them (Azure docs, "Understanding block blobs"), and a
 small blob is one Put Blob; either way a reader sees the whole new content or none of it. The
 slot record, which is what a job is started from, is written only after every blob it names.
 Content-addressed blobs carry their sha256 in metadata; one is skipped only when the stored
-blob's sha256 and size both match.
+blob's sha256 and size both match. The lock needs writes that succeed only if nothing changed
+underneath: create-if-absent and replace/delete-if-ETag-matches, the Blob API's conditional
+headers (``If-None-Match: *``, ``If-Match``).
 
 ``BlobStore`` wraps azure-storage-blob's ContainerClient (the one seam to the SDK; its errors
 are mapped to BackendError here). ``FolderStore`` keeps the same layout in a local folder that
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -59,6 +64,12 @@ class Store(Protocol):
     def get_bytes(self, name: str) -> bytes | None: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, name: str) -> None: ...
+
+    # conditional writes (the endpoint lock): each says whether it won
+    def create_new(self, name: str, data: bytes) -> str | None: ...
+    def read_versioned(self, name: str) -> tuple[bytes, str] | None: ...
+    def replace_if(self, name: str, data: bytes, etag: str) -> str | None: ...
+    def delete_if(self, name: str, etag: str) -> bool: ...
 
 
 def put_json(store: Store, name: str, doc: Any) -> None:
@@ -179,11 +190,74 @@ class BlobStore:
         with _mapped_errors(f"delete {self.uri(name)}"), contextlib.suppress(ResourceNotFoundError):
             self.client.delete_blob(self._blob(name))
 
+    # -- conditional writes: If-None-Match: * to create, If-Match: <etag> to replace or delete --
+    def create_new(self, name: str, data: bytes) -> str | None:
+        """Write ``name`` only if no blob has that name; its ETag, or None when one is there."""
+        from azure.core.exceptions import ResourceExistsError
+
+        self._ensure_container()
+        with _mapped_errors(f"create {self.uri(name)}"):
+            try:
+                written = self.client.get_blob_client(self._blob(name)).upload_blob(data, overwrite=False)
+            except ResourceExistsError:
+                return None
+        return str(written["etag"])
+
+    def read_versioned(self, name: str) -> tuple[bytes, str] | None:
+        """The blob's content and ETag; None when there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _mapped_errors(f"read {self.uri(name)}"):
+            try:
+                download = self.client.get_blob_client(self._blob(name)).download_blob()
+                return download.readall(), str(download.properties.etag)
+            except ResourceNotFoundError:
+                return None
+
+    def replace_if(self, name: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``name`` only if it still has ``etag``; the new ETag, or None."""
+        from azure.core import MatchConditions
+
+        with _mapped_errors(f"replace {self.uri(name)}"), _condition_failed() as failed:
+            written = self.client.get_blob_client(self._blob(name)).upload_blob(
+                data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        return None if failed else str(written["etag"])
+
+    def delete_if(self, name: str, etag: str) -> bool:
+        """Delete ``name`` only if it still has ``etag``."""
+        from azure.core import MatchConditions
+
+        with _mapped_errors(f"delete {self.uri(name)}"), _condition_failed() as failed:
+            self.client.delete_blob(
+                self._blob(name), etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        return not failed
+
     def _ensure_container(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
         with _mapped_errors(f"create container {self.container}"), contextlib.suppress(ResourceExistsError):
             self.client.create_container()
+
+
+class _condition_failed:
+    """Swallows "the condition was not met" (412, or 404 when the blob is gone) and says so: a
+    lost race is an answer, not an error."""
+
+    def __enter__(self) -> list[bool]:
+        self.failed: list[bool] = []
+        return self.failed
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
+
+        if isinstance(exc, ResourceModifiedError | ResourceNotFoundError) or (
+            isinstance(exc, HttpResponseError) and exc.status_code in (404, 409, 412)
+        ):
+            self.failed.append(True)
+            return True
+        return False
 
 
 class _mapped_errors:
@@ -261,6 +335,46 @@ class FolderStore:
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
+
+    # -- conditional writes: the ETag is the content's sha256; a flock makes check-and-write one step
+    def create_new(self, name: str, data: bytes) -> str | None:
+        with self._exclusive():
+            if self._path(name).exists():
+                return None
+            self._write(self._path(name), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_versioned(self, name: str) -> tuple[bytes, str] | None:
+        data = self.get_bytes(name)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def replace_if(self, name: str, data: bytes, etag: str) -> str | None:
+        with self._exclusive():
+            current = self.read_versioned(name)
+            if current is None or current[1] != etag:
+                return None
+            self._write(self._path(name), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_if(self, name: str, etag: str) -> bool:
+        with self._exclusive():
+            current = self.read_versioned(name)
+            if current is None or current[1] != etag:
+                return False
+            self.delete(name)
+        return True
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".conditional-writes", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
 
     def _write(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
