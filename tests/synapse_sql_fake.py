@@ -12,12 +12,22 @@ What it enforces, after the documentation of dedicated SQL pools (Azure Synapse)
   aborted..."); ``ROLLBACK`` restores the database as it was;
 - no ``CREATE OR ALTER``; CREATE PROCEDURE first in its batch; ALTER of a missing procedure
   fails; PRIMARY KEY only NONCLUSTERED NOT ENFORCED; no DEFAULT constraints with functions;
-- PREDICT (``RUNTIME = ONNX``, run here with onnxruntime): the model is the active row's
-  payload (a scalar subquery: more than one row fails with Msg 512); each model input is fed
-  from the DATA column of the same name, which must exist and have the SQL type of the input's
-  tensor type, one column per input ([N] or [N, 1]); every WITH column names a model output; the
-  result is the DATA columns (d.*), the WITH columns converted to their types, and what else the
-  procedure selects (the version).
+- no UPDATE with an ANSI join, no SELECT assigning several variables (refused when a batch has
+  one);
+- PREDICT (``RUNTIME = ONNX``, run here with onnxruntime): the model is a scalar subquery (more
+  than one row fails with Msg 512, none is a NULL model); each model input is fed from the DATA
+  column of the same name, which must exist and have the SQL type of the input's tensor type,
+  one column per input ([N] or [N, 1]); every WITH column names a model output; the result is
+  the DATA columns (d.*), the WITH columns converted to their types, the version and the slot;
+- EXEC of the scoring procedure does what its T-SQL says: the routes from the traffic table (the
+  pinned ``@slot`` with every bucket, else the slots with a weight, cumulative in slot order),
+  each row's key bucket by evaluating the HASHBYTES expression written in the procedure's text
+  (its CONVERT/CAST key parts, converted as the pool converts: a float CONVERT without style 2
+  keeps 6 digits), one PREDICT per route, and the procedure's request log INSERT (status 500
+  when PREDICT failed, which is then re-thrown as 50007 with the pool's message);
+- sys.dm_pdw_exec_requests and sys.dm_pdw_errors: every statement is a request (the procedure's
+  labelled query another), failures with their error text; reading them needs VIEW DATABASE
+  STATE (``may_view_state``), and a query may name only the columns the views document.
 Where the documentation gives a rule but not the server's wording, the message is the fake's own.
 
 Failure injection: ``fail_on = N`` fails the Nth statement from now on (1 = the next one);
@@ -28,12 +38,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import hashlib
 import re
 import threading
 from typing import Any
 
 import numpy as np
-from sqlserver_fake import DatabaseError, Error, OperationalError, ProgrammingError, server_error
+from dbapi_fake import DatabaseError, Error, FakeCursor, OperationalError, ProgrammingError, server_error
 
 _NAME = r"((?:\[(?:[^\]]|\]\])*\]|#?\w+)(?:\s*\.\s*(?:\[(?:[^\]]|\]\])*\]|\w+))?)"
 _DDL = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|PROC|PROCEDURE)\b", re.I)
@@ -48,6 +60,17 @@ _TENSOR = {
     "nvarchar": "tensor(string)",
 }
 _NUMPY = {"int": np.int32, "bigint": np.int64, "real": np.float32, "float": np.float64}
+#: PREDICT's WITH clause (its column types may hold parentheses: nvarchar(16))
+_WITH_CLAUSE = r"RUNTIME = ONNX\) WITH \(([^)]*(?:\([^)]*\)[^)]*)*)\) AS p"
+#: the columns sys.dm_pdw_exec_requests and sys.dm_pdw_errors document (learn.microsoft.com)
+_REQUESTS = "request_id session_id status submit_time start_time end_compile_time end_time total_elapsed_time"
+_REQUESTS += " label error_id database_id command resource_class importance group_name classifier_name"
+_REQUESTS += " resource_allocation_percentage result_cache_hit client_correlation_id"
+REQUEST_COLUMNS = frozenset(_REQUESTS.split())
+ERROR_COLUMNS = frozenset(
+    ("error_id", "source", "type", "create_time", "pdw_node_id", "session_id", "request_id", "spid")
+    + ("thread_id", "details")
+)
 
 
 def _name(text: str) -> str:
@@ -69,6 +92,11 @@ class Table:
     columns: list[tuple[str, str]]  # (name, SQL type)
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
+    def __eq__(self, other: object) -> bool:  # a table's rows have no order
+        if not isinstance(other, Table):
+            return NotImplemented
+        return self.columns == other.columns and sorted(map(repr, self.rows)) == sorted(map(repr, other.rows))
+
 
 @dataclasses.dataclass
 class Database:
@@ -77,15 +105,23 @@ class Database:
 
 
 class FakeSqlPool:
-    def __init__(self) -> None:
+    def __init__(self, *, may_view_state: bool = True) -> None:
         self.db = Database()
         self.fail_on: int | None = None
         self.fail_matching: str | None = None
         self.statements: list[str] = []
         self.executed_params: list[tuple[Any, ...]] = []
         self.predict_calls = 0
+        #: VIEW DATABASE STATE: reading the sys.dm_pdw_* views needs it
+        self.may_view_state = may_view_state
+        #: sys.dm_pdw_exec_requests and sys.dm_pdw_errors: one dict per row, documented columns
+        self.requests: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        #: (slot, version, row number) of every row a split routed, for assertions
+        self.routed: list[tuple[str, str, int]] = []
         self._lock = threading.RLock()
-        self._clock = 0  # created_at order
+        self._last = datetime.datetime.min  # the last GETUTCDATE() handed out
+        self._sessions = 0
 
     def connect(self) -> FakePoolConnection:
         return FakePoolConnection(self)
@@ -102,44 +138,88 @@ class FakeSqlPool:
         self, conn: FakePoolConnection, sql: str, params: tuple[Any, ...]
     ) -> tuple[list[str], list[tuple]]:
         with self._lock:
-            self.statements.append(sql)
-            self.executed_params.append(params)
-            flat = " ".join(sql.split())
-            upper = flat.upper()
-            rollback = upper.endswith("ROLLBACK TRANSACTION;")
-            if conn.aborted and not rollback:
-                raise server_error(
-                    111233,
-                    "111233; The current transaction has aborted, and any pending changes have been "
-                    "rolled back. Cause: A transaction in a rollback-only state was not explicitly rolled "
-                    "back before a DDL, "
-                    "DML, or SELECT statement.",
-                )
+            request = self._request(conn, sql)
             try:
-                self._inject(sql)
-                markers = len(re.findall(r"\?", re.sub(r"N?'(?:[^']|'')*'", "''", sql)))
-                if markers != len(params):
-                    raise server_error(
-                        8178,
-                        f"The parameterized query expects {markers} parameter(s), {len(params)} supplied",
-                    )
-                if not conn.autocommit and conn.snapshot is None and not rollback:
-                    conn.begin()  # the driver's implicit transaction
-                if (
-                    conn.snapshot is not None
-                    and _DDL.search(_without_literals(flat))
-                    and "#TDSP" not in upper
-                ):
-                    raise server_error(
-                        50000,
-                        "Operation not allowed: the dedicated SQL pool runs no DDL (CREATE TABLE, "
-                        "CREATE/ALTER/DROP PROCEDURE) inside a user transaction.",
-                    )
-                return self._dispatch(conn, sql, flat, upper, params)
-            except DatabaseError:
-                if conn.snapshot is not None:
-                    conn.aborted = True
+                answer = self._run(conn, sql, params)
+            except DatabaseError as exc:
+                self._failed(request, exc)
                 raise
+            request["status"] = "Completed"
+            return answer
+
+    def _request(self, conn: FakePoolConnection, command: str, label: str | None = None) -> dict[str, Any]:
+        """A row of sys.dm_pdw_exec_requests (the view keeps the last 10,000)."""
+        when = self._now()
+        request = {
+            "request_id": f"QID{len(self.requests) + 1}",
+            "session_id": conn.session_id,
+            "status": "Running",
+            "submit_time": when,
+            "start_time": when,
+            "end_time": None,
+            "label": label,
+            "error_id": None,
+            "command": command[:4000],
+        }
+        self.requests.append(request)
+        del self.requests[:-10000]
+        return request
+
+    def _failed(self, request: dict[str, Any], exc: BaseException) -> None:
+        error_id = f"ERR{len(self.errors) + 1}"
+        request.update(status="Failed", error_id=error_id)
+        self.errors.append(
+            {
+                "error_id": error_id,
+                "source": "User",
+                "type": type(exc).__name__,
+                "create_time": request["submit_time"],
+                "pdw_node_id": 1,
+                "session_id": request["session_id"],
+                "request_id": request["request_id"],
+                "spid": 1,
+                "thread_id": 1,
+                "details": re.sub(r"^.*\[SQL Server\]", "", " ".join(map(str, exc.args))),
+            }
+        )
+
+    def _run(
+        self, conn: FakePoolConnection, sql: str, params: tuple[Any, ...]
+    ) -> tuple[list[str], list[tuple]]:
+        self.statements.append(sql)
+        self.executed_params.append(params)
+        flat = " ".join(sql.split())
+        upper = flat.upper()
+        rollback = upper.endswith("ROLLBACK TRANSACTION;")
+        if conn.aborted and not rollback:
+            raise server_error(
+                111233,
+                "111233; The current transaction has aborted, and any pending changes have been "
+                "rolled back. Cause: A transaction in a rollback-only state was not explicitly rolled "
+                "back before a DDL, "
+                "DML, or SELECT statement.",
+            )
+        try:
+            self._inject(sql)
+            markers = len(re.findall(r"\?", re.sub(r"N?'(?:[^']|'')*'", "''", sql)))
+            if markers != len(params):
+                raise server_error(
+                    8178,
+                    f"The parameterized query expects {markers} parameter(s), {len(params)} supplied",
+                )
+            if not conn.autocommit and conn.snapshot is None and not rollback:
+                conn.begin()  # the driver's implicit transaction
+            if conn.snapshot is not None and _DDL.search(_without_literals(flat)) and "#TDSP" not in upper:
+                raise server_error(
+                    50000,
+                    "Operation not allowed: the dedicated SQL pool runs no DDL (CREATE TABLE, "
+                    "CREATE/ALTER/DROP PROCEDURE) inside a user transaction.",
+                )
+            return self._dispatch(conn, sql, flat, upper, params)
+        except DatabaseError:
+            if conn.snapshot is not None:
+                conn.aborted = True
+            raise
 
     def _inject(self, sql: str) -> None:
         if self.fail_on is not None:
@@ -216,13 +296,16 @@ class FakeSqlPool:
         if upper.startswith("DECLARE") and ("INSERT INTO" in upper or "UPDATE" in upper):
             return self._declared(flat, upper, params)
         match = re.match(
-            r"^DELETE FROM " + _NAME + r" WHERE \[endpoint\] = \?( AND \[version\] = \?)?;$", flat, re.I
+            r"^DELETE FROM " + _NAME + r" WHERE \[endpoint\] = \?( AND \[(version|slot)\] = \?)?;$",
+            flat,
+            re.I,
         )
         if match:
             table = self._table(match.group(1))
+            column = match.group(3)
             keep = (
-                (lambda r: r["endpoint"] != params[0] or r["version"] != params[1])
-                if match.group(2)
+                (lambda r: r["endpoint"] != params[0] or r[column] != params[1])
+                if column
                 else (lambda r: r["endpoint"] != params[0])
             )
             table.rows[:] = [r for r in table.rows if keep(r)]
@@ -230,18 +313,26 @@ class FakeSqlPool:
         match = re.match(
             r"^SELECT (.+?) FROM "
             + _NAME
-            + r" WHERE \[endpoint\] = \? ORDER BY \[created_at\], \[version\];$",
+            + r" WHERE \[endpoint\] = \?( AND \[t\] >= \?)? ORDER BY ([\[\]\w, ]+);$",
             flat,
             re.I,
         )
         if match:
             table = self._table(match.group(2))
             columns = [c.strip(" []") for c in match.group(1).split(",")]
+            order = [c.strip(" []") for c in match.group(4).split(",")]
+            since = params[1] if match.group(3) else None
+            known = {c for c, _ in table.columns}
+            for column in columns + order:
+                if column not in known:
+                    raise server_error(207, f"Invalid column name '{column}'.")
             rows = sorted(
-                (r for r in table.rows if r["endpoint"] == params[0]),
-                key=lambda r: (r["created_at"], r["version"]),
+                (r for r in table.rows if r["endpoint"] == params[0] and (since is None or r["t"] >= since)),
+                key=lambda r: tuple(str(r[c]).lower() if isinstance(r[c], str) else r[c] for c in order),
             )
             return columns, [tuple(r[c] for c in columns) for r in rows]
+        if "SYS.DM_PDW_" in upper:
+            return self._dmv(conn, flat, params)
         match = re.match(r"^SELECT OBJECT_ID\(\?, N'(U|P)'\);$", flat, re.I)
         if match:
             found = _name(params[0]) in (self.db.tables if match.group(1) == "U" else self.db.procedures)
@@ -279,32 +370,96 @@ class FakeSqlPool:
             raise server_error(208, f"Invalid object name '{name}'.")
         return self.db.tables[name]
 
-    def _declared(self, flat: str, upper: str, params: tuple) -> tuple[list, list]:
+    def _now(self) -> datetime.datetime:
+        """GETUTCDATE(), made strictly increasing so that rows written in one test keep an order."""
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        self._last = max(now, self._last + datetime.timedelta(microseconds=1))
+        return self._last
+
+    def _declared(self, flat: str, upper: str, params: tuple) -> tuple[list, list]:  # noqa: C901
+        """The DECLARE ... batches of predict_tsql, told apart by the variables they bind."""
+        if re.search(r"\bUPDATE\b[^;]*\bFROM\b[^;]*\bJOIN\b", flat, re.I):
+            raise server_error(100071, "UPDATE with an ANSI join is not supported in dedicated SQL pool.")
+        if re.search(r"SELECT\s+@\w+\s*=[^;]*,\s*@\w+\s*=", flat, re.I):
+            raise server_error(100072, "Assigning several variables in one SELECT is not supported.")
         declared = re.findall(r"@(\w+) [\w()]+ = \?", flat)
         if len(declared) != len(params):
             raise server_error(137, "Must declare the scalar variable.")
         variables = dict(zip(declared, params, strict=True))
-        table = self._table(re.search(r"(?:INSERT INTO|UPDATE) " + _NAME, flat, re.I).group(1))
-        endpoint, version = variables["endpoint"], variables["version"]
-        same = [r for r in table.rows if r["endpoint"] == endpoint and r["version"] == version]
-        if "INSERT INTO" in upper:
+        names = set(variables)
+        tables = [self._table(t) for t in dict.fromkeys(re.findall(r"\[\w+\]\.\[\w+\]", flat))]
+        endpoint = variables["endpoint"]
+        if names == {"endpoint", "name", "version", "sha256", "flavor", "payload", "manifest"}:
+            table = tables[0]
+            same = [
+                r for r in table.rows if r["endpoint"] == endpoint and r["version"] == variables["version"]
+            ]
             if same and same[0]["sha256"] != variables["sha256"]:
                 raise server_error(
                     50001,
                     "this model version is already stored with other content; give the model a new version",
                 )
             if not same:
-                self._clock += 1
                 table.rows.append(
-                    {**variables, "created_at": self._clock, "created_by": "deployer", "active": 0}
+                    {**variables, "created_at": self._now(), "created_by": "deployer", "active": 0}
                 )
             return [], []
-        if not same:
-            raise server_error(50002, "this model version is not in the model table; insert it first")
-        for row in table.rows:
-            if row["endpoint"] == endpoint:
-                row["active"] = 1 if row["version"] == version else 0
-        return [], []
+        if names == {"endpoint", "slot", "version"}:  # assign_slot: models, then traffic
+            models, traffic = tables
+            if not any(
+                r["endpoint"] == endpoint and r["version"] == variables["version"] for r in models.rows
+            ):
+                raise server_error(50002, "this model version is not in the model table; insert it first")
+            found = [r for r in traffic.rows if r["endpoint"] == endpoint and r["slot"] == variables["slot"]]
+            if found:
+                found[0].update(version=variables["version"], updated_at=self._now())
+            else:
+                salts = [
+                    r["salt"] for r in traffic.rows if r["endpoint"] == endpoint and r["salt"] is not None
+                ]
+                traffic.rows.append(
+                    {
+                        **variables,
+                        "weight": 0,
+                        "salt": max(salts) if salts else None,
+                        "updated_at": self._now(),
+                    }
+                )
+            return [], []
+        if names == {"endpoint", "slot", "weight"}:  # set_weight
+            (traffic,) = tables
+            found = [r for r in traffic.rows if r["endpoint"] == endpoint and r["slot"] == variables["slot"]]
+            if not found:
+                raise server_error(50006, "this procedure has no such deployment slot")
+            if not 0 <= int(variables["weight"]) <= 100:
+                raise server_error(547, "The UPDATE statement conflicted with the weight's range.")
+            found[0].update(weight=int(variables["weight"]), updated_at=self._now())
+            return [], []
+        if names == {"endpoint"} and "@TOTAL" in upper:  # refresh_active: traffic, then models
+            traffic, models = tables[1], tables[0]
+            if "[weight]" in {f"[{c}]" for c, _ in models.columns}:
+                traffic, models = models, traffic
+            total = sum(r["weight"] for r in traffic.rows if r["endpoint"] == endpoint)
+            if total not in (0, 100):
+                raise server_error(
+                    50005, "the traffic weights of this procedure's slots must add up to 100 (or 0)"
+                )
+            serving = {r["version"] for r in traffic.rows if r["endpoint"] == endpoint and r["weight"] > 0}
+            for row in models.rows:
+                if row["endpoint"] == endpoint:
+                    row["active"] = 1 if row["version"] in serving else 0
+            return [], []
+        if names == {"endpoint", "salt"}:  # set_salt
+            (traffic,) = tables
+            for row in traffic.rows:
+                if row["endpoint"] == endpoint:
+                    row["salt"] = variables["salt"]
+            return [], []
+        if names == {"endpoint", "slot", "version", "weight", "salt", "updated_at"}:  # restore_slot
+            (traffic,) = tables
+            traffic.rows.append(dict(variables))
+            return [], []
+        raise server_error(102, f"Incorrect syntax near '{flat[:40]}' (the fake does not know this batch).")
 
     # -- scoring --------------------------------------------------------------------------------
     def _scoring_batch(self, conn: FakePoolConnection, flat: str, params: tuple) -> tuple[list, list]:
@@ -315,45 +470,42 @@ class FakeSqlPool:
             raise server_error(102, "Incorrect syntax near 'CREATE'.")
         columns = [(m.group(1), m.group(2)) for m in re.finditer(r"\[(\w+)\] ([\w()]+)", create.group(1))]
         rows: list[dict[str, Any]] = []
-        selects = re.findall(r"SELECT ((?:CAST\(\? AS [\w()]+\)(?:, )?)+)", flat)
-        width = len(columns)
-        if len(params) != width * len(selects):
+        selects = re.findall(r"SELECT (\d+), ((?:CAST\(\? AS [\w()]+\)(?:, )?)+)", flat)
+        width = len(columns) - 1  # the row number is written in the text, not bound
+        match = re.search(
+            r"EXEC " + _NAME + r" @input_table = N'([^']*)', @slot = \?, @request_id = \?;", flat
+        )
+        if match is None:
+            raise server_error(102, "Incorrect syntax near 'EXEC'.")
+        if len(params) != width * len(selects) + 2:
             raise server_error(8178, "The parameterized query expects another number of parameters")
-        for index in range(len(selects)):
-            values = params[index * width : (index + 1) * width]
+        for index, (number, _) in enumerate(selects):
+            values = (int(number), *params[index * width : (index + 1) * width])
             rows.append(
                 {name: _cast(v, sql_type, name) for (name, sql_type), v in zip(columns, values, strict=True)}
             )
         conn.temp["#tdsp_input"] = Table(columns, rows)
         try:
-            match = re.search(r"EXEC " + _NAME + r" @input_table = N'([^']*)';", flat)
-            if match is None:
-                raise server_error(102, "Incorrect syntax near 'EXEC'.")
-            return self._exec(conn, _name(match.group(1)), match.group(2))
+            return self._exec(conn, _name(match.group(1)), match.group(2), params[-2], params[-1])
         finally:
             conn.temp.pop("#tdsp_input", None)
 
-    def _exec(self, conn: FakePoolConnection, name: str, input_table: str) -> tuple[list, list]:
+    def _exec(
+        self, conn: FakePoolConnection, name: str, input_table: str, slot: str | None, request_id: str | None
+    ) -> tuple[list, list]:
+        """What predict_tsql.alter_procedure's T-SQL does: the routes from the traffic table
+        (CTAS of #tdsp_routes), each row's key bucket by the HASHBYTES expression written in the
+        procedure, one PREDICT per route with its model on its rows, UNION ALL."""
         if name not in self.db.procedures:
             raise server_error(2812, f"Could not find stored procedure '{name}'.")
         definition = self.db.procedures[name]
         flat = " ".join(definition.split())
         if "PREDICT(" not in flat:  # the stub
             return ["stub"], [(1,)]
-        model_table, key = re.search(
-            r"IF NOT EXISTS \(SELECT 1 FROM "
-            + _NAME
-            + r" WHERE \[endpoint\] = N'(\w+)' AND \[active\] = 1\)",
-            flat,
-        ).groups()
-        active = [r for r in self._table(model_table).rows if r["endpoint"] == key and r["active"]]
-        if not active:
-            raise server_error(50003, "no active model version for this procedure; push the model first")
-        if len(active) > 1:
-            raise server_error(512, "Subquery returned more than 1 value.")
         parts = input_table.split(".")
         if len(parts) > 2 or not parts[-1]:
             raise server_error(50004, "@input_table must name a table or view: [schema.]name or #temp")
+        routes = self._routes(flat, slot)
         data = (
             conn.temp.get(input_table)
             if input_table.startswith("#")
@@ -361,15 +513,180 @@ class FakeSqlPool:
         )
         if data is None:
             raise server_error(208, f"Invalid object name '{input_table}'.")
-        query = re.search(r"DECLARE @query nvarchar\(max\) = N'(.*?)' \+ @source \+ N'(.*?)';", flat).group(2)
-        query = query.replace("''", "'")
+        model_table, key = re.search(
+            r"SELECT m\.\[payload\] FROM " + _NAME + r" AS m JOIN #tdsp_routes AS r ON m\.\[version\] = "
+            r"r\.\[version\] WHERE m\.\[endpoint\] = N''(\w+)''",
+            flat,
+        ).groups()
         outputs = [
             (m.group(1), m.group(2))
-            for m in re.finditer(r"\[(\w+)\] ([\w()]+)", re.search(r"WITH \((.*?)\) AS p", query).group(1))
+            for m in re.finditer(r"\[(\w+)\] ([\w()]+)", re.search(_WITH_CLAUSE, flat).group(1))
         ]
-        scored = self.predict(active[0]["payload"], data, outputs)
-        names = [c for c, _ in data.columns] + [c for c, _ in outputs] + ["model_version"]
-        return names, [tuple(row) + (active[0]["version"],) for row in scored]
+        bucket = _bucket_function(flat, dict(data.columns))
+        label = re.search(r"OPTION \(LABEL = N''(\w+)''\)", flat).group(1)
+        request = self._request(conn, f"-- the dynamic scoring query of {name}", label)
+        routed = {
+            route["slot"]: [
+                r for r in data.rows if route["low"] <= bucket(r, route["salt"]) <= route["high"] - 1
+            ]
+            for route in routes
+        }
+        try:
+            answers = []
+            for route in routes:
+                rows = routed[route["slot"]]
+                models = [
+                    r
+                    for r in self._table(model_table).rows
+                    if r["endpoint"] == key and r["version"] == route["version"]
+                ]
+                if len(models) > 1:
+                    raise server_error(512, "Subquery returned more than 1 value.")
+                if not models:
+                    raise server_error(50000, "PREDICT: the MODEL is NULL.")
+                scored = self.predict(models[0]["payload"], Table(data.columns, rows), outputs)
+                for row, answer in zip(rows, scored, strict=True):
+                    answers.append((*answer, route["version"], route["slot"]))
+                    self.routed.append((route["slot"], route["version"], row.get("tdsp_row")))
+        except DatabaseError as exc:  # the procedure's CATCH: logged as 500, re-thrown as 50007
+            self._failed(request, exc)
+            self._log_requests(flat, key, routes, routed, dict(data.columns), request_id, slot, 500)
+            message = re.sub(r"^.*\[SQL Server\]", "", " ".join(map(str, exc.args)))
+            raise server_error(50007, re.sub(r" \(\d+\)$", "", message)) from None
+        request["status"] = "Completed"
+        self._log_requests(flat, key, routes, routed, dict(data.columns), request_id, slot, 200)
+        names = [c for c, _ in data.columns] + [c for c, _ in outputs] + ["model_version", "variant"]
+        return names, answers
+
+    def _log_requests(
+        self,
+        flat: str,
+        key: str,
+        routes: list[dict[str, Any]],
+        routed: dict[str, list[dict[str, Any]]],
+        types: dict[str, str],
+        request_id: str | None,
+        slot: str | None,
+        status: int,
+    ) -> None:
+        """The procedure's dynamic INSERT into the request log, when its text has one: a row per
+        scored row, its route, its ab_key text (the key part the INSERT writes), time per row."""
+        match = re.search(
+            r"INSERT INTO " + _NAME + r" \(\[endpoint\], \[t\], \[request_id\], \[slot\], \[version\], "
+            r"\[status\], \[row_key\], \[latency_ms\], \[pinned\]\) SELECT N''(\w+)'', GETUTCDATE\(\), "
+            r"@request_id, r\.\[slot\], r\.\[version\], @status, (.+?) AS \[row_key\]",
+            flat,
+        )
+        if match is None:
+            return
+        table, endpoint, key_expression = match.groups()
+        if endpoint != key:
+            raise server_error(50000, "the request log names another endpoint than the procedure")
+        row_key = (
+            None if key_expression == "CAST(NULL AS nvarchar(4000))" else _key_part(key_expression, types)
+        )
+        request_id = request_id or f"NEWID-{len(self.requests)}"
+        count = sum(len(rows) for rows in routed.values())
+        now = self._now()
+        for route in routes:
+            for row in routed[route["slot"]]:
+                self._table(table).rows.append(
+                    {
+                        "endpoint": endpoint,
+                        "t": now,
+                        "request_id": request_id,
+                        "slot": route["slot"],
+                        "version": route["version"],
+                        "status": status,
+                        "row_key": None if row_key is None else row_key(row),
+                        "latency_ms": 1.0 / max(count, 1),
+                        "pinned": 0 if slot is None else 1,
+                    }
+                )
+
+    def _routes(self, flat: str, slot: str | None) -> list[dict[str, Any]]:
+        """#tdsp_routes as the procedure's CTAS makes it: the pinned slot with every bucket, else
+        the slots with a weight in name order, each with [low, high) of the cumulative weights."""
+        traffic_name, key = re.search(
+            r"FROM " + _NAME + r" WHERE \[endpoint\] = N'(\w+)' AND \(\[slot\] = @slot OR "
+            r"\(@slot IS NULL AND \[weight\] > 0\)\);",
+            flat,
+        ).groups()
+        if "SUM([weight]) OVER (ORDER BY [slot] ROWS UNBOUNDED PRECEDING)" not in flat:
+            raise server_error(102, "the fake knows the routes only as cumulative weights in slot order")
+        found = [
+            r
+            for r in self._table(traffic_name).rows
+            if r["endpoint"] == key and (r["slot"] == slot if slot is not None else r["weight"] > 0)
+        ]
+        found.sort(key=lambda r: r["slot"].lower())
+        routes, upto = [], 0
+        for route in found:
+            low, high = (0, 100) if slot is not None else (upto, upto + route["weight"])
+            upto += route["weight"]
+            routes.append({**route, "low": low, "high": high, "salt": route["salt"] or ""})
+        if not routes:
+            raise server_error(
+                50003, "no slot of this procedure takes traffic (or @slot names none); push the model first"
+            )
+        return routes
+
+    # -- the pool's DMVs ---------------------------------------------------------------------------
+    def _dmv(self, conn: FakePoolConnection, flat: str, params: tuple) -> tuple[list, list]:
+        """predict_tsql.failed_requests over sys.dm_pdw_exec_requests and sys.dm_pdw_errors, holding
+        the query to the views' documented columns and to VIEW DATABASE STATE."""
+        if not self.may_view_state:
+            raise server_error(300, "VIEW DATABASE STATE permission denied in database 'scoring'.")
+        match = re.match(
+            r"^SELECT TOP \((\d+)\) (.+?) FROM sys\.dm_pdw_exec_requests AS r "
+            r"LEFT JOIN sys\.dm_pdw_errors AS e ON e\.\[(\w+)\] = r\.\[(\w+)\] "
+            r"WHERE r\.\[status\] = N'Failed' AND r\.\[session_id\] <> SESSION_ID\(\) "
+            r"AND \(r\.\[label\] = \? OR r\.\[command\] LIKE \?\) ORDER BY r\.\[submit_time\] DESC;$",
+            flat,
+        )
+        if match is None:
+            raise server_error(
+                102, f"Incorrect syntax near '{flat[:40]}' (the fake does not know this query)."
+            )
+        for alias, column in re.findall(r"\b([re])\.\[(\w+)\]", flat):
+            if column not in (REQUEST_COLUMNS if alias == "r" else ERROR_COLUMNS):
+                raise server_error(207, f"Invalid column name '{column}'.")
+        label, pattern = params
+        like = re.compile(
+            "^"
+            + "".join(
+                ".*"
+                if p == "%"
+                else "."
+                if p == "_"
+                else re.escape(p[1:-1])
+                if p.startswith("[")
+                else re.escape(p)
+                for p in re.findall(r"\[[^\]]\]|%|_|[^%_\[]+", pattern)
+            )
+            + "$",
+            re.S | re.I,
+        )
+        found = [
+            r
+            for r in self.requests
+            if r["status"] == "Failed"
+            and r["session_id"] != conn.session_id
+            and (r["label"] == label or like.match(r["command"] or ""))
+        ]
+        found.sort(key=lambda r: r["submit_time"], reverse=True)
+        columns = [c.strip() for c in match.group(2).split(",")]
+        rows = []
+        for request in found:
+            errors = [e for e in self.errors if e["request_id"] == request["request_id"]] or [{}]
+            for error in errors:
+                rows.append(
+                    tuple(
+                        (request if alias == "r" else error).get(column)
+                        for alias, column in (re.match(r"([re])\.\[(\w+)\]", c).groups() for c in columns)
+                    )
+                )
+        return [re.sub(r"^\w\.\[|\]$", "", c) for c in columns], rows[: int(match.group(1))]
 
     def predict(self, payload: bytes, data: Table, outputs: list[tuple[str, str]]) -> list[list[Any]]:
         """PREDICT(MODEL = payload, DATA = data AS d, RUNTIME = ONNX) WITH (outputs): d.*, p.*."""
@@ -457,32 +774,66 @@ def _without_literals(sql: str) -> str:
     return re.sub(r"N?'(?:[^']|'')*'", "''", sql)
 
 
+# -- the key hash, as the procedure's T-SQL writes it ---------------------------------------------
+_BUCKET = re.compile(
+    r"CAST\(SUBSTRING\(HASHBYTES\(''SHA2_256'', r\.\[salt\] \+ N''\|'' \+ (.+?)\), 1, 4\) AS bigint\) "
+    r"\* 100 / CAST\(4294967296 AS bigint\) BETWEEN r\.\[low\] AND r\.\[high\] - 1"
+)
+_KEY_PARTS = {
+    "convert": re.compile(r"^ISNULL\(CONVERT\(nvarchar\((\d+)\), s\.\[(\w+)\]\), N''''\)$"),
+    "float_style_2": re.compile(
+        r"^ISNULL\(CONVERT\(nvarchar\((\d+)\), CAST\(s\.\[(\w+)\] AS float\), 2\), N''''\)$"
+    ),
+    "cast": re.compile(r"^ISNULL\(CAST\(s\.\[(\w+)\] AS nvarchar\((\d+)\)\), N''''\)$"),
+}
+
+
+def _bucket_function(flat: str, types: dict[str, str]) -> Any:
+    """The procedure's bucket expression as a function (row, salt) -> bucket: the key parts it
+    concatenates, converted as the pool converts, hashed with SHA2_256 over the UTF-16 text
+    (nvarchar), the first 4 bytes as a number times 100 over 2^32."""
+    match = _BUCKET.search(flat)
+    if match is None:
+        raise server_error(102, "the fake does not know this routing expression")
+    parts = [_key_part(text, types) for text in match.group(1).split(" + N''|'' + ")]
+
+    def bucket(row: dict[str, Any], salt: str) -> int:
+        key = "|".join(part(row) for part in parts)
+        digest = hashlib.sha256((salt + "|" + key).encode("utf-16-le")).digest()
+        return int.from_bytes(digest[:4], "big") * 100 // 4294967296
+
+    return bucket
+
+
+def _key_part(text: str, types: dict[str, str]) -> Any:
+    """One key part of the procedure's T-SQL as a function row -> text."""
+    for kind, pattern in _KEY_PARTS.items():
+        found = pattern.match(text)
+        if found:
+            column = found.group(1) if kind == "cast" else found.group(2)
+            if column not in types:
+                raise server_error(207, f"Invalid column name '{column}'.")
+            return lambda row: _converted(kind, row[column], types[column])
+    raise server_error(102, f"the fake does not know the key part {text!r}")
+
+
+def _converted(kind: str, value: Any, sql_type: str) -> str:
+    """CONVERT / CAST to nvarchar as the pool does it; NULL as '' (the ISNULL around it)."""
+    if value is None:
+        return ""
+    if kind == "float_style_2":  # style 2: 16 significant digits, scientific, 3 exponent digits
+        mantissa, exponent = f"{float(value):.15e}".split("e")
+        return f"{mantissa}e{exponent[0]}{int(exponent[1:]):03d}"
+    if _base(sql_type) in ("real", "float"):  # style 0: at most 6 significant digits
+        text = f"{float(value):.6g}"
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{exponent[0]}{int(exponent[1:]):03d}"
+        return text
+    return str(value)
+
+
 # -- the DB-API surface ---------------------------------------------------------------------------
-class FakeCursor:
-    def __init__(self, connection: FakePoolConnection):
-        self._connection = connection
-        self.description: list[tuple] | None = None
-        self._rows: list[tuple] = []
-
-    def execute(self, sql: str, params: tuple | list = ()) -> FakeCursor:
-        if self._connection.closed:
-            raise Error("Cannot execute on a closed connection")
-        columns, rows = self._connection.pool.run(self._connection, sql, tuple(params))
-        self.description = [(c, None, None, None, None, None, None) for c in columns] if columns else None
-        self._rows = rows
-        return self
-
-    def fetchall(self) -> list[tuple]:
-        rows, self._rows = self._rows, []
-        return rows
-
-    def nextset(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 class FakePoolConnection:
     """autocommit off by default (as drivers open); the first statement then opens a transaction."""
 
@@ -493,11 +844,16 @@ class FakePoolConnection:
         self.snapshot: Database | None = None
         self.aborted = False
         self.temp: dict[str, Table] = {}
+        pool._sessions += 1
+        self.session_id = f"SID{pool._sessions}"
 
     def cursor(self) -> FakeCursor:
         if self.closed:
             raise Error("Cannot create cursor on closed connection")
         return FakeCursor(self)
+
+    def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple]]:
+        return self.pool.run(self, sql, params)
 
     def begin(self) -> None:
         self.snapshot = copy.deepcopy(self.pool.db)

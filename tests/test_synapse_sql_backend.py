@@ -120,6 +120,11 @@ def writes(statements: list[str]) -> list[str]:
     return [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
 
 
+def without_the_request_log(state: Any) -> Any:
+    state.tables.pop("dbo.tdsp_requests", None)
+    return state
+
+
 @pytest.fixture
 def pool() -> FakeSqlPool:
     return FakeSqlPool()
@@ -156,7 +161,9 @@ def test_sample_values_and_the_model_name_travel_as_parameters(pool, project):
     texts = "\n".join(pool.statements)
     assert "iris-classifier" not in texts and "5.1" not in texts
     scoring = [p for s, p in zip(pool.statements, pool.executed_params, strict=True) if "#tdsp_input (" in s]
-    assert list(scoring[-1]) == [v for row in SAMPLES for v in row]
+    *values, slot, request_id = scoring[-1]
+    assert values == [v for row in SAMPLES for v in row] and slot == "blue"  # pinned to the new slot
+    assert len(request_id) == 32  # the call's id in the request log
 
 
 def test_ddl_runs_outside_the_transaction_and_only_rows_change_inside_it(pool, project):
@@ -164,8 +171,9 @@ def test_ddl_runs_outside_the_transaction_and_only_rows_change_inside_it(pool, p
     begin = pool.statements.index("BEGIN TRANSACTION;")
     commit = pool.statements.index("COMMIT TRANSACTION;")
     inside = pool.statements[begin + 1 : commit]
-    assert [s.split(None, 1)[0] for s in inside] == ["DECLARE", "DECLARE"]
+    assert [s.split(None, 1)[0] for s in inside] == ["DECLARE", "DECLARE", "DECLARE"]
     assert any("INSERT INTO" in s for s in inside) and any("SET [active]" in s for s in inside)
+    assert any("[tdsp_traffic]" in s and "INSERT INTO" in s for s in inside)  # the slot, no traffic
 
 
 def test_the_fake_pool_refuses_ddl_from_a_connection_left_in_implicit_transactions(pool, project):
@@ -191,7 +199,7 @@ def test_an_unchanged_push_is_a_no_op(pool, project):
 def test_a_second_version_switches_and_the_first_stays_as_rollback_material(pool, tmp_path):
     run_push(make_project(tmp_path / "v1", version="1"), pool)
     result = run_push(make_project(tmp_path / "v2", version="2", max_depth=2), pool)
-    assert result.deployment == "green" and result.traffic == {"green": 100}
+    assert result.deployment == "green" and result.traffic == {"blue": 0, "green": 100}
     assert versions(pool) == [("1", 0), ("2", 1)]
 
 
@@ -219,9 +227,12 @@ def test_a_failed_smoke_test_restores_the_first_version_and_its_procedure(pool, 
     "step",
     [
         r"^IF OBJECT_ID\(N'\[dbo\]\.\[tdsp_models\]', N'U'\) IS NULL",
+        r"^IF OBJECT_ID\(N'\[dbo\]\.\[tdsp_traffic\]', N'U'\) IS NULL",
         r"EXEC \(N'CREATE PROCEDURE",
         r"INSERT INTO",
+        r"@slot nvarchar\(64\) = \?, @version",
         r"SET \[active\]",
+        r"SET \[weight\]",
         r"^ALTER PROCEDURE",
         r"COMMIT TRANSACTION",
     ],
@@ -229,14 +240,15 @@ def test_a_failed_smoke_test_restores_the_first_version_and_its_procedure(pool, 
 def test_a_failure_at_each_step_of_a_second_push_leaves_the_first_version_serving(pool, tmp_path, step):
     first = make_project(tmp_path / "v1", version="1")
     run_push(first, pool)
-    before = pool.state()
+    before = without_the_request_log(pool.state())
     second = make_project(tmp_path / "v2", version="2", max_depth=2)
     pool.fail_matching = step
 
     error = push_fails(second, pool)
 
     assert "injected failure" in error.message and "undo_failed" not in error.details
-    assert pool.state() == before
+    # the request log keeps the calls the failed push made (its probe and smoke test): history
+    assert without_the_request_log(pool.state()) == before
     answer = backend_for(first, pool).invoke((first.parent / "request.json").read_bytes())
     assert (
         json_differences(json.loads((first.parent / "expected.json").read_text()), answer.json(), 1e-12) == []
@@ -289,13 +301,14 @@ def test_a_parity_failure_is_refused_before_any_statement(pool, tmp_path):
     assert writes(pool.statements) == []
 
 
-def test_set_traffic_logs_credentials_and_delete(pool, project):
+def test_mirrors_credentials_a_slot_that_takes_traffic_and_delete(pool, project):
     run_push(project, pool)
     backend = backend_for(project, pool)
-    backend.set_traffic({"blue": 100})
     for call in (
-        lambda: backend.set_traffic({"blue": 50, "green": 50}),
-        lambda: backend.logs("blue"),
+        lambda: backend.set_traffic({"blue": 100}, {"green": 10}),
+        lambda: backend.set_traffic({"blue": 50, "nope": 50}),
+        lambda: backend.delete("blue"),  # it takes the traffic
+        lambda: backend.logs("nope"),
         backend.credentials,
     ):
         assert pytest.raises(TdspError, call).value.exit_code == ExitCode.USAGE
@@ -317,7 +330,7 @@ def test_render_through_the_cli_writes_the_tsql_and_the_onnx_payload_offline(cli
     result = cli("render", project, "-o", out, "--json")
     assert result.exit_code == 0, result.stderr
     names = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert "05-alter_procedure.sql" in names and "model.onnx" in names, names
+    assert "08-alter_procedure.sql" in names and "model.onnx" in names, names
     payload = next(out.rglob("model.onnx")).read_bytes()
     assert [i.name for i in onnx.load_from_string(payload).graph.input] == FEATURES
     pool = FakeSqlPool()

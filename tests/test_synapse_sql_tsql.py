@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import onnx
@@ -95,6 +96,13 @@ def statements() -> dict[str, str]:
     found["drop_table_if_empty"] = predict_tsql.drop_table_if_empty(target)
     found["delete_version"] = predict_tsql.delete_version(target)
     found["list_versions"] = predict_tsql.list_versions(target)
+    found["list_slots"] = predict_tsql.list_slots(target)
+    found["delete_slot"] = predict_tsql.delete_slot(target)
+    found["list_requests"] = predict_tsql.list_requests(target)
+    found["failed_requests"] = predict_tsql.failed_requests()
+    found["set_weight"] = predict_tsql.set_weight(target)
+    found["set_salt"] = predict_tsql.set_salt(target)
+    found["restore_slot"] = predict_tsql.restore_slot(target)
     return found
 
 
@@ -103,10 +111,13 @@ def test_render_writes_the_statements_in_execution_order_and_the_payload_as_inse
 ):
     assert [p.name for p in rendered] == [
         "01-create_model_table.sql",
-        "02-create_procedure_stub.sql",
-        "03-insert_model.sql",
-        "04-activate_version.sql",
-        "05-alter_procedure.sql",
+        "02-create_traffic_table.sql",
+        "03-create_request_log_table.sql",
+        "04-create_procedure_stub.sql",
+        "05-insert_model.sql",
+        "06-assign_slot.sql",
+        "07-refresh_active.sql",
+        "08-alter_procedure.sql",
         "model.onnx",
         "parameters.json",
         "score-example.sql",
@@ -114,8 +125,12 @@ def test_render_writes_the_statements_in_execution_order_and_the_payload_as_inse
     assert (tmp_path / "model.onnx").read_bytes() == payload
     assert [i.name for i in onnx.load(tmp_path / "model.onnx").graph.input] == FEATURES
     parameters = json.loads((tmp_path / "parameters.json").read_text())
-    assert parameters["one_transaction"] == ["03-insert_model.sql", "04-activate_version.sql"]
-    insert = parameters["statements"]["03-insert_model.sql"]
+    assert parameters["one_transaction"] == [
+        "05-insert_model.sql",
+        "06-assign_slot.sql",
+        "07-refresh_active.sql",
+    ]
+    insert = parameters["statements"]["05-insert_model.sql"]
     assert [p["name"] for p in insert] == list(predict_tsql.INSERT_PARAMETERS)
     assert {p["name"]: p["value"] for p in insert}["name"] == PLANTED_MODEL_NAME
     assert {p["name"]: p["value"] for p in insert}["payload"] == "model.onnx"
@@ -150,7 +165,15 @@ def test_the_procedure_quotes_the_table_name_it_is_given():
 
 # sqlglot's T-SQL dialect parses these. It reads the procedure (dynamic SQL, THROW), the stub's
 # EXEC (N'...') and the DECLARE ... IF ... THROW batches as opaque commands: tokenized below.
-PARSED_BY_SQLGLOT = ["drop_procedure", "delete_version", "list_versions"]
+PARSED_BY_SQLGLOT = [
+    "drop_procedure",
+    "delete_version",
+    "list_versions",
+    "list_slots",
+    "delete_slot",
+    "list_requests",
+    "failed_requests",
+]
 
 
 @pytest.mark.parametrize("name", PARSED_BY_SQLGLOT)
@@ -164,17 +187,40 @@ def test_sqlglot_parses(name):
     assert not any(isinstance(s, exp.Command) for s in parsed), [type(s) for s in parsed]
 
 
-def test_sqlglot_parses_the_predict_query_with_a_table_source():
+def test_sqlglot_parses_a_two_slot_query_as_the_procedure_builds_it():
+    """The dynamic query of a 70/30 split: one CTE of rows per slot (PREDICT takes a CTE alias,
+    not a subquery), one PREDICT per slot, UNION ALL, the label."""
     sqlglot = pytest.importorskip("sqlglot")
     target = make_manifest().target
-    query = predict_tsql.predict_query(target, "iris", target.outputs, "[dbo].[new_flowers]")
-    # PREDICT(...) WITH (...) is not in sqlglot's grammar; the rest of the query around it is.
-    plain = query.replace("PREDICT(MODEL", "f(MODEL").replace(", RUNTIME = ONNX)", ")")
-    plain = plain.split("\nWITH (")[0] + " AS p\nCROSS JOIN" + query.split("CROSS JOIN", 1)[1]
-    parsed = sqlglot.parse_one(
-        plain.replace("MODEL = ", "").replace("DATA = ", "").replace(" AS d", ""), read="tsql"
-    )
-    assert parsed.find(sqlglot.exp.Join) is not None
+    ctes = [predict_tsql.route_rows_query(target).format(k=k, source="[dbo].[new_flowers]") for k in (1, 2)]
+    selects = [predict_tsql.route_predict_query(target, "iris", target.outputs).format(k=k) for k in (1, 2)]
+    query = "WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL\n".join(selects)
+    assert "HASHBYTES('SHA2_256', r.[salt] + N'|' + " in query
+    # PREDICT(...) WITH (...) is not in sqlglot's grammar: a table function stands in for it.
+    plain = re.sub(
+        r"PREDICT\(MODEL = \((.*?)\),\s*DATA = (\[tdsp_rows_\d\]) AS d, RUNTIME = ONNX\)\s*WITH \(.*?\) AS p",
+        r"f(\2) AS p",
+        query,
+        flags=re.S,
+    ).replace("d.*", "p.*")
+    parsed = sqlglot.parse_one(plain.replace("#tdsp_routes", "tdsp_routes"), read="tsql")
+    assert parsed.find(sqlglot.exp.Union) is not None and len(list(parsed.find_all(sqlglot.exp.CTE))) == 2
+
+
+def test_sqlglot_parses_the_request_log_insert():
+    sqlglot = pytest.importorskip("sqlglot")
+    target = make_manifest().target.model_copy(update={"ab_key": "sepal_length"})
+    query = predict_tsql.request_log_query(target, "iris").format(source="[dbo].[new_flowers]")
+    parsed = sqlglot.parse_one(query.replace("#tdsp_routes", "tdsp_routes"), read="tsql")
+    assert isinstance(parsed, sqlglot.exp.Insert) and parsed.find(sqlglot.exp.Window) is not None
+    assert "CONVERT(nvarchar(30), CAST(s.[sepal_length] AS float), 2), N'') AS [row_key]" in query
+
+
+def test_the_key_bucket_is_read_from_the_hash_as_the_local_router_reads_its_fraction():
+    text = predict_tsql.bucket_expression(make_manifest().target)
+    assert text.startswith("CAST(SUBSTRING(HASHBYTES('SHA2_256', r.[salt] + N'|' + ISNULL(CONVERT(")
+    assert text.endswith(", 1, 4) AS bigint) * 100 / CAST(4294967296 AS bigint)")
+    assert text.count("CAST(s.[") == 4 and text.count(", 2), N'')") == 4  # the floats: 16 digits
 
 
 def test_sqlglot_tokenizes_everything():

@@ -139,21 +139,34 @@ class SqlServerConnection:
                 cursor = self._connection.cursor()
                 cursor.execute(sql, tuple(params)) if params else cursor.execute(sql)
                 columns, rows = _first_result(cursor)
-                if not self._in_transaction:
-                    self._connection.commit()
+                self._statement_done()
                 return columns, rows
             except Exception as exc:
-                if not self._in_transaction:
-                    with contextlib.suppress(Exception):
-                        self._connection.rollback()
+                self._statement_failed()
                 error = translate_error(exc, doing, secrets=self._secrets)
                 if error is None:
                     raise
-                raise error from None
+                raise self._our_error(error) from None
             finally:
                 if cursor is not None:
                     with contextlib.suppress(Exception):
                         cursor.close()
+
+    # -- what a subclass for another engine changes (the synapse target's SQL pool) --------
+    def _statement_done(self) -> None:
+        """Outside ``transaction()`` a statement commits on its own."""
+        if not self._in_transaction:
+            self._connection.commit()
+
+    def _statement_failed(self) -> None:
+        """Outside ``transaction()`` a failed statement is rolled back on its own."""
+        if not self._in_transaction:
+            with contextlib.suppress(Exception):
+                self._connection.rollback()
+
+    def _our_error(self, error: TdspError) -> TdspError:
+        """The translated error as this engine's users should read it (hints included)."""
+        return error
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqlServerConnection]:

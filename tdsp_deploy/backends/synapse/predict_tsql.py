@@ -19,8 +19,15 @@ Nothing from the manifest is written into the text except identifiers that targe
 (bracket-quoted here, or as N'...' literals of the checked name) and SQL types from PREDICT's
 list. Model name, version, hash, payload and the deployment document are ``?`` parameters.
 
-How the procedure finds its model: rows are keyed by endpoint -- the procedure's own name, an
-identifier -- so its text can name them without carrying a manifest value.
+How the procedure finds its models: rows are keyed by endpoint -- the procedure's own name, an
+identifier -- so its text can name them without carrying a manifest value. The traffic table
+holds each slot's version, weight and salt; the procedure reads it into a #temp table of routes
+and builds one dynamic query: a CTE of rows per route (PREDICT's DATA takes a table, view or CTE
+alias, not a subquery), filtered by the rows' key buckets (``bucket_expression``: HASHBYTES
+SHA2_256, the pool having no blake2b), one PREDICT per route, UNION ALL. The route numbers are
+the only values spliced into that query, and the procedure counts them itself. It then logs the
+scored rows in the request log table, a row per scored row (the pool has no JSON escaping to
+keep a list per call).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.sqlserver.target import check_identifier, quote_identifier
 from tdsp_deploy.backends.sqlserver.tsql import Statement
-from tdsp_deploy.backends.synapse.sql_predict_rules import VERSION_COLUMN, _Column
+from tdsp_deploy.backends.synapse.sql_predict_rules import VERSION_COLUMN, _Column, base_type
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.synapse.target import SynapseTarget
@@ -41,15 +48,30 @@ if TYPE_CHECKING:
     from tdsp_deploy.packaging.lock import PackageLock
 
 INPUT_TABLE = "#tdsp_input"
+#: The rows' order in a caller's #temp table: PREDICT answers in no particular order.
+ROW_COLUMN = "tdsp_row"
+#: The procedure's routes: which slots answer this call, with their share of the key buckets.
+ROUTES_TABLE = "#tdsp_routes"
+#: The column beside ``model_version`` that names the slot (the A/B variant) that answered.
+VARIANT_COLUMN = "variant"
+#: A row's key falls in one of this many buckets; a slot's weight (percent) is its number of them.
+BUCKETS = 100
+SLOT_TYPE = "nvarchar(64)"
 #: The statements run inside the one transaction of a deployment (rows only).
-TRANSACTION = ("insert_model", "activate_version")
+TRANSACTION = ("insert_model", "assign_slot", "refresh_active")
 INSERT_PARAMETERS = ("endpoint", "name", "version", "sha256", "flavor", "payload", "manifest")
+SLOT_PARAMETERS = ("endpoint", "slot", "version")
+RESTORE_PARAMETERS = ("endpoint", "slot", "version", "weight", "salt", "updated_at")
 THROWS = {
     50001: "this model version is already stored with other content; give the model a new version",
     50002: "this model version is not in the model table; insert it first",
-    50003: "no active model version for this procedure; push the model first",
+    50003: "no slot of this procedure takes traffic (or @slot names none); push the model first",
     50004: "@input_table must name a table or view: [schema.]name or #temp",
+    50005: "the traffic weights of this procedure's slots must add up to 100 (or 0)",
+    50006: "this procedure has no such deployment slot",
 }
+#: The procedure re-raises a failed scoring query under this number, with the pool's message.
+SCORING_FAILED = 50007
 
 
 def _q(name: str) -> str:
@@ -70,12 +92,21 @@ def qualified_table(target: SynapseTarget) -> str:
     return f"{_q(target.schema_)}.{_q(target.model_table)}"
 
 
+def qualified_traffic(target: SynapseTarget) -> str:
+    return f"{_q(target.schema_)}.{_q(target.traffic_table)}"
+
+
+def qualified_request_log(target: SynapseTarget) -> str:
+    return f"{_q(target.schema_)}.{_q(target.request_log_table)}"
+
+
 def qualified_procedure(target: SynapseTarget, endpoint: str) -> str:
     return f"{_q(target.schema_)}.{_q(procedure(target, endpoint))}"
 
 
 def _throw(number: int) -> str:
-    return f"THROW {number}, N'{THROWS[number]}', 1;"
+    message = THROWS[number].replace("'", "''")
+    return f"THROW {number}, N'{message}', 1;"
 
 
 # --- the model table ------------------------------------------------------------------------------
@@ -114,16 +145,144 @@ IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = @endpoint AND [version] 
 """
 
 
-def activate_version(target: SynapseTarget) -> str:
-    """Parameters: endpoint, version. That version becomes the endpoint's only active one."""
-    table = qualified_table(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @version nvarchar(64) = ?;
-IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = @endpoint AND [version] = @version)
-    {_throw(50002)}
-UPDATE {table}
-SET [active] = CASE WHEN [version] = @version THEN 1 ELSE 0 END
-WHERE [endpoint] = @endpoint;
+def create_traffic_table(target: SynapseTarget) -> str:
+    """Per endpoint and slot: the version it serves, its weight (percent) and the salt of the key
+    hash (a new A/B experiment gets a new one, which reshuffles the keys)."""
+    table = qualified_traffic(target)
+    return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
+CREATE TABLE {table} (
+    [endpoint] nvarchar(128) NOT NULL,
+    [slot] {SLOT_TYPE} NOT NULL,
+    [version] nvarchar(64) NOT NULL,
+    [weight] int NOT NULL,
+    [salt] nvarchar(64) NULL,
+    [updated_at] datetime2 NOT NULL
+)
+WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
 """
+
+
+def assign_slot(target: SynapseTarget) -> str:
+    """Parameters: endpoint, slot, version. The slot serves that version from now on; a new slot
+    takes no traffic (``set_weight`` gives it some) and the endpoint's salt, an existing one keeps
+    its weight."""
+    models = qualified_table(target)
+    traffic = qualified_traffic(target)
+    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version nvarchar(64) = ?;
+IF NOT EXISTS (SELECT 1 FROM {models} WHERE [endpoint] = @endpoint AND [version] = @version)
+    {_throw(50002)}
+IF EXISTS (SELECT 1 FROM {traffic} WHERE [endpoint] = @endpoint AND [slot] = @slot)
+    UPDATE {traffic}
+    SET [version] = @version, [updated_at] = GETUTCDATE()
+    WHERE [endpoint] = @endpoint AND [slot] = @slot;
+ELSE
+    INSERT INTO {traffic} ([endpoint], [slot], [version], [weight], [salt], [updated_at])
+    SELECT @endpoint, @slot, @version, 0, MAX([salt]), GETUTCDATE()
+    FROM {traffic} WHERE [endpoint] = @endpoint;
+"""
+
+
+def set_weight(target: SynapseTarget) -> str:
+    """Parameters: endpoint, slot, weight. Run for every slot of the endpoint in one transaction,
+    then ``refresh_active`` (which checks the sum)."""
+    traffic = qualified_traffic(target)
+    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @weight int = ?;
+IF NOT EXISTS (SELECT 1 FROM {traffic} WHERE [endpoint] = @endpoint AND [slot] = @slot)
+    {_throw(50006)}
+UPDATE {traffic}
+SET [weight] = @weight, [updated_at] = GETUTCDATE()
+WHERE [endpoint] = @endpoint AND [slot] = @slot;
+"""
+
+
+def refresh_active(target: SynapseTarget) -> str:
+    """Parameter: endpoint. Refuses weights that do not add up to 100 (or 0); marks active the
+    versions that take traffic (a WHERE ... IN subquery: the pool's UPDATE takes no join)."""
+    models = qualified_table(target)
+    traffic = qualified_traffic(target)
+    return f"""DECLARE @endpoint nvarchar(128) = ?;
+DECLARE @total int;
+SET @total = (SELECT ISNULL(SUM([weight]), 0) FROM {traffic} WHERE [endpoint] = @endpoint);
+IF @total NOT IN (0, 100)
+    {_throw(50005)}
+UPDATE {models} SET [active] = 0 WHERE [endpoint] = @endpoint;
+UPDATE {models} SET [active] = 1
+WHERE [endpoint] = @endpoint
+    AND [version] IN (SELECT [version] FROM {traffic} WHERE [endpoint] = @endpoint AND [weight] > 0);
+"""
+
+
+def set_salt(target: SynapseTarget) -> str:
+    """Parameters: endpoint, salt. A new A/B experiment's id: the key hash starts afresh."""
+    traffic = qualified_traffic(target)
+    return f"""DECLARE @endpoint nvarchar(128) = ?, @salt nvarchar(64) = ?;
+UPDATE {traffic} SET [salt] = @salt WHERE [endpoint] = @endpoint;
+"""
+
+
+def delete_slots(target: SynapseTarget) -> str:
+    """Parameter: endpoint. Every slot of the endpoint (undo puts them back with restore_slot)."""
+    return f"DELETE FROM {qualified_traffic(target)} WHERE [endpoint] = ?;\n"
+
+
+def delete_slot(target: SynapseTarget) -> str:
+    """Parameters: endpoint, slot."""
+    return f"DELETE FROM {qualified_traffic(target)} WHERE [endpoint] = ? AND [slot] = ?;\n"
+
+
+def restore_slot(target: SynapseTarget) -> str:
+    """Parameters: RESTORE_PARAMETERS. A slot put back exactly as it was (undo)."""
+    traffic = qualified_traffic(target)
+    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version nvarchar(64) = ?,
+    @weight int = ?, @salt nvarchar(64) = ?, @updated_at datetime2 = ?;
+INSERT INTO {traffic} ([endpoint], [slot], [version], [weight], [salt], [updated_at])
+SELECT @endpoint, @slot, @version, @weight, @salt, @updated_at;
+"""
+
+
+def create_request_log_table(target: SynapseTarget) -> str:
+    """One row per row the procedure scored: when, which call (``request_id``), which slot and
+    version, the status (500: the scoring query failed), the row's ``ab_key`` value (NULL without
+    one), the call's time per row, and whether the call was pinned to a slot. A row per scored
+    row rather than a JSON list per call: the pool has no JSON escaping (STRING_ESCAPE)."""
+    table = qualified_request_log(target)
+    return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
+CREATE TABLE {table} (
+    [endpoint] nvarchar(128) NOT NULL,
+    [t] datetime2 NOT NULL,
+    [request_id] nvarchar(64) NOT NULL,
+    [slot] {SLOT_TYPE} NOT NULL,
+    [version] nvarchar(64) NOT NULL,
+    [status] int NOT NULL,
+    [row_key] nvarchar(4000) NULL,
+    [latency_ms] float NULL,
+    [pinned] bit NOT NULL
+)
+WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
+"""
+
+
+def list_requests(target: SynapseTarget) -> str:
+    """Parameters: endpoint, since (datetime2, UTC). The request log's rows from then on, in
+    call order: (t, request_id, slot, version, status, row_key, latency_ms, pinned)."""
+    return (
+        "SELECT [t], [request_id], [slot], [version], [status], [row_key], [latency_ms], [pinned] "
+        f"FROM {qualified_request_log(target)} WHERE [endpoint] = ? AND [t] >= ? "
+        "ORDER BY [t], [request_id];\n"
+    )
+
+
+def delete_requests(target: SynapseTarget) -> str:
+    """Parameter: endpoint."""
+    return f"DELETE FROM {qualified_request_log(target)} WHERE [endpoint] = ?;\n"
+
+
+def list_slots(target: SynapseTarget) -> str:
+    """Parameter: endpoint. Rows (slot, version, weight, salt, updated_at), by slot."""
+    return (
+        f"SELECT [slot], [version], [weight], [salt], [updated_at] FROM {qualified_traffic(target)} "
+        "WHERE [endpoint] = ? ORDER BY [slot];\n"
+    )
 
 
 # --- the scoring procedure ------------------------------------------------------------------------
@@ -136,42 +295,174 @@ def create_procedure_stub(target: SynapseTarget, endpoint: str) -> str:
     )
 
 
-def predict_query(target: SynapseTarget, endpoint: str, outputs: Sequence[_Column], data: str) -> str:
-    """``SELECT d.*, p.*, <version>`` over PREDICT for the table source ``data`` (quoted)."""
-    table = qualified_table(target)
-    active = f"FROM {table} WHERE [endpoint] = {_literal(procedure(target, endpoint))} AND [active] = 1"
-    columns = ", ".join(f"{_q(c.name)} {c.type}" for c in outputs)
+def key_text(column: _Column, alias: str = "s") -> str:
+    """A column's value as the text its key hash reads (sql_predict_local.key_text is the same
+    in Python): whole numbers in digits, float and real in CONVERT style 2 (16 digits,
+    scientific), text as it is; NULL as ''."""
+    name = f"{alias}.{_q(column.name)}"
+    kind = base_type(column.type)
+    if kind in ("int", "bigint"):
+        text = f"CONVERT(nvarchar(20), {name})"
+    elif kind in ("real", "float"):
+        text = f"CONVERT(nvarchar(30), CAST({name} AS float), 2)"
+    else:
+        text = f"CAST({name} AS nvarchar(4000))"
+    return f"ISNULL({text}, N'')"
+
+
+def bucket_expression(target: SynapseTarget, alias: str = "s", salt: str = "r.[salt]") -> str:
+    """A row's key bucket, 0 to BUCKETS - 1: the first 4 bytes of SHA2_256 over the salt, '|' and
+    the key (``ab_key``, else the inputs joined by '|') as UTF-16 text, read as an unsigned
+    number, times BUCKETS, divided by 2^32 -- the local router's fraction-of-the-hash arithmetic.
+    (SHA2_256, not the router's blake2b: HASHBYTES offers no blake2b.)"""
+    columns = [c for c in target.inputs if c.name.lower() == target.ab_key.lower()] if target.ab_key else []
+    key = " + N'|' + ".join(key_text(c, alias) for c in (columns or target.inputs))
+    digest = f"HASHBYTES('SHA2_256', {salt} + N'|' + {key})"
+    return f"CAST(SUBSTRING({digest}, 1, 4) AS bigint) * {BUCKETS} / CAST(4294967296 AS bigint)"
+
+
+def _dynamic(template: str, **variables: str) -> str:
+    """``template`` as a concatenation of N'...' literals (quotes doubled) and the T-SQL variables
+    its ``{name}`` fields stand for: the text of a dynamic query."""
+    import re
+
+    parts = re.split(r"\{(\w+)\}", template)
+    pieces = []
+    for index, part in enumerate(parts):
+        if index % 2:
+            pieces.append(variables[part])
+        elif part:
+            pieces.append("N'" + part.replace("'", "''") + "'")
+    return " + ".join(pieces)
+
+
+def route_rows_query(target: SynapseTarget) -> str:
+    """The dynamic CTE of route ``{k}``: the rows of ``{source}`` whose key bucket falls in the
+    route's share. PREDICT takes a table source (table, view, CTE alias), not a subquery."""
+    bucket = bucket_expression(target)
     return (
-        f"SELECT d.*, p.*, m.[version] AS {_q(VERSION_COLUMN)}\n"
-        f"FROM PREDICT(MODEL = (SELECT [payload] {active}),\n"
-        f"             DATA = {data} AS d, RUNTIME = ONNX)\n"
-        f"WITH ({columns}) AS p\n"
-        f"CROSS JOIN (SELECT [version] {active}) AS m;"
+        f"[tdsp_rows_{{k}}] AS (SELECT s.* FROM {{source}} AS s CROSS JOIN {ROUTES_TABLE} AS r\n"
+        f"    WHERE r.[n] = {{k}} AND {bucket} BETWEEN r.[low] AND r.[high] - 1)"
     )
+
+
+def route_predict_query(target: SynapseTarget, endpoint: str, outputs: Sequence[_Column]) -> str:
+    """The dynamic SELECT of route ``{k}``: PREDICT with that route's model on its rows, and the
+    version and slot beside each answer."""
+    table = qualified_table(target)
+    columns = ", ".join(f"{_q(c.name)} {c.type}" for c in outputs)
+    model = (
+        f"SELECT m.[payload] FROM {table} AS m JOIN {ROUTES_TABLE} AS r ON m.[version] = r.[version]\n"
+        f"    WHERE m.[endpoint] = {_literal(procedure(target, endpoint))} AND r.[n] = {{k}}"
+    )
+    return (
+        f"SELECT d.*, p.*, r.[version] AS {_q(VERSION_COLUMN)}, r.[slot] AS {_q(VARIANT_COLUMN)}\n"
+        f"FROM PREDICT(MODEL = ({model}),\n"
+        f"             DATA = [tdsp_rows_{{k}}] AS d, RUNTIME = ONNX)\n"
+        f"WITH ({columns}) AS p\n"
+        f"CROSS JOIN {ROUTES_TABLE} AS r\n"
+        f"WHERE r.[n] = {{k}}"
+    )
+
+
+def request_log_query(target: SynapseTarget, endpoint: str) -> str:
+    """The dynamic INSERT of the request log: every row of ``{source}`` with the route its key
+    bucket chose (as the scoring query chose it), its ``ab_key`` text, and the call's time per
+    row. Its parameters: @request_id, @status, @elapsed_ms, @pinned."""
+    bucket = bucket_expression(target)
+    columns = [c for c in target.inputs if target.ab_key and c.name.lower() == target.ab_key.lower()]
+    key = key_text(columns[0]) if columns else "CAST(NULL AS nvarchar(4000))"
+    return (
+        f"INSERT INTO {qualified_request_log(target)} ([endpoint], [t], [request_id], [slot], [version], "
+        "[status], [row_key], [latency_ms], [pinned])\n"
+        f"SELECT {_literal(procedure(target, endpoint))}, GETUTCDATE(), @request_id, r.[slot], r.[version], "
+        f"@status, {key} AS [row_key],\n"
+        "    @elapsed_ms * 1.0 / COUNT(*) OVER (), @pinned\n"
+        f"FROM {{source}} AS s JOIN {ROUTES_TABLE} AS r ON {bucket} BETWEEN r.[low] AND r.[high] - 1;"
+    )
+
+
+def query_label(target: SynapseTarget, endpoint: str) -> str:
+    """The LABEL of the procedure's scoring query (sys.dm_pdw_exec_requests.label): letters,
+    digits and '_' only, as the pool allows."""
+    return "tdsp_" + procedure(target, endpoint)
 
 
 def alter_procedure(target: SynapseTarget, endpoint: str, outputs: Sequence[_Column]) -> str:
     """``EXEC <procedure> @input_table = N'[schema.]table'`` scores that table's (or view's, or
-    #temp table's) rows: every column of it, the outputs, and the model version. The name is
-    split with PARSENAME and each part QUOTENAMEd before it joins the dynamic query."""
-    table = qualified_table(target)
+    #temp table's) rows: every column of it, the outputs, the model version and the slot
+    (``variant``) that answered. ``@slot`` pins a slot (every row); otherwise each row goes to
+    the slot whose share of the key buckets holds its key's bucket (bucket_expression), the
+    slots taken in name order with their weights. One PREDICT per slot, joined by UNION ALL.
+
+    The table name is split with PARSENAME and each part QUOTENAMEd before it joins the dynamic
+    query; the query's other variable parts are route numbers the procedure counts itself."""
+    traffic = qualified_traffic(target)
     key = _literal(procedure(target, endpoint))
-    # The query as an N'...' literal (quotes doubled) with the quoted table name spliced in.
-    before, after = predict_query(target, endpoint, outputs, "{data}").replace("'", "''").split("{data}")
-    query = f"N'{before}' + @source + N'{after}'"
-    return f"""ALTER PROCEDURE {qualified_procedure(target, endpoint)} @input_table nvarchar(256)
+    rows = _dynamic(route_rows_query(target), k="@k", source="@source")
+    scored = _dynamic(route_predict_query(target, endpoint, outputs), k="@k")
+    cumulative = "SUM([weight]) OVER (ORDER BY [slot] ROWS UNBOUNDED PRECEDING)"
+    name = qualified_procedure(target, endpoint)
+    logged = ""
+    if target.request_log:
+        log = _dynamic(request_log_query(target, endpoint), source="@source")
+        logged = f"""    -- Every scored row into the request log (status 500 when the query failed), then the
+    -- failure, with the pool's message, to the caller.
+    DECLARE @log nvarchar(max) = {log};
+    DECLARE @elapsed_ms float, @pinned bit = CASE WHEN @slot IS NULL THEN 0 ELSE 1 END;
+    SET @elapsed_ms = DATEDIFF(millisecond, @started, GETUTCDATE());
+    EXEC sp_executesql @log, N'@request_id nvarchar(64), @status int, @elapsed_ms float, @pinned bit',
+        @request_id = @request_id, @status = @status, @elapsed_ms = @elapsed_ms, @pinned = @pinned;
+"""
+    return f"""ALTER PROCEDURE {name} @input_table nvarchar(256), @slot {SLOT_TYPE} = NULL,
+    @request_id nvarchar(64) = NULL
 AS
 BEGIN
     SET NOCOUNT ON;
-    IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = {key} AND [active] = 1)
-        {_throw(50003)}
+    IF @request_id IS NULL
+        SET @request_id = CONVERT(nvarchar(64), NEWID());
     IF PARSENAME(@input_table, 1) IS NULL OR PARSENAME(@input_table, 3) IS NOT NULL
         {_throw(50004)}
+    IF OBJECT_ID(N'tempdb..{ROUTES_TABLE}') IS NOT NULL
+        DROP TABLE {ROUTES_TABLE};
+    -- Who answers: the slot @slot pins, with every bucket; else each slot with a weight, with
+    -- the buckets [low, high) of its share, the slots in name order.
+    CREATE TABLE {ROUTES_TABLE} WITH (DISTRIBUTION = ROUND_ROBIN, HEAP) AS
+    SELECT [slot], [version], ISNULL([salt], N'') AS [salt], ROW_NUMBER() OVER (ORDER BY [slot]) AS [n],
+        CASE WHEN @slot IS NULL THEN {cumulative} - [weight] ELSE 0 END AS [low],
+        CASE WHEN @slot IS NULL THEN {cumulative} ELSE {BUCKETS} END AS [high]
+    FROM {traffic}
+    WHERE [endpoint] = {key} AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0));
+    DECLARE @count int;
+    SET @count = (SELECT COUNT(*) FROM {ROUTES_TABLE});
+    IF @count = 0
+        {_throw(50003)}
     DECLARE @source nvarchar(300) = CASE WHEN PARSENAME(@input_table, 2) IS NULL
         THEN QUOTENAME(PARSENAME(@input_table, 1))
         ELSE QUOTENAME(PARSENAME(@input_table, 2)) + N'.' + QUOTENAME(PARSENAME(@input_table, 1)) END;
-    DECLARE @query nvarchar(max) = {query};
-    EXEC sp_executesql @query;
+    DECLARE @rows nvarchar(max) = N'', @scored nvarchar(max) = N'', @n int = 1, @k nvarchar(10);
+    WHILE @n <= @count
+    BEGIN
+        SET @k = CAST(@n AS nvarchar(10));
+        SET @rows = @rows + CASE WHEN @n = 1 THEN N'WITH ' ELSE N',' + NCHAR(10) END
+            + {rows};
+        SET @scored = @scored + CASE WHEN @n = 1 THEN N'' ELSE NCHAR(10) + N'UNION ALL' + NCHAR(10) END
+            + {scored};
+        SET @n = @n + 1;
+    END;
+    DECLARE @query nvarchar(max) = @rows + NCHAR(10) + @scored + NCHAR(10)
+        + N'OPTION (LABEL = N''{query_label(target, endpoint)}'');';
+    DECLARE @started datetime2 = GETUTCDATE(), @status int = 200, @error nvarchar(2048);
+    BEGIN TRY
+        EXEC sp_executesql @query;
+    END TRY
+    BEGIN CATCH
+        SET @status = 500;  -- one variable per SET: the pool assigns no two in one SELECT
+        SET @error = ERROR_MESSAGE();
+    END CATCH;
+{logged}    DROP TABLE {ROUTES_TABLE};
+    IF @status = 500
+        THROW {SCORING_FAILED}, @error, 1;
 END;
 """
 
@@ -181,9 +472,10 @@ def drop_procedure(target: SynapseTarget, endpoint: str) -> str:
     return f"IF OBJECT_ID(N'{name}', N'P') IS NOT NULL\n    DROP PROCEDURE {name};\n"
 
 
-def drop_table_if_empty(target: SynapseTarget) -> str:
-    """Undo of a table a failed first push created: dropped only when no row of any model is in it."""
-    table = qualified_table(target)
+def drop_table_if_empty(target: SynapseTarget, table: str | None = None) -> str:
+    """Undo of a table a failed first push created (the model table, or the one named):
+    dropped only when no row of any endpoint is in it."""
+    table = table or qualified_table(target)
     return (
         f"IF OBJECT_ID(N'{table}', N'U') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {table})\n"
         f"    DROP TABLE {table};\n"
@@ -201,39 +493,72 @@ def delete_version(target: SynapseTarget) -> str:
 
 
 def list_versions(target: SynapseTarget) -> str:
-    """Parameter: endpoint. Rows (version, sha256, active, manifest), oldest first."""
+    """Parameter: endpoint. Rows (version, sha256, active, manifest, created_at, created_by),
+    oldest first."""
     return (
-        f"SELECT [version], [sha256], [active], [manifest] FROM {qualified_table(target)} "
-        "WHERE [endpoint] = ? ORDER BY [created_at], [version];\n"
+        "SELECT [version], [sha256], [active], [manifest], [created_at], [created_by] "
+        f"FROM {qualified_table(target)} WHERE [endpoint] = ? ORDER BY [created_at], [version];\n"
     )
+
+
+def failed_requests(limit: int = 200) -> str:
+    """Parameters: the procedure's query label, a LIKE pattern of its name. The pool's failed
+    requests that ran the procedure (its EXEC, or its labelled scoring query), each with the
+    pool's error text, newest first; not this session's own. The user needs VIEW DATABASE STATE.
+    Columns as documented for sys.dm_pdw_exec_requests and sys.dm_pdw_errors."""
+    return f"""SELECT TOP ({int(limit)}) r.[request_id], r.[submit_time], r.[status], r.[command], e.[details]
+FROM sys.dm_pdw_exec_requests AS r
+LEFT JOIN sys.dm_pdw_errors AS e ON e.[request_id] = r.[request_id]
+WHERE r.[status] = N'Failed' AND r.[session_id] <> SESSION_ID()
+    AND (r.[label] = ? OR r.[command] LIKE ?)
+ORDER BY r.[submit_time] DESC;
+"""
+
+
+def failed_requests_parameters(target: SynapseTarget, endpoint: str) -> tuple[str, str]:
+    """The label and the LIKE pattern (its '_' matched literally) of the procedure's requests."""
+    name = procedure(target, endpoint).replace("_", "[_]")
+    return query_label(target, endpoint), f"%{name}%"
 
 
 # --- scoring rows from a caller ---------------------------------------------------------------------
 def scoring_batch(
-    target: SynapseTarget, endpoint: str, rows: Sequence[Sequence[Any]]
+    target: SynapseTarget,
+    endpoint: str,
+    rows: Sequence[Sequence[Any]],
+    *,
+    slot: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """One batch: the rows into a #temp table (values bound as ``?``, one SELECT per row joined
-    by UNION ALL), EXEC of the procedure on it, and the table dropped. No rows: an empty table
-    (the health probe). A #temp table lives as long as the session, so each caller has its own."""
+    """One batch: the rows into a #temp table with their numbers (``tdsp_row``: the answer comes
+    back in no particular order), values bound as ``?`` (one SELECT per row joined by UNION ALL),
+    EXEC of the procedure on it (``@slot``: NULL lets the split decide; ``@request_id`` names the
+    call in the request log), and the table dropped.
+    No rows: an empty table (the health probe). A #temp table lives as long as the session, so
+    each caller has its own."""
     names = ", ".join(_q(c.name) for c in target.inputs)
     declared = ", ".join(f"{_q(c.name)} {c.type}" for c in target.inputs)
     params: list[Any] = []
     selects = []
-    for row in rows:
-        selects.append("SELECT " + ", ".join(f"CAST(? AS {c.type})" for c in target.inputs))
+    for number, row in enumerate(rows):
+        selects.append(f"SELECT {number}, " + ", ".join(f"CAST(? AS {c.type})" for c in target.inputs))
         params.extend(row)
     lines = [
         "SET NOCOUNT ON;",
         f"IF OBJECT_ID(N'tempdb..{INPUT_TABLE}') IS NOT NULL DROP TABLE {INPUT_TABLE};",
-        f"CREATE TABLE {INPUT_TABLE} ({declared}) WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);",
+        f"CREATE TABLE {INPUT_TABLE} ({_q(ROW_COLUMN)} int, {declared})"
+        " WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);",
     ]
     if selects:
-        lines.append(f"INSERT INTO {INPUT_TABLE} ({names})\n" + "\nUNION ALL ".join(selects) + ";")
+        lines.append(
+            f"INSERT INTO {INPUT_TABLE} ({_q(ROW_COLUMN)}, {names})\n" + "\nUNION ALL ".join(selects) + ";"
+        )
     lines += [
-        f"EXEC {qualified_procedure(target, endpoint)} @input_table = N'{INPUT_TABLE}';",
+        f"EXEC {qualified_procedure(target, endpoint)} @input_table = N'{INPUT_TABLE}',"
+        " @slot = ?, @request_id = ?;",
         f"DROP TABLE {INPUT_TABLE};",
     ]
-    return "\n".join(lines) + "\n", params
+    return "\n".join(lines) + "\n", [*params, slot, request_id]
 
 
 # --- everything, in order -----------------------------------------------------------------------------
@@ -242,11 +567,18 @@ def deployment_statements(
 ) -> list[Statement]:
     """The batches of a deployment in execution order; TRANSACTION names those run in one
     transaction, the others are DDL the pool runs outside any user transaction."""
-    return [
+    tables = [
         Statement("create_model_table", create_model_table(target)),
+        Statement("create_traffic_table", create_traffic_table(target)),
+    ]
+    if target.request_log:
+        tables.append(Statement("create_request_log_table", create_request_log_table(target)))
+    return [
+        *tables,
         Statement("create_procedure_stub", create_procedure_stub(target, endpoint)),
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),
-        Statement("activate_version", activate_version(target), ("endpoint", "version")),
+        Statement("assign_slot", assign_slot(target), SLOT_PARAMETERS),
+        Statement("refresh_active", refresh_active(target), ("endpoint",)),
         Statement("alter_procedure", alter_procedure(target, endpoint, outputs)),
     ]
 
@@ -265,15 +597,24 @@ def deployment_document(
         "procedure": procedure(target, manifest.name),
         "inputs": [c.model_dump() for c in target.inputs],
         "outputs": [c.model_dump() for c in target.outputs],
+        "ab_key": target.ab_key,
+        "request_log": target.request_log,
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def parameter_values(
-    target: SynapseTarget, manifest: ManifestBase, lock: PackageLock, payload: bytes, *, source: str
+    target: SynapseTarget,
+    manifest: ManifestBase,
+    lock: PackageLock,
+    payload: bytes,
+    *,
+    source: str,
+    slot: str = "blue",
 ) -> dict[str, Any]:
     """The values of the named parameters; ``sha256`` is the ONNX payload's own hash."""
     return {
+        "slot": slot,
         "endpoint": procedure(target, manifest.name),
         "name": manifest.model_name,
         "version": lock.model.version,
@@ -298,7 +639,8 @@ def render_tsql(
     the transaction) and ``score-example.sql`` (how to score a table)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    values = parameter_values(target, manifest, lock, payload, source=source)
+    slot = manifest.rollout.deployment or "blue"  # a push takes the slot without traffic
+    values = parameter_values(target, manifest, lock, payload, source=source, slot=slot)
     written: list[Path] = []
     listing: dict[str, Any] = {}
     in_transaction = []
@@ -317,9 +659,12 @@ def render_tsql(
     document = {"statements": listing, "one_transaction": in_transaction, "payload_sha256": values["sha256"]}
     parameters.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     example = out / "score-example.sql"
+    name = qualified_procedure(target, manifest.name)
     example.write_text(
         f"-- Score the rows of a table or view (columns: {', '.join(c.name for c in target.inputs)}):\n"
-        f"EXEC {qualified_procedure(target, manifest.name)} @input_table = N'dbo.my_table';\n",
+        f"EXEC {name} @input_table = N'dbo.my_table';\n"
+        "-- The same rows, every one scored by one slot (its model version), whatever the split:\n"
+        f"EXEC {name} @input_table = N'dbo.my_table', @slot = N'{slot}';\n",
         encoding="utf-8",
         newline="\n",
     )

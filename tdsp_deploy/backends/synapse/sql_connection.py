@@ -6,16 +6,19 @@ differs: a dedicated SQL pool runs no DDL inside a user transaction, and a drive
 autocommit off wraps every statement in one. So the connection stays in autocommit, and
 ``transaction()`` is explicit: ``BEGIN TRANSACTION`` ... ``COMMIT TRANSACTION``, or
 ``ROLLBACK TRANSACTION`` on any error (after an error the pool accepts nothing but the rollback).
+``query`` is the SQL Server connection's: only its hooks differ (no commit or rollback per
+statement, the pool's words for its errors).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tdsp_deploy.backends.sqlserver.connection import PERMISSION_HINT, SqlServerConnection, translate_error
-from tdsp_deploy.errors import BackendError, TdspError
+from tdsp_deploy.backends.sqlserver.connection import PERMISSION_HINT, SqlServerConnection
+from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError
 
 BEGIN = "BEGIN TRANSACTION;"
 COMMIT = "COMMIT TRANSACTION;"
@@ -37,25 +40,15 @@ class SqlPoolConnection(SqlServerConnection):
     def __repr__(self) -> str:  # never the connection string: it may hold the password
         return f"SqlPoolConnection(driver={self.driver!r})"
 
-    def query(
-        self, sql: str, params: Sequence[Any] = (), *, doing: str = ""
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """One statement or batch with ``?`` parameters: its first result set, with column names."""
-        with self._lock:
-            cursor = None
-            try:
-                cursor = self._connection.cursor()
-                cursor.execute(sql, tuple(params)) if params else cursor.execute(sql)
-                return _first_result(cursor)
-            except Exception as exc:
-                error = translate_error(exc, doing, secrets=self._secrets)
-                if error is None:
-                    raise
-                raise _for_the_pool(error) from None
-            finally:
-                if cursor is not None:
-                    with contextlib.suppress(Exception):
-                        cursor.close()
+    # autocommit: the pool commits each statement itself, and rolls back a failed one
+    def _statement_done(self) -> None:
+        pass
+
+    def _statement_failed(self) -> None:
+        pass
+
+    def _our_error(self, error: TdspError) -> TdspError:
+        return _for_the_pool(error)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqlPoolConnection]:
@@ -82,20 +75,27 @@ class SqlPoolConnection(SqlServerConnection):
                 raise
 
 
+#: what to do about the errors predict_tsql.py THROWs (its numbers, its meanings)
+POOL_REFUSALS = {
+    50001: "give the new model another model.version (or leave it out: derived from the content)",
+    50002: "push the model version before pointing a slot at it",
+    50003: "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
+    50004: "name a table, view or #temp table: [schema.]name",
+    50005: "give weights that add up to 100, e.g. blue=90 green=10",
+    50006: "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
+    50007: "the pool's message says why PREDICT failed; `tdsp-deploy logs MANIFEST` lists such calls",
+}
+
+
 def _for_the_pool(error: TdspError) -> TdspError:
-    """The SQL Server target's permission hint speaks of external scripts; PREDICT needs none."""
+    """The SQL Server target's translation, with the pool's own words: its THROWs (the same
+    numbers as the SQL Server target's mean other things here), and a permission hint without
+    external scripts (PREDICT needs none)."""
+    numbers = {int(n) for n in re.findall(r"\((500\d\d)\)", error.message)} & set(POOL_REFUSALS)
+    if numbers:
+        message = re.sub(r"SQL Server said no: .*\[SQL Server\]", "", error.message)
+        return DeploymentFailed(message, hint=POOL_REFUSALS[min(numbers)])
     if error.hint != PERMISSION_HINT:
         return error
     message = error.message.replace(" (the user needs EXECUTE ANY EXTERNAL SCRIPT to score)", "")
     return BackendError(message, hint=POOL_PERMISSION_HINT)
-
-
-def _first_result(cursor: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The first result set of a batch (statements before it that return none are skipped)."""
-    while True:
-        description = getattr(cursor, "description", None)
-        if description:
-            return [d[0] for d in description], [tuple(row) for row in cursor.fetchall()]
-        nextset = getattr(cursor, "nextset", None)
-        if nextset is None or not nextset():
-            return [], []

@@ -7,23 +7,32 @@ render prepares the model.
 
 How the backend contract maps onto the pool (as the SQL Server target does):
 
-- the endpoint is the scoring procedure; its model versions are rows of the model table, one
-  of them active, taking every call (no weighted split between versions yet);
+- the endpoint is the scoring procedure; its model versions are rows of the model table. A
+  deployment slot (blue, green, ...) is a row of the traffic table: the version it serves, its
+  weight and the salt of the key hash. The procedure routes each call: pinned with ``@slot`` to
+  that slot, else each row to a slot with a weight by a hash of its key (``target.ab_key``, else
+  its input values), with one PREDICT per slot; every answer names its version and slot;
 - a push first prepares the payload (ONNX as is, or scikit-learn converted and checked for
   parity on the smoke sample) and checks PREDICT's rules -- before any statement is sent. Then
-  the model table and a procedure stub are created if missing (DDL: the pool runs none inside
-  a user transaction), ONE transaction inserts the model row and activates it, and the
-  procedure is altered to the new outputs. A failure at any step undoes the earlier ones: the
-  previous version is active again with its procedure and the new row is gone, or, after a
-  first push, the rows, the procedure and a table this push created are gone;
-- discard (rollback after a failed smoke test) restores the same way.
+  the model and traffic tables and a procedure stub are created if missing (DDL: the pool runs
+  none inside a user transaction), ONE transaction inserts the model row and points the slot at
+  it with no traffic, and the procedure is altered to the new outputs. A failure at any step
+  undoes the earlier ones: the slots and the procedure as they were and the new row gone, or,
+  after a first push, the rows, the procedure and the tables this push created gone;
+- ``set_traffic`` writes every slot's weight in one transaction; the pool refuses weights that
+  do not add up to 100. Slots under one split answer the same outputs (one WITH clause);
+- ``logs`` reads what the pool keeps: the pushes in the model table and the procedure's failed
+  requests in sys.dm_pdw_exec_requests / sys.dm_pdw_errors (the last 10,000 requests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import json
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -51,23 +60,30 @@ if TYPE_CHECKING:
 
 STEP_MESSAGES = {
     "create_model_table": "model table {table} (created if missing)",
+    "create_traffic_table": "traffic table (created if missing)",
+    "create_request_log_table": "request log table (created if missing)",
     "create_procedure_stub": "procedure {procedure} (a stub if missing)",
     "insert_model": "storing model {model} ({size} bytes of ONNX) unless that version is there",
-    "activate_version": "activating {model}",
+    "assign_slot": "slot {slot} serves {model} (no traffic yet)",
+    "refresh_active": "marking the versions that take traffic",
     "alter_procedure": "altering {procedure} to PREDICT with the model's outputs",
 }
+#: the pool's request history: sys.dm_pdw_exec_requests keeps the last 10,000 requests
+FAILED_REQUESTS = 200
 
 
+@dataclasses.dataclass
 class _Before:
     """What deploy_slot found, so that a failure or a discard can put it back."""
 
-    def __init__(
-        self, version: dict[str, Any] | None, table: bool, procedure: bool, inserted: str | None = None
-    ):
-        self.version = version  # the active version's row (with its document), or None
-        self.table = table  # the model table existed
-        self.procedure = procedure  # the procedure existed
-        self.inserted = inserted  # the version this push adds (None: it was stored already)
+    slots: list[dict[str, Any]]  # the endpoint's traffic rows
+    outputs: list[dict[str, Any]] | None  # the procedure's outputs (those of the serving versions)
+    table: bool  # the model table existed
+    traffic_table: bool  # the traffic table existed
+    request_log_table: bool  # the request log table existed
+    procedure: bool  # the procedure existed
+    versions: bool  # the endpoint had model versions stored
+    inserted: str | None = None  # the version this push adds (None: it was stored already)
 
 
 class SqlPoolBackend(Backend):
@@ -78,7 +94,8 @@ class SqlPoolBackend(Backend):
     extra = "synapse"
     # the driver is needed only to talk to the pool (connecting says so); render and validate work without
     requires = ("onnx", "onnxruntime")
-    supports_weighted_traffic = False
+    #: the procedure routes rows by weight (traffic table); nothing copies them
+    supports_weighted_traffic = True
     supports_mirror = False
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, connection: Any = None):
@@ -106,24 +123,29 @@ class SqlPoolBackend(Backend):
 
     # -- reading -------------------------------------------------------------------------
     def status(self) -> EndpointStatus:
-        """The procedure and the model versions; the active one is the endpoint's one slot."""
+        """The procedure, the model versions, and the slots of the traffic table."""
         procedure = self._procedure_exists()
         versions = self._versions()
         name = self.manifest.name
         if not procedure and not versions:
             return EndpointStatus(name=name, kind=self.kind, exists=False)
+        by_version = {v["version"]: v for v in versions}
         slots = []
-        active = next((v for v in versions if v["active"]), None)
-        if active is not None:
+        for route in self._slots():
+            version = by_version.get(route["version"])
+            document = version["document"] if version else {}
             slots.append(
                 SlotStatus(
-                    name=active["slot"] or "blue",
-                    state="healthy" if procedure else "stopped",
-                    traffic=100 if procedure else 0,
-                    model_version=active["version"],
-                    package_id=active["document"].get("package_id"),
-                    config_id=active["config_id"],
-                    details={"sha256": active["sha256"], "payload": active["document"].get("payload")},
+                    name=route["slot"],
+                    state="healthy" if procedure and version is not None else "stopped",
+                    traffic=route["weight"] if procedure else 0,
+                    model_version=route["version"],
+                    package_id=document.get("package_id"),
+                    config_id=version["config_id"] if version else None,
+                    details={
+                        "sha256": version["sha256"] if version else None,
+                        "payload": document.get("payload"),
+                    },
                 )
             )
         return EndpointStatus(
@@ -143,11 +165,35 @@ class SqlPoolBackend(Backend):
         )
 
     def logs(self, slot: str, *, tail: int | None = None) -> str:
-        """Not available: PREDICT keeps no per-procedure log."""
-        raise UsageError(
-            "the synapse target's sql mode has no slot log",
-            hint="look up the procedure's requests in sys.dm_pdw_exec_requests and sys.dm_pdw_errors",
-        )
+        """What the pool keeps about the slot, oldest first: each model version pushed as it (when,
+        by whom, its sha256), the procedure's failed requests with the pool's error text (from
+        sys.dm_pdw_exec_requests and sys.dm_pdw_errors: the pool's last 10,000 requests, every
+        slot's, since a failing PREDICT fails the whole call), and what the slot serves now."""
+        routes = {r["slot"]: r for r in self._slots()}
+        if slot not in routes:
+            raise UsageError(
+                f"endpoint '{self.manifest.name}' has no slot '{slot}'",
+                hint=f"slots: {', '.join(sorted(routes)) or 'none'}",
+            )
+        events: list[tuple[Any, str]] = []
+        model = self.manifest.model_name
+        for version in self._versions():
+            if version["slot"] == slot:
+                events.append(
+                    (
+                        version["created_at"],
+                        f"{slot}: pushed {model}:{version['version']} (sha256 {str(version['sha256'])[:12]}, "
+                        f"by {version['created_by']})",
+                    )
+                )
+        for request_id, submitted, status, command, details in self._failed_requests(tail or FAILED_REQUESTS):
+            what = " ".join(str(details or command or "").split())
+            events.append((submitted, f"{self._procedure_name()}: request {request_id} {status}: {what}"))
+        events.sort(key=lambda event: _sortable(event[0]))
+        lines = [f"{_iso(t)} {text}" for t, text in events]
+        route = routes[slot]
+        lines.append(f"now {slot}: {model}:{route['version']}, {route['weight']}% of traffic")
+        return "\n".join(lines[-tail:] if tail else lines)
 
     def credentials(self) -> dict[str, str]:
         """None: callers authenticate to the pool itself (target.auth)."""
@@ -179,37 +225,42 @@ class SqlPoolBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
-        """Prepare and check the ONNX payload (nothing is sent before), then: table and stub
-        procedure if missing, one transaction for the row and its activation, the procedure
-        altered. Any failure undoes what was done before it."""
+        """Prepare and check the ONNX payload (nothing is sent before), then: the tables and a
+        stub procedure if missing, one transaction for the row and the slot (no traffic when
+        new), the procedure altered. Any failure undoes what was done before it."""
         from tdsp_deploy.backends.synapse import predict_tsql
 
         prepared = self.prepare(package)
         values = predict_tsql.parameter_values(
-            self.target, self.manifest, package.lock, prepared.payload, source=prepared.source
+            self.target, self.manifest, package.lock, prepared.payload, source=prepared.source, slot=slot
         )
-        # the deployment document, plus the slot it was pushed as (read back by status)
+        # the deployment document, plus the slot it was pushed as (read back by status and logs)
         values["manifest"] = json.dumps(
             {**json.loads(values["manifest"]), "slot": slot}, sort_keys=True, separators=(",", ":")
         )
         stored = self._versions()
+        slots = self._slots()
         before = _Before(
-            next((v for v in stored if v["active"]), None),
-            self._table_exists(),
-            self._procedure_exists(),
-            None if any(v["version"] == values["version"] for v in stored) else values["version"],
+            slots=slots,
+            outputs=_serving_outputs(stored, slots),
+            table=self._table_exists(),
+            traffic_table=self._traffic_table_exists(),
+            request_log_table=self._log_table_exists(),
+            procedure=self._procedure_exists(),
+            versions=bool(stored),
+            inserted=None if any(v["version"] == values["version"] for v in stored) else values["version"],
         )
         statements = predict_tsql.deployment_statements(self.target, self.manifest.name, self.target.outputs)
-        by_name = {s.name: s for s in statements}
         conn = self.connection
         model = f"{self.manifest.model_name}:{package.lock.model_version}"
         try:
-            self._run(by_name["create_model_table"], values, model, len(prepared.payload))
-            self._run(by_name["create_procedure_stub"], values, model, len(prepared.payload))
-            with conn.transaction():
-                for name in predict_tsql.TRANSACTION:
-                    self._run(by_name[name], values, model, len(prepared.payload))
-            self._run(by_name["alter_procedure"], values, model, len(prepared.payload))
+            with contextlib.ExitStack() as stack:
+                for statement in statements:
+                    if statement.name == predict_tsql.TRANSACTION[0]:
+                        stack.enter_context(conn.transaction())
+                    self._run(statement, values, model, len(prepared.payload), slot)
+                    if statement.name == predict_tsql.TRANSACTION[-1]:
+                        stack.close()  # commit
         except TdspError as failure:
             self._restore(before, failure)
             raise
@@ -224,13 +275,13 @@ class SqlPoolBackend(Backend):
         )
 
     def wait_healthy(self, slot: str) -> SlotStatus:
-        """EXEC the procedure on a probe (the smoke request's first row, else no rows): PREDICT
-        loads the model and answers, or the pool's error says why not."""
+        """EXEC the procedure pinned to ``slot`` on a probe (the smoke request's first row, else
+        no rows): PREDICT loads the slot's model and answers, or the pool's error says why not."""
         started = time.monotonic()
-        self._score(self._probe_rows(), doing="probe the scoring procedure")
+        self._score(self._probe_rows(), slot=slot, doing="probe the scoring procedure")
         found = self.status().slot(slot)
         if found is None or found.state != "healthy":
-            raise DeploymentFailed(f"slot '{slot}' is not the active version after the deploy")
+            raise DeploymentFailed(f"slot '{slot}' is not serving after the deploy")
         self._tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
         return found
 
@@ -239,60 +290,139 @@ class SqlPoolBackend(Backend):
         self._replaced.pop(slot, None)
 
     def discard_slot(self, slot: str) -> None:
-        """Re-activate the version active before ``deploy_slot``, rebuild its procedure and remove
-        the row the push added; after a first push, remove the rows, the procedure and a model
-        table the push created."""
+        """Put back the slots and the procedure as ``deploy_slot`` found them and remove the row
+        the push added; after a first push, remove the rows, the procedure and the tables the
+        push created. Without a note from ``deploy_slot`` (another process), a slot without
+        traffic is removed."""
         before = self._replaced.pop(slot, None)
-        if before is None:  # unknown history (a later command): the newest other version
-            others = [v for v in self._versions() if not v["active"]]
-            before = _Before(others[-1] if others else None, True, bool(others))
+        if before is None:
+            route = next((r for r in self._slots() if r["slot"] == slot), None)
+            if route is not None and route["weight"] == 0:
+                self._tell("rollback", f"removing slot {slot}")
+                self._delete_slot(slot)
+            return
         self._restore(before, None)
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
-        """Only the split that is already the case (all calls to the active version) is accepted."""
-        status = self.status()
-        if not status.exists:
-            raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist", hint="push first")
-        wanted = {k: v for k, v in traffic.items() if v}
-        if wanted == {k: v for k, v in status.traffic.items() if v} and not any((mirror or {}).values()):
-            return
-        raise UsageError(
-            "the synapse target's sql mode cannot split traffic: the active model version takes every call",
-            hint="push with rollout.traffic 100, or `tdsp-deploy rollback` to re-activate an older version",
+        """Every slot's weight (slots not named get 0) in one transaction; the pool checks that
+        they add up to 100 (or 0) and marks the versions that take traffic active. The slots that
+        take traffic must answer the same outputs (the procedure has one WITH clause); when those
+        differ from the ones served before, the procedure is altered to them."""
+        from tdsp_deploy.backends.sqlserver.target import Column
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        if any((mirror or {}).values()):
+            raise UsageError("the synapse target's sql mode cannot mirror traffic", hint="leave out --mirror")
+        slots = self._slots()
+        if not slots:
+            raise EndpointNotFound(f"procedure {self._procedure_name()} has no slots", hint="push first")
+        known = {r["slot"] for r in slots}
+        unknown = sorted(set(traffic) - known)
+        if unknown:
+            raise UsageError(f"no slot named {', '.join(unknown)}", hint=f"slots: {', '.join(sorted(known))}")
+        versions = self._versions()
+        after = [{**r, "weight": int(traffic.get(r["slot"], 0))} for r in slots]
+        outputs = _serving_outputs(versions, after)
+        before = _serving_outputs(versions, slots)
+        endpoint = self._endpoint_key()
+        conn = self.connection
+        with conn.transaction():
+            for route in after:
+                conn.execute(
+                    predict_tsql.set_weight(self.target),
+                    (endpoint, route["slot"], route["weight"]),
+                    doing="set the traffic",
+                )
+            conn.execute(predict_tsql.refresh_active(self.target), (endpoint,), doing="set the traffic")
+        if outputs and outputs != before:
+            self._tell("traffic", f"altering {self._procedure_name()} to the outputs of the serving version")
+            conn.execute(
+                predict_tsql.alter_procedure(self.target, self.manifest.name, [Column(**c) for c in outputs]),
+                doing="alter the procedure to the serving version's outputs",
+            )
+
+    def set_experiment(self, experiment_id: str) -> None:
+        """A new experiment salts the key hash with its id: keys are shuffled afresh."""
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        self.connection.execute(
+            predict_tsql.set_salt(self.target),
+            (self._endpoint_key(), experiment_id),
+            doing="start the experiment",
         )
 
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """The request log from ``since``: one record per scored row, as the A/B analysis reads
+        them (``id``: the row's ab_key value, else ``<request id>:<slot>:<n>``, n counting the
+        call's rows of that slot)."""
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        if not self.target.request_log:
+            raise UsageError(
+                "target.request_log is off: the procedure logs no rows to analyze",
+                hint="set target.request_log: true and push again",
+            )
+        if not self._log_table_exists():
+            return
+        started = datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
+        rows = self.connection.execute(
+            predict_tsql.list_requests(self.target),
+            (self._endpoint_key(), started),
+            doing="read the request log",
+        )
+        counted: dict[tuple[str, str], int] = {}
+        for t, request_id, slot, version, status, row_key, latency_ms, pinned in rows:
+            number = counted.get((request_id, slot), 0)
+            counted[(request_id, slot)] = number + 1
+            yield {
+                "kind": "live",
+                "t": _timestamp(t),
+                "id": str(row_key) if row_key is not None else f"{request_id}:{slot}:{number}",
+                "deployment": str(slot),
+                "version": str(version),
+                "status": int(status),
+                "latency_ms": latency_ms,
+                "pinned": bool(pinned),
+            }
+
     def delete(self, slot: str | None = None) -> None:
-        """Drop the procedure; with the whole endpoint (``slot`` None), its rows too (and the
-        model table when no other endpoint's rows are left in it)."""
+        """One slot (its traffic row; refused while it takes traffic), or the whole endpoint: the
+        procedure and its rows (and the tables when no other endpoint's rows are left in them)."""
         from tdsp_deploy.backends.synapse import predict_tsql
 
         status = self.status()
         if not status.exists:
             raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist")
-        if slot is not None and status.slot(slot) is None:
-            raise UsageError(
-                f"endpoint '{self.manifest.name}' has no slot '{slot}'",
-                hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
-            )
+        if slot is not None:
+            found = status.slot(slot)
+            if found is None:
+                raise UsageError(
+                    f"endpoint '{self.manifest.name}' has no slot '{slot}'",
+                    hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
+                )
+            if found.traffic > 0:
+                raise UsageError(
+                    f"slot '{slot}' takes {found.traffic}% of the traffic",
+                    hint="move its traffic first: tdsp-deploy traffic MANIFEST other=100",
+                )
+            self._delete_slot(slot)
+            return
         conn = self.connection
         conn.execute(predict_tsql.drop_procedure(self.target, self.manifest.name), doing="drop the procedure")
-        if slot is None and self._table_exists():
-            with conn.transaction():
-                conn.execute(
-                    predict_tsql.delete_rows(self.target), (self._endpoint_key(),), doing="delete rows"
-                )
-            conn.execute(predict_tsql.drop_table_if_empty(self.target), doing="drop the empty model table")
+        self._delete_rows(drop_tables=True)
 
     # -- calling -------------------------------------------------------------------------
     def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
-        """Callers that put the request's rows in a #temp table (bound ``?`` values) and EXEC
-        the procedure on it; the answer is ``{"columns": [outputs..., "model_version"], "data"}``."""
-        if slot is not None and self.status().slot(slot) is None:
-            raise UsageError(f"slot '{slot}' is not the active model version of '{self.manifest.name}'")
-        return self._callers()
+        """Callers that put the request's rows in a #temp table (bound ``?`` values) and EXEC the
+        procedure on it, pinned to ``slot`` when given; the answer is ``{"columns": [outputs...,
+        "model_version"], "data"}`` in the request's row order, and the slots that served it
+        are named as the HTTP targets name them (``azureml-model-deployment``)."""
+        if slot is not None and slot not in {r["slot"] for r in self._slots()}:
+            raise UsageError(f"endpoint '{self.manifest.name}' has no slot '{slot}'")
+        return self._callers(slot)
 
     @contextlib.contextmanager
-    def _callers(self) -> Iterator[Iterator[Caller]]:
+    def _callers(self, slot: str | None) -> Iterator[Iterator[Caller]]:
         from tdsp_deploy.backends.synapse.sql_connection import SqlPoolConnection
 
         opened: list[SqlPoolConnection] = []
@@ -304,7 +434,7 @@ class SqlPoolBackend(Backend):
                 else:
                     conn = SqlPoolConnection.connect(self.target)  # type: ignore[arg-type]
                     opened.append(conn)
-                yield self._caller(conn)
+                yield self._caller(conn, slot)
 
         try:
             yield made()
@@ -312,20 +442,31 @@ class SqlPoolBackend(Backend):
             for conn in opened:
                 conn.close()
 
-    def _caller(self, conn: SqlPoolConnection) -> Caller:
+    def _caller(self, conn: SqlPoolConnection, slot: str | None) -> Caller:
         from tdsp_deploy.backends.sqlserver import request_rows
 
         def call(body: bytes) -> InvokeResult:
             started = time.perf_counter()
+            request_id = uuid.uuid4().hex
+            headers = {"x-request-id": request_id}
             try:
                 rows = request_rows(body, self.target.inputs)
             except ValueError as exc:
-                return json_answer(400, {"error": str(exc)}, started)
+                return json_answer(400, {"error": str(exc)}, started, headers)
             try:
-                columns, result = self._score(rows, conn=conn, doing="score")
-            except DeploymentFailed as exc:  # PREDICT or the procedure refused: an answer, not a crash
-                return json_answer(500, {"error": exc.message}, started)
-            return json_answer(200, answer(columns, result, self.target.outputs), started)
+                columns, result = self._score(
+                    rows, conn=conn, slot=slot, request_id=request_id, doing="score"
+                )
+            except (
+                DeploymentFailed,
+                BackendError,
+            ) as exc:  # the pool refused the call: an answer, not a crash
+                return json_answer(500, {"error": exc.message}, started, headers)
+            document = answer(columns, result, self.target.outputs)
+            served = served_by(columns, result)
+            if served:
+                headers["azureml-model-deployment"] = ",".join(served)
+            return json_answer(200, document, started, headers)
 
         return call
 
@@ -386,11 +527,11 @@ class SqlPoolBackend(Backend):
         return prepared
 
     # -- internals -----------------------------------------------------------------------
-    def _run(self, statement: Any, values: dict[str, Any], model: str, size: int) -> None:
+    def _run(self, statement: Any, values: dict[str, Any], model: str, size: int, slot: str) -> None:
         self._tell(
             "deploy",
             STEP_MESSAGES.get(statement.name, statement.name).format(
-                table=self._table_name(), procedure=self._procedure_name(), model=model, size=size
+                table=self._table_name(), procedure=self._procedure_name(), model=model, size=size, slot=slot
             ),
         )
         self.connection.execute(
@@ -404,47 +545,103 @@ class SqlPoolBackend(Backend):
         from tdsp_deploy.backends.synapse import predict_tsql
 
         conn = self.connection
+        endpoint = self._endpoint_key()
         try:
-            if before.version is not None:
-                version = before.version["version"]
-                self._tell("rollback", f"re-activating model version {version}")
-                with conn.transaction():
+            if not before.slots and not before.versions:  # a first push: nothing of it stays
+                self._tell("rollback", f"removing {self._procedure_name()} and this endpoint's rows")
+                if not before.procedure:
                     conn.execute(
-                        predict_tsql.activate_version(self.target),
-                        (self._endpoint_key(), version),
-                        doing="re-activate the previous version",
+                        predict_tsql.drop_procedure(self.target, self.manifest.name),
+                        doing="drop the procedure",
                     )
-                    if before.inserted is not None and before.inserted != version:
+                self._delete_rows(drop_tables=False)
+                for existed, table in (
+                    (before.traffic_table, self._traffic_name()),
+                    (before.request_log_table, self._log_name()),
+                ):
+                    if not existed:
                         conn.execute(
-                            predict_tsql.delete_version(self.target),
-                            (self._endpoint_key(), before.inserted),
-                            doing="remove the new version's row",
+                            predict_tsql.drop_table_if_empty(self.target, table),
+                            doing="drop a table it created",
                         )
-                outputs = [Column(**c) for c in before.version["document"].get("outputs", [])]
-                if outputs:
-                    conn.execute(
-                        predict_tsql.alter_procedure(self.target, self.manifest.name, outputs),
-                        doing="restore the previous procedure",
-                    )
+                if not before.table:
+                    conn.execute(predict_tsql.drop_table_if_empty(self.target), doing="drop the model table")
                 return
-            self._tell("rollback", f"removing {self._procedure_name()} and this endpoint's model rows")
-            if self._table_exists():
-                with conn.transaction():
+            self._tell("rollback", "putting back the slots and the procedure as they were")
+            slots = self._traffic_table_exists()
+            with conn.transaction():
+                if slots:
                     conn.execute(
-                        predict_tsql.delete_rows(self.target),
-                        (self._endpoint_key(),),
-                        doing="delete the rows",
+                        predict_tsql.delete_slots(self.target), (endpoint,), doing="restore the slots"
                     )
-            if not before.procedure:
+                for route in before.slots:
+                    conn.execute(
+                        predict_tsql.restore_slot(self.target),
+                        [endpoint, *(route[k] for k in ("slot", "version", "weight", "salt", "updated_at"))],
+                        doing="restore the slots",
+                    )
+                if before.inserted is not None and before.inserted not in {
+                    r["version"] for r in before.slots
+                }:
+                    conn.execute(
+                        predict_tsql.delete_version(self.target),
+                        (endpoint, before.inserted),
+                        doing="remove the new version's row",
+                    )
+                if slots:
+                    conn.execute(
+                        predict_tsql.refresh_active(self.target), (endpoint,), doing="restore the slots"
+                    )
+            if before.outputs:
                 conn.execute(
-                    predict_tsql.drop_procedure(self.target, self.manifest.name), doing="drop the procedure"
+                    predict_tsql.alter_procedure(
+                        self.target, self.manifest.name, [Column(**c) for c in before.outputs]
+                    ),
+                    doing="restore the previous procedure",
                 )
-            if not before.table:
-                conn.execute(predict_tsql.drop_table_if_empty(self.target), doing="drop the model table")
         except TdspError as undo:
             if failure is None:
                 raise
             failure.details["undo_failed"] = undo.message
+
+    def _delete_rows(self, *, drop_tables: bool) -> None:
+        """This endpoint's rows of the model, traffic and request log tables, in one transaction;
+        with ``drop_tables``, each table that no endpoint has rows in any more is dropped too."""
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        conn = self.connection
+        endpoint = self._endpoint_key()
+        deletes = [
+            (statement, doing)
+            for exists, statement, doing in (
+                (self._traffic_table_exists, predict_tsql.delete_slots, "delete the slots"),
+                (self._log_table_exists, predict_tsql.delete_requests, "delete the request log rows"),
+                (self._table_exists, predict_tsql.delete_rows, "delete the model rows"),
+            )
+            if exists()
+        ]
+        if deletes:
+            with conn.transaction():
+                for statement, doing in deletes:
+                    conn.execute(statement(self.target), (endpoint,), doing=doing)
+        if drop_tables:
+            for table in (self._traffic_name(), self._log_name()):
+                conn.execute(
+                    predict_tsql.drop_table_if_empty(self.target, table), doing="drop an empty table"
+                )
+            conn.execute(predict_tsql.drop_table_if_empty(self.target), doing="drop the empty model table")
+
+    def _delete_slot(self, slot: str) -> None:
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        conn = self.connection
+        with conn.transaction():
+            conn.execute(
+                predict_tsql.delete_slot(self.target), (self._endpoint_key(), slot), doing="delete the slot"
+            )
+            conn.execute(
+                predict_tsql.refresh_active(self.target), (self._endpoint_key(),), doing="delete the slot"
+            )
 
     def _sample_rows(self) -> list[list[Any]] | None:
         from tdsp_deploy.backends.sqlserver import request_rows
@@ -467,15 +664,20 @@ class SqlPoolBackend(Backend):
             return []  # the smoke test itself will say what is wrong with the request
 
     def _score(
-        self, rows: Sequence[Sequence[Any]], *, conn: SqlPoolConnection | None = None, doing: str
+        self,
+        rows: Sequence[Sequence[Any]],
+        *,
+        conn: SqlPoolConnection | None = None,
+        slot: str | None = None,
+        request_id: str | None = None,
+        doing: str,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         from tdsp_deploy.backends.synapse import predict_tsql
 
-        sql, params = predict_tsql.scoring_batch(self.target, self.manifest.name, rows)
+        sql, params = predict_tsql.scoring_batch(
+            self.target, self.manifest.name, rows, slot=slot, request_id=request_id
+        )
         return (conn or self.connection).query(sql, params, doing=doing)
-
-    def _active(self) -> dict[str, Any] | None:
-        return next((v for v in self._versions() if v["active"]), None)
 
     def _versions(self) -> list[dict[str, Any]]:
         from tdsp_deploy.backends.synapse import predict_tsql
@@ -486,22 +688,82 @@ class SqlPoolBackend(Backend):
             predict_tsql.list_versions(self.target), (self._endpoint_key(),), doing="list the model versions"
         )
         versions = []
-        for version, sha256, active, record in rows:
+        for version, sha256, active, record, created_at, created_by in rows:
             try:
                 document = json.loads(record) if record else {}
             except ValueError:
                 document = {}
+            document = document if isinstance(document, dict) else {}
             versions.append(
                 {
                     "version": str(version),
                     "sha256": sha256,
                     "active": bool(active),
                     "slot": document.get("slot"),
-                    "document": document if isinstance(document, dict) else {},
+                    "document": document,
                     "config_id": document_id(record) if record else None,
+                    "created_at": created_at,
+                    "created_by": created_by,
                 }
             )
         return versions
+
+    def _slots(self) -> list[dict[str, Any]]:
+        """The endpoint's rows of the traffic table, by slot name."""
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        if not self._traffic_table_exists():
+            return []
+        rows = self.connection.execute(
+            predict_tsql.list_slots(self.target), (self._endpoint_key(),), doing="list the slots"
+        )
+        return [
+            {
+                "slot": str(slot),
+                "version": str(version),
+                "weight": int(weight),
+                "salt": salt,
+                "updated_at": at,
+            }
+            for slot, version, weight, salt, at in rows
+        ]
+
+    def _failed_requests(self, limit: int) -> list[tuple[Any, ...]]:
+        """(request id, submit time, status, command, error details) of the procedure's failed
+        requests that the pool still lists, newest first."""
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        try:
+            return self.connection.execute(
+                predict_tsql.failed_requests(limit),
+                predict_tsql.failed_requests_parameters(self.target, self.manifest.name),
+                doing="read the procedure's failed requests",
+            )
+        except BackendError as exc:
+            if "permission" not in exc.message.lower():
+                raise
+            raise BackendError(
+                exc.message,
+                hint="reading the pool's request history needs: GRANT VIEW DATABASE STATE TO [you]",
+            ) from None
+
+    def _log_table_exists(self) -> bool:
+        return first_value_true(self.connection.execute("SELECT OBJECT_ID(?, N'U');", (self._log_name(),)))
+
+    def _log_name(self) -> str:
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        return predict_tsql.qualified_request_log(self.target)
+
+    def _traffic_table_exists(self) -> bool:
+        return first_value_true(
+            self.connection.execute("SELECT OBJECT_ID(?, N'U');", (self._traffic_name(),))
+        )
+
+    def _traffic_name(self) -> str:
+        from tdsp_deploy.backends.synapse import predict_tsql
+
+        return predict_tsql.qualified_traffic(self.target)
 
     def _table_exists(self) -> bool:
         return first_value_true(self.connection.execute("SELECT OBJECT_ID(?, N'U');", (self._table_name(),)))
@@ -545,8 +807,11 @@ class SqlPoolBackend(Backend):
 
 
 def answer(columns: Sequence[str], rows: Sequence[Sequence[Any]], outputs: Sequence[Any]) -> dict[str, Any]:
-    """The procedure's result (input columns, outputs, model_version) as the JSON answer: the
-    outputs and model_version only, as the SQL Server target answers."""
+    """The procedure's result (input columns, outputs, model_version, variant) as the JSON
+    answer: the outputs and model_version only, as the SQL Server target answers, in the
+    request's row order."""
+    from tdsp_deploy.backends.synapse.predict_tsql import ROW_COLUMN
+
     position = {name.lower(): i for i, name in enumerate(columns)}
     wanted = [*(c.name for c in outputs), "model_version"]
     missing = [name for name in wanted if name.lower() not in position]
@@ -555,4 +820,53 @@ def answer(columns: Sequence[str], rows: Sequence[Sequence[Any]], outputs: Seque
             f"the procedure's result has no column {', '.join(missing)} (columns: {list(columns)})"
         )
     picks = [position[name.lower()] for name in wanted]
+    order = position.get(ROW_COLUMN)
+    if order is not None:  # the pool answers in no particular order: the request's order again
+        rows = sorted(rows, key=lambda row: row[order])
     return {"columns": wanted, "data": [[row[i] for i in picks] for row in rows]}
+
+
+def served_by(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The slots (``variant`` column) that answered, by name."""
+    from tdsp_deploy.backends.synapse.predict_tsql import VARIANT_COLUMN
+
+    position = {name.lower(): i for i, name in enumerate(columns)}.get(VARIANT_COLUMN)
+    return [] if position is None else sorted({str(row[position]) for row in rows})
+
+
+def _serving_outputs(
+    versions: list[dict[str, Any]], slots: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The outputs the versions taking traffic answer (their deployment documents'); UsageError
+    when they differ, since one procedure has one WITH clause."""
+    by_version = {v["version"]: v["document"].get("outputs") for v in versions}
+    found = {
+        json.dumps(by_version.get(r["version"]), sort_keys=True): r["slot"] for r in slots if r["weight"] > 0
+    }
+    if len(found) > 1:
+        raise UsageError(
+            f"slots {', '.join(sorted(found.values()))} answer different outputs; one procedure cannot "
+            "split calls between them",
+            hint="give all the traffic to one slot, or push the versions with the same target.outputs",
+        )
+    return json.loads(next(iter(found))) if found else None
+
+
+def _sortable(t: Any) -> Any:
+    """A timestamp that sorts beside others (the pool's datetime, or the fake's counter)."""
+    if isinstance(t, datetime.datetime):
+        return t.replace(tzinfo=None).timestamp()
+    return float(t) if isinstance(t, int | float) else 0.0
+
+
+def _timestamp(t: Any) -> float:
+    """Unix time of the pool's datetime2 (UTC, without a zone)."""
+    if isinstance(t, datetime.datetime):
+        return t.replace(tzinfo=datetime.UTC).timestamp()
+    return float(t)
+
+
+def _iso(t: Any) -> str:
+    if isinstance(t, datetime.datetime):
+        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return str(t)
