@@ -9,10 +9,10 @@ and 16 against the same scoring URI with the same body and key:
 - peer: `wrk --latency` for about as long as our run took; its p50/p99 and its CPU time.
 
 Rounds alternate (ours, then wrk for as long as ours took; 7 rounds of about 4 s each, --quick:
-3 of about 2 s), and the verdict is the median over rounds of each round's ratio: on a shared
-machine the load moves between runs, and a pair taken back to back shares most of it. Goals: our p50 and our p99 within 15% of wrk's; the runner well short of one core
-(a Python runner's threads share one core: at 0.75 of it, it would start to be what is
-measured).
+2 of about 1.5 s), and the verdict is the median over rounds of each round's ratio: on a shared
+machine the load moves between runs, and a pair taken back to back shares most of it. Goals:
+our p50 and our p99 within 15% of wrk's; the runner well short of one core (a Python
+runner's threads share one core: at 0.75 of it, it would start to be what is measured).
 
 Also reported (no goal): the fixed-rate mode (`rate=`, as wrk2 does) at half the closed
 loop's throughput, where each latency runs from the request's scheduled start.
@@ -35,8 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-from common import EXAMPLE_DIR, deployed, emit, note, parse_wrk, result, wrk_script, wrk_threads
+from common import EXAMPLE, EXAMPLE_DIR, deployed, emit, note, parse_wrk, result, wrk_script, wrk_threads
 
 from tdsp_deploy.http_caller import http_callers
 from tdsp_deploy.manifest.model import LatencyObjective
@@ -51,9 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer requests and one round")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of about 1.5 s instead of 7 of 4 s")
     args = parser.parse_args()
-    rounds, slice_s = (3, 2.0) if args.quick else (7, 4.0)
+    rounds, slice_s = (2, 1.5) if args.quick else (7, 4.0)
+    shortest_wrk_s = 1 if args.quick else 2
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit(
@@ -63,13 +63,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-latency-") as tmp_name:
         tmp = Path(tmp_name)
-        project = tmp / "iris"
-        shutil.copytree(EXAMPLE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
-        manifest = project / "deploy.yaml"
-        doc = yaml.safe_load(manifest.read_text())
-        doc["smoke_test"]["latency"] = {"requests": 20, "concurrency": 2, "warmup": 0}
-        manifest.write_text(yaml.safe_dump(doc))
-        with deployed(manifest) as endpoint:
+        with deployed(EXAMPLE) as endpoint:
             url = endpoint["status"]["scoring_uri"]
             headers = {"Authorization": f"Bearer {endpoint['key']}"}
             script = wrk_script(tmp / "post.lua", body.decode(), headers)
@@ -80,9 +74,11 @@ def main() -> None:
                 size = 50 * concurrency  # the first slice; then sized to last about `slice_s`
                 for round_ in range(1, rounds + 1):
                     mine = runner(url, headers, body, concurrency, size)
-                    run = wrk_run(wrk, url, script, concurrency, max(2, round(mine["duration_s"])))
+                    seconds = max(shortest_wrk_s, round(mine["duration_s"]))
+                    run = wrk_run(wrk, url, script, concurrency, seconds)
                     note(
-                        f"round {round_} c={concurrency}: ours p50 {mine['p50_ms']:.3f} p99 {mine['p99_ms']:.3f} ms "
+                        f"round {round_} c={concurrency}: ours p50 {mine['p50_ms']:.3f} "
+                        f"p99 {mine['p99_ms']:.3f} ms "
                         f"({mine['requests']} requests, {mine['cpu_cores']:.2f} of a core); wrk p50 "
                         f"{run['p50_ms']:.3f} p99 {run['p99_ms']:.3f} ms ({run['requests']} requests)"
                     )
@@ -90,7 +86,7 @@ def main() -> None:
                     size = min(20_000, max(100, int(mine["requests_per_second"] * slice_s)))
                 entries += judge(concurrency, pairs)
             # The fixed-rate mode, at half of what the closed loop sustained at concurrency 4.
-            requests = 600 if args.quick else 3000
+            requests = 300 if args.quick else 3000
             closed = runner(url, headers, body, 4, requests)
             rate = max(10.0, closed["requests_per_second"] / 2)
             fixed = runner(url, headers, body, 4, requests, rate=rate)
@@ -171,7 +167,8 @@ def judge(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
         "ours_requests": [mine["requests"] for mine, _ in pairs],
         "peer_requests": [run["requests"] for _, run in pairs],
         "errors_ok": clean,
-        "peer_command": f"wrk -t{wrk_threads(concurrency)} -c{concurrency} --latency, POST the sample with the key",
+        "peer_command": f"wrk -t{wrk_threads(concurrency)} -c{concurrency} --latency, "
+        "POST the sample with the key",
         "notes": "rounds alternate ours then wrk for as long as ours took; figures are medians over "
         "rounds, the ratio is the median of the rounds' ratios",
     }

@@ -6,7 +6,7 @@ Both run in this one process's session on the same file, alternating, after one 
 that puts the file in the page cache, so the disk is out of the comparison for both. Each
 packaging run happens in a child process so its peak RSS is its own.
 
-    python bench/packaging.py [--size-mb N | --quick]
+    python bench/package_build.py [--size-mb N | --quick]      (--quick: a 128 MiB model)
 
 Prints one JSON document on stdout; progress notes go to stderr.
 """
@@ -45,7 +45,7 @@ def main() -> None:
     if args.child:
         _child(Path(args.child[0]), Path(args.child[1]))
         return
-    size_mb = 256 if args.quick else args.size_mb
+    size_mb = 128 if args.quick else args.size_mb
     peers = {name: cmd for name, cmd in PEERS.items() if shutil.which(cmd[0])}
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-") as tmp:
         project = _project(Path(tmp) / "proj", size_mb)
@@ -106,7 +106,7 @@ def _arguments() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-mb", type=int, default=1024, help="model size in MiB (default 1024)")
-    parser.add_argument("--quick", action="store_true", help="a 256 MiB model")
+    parser.add_argument("--quick", action="store_true", help="a 128 MiB model")
     parser.add_argument("--child", nargs=2, metavar=("PROJECT", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -137,6 +137,7 @@ def _ours(project: Path, out_dir: Path) -> dict[str, float]:
         text=True,
     )
     shutil.rmtree(out_dir)  # each run writes a fresh archive, none is reused
+    shutil.rmtree(out_dir.parent / f"{out_dir.name}-cache", ignore_errors=True)
     _settle()
     return json.loads(done.stdout)
 
@@ -157,7 +158,7 @@ def _child(project: Path, out_dir: Path) -> None:
     )
     before = _rss_mb()
     start = time.perf_counter()
-    built = build_package(manifest, out_dir)
+    built = build_package(manifest, out_dir, cache_dir=out_dir.parent / f"{out_dir.name}-cache")
     seconds = time.perf_counter() - start
     assert not built.reused
     print(json.dumps({"seconds": seconds, "rss_mb": _rss_mb(), "rss_before_mb": before}))

@@ -20,8 +20,10 @@ and "one worker each" are the same runs; both goals are judged on them: our requ
 and our p99 below mlflow's best p99 at every concurrency.
 
 Concurrency 1, 4, 16 (wrk threads: 1 for c=1, else 2); targets interleaved at each
-concurrency so they share the machine's noise; 10 s per run and the better of 2 rounds
-(--quick: 2 s, 1 round). The load average is recorded before and after.
+concurrency so they share the machine's noise; 10 s per run and the better of 2 rounds.
+--quick: 2 s, 1 round, and only the runs the goals are judged on (ours and mlflow's two body
+formats): neither `azmlinfsrv` alone nor `mlflow -w 2` is started. The load average is
+recorded before and after.
 
     python bench/serving_peers.py [--quick]      (needs wrk: apt-get install wrk)
 
@@ -87,8 +89,10 @@ def run(raw_data):
 
 def save_model(folder: Path) -> list[int]:
     """Train and save the model as an MLflow model; its predictions for ROWS."""
+    import mlflow
     import mlflow.sklearn
     import numpy as np
+    import sklearn
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -96,7 +100,9 @@ def save_model(folder: Path) -> list[int]:
     # scikit-learn's feature-name check warning on each call, on either side.
     features, labels = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=1000).fit(features, labels)
-    mlflow.sklearn.save_model(model, str(folder))
+    # Named, not inferred: inferring them loads the model again in a child process (seconds).
+    requirements = [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}"]
+    mlflow.sklearn.save_model(model, str(folder), pip_requirements=requirements)
     return [int(v) for v in model.predict(np.asarray(ROWS))]
 
 
@@ -156,47 +162,55 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="2 s per run and one round instead of 10 s and two"
+        "--quick",
+        action="store_true",
+        help="2 s per run, one round, and only ours and mlflow (no azmlinfsrv alone, no -w 2)",
     )
     args = parser.parse_args()
+    reported = not args.quick  # the runs without a goal: azmlinfsrv alone, mlflow -w 2
     duration, rounds = (2, 1) if args.quick else (10, 2)
     wrk = shutil.which("wrk")
     mlflow = tool("mlflow")
     azmlinfsrv = tool("azmlinfsrv")
     if wrk is None or mlflow is None or azmlinfsrv is None:
         sys.exit(
-            "serving_peers: needs wrk (apt-get install wrk), mlflow and azmlinfsrv (pip install -r bench/requirements.txt)"
+            "serving_peers: needs wrk (apt-get install wrk), mlflow and azmlinfsrv "
+            "(pip install -r bench/requirements.txt)"
         )
 
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-peers-") as tmp_name:
         tmp = Path(tmp_name)
         note("training the model and saving it as an MLflow model ...")
+        began = time.monotonic()
         manifest = write_project(tmp / "project")
         project = manifest.parent
         # mlflow starts `uvicorn` by name: the venv's scripts folder must be on PATH.
         env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         ports = {name: free_port() for name in ("azmlinfsrv", "mlflow", "mlflow_w2")}
+        mlflow_runs = [("mlflow", [])] + ([("mlflow_w2", ["-w", "2"])] if reported else [])
         with contextlib.ExitStack() as stack:
-            peers = [
-                PeerServer(
-                    [
-                        azmlinfsrv,
-                        "--entry_script",
-                        "score.py",
-                        "--model_dir",
-                        str(project),
-                        "--port",
-                        str(ports["azmlinfsrv"]),
-                    ],
-                    cwd=project / "src",
-                    env=dict(env, AZUREML_MODEL_DIR=str(project)),
-                    port=ports["azmlinfsrv"],
-                    path="/",
-                    log=tmp / "azmlinfsrv.log",
+            peers = []
+            if reported:
+                peers.append(
+                    PeerServer(
+                        [
+                            azmlinfsrv,
+                            "--entry_script",
+                            "score.py",
+                            "--model_dir",
+                            str(project),
+                            "--port",
+                            str(ports["azmlinfsrv"]),
+                        ],
+                        cwd=project / "src",
+                        env=dict(env, AZUREML_MODEL_DIR=str(project)),
+                        port=ports["azmlinfsrv"],
+                        path="/",
+                        log=tmp / "azmlinfsrv.log",
+                    )
                 )
-            ]
-            stack.callback(peers[0].stop)
-            for name, extra in (("mlflow", []), ("mlflow_w2", ["-w", "2"])):
+                stack.callback(peers[-1].stop)
+            for name, extra in mlflow_runs:
                 peers.append(
                     PeerServer(
                         [
@@ -219,15 +233,25 @@ def main() -> None:
                     )
                 )
                 stack.callback(peers[-1].stop)
+            note(f"model saved after {time.monotonic() - began:.1f} s; peers starting")
             endpoint = stack.enter_context(deployed(manifest))
+            note(f"our endpoint pushed after {time.monotonic() - began:.1f} s")
             for peer in peers:
                 peer.wait_ready()
-            figures = measure(wrk, tmp, endpoint, ports, duration, rounds)
-    emit(entries(figures, duration, rounds))
+            note(f"peers ready after {time.monotonic() - began:.1f} s")
+            figures = measure(wrk, tmp, endpoint, ports, duration, rounds, reported=reported)
+    emit(entries(figures, duration, rounds, reported=reported))
 
 
 def measure(
-    wrk: str, tmp: Path, endpoint: dict[str, Any], ports: dict[str, int], duration: int, rounds: int
+    wrk: str,
+    tmp: Path,
+    endpoint: dict[str, Any],
+    ports: dict[str, int],
+    duration: int,
+    rounds: int,
+    *,
+    reported: bool,
 ) -> dict[str, Any]:
     data = json.dumps({"data": ROWS})
     inputs = json.dumps({"inputs": ROWS})
@@ -248,6 +272,10 @@ def measure(
             wrk_script(tmp / "w2c.lua", inputs, {"Connection": "close"}),
         ),
     }
+    if not reported:
+        targets = {
+            k: v for k, v in targets.items() if k in ("ours", "mlflow_inputs", "mlflow_dataframe_split")
+        }
     for target_url, script in targets.values():  # warm-up, not kept
         run_wrk(wrk, target_url, script, concurrency=2, duration=1)
     load_before = load_average()
@@ -267,7 +295,7 @@ def measure(
     return {"best": best, "load_before": load_before, "load_after": load_average()}
 
 
-def entries(figures: dict[str, Any], duration: int, rounds: int) -> list[dict[str, Any]]:
+def entries(figures: dict[str, Any], duration: int, rounds: int, *, reported: bool) -> list[dict[str, Any]]:
     best = figures["best"]
     common = {
         "load_average_before": figures["load_before"],
@@ -292,8 +320,8 @@ def entries(figures: dict[str, Any], duration: int, rounds: int) -> list[dict[st
             "mlflow_runs": peers,
             "mlflow_best": top_name,
             "errors_ok": clean,
-            "peer_command": "mlflow models serve -m MODEL --env-manager local (uvicorn, 1 worker); best of the "
-            "inputs and dataframe_split bodies",
+            "peer_command": "mlflow models serve -m MODEL --env-manager local (uvicorn, 1 worker); "
+            "best of the inputs and dataframe_split bodies",
             **common,
         }
         judged = c in (4, 16)
@@ -336,6 +364,8 @@ def entries(figures: dict[str, Any], duration: int, rounds: int) -> list[dict[st
                 **common,
             )
         )
+        if not reported:
+            continue
         alone = best["azmlinfsrv", c]
         out.append(
             result(
@@ -349,8 +379,8 @@ def entries(figures: dict[str, Any], duration: int, rounds: int) -> list[dict[st
                 ours_p50_ms=ours["p50_ms"],
                 ours_p99_ms=ours["p99_ms"],
                 alone_run=alone,
-                peer_command="azmlinfsrv --entry_script score.py --model_dir DIR --port P (its defaults: gunicorn "
-                "sync worker, 1 worker)",
+                peer_command="azmlinfsrv --entry_script score.py --model_dir DIR --port P (its defaults: "
+                "gunicorn sync worker, 1 worker)",
                 **common,
             )
         )

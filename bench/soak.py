@@ -4,11 +4,11 @@ sustains within the manifest's latency objective, with no error and flat memory.
 With the iris example pushed (fresh TDSP_DEPLOY_HOME, deleted at the end):
 
 1. Find the load: `wrk` POSTs the sample request through the router (with the key) at rising
-   concurrency (1, 2, 4, 8, 16, 32), 3 s each (--quick: 2 s). The kept concurrency is the one
+   concurrency (1, 2, 4, 8, 16, 32), 3 s each (--quick: 1 s). The kept concurrency is the one
    with the most requests/s whose p99 stays under the manifest's objective
    (smoke_test.latency.p95_ms; p99 is the stricter reading) with no error. wrk is closed-loop:
    a fixed number of connections, each sending its next request when the last is answered.
-2. Soak: 60 s (--quick: 15 s) through the router at that concurrency. RSS of the router, the
+2. Soak: 60 s (--quick: 10 s) through the router at that concurrency. RSS of the router, the
    supervisor and each slot (with its workers) is read at the start, every 5 s, and at the end.
 3. Peer, in the same run: the same load straight to the slot's inference server, for as long.
 
@@ -86,11 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="15 s soak, 2 s probes")
+    parser.add_argument("--quick", action="store_true", help="10 s soak, 1 s probes")
     parser.add_argument("--duration", type=int, default=60, help="seconds of soak (each side)")
     args = parser.parse_args()
-    duration = 15 if args.quick else args.duration
-    probe = 2 if args.quick else 3
+    duration = 10 if args.quick else args.duration
+    probe = 1 if args.quick else 3
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("soak: `wrk` is not installed (Debian: apt-get install wrk); nothing was measured")
@@ -135,8 +135,18 @@ def main() -> None:
             peer = run_wrk(wrk, direct_url, direct_script, concurrency=chosen, duration=duration)
         note(f"direct: {peer['requests_per_s']:.0f} req/s, p99 {peer['p99_ms']:.2f} ms, {peer['errors']}")
 
-    emit(report(ours, peer, memory, peer_memory, chosen=chosen, duration=duration, objective_ms=objective_ms,
-                probes=probes))
+    emit(
+        report(
+            ours,
+            peer,
+            memory,
+            peer_memory,
+            chosen=chosen,
+            duration=duration,
+            objective_ms=objective_ms,
+            probes=probes,
+        )
+    )
 
 
 def report(
@@ -200,8 +210,11 @@ def report(
                 met=flat,
                 max_mb=round(max(samples), 2),
                 samples_mb=[round(s, 2) for s in samples],
-                **({"bare_server_start_end_mb": [round(peer_samples[0], 2), round(peer_samples[-1], 2)]}
-                   if peer_samples else {}),
+                **(
+                    {"bare_server_start_end_mb": [round(peer_samples[0], 2), round(peer_samples[-1], 2)]}
+                    if peer_samples
+                    else {}
+                ),
             )
         )
     return entries

@@ -109,7 +109,8 @@ def _compare(flavor: str, payload: bytes, frame: pd.DataFrame, runs: int) -> dic
             wall.append(measure()[0])
             times.append(time.process_time() - cpu)
         note(
-            f"{flavor} run {run + 1}: script {ours_times[-1] * 1000:.1f} ms CPU ({ours_wall[-1] * 1000:.1f} wall), "
+            f"{flavor} run {run + 1}: script {ours_times[-1] * 1000:.1f} ms CPU "
+            f"({ours_wall[-1] * 1000:.1f} wall), "
             f"direct {peer_times[-1] * 1000:.1f} ms CPU ({peer_wall[-1] * 1000:.1f} wall)"
         )
     started = time.perf_counter()

@@ -8,6 +8,9 @@ in turn, alternating, best of 2 rounds each:
 - ours: blue=50 green=50 (goal: >= 90% of the single slot's throughput);
 - ours: blue=100 with 10% mirrored to green (goal: the caller's p99 grows by < 1 ms).
 
+--quick: 2 s per run and one round, each split set once and run at every concurrency in turn
+(three `traffic` commands instead of nine), so the splits are interleaved less finely.
+
     python bench/traffic_split.py [--quick]      (needs wrk: apt-get install wrk)
 
 Prints one JSON document on stdout; notes go to stderr.
@@ -70,18 +73,25 @@ def main() -> None:
             uri = endpoint["status"]["scoring_uri"]
             best: dict[tuple[str, int], dict[str, Any]] = {}
             for round_ in range(1, rounds + 1):
-                for concurrency in CONCURRENCY:
-                    for name, split in SPLITS.items():
-                        cli(["traffic", str(manifest), *split], env)
-                        run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
-                        note(
-                            f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
-                            f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}"
-                        )
-                        kept = best.get((name, concurrency))
-                        if kept is None or run["requests_per_s"] > kept["requests_per_s"]:
-                            best[name, concurrency] = run
+                for name, concurrency in _order(args.quick):
+                    if not args.quick or concurrency == CONCURRENCY[0]:
+                        cli(["traffic", str(manifest), *SPLITS[name]], env)
+                    run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
+                    note(
+                        f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
+                        f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}"
+                    )
+                    kept = best.get((name, concurrency))
+                    if kept is None or run["requests_per_s"] > kept["requests_per_s"]:
+                        best[name, concurrency] = run
     emit(_entries(best, duration, rounds))
+
+
+def _order(quick: bool) -> list[tuple[str, int]]:
+    """Splits interleaved at each concurrency; --quick: by split, one `traffic` command each."""
+    if quick:
+        return [(name, c) for name in SPLITS for c in CONCURRENCY]
+    return [(name, c) for c in CONCURRENCY for name in SPLITS]
 
 
 def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int, rounds: int) -> list[dict[str, Any]]:

@@ -99,6 +99,7 @@ def smoke_table(env: Environment, report: SmokeReport) -> None:
         f"{latency.requests_per_second:.0f}",
     )
     console.print(table)
+    console.print(latency.describe_mode(), markup=False)
     objective = f"p95 <= {latency.objective_p95_ms:g} ms, " if latency.objective_p95_ms else ""
     console.print(
         f"objective: {objective}error rate <= {latency.objective_max_error_rate:.1%}: "

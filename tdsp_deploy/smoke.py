@@ -10,8 +10,10 @@ to the whole answer. That measures the service time at a given concurrency, whic
 the objective states. It does not say what a client arriving at a fixed rate would see when
 the endpoint stalls: a closed loop sends nothing during a stall, so the stall is counted
 once, not once per request that would have waited (coordinated omission). With ``rate``
-set, requests are scheduled at fixed intervals (as wrk2 does) and each latency runs from
-the request's scheduled start, so time spent waiting for a free caller counts too.
+set (``smoke_test.latency.rate``), requests are scheduled at fixed intervals (as wrk2 does)
+and each latency runs from the request's scheduled start, so time spent waiting for a free
+caller counts too. An endpoint that cannot keep up with the rate at all (the runner could
+send well below it) fails the run: its percentiles would describe a lower rate than asked.
 """
 
 from __future__ import annotations
@@ -25,11 +27,24 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from tdsp_deploy.backends.base import Caller, InvokeResult, Progress, ProgressEvent, no_progress
+from tdsp_deploy.backends.base import (
+    REPLAYED_ANSWER_HEADER,
+    Caller,
+    InvokeResult,
+    Progress,
+    ProgressEvent,
+    no_progress,
+)
 from tdsp_deploy.errors import BackendError, LatencyObjectiveMissed, SmokeFailed
 from tdsp_deploy.manifest.model import LatencyObjective, SmokeTestSection
 
 MAX_DIFFERENCES = 10
+# At a fixed rate, sending below this share of the asked rate over the whole run means the
+# endpoint (or the callers in flight) could not keep up: a stall the run recovers from is
+# what the fixed rate is there to measure, a schedule slipping for good is not.
+BEHIND_FRACTION = 0.9
+CLOSED_LOOP = "closed_loop"
+FIXED_RATE = "fixed_rate"
 
 
 # -- answers ---------------------------------------------------------------------------------
@@ -119,15 +134,33 @@ class LatencyReport:
     requests_per_second: float
     duration_s: float
     client_cpu_s: float  # CPU time this process spent during the run (the runner's own cost)
+    mode: str  # CLOSED_LOOP or FIXED_RATE
     rate_per_s: float | None  # the fixed schedule's rate, None for a closed loop
+    sent_per_s: float | None  # at a fixed rate: the rate the runner managed to send at
+    max_send_delay_ms: float | None  # at a fixed rate: the latest a request left after it was due
+    fell_behind: bool  # at a fixed rate: sent below BEHIND_FRACTION of the rate (a problem)
     objective_p95_ms: float | None
     objective_max_error_rate: float
     passed: bool
     problems: list[str]
     error_samples: list[str]
 
+    def describe_mode(self) -> str:
+        """How the requests were sent, in a line (for the push and test output)."""
+        if self.mode == FIXED_RATE:
+            sent = f", {self.sent_per_s:g} sent" if self.sent_per_s is not None else ""
+            return (
+                f"fixed rate: {self.rate_per_s:g} requests/s asked{sent}, {_callers(self.concurrency)}; "
+                "latencies from each request's scheduled send time"
+            )
+        return f"closed loop: {_callers(self.concurrency)}, each sending when its last answer arrived"
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _callers(count: int) -> str:
+    return f"{count} caller" if count == 1 else f"{count} callers"
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -151,8 +184,9 @@ def run_latency(
     """Send ``warmup + requests`` requests from ``concurrency`` threads, each with its own caller.
 
     Without ``rate``: a closed loop, each latency from send to answer. With ``rate`` (requests
-    per second): request n is due at start + n / rate, and its latency runs from when it was
-    due, so a stall is charged to every request it delayed (no coordinated omission)."""
+    per second): request n is due at start + (n - 1) / rate, and its latency runs from when it
+    was due, so a stall is charged to every request it delayed (no coordinated omission); a run
+    that could not send at BEHIND_FRACTION of the rate fails (``fell_behind``)."""
     if rate is not None and not rate > 0:
         raise ValueError("rate must be > 0 requests per second")
     total = objective.warmup + objective.requests
@@ -160,6 +194,7 @@ def run_latency(
     issued = 0
     latencies: list[float] = []
     errors: list[str] = []
+    send_delays = [0.0] * (total if rate else 0)  # when each request left, after it was due
     workers = [next(callers) for _ in range(objective.concurrency)]
     interval = 1.0 / rate if rate else 0.0
     clock = time.perf_counter
@@ -182,14 +217,18 @@ def run_latency(
                 if wait > 0:
                     time.sleep(wait)
                 started = due
+                send_delays[number - 1] = clock() - due
             else:
                 started = clock()
+            answer = None
             try:
-                status = caller(body).status
-                error = None if status == 200 else f"HTTP {status}"
+                answer = caller(body)
+                error = None if answer.status == 200 else f"HTTP {answer.status}"
             except BackendError as exc:
                 error = exc.message
             elapsed = (clock() - started) * 1000.0
+            if answer is not None and REPLAYED_ANSWER_HEADER in answer.headers:
+                elapsed = answer.elapsed_ms  # the time of the job that answered, not of the replay
             if measured:
                 with lock:
                     latencies.append(elapsed)
@@ -197,23 +236,59 @@ def run_latency(
                         errors.append(error)
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
+    message = (
+        f"latency run: fixed rate of {rate:g} requests/s, {_callers(objective.concurrency)}, "
+        "latencies from each request's scheduled send time"
+        if rate
+        else f"latency run: closed loop of {_callers(objective.concurrency)}"
+    )
     cpu_before = time.process_time()
     start = clock()
     for thread in threads:
         thread.start()
-    _wait_with_progress(threads, lambda: issued, total, progress)
+    _wait_with_progress(threads, lambda: issued, total, message, progress)
     duration = max(clock() - start, 1e-9)
     cpu = time.process_time() - cpu_before
-    return _judge(sorted(latencies), errors, objective, duration, cpu, rate)
+    schedule = _schedule_kept(send_delays, rate) if rate else None
+    return _judge(sorted(latencies), errors, objective, duration, cpu, schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """How well a fixed-rate run kept to its schedule."""
+
+    rate: float
+    sent_per_s: float | None  # None: a single request has no rate
+    max_delay_s: float
+
+    @property
+    def fell_behind(self) -> bool:
+        return self.sent_per_s is not None and self.sent_per_s < BEHIND_FRACTION * self.rate
+
+
+def _schedule_kept(send_delays: list[float], rate: float) -> _Schedule:
+    """The rate the requests actually left at: the schedule's span plus how late the last one
+    left. Request n is due at (n - 1) / rate, so the delay of the last due request is how far
+    the schedule slipped by the end."""
+    count = len(send_delays)
+    max_delay = max(send_delays, default=0.0)
+    if count < 2:
+        return _Schedule(rate, None, max_delay)
+    span = (count - 1) / rate + max(send_delays[-1], 0.0)
+    return _Schedule(rate, (count - 1) / span, max_delay)
 
 
 def _wait_with_progress(
-    threads: list[threading.Thread], done: Callable[[], int], total: int, progress: Progress
+    threads: list[threading.Thread],
+    done: Callable[[], int],
+    total: int,
+    message: str,
+    progress: Progress,
 ) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(timeout=0.25)
-            progress(ProgressEvent(step="latency", message="latency run", done=done(), total=total))
+            progress(ProgressEvent(step="latency", message=message, done=done(), total=total))
 
 
 def _judge(
@@ -222,12 +297,19 @@ def _judge(
     objective: LatencyObjective,
     duration: float,
     cpu: float,
-    rate: float | None,
+    schedule: _Schedule | None,
 ) -> LatencyReport:
     count = len(latencies)
     error_rate = len(errors) / count if count else 1.0
     p95 = percentile(latencies, 0.95)
     problems = []
+    if schedule is not None and schedule.sent_per_s is not None and schedule.fell_behind:
+        problems.append(
+            f"the endpoint fell behind the asked rate of {schedule.rate:g} requests/s: with "
+            f"{_callers(objective.concurrency)} the runner could send only {schedule.sent_per_s:.1f} "
+            f"requests/s (a request left up to {schedule.max_delay_s * 1000:.0f} ms after it was due; "
+            f"the runner itself used {cpu / duration:.2f} of a core)"
+        )
     if objective.p95_ms is not None and not p95 <= objective.p95_ms:
         problems.append(f"p95 latency {p95:.1f} ms is above the objective of {objective.p95_ms:g} ms")
     if error_rate > objective.max_error_rate:
@@ -250,7 +332,11 @@ def _judge(
         requests_per_second=round(count / duration, 1),
         duration_s=round(duration, 3),
         client_cpu_s=round(cpu, 3),
-        rate_per_s=rate,
+        mode=FIXED_RATE if schedule else CLOSED_LOOP,
+        rate_per_s=schedule.rate if schedule else None,
+        sent_per_s=round(schedule.sent_per_s, 1) if schedule and schedule.sent_per_s else None,
+        max_send_delay_ms=rounded(schedule.max_delay_s * 1000) if schedule else None,
+        fell_behind=bool(schedule and schedule.fell_behind),
         objective_p95_ms=objective.p95_ms,
         objective_max_error_rate=objective.max_error_rate,
         passed=not problems,
@@ -300,12 +386,20 @@ def run_smoke_test(
                 hint="compare with smoke_test.expect, or read the slot's log (tdsp-deploy logs)",
                 details={"smoke": report.to_json()},
             )
-        latency = run_latency(new_callers, body, section.latency, progress=progress)
+        latency = run_latency(
+            new_callers, body, section.latency, progress=progress, rate=section.latency.rate
+        )
     report = SmokeReport(deployment, answer, latency)
     if not latency.passed:
+        hint = "speed up the model or score.py, add target workers, or relax smoke_test.latency"
+        if latency.fell_behind:
+            hint = (
+                "raise smoke_test.latency.concurrency (requests in flight at once), lower "
+                "smoke_test.latency.rate, or add target workers"
+            )
         raise LatencyObjectiveMissed(
             "; ".join(latency.problems),
-            hint="speed up the model or score.py, add target workers, or relax smoke_test.latency",
+            hint=hint,
             details={"smoke": report.to_json()},
         )
     return report

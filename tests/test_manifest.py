@@ -132,6 +132,7 @@ def test_full_manifest() -> None:
         "warmup": 5,
         "p95_ms": 250,
         "max_error_rate": 0.01,
+        "rate": None,  # a closed loop
     }
     assert (m.rollout.deployment, m.rollout.traffic, m.rollout.mirror) == ("green", 0, 5)
     assert m.rollout.sticky_header == "x-user-id"
@@ -348,7 +349,7 @@ def test_unknown_nested_key_suggests_or_lists_allowed_keys() -> None:
         (
             10,
             "smoke_test.latency.colour",
-            "unknown key; allowed: requests, concurrency, warmup, p95_ms, max_error_rate",
+            "unknown key; allowed: requests, concurrency, warmup, p95_ms, max_error_rate, rate",
         ),
     ]
 

@@ -9,9 +9,10 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from tdsp_deploy.backends.base import InvokeResult
-from tdsp_deploy.errors import BackendError
+from tdsp_deploy.errors import BackendError, ExitCode
 from tdsp_deploy.http_caller import PlainHttpCaller, http_callers
 from tdsp_deploy.manifest.model import LatencyObjective
 from tdsp_deploy.smoke import check_answer, json_differences, percentile, run_latency
@@ -127,6 +128,44 @@ def test_fixed_rate_charges_a_stall_to_every_request_it_delayed():
     assert closed.client_cpu_s >= 0 and fixed.client_cpu_s >= 0
 
 
+def slow_callers(seconds: float):  # type: ignore[no-untyped-def]
+    """Callers of an endpoint that takes ``seconds`` to answer every request."""
+
+    def make():  # type: ignore[no-untyped-def]
+        while True:
+
+            def call(body: bytes) -> InvokeResult:
+                time.sleep(seconds)
+                return InvokeResult(200, body, {}, seconds * 1000)
+
+            yield call
+
+    return make()
+
+
+def test_fixed_rate_run_reports_its_mode_and_the_rate_it_kept():
+    objective = LatencyObjective(requests=40, concurrency=2, warmup=0)
+    closed = run_latency(slow_callers(0.001), b"{}", objective)
+    assert closed.mode == "closed_loop" and closed.sent_per_s is None and closed.max_send_delay_ms is None
+    # 2 s of schedule: a loaded machine may wake a caller late, not 0.2 s late at the very end
+    fixed = run_latency(slow_callers(0.001), b"{}", objective, rate=20.0)
+    assert fixed.mode == "fixed_rate" and fixed.rate_per_s == 20.0
+    assert fixed.passed and not fixed.fell_behind
+    assert fixed.sent_per_s is not None and 0.9 * 20.0 <= fixed.sent_per_s <= 20.0
+
+
+def test_an_endpoint_that_cannot_keep_up_with_the_rate_fails_the_run_and_says_what_was_sent():
+    # one caller and 50 ms per answer: at most 20 requests/s leave, against 200 asked
+    objective = LatencyObjective(requests=20, concurrency=1, warmup=0)
+    report = run_latency(slow_callers(0.05), b"{}", objective, rate=200.0)
+    assert report.fell_behind and not report.passed
+    assert report.sent_per_s is not None and report.sent_per_s < 0.9 * 200
+    problem = report.problems[0]
+    assert problem.startswith("the endpoint fell behind the asked rate of 200 requests/s")
+    assert f"could send only {report.sent_per_s:.1f} requests/s" in problem
+    assert "of a core" in problem  # the runner's own CPU use, so it can be ruled out
+
+
 def test_fixed_rate_must_be_positive():
     with pytest.raises(ValueError, match="rate must be > 0"):
         run_latency(stalling_callers(0, 0), b"{}", LatencyObjective(requests=1), rate=0)
@@ -198,3 +237,73 @@ def test_plain_http_caller_reconnects_after_an_idle_close_and_reports_a_dead_end
         dead = sock.getsockname()[1]
     with pytest.raises(BackendError, match="cannot reach"):
         PlainHttpCaller(f"http://127.0.0.1:{dead}/score", {})(b"{}")
+
+
+@pytest.mark.timeout(300)
+def test_a_push_runs_the_manifests_fixed_rate_and_refuses_a_rate_the_endpoint_cannot_keep(cli, iris):
+    """Through a real push to the local target: `smoke_test.latency.rate` picks the mode."""
+    doc = yaml.safe_load(iris.read_text())
+    # No endpoint answers 100,000 requests/s from one caller: the run must say it fell behind.
+    doc["smoke_test"]["latency"] = {"requests": 200, "concurrency": 1, "warmup": 0, "rate": 100_000}
+    iris.write_text(yaml.safe_dump(doc))
+    try:
+        refused = cli("push", iris, "--json")
+        assert refused.exit_code == ExitCode.LATENCY_MISSED, refused.stderr
+        error = refused.json()
+        assert "fell behind the asked rate of 100000 requests/s" in error["message"]
+        latency = error["details"]["smoke"]["latency"]
+        assert latency["mode"] == "fixed_rate" and latency["fell_behind"] is True
+        assert f"could send only {latency['sent_per_s']:.1f} requests/s" in error["message"]
+        assert "smoke_test.latency.rate" in error["hint"]
+        assert cli("status", iris, "--json").json()["slots"] == []  # rolled back
+
+        doc["smoke_test"]["latency"] = {"requests": 60, "concurrency": 2, "warmup": 2, "rate": 20}
+        iris.write_text(yaml.safe_dump(doc))
+        pushed = cli("push", iris, "--json")
+        assert pushed.exit_code == 0, pushed.stderr
+        latency = pushed.json()["smoke"]["latency"]
+        assert latency["mode"] == "fixed_rate" and latency["rate_per_s"] == 20
+        assert latency["requests"] == 60 and not latency["fell_behind"]
+        assert latency["duration_s"] >= 61 / 20  # the last of 62 requests is due 3.05 s in
+        assert "fixed rate of 20 requests/s, 2 callers" in pushed.stderr
+        shown = cli("test", iris)  # the human output names the mode too
+        assert shown.exit_code == 0, shown.stderr
+        assert "fixed rate: 20 requests/s asked" in shown.stderr
+        assert "latencies from each request's scheduled send time" in shown.stderr
+
+        del doc["smoke_test"]["latency"]["rate"]
+        iris.write_text(yaml.safe_dump(doc))
+        tested = cli("test", iris, "--json")
+        assert tested.exit_code == 0, tested.stderr
+        latency = tested.json()["latency"]
+        assert latency["mode"] == "closed_loop" and latency["rate_per_s"] is None
+    finally:
+        cli("delete", iris, "--yes")
+
+
+def test_a_rate_that_is_not_positive_is_a_manifest_error_naming_the_line(cli, iris):
+    doc = yaml.safe_load(iris.read_text())
+    doc["smoke_test"]["latency"]["rate"] = 0
+    iris.write_text(yaml.safe_dump(doc))
+    result = cli("validate", iris, "--json")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.json()["message"].endswith("deploy.yaml:20: smoke_test.latency.rate: must be > 0.0")
+
+
+def test_an_answer_replayed_from_a_batch_job_is_timed_by_that_job():
+    """A batch target answers a repeated request from the job that already scored it; its
+    latency is that job's time (elapsed_ms), not the microseconds of the replay."""
+    from tdsp_deploy.backends.base import REPLAYED_ANSWER_HEADER
+
+    def make():  # type: ignore[no-untyped-def]
+        while True:
+
+            def call(body: bytes) -> InvokeResult:
+                return InvokeResult(200, body, {REPLAYED_ANSWER_HEADER: "batch-7"}, 42_000.0)
+
+            yield call
+
+    report = run_latency(make(), b"{}", LatencyObjective(requests=5, concurrency=1, warmup=0))
+    assert report.p50_ms == report.p95_ms == 42_000.0
+    plain = run_latency(slow_callers(0.001), b"{}", LatencyObjective(requests=5, concurrency=1, warmup=0))
+    assert plain.p95_ms < 1_000  # without the header the runner's own clock decides

@@ -3,12 +3,17 @@
 The archive is written to a temporary file beside its final place and renamed into it only
 once complete, so ``out_dir`` never holds half an archive, whatever stops the build. Its name
 carries the package id: a second build of the same content finds it and reuses it.
+
+A build of content that has not changed since the last one does no packaging work: the
+files' hashes come from the hash cache (no file is read), the lock is worked out from them,
+and when the archive of that lock is there it is returned as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import platform
 import re
@@ -18,10 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import tdsp_deploy
+from tdsp_deploy import paths
 from tdsp_deploy.backends.base import Progress, ProgressEvent, no_progress
+from tdsp_deploy.errors import TdspError
 from tdsp_deploy.packaging import libraries as libs
 from tdsp_deploy.packaging.errors import changed_error, read_error, write_error
 from tdsp_deploy.packaging.extract import read_lock_bytes
+from tdsp_deploy.packaging.hash_cache import HashCache, now_ns
 from tdsp_deploy.packaging.lock import (
     LOCK_NAME,
     LockedFile,
@@ -59,6 +67,7 @@ def build_package(
     *,
     progress: Progress = no_progress,
     project_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> BuiltPackage:
     """Package the manifest's model, scoring code and environment file into ``out_dir``.
 
@@ -66,15 +75,29 @@ def build_package(
     and whatever its files' times. ``project_dir`` bounds where symbolic links in the model or
     code folder may lead (default: the folder that holds all of the manifest's inputs).
     Raises PackagingError when the project cannot be read, BackendError when ``out_dir``
-    cannot be written.
+    cannot be written. ``cache_dir`` holds the hash cache (default: the state home, so output
+    folders hold archives only).
     """
     out_dir = _prepare(out_dir)
     pattern = rf"^\.?{re.escape(manifest.name)}-[0-9a-f]+\.tar(?:\.partial)?$"
     layout = plan(manifest, out_dir, pattern, project_dir)
+    cache = HashCache(cache_dir or paths.state_home())
+    unchanged = _unchanged_package(manifest, layout, out_dir, cache)
+    if unchanged is not None:
+        progress(
+            ProgressEvent(
+                step="package",
+                message="unchanged since it was last built (no file read)",
+                done=layout.total_size,
+                total=layout.total_size,
+            )
+        )
+        return unchanged
     progress(ProgressEvent(step="package", message="hashing and archiving", done=0, total=layout.total_size))
     with _partial_file(out_dir, manifest.name) as (out, partial):
-        lock = _write(out, partial, manifest, layout, progress)
+        lock = _write(out, partial, manifest, layout, progress, cache)
         out.close()
+        cache.save()
         final = out_dir / archive_name(manifest.name, lock.package_id)
         if _same_archive(final, partial, lock):
             return BuiltPackage(path=final, package_id=lock.package_id, lock=lock, reused=True)
@@ -111,8 +134,45 @@ def _partial_file(out_dir: Path, name: str) -> Iterator[tuple[BinaryIO, Path]]:
             partial.unlink()  # gone already when renamed into place
 
 
+def _unchanged_package(
+    manifest: ManifestBase, layout: Layout, out_dir: Path, cache: HashCache
+) -> BuiltPackage | None:
+    """The archive of the last build, when every file is as it was then; None otherwise.
+
+    Only the small environment file is read (its library names go into the lock); every other
+    file's hash must come from the cache, or the content counts as changed."""
+    files = []
+    environment_text = ""
+    for source in layout.files:
+        if source.data is not None:
+            sha256 = hashlib.sha256(source.data).hexdigest()
+        elif source.arcname.startswith("environment/"):
+            data = _read_small(source.path, source.size)
+            environment_text = data.decode("utf-8", errors="replace")
+            sha256 = hashlib.sha256(data).hexdigest()
+        else:
+            cached = cache.lookup(source.path, source.size)
+            if cached is None:
+                return None
+            sha256 = cached
+        files.append(LockedFile(source.arcname, sha256, source.size, source.mode))
+    lock = _lock(manifest, layout, files, environment_text)
+    final = out_dir / archive_name(manifest.name, lock.package_id)
+    try:
+        if read_lock_bytes(final) != lock.to_bytes():
+            return None  # built by another tool version or environment: build it again
+    except TdspError:
+        return None  # not there, or not a package any more
+    return BuiltPackage(path=final, package_id=lock.package_id, lock=lock, reused=True)
+
+
 def _write(
-    out: BinaryIO, partial: Path, manifest: ManifestBase, layout: Layout, progress: Progress
+    out: BinaryIO,
+    partial: Path,
+    manifest: ManifestBase,
+    layout: Layout,
+    progress: Progress,
+    cache: HashCache,
 ) -> PackageLock:
     """Stream every member in order, then the lock built from what was hashed."""
     tar = TarStream(out, partial, total=layout.total_size, progress=progress)
@@ -137,12 +197,23 @@ def _write(
                 LockedFile(name, tar.add_bytes(name, data, mode=source.mode), source.size, source.mode)
             )
         else:
+            started = now_ns()
+            before = _stat(source.path)
             sha256 = tar.add_file(name, source.path, size=source.size, mode=source.mode)
+            if before is not None:
+                cache.remember(source.path, before, sha256, started)
             files.append(LockedFile(path=name, sha256=sha256, size=source.size, mode=source.mode))
     lock = _lock(manifest, layout, files, environment_text)
     tar.add_bytes(LOCK_NAME, lock.to_bytes(), counted=False)
     tar.finish()
     return lock
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None  # add_file reports it, as the error of reading it
 
 
 def _read_small(path: Path, size: int) -> bytes:
