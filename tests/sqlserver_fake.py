@@ -35,39 +35,21 @@ import datetime
 import json
 import re
 import threading
+import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: tests import them from here)
+    DatabaseError,
+    Error,
+    FakeCursor,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    server_error,
+)
 from sqlserver_harness import ExternalScriptError, run_external_script_with_outputs
-
-
-# -- DB-API 2.0 exceptions (PEP 249 names: the seam recognizes drivers by them) ---------------
-class Error(Exception):
-    pass
-
-
-class DatabaseError(Error):
-    pass
-
-
-class ProgrammingError(DatabaseError):
-    pass
-
-
-class IntegrityError(DatabaseError):
-    pass
-
-
-class OperationalError(DatabaseError):
-    pass
-
-
-def server_error(
-    number: int, message: str, cls: type[DatabaseError] = ProgrammingError, state: str = "42000"
-) -> DatabaseError:
-    """An exception worded the way the ODBC driver words SQL Server's messages."""
-    return cls(state, f"[{state}] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{message} ({number})")
 
 
 @dataclasses.dataclass
@@ -112,6 +94,10 @@ class FakeSqlServer:
         self.executed_params: list[tuple[Any, ...]] = []
         self.commits = 0
         self._lock = threading.RLock()
+        # application locks (sp_getapplock, session-owned): resource -> the session holding it
+        self.app_locks: dict[str, Any] = {}
+        self._app_lock_freed = threading.Condition(self._lock)
+        self._session: Any = None
         self._last_time = datetime.datetime.min
 
     def connect(self) -> FakeConnection:
@@ -122,8 +108,11 @@ class FakeSqlServer:
         return copy.deepcopy(self.db)
 
     # -- running a statement ------------------------------------------------------------
-    def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def run(
+        self, sql: str, params: tuple[Any, ...], session: Any = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
+            self._session = session
             self.statements.append(sql)
             self.executed_params.append(params)
             if self.fail_on is not None:
@@ -311,6 +300,41 @@ class FakeSqlServer:
         traffic.append({k: variables[k] for k in ("name", "slot", "version", "weight", "salt")})
         return [], []
 
+    # sp_getapplock / sp_releaseapplock with @LockOwner = 'Session': the lock is the session's
+    # until released or until the session ends; a wait gives up after @LockTimeout ms (-1).
+    def _get_applock(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        session, resource = self._session, variables["resource"]
+        if session is None:
+            raise server_error(1223, "Cannot take an application lock without a session.")
+        deadline = time.monotonic() + int(variables["wait_ms"]) / 1000
+        waited = False
+        while self.app_locks.get(resource) not in (None, session):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ["result"], [(-1,)]
+            waited = True
+            self._app_lock_freed.wait(remaining)
+        self.app_locks[resource] = session
+        return ["result"], [(1 if waited else 0,)]
+
+    def _release_applock(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        if self.app_locks.get(variables["resource"]) is not self._session:
+            raise server_error(
+                1223,
+                f"Cannot release the application lock (Database Principal: 'public', Resource: "
+                f"'{variables['resource']}') because it is not currently held.",
+            )
+        del self.app_locks[variables["resource"]]
+        self._app_lock_freed.notify_all()
+        return [], []
+
+    def end_session(self, session: Any) -> None:
+        """A closed connection's application locks are released by the server."""
+        with self._lock:
+            for resource in [r for r, holder in self.app_locks.items() if holder is session]:
+                del self.app_locks[resource]
+            self._app_lock_freed.notify_all()
+
     def _bind_model_name(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
         raise AssertionError("handled by _bind")
 
@@ -469,6 +493,8 @@ _TAGGED = frozenset(
         "create_traffic_table",
         "create_request_log_table",
         "insert_model",
+        "get_applock",
+        "release_applock",
         "assign_slot",
         "set_weight",
         "refresh_active",
@@ -621,32 +647,6 @@ def _plain(value: Any) -> Any:
 
 
 # -- the DB-API surface ---------------------------------------------------------------------------
-class FakeCursor:
-    def __init__(self, connection: FakeConnection):
-        self._connection = connection
-        self.description: list[tuple[Any, ...]] | None = None
-        self._rows: list[tuple[Any, ...]] = []
-
-    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> FakeCursor:
-        if self._connection.closed:
-            raise Error("Cannot execute on a closed connection")
-        self._connection.begin()
-        columns, rows = self._connection.server.run(sql, tuple(params))
-        self.description = [(c, None, None, None, None, None, None) for c in columns] if columns else None
-        self._rows = rows
-        return self
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        rows, self._rows = self._rows, []
-        return rows
-
-    def nextset(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 class FakeConnection:
     """Autocommit off: the first statement after commit/rollback opens a transaction."""
 
@@ -660,6 +660,10 @@ class FakeConnection:
         if self.closed:
             raise Error("Cannot create cursor on closed connection")
         return FakeCursor(self)
+
+    def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        self.begin()  # autocommit off: the first statement opens the transaction
+        return self.server.run(sql, params, session=self)
 
     def begin(self) -> None:
         if self._snapshot is None:
@@ -677,3 +681,4 @@ class FakeConnection:
     def close(self) -> None:
         self.rollback()  # uncommitted work is discarded when the connection closes
         self.closed = True
+        self.server.end_session(self)

@@ -86,3 +86,41 @@ def test_the_published_schema_accepts_real_manifests_and_refuses_typos(manifest)
     document["modle"] = document.pop("model")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, schema)
+
+
+def test_the_published_schema_takes_what_the_loader_takes(tmp_path):
+    """Numbers where text is expected (`version: 3`, a variable's value) and synapse's plain-text
+    input/output: the loader accepts them, so an editor using the schema must not flag them."""
+    from tdsp_deploy.backends.synapse.target import SynapseTarget
+    from tdsp_deploy.manifest import load_manifest
+
+    (tmp_path / "model.pkl").write_bytes(b"model")
+    (tmp_path / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
+    document = {
+        "name": "churn",
+        "model": {"path": "model.pkl", "version": 3, "flavor": "sklearn"},
+        "scoring": {"script": "score.py"},
+        "environment": {"variables": {"THREADS": 2, "VERBOSE": True}},
+        "target": {
+            "kind": "synapse",
+            "workspace": "contoso-ws",
+            "mode": "spark",
+            "spark_pool": "pool1",
+            "storage": "abfss://jobs@contoso.dfs.core.windows.net/tdsp",
+            "input": "abfss://data@contoso.dfs.core.windows.net/rows.parquet",
+            "output": "scored_rows",
+            "inputs": [{"name": "f0", "type": "float"}],
+            "outputs": [{"name": "label", "type": "int"}],
+        },
+    }
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    loaded = load_manifest(path, targets=(SynapseTarget,)).manifest
+    assert loaded.model.version == "3"
+    assert loaded.environment.variables == {"THREADS": "2", "VERBOSE": "true"}
+    assert loaded.target.input.path.endswith("rows.parquet")
+    assert loaded.target.output.table == "scored_rows"
+    jsonschema.validate(document, json.loads((ROOT / SCHEMA_PATH).read_text()))
+    document["target"]["input"] = 42  # neither text nor a mapping: refused by both
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, json.loads((ROOT / SCHEMA_PATH).read_text()))

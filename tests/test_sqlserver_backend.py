@@ -168,8 +168,11 @@ def test_an_unchanged_push_is_a_no_op(server, project):
 
     assert again.unchanged and again.smoke is None
     assert server.state() == before
-    written = [s for s in server.statements[statements:] if not s.lstrip().upper().startswith("SELECT")]
+    locking = ("-- tdsp-deploy: get_applock", "-- tdsp-deploy: release_applock")  # the endpoint lock
+    ran = [s for s in server.statements[statements:] if not s.startswith(locking)]
+    written = [s for s in ran if not s.lstrip().upper().startswith("SELECT")]
     assert written == []  # only reads
+    assert server.app_locks == {}  # and the lock it took is released
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,11 @@ class EndpointStatus:
         }
 
 
+#: On an answer a batch target gives again from the job that already answered the same request
+#: (a smoke test's repeats): its value is that job's id, and the answer's elapsed_ms that job's time.
+REPLAYED_ANSWER_HEADER = "x-tdsp-answered-by-batch"
+
+
 @dataclasses.dataclass
 class InvokeResult:
     """One answer of the endpoint."""

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -92,7 +93,12 @@ def _as_text(value: Any) -> Any:
 
 ManifestPath = Annotated[Path, AfterValidator(_resolve)]
 ModelPath = Annotated[Path, AfterValidator(_resolve_keeping_name)]
-Text = Annotated[str, BeforeValidator(_as_text)]
+# The published schema takes what the loader takes: a number or true/false where text is expected.
+Text = Annotated[
+    str,
+    BeforeValidator(_as_text),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
 
 
 class ModelSection(Strict):
@@ -193,6 +199,13 @@ class LatencyObjective(Strict):
         default=None, gt=0, description="Fail the push when p95 latency exceeds this."
     )
     max_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="Requests per second on a fixed schedule, latencies from each request's scheduled "
+        "send time (no coordinated omission); absent: a closed loop of `concurrency` callers.",
+    )
 
 
 class SmokeTestSection(Strict):
@@ -269,6 +282,28 @@ class ABSection(Strict):
         return self
 
 
+class LivenessProbe(Strict):
+    """How the local target's supervisor checks that a slot still answers (``GET /``): Azure ML's
+    ``liveness_probe`` settings and defaults. After ``failure_threshold`` failed probes in a row
+    the slot process is killed and restarted. A slot's worker answers one request at a time, so
+    a probe waits behind a long request: keep period x failure_threshold above the longest one."""
+
+    initial_delay: int = Field(
+        default=10, ge=1, le=3600, description="Seconds after a slot starts before the first probe."
+    )
+    period: int = Field(default=10, ge=1, le=3600, description="Seconds between probes.")
+    timeout: int = Field(default=2, ge=1, le=3600, description="Seconds a probe waits for its answer.")
+    failure_threshold: int = Field(
+        default=30, ge=1, le=10_000, description="Failed probes in a row before the slot is restarted."
+    )
+    success_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=1,
+        description="Fixed at 1 for a liveness probe, as on Azure ML: one answer clears the failures.",
+    )
+
+
 class LocalTarget(Strict):
     """The embedded target: inference-server processes behind a router on loopback."""
 
@@ -285,6 +320,9 @@ class LocalTarget(Strict):
     )
     request_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
     max_request_mb: float = Field(default=100, gt=0, le=2048, description="Bodies above this get 413.")
+    liveness_probe: LivenessProbe = Field(
+        default_factory=LivenessProbe, description="When a slot that stopped answering is restarted."
+    )
 
 
 class ManifestBase(Strict):

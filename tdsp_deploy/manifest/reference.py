@@ -158,6 +158,9 @@ class _Renderer:
         node = self.resolve(_non_null(prop))
         if node.get("type") == "array":
             node = self.resolve(node.get("items", {}))
+        if "anyOf" in node:  # a mapping that may also be written as text (synapse input/output)
+            mappings = [self.resolve(o) for o in node["anyOf"] if self.resolve(o).get("properties")]
+            node = mappings[0] if len(mappings) == 1 else node
         return node if node.get("properties") else None
 
     def is_array(self, prop: dict[str, Any]) -> bool:
@@ -169,6 +172,8 @@ class _Renderer:
             kinds = [self.type_of(o) for o in options if o.get("type") != "null"]
             return " or ".join(dict.fromkeys(kinds))
         node = self.resolve(prop)
+        if node.get("anyOf"):
+            return " or ".join(dict.fromkeys(self.type_of(o) for o in node["anyOf"] if o.get("type") != "null"))
         if "const" in node:
             return f"`{json.dumps(node['const'])}`"
         if "enum" in node:
@@ -185,6 +190,8 @@ class _Renderer:
             return "mapping"
         if node.get("format") == "path":
             return "path"
+        if isinstance(kind, list) and "string" in kind:
+            return "text"  # text that the loader also takes as a number or true/false
         return {"string": "text", "integer": "integer", "number": "number", "boolean": "true/false"}.get(
             str(kind), "any"
         )

@@ -201,6 +201,21 @@ class SqlServerBackend(Backend):
             hint="GRANT EXECUTE ON the procedure to the callers' database users",
         )
 
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        """An application lock on the server, owned by this session (see applock.py)."""
+        from tdsp_deploy.backends.sqlserver.applock import ApplicationLock, resource_name
+
+        def told(message: str) -> None:
+            self.progress(ProgressEvent(step="lock", message=message))
+
+        return ApplicationLock(
+            self.connection,
+            resource_name(self.target.database, self._procedure_name()),
+            endpoint=self.manifest.name,
+            timeout=timeout,
+            on_wait=told,
+        )
+
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
         """Pre-flight probes, then tsql.deployment_statements in one transaction: the tables,

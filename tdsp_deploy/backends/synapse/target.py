@@ -70,6 +70,10 @@ SQL_FIELDS = (
     "database",
     "schema_",
     "model_table",
+    "traffic_table",
+    "request_log_table",
+    "request_log",
+    "ab_key",
     "procedure",
     "auth",
     "encrypt",
@@ -116,6 +120,11 @@ class DataLocation(Strict):
     format: DataFormat | None = Field(
         default=None, description="parquet | csv | delta (default: by the path's extension; parquet)."
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # The published schema takes the plain-string form too, as the loader does.
+        return {"anyOf": [{"type": "string"}, handler(core_schema)]}
 
     @model_validator(mode="before")
     @classmethod
@@ -231,6 +240,21 @@ class SynapseTarget(Strict):
     database: Identifier | None = Field(default=None, description="The dedicated SQL pool (database).")
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedure.")
     model_table: Identifier = Field(default="tdsp_models", description="Table that holds the ONNX models.")
+    traffic_table: Identifier = Field(
+        default="tdsp_traffic", description="Deployment slots: each one's model version and traffic weight."
+    )
+    request_log_table: Identifier = Field(
+        default="tdsp_requests", description="One row per scored row: slot, version, status, key (`ab`)."
+    )
+    request_log: bool = Field(
+        default=True,
+        description="Log every row the procedure scores (needed by `ab status` and `ab analyze`).",
+    )
+    ab_key: Identifier | None = Field(
+        default=None,
+        description="Input column whose value picks a row's slot under a traffic split (default: all "
+        "input values); the same key always reaches the same slot while the split holds.",
+    )
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>)."
     )
@@ -322,6 +346,19 @@ class SynapseTarget(Strict):
                 raise ValueError(f"output column(s) {', '.join(clash)} also named as input")
             if self.key_column and self.key_column.lower() in {c.name.lower() for c in self.outputs}:
                 raise ValueError("key_column must be an input or passed-through column, not an output")
+        return self
+
+    @model_validator(mode="after")
+    def _sql_tables_and_key(self) -> SynapseTarget:
+        if self.mode != "sql":
+            return self
+        if self.ab_key is not None and self.ab_key.lower() not in {c.name.lower() for c in self.inputs}:
+            raise ValueError(f"ab_key: '{self.ab_key}' is not one of the inputs")
+        tables = {self.model_table.lower(), self.traffic_table.lower(), self.request_log_table.lower()}
+        if len(tables) != 3:
+            raise ValueError(
+                "model_table, traffic_table and request_log_table must be three different tables"
+            )
         return self
 
     # -- derived --------------------------------------------------------------------------------
