@@ -231,7 +231,8 @@ def scale_entries(name: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]
     rows = np.array([p["rows"] for p in pairs], dtype=float)
     job_slope, job_fixed = np.polyfit(rows, [p["job_s"] for p in pairs], 1)
     peer_slope, peer_fixed = np.polyfit(rows, [p["peer_s"] for p in pairs], 1)
-    job_rate, peer_rate = 1 / max(job_slope, 1e-12), 1 / max(peer_slope, 1e-12)
+    # plain floats: numpy's would make `met` a numpy bool, which json cannot write
+    job_rate, peer_rate = 1 / max(float(job_slope), 1e-12), 1 / max(float(peer_slope), 1e-12)
     return [
         result(
             f"spark_batch_marginal_{name}",

@@ -114,10 +114,8 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
     console.print(f"endpoint {status.name} ({status.kind})", markup=False)
     console.print(f"scoring URI: {status.scoring_uri}", markup=False)
     if router:
-        console.print(
-            f"router: {router.get('state')} (pid {router.get('pid')}, {router.get('host')}:{router.get('port')})",
-            markup=False,
-        )
+        where = f"{router.get('host')}:{router.get('port')}"
+        console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {where})", markup=False)
     table = _table(env)
     for column in ("deployment", "state", "traffic", "mirror", "model version", "package", "pid", "port"):
         table.add_column(column)

@@ -71,3 +71,25 @@ class FakeCursor:
 
     def close(self) -> None:
         pass
+
+
+def install_driver(monkeypatch: Any, connect: Any, password_env: str) -> list[str]:
+    """A stand-in ``mssql_python`` module whose ``connect`` hands out ``connect()``'s fake
+    connections, so that the CLI connects as in production; the password variable is set to
+    a value only the fake sees. Returns the connection strings opened (filled as they are)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    opened: list[str] = []
+    module = types.ModuleType("mssql_python")
+    module.__spec__ = importlib.machinery.ModuleSpec("mssql_python", None)
+
+    def driver_connect(text: str, **options: Any) -> Any:
+        opened.append(text)
+        return connect()
+
+    module.connect = driver_connect  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mssql_python", module)
+    monkeypatch.setenv(password_env, "pw-only-the-fake-sees")
+    return opened

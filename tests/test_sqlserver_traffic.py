@@ -8,16 +8,14 @@ for real (tests/sqlserver_harness.py).
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from dbapi_fake import install_driver
 from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import FEATURES, backend_for, make_project, matching_libraries, train
 
@@ -34,18 +32,7 @@ def server() -> FakeSqlServer:
 @pytest.fixture
 def driver(monkeypatch: pytest.MonkeyPatch, server: FakeSqlServer) -> list[str]:
     """The connection strings the CLI opened connections with."""
-    opened: list[str] = []
-    module = types.ModuleType("mssql_python")
-    module.__spec__ = importlib.machinery.ModuleSpec("mssql_python", None)
-
-    def connect(text: str, **options: Any) -> Any:
-        opened.append(text)
-        return server.connect()
-
-    module.connect = connect  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mssql_python", module)
-    monkeypatch.setenv("TDSP_TEST_SQL_PASSWORD", "pw-only-the-fake-sees")
-    return opened
+    return install_driver(monkeypatch, server.connect, "TDSP_TEST_SQL_PASSWORD")
 
 
 def with_ab(manifest: Path) -> Path:

@@ -18,7 +18,7 @@ from synapse_sql_fake import FakeSqlPool
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.synapse.sql_pool import SqlPoolBackend
 from tdsp_deploy.backends.synapse.target import SynapseTarget
-from tdsp_deploy.errors import ExitCode, TdspError
+from tdsp_deploy.errors import BackendError, ExitCode, TdspError
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, push
 from tdsp_deploy.smoke import json_differences
@@ -359,3 +359,19 @@ def test_scoring_locally_gives_the_pools_answer(pool, project):
     body = (project.parent / "request.json").read_bytes()
     local = backend.score_locally(build_package(loaded.manifest, paths.package_store()), body)
     assert local == backend.invoke(body).json()
+
+
+def test_two_commands_on_one_machine_take_turns_on_the_endpoint(pool, tmp_path):
+    """The pool has no application locks: commands on one machine share a lock file per pool
+    and endpoint; the second waits, then gives up with exit 3."""
+    manifest = make_project(tmp_path / "project")
+    first, second = backend_for(manifest, pool), backend_for(manifest, pool)
+    told: list[str] = []
+    second.progress = lambda event: told.append(event.message)
+    with first.lock(timeout=5):
+        with pytest.raises(BackendError) as caught:
+            second.lock(timeout=0.3).__enter__()
+        assert caught.value.exit_code == ExitCode.BACKEND == 3
+    assert any("another command is changing endpoint" in m for m in told)
+    with second.lock(timeout=0):  # free once the first let go
+        pass

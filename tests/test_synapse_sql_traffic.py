@@ -9,17 +9,15 @@ share the local twin's code), one PREDICT per slot with onnxruntime.
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import re
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from dbapi_fake import install_driver
 from synapse_sql_fake import FakeSqlPool, _bucket_function
 from test_synapse_sql_backend import FEATURES, TABLE, backend_for, make_project
 
@@ -40,18 +38,7 @@ def pool() -> FakeSqlPool:
 @pytest.fixture
 def driver(monkeypatch: pytest.MonkeyPatch, pool: FakeSqlPool) -> list[str]:
     """The connection strings the CLI opened sessions with."""
-    opened: list[str] = []
-    module = types.ModuleType("mssql_python")
-    module.__spec__ = importlib.machinery.ModuleSpec("mssql_python", None)
-
-    def connect(text: str, **options: Any) -> Any:
-        opened.append(text)
-        return pool.connect()
-
-    module.connect = connect  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mssql_python", module)
-    monkeypatch.setenv("TDSP_TEST_POOL_PASSWORD", "pw-only-the-fake-sees")
-    return opened
+    return install_driver(monkeypatch, pool.connect, "TDSP_TEST_POOL_PASSWORD")
 
 
 def two_versions(tmp_path: Path, cli: Any) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -59,6 +59,27 @@ class SlotStatus:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def refuse_unless_deletable(
+    endpoint: str, slot: str, found: Any, names: Iterable[str], *, noun: str = "deployment"
+) -> None:
+    """Refuse, as Azure ML does, to delete a slot that does not exist or still takes traffic
+    (live or mirrored): its traffic must move to another slot first. ``found`` is the slot's
+    status or record (anything with ``traffic`` and, where the target mirrors, ``mirror``)."""
+    from tdsp_deploy.errors import UsageError
+
+    if found is None:
+        known = ", ".join(names) or "none"
+        raise UsageError(f"endpoint '{endpoint}' has no {noun} '{slot}'", hint=f"{noun}s: {known}")
+    mirror = getattr(found, "mirror", 0)
+    if found.traffic > 0 or mirror > 0:
+        raise UsageError(
+            f"{noun} '{slot}' takes {found.traffic}% of the traffic"
+            + (f" and {mirror}% mirrored" if mirror else ""),
+            hint=f"move its traffic to another {noun} first (tdsp-deploy traffic MANIFEST other=100),"
+            " or delete the whole endpoint",
+        )
 
 
 @dataclasses.dataclass

@@ -173,7 +173,8 @@ class _Renderer:
             return " or ".join(dict.fromkeys(kinds))
         node = self.resolve(prop)
         if node.get("anyOf"):
-            return " or ".join(dict.fromkeys(self.type_of(o) for o in node["anyOf"] if o.get("type") != "null"))
+            kinds = [self.type_of(o) for o in node["anyOf"] if o.get("type") != "null"]
+            return " or ".join(dict.fromkeys(kinds))
         if "const" in node:
             return f"`{json.dumps(node['const'])}`"
         if "enum" in node:

@@ -35,6 +35,7 @@ from tdsp_deploy.backends.base import (
     ProgressEvent,
     SlotStatus,
     no_progress,
+    refuse_unless_deletable,
 )
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
 
@@ -346,18 +347,8 @@ class AzureMLBackend(Backend):
             raise EndpointNotFound(
                 f"endpoint '{self.endpoint_name}' does not exist in workspace '{self.target.workspace}'"
             )
-        found = status.slot(slot)
-        if found is None:
-            raise UsageError(
-                f"endpoint '{self.endpoint_name}' has no deployment '{slot}'",
-                hint=f"deployments: {', '.join(s.name for s in status.slots) or 'none'}",
-            )
-        if found.traffic > 0 or found.mirror > 0:  # Azure refuses it too
-            raise UsageError(
-                f"deployment '{slot}' takes {found.traffic}% of the traffic"
-                + (f" and {found.mirror}% mirrored" if found.mirror else ""),
-                hint="move its traffic to another deployment first, or delete the whole endpoint",
-            )
+        # Azure refuses it too, with a less helpful message
+        refuse_unless_deletable(self.endpoint_name, slot, status.slot(slot), (s.name for s in status.slots))
         self._delete_deployment(slot)
 
     # -- calling -------------------------------------------------------------------------

@@ -18,7 +18,15 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdsp_deploy.backends.base import Backend, Caller, EndpointStatus, ProgressEvent, SlotStatus, no_progress
+from tdsp_deploy.backends.base import (
+    Backend,
+    Caller,
+    EndpointStatus,
+    ProgressEvent,
+    SlotStatus,
+    no_progress,
+    refuse_unless_deletable,
+)
 from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.entry_script import takes_raw_requests
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
@@ -94,10 +102,7 @@ class LocalBackend(Backend):
 
     def _slot_status(self, slot: SlotRecord) -> SlotStatus:
         running = processes.is_running(slot.process)
-        if not running:
-            state = "stopped"
-        else:
-            state = "healthy" if _probe(slot.port, timeout=2.0) else "unhealthy"
+        state = ("healthy" if _probe(slot.port, timeout=2.0) else "unhealthy") if running else "stopped"
         return SlotStatus(
             name=slot.name,
             state=state,
@@ -429,17 +434,7 @@ class LocalBackend(Backend):
             TrafficHistory(self.kind, record.name, self.files.home).clear()
             return
         found = record.slots.get(slot)
-        if found is None:
-            raise UsageError(
-                f"endpoint '{record.name}' has no deployment '{slot}'",
-                hint=f"deployments: {', '.join(record.slots) or 'none'}",
-            )
-        if found.traffic > 0 or found.mirror > 0:  # as on Azure ML: traffic must move away first
-            raise UsageError(
-                f"deployment '{slot}' takes {found.traffic}% of the traffic"
-                + (f" and {found.mirror}% mirrored" if found.mirror else ""),
-                hint="move its traffic to another deployment first, or delete the whole endpoint",
-            )
+        refuse_unless_deletable(record.name, slot, found, record.slots)
         del record.slots[slot]
         self.files.write(record)
         if processes.is_running(record.router):

@@ -44,6 +44,7 @@ from tdsp_deploy.backends.base import (
     ProgressEvent,
     SlotStatus,
     no_progress,
+    refuse_unless_deletable,
 )
 from tdsp_deploy.backends.sqlserver.target import Column, SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
@@ -393,17 +394,8 @@ class SqlServerBackend(Backend):
         if slot is None:
             self._remove(rows=True)
             return
-        found = status.slot(slot)
-        if found is None:
-            raise UsageError(
-                f"endpoint '{self.manifest.name}' has no slot '{slot}'",
-                hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
-            )
-        if found.traffic > 0:
-            raise UsageError(
-                f"slot '{slot}' takes {found.traffic}% of the traffic",
-                hint="move its traffic first: tdsp-deploy traffic MANIFEST other=100",
-            )
+        names = (s.name for s in status.slots)
+        refuse_unless_deletable(self.manifest.name, slot, status.slot(slot), names, noun="slot")
         self._delete_slot(slot)
 
     # -- calling -------------------------------------------------------------------------

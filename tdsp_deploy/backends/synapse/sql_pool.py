@@ -46,6 +46,7 @@ from tdsp_deploy.backends.base import (
     ProgressEvent,
     SlotStatus,
     no_progress,
+    refuse_unless_deletable,
 )
 from tdsp_deploy.backends.sqlserver import document_id, first_value_true, json_answer
 from tdsp_deploy.backends.synapse.target import SynapseTarget
@@ -194,6 +195,17 @@ class SqlPoolBackend(Backend):
         route = routes[slot]
         lines.append(f"now {slot}: {model}:{route['version']}, {route['weight']}% of traffic")
         return "\n".join(lines[-tail:] if tail else lines)
+
+    def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
+        """A lock file per pool and endpoint on this machine: a dedicated SQL pool has no
+        application locks (sp_getapplock is SQL Server's) and enforces no unique constraint, so
+        two machines are not kept apart; the traffic change is one transaction either way."""
+        from tdsp_deploy import paths
+        from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+
+        home = paths.state_home() / "synapse-sql" / str(self.target.server) / str(self.target.database)
+        files = EndpointFiles(self.manifest.name, home)
+        return EndpointLock(files, timeout=timeout, on_wait=lambda message: self._tell("lock", message))
 
     def credentials(self) -> dict[str, str]:
         """None: callers authenticate to the pool itself (target.auth)."""
@@ -394,17 +406,8 @@ class SqlPoolBackend(Backend):
         if not status.exists:
             raise EndpointNotFound(f"procedure {self._procedure_name()} does not exist")
         if slot is not None:
-            found = status.slot(slot)
-            if found is None:
-                raise UsageError(
-                    f"endpoint '{self.manifest.name}' has no slot '{slot}'",
-                    hint=f"slots: {', '.join(s.name for s in status.slots) or 'none'}",
-                )
-            if found.traffic > 0:
-                raise UsageError(
-                    f"slot '{slot}' takes {found.traffic}% of the traffic",
-                    hint="move its traffic first: tdsp-deploy traffic MANIFEST other=100",
-                )
+            names = (s.name for s in status.slots)
+            refuse_unless_deletable(self.manifest.name, slot, status.slot(slot), names, noun="slot")
             self._delete_slot(slot)
             return
         conn = self.connection
