@@ -330,15 +330,8 @@ class SqlServerBackend(Backend):
         that they add up to 100 (or 0) and marks the versions that take traffic active."""
         from tdsp_deploy.backends.sqlserver import tsql
 
-        if any((mirror or {}).values()):
-            raise UsageError("the sqlserver target cannot mirror traffic", hint="leave out --mirror")
         slots = self._slots()
-        if not slots:
-            raise EndpointNotFound(f"procedure {self._procedure_name()} has no slots", hint="push first")
-        known = {r["slot"] for r in slots}
-        unknown = sorted(set(traffic) - known)
-        if unknown:
-            raise UsageError(f"no slot named {', '.join(unknown)}", hint=f"slots: {', '.join(sorted(known))}")
+        check_traffic_request(slots, traffic, mirror, "the sqlserver target", self._procedure_name())
         name = self.manifest.model_name
         conn = self.connection
         with conn.transaction():
@@ -710,6 +703,26 @@ class SqlServerBackend(Backend):
 
 
 # -- the scoring call -------------------------------------------------------------------------------
+def check_traffic_request(
+    slots: Sequence[dict[str, Any]],
+    traffic: dict[str, int],
+    mirror: dict[str, int] | None,
+    target: str,
+    procedure: str,
+) -> None:
+    """Refuse, before any statement, a traffic change that a procedure-routed target cannot
+    make: mirroring, an endpoint with no slots, or a slot it does not have (``slots``: the
+    traffic table's rows)."""
+    if any((mirror or {}).values()):
+        raise UsageError(f"{target} cannot mirror traffic", hint="leave out --mirror")
+    if not slots:
+        raise EndpointNotFound(f"procedure {procedure} has no slots", hint="push first")
+    known = {r["slot"] for r in slots}
+    unknown = sorted(set(traffic) - known)
+    if unknown:
+        raise UsageError(f"no slot named {', '.join(unknown)}", hint=f"slots: {', '.join(sorted(known))}")
+
+
 def request_rows(body: bytes, inputs: Sequence[Column | str]) -> list[list[Any]]:
     """The rows of a request, in the order of the procedure's inputs: a JSON table
     (``{"columns": [...], "data": [[...]]}``) or CSV with a header line naming the columns.

@@ -48,7 +48,7 @@ from tdsp_deploy.backends.base import (
     no_progress,
     refuse_unless_deletable,
 )
-from tdsp_deploy.backends.sqlserver import document_id, first_value_true, json_answer
+from tdsp_deploy.backends.sqlserver import check_traffic_request, document_id, first_value_true, json_answer
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
 
@@ -323,15 +323,8 @@ class SqlPoolBackend(Backend):
         from tdsp_deploy.backends.sqlserver.target import Column
         from tdsp_deploy.backends.synapse import predict_tsql
 
-        if any((mirror or {}).values()):
-            raise UsageError("the synapse target's sql mode cannot mirror traffic", hint="leave out --mirror")
         slots = self._slots()
-        if not slots:
-            raise EndpointNotFound(f"procedure {self._procedure_name()} has no slots", hint="push first")
-        known = {r["slot"] for r in slots}
-        unknown = sorted(set(traffic) - known)
-        if unknown:
-            raise UsageError(f"no slot named {', '.join(unknown)}", hint=f"slots: {', '.join(sorted(known))}")
+        check_traffic_request(slots, traffic, mirror, "the synapse target's sql mode", self._procedure_name())
         versions = self._versions()
         after = [{**r, "weight": int(traffic.get(r["slot"], 0))} for r in slots]
         outputs = _serving_outputs(versions, after)
