@@ -201,7 +201,8 @@ def test_help_and_validate_do_not_import_platform_sdks(iris):
         "from tdsp_deploy.cli import main\n"
         f"main(['validate', {str(iris)!r}])\n"
         "main(['--help'])\n"
-        "heavy = [m for m in sys.modules if m.split('.')[0] in ('pyspark', 'mssql_python', 'pyodbc', 'mlflow')\n"
+        "heavy = [m for m in sys.modules\n"
+        "         if m.split('.')[0] in ('pyspark', 'mssql_python', 'pyodbc', 'mlflow')\n"
         "         or m.startswith('azure.ai.ml') or m.startswith('azure.identity')]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )

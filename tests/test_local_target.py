@@ -75,9 +75,10 @@ def test_slots_listen_on_loopback_only_and_keys_are_private(cli, deployed, state
     manifest, pushed = deployed
     status = cli("status", manifest, "--json").json()
     slot = status["slots"][0]
-    listening = {
+    server = psutil.Process(slot["details"]["pid"])
+    listening = {  # the server's workers hold the listening socket
         (c.laddr.ip, c.laddr.port)
-        for p in [psutil.Process(slot["details"]["pid"])]
+        for p in [server, *server.children(recursive=True)]
         for c in p.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN
     }

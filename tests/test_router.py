@@ -658,9 +658,18 @@ def test_sticky_hash_is_stable_and_salted():
 
 
 class SlotProcess:
-    """A real slot: slot_server.py (the inference server under gunicorn) with a small score.py."""
+    """A real slot: slot_server.py (the inference server under granian or gunicorn) with a
+    small score.py."""
 
-    def __init__(self, tmp: Path, score_py: str, *, workers: int = 1, scoring_timeout_ms: int | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        score_py: str,
+        *,
+        workers: int = 1,
+        scoring_timeout_ms: int | None = None,
+        http_server: str = "granian",
+    ):
         code = tmp / "code"
         code.mkdir()
         (code / "score.py").write_text(score_py)
@@ -687,6 +696,8 @@ class SlotProcess:
                 str(self.port),
                 "--worker_count",
                 str(workers),
+                "--http_server",
+                http_server,
             ],
             cwd=code,
             env=env,
@@ -729,12 +740,16 @@ class SlotProcess:
 ECHO_SCORE = "def init():\n    pass\n\n\ndef run(raw_data):\n    return {'echo': raw_data}\n"
 
 
-def test_slot_server_runs_the_manifests_workers_with_keep_alive(tmp_path):
+HTTP_SERVERS = pytest.mark.parametrize("http_server", ["granian", "gunicorn"])
+
+
+@HTTP_SERVERS
+def test_slot_server_runs_the_manifests_workers_with_keep_alive(tmp_path, http_server):
     """The slot process itself: the inference server with N workers, keeping connections open
-    for the router's pool, and logging each request once (no second gunicorn access line)."""
+    for the router's pool, and logging each request once (no second access line)."""
     import psutil
 
-    slot = SlotProcess(tmp_path, ECHO_SCORE, workers=2)
+    slot = SlotProcess(tmp_path, ECHO_SCORE, workers=2, http_server=http_server)
     try:
         connection = slot.connection()
         for number in range(3):  # one connection for all: the server keeps it open
@@ -746,7 +761,7 @@ def test_slot_server_runs_the_manifests_workers_with_keep_alive(tmp_path):
             assert json.loads(response.read()) == {"echo": f'"{number}"'}  # run() gets the raw body
         connection.close()
         workers = wait_for(lambda: psutil.Process(slot.process.pid).children(), lambda found: len(found) == 2)
-        assert len(workers) == 2  # --worker_count reached gunicorn
+        assert len(workers) == 2  # --worker_count reached the HTTP server
         time.sleep(0.5)
         text = slot.log_path.read_text()
         assert text.count("POST /score") == 3, text[-2000:]  # the server's own line, once per request
@@ -754,7 +769,8 @@ def test_slot_server_runs_the_manifests_workers_with_keep_alive(tmp_path):
         slot.stop()
 
 
-def test_slot_keeps_the_scoring_time_limit_on_its_worker_thread(tmp_path):
+@HTTP_SERVERS
+def test_slot_keeps_the_scoring_time_limit_on_its_worker_thread(tmp_path, http_server):
     score = (
         "import time\n\n\ndef init():\n    pass\n\n\n"
         "def run(raw_data):\n"
@@ -765,7 +781,7 @@ def test_slot_keeps_the_scoring_time_limit_on_its_worker_thread(tmp_path):
         "        time.sleep(120)\n"
         "    return {'ok': True}\n"
     )
-    slot = SlotProcess(tmp_path, score, scoring_timeout_ms=500)
+    slot = SlotProcess(tmp_path, score, scoring_timeout_ms=500, http_server=http_server)
     try:
         # a run() busy in Python is interrupted at the limit, and the server says so
         status, body = slot.post(b'"spin"')
@@ -784,3 +800,47 @@ def _answer_or_none(slot: SlotProcess) -> tuple[int, bytes] | None:
         return slot.post(b'"fine"')
     except (OSError, http.client.HTTPException):
         return None
+
+
+@HTTP_SERVERS
+def test_slot_whose_init_fails_exits_with_the_servers_code_after_one_try(tmp_path, http_server):
+    """init() failing stops the slot with the inference server's code 3, as gunicorn does;
+    granian would otherwise start the worker again and run init() once more."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "def init():\n    print('INIT-CALLED', flush=True)\n    raise RuntimeError('no model here')\n\n\n"
+        "def run(raw_data):\n    return 1\n"
+    )
+    (tmp_path / "model").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVER_PORT", "WORKER_COUNT")}
+    env.update({"AZUREML_MODEL_DIR": str(tmp_path / "model"), "AML_APP_ROOT": str(code)})
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tdsp_deploy.backends.local.slot_server",
+            *("--entry_script", "score.py", "--model_dir", str(tmp_path / "model")),
+            *("--port", str(free_port()), "--http_server", http_server),
+        ],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 3, output[-3000:]
+    assert "no model here" in output
+    assert output.count("INIT-CALLED") == 1, output[-3000:]
+
+
+def test_slot_server_refuses_an_unknown_http_server(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "tdsp_deploy.backends.local.slot_server", "--http_server", "tornado"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0 and "--http_server must be one of granian, gunicorn" in finished.stderr

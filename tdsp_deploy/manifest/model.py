@@ -315,6 +315,13 @@ class LocalTarget(Strict):
         default=None, ge=1, le=65535, description="Router port (default: a free port, kept)."
     )
     workers: int = Field(default=1, ge=1, le=64, description="Inference-server workers per slot.")
+    http_server: Literal["granian", "gunicorn"] = Field(
+        default="granian",
+        description=(
+            "HTTP server of each slot's inference-server app: granian (faster) or gunicorn "
+            "(the server Azure ML's containers run, for exact parity)."
+        ),
+    )
     startup_timeout: float = Field(
         default=120, gt=0, le=3600, description="Seconds to wait for a slot to be healthy."
     )

@@ -298,6 +298,8 @@ class LocalBackend(Backend):
             str(port),
             "--worker_count",
             str(self.target.workers),
+            "--http_server",
+            self.target.http_server,
         ]
 
     def _slot_environment(self, directory: Path) -> dict[str, str]:

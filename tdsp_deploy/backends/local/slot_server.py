@@ -2,20 +2,25 @@
 
 The server's own launcher binds 0.0.0.0, which would put the model on the user's network
 with no key; the router must be the only door. So this runs the launcher's own steps
-(argument parsing, environment set-up) and starts gunicorn with the same application
-(``azureml_inference_server_http.server.entry:app``), worker count and timeout, with three
-differences, each for the router in front of it:
+(argument parsing, environment set-up) and serves the same application
+(``azureml_inference_server_http.server.entry:app``, with the user's init() and run()) with
+the same worker count, under one of two HTTP servers (``target.http_server``):
 
-- bound to 127.0.0.1;
-- keep-alive: gunicorn's threaded worker with ONE thread per worker, so the router reuses
-  its connections instead of opening one per request (the sync worker closes every
-  connection), while run() is still called by one thread at a time in each worker process,
-  as under the sync worker;
-- no gunicorn access log: the server logs every scoring request itself (method, path,
-  status, time), so the access log only wrote each request a second time.
+- granian (the default): a Rust HTTP server whose worker processes call the app one request
+  at a time each (``blocking_threads=1``), as gunicorn's sync worker does; it keeps
+  connections open for the router and costs a worker about half of gunicorn's CPU per request
+  (see BENCHMARKS.md, "Serving"). slot_app.py keeps the scoring time limit and stops the slot
+  when init() fails, as gunicorn does.
+- gunicorn: the server Azure ML's containers run, for byte-for-byte parity; its threaded
+  worker with ONE thread per worker, so the router still reuses its connections (the sync
+  worker closes every connection), with no access log (the server logs every scoring
+  request itself) and slot_hooks.py keeping the scoring time limit on the worker thread.
+
+Either way the slot binds 127.0.0.1 only.
 
 Run as: ``python -m tdsp_deploy.backends.local.slot_server --entry_script S --model_dir M --port P
-[--worker_count N]`` with the working directory at the scoring code (AML_APP_ROOT).
+[--worker_count N] [--http_server granian|gunicorn]`` with the working directory at the
+scoring code (AML_APP_ROOT).
 """
 
 from __future__ import annotations
@@ -56,32 +61,94 @@ def gunicorn_arguments(port: int, workers: int, timeout_s: str, *, preload: bool
     return [*arguments, APP]
 
 
+HTTP_SERVERS = ("granian", "gunicorn")
+GRANIAN_APP = "tdsp_deploy.backends.local.slot_app:app"
+# Where a granian worker whose init() failed leaves the exit code (see slot_app.py).
+BOOT_EXIT_FILE = "TDSP_SLOT_BOOT_EXIT_FILE"
+
+
 def main() -> None:
-    import gunicorn.app.wsgiapp
     from azureml_inference_server_http import amlserver
-    from azureml_inference_server_http.constants import (
-        DEFAULT_WORKER_PRELOAD,
-        DEFAULT_WORKER_TIMEOUT_SECONDS,
-        ENV_PORT,
-        ENV_WORKER_COUNT,
-        ENV_WORKER_PRELOAD,
-        ENV_WORKER_TIMEOUT,
-        PACKAGE_ROOT,
-    )
+    from azureml_inference_server_http.constants import ENV_PORT, ENV_WORKER_COUNT, PACKAGE_ROOT
     from azureml_inference_server_http.log_config import load_logging_config
 
+    http_server = _take_option("--http_server", default="granian")
+    if http_server not in HTTP_SERVERS:
+        sys.exit(f"--http_server must be one of {', '.join(HTTP_SERVERS)}, not {http_server!r}")
     args = amlserver.parse_arguments()
     load_logging_config(PACKAGE_ROOT)
     amlserver.merge_configuration(args)
     amlserver.validate_environment_variables()
     amlserver.set_path_variable()
     amlserver.print_server_info()
+    port, workers = int(os.environ[ENV_PORT]), int(os.environ[ENV_WORKER_COUNT])
+    if http_server == "granian":
+        serve_with_granian(port, workers)
+    else:
+        serve_with_gunicorn(port, workers)
+
+
+def _take_option(name: str, *, default: str) -> str:
+    """Remove ``name VALUE`` from sys.argv (the server's own parser knows no such option)."""
+    if name not in sys.argv:
+        return default
+    at = sys.argv.index(name)
+    if at + 1 >= len(sys.argv):
+        sys.exit(f"{name} needs a value")
+    value = sys.argv[at + 1]
+    del sys.argv[at : at + 2]
+    return value
+
+
+def serve_with_granian(port: int, workers: int) -> None:
+    import tempfile
+
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    with tempfile.TemporaryDirectory(prefix="tdsp-slot-") as scratch:
+        boot_exit = os.path.join(scratch, "boot-exit")
+        os.environ[BOOT_EXIT_FILE] = boot_exit
+        server = Server(
+            GRANIAN_APP,
+            address=LOOPBACK,
+            port=port,
+            interface=Interfaces.WSGI,
+            workers=workers,
+            blocking_threads=1,  # run() one call at a time per worker, as under gunicorn
+            runtime_threads=1,
+            # a worker that dies (a crashed model, the watchdog's exit) is started again, as
+            # gunicorn's arbiter does; a crash loop stops the slot and the supervisor takes over
+            respawn_failed_workers=True,
+            log_access=False,  # the server logs every scoring request itself
+            websockets=False,
+        )
+        code = 0
+        try:
+            server.serve()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        if os.path.exists(boot_exit):  # init() failed: exit as gunicorn would, with its code
+            with open(boot_exit) as file:
+                code = int(file.read() or 1)
+    sys.exit(code)
+
+
+def serve_with_gunicorn(port: int, workers: int) -> None:
+    import gunicorn.app.wsgiapp
+    from azureml_inference_server_http.constants import (
+        DEFAULT_WORKER_PRELOAD,
+        DEFAULT_WORKER_TIMEOUT_SECONDS,
+        ENV_WORKER_PRELOAD,
+        ENV_WORKER_TIMEOUT,
+    )
+
     _no_shared_control_socket()
     sys.argv = [
         sys.argv[0],
         *gunicorn_arguments(
-            int(os.environ[ENV_PORT]),
-            int(os.environ[ENV_WORKER_COUNT]),
+            port,
+            workers,
             os.environ.get(ENV_WORKER_TIMEOUT, DEFAULT_WORKER_TIMEOUT_SECONDS),
             preload=os.environ.get(ENV_WORKER_PRELOAD, DEFAULT_WORKER_PRELOAD).lower() == "true",
         ),
