@@ -35,6 +35,30 @@ def test_counters_and_p95_come_from_the_routers_own_exposition():
     assert window.requests == 5 and window.errors == 0
 
 
+def test_request_log_lines_are_json_whatever_the_request_id_holds(tmp_path):
+    """The live line is formatted by hand on the router's hot path: it must stay JSON."""
+    log = tmp_path / "requests.jsonl"
+    measurements = Measurements("e", str(log))
+    odd_id = 'a "quoted" id\\ with\ta tab, \u00e9 and \u2603\n'
+    measurements.live("blue", 200, 0.0012345, odd_id, True)
+    measurements.live("green", 503, 2.5, "plain", False)
+    measurements.shadow("green", 200, 0.004, "plain", False)
+    measurements.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0] == {
+        "kind": "live",
+        "t": lines[0]["t"],
+        "id": odd_id,
+        "deployment": "blue",
+        "status": 200,
+        "latency_ms": 1.234,
+        "pinned": True,
+    }
+    assert abs(lines[0]["t"] - time.time()) < 60
+    assert (lines[1]["status"], lines[1]["latency_ms"], lines[1]["pinned"]) == (503, 2500.0, False)
+    assert (lines[2]["kind"], lines[2]["agreed"]) == ("shadow", False)
+
+
 def test_the_table_and_the_plain_status_show_restarts_with_their_reason_and_time():
     """`status` prints what the supervisor did to each slot: how often, why, when last."""
     import io

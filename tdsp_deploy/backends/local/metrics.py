@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import time
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import IO
 
 # Upper bounds, in seconds, of the latency histogram's buckets.
@@ -77,16 +78,12 @@ class Measurements:
         counters.latency_sum += seconds
         counters.count += 1
         if self._log is not None:
-            self._write(
-                {
-                    "kind": "live",
-                    "t": round(time.time(), 6),
-                    "id": request_id,
-                    "deployment": deployment,
-                    "status": status,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "pinned": pinned,
-                }
+            # One line per live request, on the router's hot path: formatted by hand, about a
+            # fifth of json.dumps's time; the strings are escaped by json's own encoder.
+            self._write_line(
+                f'{{"kind":"live","t":{round(time.time(), 6)!r},"id":{_json_string(request_id)},'
+                f'"deployment":{_json_string(deployment)},"status":{int(status)},'
+                f'"latency_ms":{round(seconds * 1000, 3)!r},"pinned":{"true" if pinned else "false"}}}'
             )
 
     def shadow(
@@ -115,7 +112,10 @@ class Measurements:
         self._slot(deployment).retried += 1
 
     def _write(self, record: dict) -> None:
-        self._pending.append(json.dumps(record, separators=(",", ":")))
+        self._write_line(json.dumps(record, separators=(",", ":")))
+
+    def _write_line(self, line: str) -> None:
+        self._pending.append(line)
         if len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
             self.flush()
 
