@@ -429,9 +429,10 @@ class LocalBackend(Backend):
             from tdsp_deploy.traffic import TrafficHistory
 
             processes.stop(record.supervisor)  # first, or it would restart what we stop
-            processes.stop(record.router)
-            for found in record.revisions():
-                self._stop_revision(None, found)
+            revisions = list(record.revisions())
+            processes.stop_together([record.router, *(found.process for found in revisions)])
+            for found in revisions:
+                self._stop_revision(None, found)  # gone already: what is left of each, its folder
             shutil.rmtree(self.files.root, ignore_errors=True)
             TrafficHistory(self.kind, record.name, self.files.home).clear()
             return

@@ -94,17 +94,32 @@ def _reap(ref: ProcessRef | None) -> None:
 
 def stop(ref: ProcessRef | None, *, timeout: float = 10.0) -> None:
     """Stop the process and everything in its process group: TERM, then KILL after ``timeout``."""
-    process = _process(ref)
-    if process is None or ref is None:
-        _forget(ref)
-        return
-    group = _group_members(process)
-    _signal_group(ref.pid, group, signal.SIGTERM)
-    _, alive = psutil.wait_procs(group, timeout=timeout, callback=None)
+    stop_together([ref], timeout=timeout)
+
+
+def stop_together(refs: Sequence[ProcessRef | None], *, timeout: float = 10.0) -> None:
+    """Stop several processes and their groups at once: TERM to all, one shared wait, then
+    KILL whatever is left after ``timeout``. Each stops gracefully in its own time, so the
+    whole takes as long as the slowest one, not the sum."""
+    groups: dict[int, list[psutil.Process]] = {}
+    for ref in refs:
+        process = _process(ref)
+        if process is not None and ref is not None:
+            groups[ref.pid] = _group_members(process)
+            _signal_group(ref.pid, groups[ref.pid], signal.SIGTERM)
+    members = [member for group in groups.values() for member in group]
+    # A process that exited is done with, zombie or not: one of another parent stays a zombie
+    # until that parent reaps it, which some init processes do only every few seconds.
+    wait_until(lambda: not any(_alive(member) for member in members), timeout=timeout, interval=0.02)
+    alive = [member for member in members if _alive(member)]
     if alive:
-        _signal_group(ref.pid, alive, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
-    _forget(ref)
+        for pgid, group in groups.items():
+            left = [member for member in group if member in alive]
+            if left:
+                _signal_group(pgid, left, signal.SIGKILL)
+        wait_until(lambda: not any(_alive(member) for member in alive), timeout=5, interval=0.02)
+    for ref in refs:
+        _forget(ref)
 
 
 def kill(ref: ProcessRef | None, *, timeout: float = 5.0) -> None:
