@@ -127,8 +127,8 @@ def cli(args: Sequence[str], env: dict[str, str], *, check: bool = True) -> Any:
 def delete(manifest: Path, env: dict[str, str]) -> None:
     """Stop every process of the endpoints in this run's home; never raises (it runs in
     finally blocks). The home is a temporary folder deleted right after, so this kills instead
-    of `tdsp-deploy delete`, which stops each process gracefully and took 5.5 s here, in
-    every benchmark that pushes."""
+    of `tdsp-deploy delete`, which stops each process gracefully (0.6 s now; 5.5 s before it
+    stopped them together and stopped waiting for zombies to be reaped)."""
     import psutil
 
     home = env["TDSP_DEPLOY_HOME"].rstrip("/") + "/"

@@ -15,10 +15,20 @@ machine the load moves between runs, and a pair taken back to back shares most o
 our p50 and our p99 within 15% of wrk's; the runner well short of one core (a Python
 runner's threads share one core: at 0.75 of it, it would start to be what is measured).
 
+Two cross-checks, for when the tools disagree:
+
+- a second independent load generator, `hey` (Go; Debian package), run after wrk for as long,
+  judged by the same 15% (skipped, and said so, when it is not installed);
+- the endpoint's own record of every request: the router logs each one's time from its last
+  byte in to the slot's answer (requests.jsonl). For each run, the tool's p99 minus the
+  router's p99 over the same window is what the tool measured outside the endpoint: the
+  client, the kernel and the hop to the router (reported per tool).
+
 Also reported (no goal): the fixed-rate mode (`rate=`, as wrk2 does) at half the closed
 loop's throughput, where each latency runs from the request's scheduled start.
 
-    python bench/latency_agreement.py [--quick]      (needs wrk: apt-get install wrk)
+    python bench/latency_agreement.py [--quick]   (needs wrk, and hey for the cross-check:
+                                                   apt-get install wrk hey)
 
 Prints one JSON document on stdout; notes go to stderr.
 """
@@ -26,13 +36,16 @@ Prints one JSON document on stdout; notes go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +81,47 @@ def main() -> None:
             url = endpoint["status"]["scoring_uri"]
             headers = {"Authorization": f"Bearer {endpoint['key']}"}
             script = wrk_script(tmp / "post.lua", body.decode(), headers)
+            (tmp / "body.json").write_bytes(body)
+            hey = shutil.which("hey")
+            if hey is None:
+                note("hey is not installed (apt-get install hey): its cross-check is left out")
+            request_log = Path(endpoint["env"]["TDSP_DEPLOY_HOME"]) / "endpoints" / "iris" / "requests.jsonl"
             load_before = [round(v, 2) for v in os.getloadavg()]
             entries = []
             for concurrency in CONCURRENCY:
-                pairs = []
+                pairs, windows = [], []
                 size = 50 * concurrency  # the first slice; then sized to last about `slice_s`
                 for round_ in range(1, rounds + 1):
                     # no warm-up left out: wrk has none, and like must be compared with like
+                    began = time.time()
                     mine = runner(url, headers, body, concurrency, size, warmup=0)
+                    windows.append(("ours", began, time.time(), mine))
                     seconds = max(shortest_wrk_s, round(mine["duration_s"]))
+                    began = time.time()
                     run = wrk_run(wrk, url, script, concurrency, seconds)
+                    windows.append(("wrk", began, time.time(), run))
+                    second = None
+                    if hey is not None:
+                        began = time.time()
+                        second = hey_run(hey, url, endpoint["key"], tmp / "body.json", concurrency, seconds)
+                        windows.append(("hey", began, time.time(), second))
                     note(
                         f"round {round_} c={concurrency}: ours p50 {mine['p50_ms']:.3f} "
                         f"p99 {mine['p99_ms']:.3f} ms "
                         f"({mine['requests']} requests, {mine['cpu_cores']:.2f} of a core); wrk p50 "
                         f"{run['p50_ms']:.3f} p99 {run['p99_ms']:.3f} ms ({run['requests']} requests)"
+                        + (
+                            f"; hey p50 {second['p50_ms']:.3f} p99 {second['p99_ms']:.3f} ms"
+                            if second
+                            else ""
+                        )
                     )
-                    pairs.append((mine, run))
+                    pairs.append((mine, run, second))
                     size = min(20_000, max(100, int(mine["requests_per_second"] * slice_s)))
-                entries += judge(concurrency, pairs)
+                entries += judge(concurrency, [(mine, run) for mine, run, _ in pairs])
+                if hey is not None:
+                    entries += judge_hey(concurrency, [(mine, second) for mine, _, second in pairs])
+                entries.append(outside_the_endpoint(concurrency, windows, request_log))
             # The fixed-rate mode, at half of what the closed loop sustained at concurrency 4.
             requests = 300 if args.quick else 3000
             closed = runner(url, headers, body, 4, requests)
@@ -140,6 +175,87 @@ def wrk_run(wrk: str, url: str, script: Path, concurrency: int, seconds: int) ->
     run["cpu_us_per_request"] = round(cpu / max(run["requests"], 1) * 1e6, 1)
     run["cpu_cores"] = round(cpu / seconds, 3)
     return run
+
+
+def hey_run(hey: str, url: str, key: str, body: Path, concurrency: int, seconds: int) -> dict[str, Any]:
+    """`hey` (Go's HTTP client, keep-alive), closed loop at ``concurrency`` for ``seconds``."""
+    done = subprocess.run(
+        [
+            *(hey, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"),
+            *("-H", f"Authorization: Bearer {key}", "-D", str(body), url),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    found = dict(re.findall(r"^\s+(50|99)% in ([\d.]+) secs", done.stdout, re.M))
+    if done.returncode != 0 or len(found) != 2:
+        raise RuntimeError(f"hey failed ({done.returncode}): {done.stderr or done.stdout}")
+    codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", done.stdout))
+    return {
+        "p50_ms": round(float(found["50"]) * 1000, 3),  # hey prints seconds with 4 decimals
+        "p99_ms": round(float(found["99"]) * 1000, 3),
+        "requests": sum(int(n) for n in codes.values()),
+        "errors": sum(int(n) for code, n in codes.items() if code != "200")
+        + len(re.findall(r"^Error distribution", done.stdout, re.M)),
+    }
+
+
+def outside_the_endpoint(
+    concurrency: int, windows: list[tuple[str, float, float, dict[str, Any]]], request_log: Path
+) -> dict[str, Any]:
+    """Each tool's p99 minus the router's own p99 over the same run: the time a tool counted
+    that the endpoint (router to slot and back) did not spend."""
+    time.sleep(1.5)  # the router writes its log at least once a second
+    lines = [json.loads(line) for line in request_log.read_text().splitlines()]
+    excess: dict[str, list[float]] = {}
+    router_p99: dict[str, list[float]] = {}
+    for tool_name, began, ended, run in windows:
+        inside = sorted(
+            line["latency_ms"] for line in lines if line["kind"] == "live" and began <= line["t"] <= ended
+        )
+        if not inside:
+            continue
+        p99 = inside[min(len(inside) - 1, int(0.99 * len(inside)))]
+        router_p99.setdefault(tool_name, []).append(p99)
+        excess.setdefault(tool_name, []).append(run["p99_ms"] - p99)
+    median = {name: round(statistics.median(values), 3) for name, values in excess.items()}
+    return result(
+        f"latency_p99_outside_the_endpoint_c{concurrency}",
+        median["ours"],
+        median["wrk"],
+        unit="ms",
+        goal="(reported: tool's p99 minus the router's own p99 over the same run; ours vs wrk)",
+        met=None,
+        concurrency=concurrency,
+        median_by_tool=median,
+        router_p99_ms_by_tool={name: [round(v, 3) for v in values] for name, values in router_p99.items()},
+        excess_ms_by_tool={name: [round(v, 3) for v in values] for name, values in excess.items()},
+    )
+
+
+def judge_hey(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Ours against hey, round by round, by the same rule as against wrk."""
+    clean = all(mine["errors"] == 0 and second["errors"] == 0 for mine, second in pairs)
+    out = []
+    for key in ("p50_ms", "p99_ms"):
+        ratios = [mine[key] / second[key] for mine, second in pairs]
+        ratio = statistics.median(ratios)
+        out.append(
+            result(
+                f"latency_agreement_hey_{key.removesuffix('_ms')}_c{concurrency}",
+                statistics.median(mine[key] for mine, _ in pairs),
+                statistics.median(second[key] for _, second in pairs),
+                ratio=ratio,
+                unit="ms",
+                goal=f"within {GOAL_AGREEMENT:.0%} of hey (a second independent generator)",
+                met=abs(ratio - 1) <= GOAL_AGREEMENT and clean,
+                round_ratios=[round(r, 3) for r in ratios],
+                concurrency=concurrency,
+                peer_command=f"hey -c {concurrency} -z Ns -m POST, the sample with the key",
+            )
+        )
+    return out
 
 
 def runner(
