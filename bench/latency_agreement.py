@@ -237,22 +237,35 @@ def outside_the_endpoint(
 def judge_hey(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
     """Ours against hey, round by round, by the same rule as against wrk."""
     clean = all(mine["errors"] == 0 and second["errors"] == 0 for mine, second in pairs)
+    return agreement(
+        "latency_agreement_hey",
+        "hey (a second independent generator)",
+        pairs,
+        clean,
+        concurrency=concurrency,
+        peer_command=f"hey -c {concurrency} -z Ns -m POST, the sample with the key",
+    )
+
+
+def agreement(
+    prefix: str, peer: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]], clean: bool, **extra: Any
+) -> list[dict[str, Any]]:
+    """p50 and p99 entries: medians over rounds, judged by the median of the rounds' ratios."""
     out = []
     for key in ("p50_ms", "p99_ms"):
-        ratios = [mine[key] / second[key] for mine, second in pairs]
+        ratios = [mine[key] / theirs[key] for mine, theirs in pairs]
         ratio = statistics.median(ratios)
         out.append(
             result(
-                f"latency_agreement_hey_{key.removesuffix('_ms')}_c{concurrency}",
+                f"{prefix}_{key.removesuffix('_ms')}_c{extra['concurrency']}",
                 statistics.median(mine[key] for mine, _ in pairs),
-                statistics.median(second[key] for _, second in pairs),
+                statistics.median(theirs[key] for _, theirs in pairs),
                 ratio=ratio,
                 unit="ms",
-                goal=f"within {GOAL_AGREEMENT:.0%} of hey (a second independent generator)",
+                goal=f"within {GOAL_AGREEMENT:.0%} of {peer}",
                 met=abs(ratio - 1) <= GOAL_AGREEMENT and clean,
                 round_ratios=[round(r, 3) for r in ratios],
-                concurrency=concurrency,
-                peer_command=f"hey -c {concurrency} -z Ns -m POST, the sample with the key",
+                **extra,
             )
         )
     return out
@@ -292,23 +305,7 @@ def judge(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
         "notes": "rounds alternate ours then wrk for as long as ours took; figures are medians over "
         "rounds, the ratio is the median of the rounds' ratios",
     }
-    out = []
-    for key in ("p50_ms", "p99_ms"):
-        ratios = [mine[key] / run[key] for mine, run in pairs]
-        ratio = statistics.median(ratios)
-        out.append(
-            result(
-                f"latency_agreement_{key.removesuffix('_ms')}_c{concurrency}",
-                statistics.median(mine[key] for mine, _ in pairs),
-                statistics.median(run[key] for _, run in pairs),
-                ratio=ratio,
-                unit="ms",
-                goal=f"within {GOAL_AGREEMENT:.0%} of wrk",
-                met=abs(ratio - 1) <= GOAL_AGREEMENT and clean,
-                round_ratios=[round(r, 3) for r in ratios],
-                **common,
-            )
-        )
+    out = agreement("latency_agreement", "wrk", pairs, clean, **common)
     cores = statistics.median(mine["cpu_cores"] for mine, _ in pairs)
     out.append(
         result(
