@@ -442,7 +442,7 @@ def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
     result = run_cli(
         "run", str(project), "--local", "--master", "local[2]", "-i", str(source), "-o", str(sink), "--json"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["rows"] == 1500 and summary["local"] is True
     assert "local Spark" in result.stderr  # progress goes to stderr
@@ -504,3 +504,19 @@ def test_run_local_refuses_an_azure_path(tmp_path: Path, cli: Any) -> None:
     result = cli("run", project, "--local", "-i", f"{STORAGE}/rows.parquet", "-o", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "local paths" in result.stderr
+
+
+def test_the_summary_is_read_when_the_jvm_wrote_onto_its_line() -> None:
+    """The job's summary line and the JVM's log share one pipe; a log line that lands right
+    after the summary, before its newline, must not cost a finished job its result."""
+    from tdsp_deploy.backends.synapse.job import parse_result
+
+    log = (
+        "tdsp-job: wrote 1500 rows to /tmp/x/scored.parquet\n"
+        'TDSP_RESULT {"output": "/tmp/x/scored.parquet", "rows": 1500}'
+        "26/11/30 12:20:50 INFO SparkContext: Invoking stop() from shutdown hook\n"
+        "26/11/30 12:20:50 INFO SparkContext: Successfully stopped SparkContext\n"
+    )
+    assert parse_result(log) == {"output": "/tmp/x/scored.parquet", "rows": 1500}
+    assert parse_result('TDSP_RESULT {"rows": 1') is None  # cut short: no summary, not a guess
+    assert parse_result("TDSP_RESULT [1, 2]") is None

@@ -32,7 +32,15 @@ _MODELS = {}  # package file name -> (model, predict function or None), per Pyth
 
 
 def say(message):
-    print(f"tdsp-job: {message}", flush=True)
+    _line(f"tdsp-job: {message}")
+
+
+def _line(text):
+    # One write per line: the JVM writes its log into the same pipe, and print() makes two
+    # writes (the text, then the newline) when Python's output is unbuffered, between which a
+    # log line can land.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 # -- the model, on the workers -------------------------------------------------------------
@@ -413,7 +421,7 @@ def run(spark, spec):
     say(f"wrote {summary['rows']} rows to {summary['output']}")
     if spec.get("request_log"):
         summary["request_log"] = write_request_log(spark, spec)
-    print(RESULT_MARKER + json.dumps(summary, sort_keys=True), flush=True)
+    _line(RESULT_MARKER + json.dumps(summary, sort_keys=True))
     return summary
 
 

@@ -132,7 +132,10 @@ def parse_result(log: str) -> dict[str, Any] | None:
         index = line.find(RESULT_MARKER)
         if index >= 0:
             try:
-                return json.loads(line[index + len(RESULT_MARKER) :])
+                # raw_decode: another process writing into the same log (the JVM) can have
+                # put its text right after the summary, on the same line.
+                summary, _ = json.JSONDecoder().raw_decode(line, index + len(RESULT_MARKER))
             except ValueError:
                 return None
+            return summary if isinstance(summary, dict) else None
     return None
