@@ -20,12 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tdsp_deploy.backends.local.slot_hooks import DEFAULT_LIMIT_MS, Watchdog
+from tdsp_deploy.backends.local.slot_hooks import Watchdog, start_watchdog
 from tdsp_deploy.backends.local.slot_server import BOOT_EXIT_FILE
 
 
@@ -74,12 +73,4 @@ class ScoringTimeLimit:
             self.watchdog.end()
 
 
-def _watched(app: Callable[..., Iterable[bytes]]) -> ScoringTimeLimit:
-    limit_ms = int(os.environ.get("SCORING_TIMEOUT_MS", DEFAULT_LIMIT_MS))
-    watchdog = Watchdog(limit_ms / 1000)
-    log = logging.getLogger("azmlinfsrv")
-    threading.Thread(target=watchdog.run, args=(log,), name="scoring-watchdog", daemon=True).start()
-    return ScoringTimeLimit(app, watchdog)
-
-
-app = _watched(_load_server_app())
+app = ScoringTimeLimit(_load_server_app(), start_watchdog(logging.getLogger("azmlinfsrv")))

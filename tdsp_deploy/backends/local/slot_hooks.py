@@ -79,11 +79,18 @@ class Watchdog:
 _watchdog: Watchdog | None = None
 
 
+def start_watchdog(log: Any) -> Watchdog:
+    """This worker's watchdog, running, at the server's own limit (SCORING_TIMEOUT_MS); used
+    by gunicorn's hook below and by the app granian serves (slot_app.py)."""
+    limit_ms = int(os.environ.get("SCORING_TIMEOUT_MS", DEFAULT_LIMIT_MS))
+    watchdog = Watchdog(limit_ms / 1000)
+    threading.Thread(target=watchdog.run, args=(log,), name="scoring-watchdog", daemon=True).start()
+    return watchdog
+
+
 def post_worker_init(worker: Any) -> None:
     global _watchdog
-    limit_ms = int(os.environ.get("SCORING_TIMEOUT_MS", DEFAULT_LIMIT_MS))
-    _watchdog = Watchdog(limit_ms / 1000)
-    threading.Thread(target=_watchdog.run, args=(worker.log,), name="scoring-watchdog", daemon=True).start()
+    _watchdog = start_watchdog(worker.log)
 
 
 def pre_request(worker: Any, request: Any) -> None:
