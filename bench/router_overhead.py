@@ -36,6 +36,16 @@ GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT = 0.90
 
 
+def slot_pass(endpoint: dict[str, Any], slot: dict[str, Any]) -> dict[str, str]:
+    """The header that lets a caller other than the router reach a slot (slot_guard.py)."""
+    from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER, slot_secret
+    from tdsp_deploy.backends.local.state import EndpointFiles
+
+    files = EndpointFiles(endpoint["status"]["name"], Path(endpoint["env"]["TDSP_DEPLOY_HOME"]))
+    secret = slot_secret(files.admin()["slot_key"], slot["name"], slot["details"]["revision"])
+    return {SLOT_SECRET_HEADER.decode(): secret}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,7 +70,7 @@ def main() -> None:
         targets = {
             "direct": (
                 f"http://127.0.0.1:{slot['details']['port']}/score",
-                wrk_script(Path(tmp) / "direct.lua", body, {}),
+                wrk_script(Path(tmp) / "direct.lua", body, slot_pass(endpoint, slot)),
             ),
             "router": (
                 status["scoring_uri"],
@@ -95,7 +105,8 @@ def main() -> None:
             "router": router,
             "direct": direct,
             "errors_ok": clean,
-            "peer_command": "wrk POST to the slot's inference server directly (no router, no key)",
+            "peer_command": "wrk POST to the slot's inference server directly (no router, no key; "
+            "the slot's secret header)",
             "notes": f"wrk --latency, {duration} s per run, direct/router alternating, "
             f"better of {rounds} round(s) (by requests/s); met also requires 0 non-2xx and 0 socket errors "
             "on both sides",

@@ -30,6 +30,7 @@ from tdsp_deploy.backends.base import (
 from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.entry_script import takes_raw_requests
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
+from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_ENV, slot_secret
 from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.manifest.model import LocalTarget
@@ -317,6 +318,10 @@ class LocalBackend(Backend):
         )
         # The slot must not inherit a port setting meant for something else.
         env.pop("SERVER_PORT", None)
+        # Its secret: it answers only requests that carry it, which only the router adds.
+        env[SLOT_SECRET_ENV] = slot_secret(
+            self.files.admin()["slot_key"], directory.parent.name, directory.name
+        )
         return env
 
     def wait_healthy(self, slot: str) -> SlotStatus:
@@ -519,11 +524,13 @@ class LocalBackend(Backend):
         return EndpointRecord(name=self.manifest.name, host=host, port=port, created_at=time.time())
 
     def _router_config(self, record: EndpointRecord) -> RouterConfig:
+        self.files.admin()  # created before the router reads it
         return RouterConfig(
             endpoint=record.name,
             host=record.host,
             port=record.port,
             keys_file=str(self.files.keys_path),
+            admin_file=str(self.files.admin_path),
             slots=self._routes(record),
             generation=record.router_generation,
             request_timeout_s=self.target.request_timeout_ms / 1000,
@@ -542,7 +549,11 @@ class LocalBackend(Backend):
         for name, slot in sorted(record.slots.items()):
             serving = slot if slot.supervised or _probe(slot.port, timeout=1.0) else slot.previous
             if serving is not None:
-                routes.append(SlotRoute(name, serving.port, slot.traffic, slot.mirror, serving.raw_http))
+                routes.append(
+                    SlotRoute(
+                        name, serving.port, slot.traffic, slot.mirror, serving.raw_http, serving.revision
+                    )
+                )
         return tuple(routes)
 
     def _publish(self, record: EndpointRecord) -> None:
@@ -563,20 +574,16 @@ class LocalBackend(Backend):
             )
 
     def _router_generation(self, record: EndpointRecord) -> int | None:
-        import http.client
+        from tdsp_deploy.backends.local.control import control_request
 
+        answer = control_request(
+            self.files, _client_host(record.host), record.port, "GET", "/-/state", timeout=2
+        )
+        if answer is None or answer[0] != 200:
+            return None
         try:
-            connection = http.client.HTTPConnection(_client_host(record.host), record.port, timeout=2)
-            connection.request(
-                "GET", "/-/state", headers={"Authorization": f"Bearer {self.files.keys()['primary_key']}"}
-            )
-            response = connection.getresponse()
-            body = response.read()
-            connection.close()
-            if response.status != 200:
-                return None
-            return int(json.loads(body)["generation"])
-        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            return int(json.loads(answer[1])["generation"])
+        except (ValueError, KeyError, TypeError):
             return None
 
     def _ensure_router(self, record: EndpointRecord) -> None:
@@ -659,25 +666,16 @@ class LocalBackend(Backend):
     def _router_drain(self, record: EndpointRecord, port: int, timeout: float) -> bool | None:
         """True when the router says the process on ``port`` has nothing in flight, False when
         it still had after ``timeout``; None when the router cannot drain."""
-        import http.client
+        from tdsp_deploy.backends.local.control import control_request
 
         body = json.dumps({"port": port, "timeout_s": timeout}).encode()
-        headers = {
-            "Authorization": f"Bearer {self.files.keys()['primary_key']}",
-            "Content-Type": "application/json",
-        }
-        try:
-            host = _client_host(record.host)
-            connection = http.client.HTTPConnection(host, record.port, timeout=timeout + 5)
-            connection.request("POST", "/-/drain", body, headers)
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-        except (OSError, http.client.HTTPException):
+        host = _client_host(record.host)
+        answer = control_request(self.files, host, record.port, "POST", "/-/drain", body, timeout=timeout + 5)
+        if answer is None:
             return None
-        if response.status == 200:
+        if answer[0] == 200:
             return True
-        return False if response.status == 504 else None
+        return False if answer[0] == 504 else None
 
 
 def _client_host(host: str) -> str:

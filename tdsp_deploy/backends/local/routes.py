@@ -23,6 +23,7 @@ class SlotRoute:
     weight: int  # percent of unpinned traffic
     mirror: int = 0  # percent of live requests copied to this slot (its answers are dropped)
     raw_http: bool = False  # its run() takes the raw request (@rawhttp): the router checks no body
+    revision: str = ""  # the slot's revision (r1, r2...): with admin.json's slot key, its secret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +39,19 @@ class RouterConfig:
     sticky_header: str | None = None  # requests with the same value reach the same slot
     experiment_id: str = ""  # salts the sticky hash, so each experiment reshuffles keys
     request_log: str | None = None  # append-only JSON lines, one per request
+    admin_file: str | None = None  # admin.json (0600): the admin key and the slots' key
+    max_connections: int = 0  # client connections open at once; 0: as many as file descriptors allow
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         doc["slots"] = {
-            s.name: {"port": s.port, "weight": s.weight, "mirror": s.mirror, "raw_http": s.raw_http}
+            s.name: {
+                "port": s.port,
+                "weight": s.weight,
+                "mirror": s.mirror,
+                "raw_http": s.raw_http,
+                "revision": s.revision,
+            }
             for s in self.slots
         }
         return doc
@@ -56,6 +65,7 @@ class RouterConfig:
                 int(s["weight"]),
                 int(s.get("mirror", 0)),
                 bool(s.get("raw_http", False)),
+                str(s.get("revision", "")),
             )
             for name, s in sorted(doc.get("slots", {}).items())
         )
@@ -71,6 +81,8 @@ class RouterConfig:
             sticky_header=doc.get("sticky_header"),
             experiment_id=str(doc.get("experiment_id", "")),
             request_log=doc.get("request_log"),
+            admin_file=doc.get("admin_file"),
+            max_connections=int(doc.get("max_connections", 0)),
         )
 
     def write(self, path: Path) -> None:

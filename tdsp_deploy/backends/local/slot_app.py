@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tdsp_deploy.backends.local.slot_guard import guarded
 from tdsp_deploy.backends.local.slot_hooks import Watchdog, start_watchdog
 from tdsp_deploy.backends.local.slot_server import BOOT_EXIT_FILE
 
@@ -73,4 +74,5 @@ class ScoringTimeLimit:
             self.watchdog.end()
 
 
-app = ScoringTimeLimit(_load_server_app(), start_watchdog(logging.getLogger("azmlinfsrv")))
+# Only the router may call this slot (slot_guard.py).
+app = guarded(ScoringTimeLimit(_load_server_app(), start_watchdog(logging.getLogger("azmlinfsrv"))))

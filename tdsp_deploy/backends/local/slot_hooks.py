@@ -91,6 +91,9 @@ def start_watchdog(log: Any) -> Watchdog:
 def post_worker_init(worker: Any) -> None:
     global _watchdog
     _watchdog = start_watchdog(worker.log)
+    from tdsp_deploy.backends.local.slot_guard import guarded
+
+    worker.wsgi = guarded(worker.wsgi)  # only the router may call this slot (slot_guard.py)
 
 
 def pre_request(worker: Any, request: Any) -> None:

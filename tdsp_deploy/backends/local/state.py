@@ -2,6 +2,9 @@
 
 - ``endpoint.json``: router and slots (pids with start times, ports, versions, traffic),
 - ``keys.json``: the endpoint's keys, mode 0600,
+- ``admin.json``: the admin key (the router's control routes) and the slots' key (from which
+  each slot's secret is derived, see slot_guard.py), mode 0600; only the CLI and the router
+  read it, and no command prints it,
 - ``router.json``: what the router process serves (see routes.py),
 - ``supervisor.json``: what the supervisor restarted (written by it alone, see supervisor.py),
 - ``router.log``, ``supervisor.log`` and ``slots/<slot>/<revision>/server.log``: the
@@ -146,6 +149,10 @@ class EndpointFiles:
         return self.root / "keys.json"
 
     @property
+    def admin_path(self) -> Path:
+        return self.root / "admin.json"
+
+    @property
     def router_config_path(self) -> Path:
         return self.root / "router.json"
 
@@ -230,6 +237,24 @@ class EndpointFiles:
         keys = {"primary_key": secrets.token_urlsafe(32), "secondary_key": secrets.token_urlsafe(32)}
         write_json_atomic(self.keys_path, keys, mode=0o600)
         return keys
+
+    def admin(self) -> dict[str, str]:
+        """The admin key and the slots' key, created (mode 0600) on first use. Unlike the
+        scoring keys they are never shown: only this CLI and the router use them."""
+        try:
+            doc = json.loads(self.admin_path.read_text())
+            if doc.get("admin_key") and doc.get("slot_key"):
+                return doc
+        except FileNotFoundError:
+            pass
+        self.root.mkdir(parents=True, exist_ok=True)
+        doc = {"admin_key": secrets.token_urlsafe(32), "slot_key": secrets.token_urlsafe(32)}
+        write_json_atomic(self.admin_path, doc, mode=0o600)
+        return doc
+
+    def admin_headers(self) -> dict[str, str]:
+        """What the CLI sends to the router's control routes."""
+        return {"Authorization": f"Bearer {self.admin()['admin_key']}"}
 
 
 class EndpointLock:

@@ -13,9 +13,13 @@ reused connection that the slot had closed while idle).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+from collections.abc import Callable
 
 import httptools
+
+from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER
 
 # Idle connections are closed after this long: below gunicorn's --keep-alive (2 s), so the
 # router, not the slot, closes an idle connection and a request never races that close.
@@ -24,6 +28,7 @@ MAX_IDLE_PER_SLOT = 64
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 MAX_DOUBLINGS = 16  # far past the ceiling
+STREAM_HIGH_WATER = 1024 * 1024  # bytes of a streamed answer held for a slow client at most
 
 
 class SlotUnavailable(Exception):
@@ -35,23 +40,104 @@ class SlotClosed(Exception):
 
 
 class UpstreamAnswer:
-    __slots__ = ("status", "reason", "headers", "body")
+    """A slot's final answer: its body whole, or (a chunked answer) ``stream`` as it comes."""
 
-    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes):
+    __slots__ = ("status", "reason", "headers", "body", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        stream: BodyStream | None = None,
+    ):
         self.status = status
         self.reason = reason
         self.headers = headers
         self.body = body
+        self.stream = stream
+
+
+class BodyStream:
+    """The body of a chunked answer, handed on as the slot produces it (a streaming run()).
+
+    The reader takes chunks with ``next()``; when it falls behind by STREAM_HIGH_WATER bytes
+    the slot's connection stops being read until it catches up, so a slow client never makes
+    the router hold a fast slot's whole answer. ``when_done`` callbacks run once, at its end
+    or failure: only then is the connection free for another request."""
+
+    def __init__(self, connection: UpstreamConnection):
+        self.connection = connection
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.done = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.when_done: list[Callable[[], None]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > STREAM_HIGH_WATER and not self.paused and self.connection.transport:
+            self.paused = True
+            self.connection.transport.pause_reading()
+        self._wake()
+
+    def end(self, error: Exception | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.error = True, error
+        self._wake()
+        callbacks, self.when_done = self.when_done, []
+        for callback in callbacks:
+            callback()
+
+    async def next(self) -> bytes:
+        """The next chunk; b"" at the end. Raises SlotClosed when the slot stopped midway."""
+        while not self.chunks:
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return b""
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered <= STREAM_HIGH_WATER // 4 and self.connection.transport:
+            self.paused = False
+            self.connection.transport.resume_reading()
+        return chunk
+
+    def abandon(self) -> None:
+        """The reader gives up (its client left, or time ran out): the rest is never read, so the
+        connection cannot be used again."""
+        self.connection.close()
+        self.end(SlotClosed("abandoned"))
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to a slot's server; answers one request at a time."""
+    """One connection to a slot's server; answers one request at a time.
+
+    It is given back to its pool only after a whole final answer with nothing after it: 1xx
+    answers are interim and skipped (the final one follows), and a byte past the final answer
+    closes it, so no answer can ever be read as the next request's."""
 
     def __init__(self, pool: SlotPool):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.answer: asyncio.Future[UpstreamAnswer] | None = None
+        self.stream: BodyStream | None = None
+        self.busy = False  # from sending a request to the end of its final answer
         self.received = False  # any byte of the current answer
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -59,12 +145,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.idle_since = 0.0
         self.closed = False
+        self.interim = False  # the message being parsed is a 1xx: the final answer follows it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, head: bytes, body: bytes, answer: asyncio.Future[UpstreamAnswer]) -> None:
         self.answer = answer
+        self.busy = True
         self.received = False
         self.reusable = False
         self.reason = b""
@@ -79,7 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
             transport.write(body)
 
     def data_received(self, data: bytes) -> None:
-        if self.answer is None:  # nothing asked: a slot talking out of turn is not to be trusted
+        if not self.busy:  # nothing asked: a slot talking out of turn is not to be trusted
             self.close()
             return
         self.received = True
@@ -95,29 +183,73 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(SlotClosed("the slot closed the connection before answering"))
 
     def _fail(self, error: Exception) -> None:
+        self.busy = False
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(error)
         self.answer = None
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.end(SlotClosed(f"the slot stopped in the middle of its answer ({error})"))
 
     def close(self) -> None:
         self.closed = True
+        self.reusable = False
         if self.transport is not None:
             self.transport.close()
 
     # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if not self.busy:
+            # Bytes after the whole answer: whatever they are, they must never be read as the
+            # next request's answer, so the connection is not used again.
+            self.close()
+            raise SlotClosed("the slot sent more than its answer")
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        # 1xx answers are interim (100 Continue, 103 Early Hints): the final one follows on the
+        # same connection, and only the final one answers the request.
+        self.interim = 100 <= status < 200
+        if self.interim or self.answer is None:
+            return
+        if any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers):
+            # A chunked answer is a stream (a run() that yields): hand it on as it comes.
+            self.stream = BodyStream(self)
+            answer, self.answer = self.answer, None
+            if not answer.done():
+                answer.set_result(UpstreamAnswer(status, self.reason, self.headers, b"", self.stream))
+
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if self.stream is not None:
+            self.stream.feed(body)
+        else:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            if self.parser.get_status_code() == 101:  # never asked for: the stream is no longer HTTP
+                self._fail(SlotClosed("the slot switched protocols (101) unasked"))
+                self.close()
+                return
+            self.reason = b""
+            self.headers = []
+            self.body = []
+            return
+        self.busy = False
+        self.reusable = self.parser.should_keep_alive()
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.end()
+            return
         answer = self.answer
         self.answer = None
-        self.reusable = self.parser.should_keep_alive()
         if answer is not None and not answer.done():
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             answer.set_result(UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body))
@@ -126,9 +258,12 @@ class UpstreamConnection(asyncio.Protocol):
 class SlotPool:
     """Connections to one slot process (one port), its requests in flight, and its health."""
 
-    def __init__(self, name: str, port: int):
+    def __init__(self, name: str, port: int, secret: bytes = b""):
         self.name = name
         self.port = port
+        # The header line that tells the slot a request comes from the router (slot_guard.py).
+        self.secret_line = SLOT_SECRET_HEADER + b": " + secret + b"\r\n" if secret else b""
+        self.secret = secret
         self.idle: list[UpstreamConnection] = []
         self.in_flight = 0
         self.failures = 0
@@ -204,9 +339,17 @@ class SlotPool:
     ) -> UpstreamAnswer:
         result = await answer
         self.reached()
+        if result.stream is not None:  # free once the whole stream is read
+            result.stream.when_done.append(lambda: self._release(connection))
+            return result
+        self._release(connection)
+        return result
+
+    def _release(self, connection: UpstreamConnection) -> None:
         if (
             connection.reusable
             and not connection.closed
+            and not connection.busy
             and not self.retired
             and len(self.idle) < MAX_IDLE_PER_SLOT
         ):
@@ -214,7 +357,6 @@ class SlotPool:
             self.idle.append(connection)
         else:
             connection.close()
-        return result
 
     def _reuse(self) -> UpstreamConnection | None:
         while self.idle:

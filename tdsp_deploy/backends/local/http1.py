@@ -1,0 +1,471 @@
+"""The router's HTTP/1 side toward its clients: one protocol object per client connection.
+
+httptools' C parser reads the requests; requests on one connection are answered in order
+(pipelining-safe), one small task at a time. What a request may cost is settled while its
+head arrives (admission.py): the request line, each header, the whole head and the header
+count are bounded, the head must arrive within a time limit, and the credential is checked
+as soon as the head is complete, so a refused request is answered and closed before any of
+its body is read. ``Expect: 100-continue`` is answered here (after the credential and size
+checks, and never ahead of an answer still due on the connection) and never forwarded.
+
+What the router answers comes from dispatch.py: a body whole, or a slot's stream, which is
+written to the client chunk by chunk as the slot produces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tdsp_deploy.backends.local import admission
+from tdsp_deploy.backends.local.upstream import BodyStream
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.local.router import Router
+
+log = logging.getLogger("tdsp_deploy.router")
+
+PIN_HEADER = b"azureml-model-deployment"
+REQUEST_ID = b"x-request-id"
+MAX_REQUEST_ID = 100
+KEEPALIVE_TIMEOUT_S = 75.0
+BODY_READ_TIMEOUT_S = 60.0
+MAX_PIPELINED = 16
+SMALL_BODY = 65536  # bodies up to this size are joined to their head; larger ones are not copied
+# After refusing a request whose body is on its way, read and drop at most this much of it
+# (for at most LINGER_S) so that the client reads the refusal rather than a reset.
+LINGER_BYTES = 4 * 1024 * 1024
+LINGER_S = 2.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+JSON_TYPE = (b"Content-Type", b"application/json")
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Refused(Exception):
+    """Raised inside a parser callback to stop parsing a request already answered."""
+
+
+class Request:
+    __slots__ = (
+        "method",
+        "url",
+        "url_parts",
+        "url_size",
+        "headers",
+        "header_count",
+        "chunks",
+        "body",
+        "keep_alive",
+        "http11",
+        "pin",
+        "authorization",
+        "content_type",
+        "request_id",
+        "sticky",
+        "started",
+        "expect",
+        "connection_tokens",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.url = b""
+        self.url_parts: list[bytes] = []  # joined once: a target sent in many pieces costs linear time
+        self.url_size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_count = 0
+        self.chunks: list[bytes] = []
+        self.body = b""
+        self.keep_alive = True
+        self.http11 = True
+        self.pin: bytes | None = None
+        self.authorization: list[bytes] = []
+        self.content_type: bytes | None = None
+        self.request_id: bytes | None = None
+        self.sticky: bytes | None = None
+        self.started = 0.0
+        self.expect: bytes | None = None  # the Expect header; b"" once 100 Continue is sent or moot
+        self.connection_tokens: frozenset[bytes] = frozenset()  # headers named in Connection:
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection; requests on it are answered in order (pipelining-safe)."""
+
+    def __init__(self, router: Router):
+        self.router = router
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Request | None = None
+        self.body_size = 0
+        self.in_head = True  # between requests or inside a head: its bytes are counted
+        self.head_bytes = 0
+        self.queue: collections.deque[Request] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.lingering = 0  # bytes dropped after a refusal, +1
+        self.timer: asyncio.TimerHandle | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    # -- connection ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.router.connection_opened(self):
+            self.closing = True
+            transport.close()
+            return
+        self._arm_timer(KEEPALIVE_TIMEOUT_S)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.writable.set()
+        self.router.connection_closed(self)
+        if self.timer:
+            self.timer.cancel()
+        if self.task and not self.task.done():
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing asked and nothing being answered: this connection may be closed for a new one."""
+        return self.current is None and self.task is None and not self.queue and not self.closing
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.lingering += len(data)
+            if self.lingering > LINGER_BYTES and self.transport:
+                self.transport.close()
+            return
+        if self.closing:
+            return
+        counted = self.in_head
+        if counted:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                self._fail(400, f"malformed HTTP request: {exc}")
+        if counted and self.in_head and self.head_bytes > admission.MAX_HEAD_BYTES and not self.closing:
+            # The head goes on and on: stop here, before the parser buffers any more of it.
+            if self.current is not None and self.current.header_count == 0 and not self.current.url_size:
+                self._fail(414, f"request line longer than {admission.MAX_REQUEST_LINE} bytes")
+            else:
+                self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self.timer:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.current is not None:  # a request began but never finished arriving
+            what = "request head" if self.in_head else "request"
+            self._fail(408, f"{what} not received in time")
+        elif self.lingering and self.transport:
+            self.transport.close()
+        elif self.task is None and not self.queue and self.transport:
+            self.transport.close()  # idle keep-alive connection
+
+    def _fail(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer an error the client caused, then close: the stream may be out of sync. What
+        the client still sends of its body is dropped for a moment, so it reads this answer."""
+        self.closing = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response(status, headers or [], message_body(message), keep_alive=False))
+        if self.in_head or self.current is None:  # no body on its way yet
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            transport.close()
+            return
+        self.lingering = 1
+        self._arm_timer(LINGER_S)
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.current = Request()
+        self.body_size = 0
+        self.router.connection_busy(self)
+        self._arm_timer(admission.HEAD_TIMEOUT_S)
+
+    def on_url(self, url: bytes) -> None:
+        request = self.current
+        assert request is not None
+        request.url_parts.append(url)
+        request.url_size += len(url)
+        if request.url_size > admission.MAX_REQUEST_LINE:
+            self._fail(414, f"request line longer than {admission.MAX_REQUEST_LINE} bytes")
+            raise Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        assert request is not None
+        request.header_count += 1
+        if request.header_count > admission.MAX_HEADERS:
+            self._fail(431, f"more than {admission.MAX_HEADERS} header fields")
+            raise Refused
+        if len(name) + len(value) > admission.MAX_HEADER_LINE:
+            self._fail(431, f"a header field longer than {admission.MAX_HEADER_LINE} bytes")
+            raise Refused
+        lname = name.lower()
+        if lname == b"authorization":
+            request.authorization.append(value)
+            return
+        if lname == PIN_HEADER:
+            request.pin = value.strip()
+        elif lname == b"content-type":
+            request.content_type = value
+        elif lname == REQUEST_ID:
+            if 0 < len(value) <= MAX_REQUEST_ID:  # the inference server refuses longer ids
+                request.request_id = value
+            return
+        elif lname == b"expect":
+            request.expect = value
+        elif lname == b"connection":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            request.connection_tokens = request.connection_tokens | tokens
+        elif lname == self.router.sticky_header:
+            request.sticky = value
+        request.headers.append((lname, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        self.in_head = False
+        request.url = request.url_parts[0] if len(request.url_parts) == 1 else b"".join(request.url_parts)
+        request.url_parts = []
+        request.method = self.parser.get_method()
+        request.keep_alive = self.parser.should_keep_alive()
+        request.http11 = self.parser.get_http_version() == "1.1"
+        path = request.url.split(b"?", 1)[0]
+        refusal = self.router.credentials.refusal(
+            admission.needed(request.method, path), request.authorization
+        )
+        if refusal is not None:
+            status, message, ask = refusal
+            self._fail(status, message, [(b"WWW-Authenticate", b"Bearer")] if ask else None)
+            raise Refused
+        for name, value in request.headers:
+            if (
+                name == b"content-length"
+                and value.isdigit()
+                and int(value) > self.router.config.max_request_bytes
+            ):
+                self._too_large()
+                raise Refused
+        if request.expect is not None:
+            self._expect_continue(request)
+        self._arm_timer(BODY_READ_TIMEOUT_S)
+
+    def _expect_continue(self, request: Request) -> None:
+        """Expect is hop-by-hop: the router answers it and never forwards it. A client waiting for
+        100 Continue gets it now, unless answers to earlier pipelined requests are still due (it
+        then goes out after them, see _next: a 100 must not overtake an earlier answer)."""
+        if request.expect.strip().lower() != b"100-continue":  # type: ignore[union-attr]
+            self._fail(417, "the only expectation this endpoint meets is 'Expect: 100-continue'")
+            raise Refused
+        if not request.http11:  # HTTP/1.0 clients never wait for it
+            request.expect = b""
+            return
+        if self.task is None and not self.queue and self.transport:
+            request.expect = b""
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self.closing:
+            return
+        request = self.current
+        assert request is not None
+        self.body_size += len(body)
+        request.expect = b""  # the body is coming: no 100 needed
+        if self.body_size > self.router.config.max_request_bytes:  # chunked bodies have no length
+            self._too_large()
+            raise Refused
+        request.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        request = self.current
+        assert request is not None
+        self.in_head = True
+        self.head_bytes = 0
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+        request.started = time.perf_counter()
+        chunks = request.chunks
+        # The usual body arrives in one piece and is kept as it is; only a split one is joined.
+        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request.chunks = []
+        if request.request_id is None:
+            request.request_id = os.urandom(16).hex().encode()
+        self.current = None
+        self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINED and self.transport:
+            self.transport.pause_reading()
+        if self.task is None:
+            self._next()
+
+    def _too_large(self) -> None:
+        limit_mb = self.router.config.max_request_bytes / (1024 * 1024)
+        self._fail(
+            413, f"request body larger than the endpoint's limit of {limit_mb:g} MB (target.max_request_mb)"
+        )
+
+    # -- serving -------------------------------------------------------------------------
+    def _next(self) -> None:
+        if self.closing or not self.queue:
+            self.task = None
+            if self.closing:
+                return
+            current = self.current
+            if current is None:
+                self.router.connection_idle(self)
+                self._arm_timer(KEEPALIVE_TIMEOUT_S)
+            elif current.expect and self.transport:  # a deferred 100 Continue: its turn now
+                current.expect = b""
+                self.transport.write(CONTINUE)
+            return
+        request = self.queue.popleft()
+        if self.transport and len(self.queue) <= MAX_PIPELINED // 2:
+            self.transport.resume_reading()
+        self.task = self.loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        router = self.router
+        router.request_started()
+        try:
+            try:
+                head, body = await router.dispatch.answer(request)
+            except Exception:
+                # A fault of the router's own costs this request a 500, never the connection:
+                # left unanswered, every later request on it would wait forever.
+                log.exception("the router failed on a request to %s", request.url.decode("latin-1")[:200])
+                request.keep_alive = False
+                message = "the endpoint's router failed on this request; its log (router.log) says why"
+                head, body = parts(500, [], message_body(message), keep_alive=False)
+            transport = self.transport
+            if isinstance(body, BodyStream):
+                await self._write_stream(head, body, request)
+            elif transport and not transport.is_closing():
+                if len(body) <= SMALL_BODY:
+                    transport.write(head + body)
+                else:
+                    transport.write(head)
+                    transport.write(body)
+            if not request.keep_alive and transport and not transport.is_closing():
+                transport.close()
+                self.closing = True
+        finally:
+            router.request_finished()
+            self._next()
+
+    async def _write_stream(self, head: bytes, stream: BodyStream, request: Request) -> None:
+        """A slot's streamed answer, relayed chunk by chunk as it comes (chunked to an HTTP/1.1
+        client; to an HTTP/1.0 one, raw until the connection closes)."""
+        transport = self.transport
+        chunked = request.http11
+        ended = False
+        try:
+            if transport is None or transport.is_closing():
+                return
+            transport.write(head)
+            while True:
+                chunk = await stream.next()
+                if not chunk:
+                    break
+                if transport.is_closing():
+                    return
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+                if not self.writable.is_set():  # the client reads slower than the slot writes
+                    await self.writable.wait()
+            if chunked and not transport.is_closing():
+                transport.write(b"0\r\n\r\n")
+            ended = True
+        except Exception as exc:  # the slot stopped midway: the client must see an incomplete answer
+            log.warning("a streamed answer ended early: %s", exc or type(exc).__name__)
+        finally:
+            if not ended:
+                stream.abandon()
+                request.keep_alive = False
+                if transport is not None:
+                    transport.close()
+                self.closing = True
+
+
+def message_body(text: str) -> bytes:
+    return json.dumps({"message": text}).encode()
+
+
+def parts(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    keep_alive: bool,
+    reason: bytes | None = None,
+    streamed: bool = False,
+) -> tuple[bytes, bytes]:
+    """A response's head (status line and headers) and its body, kept apart so that a large
+    body is written as it is. ``streamed``: the body follows in chunks (no length yet)."""
+    if not headers or all(n.lower() != b"content-type" for n, _ in headers):
+        headers = [*headers, JSON_TYPE]
+    lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or REASONS.get(status, b"Unknown"), b"\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    if streamed:
+        if keep_alive:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), body
+
+
+def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool) -> bytes:
+    head, body = parts(status, headers, body, keep_alive=keep_alive)
+    return head + body
