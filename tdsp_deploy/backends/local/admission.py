@@ -2,7 +2,8 @@
 
 A client without the key must cost the router next to nothing, or any program that can reach
 the port could starve the clients that have it. So the limits here are checked while a
-request's head arrives (the request line, each header, the whole head, the header count), and
+request's head arrives (the request line, each header, the whole head, the header count; the
+head must also arrive within the configuration's ``head_timeout_s``, 10 s, or it is a 408), and
 the credential as soon as the head is complete: a request that fails either is answered and
 its connection closed before a byte of its body is read or buffered.
 
@@ -27,7 +28,6 @@ MAX_REQUEST_LINE = 8192  # bytes of the target (path and query): 414 past it
 MAX_HEADER_LINE = 8192  # bytes of one header's name and value: 431 past it
 MAX_HEAD_BYTES = 65536  # bytes of the whole head: 431 past it
 MAX_HEADERS = 100  # header lines: 431 past it
-HEAD_TIMEOUT_S = 10.0  # from the first byte of a request to the end of its head: 408 past it
 
 NONE, SCORING, ADMIN, EITHER = "none", "scoring", "admin", "either"
 CONTROL_PREFIX = b"/-/"

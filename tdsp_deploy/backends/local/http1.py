@@ -74,7 +74,7 @@ class Request:
         "method",
         "url",
         "url_parts",
-        "url_size",
+        "head_size",
         "headers",
         "header_count",
         "chunks",
@@ -95,7 +95,7 @@ class Request:
         self.method = b""
         self.url = b""
         self.url_parts: list[bytes] = []  # joined once: a target sent in many pieces costs linear time
-        self.url_size = 0
+        self.head_size = 0  # bytes of the target, then of the head so far
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_count = 0
         self.chunks: list[bytes] = []
@@ -180,11 +180,9 @@ class ClientConnection(asyncio.Protocol):
             if not self.closing:
                 self._fail(400, f"malformed HTTP request: {exc}")
         if counted and self.in_head and self.head_bytes > admission.MAX_HEAD_BYTES and not self.closing:
-            # The head goes on and on: stop here, before the parser buffers any more of it.
-            if self.current is not None and self.current.header_count == 0 and not self.current.url_size:
-                self._fail(414, f"request line longer than {admission.MAX_REQUEST_LINE} bytes")
-            else:
-                self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
+            # The head goes on and on (a target that does is a 414 already, see on_url): stop
+            # here, before the parser buffers any more of it.
+            self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
 
     def _arm_timer(self, seconds: float) -> None:
         if self.timer:
@@ -224,14 +222,14 @@ class ClientConnection(asyncio.Protocol):
         self.current = Request()
         self.body_size = 0
         self.router.connection_busy(self)
-        self._arm_timer(admission.HEAD_TIMEOUT_S)
+        self._arm_timer(self.router.config.head_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         request = self.current
         assert request is not None
         request.url_parts.append(url)
-        request.url_size += len(url)
-        if request.url_size > admission.MAX_REQUEST_LINE:
+        request.head_size += len(url)
+        if request.head_size > admission.MAX_REQUEST_LINE and not request.header_count:
             self._fail(414, f"request line longer than {admission.MAX_REQUEST_LINE} bytes")
             raise Refused
 
@@ -242,8 +240,13 @@ class ClientConnection(asyncio.Protocol):
         if request.header_count > admission.MAX_HEADERS:
             self._fail(431, f"more than {admission.MAX_HEADERS} header fields")
             raise Refused
-        if len(name) + len(value) > admission.MAX_HEADER_LINE:
+        size = len(name) + len(value)
+        if size > admission.MAX_HEADER_LINE:
             self._fail(431, f"a header field longer than {admission.MAX_HEADER_LINE} bytes")
+            raise Refused
+        request.head_size += size + 4  # the head so far (the target, and each "name: value\r\n")
+        if request.head_size > admission.MAX_HEAD_BYTES:
+            self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
             raise Refused
         lname = name.lower()
         if lname == b"authorization":

@@ -41,6 +41,7 @@ class RouterConfig:
     request_log: str | None = None  # append-only JSON lines, one per request
     admin_file: str | None = None  # admin.json (0600): the admin key and the slots' key
     max_connections: int = 0  # client connections open at once; 0: as many as file descriptors allow
+    head_timeout_s: float = 10.0  # from a request's first byte to the end of its head
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -83,6 +84,7 @@ class RouterConfig:
             request_log=doc.get("request_log"),
             admin_file=doc.get("admin_file"),
             max_connections=int(doc.get("max_connections", 0)),
+            head_timeout_s=float(doc.get("head_timeout_s", 10.0)),
         )
 
     def write(self, path: Path) -> None:
