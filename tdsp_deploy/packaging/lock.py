@@ -44,7 +44,7 @@ class LockedFile:
         mode = int(doc.get("mode", "0644"), 8)
         if not isinstance(path, str) or not is_safe_path(path):
             raise ValueError(f"unsafe file path {path!r}")
-        if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             raise ValueError(f"{path}: sha256 is not 64 hex digits")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError(f"{path}: size must be a non-negative integer")
@@ -68,7 +68,7 @@ class LockedModel:
         model = cls(
             name=str(doc["name"]), version=str(doc["version"]), path=str(doc["path"]), sha256=doc["sha256"]
         )
-        if not _SHA256.match(str(model.sha256)):
+        if not _SHA256.fullmatch(str(model.sha256)):
             raise ValueError("model.sha256 is not 64 hex digits")
         return model
 
