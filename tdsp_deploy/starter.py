@@ -94,7 +94,7 @@ def write_starter(
     ``schema_text`` (the installed targets' JSON Schema) is written beside the manifest, which
     names it for editors."""
     endpoint = name or endpoint_name_for(directory)
-    if not ENDPOINT_NAME.match(endpoint):
+    if not ENDPOINT_NAME.fullmatch(endpoint):
         raise UsageError(
             f"'{endpoint}' is not a valid endpoint name",
             hint="use 3-32 characters: lower-case letters, digits and '-', starting with a letter (--name)",

@@ -531,7 +531,10 @@ def test_a_flipped_byte_in_the_model_is_detected(project: Path, tmp_path: Path):
 
 def _evil_archive(path: Path, member: tarfile.TarInfo, payload: bytes = b"") -> Path:
     """An archive with one hostile member and a lock that is otherwise valid."""
-    files = (LockedFile("code/score.py", hashlib.sha256(b"x").hexdigest(), 1),)
+    files = (
+        LockedFile("code/score.py", hashlib.sha256(b"x").hexdigest(), 1),
+        LockedFile("model/m", hashlib.sha256(b"m").hexdigest(), 1),
+    )
     lock = PackageLock(
         package_id=package_id(files, "m", "1", "code/score.py"),
         name="evil",

@@ -166,7 +166,7 @@ class ScoringSection(Strict):
 
 def _check_variable_name(key: str) -> str:
     # Checked per key, so that an error points at the line of the bad name.
-    if not ENV_VAR_NAME.match(key):
+    if not ENV_VAR_NAME.fullmatch(key):
         raise ValueError(
             "not a valid environment variable name: use letters, digits and '_', not a digit first"
         )

@@ -44,7 +44,7 @@ class LockedFile:
         mode = int(doc.get("mode", "0644"), 8)
         if not isinstance(path, str) or not is_safe_path(path):
             raise ValueError(f"unsafe file path {path!r}")
-        if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             raise ValueError(f"{path}: sha256 is not 64 hex digits")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError(f"{path}: size must be a non-negative integer")
@@ -68,7 +68,7 @@ class LockedModel:
         model = cls(
             name=str(doc["name"]), version=str(doc["version"]), path=str(doc["path"]), sha256=doc["sha256"]
         )
-        if not _SHA256.match(str(model.sha256)):
+        if not _SHA256.fullmatch(str(model.sha256)):
             raise ValueError("model.sha256 is not 64 hex digits")
         return model
 
@@ -155,7 +155,28 @@ class PackageLock:
         expected = package_id(files, lock.model.name, lock.model.version, lock.script)
         if lock.package_id != expected:
             raise ValueError(f"package_id {lock.package_id} does not match the files listed ({expected})")
+        _check_references(lock)
         return lock
+
+
+def _check_references(lock: PackageLock) -> None:
+    """The script, the model and the environment file the lock names are files it lists (and
+    so files that extraction verified): a crafted lock could otherwise point the server at a
+    script outside ``code/``, or at one that no hash covers."""
+    listed = {f.path for f in lock.files}
+    script = lock.script
+    if not (script.startswith("code/") and is_safe_path(script) and script in listed):
+        raise ValueError(f"scoring script {script!r} is not a file under code/ that the lock lists")
+    model = lock.model.path
+    if not (
+        model.startswith("model/")
+        and is_safe_path(model)
+        and (model in listed or any(path.startswith(model + "/") for path in listed))
+    ):
+        raise ValueError(f"model path {model!r} is not a file or folder under model/ that the lock lists")
+    for kind, path in (lock.environment or {}).items():
+        if not (isinstance(path, str) and path.startswith("environment/") and path in listed):
+            raise ValueError(f"environment {kind} {path!r} is not a file the lock lists")
 
 
 def package_id(files: Iterable[LockedFile], model_name: str, model_version: str, script: str) -> str:
@@ -176,13 +197,24 @@ def model_sha256(model_files: list[LockedFile], model_path: str) -> str:
 
     A single file: its own sha256 (what ``sha256sum`` prints). A folder: the sha256 of the
     ``sha256sum``-style listing ``<sha256>  <path inside the folder>\\n``, sorted by path, so
-    it does not depend on the folder's name.
+    it does not depend on the folder's name. Names are escaped as GNU ``sha256sum`` does (a
+    name with a newline or a backslash: the line starts with a backslash, and those are written
+    ``\\n`` and ``\\\\``), so one listing cannot be read as another: without it a file named
+    ``"a\\n<sha256>  b"`` gave the same listing as two files ``a`` and ``b``, and Azure ML
+    reuses a model registration whose hash matches. Ordinary names hash as they always did.
     """
     if len(model_files) == 1 and model_files[0].path == model_path:
         return model_files[0].sha256
     prefix = model_path + "/"
     lines = sorted((f.path.removeprefix(prefix), f.sha256) for f in model_files)
-    return hashlib.sha256("".join(f"{sha}  {path}\n" for path, sha in lines).encode()).hexdigest()
+    return hashlib.sha256("".join(_listing_line(sha, path) for path, sha in lines).encode()).hexdigest()
+
+
+def _listing_line(sha256: str, name: str) -> str:
+    if "\\" not in name and "\n" not in name:
+        return f"{sha256}  {name}\n"
+    escaped = name.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"\\{sha256}  {escaped}\n"
 
 
 def is_safe_path(name: str) -> bool:

@@ -193,7 +193,7 @@ class _Walker:
                 # Sockets, fifos and devices are skipped: they hold no content to ship (git does the same).
 
     def _is_archive(self, path: Path) -> bool:
-        return path.parent == self.out_dir and bool(self.archive_name.match(path.name))
+        return path.parent == self.out_dir and bool(self.archive_name.fullmatch(path.name))
 
     def _list(self, folder: Path) -> list[str]:
         try:

@@ -129,7 +129,7 @@ def build_deployment(
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
     target = _target(manifest)
-    if not AZURE_ENDPOINT_NAME.match(slot) or not 3 <= len(slot) <= 32:
+    if not AZURE_ENDPOINT_NAME.fullmatch(slot) or not 3 <= len(slot) <= 32:
         raise ManifestError(
             [
                 ManifestProblem(

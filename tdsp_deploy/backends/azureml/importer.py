@@ -135,7 +135,7 @@ def _endpoint_name(name: str, source: Path, warnings: list[str]) -> str:
     lowered = name.lower()
     if lowered != name:
         warnings.append(f"name: '{name}' becomes '{lowered}' (manifest names are lower case)")
-    if not re.match(ENDPOINT_NAME, lowered):
+    if not re.fullmatch(ENDPOINT_NAME, lowered):
         raise UsageError(f"{source}: endpoint name '{name}' is not 3-32 characters of a-z, 0-9 and '-'")
     return lowered
 
@@ -163,7 +163,7 @@ def _model(deployment: Any, base: Path, out_dir: Path, source: Path, warnings: l
     if model.type and model.type != "custom_model":
         warnings.append(f"model: type {model.type} is deployed as custom_model, with the scoring script")
     if not getattr(model, "_is_anonymous", False):  # an unnamed model gets a hash as its name
-        if model.name and re.match(MODEL_NAME, model.name):
+        if model.name and re.fullmatch(MODEL_NAME, model.name):
             section["name"] = model.name
         if model.version:
             section["version"] = str(model.version)
@@ -178,7 +178,7 @@ def _reference(value: str) -> str:
 
 
 def _download_hint(reference: str) -> str:
-    match = re.match(r"^(?:azureml:)?([^:/@]+)[:@]([^:/]+)$", reference)
+    match = re.fullmatch(r"^(?:azureml:)?([^:/@]+)[:@]([^:/]+)$", reference)
     if match:
         return (
             f"download it (az ml model download --name {match.group(1)} --version {match.group(2)}) "
@@ -245,7 +245,7 @@ def _environment(
             )
     variables = dict(deployment.environment_variables or {})
     for key in variables:
-        if not ENV_VAR_NAME.match(str(key)):
+        if not ENV_VAR_NAME.fullmatch(str(key)):
             raise UsageError(
                 f"{source}: environment_variables: '{key}' is not a valid variable name",
                 hint="use letters, digits and '_', not a digit first",
@@ -343,7 +343,7 @@ def _check_target(target: dict[str, Any], source: Path) -> None:
 def _rollout(endpoint: Any, deployment: Any, warnings: list[str]) -> dict[str, Any]:
     rollout: dict[str, Any] = {}
     slot = str(deployment.name).lower()
-    if re.match(DEPLOYMENT_NAME, slot):
+    if re.fullmatch(DEPLOYMENT_NAME, slot):
         rollout["deployment"] = slot
     else:
         warnings.append(

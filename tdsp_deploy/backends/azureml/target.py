@@ -217,7 +217,7 @@ class AzureMLTarget(Strict):
     @field_validator("subscription_id")
     @classmethod
     def _subscription_is_guid(cls, value: str) -> str:
-        if not _GUID.match(value.strip()):
+        if not _GUID.fullmatch(value.strip()):
             raise ValueError(
                 "must be an Azure subscription id, a GUID like 00000000-0000-0000-0000-000000000000; "
                 "`az account show --query id -o tsv` prints yours"
@@ -227,7 +227,7 @@ class AzureMLTarget(Strict):
     @field_validator("resource_group")
     @classmethod
     def _resource_group_name(cls, value: str) -> str:
-        if not _RESOURCE_GROUP.match(value) or value.endswith("."):
+        if not _RESOURCE_GROUP.fullmatch(value) or value.endswith("."):
             raise ValueError(
                 "must be an Azure resource group name: 1-90 letters, digits, '_', '-', '.', '(' or ')', "
                 "not ending with '.'; `az group list -o table` lists yours"
@@ -237,7 +237,7 @@ class AzureMLTarget(Strict):
     @field_validator("workspace")
     @classmethod
     def _workspace_name(cls, value: str) -> str:
-        if not _WORKSPACE.match(value):
+        if not _WORKSPACE.fullmatch(value):
             raise ValueError(
                 "must be an Azure ML workspace name: 3-33 letters, digits, '-' or '_', starting with "
                 "a letter or digit; `az ml workspace list -o table` lists yours"
@@ -247,7 +247,7 @@ class AzureMLTarget(Strict):
     @field_validator("instance_type")
     @classmethod
     def _instance_type_shape(cls, value: str) -> str:
-        if not _INSTANCE_TYPE.match(value):
+        if not _INSTANCE_TYPE.fullmatch(value):
             raise ValueError(
                 "must be a VM size such as Standard_DS3_v2 (letters, digits and '_'); see Azure ML's "
                 "managed online endpoints SKU list"

@@ -58,7 +58,7 @@ _STRING = re.compile(r"^(n?varchar)\((max|\d{1,4})\)$")
 def check_identifier(name: str) -> str:
     """``name`` if it is a safe SQL Server identifier: letters, digits, '_', not a digit first,
     at most 128 characters. ValueError otherwise."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(
             f"must be an identifier of 1-{MAX_IDENTIFIER} letters, digits and '_', not a digit first"
         )
@@ -78,13 +78,13 @@ def sql_type(value: str) -> str:
     text = re.sub(r"\s+", "", str(value)).lower()
     if text in _SIMPLE_TYPES:
         return text
-    match = _DECIMAL.match(text)
+    match = _DECIMAL.fullmatch(text)
     if match:
         precision, scale = int(match.group(1)), int(match.group(2) or 0)
         if not 1 <= precision <= 38 or scale > precision:
             raise ValueError("decimal(p,s) needs 1 <= p <= 38 and 0 <= s <= p")
         return f"decimal({precision},{scale})"
-    match = _STRING.match(text)
+    match = _STRING.fullmatch(text)
     if match:
         kind, size = match.groups()
         limit = 4000 if kind == "nvarchar" else 8000
@@ -143,7 +143,7 @@ class SqlAuth(Strict):
     @field_validator("password_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not ENV_VAR_NAME.match(value):
+        if not ENV_VAR_NAME.fullmatch(value):
             raise ValueError(
                 "must name an environment variable (letters, digits, '_', not a digit first), "
                 "e.g. password_env: SQL_PASSWORD"
@@ -205,7 +205,7 @@ class SqlServerTarget(Strict):
     @field_validator("server")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOST.match(value):
+        if not _HOST.fullmatch(value):
             raise ValueError("must be a host name or address, optionally host\\instance")
         return value
 

@@ -98,7 +98,7 @@ ENDPOINT_ENV = "TDSP_SYNAPSE_ENDPOINT"
 
 def parse_abfss(uri: str) -> tuple[str, str, str]:
     """(container, account, path without leading '/') of an ``abfss://`` URI; ValueError otherwise."""
-    match = _ABFSS.match(uri) if isinstance(uri, str) else None
+    match = _ABFSS.fullmatch(uri) if isinstance(uri, str) else None
     if match is None:
         raise ValueError(
             "must be abfss://<container>@<account>.dfs.core.windows.net/<path> (container: 3-63 "
@@ -151,7 +151,7 @@ class DataLocation(Strict):
     @field_validator("table")
     @classmethod
     def _table(cls, value: str | None) -> str | None:
-        if value is not None and not _TABLE.match(value):
+        if value is not None and not _TABLE.fullmatch(value):
             raise ValueError("must be a table name: [database.]table, letters, digits and '_'")
         return value
 
@@ -184,7 +184,7 @@ def location_from_text(text: str) -> dict[str, str]:
     """``{"path": text}``, or ``{"table": text}`` when ``text`` is a table name (and no file name
     with a known extension)."""
     suffix = PurePosixPath(text).suffix.lower()
-    if _TABLE.match(text) and suffix not in FORMAT_BY_SUFFIX:
+    if _TABLE.fullmatch(text) and suffix not in FORMAT_BY_SUFFIX:
         return {"table": text}
     return {"path": text}
 
@@ -269,7 +269,7 @@ class SynapseTarget(Strict):
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
-        if not _WORKSPACE.match(value):
+        if not _WORKSPACE.fullmatch(value):
             raise ValueError(
                 "must be the workspace name: 1-50 lower-case letters, digits and '-', "
                 "starting and ending with a letter or digit"
@@ -281,7 +281,7 @@ class SynapseTarget(Strict):
     @field_validator("spark_pool")
     @classmethod
     def _pool(cls, value: str | None) -> str | None:
-        if value is not None and not _SPARK_POOL.match(value):
+        if value is not None and not _SPARK_POOL.fullmatch(value):
             raise ValueError("must be a Spark pool name: 1-15 letters and digits, a letter first")
         return value
 
@@ -297,21 +297,21 @@ class SynapseTarget(Strict):
     @classmethod
     def _conf(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _SPARK_CONF_KEY.match(key):
+            if not _SPARK_CONF_KEY.fullmatch(key):
                 raise ValueError(f"'{key}' is not a Spark configuration key (spark.* or livy.*)")
         return value
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/?#]+(?:/[^\s?#]*)?$", value):
+        if value is not None and not re.fullmatch(r"^https?://[^\s/?#]+(?:/[^\s?#]*)?$", value):
             raise ValueError("must be an http(s) URL, e.g. https://myworkspace.dev.azuresynapse.net")
         return value.rstrip("/") if value else value
 
     @field_validator("server")
     @classmethod
     def _server(cls, value: str | None) -> str | None:
-        if value is not None and not _HOST.match(value):
+        if value is not None and not _HOST.fullmatch(value):
             raise ValueError("must be a host name, e.g. myworkspace.sql.azuresynapse.net")
         return value
 
