@@ -81,15 +81,23 @@ def install_driver(monkeypatch: Any, connect: Any, password_env: str) -> list[st
     import sys
     import types
 
+    from mssql_python.connection_string_parser import _ConnectionStringParser
+
     opened: list[str] = []
     module = types.ModuleType("mssql_python")
     module.__spec__ = importlib.machinery.ModuleSpec("mssql_python", None)
 
     def driver_connect(text: str, **options: Any) -> Any:
+        # the real driver's parser first, as its connect() does: a string it refuses fails here
+        _ConnectionStringParser(validate_keywords=True)._parse(text)
         opened.append(text)
         return connect()
 
+    def pooling(max_size: int = 100, idle_timeout: int = 600, enabled: bool = True) -> None:
+        module.pooled = enabled  # type: ignore[attr-defined]
+
     module.connect = driver_connect  # type: ignore[attr-defined]
+    module.pooling = pooling  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mssql_python", module)
     monkeypatch.setenv(password_env, "pw-only-the-fake-sees")
     return opened

@@ -10,6 +10,7 @@ import json
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -471,10 +472,10 @@ def test_the_password_never_leaves_the_seam(monkeypatch):
         }
     )
     text = connection_string(target, driver="mssql_python", password="s3cret;pw")
-    assert "PWD={s3cret;pw};" in text and "Server=tcp:sql.example.test,1433;" in text
+    assert "PWD={s3cret;pw};" in text and "Server={tcp:sql.example.test,1433};" in text
     error = translate_error(server_error(18456, "Login failed; PWD=s3cret;pw"), secrets=["s3cret;pw"])
     assert error is not None and "s3cret" not in error.message
-    assert "s3cret" not in repr(SqlServerConnection(object(), secrets=["s3cret;pw"]))
+    assert "s3cret" not in repr(SqlServerConnection(types.SimpleNamespace(), secrets=["s3cret;pw"]))
     monkeypatch.delenv("TDSP_TEST_SQL_PASSWORD")
     with pytest.raises(TdspError) as missing:
         SqlServerConnection.connect(target)

@@ -85,11 +85,21 @@ class SqlServerConnection:
         self.driver = driver
         self._lock = threading.RLock()
         self._in_transaction = False
-        with contextlib.suppress(Exception):  # mssql-python and pyodbc: autocommit is a property
-            dbapi_connection.autocommit = False
+        self._set_autocommit(False)
 
     def __repr__(self) -> str:  # never the connection string: it may hold the password
         return f"SqlServerConnection(driver={self.driver!r})"
+
+    def _set_autocommit(self, on: bool) -> None:
+        """mssql-python and pyodbc: autocommit is a property, which raises a DB-API error when
+        the connection is dead; that error is ours to report, not to hide."""
+        try:
+            self._connection.autocommit = on
+        except Exception as exc:
+            error = translate_error(exc, "set autocommit", secrets=self._secrets)
+            if error is None:
+                raise
+            raise error from None
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -115,9 +125,22 @@ class SqlServerConnection:
             secrets.append(password)
         driver, module = _driver()
         text = connection_string(target, driver=driver, password=secrets[0] if method == "sql" else None)
+        options: dict[str, Any] = {"timeout": LOGIN_TIMEOUT}
+        if attrs:
+            options["attrs_before"] = attrs
+        if driver == "mssql_python":
+            # The endpoint lock lives as long as the session (applock.py); a pooled connection's
+            # session outlives close(), so this process opens its sessions unpooled.
+            module.pooling(enabled=False)
         try:
-            raw = module.connect(text, attrs_before=attrs) if attrs else module.connect(text)
+            raw = module.connect(text, **options)
         except Exception as exc:
+            if type(exc).__name__ == "ConnectionStringParseError":  # mssql-python, before any traffic
+                said = _short(_scrub(str(exc), secrets))
+                raise BackendError(
+                    f"the SQL Server driver refused the connection string: {said}",
+                    hint="the installed mssql-python refuses a keyword: report it with its version",
+                ) from None
             error = translate_error(exc, f"connect to {target.server}", secrets=secrets)
             if error is None:
                 raise
@@ -200,13 +223,20 @@ class SqlServerConnection:
 
 
 # -- the connection string ---------------------------------------------------------------------
+#: seconds the driver may take to reach the server and log in (its own default is 15 per attempt)
+LOGIN_TIMEOUT = 15
+
+
 def connection_string(target: SqlServerTarget, *, driver: str, password: str | None = None) -> str:
-    """The driver's connection string for ``target`` (with the password when given: never log it)."""
+    """The driver's connection string for ``target`` (with the password when given: never log it).
+
+    Only keywords mssql-python's parser accepts (it refuses the ones it sets itself, ``Driver``
+    and ``APP``, and any it does not know), and every value in braces, so that no value -- a
+    user name, a password, a server -- can end its field and add a keyword of its own."""
     parts: dict[str, str] = {}
     if driver.startswith("pyodbc"):
-        parts["Driver"] = "{" + driver.split(":", 1)[1] + "}"
-    port = getattr(target, "port", None)
-    parts["Server"] = f"tcp:{target.server},{port}" if port else f"tcp:{target.server}"
+        parts["Driver"] = driver.split(":", 1)[1]
+    parts["Server"] = server_address(target)
     parts["Database"] = target.database
     parts["Encrypt"] = "yes" if getattr(target, "encrypt", True) else "no"
     parts["TrustServerCertificate"] = "yes" if getattr(target, "trust_server_certificate", False) else "no"
@@ -217,15 +247,32 @@ def connection_string(target: SqlServerTarget, *, driver: str, password: str | N
             parts["PWD"] = password
     elif method == "integrated":
         parts["Trusted_Connection"] = "yes"
-    parts["APP"] = "tdsp-deploy"
-    return "".join(f"{key}={_value(value)};" for key, value in parts.items())
+    return "".join(f"{key}={_value(key, value)};" for key, value in parts.items())
 
 
-def _value(value: str) -> str:
-    """ODBC connection-string quoting: braces around values with special characters."""
-    if re.search(r"[;{}=\s]", value) and not (value.startswith("{") and value.endswith("}")):
-        return "{" + value.replace("}", "}}") + "}"
-    return value
+def server_address(target: Any) -> str:
+    """``tcp:host,port``; a named instance (``host\\instance``) without a port the manifest gave
+    is left to the SQL Server Browser to find: with both, the ODBC driver uses the port."""
+    server = target.server
+    port = getattr(target, "port", None)
+    port_given = "port" in getattr(target, "model_fields_set", {"port"})
+    if "\\" in server and not port_given:
+        return server
+    return f"tcp:{server},{port}" if port else f"tcp:{server}"
+
+
+def _value(key: str, value: str) -> str:
+    """A value in braces, its closing braces doubled (MS-ODBCSTR): whatever it holds, even a
+    value that already starts with ``{`` and ends with ``}``, it stays one value."""
+    if not value or "\0" in value:
+        raise UsageError(
+            f"the connection's {_FIELD_NAMES.get(key, key)} may not be empty or hold a NUL character",
+            hint="check target.server, target.database, target.auth and the password variable",
+        )
+    return "{" + value.replace("}", "}}") + "}"
+
+
+_FIELD_NAMES = {"PWD": "password", "UID": "user name", "Server": "server", "Database": "database"}
 
 
 def _driver() -> tuple[str, Any]:
@@ -339,11 +386,33 @@ def _server_text(text: str) -> str:
     return re.sub(r"^.*\[SQL Server\]", "", text, flags=re.S).strip()
 
 
+#: the shortest run of a secret's characters a message may not repeat
+SCRUB_MIN = 4
+
+
 def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return re.sub(r"(?i)(PWD|Password)=[^;]*", r"\1=***", text)
+    """``text`` without any secret, and without any run of SCRUB_MIN or more of its characters:
+    a parser or a server quotes pieces of a value (``keyword 'w}}' has no value``), not only
+    whole ones."""
+    secrets = [s for s in secrets if s]
+    if secrets:
+        out: list[str] = []
+        at = 0
+        while at < len(text):
+            longest = 0
+            for secret in secrets:
+                end = at + 1
+                while end <= len(text) and text[at:end] in secret:
+                    end += 1
+                longest = max(longest, end - 1 - at)
+            if longest >= min(SCRUB_MIN, *(len(s) for s in secrets)):
+                out.append("***")
+                at += longest
+            else:
+                out.append(text[at])
+                at += 1
+        text = "".join(out)
+    return re.sub(r"(?i)(PWD|Password)=(\{(?:[^}]|\}\})*\}?|[^;]*)", r"\1=***", text)
 
 
 def _short(text: str) -> str:

@@ -34,8 +34,7 @@ class SqlPoolConnection(SqlServerConnection):
 
     def __init__(self, dbapi_connection: Any, *, secrets: Sequence[str] = (), driver: str = "dbapi"):
         super().__init__(dbapi_connection, secrets=secrets, driver=driver)
-        with contextlib.suppress(Exception):  # mssql-python and pyodbc: autocommit is a property
-            dbapi_connection.autocommit = True
+        self._set_autocommit(True)
 
     def __repr__(self) -> str:  # never the connection string: it may hold the password
         return f"SqlPoolConnection(driver={self.driver!r})"
