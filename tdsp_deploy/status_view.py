@@ -9,11 +9,14 @@ JSON document on its own line, so that ``jq`` or a log collector can follow it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -319,28 +322,55 @@ def watch(
     interval: float,
     count: int | None = None,
     health: Callable[[list[EndpointSnapshot]], int] = lambda _: 0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> int:
     """Refresh every ``interval`` seconds, ``count`` times (None: until Ctrl-C).
 
     Returns the health exit code of the last refresh after ``count`` refreshes, 130 when
-    interrupted (the table or the JSON lines written so far stay as they are)."""
-    live_table = env.stderr_isatty and not env.json_mode
-    try:
+    interrupted (the table or the JSON lines written so far stay as they are).
+
+    Ctrl-C (or SIGTERM) only raises a flag that the loop reads between refreshes. Raised as
+    KeyboardInterrupt it could land anywhere: inside a write (half a line), or inside a
+    finalizer that the garbage collector happens to run (a closed socket's ``__del__``), where
+    Python prints "Exception ignored ... Traceback" and swallows it, so the watch went on."""
+    stop = threading.Event()
+    pause = sleep or stop.wait
+    with _signals_set(stop):
+        live_table = env.stderr_isatty and not env.json_mode
         if live_table:
-            return _watch_table(env, take, interval=interval, count=count, health=health, sleep=sleep)
+            return _watch_table(env, take, interval=interval, count=count, health=health, sleep=pause, stop=stop)
         done = 0
-        while True:
+        while not stop.is_set():
             snapshots = take()
+            if stop.is_set():
+                break
             line = {"endpoints": [s.to_json() for s in snapshots]}
             env.stdout.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
             env.stdout.flush()
             done += 1
             if count is not None and done >= count:
                 return health(snapshots)
-            sleep(interval)
-    except KeyboardInterrupt:
-        return 130
+            pause(interval)
+    return 130
+
+
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set ``stop`` instead of raising (main thread only:
+    elsewhere no handler can be installed, and Ctrl-C reaches the main thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_flag(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {signum: signal.signal(signum, raise_flag) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _watch_table(
@@ -351,6 +381,7 @@ def _watch_table(
     count: int | None,
     health: Callable[[list[EndpointSnapshot]], int],
     sleep: Callable[[float], None],
+    stop: threading.Event,
 ) -> int:
     from rich.console import Group
     from rich.live import Live
@@ -368,7 +399,11 @@ def _watch_table(
         done = 1
         while count is None or done < count:
             sleep(interval)
+            if stop.is_set():
+                return 130
             snapshots = take()
+            if stop.is_set():
+                return 130
             live.update(view(snapshots), refresh=True)
             done += 1
-    return health(snapshots)
+    return 130 if stop.is_set() else health(snapshots)

@@ -201,3 +201,37 @@ def _wait_gone(pid: int) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"process {pid} did not stop")
+
+
+class _RaisesCtrlCWhenCollected:
+    """Ctrl-C arriving while the garbage collector runs a finalizer (a socket's ``__del__``
+    closing it): Python calls the signal handler there, at whatever point it is."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_ctrl_c_inside_a_finalizer_still_ends_the_watch(table):
+    import io
+
+    from tdsp_deploy.output import Environment
+    from tdsp_deploy.status_view import watch
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env = Environment(stdout=stdout, stderr=stderr, stderr_isatty=table, environ={"NO_COLOR": "1"})
+    taken = []
+
+    def take() -> list:
+        taken.append(1)
+        if len(taken) == 2:
+            _RaisesCtrlCWhenCollected()  # collected at once: Ctrl-C during the refresh
+        return []
+
+    # A KeyboardInterrupt raised in __del__ is printed and swallowed, so the watch went on to
+    # its fifth refresh and exited 0 instead of 130.
+    assert watch(env, take, interval=0.01, count=5) == 130
+    assert len(taken) == 2
+    assert "Exception ignored" not in stderr.getvalue()
+    for line in stdout.getvalue().splitlines():
+        json.loads(line)
