@@ -1,11 +1,13 @@
 """Benchmark: the rollout guardrails' statistics, by simulation (no deployment involved).
 
 A canary takes 5% of 100 requests a second; the guardrails are checked every 10 s for an hour
-(360 looks). Each guardrail is judged two ways on the same simulated traffic:
+(360 looks). Each guardrail is judged three ways on the same simulated traffic:
 
 - ours: the always-valid confidence sequences of tdsp_deploy.ab.sequential (alpha 0.05);
 - peer: the same statistic against a fixed-sample critical value (z at alpha 0.05), repeated at
-  every look, as a threshold on a fixed-sample test checked each interval would be.
+  every look, as a fixed-sample test checked each interval would be;
+- threshold_on_estimates (false rollbacks only): the limit applied to the point estimates at
+  every look, as a dashboard alarm would.
 
 Measured: the false-rollback rate on A/A traffic (goal: ours <= alpha, the peer's far above),
 and the detection delay of real regressions: the error rate up 2 and 3 points (1% -> 3%, 4%;
@@ -59,6 +61,8 @@ def error_runs(rng: np.random.Generator, runs: int, looks: int, canary_error: fl
     for method, scale in (("always_valid", rho2), ("fixed_sample", None)):
         _, low, _ = sequential.difference_of_rates(errors_a, total_a, errors_b, total_b, ALPHA, scale)
         out[method] = _first(low > 0.0)
+    # a threshold on the point estimates, checked at every look (as an alarm on a dashboard is)
+    out["threshold"] = _first(errors_b / total_b - errors_a / total_a > 0.0)
     return out
 
 
@@ -73,7 +77,7 @@ def latency_runs(
     planned = PLANNED_S / CHECK_S * n_b
     rho2 = sequential.tuned_rho2(planned, ALPHA / 2)
     offsets = (np.arange(runs) * bins)[:, None]
-    fired = {"always_valid": np.zeros(runs, dtype=int), "fixed_sample": np.zeros(runs, dtype=int)}
+    fired = {m: np.zeros(runs, dtype=int) for m in ("always_valid", "fixed_sample", "threshold")}
     for look in range(1, looks + 1):
         for counts, size, shift in ((control, n_a, 0.0), (canary, n_b, shift_ms)):
             values = np.exp(rng.normal(np.log(40.0), 0.35, size=(runs, size))) + shift
@@ -83,9 +87,17 @@ def latency_runs(
             breached, _ = sequential.quantile_increase_above(control, canary, 0.95, increase_ms, ALPHA, scale)
             newly = (fired[method] == 0) & breached
             fired[method][newly] = look
+        over = _binned_quantile(canary, 0.95) > _binned_quantile(control, 0.95) + increase_ms
+        fired["threshold"][(fired["threshold"] == 0) & over] = look
         if all((f > 0).all() for f in fired.values()):
             break
     return fired
+
+
+def _binned_quantile(counts: np.ndarray, q: float) -> np.ndarray:
+    cumulative = np.cumsum(counts, axis=1)
+    index = (cumulative < np.ceil(q * cumulative[:, -1:])).sum(axis=1)
+    return np.append(sequential.LATENCY_EDGES_MS, np.inf)[index]
 
 
 def _first(breached: np.ndarray) -> np.ndarray:
@@ -132,6 +144,7 @@ def main() -> None:
             runs=runs,
             monte_carlo_se=round(_mc_error(ours, runs), 4),
             guardrail="max_error_rate_increase: 0",
+            threshold_on_estimates=_rate(aa["threshold"]),
         )
     )
     for points in (0.02, 0.03):
@@ -167,6 +180,7 @@ def main() -> None:
                 met=ours <= ALPHA + 2 * _mc_error(ALPHA, latency_runs_n),
                 runs=latency_runs_n,
                 monte_carlo_se=round(_mc_error(ours, latency_runs_n), 4),
+                threshold_on_estimates=_rate(null["threshold"]),
             )
         )
     note(f"latency +20 ms: {latency_runs_n} runs")

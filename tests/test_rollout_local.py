@@ -288,3 +288,26 @@ def test_sigkill_in_step_2_leaves_its_split_then_resume_finishes_and_abort_retur
         assert load.failed() == 0, (load.answers, load.failures[:3])
     finally:
         cli("delete", iris, "--yes")
+
+
+def test_push_detach_returns_and_the_rollout_goes_on_in_the_background(cli, iris):
+    try:
+        doc, load = first_version(cli, iris)
+        steps = [{"traffic": 50, "bake": 1}, {"traffic": 100}]
+        second_version(iris, doc, {"steps": steps, "guardrails": {"min_requests": 10, "check_every": 0.5}})
+        with load:
+            pushed = cli("push", iris, "--detach", "--json")
+            assert pushed.exit_code == 0, pushed.stderr[-2000:]
+            assert pushed.json()["rollout"]["status"] == "running"
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                state = cli("rollout", "status", iris, "--json").json()
+                if state["status"] != "running":
+                    break
+                time.sleep(0.5)
+        assert state["status"] == "promoted", state
+        assert [p["step"] for p in state["steps_passed"]] == [1]
+        assert cli("status", iris, "--json").json()["traffic"] == {"blue": 0, "green": 100}
+        assert load.failed() == 0
+    finally:
+        cli("delete", iris, "--yes")
