@@ -216,6 +216,9 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
         backend_class = registry.backend_class(kind)
         check_requirements(backend_class)
         warnings += backend_class(loaded.manifest).preflight()
+        from tdsp_deploy.rollout import validation_warnings
+
+        warnings += validation_warnings(loaded.manifest)
     except PluginError as exc:
         warnings.append(f"{exc.message}; {exc.hint}")
     if env.json_mode:
@@ -414,6 +417,12 @@ def push(
     lock_timeout: LockTimeoutOption = 600.0,
     ci: CiOption = False,
     summary: SummaryOption = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Leave a staged rollout (rollout.steps) to a background process.")
+    ] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json-lines", help="A staged rollout's looks as JSON lines on stdout.")
+    ] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -433,6 +442,8 @@ def push(
                 keep_failed=keep_failed,
                 lock_timeout=lock_timeout,
                 force=force,
+                detach=detach,
+                on_rollout_event=_rollout_events(env, json_lines),
             )
         recorder.done(result.to_json())
     if env.json_mode:
@@ -793,6 +804,21 @@ def _register_ab() -> None:
 
 
 _register_ab()
+
+
+def _rollout_events(env: Environment, json_lines: bool) -> Any:
+    from tdsp_deploy.cli_rollout import event_printer
+
+    return event_printer(env, json_lines) if json_lines or not env.json_mode else lambda event: None
+
+
+def _register_rollout() -> None:
+    from tdsp_deploy.cli_rollout import register
+
+    register(app)
+
+
+_register_rollout()
 
 
 def _register_run() -> None:

@@ -37,6 +37,7 @@ class PushResult:
     traffic: dict[str, int]
     smoke: SmokeReport | None
     warnings: list[str]
+    rollout: dict[str, Any] | None = None  # a staged rollout's state (rollout.steps)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class PushResult:
             "traffic": self.traffic,
             "smoke": self.smoke.to_json() if self.smoke else None,
             "warnings": self.warnings,
+            **({"rollout": self.rollout} if self.rollout is not None else {}),
         }
 
 
@@ -71,7 +73,7 @@ def planned_traffic(status: EndpointStatus, slot: str, rollout: RolloutSection) 
     """
     if rollout.mirror > 0:
         return TrafficSplit(dict(status.traffic), {slot: rollout.mirror})
-    if rollout.traffic == 0:
+    if rollout.traffic == 0 or rollout.staged_steps():  # staged: the rollout sets each step
         return None
     others = [s for s in status.slots if s.name != slot and s.traffic > 0]
     if rollout.traffic == 100 or not others:
@@ -106,12 +108,21 @@ def push(
     keep_failed: bool = False,
     lock_timeout: float = 600.0,
     force: bool = False,
+    detach: bool = False,
+    on_rollout_event: Any = None,
 ) -> PushResult:
+    """``detach``: a staged rollout continues in a background process once it has begun;
+    ``on_rollout_event`` hears each of its looks (see tdsp_deploy.rollout)."""
     manifest = loaded.manifest
     warnings = check_manifest(loaded) + backend.preflight()
     if force:
         warnings.append(_allow_forced(backend))
     _check_rollout_supported(backend, manifest.rollout)
+    staged = bool(manifest.rollout.staged_steps())
+    if staged:
+        from tdsp_deploy import rollout as staged_rollout
+
+        staged_rollout.check_supported(backend, manifest.rollout)
     for warning in warnings:
         progress(ProgressEvent(step="validate", message=f"warning: {warning}"))
     package = build_package(manifest, paths.package_store(), progress=progress)
@@ -134,10 +145,47 @@ def push(
             )
             return _result(loaded, backend, current, package, unchanged=True, smoke=None, warnings=warnings)
         slot = choose_slot(before, manifest.rollout)
+        if staged:
+            staged_rollout.refuse_if_in_progress(staged_rollout.store_for(backend))
         smoke = _deploy_and_prove(
             loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed
         )
-    return _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
+        state = None
+        if staged:
+            state = _begin_rollout(loaded, backend, slot, before, detach, on_rollout_event, progress)
+    result = _result(loaded, backend, slot, package, unchanged=False, smoke=smoke, warnings=warnings)
+    result.rollout = state
+    return result
+
+
+def _begin_rollout(
+    loaded: LoadedManifest,
+    backend: Backend,
+    slot: str,
+    before: EndpointStatus,
+    detach: bool,
+    on_event: Any,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The smoke test passed: walk the staged rollout here, or leave it to a background
+    process (``detach``), which takes the endpoint lock once this push lets go of it."""
+    from tdsp_deploy import rollout as staged_rollout
+
+    state = staged_rollout.plan(loaded, backend, slot, before)
+    store = staged_rollout.store_for(backend)
+    store.write(state)
+    if detach:
+        pid = staged_rollout.detach(loaded.file, store)
+        progress(ProgressEvent(step="rollout", message=f"rollout continues in the background (pid {pid})"))
+        return {**state.summary(), "walker": pid}
+
+    def heard(event: dict[str, Any]) -> None:
+        if on_event is not None:
+            on_event(event)
+        else:
+            progress(ProgressEvent(step="rollout", message=str(event.get("message", event["event"]))))
+
+    return staged_rollout.walk(backend, state, on_event=heard).summary()
 
 
 def _allow_forced(backend: Backend) -> str:

@@ -43,7 +43,7 @@ def test_help_lists_every_command_and_nothing_unfinished(cli):
     from tdsp_deploy.cli import app
 
     # exactly these commands: nothing half-built is listed
-    assert sorted(typer.main.get_command(app).commands) == sorted([*COMMANDS, "ab"])
+    assert sorted(typer.main.get_command(app).commands) == sorted([*COMMANDS, "ab", "rollout"])
     ab = cli("ab", "--help")
     for command in AB_COMMANDS:
         assert command in ab.stdout

@@ -1,0 +1,199 @@
+"""`tdsp-deploy rollout status|pause|resume|abort|promote MANIFEST`: a staged rollout after
+`push` started it.
+
+Cheap to import (the CLI registers it at start-up): everything heavy loads inside the
+commands. A rollout whose walker is alive (a `push` still following it, or `push --detach`'s
+background process) is asked to pause, abort or promote through its state and acts at its
+next look; one whose walker died is acted on here, under the endpoint lock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tdsp_deploy.cli_options import DebugOption, JsonOption, LockTimeoutOption, ManifestArgument
+from tdsp_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Backend
+    from tdsp_deploy.output import Environment
+    from tdsp_deploy.rollout.state import RolloutState, RolloutStore
+
+rollout_app = typer.Typer(
+    help="Staged rollouts (rollout.steps): status, pause, resume, abort, promote.", no_args_is_help=True
+)
+
+JsonLinesOption = Annotated[
+    bool, typer.Option("--json-lines", help="Print each look and decision as one JSON line on stdout.")
+]
+
+
+def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Environment, Backend, RolloutStore]:
+    from tdsp_deploy import cli
+    from tdsp_deploy.rollout import store_for
+
+    env, _, backend, _ = cli._deployed(manifest, json_out, debug)
+    return env, backend, store_for(backend)
+
+
+def _current(store: RolloutStore) -> RolloutState:
+    state = store.read()
+    if state is None:
+        raise UsageError(
+            "this endpoint has no rollout",
+            hint="start one with `tdsp-deploy push` and rollout.steps in the manifest",
+        )
+    return state
+
+
+def event_printer(env: Environment, json_lines: bool):  # type: ignore[no-untyped-def]
+    """What a walker's events become: JSON lines on stdout, or one human line each on stderr
+    (rich styles on a terminal)."""
+
+    def show(event: dict[str, Any]) -> None:
+        if json_lines:
+            env.stdout.write(json.dumps(event, default=str, sort_keys=True) + "\n")
+            env.stdout.flush()
+            return
+        message = str(event.get("message", event["event"]))
+        style = None
+        if event["event"] == "check":
+            style = "red" if "BREACHED" in message else None
+        elif event["event"] in ("passed", "finished"):
+            style = "green" if event.get("status") == "promoted" or event["event"] == "passed" else "yellow"
+        env.say(f"  rollout: {message}", style=style)
+
+    return show
+
+
+def _show(env: Environment, state: RolloutState, *, json_lines: bool = False) -> None:
+    summary = state.summary()
+    if json_lines:
+        env.stdout.write(json.dumps({"event": "result", **summary}, default=str, sort_keys=True) + "\n")
+        env.stdout.flush()
+    elif env.json_mode:
+        env.emit_json(summary)
+    else:
+        from tdsp_deploy.rollout.report import status_lines
+
+        for line in status_lines(state):
+            env.say(line)
+
+
+@rollout_app.command()
+def status(
+    manifest: ManifestArgument,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write the rollout's HTML report there.", show_default=False),
+    ] = None,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Where the rollout is: its step, the last look at the guardrails, and how it ended."""
+    env, _, store = _context(manifest, json_out, debug)
+    state = _current(store)
+    if report is not None:
+        from tdsp_deploy.rollout.report import write_report
+
+        write_report(state, report)
+        if not env.json_mode:
+            env.say(f"report written to {report}")
+    _show(env, state)
+
+
+@rollout_app.command()
+def resume(
+    manifest: ManifestArgument,
+    json_lines: JsonLinesOption = False,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Continue a paused rollout, or one whose command was killed, from the step it was in."""
+    from tdsp_deploy.rollout import walk
+
+    env, backend, store = _context(manifest, json_out, debug)
+    with backend.lock(timeout=lock_timeout):
+        state = _current(store)
+        if state.finished:
+            raise UsageError(
+                f"the rollout of '{state.deployment}' has ended ({state.status})", hint="push a new version"
+            )
+        store.take_request()  # a request left for a walker that is gone is stale
+        state = walk(backend, state, on_event=event_printer(env, json_lines))
+    _show(env, state, json_lines=json_lines)
+
+
+def _ask(manifest: Path, request: str, json_out: bool, debug: bool, lock_timeout: float) -> None:
+    from tdsp_deploy.rollout.machine import Walker
+
+    env, backend, store = _context(manifest, json_out, debug)
+    state = _current(store)
+    if state.finished:
+        raise UsageError(f"the rollout of '{state.deployment}' has ended ({state.status})")
+    if state.walker_alive():
+        store.ask(request)
+        state = _wait_for_walker(store, state)
+    else:
+        with backend.lock(timeout=lock_timeout):
+            state = _current(store)
+            if not state.finished:
+                Walker(backend, store, source=None)._act_on(state, request)  # type: ignore[arg-type]
+    _show(env, state)
+
+
+def _wait_for_walker(store: RolloutStore, asked: RolloutState) -> RolloutState:
+    """The walker acts at its next look: wait for that (a few looks at most)."""
+    deadline = time.monotonic() + 3 * float(asked.guardrails.get("check_every", 10.0)) + 30
+    while time.monotonic() < deadline:
+        state = _current(store)
+        if state.status != asked.status or state.finished:
+            return state
+        time.sleep(0.2)
+    raise UsageError(
+        "the rollout's walker has not acted on the request yet",
+        hint="it acts at its next look; check with `tdsp-deploy rollout status`",
+    )
+
+
+@rollout_app.command()
+def pause(
+    manifest: ManifestArgument,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Stop moving traffic; the split stays as it is until `rollout resume`."""
+    _ask(manifest, "pause", json_out, debug, lock_timeout)
+
+
+@rollout_app.command()
+def abort(
+    manifest: ManifestArgument,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """End the rollout: traffic back to the split it started from (the control at 100%)."""
+    _ask(manifest, "abort", json_out, debug, lock_timeout)
+
+
+@rollout_app.command()
+def promote(
+    manifest: ManifestArgument,
+    lock_timeout: LockTimeoutOption = 600.0,
+    json_out: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """End the rollout now: the new deployment takes all the traffic."""
+    _ask(manifest, "promote", json_out, debug, lock_timeout)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rollout_app, name="rollout")
