@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 from echo_endpoint import belongs, body_for, read_answer, write_echo_manifest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(600)
@@ -231,8 +231,22 @@ def run_clients(endpoint: Endpoint, clients: list[ClientPlan], restart: bool) ->
         return [outcome for future in futures for outcome in future.result()]
 
 
+# A fixed heavy mix, with a slot killed in the middle of it, run first: the volume the issue
+# asks for (16 clients x 60 requests) on top of what hypothesis draws.
+HEAVY_MIX = [
+    ClientPlan(
+        mode,
+        tuple(Call(PADDING[(n + i) % len(PADDING)], ["", "wait", "eager"][(n * i) % 3]) for i in range(60)),
+    )
+    for n, mode in enumerate(
+        ["keepalive", "pipelined", "fresh", "keepalive", "pipelined", "keepalive", "fresh", "keepalive"] * 2
+    )
+]
+TALLY = {"requests": 0, "answered": 0}
+
+
 @settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     derandomize=True,  # the same mixes every run: a failure here is a bug, not bad luck
     suppress_health_check=[
@@ -242,29 +256,21 @@ def run_clients(endpoint: Endpoint, clients: list[ClientPlan], restart: bool) ->
     ],
 )
 @given(clients=st.lists(plans, min_size=1, max_size=8), restart=st.sampled_from([False] * 12 + [True]))
+@example(clients=HEAVY_MIX, restart=True)
 def test_every_answer_belongs_to_its_request(endpoint, clients, restart):
     outcomes = run_clients(endpoint, clients, restart)
     check(endpoint, outcomes)
-    assert any(o.status == 200 for o in outcomes) or endpoint.recently_restarted()
+    answered = sum(o.status == 200 for o in outcomes)
+    assert answered or endpoint.recently_restarted()
+    if clients is HEAVY_MIX:
+        assert len(outcomes) == 960 and answered > 0.8 * len(outcomes), answered
+    TALLY["requests"] += len(outcomes)
+    TALLY["answered"] += answered
 
 
-def test_thousands_of_mixed_requests_none_misdelivered(endpoint):
-    """A fixed heavy mix, with a slot killed in the middle of it: the volume the issue asks for."""
-    mix = [
-        ClientPlan(
-            mode,
-            tuple(
-                Call(PADDING[(n + i) % len(PADDING)], ["", "wait", "eager"][(n * i) % 3]) for i in range(60)
-            ),
-        )
-        for n, mode in enumerate(
-            ["keepalive", "pipelined", "fresh", "keepalive", "pipelined", "keepalive", "fresh", "keepalive"]
-            * 2
-        )
-    ]
-    started = time.monotonic()
-    outcomes = run_clients(endpoint, mix, restart=True)
-    check(endpoint, outcomes)
-    answered = [o for o in outcomes if o.status == 200]
-    assert len(outcomes) == 16 * 60 and len(answered) > 0.8 * len(outcomes), len(answered)
-    print(f"{len(outcomes)} requests, {len(answered)} answered 200, in {time.monotonic() - started:.1f} s")
+def test_the_property_ran_thousands_of_requests():
+    """Runs after the property test (file order): it drew the volume the issue asks for."""
+    if TALLY["requests"] == 0:
+        pytest.skip("the property test did not run in this session")
+    assert TALLY["requests"] >= 2000, TALLY
+    print(f"property test: {TALLY['requests']} requests, {TALLY['answered']} answered 200, none misdelivered")
