@@ -192,11 +192,12 @@ class ClientConnection(asyncio.Protocol):
         self.timer = self.loop.call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
-        if self.current is not None:  # a request began but never finished arriving
+        if self.lingering:  # the refused client had its time to read the refusal
+            if self.transport:
+                self.transport.close()
+        elif self.current is not None and not self.stopped:  # a request began, never finished arriving
             what = "request head" if self.in_head else "request"
             self._fail(408, f"{what} not received in time")
-        elif self.lingering and self.transport:
-            self.transport.close()
         elif self.task is None and not self.queue and self.transport:
             self.transport.close()  # idle keep-alive connection
 
