@@ -9,7 +9,7 @@ import time
 
 import pytest
 from echo_endpoint import read_answer
-from router_harness import ADMIN_KEY, KEY, routers_for_test, upstream_for_test, wait_for
+from router_harness import ADMIN_KEY, KEY, Upstream, routers_for_test, upstream_for_test, wait_for
 
 
 @pytest.fixture
@@ -210,3 +210,31 @@ def test_the_admin_key_does_not_score_and_the_scoring_key_does_not_administer(ma
     assert router.control("/-/resume", {"deployment": "blue"}, headers=scoring)[0] == 403
     assert router.get_json("/-/state")["draining"] == []
     assert router.get("/metrics")[0] == 200  # metrics take either key
+
+
+def test_requests_pipelined_after_a_connection_close_are_not_read(make_router, blue):
+    router = make_router({"blue": (blue.port, 100)})
+    with _open(router) as sock:
+        sock.sendall(
+            _head(b"/score", b"Connection: close", b"Content-Length: 3")
+            + b'"a"'
+            + _head(b"/score", b"Content-Length: 3")
+            + b'"b"'
+        )
+        status, headers, body, rest = read_answer(sock)
+        assert status == 200 and json.loads(body)["body"] == '"a"' and headers["connection"] == "close"
+        assert _closed(sock, rest)  # no answer (and no 400) for the one after it
+
+
+def test_a_bad_request_pipelined_behind_a_slow_one_is_refused_after_its_answer(make_router):
+    slow = Upstream("slow", delay=0.5)
+    try:
+        router = make_router({"slow": (slow.port, 100)})
+        with _open(router) as sock:
+            sock.sendall(_head(b"/score", b"Content-Length: 3") + b'"a"' + b"NOT HTTP\r\n\r\n")
+            status, _, body, rest = read_answer(sock)
+            assert status == 200 and json.loads(body)["body"] == '"a"'
+            status, _, _, rest = read_answer(sock, rest)
+            assert status == 400
+    finally:
+        slow.shutdown()

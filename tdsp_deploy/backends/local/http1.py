@@ -127,6 +127,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Request] = collections.deque()
         self.task: asyncio.Task[None] | None = None
         self.closing = False
+        self.stopped = False  # nothing more is read: the last request came, or a refusal waits its turn
+        self.deferred: tuple[int, str, list[tuple[bytes, bytes]] | None] | None = None
         self.lingering = 0  # bytes dropped after a refusal, +1
         self.timer: asyncio.TimerHandle | None = None
         self.writable = asyncio.Event()
@@ -167,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
             if self.lingering > LINGER_BYTES and self.transport:
                 self.transport.close()
             return
-        if self.closing:
+        if self.closing or self.stopped:
             return
         counted = self.in_head
         if counted:
@@ -177,9 +179,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            if not self.closing:
+            if not self.closing and not self.stopped:
                 self._fail(400, f"malformed HTTP request: {exc}")
-        if counted and self.in_head and self.head_bytes > admission.MAX_HEAD_BYTES and not self.closing:
+        if counted and self.in_head and self.head_bytes > admission.MAX_HEAD_BYTES and not self.stopped:
             # The head goes on and on (a target that does is a 414 already, see on_url): stop
             # here, before the parser buffers any more of it.
             self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
@@ -190,17 +192,25 @@ class ClientConnection(asyncio.Protocol):
         self.timer = self.loop.call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
-        if self.current is not None:  # a request began but never finished arriving
+        if self.lingering:  # the refused client had its time to read the refusal
+            if self.transport:
+                self.transport.close()
+        elif self.current is not None and not self.stopped:  # a request began, never finished arriving
             what = "request head" if self.in_head else "request"
             self._fail(408, f"{what} not received in time")
-        elif self.lingering and self.transport:
-            self.transport.close()
         elif self.task is None and not self.queue and self.transport:
             self.transport.close()  # idle keep-alive connection
 
     def _fail(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer an error the client caused, then close: the stream may be out of sync. What
-        the client still sends of its body is dropped for a moment, so it reads this answer."""
+        the client still sends of its body is dropped for a moment, so it reads this answer.
+        With earlier pipelined requests still to answer, it waits for them (see _next)."""
+        self.stopped = True
+        if self.task is not None or self.queue:
+            self.deferred = (status, message, headers)
+            if self.transport:
+                self.transport.pause_reading()
+            return
         self.closing = True
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -219,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.stopped:  # pipelined after a request that closes the connection: never read
+            raise Refused
         self.current = Request()
         self.body_size = 0
         self.router.connection_busy(self)
@@ -343,6 +355,10 @@ class ClientConnection(asyncio.Protocol):
             request.request_id = os.urandom(16).hex().encode()
         self.current = None
         self.queue.append(request)
+        if not request.keep_alive:  # the last one on this connection (RFC 9112 9.6)
+            self.stopped = True
+            if self.transport:
+                self.transport.pause_reading()
         if len(self.queue) > MAX_PIPELINED and self.transport:
             self.transport.pause_reading()
         if self.task is None:
@@ -360,6 +376,11 @@ class ClientConnection(asyncio.Protocol):
             self.task = None
             if self.closing:
                 return
+            if self.deferred is not None:  # a refusal that waited for the answers before it
+                status, message, headers = self.deferred
+                self.deferred = None
+                self._fail(status, message, headers)
+                return
             current = self.current
             if current is None:
                 self.router.connection_idle(self)
@@ -369,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(CONTINUE)
             return
         request = self.queue.popleft()
-        if self.transport and len(self.queue) <= MAX_PIPELINED // 2:
+        if self.transport and len(self.queue) <= MAX_PIPELINED // 2 and not self.stopped:
             self.transport.resume_reading()
         self.task = self.loop.create_task(self._serve(request))
 
