@@ -819,7 +819,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     token = _ENV.set(env)
     previous_sigterm = _sigterm_interrupts()
     try:
-        command = typer.main.get_command(app)
+        from tdsp_deploy.cli_build import click_command
+
+        command = click_command(app, args, "tdsp-deploy")
         with _streams(env):
             result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0

@@ -20,10 +20,12 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from tdsp_deploy.backends.base import ProgressEvent
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues
+
+if TYPE_CHECKING:  # not at run time: every command starts here, and the backends import pydantic
+    from tdsp_deploy.backends.base import ProgressEvent
 
 
 @dataclasses.dataclass
