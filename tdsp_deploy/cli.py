@@ -107,7 +107,9 @@ def _load(
     models, warnings = registry.target_models(only=_target_kind_of(path))
     for warning in warnings:
         env.say(f"warning: {warning}", style="yellow")
-    return load_manifest(path, targets=models, environ=environ)
+    loaded = load_manifest(path, targets=models, environ=environ)
+    env.add_secrets(loaded.secrets)  # from here on, nothing printed shows them
+    return loaded
 
 
 def _target_kind_of(path: Path) -> str | None:
@@ -374,6 +376,7 @@ def render(
     """Write, offline, exactly what a push would send or start: reviewable in a pull request."""
     from tdsp_deploy import paths
     from tdsp_deploy.packaging import build_package
+    from tdsp_deploy.secrets import redact_files
 
     env = _env(json_out, debug)
     loaded = _load_checked(manifest, env)
@@ -384,6 +387,7 @@ def render(
         lock_path = output / "package.json"
         lock_path.write_text(json.dumps(built.lock.to_json(), indent=2, sort_keys=True) + "\n")
         files = [lock_path, *backend.render(built, output)]
+        redact_files(files, loaded.secrets)
     from tdsp_deploy import ci_summary
 
     summary_to = ci_summary.summary_target(summary, ci, env.environ)
@@ -841,7 +845,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     token = _ENV.set(env)
     previous_sigterm = _sigterm_interrupts()
     try:
-        command = typer.main.get_command(app)
+        from tdsp_deploy.cli_build import click_command
+
+        command = click_command(app, args, "tdsp-deploy")
         with _streams(env):
             result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
@@ -863,7 +869,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         return _render_error(env, _interrupted())
     except Exception as exc:  # the last line of defence: no traceback unless asked
         if env.debug:
-            traceback.print_exc(file=env.stderr)
+            env.write_error_text(traceback.format_exc())
         error = TdspError(
             f"unexpected error: {type(exc).__name__}: {exc}",
             hint="rerun with --debug for the traceback, and report it if it looks like a bug",
@@ -906,7 +912,7 @@ def _interrupted() -> TdspError:
 
 def _render_error(env: Environment, error: TdspError) -> int:
     if env.debug and error.__cause__ is not None:
-        traceback.print_exception(error, file=env.stderr)
+        env.write_error_text("".join(traceback.format_exception(error)))
     if env.json_mode:
         env.emit_json(error.to_json())
     else:

@@ -8,6 +8,8 @@ tests hand in their own to run the real CLI in-process.
 - Human output: data the user asked for (a response, a schema, keys) on stdout; tables,
   messages and progress on stderr.
 - No colour and no spinner when stderr is not a terminal or NO_COLOR is set.
+- Nothing written shows a secret: once a manifest is loaded, the values it took from the
+  environment (``secrets``) are replaced by a marker in every message, document and error.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from tdsp_deploy.backends.base import ProgressEvent
+from tdsp_deploy.secrets import NO_SECRETS, SecretValues
+
+if TYPE_CHECKING:  # not at run time: every command starts here, and the backends import pydantic
+    from tdsp_deploy.backends.base import ProgressEvent
 
 
 @dataclasses.dataclass
@@ -32,6 +37,13 @@ class Environment:
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: os.environ)
     json_mode: bool = False
     debug: bool = False
+    secrets: SecretValues = NO_SECRETS
+
+    def add_secrets(self, secrets: SecretValues) -> None:
+        self.secrets = self.secrets.union(secrets)
+
+    def redact(self, text: str) -> str:
+        return self.secrets.text(text)
 
     @property
     def colors(self) -> bool:
@@ -46,7 +58,7 @@ class Environment:
         from rich.console import Console
 
         return Console(
-            file=self.stderr,
+            file=_Redacting(self.stderr, self.secrets) if self.secrets else self.stderr,
             force_terminal=self.colors,
             no_color=not self.colors,
             highlight=False,
@@ -58,21 +70,30 @@ class Environment:
 
     # -- writing ---------------------------------------------------------------------------
     def emit_json(self, document: Any) -> None:
+        if self.secrets:  # strings are redacted, not the JSON text: it stays valid JSON
+            document = self.secrets.data(json.loads(json.dumps(document, default=str)))
         self.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         self.stdout.flush()
 
     def write_data(self, text: str) -> None:
         """Data the user asked for, to stdout (pipeable)."""
+        text = self.redact(text)
         self.stdout.write(text if text.endswith("\n") else text + "\n")
         self.stdout.flush()
 
     def say(self, message: str, *, style: str | None = None) -> None:
         """A human message, to stderr."""
+        message = self.redact(message)
         if self.colors and style:
             self.console().print(message, style=style, markup=False)
         else:
             self.stderr.write(message + "\n")
             self.stderr.flush()
+
+    def write_error_text(self, text: str) -> None:
+        """Text for stderr that did not come from us (a traceback with --debug), redacted."""
+        self.stderr.write(self.redact(text))
+        self.stderr.flush()
 
     def progress(self) -> ProgressDisplay:
         return ProgressDisplay(self)
@@ -100,7 +121,7 @@ class ProgressDisplay:
             self._status = None
 
     def __call__(self, event: ProgressEvent) -> None:
-        text = f"{event.step}: {event.message}"
+        text = self.env.redact(f"{event.step}: {event.message}")
         if event.done is not None and event.total:
             text += f" ({event.done}/{event.total})"
         if event.elapsed is not None and event.timeout:
@@ -121,6 +142,20 @@ class ProgressDisplay:
         self._last_tick = now
         self.env.stderr.write(f"  {text}\n")
         self.env.stderr.flush()
+
+
+class _Redacting:
+    """A text stream that takes secrets out of what rich writes to it (a table, a status)."""
+
+    def __init__(self, stream: IO[str], secrets: SecretValues):
+        self._stream = stream
+        self._secrets = secrets
+
+    def write(self, text: str) -> int:
+        return self._stream.write(self._secrets.text(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the stream's
+        return getattr(self._stream, name)
 
 
 def _isatty(stream: Any) -> bool:

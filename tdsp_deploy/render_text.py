@@ -134,24 +134,27 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
 
 
 def error(env: Environment, failure: TdspError) -> None:
+    """The error, its rollback steps, log tail and hint, with the manifest's secrets redacted
+    (an error may quote a value, a connection string, or a log line that holds one)."""
     stream = env.stderr
+    redact = env.redact
     label = "error"
     if env.colors:
         console = env.console()
         console.print(f"[bold red]{label}:[/] ", end="")
-        console.print(failure.format_message(), markup=False, highlight=False)
+        console.print(redact(failure.format_message()), markup=False, highlight=False)
     else:
-        stream.write(f"{label}: {failure.format_message()}\n")
+        stream.write(f"{label}: {redact(failure.format_message())}\n")
     details = failure.details
     for step in details.get("rollback", []):
-        stream.write(f"  rollback: {step}\n")
+        stream.write(f"  rollback: {redact(str(step))}\n")
     tail = details.get("log_tail")
     if tail:
         stream.write("  last lines of the deployment's log:\n")
-        for line in str(tail).splitlines()[-30:]:
+        for line in redact(str(tail)).splitlines()[-30:]:
             stream.write(f"    | {line}\n")
     if failure.hint:
-        stream.write(f"  hint: {failure.hint}\n")
+        stream.write(f"  hint: {redact(failure.hint)}\n")
     stream.flush()
 
 

@@ -4,34 +4,53 @@ Built-in targets register there too (pyproject.toml), so a third-party backend t
 the path ours do. A backend module is imported only when a command needs its kind; its
 platform SDK only when it acts. A plugin that fails to import is reported as a warning and
 the other targets keep working; using it is an error with exit code 7.
+
+The group is read through ``entry_point_cache`` (kept per state of the environment), so a
+start does not read every installed distribution's metadata; a plugin that fails to load from
+a cached listing makes the registry read the environment again before it gives up.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import importlib.util
 
 from pydantic import BaseModel
 
+from tdsp_deploy import entry_point_cache
 from tdsp_deploy.backends.base import Backend
+from tdsp_deploy.entry_point_cache import PluginRef
 from tdsp_deploy.errors import PluginError
 
 GROUP = "tdsp_deploy.backends"
+# Read together: ours, and pydantic's plugins (which pydantic would otherwise look for itself).
+GROUPS = (GROUP, entry_point_cache.PYDANTIC_GROUP)
 
 
 @dataclasses.dataclass
 class Registry:
-    entry_points: dict[str, importlib.metadata.EntryPoint]
+    entry_points: dict[str, PluginRef]
     loaded: dict[str, type[Backend]] = dataclasses.field(default_factory=dict)
     broken: dict[str, str] = dataclasses.field(default_factory=dict)
+    from_cache: bool = False
 
     @classmethod
-    def discover(cls) -> Registry:
-        found: dict[str, importlib.metadata.EntryPoint] = {}
-        for entry_point in importlib.metadata.entry_points(group=GROUP):
+    def discover(cls, *, refresh: bool = False) -> Registry:
+        refs, from_cache = entry_point_cache.entry_points(GROUP, GROUPS, refresh=refresh)
+        entry_point_cache.skip_pydantic_plugin_scan(GROUPS)
+        found: dict[str, PluginRef] = {}
+        for entry_point in refs:
             found.setdefault(entry_point.name, entry_point)  # first on sys.path wins
-        return cls(found)
+        return cls(found, from_cache=from_cache)
+
+    def _reread(self) -> bool:
+        """After an entry point from a cached listing failed to load: read the environment
+        again (the listing may be stale). False when the listing was fresh already."""
+        if not self.from_cache:
+            return False
+        fresh = Registry.discover(refresh=True)
+        self.entry_points, self.from_cache = fresh.entry_points, False
+        return True
 
     @property
     def kinds(self) -> list[str]:
@@ -51,6 +70,8 @@ class Registry:
         try:
             backend = entry_point.load()
         except Exception as exc:  # a plugin's import error must not take the CLI down
+            if self._reread() and self.entry_points.get(kind) != entry_point:
+                return self.backend_class(kind)  # the cached listing was stale
             self.broken[kind] = f"{type(exc).__name__}: {exc}"
             raise PluginError(
                 f"the backend for target kind '{kind}' ({entry_point.value}) failed to load: {exc}",

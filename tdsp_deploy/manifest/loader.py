@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem
+from tdsp_deploy.secrets import NO_SECRETS, SECRET_SOURCE_KEYS, SecretValues
 from tdsp_deploy.manifest.model import (
     DEPLOYMENT_NAME,
     ENDPOINT_NAME,
@@ -62,6 +63,8 @@ class LoadedManifest:
     raw: dict[str, Any]  # the mapping that was validated: after interpolation and defaults
     lines: dict[FieldPath, int]  # field path -> 1-based line; () is the top-level mapping
     shown_as: str = ""  # the path as the user gave it, for messages
+    # Values taken from the environment (``${VAR}``, ``password_env``): never to be shown.
+    secrets: SecretValues = NO_SECRETS
 
     def line_of(self, path: FieldPath) -> int | None:
         """The line of ``path`` in the file, or of its nearest parent that is written there."""
@@ -87,7 +90,10 @@ def load_manifest(
     raw = tree.parse(text)
     # Problems found so far do not stop us: validation still runs, so that one report lists
     # everything (values that could not be read are left out of it, see `tree.failed`).
-    substituted = _interpolate_tree(raw, os.environ if environ is None else environ, tree)
+    environ = os.environ if environ is None else environ
+    taken: set[str] = set()
+    substituted = _interpolate_tree(raw, environ, tree, taken)
+    secrets = SecretValues(taken | _secret_sources(raw, environ))
     _default_target_kind(raw)
     _columns_from_mlflow_signature(raw, file.parent)
     cls = manifest_class(targets)
@@ -96,16 +102,38 @@ def load_manifest(
         manifest = cls.model_validate(raw, context={"base_dir": file.parent})
     except ValidationError as exc:
         problems += _validation_problems(exc, cls, raw, tree.lines, shown, substituted, tree.failed)
-        raise _error(problems, hint=_SCHEMA_HINT) from None
+        raise _error(problems, hint=_SCHEMA_HINT, secrets=secrets) from None
     except Exception as exc:  # a target schema from a plugin may raise anything: keep the contract
         problems.append(ManifestProblem(shown, None, None, f"could not be validated: {exc!r}"))
-        raise _error(problems, hint="this is a bug in a target's schema; report it") from exc
+        hint = "this is a bug in a target's schema; report it"
+        raise _error(problems, hint=hint, secrets=secrets) from exc
     if problems:
-        raise _error(problems)
-    return LoadedManifest(manifest, file, file.parent, raw, tree.lines, shown)
+        raise _error(problems, secrets=secrets)
+    manifest.secret_values = secrets  # for the backends, which get the manifest alone
+    return LoadedManifest(manifest, file, file.parent, raw, tree.lines, shown, secrets)
 
 
-def _error(problems: list[ManifestProblem], hint: str | None = None) -> ManifestError:
+def _secret_sources(raw: Any, environ: Mapping[str, str]) -> set[str]:
+    """The values of the environment variables that fields such as ``password_env`` name."""
+    found: set[str] = set()
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key in SECRET_SOURCE_KEYS and isinstance(value, str) and environ.get(value):
+                found.add(environ[value])
+            else:
+                found |= _secret_sources(value, environ)
+    elif isinstance(raw, list):
+        for item in raw:
+            found |= _secret_sources(item, environ)
+    return found
+
+
+def _error(
+    problems: list[ManifestProblem], hint: str | None = None, secrets: SecretValues = NO_SECRETS
+) -> ManifestError:
+    # A message may repeat a value (a path that does not exist, an exception's text) that a
+    # variable supplied: it is shown with the marker in its place.
+    problems = [ManifestProblem(p.file, p.line, p.field, secrets.text(p.message)) for p in problems]
     unique = {(p.line, p.field, p.message): p for p in problems}
     ordered = sorted(unique.values(), key=lambda p: (p.line or 0, p.field or "", p.message))
     return ManifestError(ordered, hint=hint)
@@ -344,9 +372,12 @@ _REFERENCE = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 
 
-def _interpolate_tree(raw: dict[str, Any], environ: Mapping[str, str], tree: _Tree) -> set[FieldPath]:
+def _interpolate_tree(
+    raw: dict[str, Any], environ: Mapping[str, str], tree: _Tree, taken: set[str]
+) -> set[FieldPath]:
     """Substitute references in place, report bad ones to ``tree``; return the paths that took
-    a variable's value (such values may be secrets: messages must not repeat them)."""
+    a variable's value (such values may be secrets: messages must not repeat them), and add
+    the values taken to ``taken``."""
     substituted: set[FieldPath] = set()
 
     def visit(container: dict[str, Any] | list[Any], path: FieldPath) -> None:
@@ -356,7 +387,7 @@ def _interpolate_tree(raw: dict[str, Any], environ: Mapping[str, str], tree: _Tr
             if isinstance(value, (dict, list)):
                 visit(value, here)
             elif isinstance(value, str) and "${" in value:
-                new, errors, took = _interpolate(value, environ)
+                new, errors, took = _interpolate(value, environ, taken)
                 for message in errors:
                     tree.problem(here, _line_of(here, tree.lines), message)
                 if not errors:
@@ -368,8 +399,9 @@ def _interpolate_tree(raw: dict[str, Any], environ: Mapping[str, str], tree: _Tr
     return substituted
 
 
-def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str], bool]:
-    """(text with references replaced, problems, whether any variable was substituted)."""
+def _interpolate(text: str, environ: Mapping[str, str], taken: set[str]) -> tuple[str, list[str], bool]:
+    """(text with references replaced, problems, whether any variable was substituted); the
+    variables' values are added to ``taken``."""
     errors: list[str] = []
     took = False
 
@@ -393,6 +425,7 @@ def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str],
             errors.append(f"undefined variable '{name}'; set it, or give a default: ${{{name}:-value}}")
             return match.group(0)
         took = True
+        taken.add(value)
         return value
 
     return _REFERENCE.sub(replace, text), errors, took

@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     WithJsonSchema,
     create_model,
@@ -29,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from tdsp_deploy.secrets import NO_SECRETS, SecretValues
 
 ENDPOINT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"  # Azure: 3-32, letter first, no hyphen last
 DEPLOYMENT_NAME = r"^[a-z](?:[a-z0-9-]{1,30}[a-z0-9])$"
@@ -496,6 +499,9 @@ class ManifestBase(Strict):
     smoke_test: SmokeTestSection | None = None
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     ab: ABSection | None = Field(default=None, description="A/B experiment settings (tdsp-deploy ab ...).")
+    # Set by the loader: the values taken from the environment, which renders and messages
+    # replace by a marker (tdsp_deploy.secrets). Not a field: never validated nor dumped.
+    _secret_values: SecretValues = PrivateAttr(default=NO_SECRETS)
 
     @field_validator("scoring")
     @classmethod
@@ -513,6 +519,14 @@ class ManifestBase(Strict):
     @property
     def model_name(self) -> str:
         return self.model.name or self.name
+
+    @property
+    def secret_values(self) -> SecretValues:
+        return self._secret_values
+
+    @secret_values.setter
+    def secret_values(self, secrets: SecretValues) -> None:
+        self._secret_values = secrets
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,7 +27,7 @@ from tdsp_deploy.backends.azureml.entities import (
 )
 from tdsp_deploy.errors import BackendError
 from tdsp_deploy.packaging.lock import LOCK_NAME
-from tdsp_deploy.secrets import redact_variables
+from tdsp_deploy.secrets import NO_SECRETS, SecretValues, redact_variables
 
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
@@ -84,7 +84,10 @@ def render_yaml(
     endpoint_file = out_dir / ENDPOINT_FILE
     deployment_file = out_dir / DEPLOYMENT_FILE
     _write(endpoint_file, _endpoint_yaml(endpoint))
-    _write(deployment_file, _deployment_yaml(deployment, model, environment, conda_file, out_dir))
+    deployment_text = _deployment_yaml(
+        deployment, model, environment, conda_file, out_dir, secrets=manifest.secret_values
+    )
+    _write(deployment_file, deployment_text)
     _read_back(endpoint_file, deployment_file)
     return [endpoint_file, deployment_file, *written]
 
@@ -105,7 +108,13 @@ def _endpoint_yaml(endpoint: Any) -> str:
 
 
 def _deployment_yaml(
-    deployment: Any, model: Any, environment: Any, conda_file: Path | None, base: Path
+    deployment: Any,
+    model: Any,
+    environment: Any,
+    conda_file: Path | None,
+    base: Path,
+    *,
+    secrets: SecretValues = NO_SECRETS,
 ) -> str:
     code = deployment.code_configuration
     doc: dict[str, Any] = {
@@ -134,8 +143,8 @@ def _deployment_yaml(
     if model.tags:
         doc["model"]["tags"] = dict(model.tags)
     if deployment.environment_variables:
-        # for review: the values of secret-looking variables are not written out
-        doc["environment_variables"] = redact_variables(deployment.environment_variables)
+        # for review: values from the environment and of secret-looking names are not written out
+        doc["environment_variables"] = redact_variables(deployment.environment_variables, secrets)
     doc["instance_type"] = deployment.instance_type
     doc["instance_count"] = deployment.instance_count
     doc["request_settings"] = _settings(deployment.request_settings)

@@ -499,7 +499,7 @@ class LocalBackend(Backend):
                 "bind": "127.0.0.1 (loopback only; the router is the only door)",
                 "workers": self.target.workers,
                 "environment": {
-                    **redact_variables(self.manifest.environment.variables),
+                    **redact_variables(self.manifest.environment.variables, self.manifest.secret_values),
                     "AZUREML_MODEL_DIR": str(state / "slots" / slot / "rN" / "package" / "model"),
                 },
                 "startup_timeout_s": self.target.startup_timeout,
