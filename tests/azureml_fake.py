@@ -89,7 +89,7 @@ def refuse(status: int, code: str, message: str, doing: Doing) -> TdspError:
 
 # -- long-running operations -----------------------------------------------------------------
 class FakeOperation:
-    """An LROPoller that ends after ``polls`` calls of ``result`` (or never)."""
+    """An LROPoller that ends after ``polls`` calls of ``wait`` (or never)."""
 
     def __init__(
         self,
@@ -109,26 +109,33 @@ class FakeOperation:
         self.polls = 0
 
     def result(self, timeout: float | None = None) -> Any:
+        # an LROPoller asked for its result before it is done parses the operation's status
+        # document as the resource: the caller must wait first
+        assert self._done, "result() of an operation that is not done"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def wait(self, timeout: float | None = None) -> None:
         if self._done:
             if self._error is not None:
                 raise self._error
-            return self._value
+            return
         self.polls += 1
         if self._on_poll is not None:
             self._on_poll()
         if self._never:
             time.sleep(min(timeout or 0.0, 0.01))
-            return None
+            return
         self._left -= 1
         if self._left > 0:
-            return None
+            return
         self._done = True
         try:
             self._value = self._finish()
         except TdspError as error:
             self._error = error
             raise
-        return self._value
 
     def done(self) -> bool:
         return self._done
@@ -458,7 +465,7 @@ class FakeAzureML:
         operation = self._operations.get(resource)
         if operation is not None and not operation.done():
             with contextlib.suppress(TdspError):
-                operation.result(timeout=0)
+                operation.wait(timeout=0)
 
     def _endpoint(self, name: str, doing: Doing) -> dict[str, Any]:
         record = self.endpoints.get(name)

@@ -617,9 +617,11 @@ def test_fake_refuses_a_deployment_on_an_endpoint_that_does_not_exist(fake, proj
 
 def test_fake_operations_take_n_polls(fake):
     operation = fake.begin_create_endpoint(_endpoint_entity())
-    assert operation.result(timeout=0) is None and not operation.done()
-    assert operation.result(timeout=0) is None and not operation.done()
-    operation.result(timeout=0)
+    operation.wait(timeout=0)
+    assert not operation.done()
+    operation.wait(timeout=0)
+    assert not operation.done()
+    operation.wait(timeout=0)
     assert operation.done() and operation.status() == "Succeeded" and operation.polls == 3
     assert fake.get_endpoint(NAME).provisioning_state == "Succeeded"
 
@@ -767,7 +769,7 @@ def test_client_set_traffic_is_read_modify_write(capsys):
     client = AzureMLClient(recorder)
 
     operation = client.set_traffic(NAME, {"blue": 0, "green": 100}, {})
-    operation.result()
+    operation.wait()
 
     (written,) = recorder.written
     assert written is endpoint  # the entity read, written back whole

@@ -185,6 +185,7 @@ class AzureMLBackend(Backend):
         ``wait_healthy`` waits for it."""
         from tdsp_deploy.backends.azureml import entities
         from tdsp_deploy.backends.azureml.client import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
+        from tdsp_deploy.backends.azureml.upload import code_for_upload
 
         lock = package.lock
         package_dir = self._unpacked(package)
@@ -213,7 +214,7 @@ class AzureMLBackend(Backend):
             slot,
             model=registered_model,
             environment=registered_environment,
-            code_dir=None if no_code else package_dir / "code",
+            code_dir=None if no_code else code_for_upload(self.manifest, package_dir),
             scoring_script=None if no_code else lock.scoring_script_name,
             extra_tags={
                 PACKAGE_TAG: package.package_id,

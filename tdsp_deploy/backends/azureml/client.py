@@ -93,7 +93,13 @@ class DeploymentInfo:
 
 
 class Operation(Protocol):
-    """A long-running operation: azure-core's ``LROPoller`` surface, or a fake's."""
+    """A long-running operation: azure-core's ``LROPoller`` surface, or a fake's.
+
+    ``wait`` blocks at most ``timeout`` seconds (raising the error the operation ended with);
+    ``result`` is asked for only once ``done()``: on an unfinished ``LROPoller`` it would
+    parse the latest operation-status document as if it were the resource."""
+
+    def wait(self, timeout: float | None = None) -> None: ...
 
     def result(self, timeout: float | None = None) -> Any: ...
 
@@ -289,9 +295,9 @@ def wait_for(
     deadline = started + timeout
     while True:
         remaining = deadline - time.monotonic()
-        result = operation.result(timeout=max(0.0, min(poll_interval, remaining)))
+        operation.wait(timeout=max(0.0, min(poll_interval, remaining)))
         if operation.done():
-            return result
+            return operation.result()
         elapsed = time.monotonic() - started
         if elapsed >= timeout:
             pending = _safely(still_provisioning) if still_provisioning else []
@@ -327,6 +333,10 @@ class PendingOperation:
         self.doing = doing
         self._quiet = quiet
 
+    def wait(self, timeout: float | None = None) -> None:
+        with _translated(self.doing), self._quiet():
+            self._poller.wait(timeout=timeout)
+
     def result(self, timeout: float | None = None) -> Any:
         with _translated(self.doing), self._quiet():
             return self._poller.result(timeout=timeout)
@@ -351,13 +361,15 @@ class StatePoller:
         self._state: str | None = None
         self._pause = pause
 
-    def result(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None) -> None:
         self._state = self._fetch()
         state = (self._state or "").lower()
         if state in ("failed", "canceled", "cancelled"):
             raise self._failure(self._state or "Failed")
         if state not in TERMINAL_STATES:
             time.sleep(min(self._pause, timeout or 0.0))
+
+    def result(self, timeout: float | None = None) -> Any:
         return None
 
     def done(self) -> bool:
@@ -377,10 +389,20 @@ class AzureMLClient:
         self.poll_interval = poll_interval
 
     @classmethod
-    def connect(cls, target: AzureMLTarget) -> AzureMLClient:
+    def connect(
+        cls,
+        target: AzureMLTarget,
+        *,
+        credential: Any = None,
+        poll_interval: float = 5.0,
+        **client_options: Any,
+    ) -> AzureMLClient:
         """An MLClient for the target's workspace, signed in with DefaultAzureCredential
-        (az login, environment variables, managed identity, ...). Nothing is sent yet: a
-        missing sign-in shows on the first call, translated."""
+        (az login, environment variables, managed identity, ...) unless ``credential`` is
+        given. Nothing is sent yet: a missing sign-in shows on the first call, translated.
+
+        ``client_options`` go to MLClient and from there to azure-core's pipeline (e.g.
+        ``transport``, ``polling_interval``, ``retry_total``)."""
         import logging
 
         # DefaultAzureCredential logs its whole chain of failures as a warning; the same text
@@ -394,13 +416,14 @@ class AzureMLClient:
             from azure.identity import DefaultAzureCredential
 
             ml_client = MLClient(
-                DefaultAzureCredential(),
+                credential if credential is not None else DefaultAzureCredential(),
                 subscription_id=target.subscription_id,
                 resource_group_name=target.resource_group,
                 workspace_name=target.workspace,
                 show_progress=False,
+                **client_options,
             )
-        return cls(ml_client, workspace=target.workspace)
+        return cls(ml_client, workspace=target.workspace, poll_interval=poll_interval)
 
     # -- endpoints -------------------------------------------------------------------------
     def get_endpoint(self, name: str) -> EndpointInfo:

@@ -1,0 +1,136 @@
+"""The way from azure-ai-ml's blob uploads to Azurite.
+
+azure-ai-ml builds the workspace storage's address itself, from the datastore's account name
+and the cloud's storage suffix (``https://<account>.blob.core.windows.net``), and hands it to
+azure-storage-blob with no way to pass a transport. So the real blob client is left as it is
+and reaches Azurite the way a client behind a corporate proxy reaches Azure: through
+``HTTPS_PROXY``. This loopback proxy answers ``CONNECT <account>.blob.core.windows.net:443``,
+ends TLS with a certificate made for that name (the client trusts it through
+``REQUESTS_CA_BUNDLE``), and relays the plain bytes to Azurite, which takes the production-
+style ``Host`` header and finds the account in it. Nothing above the socket is changed: the
+requests, their Shared Key signatures and Azurite's answers are the real ones.
+
+Any other host is refused (the test would otherwise reach the internet).
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+STORAGE_SUFFIX = "blob.core.windows.net"
+
+
+def make_certificate(folder: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for ``host``, written into ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "storage-cert.pem", folder / "storage-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+class StorageProxy:
+    """``CONNECT``-only proxy on loopback: ``<account>.blob.core.windows.net:443`` -> Azurite."""
+
+    def __init__(self, folder: Path, account: str, azurite_port: int):
+        self.host = f"{account}.{STORAGE_SUFFIX}"
+        self.azurite_port = azurite_port
+        self.cert_path, key_path = make_certificate(folder, self.host)
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(self.cert_path, key_path)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.refused: list[str] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            method, target, _ = request_line.split(" ", 2)
+            if method != "CONNECT" or target != f"{self.host}:443":
+                self.refused.append(request_line)
+                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            secure = self._tls.wrap_socket(client, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.azurite_port))
+            _relay(secure, upstream)
+        except (OSError, ValueError, ssl.SSLError):
+            pass
+        finally:
+            client.close()
+
+
+def _relay(secure: ssl.SSLSocket, upstream: socket.socket) -> None:
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (sink, source):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    back = threading.Thread(target=pump, args=(upstream, secure), daemon=True)
+    back.start()
+    pump(secure, upstream)
+    back.join(timeout=30)
+    upstream.close()

@@ -1,0 +1,213 @@
+"""The azureml backend through the real azure-ai-ml ``MLClient``, against an Azure Resource
+Manager emulator at the HTTP transport (tests/arm/) that answers as Azure's recorded traffic
+does; blob uploads go to Azurite through azure-storage-blob; the scoring URI is a loopback
+front end reading the emulated workspace's keys and traffic. Nothing above the transport is
+patched: the SDK's requests, retries, polling and deserialisation are its own."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
+from arm.transport import Reply
+from arm.workspace import arm_error
+from azurite import azurite_blob
+from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
+
+from tdsp_deploy.backends.azureml import AzureMLBackend
+from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode, TdspError
+from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
+from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
+
+pytestmark = pytest.mark.skipif(azurite_blob() is None, reason="Azurite (npm azurite) is not installed")
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
+    with emulated_storage(tmp_path_factory.mktemp("storage")) as started:
+        yield started
+
+
+@pytest.fixture
+def azure(storage: Storage) -> Iterator[EmulatedAzure]:
+    with emulated_azure(storage, json.dumps(EXPECTED).encode()) as emulated:
+        yield emulated
+        # a request the emulator did not know is a guess about Azure's API
+        assert emulated.workspace.unknown == []
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def backend_for(manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any) -> AzureMLBackend:
+    loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
+    progress = events.append if events is not None else (lambda event: None)
+    client = azure.client(loaded.manifest.target, **options)
+    return AzureMLBackend(loaded.manifest, progress=progress, client=client)
+
+
+def run_push(manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any) -> PushResult:
+    loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
+    return push(loaded, backend_for(manifest, azure, events), **options)
+
+
+def push_fails(manifest: Path, azure: EmulatedAzure, events: list | None = None) -> TdspError:
+    with pytest.raises(TdspError) as caught:
+        run_push(manifest, azure, events)
+    return caught.value
+
+
+def writes(azure: EmulatedAzure) -> list[str]:
+    """The requests that change something, in order, as 'METHOD path-below-the-workspace'."""
+    base = azure.workspace.base
+    return [f"{s.method} {s.path[len(base):]}" for s in azure.workspace.sent if s.method != "GET"]
+
+
+def live(azure: EmulatedAzure) -> tuple[dict[str, int], dict[str, int]]:
+    props = azure.workspace.endpoints[NAME]["properties"]
+    return (
+        {k: v for k, v in props["traffic"].items() if v},
+        {k: v for k, v in props["mirrorTraffic"].items() if v},
+    )
+
+
+# -- push ------------------------------------------------------------------------------------
+def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, project):
+    result = run_push(project, azure)
+
+    assert result.deployment == "blue" and result.traffic == {"blue": 100}
+    assert result.smoke is not None and result.smoke.passed
+    assert result.scoring_uri == f"{azure.front.base_url}/{NAME}/score"
+    normal = [
+        re.sub(r"(/environments/[^/]+/versions/)[0-9a-f]+", r"\1<v>", re.sub(r"/codes/[0-9a-f-]{36}/", "/codes/<id>/", w))
+        for w in writes(azure)
+    ]
+    assert normal == [
+        f"PUT /onlineEndpoints/{NAME}",  # without traffic: Azure refuses it at creation
+        "POST /datastores/workspaceblobstore/listSecrets",
+        f"PUT /models/iris-classifier/versions/{result.model_version}",
+        f"PUT /environments/{NAME}-env/versions/<v>",
+        "POST /codes/<id>/versions/1/startPendingUpload",
+        "PUT /codes/<id>/versions/1",
+        f"PUT /onlineEndpoints/{NAME}/deployments/blue",
+        f"POST /onlineEndpoints/{NAME}/listKeys",  # the smoke test's key
+        f"PUT /onlineEndpoints/{NAME}",  # traffic, after the smoke test
+    ]
+    # every operation was followed on its Azure-AsyncOperation URL until it succeeded
+    assert all(op.status == "Succeeded" for op in azure.workspace.operations.values())
+    assert len(azure.workspace.operations) == 3
+    assert live(azure) == ({"blue": 100}, {})
+    # the smoke requests were pinned to the new deployment before it took traffic
+    assert azure.front.requests and all(r["pinned"] and r["deployment"] == "blue" for r in azure.front.requests)
+    # the model went to the workspace's datastore (Azurite), under LocalUpload/<hash>/
+    assert any(b.endswith("/model/weights.json") and "/LocalUpload/" in b for b in azure.blobs())
+
+
+def test_the_code_upload_holds_the_scoring_code_only(azure, project):
+    run_push(project, azure)
+
+    (container,) = azure.workspace.upload_containers  # startPendingUpload's temporary container
+    code = sorted(b.split("/", 2)[2] for b in azure.blobs() if b.startswith(container + "/"))
+    assert code == ["requirements.txt", "score.py"]  # not deploy.yaml, not the smoke-test files
+
+
+def test_same_push_again_sends_no_write(azure, project):
+    run_push(project, azure)
+    before = len(writes(azure))
+    again = run_push(project, azure)
+    assert again.unchanged is True
+    assert len(writes(azure)) == before
+
+
+def test_canary_second_push_keeps_blues_share(azure, project):
+    first = run_push(project, azure)
+    new_model(project, '{"w": [4, 5, 6]}')
+    edit(project, rollout={"traffic": 10})
+
+    result = run_push(project, azure)
+
+    assert result.deployment == "green" and result.model_version != first.model_version
+    assert live(azure) == ({"blue": 90, "green": 10}, {})
+    status = backend_for(project, azure).status()
+    assert {s.name: (s.state, s.traffic) for s in status.slots} == {"blue": ("healthy", 90), "green": ("healthy", 10)}
+
+
+def test_mirror_push_shadows_the_new_deployment(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [7]}')
+    edit(project, rollout={"traffic": 0, "mirror": 20})
+
+    run_push(project, azure)
+
+    assert live(azure) == ({"blue": 100}, {"green": 20})
+
+
+def test_traffic_change_and_rollback_to_the_previous_split(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [8]}')
+    edit(project, rollout={"traffic": 0})
+    run_push(project, azure)
+    backend = backend_for(project, azure)
+
+    change_traffic(backend, backend.status(), TrafficSplit({"blue": 50, "green": 50}, {}), "traffic")
+    assert live(azure)[0] == {"blue": 50, "green": 50}
+
+    # what `tdsp-deploy rollback` does
+    previous = TrafficHistory(backend.kind, NAME).previous()
+    assert previous is not None
+    change_traffic(backend, backend.status(), previous, "rollback")
+    assert live(azure)[0] == {"blue": 100}
+    assert {k: v for k, v in current_split(backend.status()).live.items() if v} == {"blue": 100}
+
+
+def test_logs_come_from_the_deployments_getlogs(azure, project):
+    run_push(project, azure)
+    azure.workspace.logs[(NAME, "blue", "InferenceServer")] = "\n".join(f"line {i}" for i in range(50))
+
+    text = backend_for(project, azure).logs("blue", tail=3)
+
+    assert text.splitlines() == ["line 47", "line 48", "line 49"]
+    (asked,) = [s for s in azure.workspace.sent if s.path.endswith("/getLogs")]
+    assert asked.json() == {"containerType": "InferenceServer", "tail": 3}
+
+
+def test_credentials_are_the_endpoints_keys(azure, project):
+    run_push(project, azure)
+    keys = backend_for(project, azure).credentials()
+    assert keys == {
+        "primary_key": azure.workspace.keys[NAME]["primaryKey"],
+        "secondary_key": azure.workspace.keys[NAME]["secondaryKey"],
+    }
+
+
+def test_invoke_reaches_the_scoring_uri_with_the_key_and_the_pin(azure, project):
+    run_push(project, azure)
+    backend = backend_for(project, azure)
+    azure.front.requests.clear()
+
+    with backend.callers("blue") as callers:
+        answer = next(callers)(b'{"data": [[1, 2, 3, 4]]}')
+
+    assert answer.status == 200 and json.loads(answer.body) == EXPECTED
+    assert answer.deployment == "blue"
+    assert azure.front.requests == [{"deployment": "blue", "pinned": True}]
+
+
+def test_delete_removes_the_endpoint_through_its_operation(azure, project):
+    run_push(project, azure)
+    backend = backend_for(project, azure)
+
+    backend.delete()
+
+    assert NAME not in azure.workspace.endpoints
+    assert writes(azure)[-1] == f"DELETE /onlineEndpoints/{NAME}"
+    assert backend.status().exists is False
