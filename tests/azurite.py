@@ -3,6 +3,11 @@
 Found in the project-local install that .ci/run makes (``.ci/node/node_modules/.bin``) or on
 PATH. Its data lives in a temporary folder; it is stopped (by pid) when the context ends.
 The account is Azurite's well-known development account (documented, not a secret).
+
+``oauth=True`` starts it as Azure is reached with a token: HTTPS (a self-signed certificate
+for 127.0.0.1 made here; ``ca_file`` is what a client must trust) and Azurite's basic OAuth
+check, which accepts a bearer token only if it is a JWT for the storage audience
+(https://storage.azure.com), from an Entra issuer, and not expired.
 """
 
 from __future__ import annotations
@@ -32,15 +37,55 @@ def azurite_blob() -> str | None:
     return shutil.which("azurite-blob")
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, valid for a day: (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
 class Azurite:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, oauth: bool = False):
         self.folder = folder
+        self.oauth = oauth
+        self.ca_file: Path | None = None
         self.process: subprocess.Popen[str] | None = None
         self.port: int | None = None
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        scheme = "https" if self.oauth else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
@@ -52,15 +97,22 @@ class Azurite:
     def service(self, **options: Any) -> Any:
         from azure.storage.blob import BlobServiceClient
 
+        if self.ca_file is not None:
+            options.setdefault("connection_verify", str(self.ca_file))
         return BlobServiceClient.from_connection_string(self.connection_string, **options)
 
     def __enter__(self) -> Azurite:
         command = azurite_blob()
         if command is None:
             raise RuntimeError("azurite-blob is not installed")
+        tls: list[str] = []
+        if self.oauth:
+            self.ca_file, key_file = self_signed(self.folder)
+            tls = ["--oauth", "basic", "--cert", str(self.ca_file), "--key", str(key_file)]
         self.process = subprocess.Popen(
             [
                 command,
+                *tls,
                 "--blobHost",
                 "127.0.0.1",
                 "--blobPort",
@@ -85,7 +137,7 @@ class Azurite:
             if not line:
                 break
             seen.append(line)
-            match = re.search(r"listens on http://127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"listens on https?://127\.0\.0\.1:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
                 return self

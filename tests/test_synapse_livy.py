@@ -4,7 +4,9 @@ server on loopback (tests/livy_server.py) that runs every batch with the local s
 The storage is a folder standing for the container, mounted by the server as the pool mounts
 its ADLS Gen2 account (uploads through the Blob API are tested against Azurite elsewhere).
 Failure states come from real batches: a job that raises (dead), one that is cancelled
-(killed), one that hangs until the timeout cancels it.
+(killed), one that hangs until the timeout cancels it. The server answers as Synapse does
+(livy_server.py): a `log` of at most 10 launcher lines, the driver's output only behind
+appInfo.driverLogUrl, so what the job scored or why it failed is read from its result.json.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from livy_server import LivyServer  # noqa: E402
+from livy_server import LOG_LINES, LivyServer  # noqa: E402
+from synapse_rest_spec import validate  # noqa: E402
 from test_synapse_spark import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
 
 from tdsp_deploy.backends.synapse import SynapseBackend  # noqa: E402
@@ -44,12 +47,23 @@ def container(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def livy(container: Path):  # type: ignore[no-untyped-def]
-    with LivyServer(token=TOKEN, pools={"pool1"}, mounts={CONTAINER: container}) as server:
+    with LivyServer(token=TOKEN, pools={"pool1": "Small"}, mounts={CONTAINER: container}) as server:
         yield server
 
 
-def client(server: LivyServer, token: str = TOKEN, pool: str = "pool1") -> LivyClient:
-    return LivyClient(server.endpoint, pool, lambda: token, poll_interval=0.2, max_poll_interval=1.0)
+def client(server: LivyServer, token: str = TOKEN, pool: str = "pool1", **options: Any) -> LivyClient:
+    options = {"poll_interval": 0.2, "max_poll_interval": 1.0, "retry_pause": 0.1, **options}
+    return LivyClient(server.endpoint, pool, lambda: token, **options)
+
+
+def batch_answers(server: LivyServer, batch_id: int) -> list[dict[str, Any]]:
+    """Every answer the server gave about one batch, as the client got it."""
+    import requests
+
+    url = f"{server.endpoint}/livyApi/versions/2019-11-01-preview/sparkPools/pool1/batches/{batch_id}"
+    return [
+        requests.get(url, params={"detailed": "true"}, headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    ]
 
 
 def backend_for(manifest_path: Path, server: LivyServer, container: Path) -> SynapseBackend:
@@ -113,9 +127,22 @@ def test_push_submits_the_job_and_its_smoke_test_through_livy(
         DataLocation(path=f"{CONTAINER}/data/rows.parquet"), DataLocation(path=f"{CONTAINER}/data/scored")
     )
     assert summary["state"] == "success" and summary["rows"] == 400
+    assert summary["output"] == f"{CONTAINER}/data/scored"
+    assert summary["variants"] == [{"name": "blue", "model_version": result.model_version, "rows": 400}]
     out = pd.read_parquet(container / "data/scored").sort_values("customer_id").reset_index(drop=True)
     np.testing.assert_array_equal(out["label"].to_numpy(), expected_scores(model, frame)["label"].to_numpy())
     assert set(out["model_version"]) == {result.model_version}
+
+    # what Synapse answered: the definition's shape; a log of launcher lines, not the driver's
+    final = batch_answers(livy, summary["batch_id"])[0]
+    assert validate(final) == [] and final["state"] == "success" and final["result"] == "Succeeded"
+    assert 0 < len(final["log"]) <= LOG_LINES
+    assert not any("tdsp-job" in line or "rows" in line for line in final["log"])
+    import requests
+
+    driver_log = requests.get(final["appInfo"]["driverLogUrl"]).text
+    assert "tdsp-job: wrote 400 rows" in driver_log  # the driver's output is only there
+    assert summary["driver_log"] == final["appInfo"]["driverLogUrl"]
 
 
 def test_a_job_that_fails_is_dead_with_its_log_tail(
@@ -141,9 +168,16 @@ def test_a_job_that_fails_is_dead_with_its_log_tail(
         )
     assert failure.value.exit_code == ExitCode.DEPLOYMENT_FAILED
     assert "ended dead" in failure.value.message
-    assert "the input has no column f1" in failure.value.details["log_tail"]
-    # the tail stays with the slot for `tdsp-deploy logs`
-    assert "the input has no column f1" in backend.logs("blue", tail=50)
+    # the driver's traceback, from the result.json the job saved; the batch's log has none of it
+    assert "ValueError: the input has no column f1" in failure.value.message
+    assert "Traceback (most recent call last)" in failure.value.details["error"]
+    assert "the input has no column f1" not in failure.value.details["log_tail"]
+    assert "driverLogUrl" not in failure.value.message and "/node/containerlogs/" in (
+        failure.value.hint or ""
+    )
+    # the error stays with the slot for `tdsp-deploy logs`
+    logged = backend.logs("blue", tail=80)
+    assert "the input has no column f1" in logged and "driver log: http://" in logged
 
 
 SLEEPER = "import time\nprint('tdsp-job: waiting', flush=True)\ntime.sleep(600)\n"
@@ -191,4 +225,95 @@ def test_auth_pool_and_request_errors_are_backend_errors(livy: LivyServer) -> No
     with pytest.raises(BackendError, match="HTTP 400"):
         client(livy).submit({"name": "x", "file": f"{CONTAINER}/a.py", "numExecutors": "2"})
     with pytest.raises(BackendError, match="could not reach"):
-        LivyClient("http://127.0.0.1:9", "pool1", lambda: TOKEN, request_timeout=5).get(1)
+        LivyClient("http://127.0.0.1:9", "pool1", lambda: TOKEN, request_timeout=5, retry_pause=0.01).get(1)
+
+
+# -- Synapse's answers and limits, through the real LivyClient (no Spark needed: the batches stay
+# queued, as a busy pool keeps them) ---------------------------------------------------------------
+@pytest.fixture
+def queued(container: Path):  # type: ignore[no-untyped-def]
+    with LivyServer(
+        token=TOKEN, pools={"pool1": "Small"}, mounts={CONTAINER: container}, start_delay=600
+    ) as server:
+        yield server
+
+
+def test_the_create_answer_is_the_recorded_one_and_every_answer_fits_the_definition(
+    queued: LivyServer,
+) -> None:
+    livy_client = client(queued)
+    created = livy_client.submit({"name": "shape", "file": f"{CONTAINER}/a.py", "tags": {"k": "v"}})
+    assert created == {
+        "id": created["id"],
+        "appId": None,
+        "appInfo": None,
+        "state": "not_started",
+        "log": None,
+    }
+    described = livy_client.get(created["id"])
+    assert validate(described) == []
+    assert described["livyInfo"]["jobCreationRequest"]["file"] == f"{CONTAINER}/a.py"
+    assert described["schedulerInfo"]["currentState"] == "Queued" and described["log"] is None
+    livy_client.cancel(created["id"])
+    cancelled = livy_client.get(created["id"])
+    assert validate(cancelled) == [] and cancelled["state"] == "killed" and cancelled["result"] == "Cancelled"
+    # the check itself can say no
+    assert validate({"id": "7", "result": "Done", "log": [1]}) != []
+
+
+def test_creates_faster_than_the_workspace_allows_wait_for_retry_after(queued: LivyServer) -> None:
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    livy_client = client(queued, sleep=sleep)
+    ids = [livy_client.submit({"name": f"b{i}", "file": f"{CONTAINER}/a.py"})["id"] for i in range(3)]
+    assert len(set(ids)) == 3  # each create made one batch, none twice
+    posts = [m for m, path, _ in queued.requests if m == "POST"]
+    assert len(posts) == 4 and pauses == [1.0]  # the third was refused once (429), then waited Retry-After
+    # a client that may not wait gets the 429 as an error that says so
+    time.sleep(1.1)
+    impatient = client(queued, max_tries=1)
+    impatient.submit({"name": "x", "file": f"{CONTAINER}/a.py"})
+    impatient.submit({"name": "y", "file": f"{CONTAINER}/a.py"})
+    with pytest.raises(BackendError, match="too many requests") as refused:
+        impatient.submit({"name": "z", "file": f"{CONTAINER}/a.py"})
+    assert "2 batch submissions a second" in (refused.value.hint or "")
+
+
+def test_polling_retries_429_and_5xx_honouring_retry_after(queued: LivyServer) -> None:
+    pauses: list[float] = []
+    livy_client = client(queued, sleep=pauses.append)
+    batch = livy_client.submit({"name": "poll", "file": f"{CONTAINER}/a.py"})
+    queued.faults += [("GET", 429, "3"), ("GET", 503, None), ("GET", 502, None)]
+    assert livy_client.get(batch["id"])["id"] == batch["id"]
+    assert pauses == [3.0, 0.2, 0.4]  # Retry-After as given, else a doubling pause (from 0.1)
+
+
+def test_polling_that_keeps_failing_cancels_the_batch(queued: LivyServer) -> None:
+    livy_client = client(queued, sleep=lambda s: None, max_tries=3)
+    batch = livy_client.submit({"name": "lost", "file": f"{CONTAINER}/a.py"})
+    queued.faults += [("GET", 503, None)] * 3
+    with pytest.raises(BackendError, match="HTTP 503 after 3 tries") as lost:
+        livy_client.wait(batch["id"], timeout=60)
+    assert f"batch {batch['id']} was cancelled" in lost.value.message
+    assert (
+        "DELETE",
+        f"/livyApi/versions/2019-11-01-preview/sparkPools/pool1/batches/{batch['id']}",
+        None,
+    ) in queued.requests
+    assert queued.batches[batch["id"]].state == "killed"
+
+
+def test_sizes_beyond_the_pool_node_and_large_bodies_are_refused(queued: LivyServer) -> None:
+    livy_client = client(queued)
+    body = {"name": "big", "file": f"{CONTAINER}/a.py", "driverCores": 4, "driverMemory": "28g"}
+    livy_client.submit(body)  # a Small driver fits a Small pool
+    with pytest.raises(BackendError, match="HTTP 400.*exceeds the node size of the pool"):
+        livy_client.submit({**body, "executorCores": 8, "executorMemory": "56g"})
+    with pytest.raises(BackendError, match="HTTP 400.*not a Spark job size"):
+        livy_client.submit({**body, "driverMemory": "30g"})
+    with pytest.raises(BackendError, match="HTTP 413"):
+        livy_client.submit({**body, "args": ["x" * 110_000]})

@@ -506,17 +506,104 @@ def test_run_local_refuses_an_azure_path(tmp_path: Path, cli: Any) -> None:
     assert "local paths" in result.stderr
 
 
-def test_the_summary_is_read_when_the_jvm_wrote_onto_its_line() -> None:
-    """The job's summary line and the JVM's log share one pipe; a log line that lands right
-    after the summary, before its newline, must not cost a finished job its result."""
-    from tdsp_deploy.backends.synapse.job import parse_result
+# -- the package on the workers: extracted by hand, checked against its lock, never trusted -------
+def _package_for_workers(tmp_path: Path, spark: Any) -> tuple[Path, str]:
+    """A real package, added to the Spark job under a name of its own (as the job adds it)."""
+    import shutil
+    import uuid
 
-    log = (
-        "tdsp-job: wrote 1500 rows to /tmp/x/scored.parquet\n"
-        'TDSP_RESULT {"output": "/tmp/x/scored.parquet", "rows": 1500}'
-        "26/11/30 12:20:50 INFO SparkContext: Invoking stop() from shutdown hook\n"
-        "26/11/30 12:20:50 INFO SparkContext: Successfully stopped SparkContext\n"
-    )
-    assert parse_result(log) == {"output": "/tmp/x/scored.parquet", "rows": 1500}
-    assert parse_result('TDSP_RESULT {"rows": 1') is None  # cut short: no summary, not a guess
-    assert parse_result("TDSP_RESULT [1, 2]") is None
+    manifest = load(make_project(tmp_path / "p")).manifest
+    built = build_package(manifest, tmp_path / "packages")
+    name = f"{uuid.uuid4().hex}.tar"
+    shutil.copy(built.path, tmp_path / name)
+    spark.sparkContext.addFile(str(tmp_path / name))
+    return tmp_path / name, name
+
+
+def _old_python_extractall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tarfile as on a Python before 3.10.12: extractall() takes no filter."""
+    import tarfile
+
+    original = tarfile.TarFile.extractall
+
+    def extractall(
+        self: Any, path: Any = ".", members: Any = None, *, numeric_owner: bool = False, **kw: Any
+    ) -> Any:
+        if "filter" in kw:
+            raise TypeError("extractall() got an unexpected keyword argument 'filter'")
+        return original(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+
+
+def extracting_folders() -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("tdsp-extract-*"))
+
+
+def test_a_package_with_a_link_is_refused_even_where_tarfile_has_no_filter(
+    tmp_path: Path, spark: Any, job_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import tarfile
+    import tempfile
+    import uuid
+
+    name = f"{uuid.uuid4().hex}.tar"
+    archive = tmp_path / name
+    lock = json.dumps({"files": [{"path": "code/score.py", "sha256": "0" * 64, "size": 0, "mode": "0644"}]})
+    with tarfile.open(archive, "w") as tar:
+        link = tarfile.TarInfo("code/score.py")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        data = lock.encode()
+        info = tarfile.TarInfo("package.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    spark.sparkContext.addFile(str(archive))
+    _old_python_extractall(monkeypatch)
+    before = extracting_folders()
+
+    with pytest.raises(job_module.JobError, match="unsafe member 'code/score.py'"):
+        job_module._unpacked(name)
+    root = Path(tempfile.gettempdir()) / f"tdsp-{name[:-4]}"
+    assert not root.exists()
+    assert extracting_folders() == before, "a failed extraction left its folder behind"
+
+
+def test_a_folder_left_on_the_machine_is_used_only_if_it_matches_the_lock(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    import shutil
+    import tarfile
+    import tempfile
+
+    archive, name = _package_for_workers(tmp_path, spark)
+    root = Path(tempfile.gettempdir()) / f"tdsp-{name[:-4]}"
+    try:
+        # a folder of the same name, with a model that is not the package's
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        (root / "model/model.pkl").write_bytes(b"not the model")
+        os.chmod(root, 0o700)
+        used = Path(job_module._unpacked(name))
+        assert used != root
+        assert (used / "model/model.pkl").read_bytes() == (tmp_path / "p/model/model.pkl").read_bytes()
+        shutil.rmtree(used)
+
+        # the same files, but a folder others may write to: not trusted either
+        shutil.rmtree(root)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        os.chmod(root, 0o777)
+        used = Path(job_module._unpacked(name))
+        assert used != root
+        shutil.rmtree(used)
+
+        # the job's own extraction is reused as long as it matches
+        shutil.rmtree(root)
+        first = Path(job_module._unpacked(name))
+        assert first == root and Path(job_module._unpacked(name)) == root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

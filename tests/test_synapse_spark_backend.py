@@ -19,24 +19,36 @@ from tdsp_deploy.packaging import build_package
 
 
 class RecordingLivy:
-    """Stands in for the pool where a test only needs to see what would be submitted."""
+    """Stands in for the pool where a test only needs to see what would be submitted: each
+    batch "succeeds" having written, as the job does, its summary to the spec's result path."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: FolderStore) -> None:
+        self.store = store
         self.bodies: list[dict[str, Any]] = []
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         self.bodies.append(body)
-        return {"id": len(self.bodies) - 1, "state": "starting"}
+        spec = json.loads(body["args"][0])
+        summary = {"state": "success", "rows": 3, "variants": [{"name": v["name"]} for v in spec["variants"]]}
+        name = spec["result"]["path"].removeprefix(self.store.root + "/")
+        self.store.put_bytes(name, json.dumps(summary).encode())
+        return {
+            "id": len(self.bodies) - 1,
+            "appId": None,
+            "appInfo": None,
+            "state": "not_started",
+            "log": None,
+        }
 
     def wait(self, batch_id: int, *, timeout: float, progress: Any = None) -> dict[str, Any]:
-        return {"id": batch_id, "state": "success", "log": ['TDSP_RESULT {"rows": 3}']}
+        return {"id": batch_id, "state": "success", "log": ["stdout: ", "\nstderr: ", "\nYARN Diagnostics: "]}
 
 
 def setup(tmp_path: Path, **target: Any) -> tuple[SynapseBackend, Any, RecordingLivy, FolderStore]:
     project = make_project(tmp_path / "p", target=target or None)
     manifest = load(project).manifest
     store = FolderStore(STORAGE, tmp_path / "container")
-    livy = RecordingLivy()
+    livy = RecordingLivy(store)
     return SynapseBackend(manifest, store=store, livy=livy), manifest, livy, store
 
 
@@ -54,7 +66,7 @@ def test_two_slots_split_rows_by_key_with_a_lasting_experiment_salt(tmp_path: Pa
     from tdsp_deploy.backends.synapse.target import DataLocation
 
     summary = later.run_job(DataLocation(path=f"{STORAGE}/in.parquet"), DataLocation(path=f"{STORAGE}/out"))
-    assert summary["rows"] == 3
+    assert summary["rows"] == 3 and summary["output"] == f"{STORAGE}/out"  # read from the job's result.json
     spec = json.loads(livy.bodies[-1]["args"][0])
     assert [(v["name"], v["share"]) for v in spec["variants"]] == [("blue", 70), ("green", 30)]
     assert spec["salt"] == "exp-42" and spec["key_column"] == "customer_id"
@@ -72,7 +84,8 @@ def test_a_split_without_key_column_is_refused(tmp_path: Path) -> None:
     text = project.read_text().replace("  key_column: customer_id\n", "")
     project.write_text(text)
     manifest = load(project).manifest
-    backend = SynapseBackend(manifest, store=FolderStore(STORAGE, tmp_path / "c"), livy=RecordingLivy())
+    store = FolderStore(STORAGE, tmp_path / "c")
+    backend = SynapseBackend(manifest, store=store, livy=RecordingLivy(store))
     package = build_package(manifest, paths.package_store())
     backend.deploy_slot("blue", package)
     backend.deploy_slot("green", package)
@@ -151,7 +164,7 @@ def test_the_same_request_again_is_answered_by_the_job_that_scored_it(tmp_path: 
     backend.wait_healthy("blue")
     scored = {"rows": 1}
 
-    def scored_output(source: Any, sink: Any, *, slot: Any = None) -> dict[str, Any]:
+    def scored_output(source: Any, sink: Any, *, slot: Any = None, run_dir: Any = None) -> dict[str, Any]:
         # what the pool's job writes: the request's rows with a label and the model version
         import pandas
 

@@ -3,9 +3,10 @@ in: the storage is Azurite (AZURE_STORAGE_CONNECTION_STRING), the workspace is t
 on loopback (TDSP_SYNAPSE_ENDPOINT) whose pool reads and writes that same container, and the
 Synapse token comes from DefaultAzureCredential through a managed identity's token service.
 
-- `run` without --local submits the job for the deployed slots and reports the result; a job
-  that dies exits 4 with its log tail;
-- an A/B split run logs which version scored which key, so that `ab status` counts the rows
+- `run` without --local submits the job for the deployed slots and reports the rows and output
+  the job wrote to its result.json (the batch's `log` holds only launcher lines, as on
+  Synapse); a job that dies exits 4 with the driver's traceback from that same file;
+- a 50/50 split run logs which version scored which key, so that `ab status` counts the rows
   per variant and `ab analyze --outcomes` joins business outcomes to them by key.
 """
 
@@ -28,7 +29,8 @@ from azurite import Azurite, azurite_blob
 
 pytest.importorskip("pyspark")
 
-from livy_server import BlobMount, LivyServer, ManagedIdentityEndpoint  # noqa: E402
+from identity_endpoint import ManagedIdentityEndpoint  # noqa: E402
+from livy_server import LOG_LINES, BlobMount, LivyServer  # noqa: E402
 from test_synapse_spark import expected_scores, make_project, rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -62,7 +64,7 @@ def identity():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def livy(container: Any, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     mount = BlobMount(container, tmp_path_factory.mktemp("pool-view"))
-    with LivyServer(token=TOKEN, pools={"pool1"}, blob_mounts={ROOT: mount}) as server:
+    with LivyServer(token=TOKEN, pools={"pool1": "Small"}, blob_mounts={ROOT: mount}) as server:
         yield server
 
 
@@ -141,9 +143,16 @@ def test_run_submits_the_job_through_livy_and_reports_the_result(
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["local"] is False and summary["state"] == "success" and summary["rows"] == 400
-    assert summary["output"].endswith("/run-ok/data/scored")
+    assert summary["output"] == f"{ROOT}/run-ok/data/scored"
+    assert summary["variants"] == [{"name": "blue", "model_version": version, "rows": 400}]
+    # read from the job's result.json in the container, not from the batch's log
+    assert summary["result"].startswith(f"{ROOT}/run-ok/endpoints/churn/runs/")
+    final = livy.batches[summary["batch_id"]].describe()
+    assert len(final["log"]) <= LOG_LINES and not any("400" in line for line in final["log"])
+    human = tdsp("run", project, "--input", source, "--output", f"{ROOT}/run-ok/data/scored", environ=environ)
+    assert human.returncode == 0 and f"scored 400 rows into {ROOT}/run-ok/data/scored" in human.stderr
     assert f"submitted Spark batch {summary['batch_id']} to pool pool1" in result.stderr
-    assert batches_posted(livy) == posted + 1
+    assert batches_posted(livy) == posted + 2  # the --json run and the human one
     # the token came from the managed identity, for the Synapse development endpoint
     assert "https://dev.azuresynapse.net" in identity.resources
     # every row, scored by the deployed version, is in the storage
@@ -168,7 +177,9 @@ def test_run_of_a_job_that_dies_exits_4_with_its_log_tail(
 
     assert result.returncode == 4, result.stderr[-3000:]
     assert "ended dead" in result.stderr
-    assert "the input has no column f1" in result.stderr  # the driver log's tail, shown
+    # the driver's own error, from the result.json the job saved beside its run
+    assert "ValueError: the input has no column f1" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
     assert not list(container.list_blobs(name_starts_with="run-dead/data/scored"))
 
 
@@ -186,7 +197,7 @@ def test_ab_status_and_analyze_read_the_rows_each_version_scored(
     make_project(folder, seed=3, target=manifest["target"], ab=AB)  # another model
     assert cli("push", project).exit_code == 0  # green
     started = cli(
-        "ab", "start", project, "--control", "blue", "--treatment", "green", "--split", "40", "--json"
+        "ab", "start", project, "--control", "blue", "--treatment", "green", "--split", "50", "--json"
     )
     assert started.exit_code == 0, started.stderr
     frame = rows(3000, seed=5)
@@ -199,7 +210,16 @@ def test_ab_status_and_analyze_read_the_rows_each_version_scored(
     assert batches_posted(livy) == posted + 1
     out = read_scored(container, "ab/data/scored")
     scored = out["variant"].value_counts().to_dict()
-    assert set(scored) == {"blue", "green"} and abs(scored["green"] / 3000 - 0.40) < 0.04
+    assert set(scored) == {"blue", "green"} and abs(scored["green"] / 3000 - 0.50) < 0.04
+    # the per-variant counts the job wrote to its result.json are what it wrote to the output
+    summary = ran.json()
+    assert {v["name"]: v["rows"] for v in summary["variants"]} == scored and summary["rows"] == 3000
+    # the run record that `ab` reads is there
+    assert [
+        b.name
+        for b in container.list_blobs(name_starts_with="ab/endpoints/churn/requests/")
+        if b.name.endswith("/run.json")
+    ]
 
     status = cli("ab", "status", project, "--json")
     assert status.exit_code == 0, status.stderr

@@ -14,24 +14,35 @@
 #   variants            [{"name", "model_version", "package", "share", "flavor", "model_path", "script"}]
 #   key_column, salt    an A/B split: a row goes to the variant whose share holds
 #                       pmod(xxhash64(salt, key), 10000), so the same key always meets the same model
+#   result              {"path": ...}: where the job writes its summary (result.json) when it ends,
+#                       or the driver's error when it fails. On Synapse the batch's `log` holds only
+#                       the launcher's last lines and the driver's output stays in the pool, so the
+#                       storage beside the output is where the caller reads what happened.
 #
 # It runs unchanged on a Synapse Spark pool (submitted through Livy) and on a local Spark
 # (`tdsp-deploy run --local`). Python 3.10 compatible (the Synapse 3.4 runtime).
+import hashlib
 import json
 import os
+import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 import time
+import traceback
 
 JOB_MODULE = "tdsp_score_job"
-RESULT_MARKER = "TDSP_RESULT "
+LOCK_NAME = "package.json"
 BUCKETS = 10000
 VARIANT_INDEX = "_tdsp_variant_index"
+ERROR_LINES = 60  # of a failure's traceback, kept in result.json
 _MODELS = {}  # package file name -> (model, predict function or None), per Python worker
+_MESSAGES = []  # what the driver said, kept in result.json
 
 
 def say(message):
+    _MESSAGES.append(message)
     _line(f"tdsp-job: {message}")
 
 
@@ -45,26 +56,120 @@ def _line(text):
 
 # -- the model, on the workers -------------------------------------------------------------
 def _unpacked(package_file):
-    """The package extracted once per machine: extract beside, then rename (atomic; another
-    worker that lost the race uses the winner's folder)."""
+    """The package extracted once per machine and checked against its own lock.
+
+    Nothing found on the machine is trusted: a folder left in the temporary directory by an
+    earlier job is used only if it belongs to this user, nobody else can write to it, and
+    every file the archive's lock lists has its sha256. Otherwise the package is extracted
+    again, into a private folder."""
     from pyspark import SparkFiles
 
     archive = SparkFiles.get(package_file)
+    lock = archive_lock(archive)
     root = os.path.join(tempfile.gettempdir(), "tdsp-" + package_file.replace(".tar", ""))
-    if os.path.isfile(os.path.join(root, "package.json")):
+    if matches_lock(root, lock):
         return root
     scratch = tempfile.mkdtemp(prefix="tdsp-extract-")
-    with tarfile.open(archive) as tar:
-        try:
-            tar.extractall(scratch, filter="data")
-        except TypeError:  # Python before 3.10.12 has no extraction filters
-            tar.extractall(scratch)
     try:
-        os.rename(scratch, root)
+        extract_checked(archive, scratch, lock)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)  # nothing half-written is left to be found
+        raise
+    if os.path.lexists(root):
+        return scratch  # someone else's, or not what the lock says: keep to the private copy
+    try:
+        os.rename(scratch, root)  # atomic: another worker sees all of it or none
     except OSError:
-        if not os.path.isfile(os.path.join(root, "package.json")):
-            raise
+        return scratch  # another worker won the race; ours is as good and already checked
     return root
+
+
+def archive_lock(archive):
+    """The archive's lock (its last member, package.json), read from the archive itself."""
+    with tarfile.open(archive, mode="r:") as tar:
+        members = tar.getmembers()
+        if not members or members[-1].name != LOCK_NAME or not members[-1].isreg():
+            raise JobError(f"{os.path.basename(archive)} is not a tdsp-deploy package: no {LOCK_NAME} last")
+        lock = json.loads(tar.extractfile(members[-1]).read())
+    for entry in lock.get("files", []):
+        if not _safe_name(entry.get("path", "")):
+            raise JobError(f"the package lock lists an unsafe path {entry.get('path')!r}")
+    return lock
+
+
+def _safe_name(name):
+    """A relative POSIX path that stays inside the folder it is extracted into."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
+
+
+def extract_checked(archive, dest, lock):
+    """Write the archive's regular files into ``dest`` by hand, each hashed as it is written
+    and compared with the lock. No extractall(): its safety filters exist only in newer
+    Pythons, and a member that is a link, a device, an absolute path or a '..' is refused
+    here on every Python."""
+    expected = {entry["path"]: entry for entry in lock.get("files", [])}
+    with tarfile.open(archive, mode="r:") as tar:
+        for member in tar.getmembers()[:-1]:
+            if member.isdir():
+                if not _safe_name(member.name.rstrip("/")):
+                    raise JobError(f"the package has an unsafe member {member.name!r}")
+                continue
+            if not member.isreg() or not _safe_name(member.name):
+                raise JobError(
+                    f"the package has an unsafe member {member.name!r} (only plain files are allowed)"
+                )
+            entry = expected.pop(member.name, None)
+            if entry is None:
+                raise JobError(f"the package has a file its lock does not list: {member.name}")
+            target = os.path.join(dest, *member.name.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "xb") as out:
+                digest = _copy_hashed(tar.extractfile(member), out)
+            if digest != entry["sha256"]:
+                raise JobError(f"{member.name} in the package does not match its lock (sha256)")
+            os.chmod(target, 0o755 if entry.get("mode") == "0755" else 0o644)
+    if expected:
+        raise JobError(f"files listed in the package lock are missing: {', '.join(sorted(expected)[:5])}")
+    with open(os.path.join(dest, LOCK_NAME), "w", encoding="utf-8") as out:
+        json.dump(lock, out)
+
+
+def _copy_hashed(source, out):
+    """Copy ``source`` into ``out`` (None: only read it); the sha256 of what was read."""
+    digest = hashlib.sha256()
+    while True:
+        block = source.read(1 << 20)
+        if not block:
+            return digest.hexdigest()
+        digest.update(block)
+        if out is not None:
+            out.write(block)
+
+
+def matches_lock(root, lock):
+    """True when ``root`` is a folder of this user that only this user can change, holding
+    every file of the lock with its sha256."""
+    try:
+        info = os.lstat(root)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return False
+    for entry in lock.get("files", []):
+        path = os.path.join(root, *entry["path"].split("/"))
+        try:
+            if os.path.islink(path) or os.path.getsize(path) != entry["size"]:
+                return False
+            with open(path, "rb") as handle:
+                digest = _copy_hashed(handle, None)
+        except OSError:
+            return False
+        if digest != entry["sha256"]:
+            return False
+    return True
 
 
 def _load(variant):
@@ -226,7 +331,7 @@ def _onnx_block(output, rows):
     return numpy.asarray(output).reshape(rows, -1)
 
 
-def score_batches(batches, spec, counter=None):
+def score_batches(batches, spec, counters=None):
     """mapInPandas: each Arrow batch scored by the model of its rows' variant. The batch keeps
     its rows and their order; predictions are placed by position (no concat, which would turn
     Arrow-backed columns into chunked ones). The model version and variant are added by Spark
@@ -263,8 +368,9 @@ def score_batches(batches, spec, counter=None):
                 columns[name][positions] = values
         for name in output_names:
             batch[name] = columns[name]
-        if counter is not None:
-            counter.add(len(batch))
+        if counters is not None:
+            for number, positions in groups:
+                counters[number].add(len(batch) if positions is None else len(positions))
         yield batch
 
 
@@ -339,8 +445,9 @@ def assign_variants(frame, spec):
     return frame.withColumn(VARIANT_INDEX, choice.cast("int"))
 
 
-def scored_frame(spark, frame, spec, counter=None):
-    """The input frame with its predictions (lazy): the heart of the job, shared with the tests."""
+def scored_frame(spark, frame, spec, counters=None):
+    """``counters``: one accumulator per variant, counting the rows it scored."""
+    # The input frame with its predictions (lazy): the heart of the job, shared with the tests.
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType, _parse_datatype_string
 
@@ -368,7 +475,7 @@ def scored_frame(spark, frame, spec, counter=None):
         frame = assign_variants(frame, spec)
     fields = list(frame.schema.fields)
     fields += [StructField(c["name"], _parse_datatype_string(c["type"])) for c in spec["outputs"]]
-    scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counter), StructType(fields))
+    scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counters), StructType(fields))
     if not ab:
         return scored.withColumn("model_version", F.lit(str(variants[0]["model_version"])).cast(StringType()))
     by_index = F.col(VARIANT_INDEX) + 1  # element_at counts from 1
@@ -399,30 +506,65 @@ def write_request_log(spark, spec):
 
 
 def run(spark, spec):
-    """Read, score, write; returns the summary that is also printed after RESULT_MARKER."""
+    """Read, score, write; returns the summary (also written to spec["result"])."""
     started = time.time()
     # a table is read in its own format; a path, and whatever is written, in the spec's
     formats = {spec["output"]["format"]} | ({spec["input"]["format"]} if "path" in spec["input"] else set())
     for fmt in sorted(formats):
         require_format(spark, fmt)
     say(f"reading {spec['input'].get('path') or spec['input'].get('table')} ({spec['input']['format']})")
-    counter = spark.sparkContext.accumulator(0)
-    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counter)
+    counters = [spark.sparkContext.accumulator(0) for _ in spec["variants"]]
+    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counters)
     target = spec["output"]
     say(f"scoring with {', '.join(v['name'] + ':' + str(v['model_version']) for v in spec['variants'])}")
     write_output(frame, target)
+    variants = [
+        {"name": v["name"], "model_version": v["model_version"], "rows": counter.value}
+        for v, counter in zip(spec["variants"], counters, strict=True)
+    ]
     summary = {
-        "rows": counter.value,
+        "state": "success",
+        "rows": sum(v["rows"] for v in variants),
         "output": target.get("path") or target.get("table"),
         "format": target["format"],
-        "variants": [{"name": v["name"], "model_version": v["model_version"]} for v in spec["variants"]],
+        "variants": variants,
         "seconds": round(time.time() - started, 3),
     }
     say(f"wrote {summary['rows']} rows to {summary['output']}")
     if spec.get("request_log"):
         summary["request_log"] = write_request_log(spark, spec)
-    _line(RESULT_MARKER + json.dumps(summary, sort_keys=True))
+    summary["messages"] = list(_MESSAGES)
+    write_result(spark, spec, summary)
     return summary
+
+
+def failure(exc):
+    """What a failed job leaves for its caller: the error and the driver's traceback."""
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    text = "".join(lines).rstrip("\n").splitlines()
+    return {
+        "state": "failed",
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+        "traceback": "\n".join(text[-ERROR_LINES:]),
+        "messages": list(_MESSAGES),
+    }
+
+
+def write_result(spark, spec, doc):
+    """result.json at spec["result"]["path"], through Spark's own file system (abfss:// on a
+    pool, a local path on a local Spark), replacing what an earlier attempt wrote."""
+    place = (spec.get("result") or {}).get("path")
+    if not place:
+        return
+    data = bytearray(json.dumps(doc, sort_keys=True).encode("utf-8"))
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(place)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out = fs.create(path, True)
+    try:
+        out.write(data)
+    finally:
+        out.close()
 
 
 def main(argv):
@@ -438,6 +580,12 @@ def main(argv):
     spark.sparkContext.addPyFile(os.path.abspath(__file__))
     try:
         run(spark, spec)
+    except Exception as exc:
+        try:
+            write_result(spark, spec, failure(exc))
+        except Exception as lost:  # the original error is what matters; say why it is not saved
+            say(f"could not write the failure to {spec.get('result')}: {type(lost).__name__}: {lost}")
+        raise
     finally:
         spark.stop()
     return 0

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tdsp_deploy.packaging import PackageLock
 
 JOB_FILE = "tdsp_score_job.py"
-RESULT_MARKER = "TDSP_RESULT "
+RESULT_FILE = "result.json"
 
 # SQL types (as the target's columns are written) to Spark SQL types.
 _SPARK_TYPES = {
@@ -96,9 +96,11 @@ def job_spec(
     *,
     salt: str = "",
     request_log: str | None = None,
+    result: str | None = None,
 ) -> dict[str, Any]:
     """The job's argument. Raises ValueError when the variants cannot make a split.
-    ``request_log``: where a split run writes which variant scored which key (for `ab`)."""
+    ``request_log``: where a split run writes which variant scored which key (for `ab`);
+    ``result``: where the job writes its summary, or its error (result.json)."""
     live = [v for v in variants if v.share > 0]
     if not live:
         raise ValueError("no model version takes a share of the rows")
@@ -118,6 +120,7 @@ def job_spec(
         "salt": salt,
         "variants": [v.to_json() for v in live],
         **({"request_log": {"path": request_log}} if request_log and len(live) > 1 else {}),
+        **({"result": {"path": result}} if result else {}),
     }
 
 
@@ -126,16 +129,53 @@ def spec_text(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
-def parse_result(log: str) -> dict[str, Any] | None:
-    """The job's summary (rows, output, ...) from its driver log, when it got that far."""
-    for line in reversed(log.splitlines()):
-        index = line.find(RESULT_MARKER)
-        if index >= 0:
-            try:
-                # raw_decode: another process writing into the same log (the JVM) can have
-                # put its text right after the summary, on the same line.
-                summary, _ = json.JSONDecoder().raw_decode(line, index + len(RESULT_MARKER))
-            except ValueError:
-                return None
-            return summary if isinstance(summary, dict) else None
-    return None
+def read_result(data: bytes | None) -> dict[str, Any] | None:
+    """The job's result.json (its summary, or its error); None when absent or not one."""
+    if not data:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and doc.get("state") in ("success", "failed") else None
+
+
+def failure_text(result: dict[str, Any] | None) -> str:
+    """A failed job's own words: its traceback (the driver's), else its error line."""
+    if not result or result.get("state") != "failed":
+        return ""
+    return str(result.get("traceback") or result.get("error") or "")
+
+
+def driver_log_url(batch: dict[str, Any]) -> str | None:
+    """Where the pool keeps the driver's output (appInfo.driverLogUrl), once it runs."""
+    info = batch.get("appInfo")
+    url = info.get("driverLogUrl") if isinstance(info, dict) else None
+    return str(url) if url else None
+
+
+def driver_log_hint(batch: dict[str, Any]) -> str:
+    """Where to read the whole driver log."""
+    url = driver_log_url(batch)
+    where = f"the driver log ({url})" if url else "the driver log"
+    return f"read {where} in Synapse Studio: Monitor > Apache Spark applications"
+
+
+def job_log(batch_id: Any, batch: dict[str, Any], result: dict[str, Any] | None, result_uri: str) -> str:
+    """What `logs` shows of a slot's last job: the job's own messages and error (from its
+    result.json), where the driver's full log is, and the launcher's last lines."""
+    from tdsp_deploy.backends.synapse.livy import log_tail
+
+    lines = [f"Spark batch {batch_id}: {batch.get('state')}", f"result: {result_uri}"]
+    if url := driver_log_url(batch) or batch.get("driver_log_url"):
+        lines.append(f"driver log: {url}")
+    if result:
+        lines += [f"tdsp-job: {m}" for m in result.get("messages") or []]
+        if result.get("traceback"):
+            lines += ["", str(result["traceback"])]
+    else:
+        lines.append("(the job wrote no result.json)")
+    launcher = batch.get("log_tail") if "log_tail" in batch else log_tail(batch)
+    if launcher:
+        lines += ["", "launcher log (last lines):", str(launcher)]
+    return "\n".join(lines)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from tdsp_deploy.backends.base import Progress, ProgressEvent, no_progress
-from tdsp_deploy.backends.synapse.job import JOB_FILE, job_script, parse_result, spec_text
+from tdsp_deploy.backends.synapse.job import (
+    JOB_FILE,
+    RESULT_FILE,
+    failure_text,
+    job_script,
+    read_result,
+    spec_text,
+)
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, PluginError
 
 LOG_TAIL_LINES = 40
@@ -72,12 +79,15 @@ def run_local(
 ) -> dict[str, Any]:
     """Run the job on a local Spark and return its summary (rows, output, ...).
 
-    ``work_dir`` receives the job script and ``driver.log``. A job that fails raises
-    DeploymentFailed with the log's tail; one that outlives ``timeout`` is killed and raises
-    DeploymentTimeout."""
+    ``work_dir`` receives the job script, ``driver.log`` and the job's ``result.json`` (read
+    back as on a pool). A job that fails raises DeploymentFailed with the driver's error; one
+    that outlives ``timeout`` is killed and raises DeploymentTimeout."""
     work_dir.mkdir(parents=True, exist_ok=True)
     job_file = work_dir / JOB_FILE
     job_file.write_text(job_script(), encoding="utf-8")
+    result_file = work_dir / RESULT_FILE
+    result_file.unlink(missing_ok=True)
+    spec = {**spec, "result": {"path": str(result_file)}}
     command = local_command(job_file, spec, conf or {}, master)
     env = {
         **os.environ,
@@ -134,6 +144,7 @@ def run_local(
         finally:
             watchdog.cancel()
     log_tail = "\n".join(tail)
+    result = read_result(result_file.read_bytes() if result_file.is_file() else None)
     if timed_out.is_set():
         raise DeploymentTimeout(
             f"the local Spark job did not finish within {timeout:g} s and was stopped",
@@ -141,15 +152,15 @@ def run_local(
             details={"log_tail": log_tail, "log": str(log_path)},
         )
     if code != 0:
+        reason = failure_text(result) or _reason(log_tail)
         raise DeploymentFailed(
-            f"the local Spark job failed (exit code {code}):\n{_reason(log_tail)}",
+            f"the local Spark job failed (exit code {code}):\n{reason}",
             hint=f"the whole driver log is in {log_path}",
-            details={"log_tail": log_tail, "log": str(log_path)},
+            details={"log_tail": log_tail, "log": str(log_path), "error": reason},
         )
-    result = parse_result(log_path.read_text(encoding="utf-8", errors="replace"))
-    if result is None:
+    if result is None or result.get("state") != "success":
         raise DeploymentFailed(
-            "the local Spark job ended without its summary line",
+            f"the local Spark job ended without writing its summary to {result_file}",
             hint=f"read the driver log: {log_path}",
             details={"log_tail": log_tail},
         )

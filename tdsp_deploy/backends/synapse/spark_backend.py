@@ -351,11 +351,14 @@ class SparkBackend(Backend):
         slot: str | None = None,
         master: str = "local[*]",
         work_dir: Path | None = None,
+        run_dir: str | None = None,
     ) -> dict[str, Any]:
         """Score ``source`` into ``sink`` (default: the target's input / output).
 
         ``local``: the manifest's model on a local Spark, local paths. Otherwise the deployed
-        slots on the Spark pool, split by the endpoint's traffic (or only ``slot``)."""
+        slots on the Spark pool, split by the endpoint's traffic (or only ``slot``); the job
+        writes its summary, or its error, to ``<run_dir>/result.json`` in the storage
+        (default run_dir: a new ``endpoints/<name>/runs/<id>``), and that is what is reported."""
         source = source or self.target.input
         sink = sink or self.target.output
         if source is None or sink is None:
@@ -372,11 +375,20 @@ class SparkBackend(Backend):
             self._salt = str(
                 (get_json(self.store, f"{self._endpoint_dir()}/experiment.json") or {}).get("id", "")
             )
+        run_id = _run_id()
+        run_dir = run_dir or f"{self._endpoint_dir()}/runs/{run_id}"
+        result_name = f"{run_dir}/{jobs.RESULT_FILE}"
         # a run split between versions logs which version scored which key, for `ab`
-        log_dir = f"{self._endpoint_dir()}/requests/{_run_id()}" if len(variants) > 1 else None
+        log_dir = f"{self._endpoint_dir()}/requests/{run_id}" if len(variants) > 1 else None
         started = time.time()
-        spec = self._spec(variants, source, sink, request_log=self.store.uri(log_dir) if log_dir else None)
-        result = self._submit(spec, self._job_uri(variants), slot=slot)
+        spec = self._spec(
+            variants,
+            source,
+            sink,
+            request_log=self.store.uri(log_dir) if log_dir else None,
+            result=self.store.uri(result_name),
+        )
+        result = self._submit(spec, self._job_uri(variants), slot=slot, result_name=result_name)
         if log_dir and result.get("request_log"):
             from tdsp_deploy.backends.synapse.storage import put_json
 
@@ -423,10 +435,18 @@ class SparkBackend(Backend):
         sink: DataLocation,
         *,
         request_log: str | None = None,
+        result: str | None = None,
     ) -> dict[str, Any]:
         try:
             return jobs.job_spec(
-                self.target, self.manifest, variants, source, sink, salt=self._salt, request_log=request_log
+                self.target,
+                self.manifest,
+                variants,
+                source,
+                sink,
+                salt=self._salt,
+                request_log=request_log,
+                result=result,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -485,24 +505,49 @@ class SparkBackend(Backend):
             "tags": {"tdsp-endpoint": self.manifest.name, **({"tdsp-slot": slot} if slot else {})},
         }
 
-    def _submit(self, spec: dict[str, Any], job_uri: str, *, slot: str | None) -> dict[str, Any]:
-        from tdsp_deploy.backends.synapse.livy import log_tail
-
+    def _submit(
+        self, spec: dict[str, Any], job_uri: str, *, slot: str | None, result_name: str
+    ) -> dict[str, Any]:
+        """Submit, wait, and read what the job wrote to ``result_name``. Synapse's batch ``log``
+        holds only the last lines of the spark-submit launcher (the driver's output stays in
+        the pool, behind appInfo.driverLogUrl), so the job's own result.json is what says how
+        many rows it scored, or why it failed."""
         body = self.livy_request(spec, job_uri, slot=slot)
         batch = self.livy.submit(body)
         batch_id = batch.get("id")
         if batch_id is None:
             raise BackendError("Synapse accepted the batch but gave no id")
         self._tell("run", f"submitted Spark batch {batch_id} to pool {self.target.spark_pool}")
+        result_uri = self.store.uri(result_name)
         try:
             final = self.livy.wait(int(batch_id), timeout=self.target.job_timeout, progress=self.progress)
-        except DeploymentFailed as failure:
-            self._keep_log(slot, str(failure.details.get("log_tail", "")))
+        except DeploymentFailed as failed:
+            result = jobs.read_result(self.store.get_bytes(result_name))
+            error = jobs.failure_text(result)
+            failed.details.update({"error": error, "result": result_uri})
+            self._keep_log(slot, jobs.job_log(batch_id, failed.details, result, result_uri))
+            if error:
+                # the driver's own error, from where the job saved it, before the launcher's noise
+                failed.message = failed.message.split(":\n", 1)[0] + f":\n{error}"
             raise
-        tail = log_tail(final, lines=400)
-        self._keep_log(slot, tail)
-        result = jobs.parse_result(tail) or {}
-        return {"batch_id": batch_id, "state": final.get("state"), **result}
+        result = jobs.read_result(self.store.get_bytes(result_name))
+        self._keep_log(slot, jobs.job_log(batch_id, final, result, result_uri))
+        if result is None or result.get("state") != "success":
+            raise DeploymentFailed(
+                f"Spark batch {batch_id} ended {final.get('state')} but its job wrote no summary to "
+                f"{result_uri}",
+                hint=jobs.driver_log_hint(final),
+                details={"batch_id": batch_id, "state": final.get("state"), "result": result_uri},
+            )
+        output = spec["output"].get("path") or spec["output"].get("table")
+        return {
+            **{k: v for k, v in result.items() if k != "messages"},
+            "batch_id": batch_id,
+            "state": final.get("state"),
+            "output": output,  # as it was asked for (the job may see the storage by another path)
+            "result": result_uri,
+            **({"driver_log": url} if (url := jobs.driver_log_url(final)) else {}),
+        }
 
     def _keep_log(self, slot: str | None, text: str) -> None:
         if slot and text:
@@ -610,7 +655,7 @@ class SparkBackend(Backend):
         source = DataLocation(path=self.store.uri(f"{run_dir}/input.parquet"), format="parquet")
         sink = DataLocation(path=self.store.uri(f"{run_dir}/output"), format="parquet")
         try:
-            result = self.run_job(source, sink, slot=slot)
+            result = self.run_job(source, sink, slot=slot, run_dir=run_dir)
         except DeploymentFailed as exc:
             return _answer(500, {"error": exc.message}, started)
         table, versions, variants = read_scored(self.store, f"{run_dir}/output")
@@ -638,7 +683,7 @@ class SparkBackend(Backend):
         run_dir = f"{self._endpoint_dir()}/runs/RUN_ID"
         source = self.target.input or DataLocation(path=self._root_uri(f"{run_dir}/input.parquet"))
         sink = self.target.output or DataLocation(path=self._root_uri(f"{run_dir}/output"))
-        spec = self._spec([variant], source, sink)
+        spec = self._spec([variant], source, sink, result=self._root_uri(f"{run_dir}/{jobs.RESULT_FILE}"))
         request = self.livy_request(spec, plan[1]["uri"], slot="blue")
         assert self.target.spark_pool is not None
         livy_url = (

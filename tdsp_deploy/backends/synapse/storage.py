@@ -21,8 +21,13 @@ underneath: create-if-absent and replace/delete-if-ETag-matches, the Blob API's 
 headers (``If-None-Match: *``, ``If-Match``).
 
 ``BlobStore`` wraps azure-storage-blob's ContainerClient (the one seam to the SDK; its errors
-are mapped to BackendError here). ``FolderStore`` keeps the same layout in a local folder that
-stands for the container (a mounted filesystem, or a test's Spark that cannot reach Azure).
+are mapped to BackendError here). Two things of a real ADLS Gen2 account it must know: with a
+hierarchical namespace, List Blobs also returns each directory, as a zero-length blob whose
+metadata says ``hdi_isfolder=true`` (skipped: the store holds files); and an identity that may
+manage the account but has no data role gets 403 ``AuthorizationPermissionMismatch``, which
+the SDK raises as a plain HttpResponseError: it is told as such, with the role to grant.
+``FolderStore`` keeps the same layout in a local folder that stands for the container (a
+mounted filesystem, or a test's Spark that cannot reach Azure).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from tdsp_deploy.backends.synapse.target import parse_abfss
 from tdsp_deploy.errors import BackendError
 
 SHA256_METADATA = "tdsp_sha256"
+FOLDER_METADATA = "hdi_isfolder"  # an ADLS Gen2 directory, as List Blobs shows it
+DATA_ROLE = "Storage Blob Data Contributor"
 BLOB_ENDPOINT_ENV = "TDSP_SYNAPSE_BLOB_ENDPOINT"  # e.g. an emulator's http://127.0.0.1:10000/<account>
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 CHUNK = 4 * 1024 * 1024
@@ -129,6 +136,9 @@ class BlobStore:
     def uri(self, name: str) -> str:
         return f"{self.root}/{name}"
 
+    def _errors(self, doing: str) -> _mapped_errors:
+        return _mapped_errors(doing, self.account)
+
     def _blob(self, name: str) -> str:
         return _join(self.prefix, name)
 
@@ -137,7 +147,7 @@ class BlobStore:
         True when it was uploaded."""
         blob = self.client.get_blob_client(self._blob(name))
         size = path.stat().st_size
-        with _mapped_errors(f"check {self.uri(name)}"):
+        with self._errors(f"check {self.uri(name)}"):
             from azure.core.exceptions import ResourceNotFoundError
 
             try:
@@ -155,18 +165,18 @@ class BlobStore:
         Blob when small). Until the commit, readers see the old blob or none."""
         options: dict[str, Any] = {"overwrite": True, "metadata": {SHA256_METADATA: sha256}, "length": size}
         self._ensure_container()
-        with _mapped_errors(f"upload {self.uri(name)}"):
+        with self._errors(f"upload {self.uri(name)}"):
             self.client.get_blob_client(self._blob(name)).upload_blob(stream, **options)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         self._ensure_container()
-        with _mapped_errors(f"write {self.uri(name)}"):
+        with self._errors(f"write {self.uri(name)}"):
             self.client.get_blob_client(self._blob(name)).upload_blob(data, overwrite=True)
 
     def get_bytes(self, name: str) -> bytes | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        with _mapped_errors(f"read {self.uri(name)}"):
+        with self._errors(f"read {self.uri(name)}"):
             try:
                 return self.client.get_blob_client(self._blob(name)).download_blob().readall()
             except ResourceNotFoundError:
@@ -176,10 +186,12 @@ class BlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         start = len(self.prefix) + 1 if self.prefix else 0
-        with _mapped_errors(f"list {self.uri(prefix)}"):
+        with self._errors(f"list {self.uri(prefix)}"):
             try:
                 return sorted(
-                    b.name[start:] for b in self.client.list_blobs(name_starts_with=self._blob(prefix))
+                    b.name[start:]
+                    for b in self.client.list_blobs(name_starts_with=self._blob(prefix), include=["metadata"])
+                    if not _is_folder(b)
                 )
             except ResourceNotFoundError:  # no container yet
                 return []
@@ -187,7 +199,7 @@ class BlobStore:
     def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        with _mapped_errors(f"delete {self.uri(name)}"), contextlib.suppress(ResourceNotFoundError):
+        with self._errors(f"delete {self.uri(name)}"), contextlib.suppress(ResourceNotFoundError):
             self.client.delete_blob(self._blob(name))
 
     # -- conditional writes: If-None-Match: * to create, If-Match: <etag> to replace or delete --
@@ -196,7 +208,7 @@ class BlobStore:
         from azure.core.exceptions import ResourceExistsError
 
         self._ensure_container()
-        with _mapped_errors(f"create {self.uri(name)}"):
+        with self._errors(f"create {self.uri(name)}"):
             try:
                 written = self.client.get_blob_client(self._blob(name)).upload_blob(data, overwrite=False)
             except ResourceExistsError:
@@ -207,7 +219,7 @@ class BlobStore:
         """The blob's content and ETag; None when there is no such blob."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with _mapped_errors(f"read {self.uri(name)}"):
+        with self._errors(f"read {self.uri(name)}"):
             try:
                 download = self.client.get_blob_client(self._blob(name)).download_blob()
                 return download.readall(), str(download.properties.etag)
@@ -218,7 +230,7 @@ class BlobStore:
         """Overwrite ``name`` only if it still has ``etag``; the new ETag, or None."""
         from azure.core import MatchConditions
 
-        with _mapped_errors(f"replace {self.uri(name)}"), _condition_failed() as failed:
+        with self._errors(f"replace {self.uri(name)}"), _condition_failed() as failed:
             written = self.client.get_blob_client(self._blob(name)).upload_blob(
                 data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
             )
@@ -228,7 +240,7 @@ class BlobStore:
         """Delete ``name`` only if it still has ``etag``."""
         from azure.core import MatchConditions
 
-        with _mapped_errors(f"delete {self.uri(name)}"), _condition_failed() as failed:
+        with self._errors(f"delete {self.uri(name)}"), _condition_failed() as failed:
             self.client.delete_blob(
                 self._blob(name), etag=etag, match_condition=MatchConditions.IfNotModified
             )
@@ -237,8 +249,14 @@ class BlobStore:
     def _ensure_container(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        with _mapped_errors(f"create container {self.container}"), contextlib.suppress(ResourceExistsError):
+        with self._errors(f"create container {self.container}"), contextlib.suppress(ResourceExistsError):
             self.client.create_container()
+
+
+def _is_folder(blob: Any) -> bool:
+    """A hierarchical-namespace directory entry (zero-length, hdi_isfolder=true)."""
+    metadata = {str(k).lower(): str(v).lower() for k, v in (blob.metadata or {}).items()}
+    return metadata.get(FOLDER_METADATA) == "true"
 
 
 class _condition_failed:
@@ -263,8 +281,9 @@ class _condition_failed:
 class _mapped_errors:
     """Azure SDK errors become BackendError, saying what we were doing."""
 
-    def __init__(self, doing: str):
+    def __init__(self, doing: str, account: str = ""):
         self.doing = doing
+        self.account = account
 
     def __enter__(self) -> None:
         return None
@@ -276,10 +295,21 @@ class _mapped_errors:
             from azure.core.exceptions import AzureError, ClientAuthenticationError
         except ImportError:  # pragma: no cover - the SDK raised, so it is there
             return False
-        if isinstance(exc, ClientAuthenticationError):
+        if isinstance(exc, ClientAuthenticationError):  # 401, or 403 AuthenticationFailed: the token itself
             raise BackendError(
                 f"storage refused the credential while trying to {self.doing}",
                 hint="sign in (az login) or grant Storage Blob Data Contributor on the account",
+            ) from None
+        if getattr(exc, "status_code", None) == 403:
+            code = getattr(exc, "error_code", None) or "AuthorizationFailure"
+            code = getattr(code, "value", code)
+            account = f"storage account {self.account}" if self.account else "the storage account"
+            raise BackendError(
+                f"storage refused to {self.doing} (HTTP 403 {code}): the identity may not "
+                "read or write blobs there",
+                hint=f"grant the {DATA_ROLE} role on {account} to the identity that runs tdsp-deploy "
+                "(Owner or Contributor alone give no access to data): az role assignment create "
+                f'--role "{DATA_ROLE}" --assignee <user or app id> --scope <the account\'s resource id>',
             ) from None
         if isinstance(exc, AzureError):
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
