@@ -50,6 +50,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 
 _INIT_HINT = "check the path, or run `tdsp-deploy init` to write a manifest"
 _SCHEMA_HINT = "`tdsp-deploy schema` prints every key the manifest accepts"
+_MISSING_FILE = "' does not exist (looked for "  # model.py's message for a path that is not there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +97,20 @@ def load_manifest(
         manifest = cls.model_validate(raw, context={"base_dir": file.parent})
     except ValidationError as exc:
         problems += _validation_problems(exc, cls, raw, tree.lines, shown, substituted, tree.failed)
-        raise _error(problems, hint=_SCHEMA_HINT) from None
+        raise _error(problems, hint=_hint_for(problems, file.parent)) from None
     except Exception as exc:  # a target schema from a plugin may raise anything: keep the contract
         problems.append(ManifestProblem(shown, None, None, f"could not be validated: {exc!r}"))
         raise _error(problems, hint="this is a bug in a target's schema; report it") from exc
     if problems:
         raise _error(problems)
     return LoadedManifest(manifest, file, file.parent, raw, tree.lines, shown)
+
+
+def _hint_for(problems: list[ManifestProblem], base_dir: Path) -> str:
+    """Files that are not there need a path fixed, not a list of keys."""
+    if problems and all(_MISSING_FILE in p.message for p in problems):
+        return f"relative paths are read from the manifest's folder ({base_dir}): fix the path or add the file"
+    return _SCHEMA_HINT
 
 
 def _error(problems: list[ManifestProblem], hint: str | None = None) -> ManifestError:

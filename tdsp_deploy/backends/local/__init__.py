@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy import interrupts
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
@@ -97,8 +98,24 @@ class LocalBackend(Backend):
                     "log": str(self.files.supervisor_log),
                 },
                 "state_dir": str(self.files.root),
+                # started by a command that was interrupted before it could record or stop them;
+                # the next push or delete stops them
+                "stray_processes": [ref.pid for ref, _ in self._strays(record)],
             },
         )
+
+    def _strays(self, record: EndpointRecord) -> list[tuple[processes.ProcessRef, str]]:
+        """Processes a command started for this endpoint that still run and that the record
+        does not account for (an interrupted command's)."""
+        known = {record.router, record.supervisor, *(slot.process for slot in record.revisions())}
+        return [(ref, what) for ref, what in self.files.started() if ref not in known and processes.is_running(ref)]
+
+    def _spawn(self, command: list[str], *, what: str, cwd: Path, env: dict[str, str], log_path: Path):  # type: ignore[no-untyped-def]
+        """Start a process and write it down before anything can interrupt in between."""
+        with interrupts.deferred():
+            ref = processes.spawn(command, cwd=cwd, env=env, log_path=log_path)
+            self.files.remember(ref, what, alive=processes.is_running)
+        return ref
 
     def _slot_status(self, slot: SlotRecord) -> SlotStatus:
         running = processes.is_running(slot.process)
@@ -134,6 +151,29 @@ class LocalBackend(Backend):
             )
         return _read_tail(found.log_path, tail)
 
+    def failed_logs(self, slot: str, *, tail: int | None = None) -> str:
+        path = self.files.failed_log(slot)
+        if not slot:  # the latest failure, whichever deployment it was
+            kept = sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            path = kept[-1] if kept else path
+        if not path.exists():
+            raise UsageError(
+                f"no failed deployment{f' {slot!r}' if slot else ''} of endpoint '{self.manifest.name}' "
+                "has left a log",
+                hint="a push that fails keeps its deployment's log here until the next failure",
+            )
+        return _read_tail(path, tail)
+
+    def _keep_failed_log(self, slot: SlotRecord) -> Path:
+        """Copy a failing revision's log where it outlives the revision's folder."""
+        kept = self.files.failed_log(slot.name)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(slot.log_path, kept)
+        except FileNotFoundError:
+            kept.write_text("")
+        return kept
+
     def credentials(self) -> dict[str, str]:
         self._record()
         return self.files.keys()
@@ -142,6 +182,26 @@ class LocalBackend(Backend):
         record = self.files.read()
         if record is None:
             return []
+        finished = self._finish_interrupted(record)
+        if finished:
+            record = self._record()
+        return finished + self._restart_what_stopped(record)
+
+    def _finish_interrupted(self, record: EndpointRecord) -> list[str]:
+        """Complete what an interrupted command left: roll back a deployment its push never
+        finished with, stop the processes it started and never recorded or stopped."""
+        done = []
+        for name in sorted(n for n, slot in record.slots.items() if slot.pending):
+            self.discard_slot(name)
+            done.append(f"rolled back deployment '{name}', left by a push that did not finish")
+        record = self._record()
+        strays = self._strays(record)
+        if strays:
+            processes.stop_together([ref for ref, _ in strays])
+            done += [f"stopped a {what} process (pid {ref.pid}) left by an interrupted command" for ref, what in strays]
+        return done
+
+    def _restart_what_stopped(self, record: EndpointRecord) -> list[str]:
         dead = [
             slot
             for slot in record.slots.values()
@@ -188,13 +248,15 @@ class LocalBackend(Backend):
             slot.port = processes.free_port()
         model_dir = directory / "package" / "model"
         slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port)
-        slot.process = processes.spawn(
-            slot.command,
-            cwd=directory / "package" / "code",
-            env=self._slot_environment(directory),
-            log_path=slot.log_path,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            slot.process = self._spawn(
+                slot.command,
+                what="deployment",
+                cwd=directory / "package" / "code",
+                env=self._slot_environment(directory),
+                log_path=slot.log_path,
+            )
+            self.files.write(record)
 
     def regenerate_keys(self) -> None:
         record = self._record()
@@ -230,11 +292,27 @@ class LocalBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        # Ctrl-C waits until the new revision is started and recorded, then undoes it: never a
+        # process that the record does not know.
+        try:
+            with interrupts.deferred():
+                return self._deploy_slot(slot, package)
+        except KeyboardInterrupt:
+            self.discard_slot(slot)
+            raise
+
+    def _deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
         from tdsp_deploy.packaging import extract_package
 
-        record = self.files.read() or self._new_record()
+        existing = self.files.read()
+        record = existing or self._new_record()
         self.files.keys()
-        self._ensure_router(record)
+        try:
+            self._ensure_router(record)
+        except BackendError:
+            if existing is None:  # nothing of the endpoint ran before: leave no record of it
+                shutil.rmtree(self.files.root, ignore_errors=True)
+            raise
         if not processes.is_running(record.supervisor):
             self._start_supervisor(record)
 
@@ -250,8 +328,9 @@ class LocalBackend(Backend):
 
         port = processes.free_port()
         command = self._slot_command(lock.scoring_script_name, directory / "package" / "model", port)
-        process = processes.spawn(
+        process = self._spawn(
             command,
+            what="deployment",
             cwd=directory / "package" / "code",
             env=self._slot_environment(directory),
             log_path=directory / "server.log",
@@ -276,6 +355,7 @@ class LocalBackend(Backend):
             command=command,
             raw_http=takes_raw_requests(directory / "package" / "code" / lock.scoring_script_name),
             liveness_probe=self.target.liveness_probe.model_dump(),
+            pending=True,
         )
         self.files.write(record)
         if stale is not None:
@@ -333,7 +413,7 @@ class LocalBackend(Backend):
                     f"deployment '{slot}' exited during start-up"
                     + (f" with code {code}" if code is not None else "")
                     + "; init() failed or the server could not start",
-                    hint=f"the log below shows why; full log: {found.log_path}",
+                    hint=self._failed_log_hint(found),
                     details={"log_tail": _read_tail(found.log_path, 30)},
                 )
             if _probe(found.port, timeout=1.0):
@@ -341,7 +421,8 @@ class LocalBackend(Backend):
             if elapsed > timeout:
                 raise DeploymentTimeout(
                     f"deployment '{slot}' was not healthy after {timeout:g} s",
-                    hint="raise target.startup_timeout if init() is slow, or read the log below",
+                    hint="raise target.startup_timeout if init() is slow, or read the log below; "
+                    + self._failed_log_hint(found),
                     details={"log_tail": _read_tail(found.log_path, 30)},
                 )
             if elapsed - last_told >= 0.5:
@@ -362,9 +443,19 @@ class LocalBackend(Backend):
         )
         return self._slot_status(found)
 
+    def _failed_log_hint(self, found: SlotRecord) -> str:
+        kept = self._keep_failed_log(found)
+        return (
+            f"the log below shows why; the whole log is kept at {kept} "
+            f"(`tdsp-deploy logs MANIFEST --deployment {found.name} --failed`)"
+        )
+
     def finalize_slot(self, slot: str) -> None:
         record = self._record()
         found = record.slots[slot]
+        if found.pending:
+            found.pending = False
+            self.files.write(record)
         if found.previous is not None:
             replaced, found.previous = found.previous, None
             self.files.write(record)  # first out of the record, so the supervisor lets it go
@@ -375,6 +466,8 @@ class LocalBackend(Backend):
         if record is None or slot not in record.slots:
             return
         failed = record.slots[slot]
+        if not failed.pending and failed.previous is None:
+            return  # not a revision a push is still working on: nothing of it to undo
         if failed.previous is not None:
             restored = failed.previous
             restored.traffic = failed.traffic
@@ -384,6 +477,7 @@ class LocalBackend(Backend):
         self.files.write(record)
         if processes.is_running(record.router):
             self._publish(record)
+        self._keep_failed_log(failed)  # its folder goes; its log stays for `logs --failed`
         self._stop_revision(record, failed)
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
@@ -430,7 +524,8 @@ class LocalBackend(Backend):
 
             processes.stop(record.supervisor)  # first, or it would restart what we stop
             revisions = list(record.revisions())
-            processes.stop_together([record.router, *(found.process for found in revisions)])
+            strays = [ref for ref, _ in self._strays(record)]
+            processes.stop_together([record.router, *(found.process for found in revisions), *strays])
             for found in revisions:
                 self._stop_revision(None, found)  # gone already: what is left of each, its folder
             shutil.rmtree(self.files.root, ignore_errors=True)
@@ -595,13 +690,15 @@ class LocalBackend(Backend):
         self.progress(
             ProgressEvent(step="router", message=f"starting the router on {record.host}:{record.port}")
         )
-        record.router = processes.spawn(
-            [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
-            cwd=self.files.root,
-            env=dict(os.environ),
-            log_path=self.files.router_log,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            record.router = self._spawn(
+                [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
+                what="router",
+                cwd=self.files.root,
+                env=dict(os.environ),
+                log_path=self.files.router_log,
+            )
+            self.files.write(record)
         host = _client_host(record.host)
         if not processes.wait_until(
             lambda: _probe(record.port, host=host, timeout=0.5) or not processes.is_running(record.router),
@@ -615,13 +712,15 @@ class LocalBackend(Backend):
             )
 
     def _start_supervisor(self, record: EndpointRecord) -> None:
-        record.supervisor = processes.spawn(
-            [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(self.files.root)],
-            cwd=self.files.root,
-            env=dict(os.environ),
-            log_path=self.files.supervisor_log,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            record.supervisor = self._spawn(
+                [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(self.files.root)],
+                what="supervisor",
+                cwd=self.files.root,
+                env=dict(os.environ),
+                log_path=self.files.supervisor_log,
+            )
+            self.files.write(record)
 
     def _stop_revision(self, record: EndpointRecord | None, slot: SlotRecord) -> None:
         """Stop a revision that no longer takes requests. It left the record and the router's
