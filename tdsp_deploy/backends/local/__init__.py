@@ -46,6 +46,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0
 MAX_DRAIN_S = 30.0  # a slot's in-flight requests get at most this long (or the request timeout)
+# All a deployment's process takes from the CLI's environment: what running at all needs.
+SYSTEM_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 
 
 class LocalBackend(Backend):
@@ -246,14 +248,14 @@ class LocalBackend(Backend):
         lock = verify_extracted(directory / "package", slot.package_id)  # before the model loads again
         if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
             slot.port = processes.free_port()
-        model_dir = directory / "package" / "model"
+        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
         slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port)
         with interrupts.deferred():
             slot.process = self._spawn(
                 slot.command,
                 what="deployment",
                 cwd=directory / "package" / "code",
-                env=self._slot_environment(directory),
+                env=self._slot_environment(model_dir, directory),
                 log_path=slot.log_path,
             )
             self.files.write(record)
@@ -327,12 +329,13 @@ class LocalBackend(Backend):
         lock = extract_package(package.path, directory / "package")
 
         port = processes.free_port()
-        command = self._slot_command(lock.scoring_script_name, directory / "package" / "model", port)
+        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
+        command = self._slot_command(lock.scoring_script_name, model_dir, port)
         process = self._spawn(
             command,
             what="deployment",
             cwd=directory / "package" / "code",
-            env=self._slot_environment(directory),
+            env=self._slot_environment(model_dir, directory),
             log_path=directory / "server.log",
         )
         previous = record.slots.get(slot)
@@ -382,21 +385,27 @@ class LocalBackend(Backend):
             self.target.http_server,
         ]
 
-    def _slot_environment(self, directory: Path) -> dict[str, str]:
+    def _slot_environment(self, model_dir: Path, directory: Path) -> dict[str, str]:
+        """What the platform gives a deployment: the manifest's variables and the platform's
+        own, never the CLI's environment (which may hold SQL_PASSWORD, AZURE_* credentials...);
+        only what any process needs to run on this machine (PATH, locale, HOME, TMPDIR) is
+        passed on from it."""
         code = directory / "package" / "code"
-        env = dict(os.environ)
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name in SYSTEM_VARIABLES or name.startswith("LC_")
+        }
         env.update(self.manifest.environment.variables)
         env.update(
             {
-                "AZUREML_MODEL_DIR": str(directory / "package" / "model"),
+                "AZUREML_MODEL_DIR": str(model_dir),
                 "AML_APP_ROOT": str(code),
                 "PYTHONUNBUFFERED": "1",
                 # the inference server's own time limit for run(); the router enforces ours
                 "SCORING_TIMEOUT_MS": str(self.target.request_timeout_ms),
             }
         )
-        # The slot must not inherit a port setting meant for something else.
-        env.pop("SERVER_PORT", None)
         return env
 
     def wait_healthy(self, slot: str) -> SlotStatus:
@@ -562,6 +571,8 @@ class LocalBackend(Backend):
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
         slot = self.manifest.rollout.deployment or "blue"
         state = self.files.root
+        lock = package.lock
+        planned_model_dir = _layout_model_dir(state / "slots" / slot / "rN", lock.model.name, lock.model_version)
         plan = {
             "target": "local",
             "endpoint": self.manifest.name,
@@ -583,14 +594,12 @@ class LocalBackend(Backend):
                 "name": slot
                 if self.manifest.rollout.deployment
                 else "blue or green (the one without traffic)",
-                "command": self._slot_command(
-                    package.lock.scoring_script_name, state / "slots" / slot / "rN" / "package" / "model", 0
-                ),
+                "command": self._slot_command(package.lock.scoring_script_name, planned_model_dir, 0),
                 "bind": "127.0.0.1 (loopback only; the router is the only door)",
                 "workers": self.target.workers,
                 "environment": {
                     **redact_variables(self.manifest.environment.variables),
-                    "AZUREML_MODEL_DIR": str(state / "slots" / slot / "rN" / "package" / "model"),
+                    "AZUREML_MODEL_DIR": str(planned_model_dir),
                 },
                 "startup_timeout_s": self.target.startup_timeout,
             },
@@ -777,6 +786,24 @@ class LocalBackend(Backend):
         if response.status == 200:
             return True
         return False if response.status == 504 else None
+
+
+def _layout_model_dir(directory: Path, name: str, version: str) -> Path:
+    # Azure ML numbers a model's versions 1, 2, ...; a version derived from the content hash
+    # is not a number, and the inference server reads a model directory whose last part is not
+    # one as a folder of several models (and logs an error): such a model is version 1 here.
+    return directory / "azureml-models" / name / (version if version.isdigit() else "1")
+
+
+def azureml_model_dir(directory: Path, name: str, version: str) -> Path:
+    """The revision's AZUREML_MODEL_DIR, laid out as in Azure ML's container
+    (``.../azureml-models/<model name>/<version>/``, the model folder or file beneath): a link
+    to the unpacked package's model folder, which stays where its lock verifies it."""
+    model_dir = _layout_model_dir(directory, name, version)
+    if not model_dir.is_symlink():
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        model_dir.symlink_to(os.path.relpath(directory / "package" / "model", model_dir.parent))
+    return model_dir
 
 
 def _client_host(host: str) -> str:
