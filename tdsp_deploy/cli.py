@@ -710,6 +710,9 @@ def logs(
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
     tail: Annotated[int | None, typer.Option("--tail", "--lines", help="Only the last N lines.")] = 200,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="The log of the latest failed (rolled back) deployment.")
+    ] = False,
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -717,8 +720,12 @@ def logs(
     env = _env(json_out, debug)
     loaded = _load(manifest, env)
     backend = _backend(loaded)
-    slot = deployment or _default_slot(backend.status())
-    text = backend.logs(slot, tail=tail)
+    if failed:
+        slot = deployment or ""  # "": the latest failure, whichever deployment it was
+        text = backend.failed_logs(slot, tail=tail)
+    else:
+        slot = deployment or _default_slot(backend.status())
+        text = backend.logs(slot, tail=tail)
     if env.json_mode:
         env.emit_json({"deployment": slot, "lines": text.splitlines()})
     else:

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from tdsp_deploy import paths
+from tdsp_deploy import interrupts, paths
 from tdsp_deploy.backends.base import Backend, EndpointStatus, Progress, ProgressEvent, no_progress
 from tdsp_deploy.errors import DeploymentFailed, Interrupted, TdspError, UsageError
 from tdsp_deploy.manifest import LoadedManifest, check_manifest
@@ -148,7 +148,7 @@ def push(
         if staged:
             staged_rollout.refuse_if_in_progress(staged_rollout.store_for(backend))
         smoke = _deploy_and_prove(
-            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed
+            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed, warnings=warnings
         )
         state = None
         if staged:
@@ -235,6 +235,29 @@ def _deploy_and_prove(
     *,
     progress: Progress,
     keep_failed: bool,
+    warnings: list[str],
+) -> SmokeReport | None:
+    def again() -> None:
+        progress(ProgressEvent(step="rollback", message="interrupted again: the rollback finishes first"))
+
+    # A second Ctrl-C (or a CI cancellation's SIGTERM after its SIGINT) must not cut the
+    # rollback the first one started: that left the new slot's server running, unrecorded.
+    with interrupts.first_only(on_repeat=again):
+        return _deploy_and_roll_back_on_failure(
+            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed, warnings=warnings
+        )
+
+
+def _deploy_and_roll_back_on_failure(
+    loaded: LoadedManifest,
+    backend: Backend,
+    slot: str,
+    package: Any,
+    before: EndpointStatus,
+    *,
+    progress: Progress,
+    keep_failed: bool,
+    warnings: list[str],
 ) -> SmokeReport | None:
     manifest = loaded.manifest
     replacing = before.slot(slot) is not None
@@ -248,6 +271,13 @@ def _deploy_and_prove(
             progress(ProgressEvent(step="smoke", message=f"smoke test pinned to {slot}"))
             smoke = run_smoke_test(backend.callers, manifest.smoke_test, deployment=slot, progress=progress)
         wanted = planned_traffic(before, slot, manifest.rollout)
+        if smoke is None and wanted is not None and wanted.live.get(slot, 0) > 0:
+            untested = (
+                f"the manifest has no smoke_test: '{slot}' gets {wanted.live[slot]}% of the traffic "
+                "without a single request tried; add smoke_test.request (and expect)"
+            )
+            warnings.append(untested)
+            progress(ProgressEvent(step="traffic", message=f"warning: {untested}"))
         if wanted is not None:
             progress(ProgressEvent(step="traffic", message=f"setting {wanted.describe()}"))
             change_traffic(backend, before, wanted, "push")
@@ -304,8 +334,8 @@ def _roll_back(
         error.details["rolled_back"] = False
         error.details["rollback_error"] = rollback_error.message
         steps.append(f"rollback failed: {rollback_error.message}")
+    # The steps ride on the error, which shows them once; not told here as well.
     error.details["rollback"] = steps
-    progress(ProgressEvent(step="rollback", message="; ".join(steps)))
 
 
 def _result(

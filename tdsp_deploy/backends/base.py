@@ -177,6 +177,15 @@ class Backend(abc.ABC):
     def logs(self, slot: str, *, tail: int | None = None) -> str:
         """The slot's server log (the last ``tail`` lines when given)."""
 
+    def failed_logs(self, slot: str, *, tail: int | None = None) -> str:
+        """The log of the latest deployment of ``slot`` that failed and was rolled back."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(
+            f"the {self.kind} target keeps no log of failed deployments",
+            hint="the platform's own log history has them",
+        )
+
     @abc.abstractmethod
     def credentials(self) -> dict[str, str]:
         """The endpoint's keys: ``primary_key`` and ``secondary_key``."""

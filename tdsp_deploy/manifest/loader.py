@@ -51,6 +51,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 
 _INIT_HINT = "check the path, or run `tdsp-deploy init` to write a manifest"
 _SCHEMA_HINT = "`tdsp-deploy schema` prints every key the manifest accepts"
+_MISSING_FILE = "' does not exist (looked for "  # model.py's message for a path that is not there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ def load_manifest(
         manifest = cls.model_validate(raw, context={"base_dir": file.parent})
     except ValidationError as exc:
         problems += _validation_problems(exc, cls, raw, tree.lines, shown, substituted, tree.failed)
-        raise _error(problems, hint=_SCHEMA_HINT, secrets=secrets) from None
+        raise _error(problems, hint=_hint_for(problems, file.parent), secrets=secrets) from None
     except Exception as exc:  # a target schema from a plugin may raise anything: keep the contract
         problems.append(ManifestProblem(shown, None, None, f"could not be validated: {exc!r}"))
         hint = "this is a bug in a target's schema; report it"
@@ -111,6 +112,13 @@ def load_manifest(
         raise _error(problems, secrets=secrets)
     manifest.secret_values = secrets  # for the backends, which get the manifest alone
     return LoadedManifest(manifest, file, file.parent, raw, tree.lines, shown, secrets)
+
+
+def _hint_for(problems: list[ManifestProblem], base_dir: Path) -> str:
+    """Files that are not there need a path fixed, not a list of keys."""
+    if problems and all(_MISSING_FILE in p.message for p in problems):
+        return f"relative paths are read from the manifest's folder ({base_dir}): fix the path or add the file"
+    return _SCHEMA_HINT
 
 
 def _secret_sources(raw: Any, environ: Mapping[str, str]) -> set[str]:

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy import interrupts
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
@@ -46,6 +47,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0
 MAX_DRAIN_S = 30.0  # a slot's in-flight requests get at most this long (or the request timeout)
+# All a deployment's process takes from the CLI's environment: what running at all needs.
+SYSTEM_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 
 
 class LocalBackend(Backend):
@@ -98,8 +101,24 @@ class LocalBackend(Backend):
                     "log": str(self.files.supervisor_log),
                 },
                 "state_dir": str(self.files.root),
+                # started by a command that was interrupted before it could record or stop them;
+                # the next push or delete stops them
+                "stray_processes": [ref.pid for ref, _ in self._strays(record)],
             },
         )
+
+    def _strays(self, record: EndpointRecord) -> list[tuple[processes.ProcessRef, str]]:
+        """Processes a command started for this endpoint that still run and that the record
+        does not account for (an interrupted command's)."""
+        known = {record.router, record.supervisor, *(slot.process for slot in record.revisions())}
+        return [(ref, what) for ref, what in self.files.started() if ref not in known and processes.is_running(ref)]
+
+    def _spawn(self, command: list[str], *, what: str, cwd: Path, env: dict[str, str], log_path: Path):  # type: ignore[no-untyped-def]
+        """Start a process and write it down before anything can interrupt in between."""
+        with interrupts.deferred():
+            ref = processes.spawn(command, cwd=cwd, env=env, log_path=log_path)
+            self.files.remember(ref, what, alive=processes.is_running)
+        return ref
 
     def _slot_status(self, slot: SlotRecord) -> SlotStatus:
         running = processes.is_running(slot.process)
@@ -135,6 +154,29 @@ class LocalBackend(Backend):
             )
         return _read_tail(found.log_path, tail)
 
+    def failed_logs(self, slot: str, *, tail: int | None = None) -> str:
+        path = self.files.failed_log(slot)
+        if not slot:  # the latest failure, whichever deployment it was
+            kept = sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)
+            path = kept[-1] if kept else path
+        if not path.exists():
+            raise UsageError(
+                f"no failed deployment{f' {slot!r}' if slot else ''} of endpoint '{self.manifest.name}' "
+                "has left a log",
+                hint="a push that fails keeps its deployment's log here until the next failure",
+            )
+        return _read_tail(path, tail)
+
+    def _keep_failed_log(self, slot: SlotRecord) -> Path:
+        """Copy a failing revision's log where it outlives the revision's folder."""
+        kept = self.files.failed_log(slot.name)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(slot.log_path, kept)
+        except FileNotFoundError:
+            kept.write_text("")
+        return kept
+
     def credentials(self) -> dict[str, str]:
         self._record()
         return self.files.keys()
@@ -143,6 +185,26 @@ class LocalBackend(Backend):
         record = self.files.read()
         if record is None:
             return []
+        finished = self._finish_interrupted(record)
+        if finished:
+            record = self._record()
+        return finished + self._restart_what_stopped(record)
+
+    def _finish_interrupted(self, record: EndpointRecord) -> list[str]:
+        """Complete what an interrupted command left: roll back a deployment its push never
+        finished with, stop the processes it started and never recorded or stopped."""
+        done = []
+        for name in sorted(n for n, slot in record.slots.items() if slot.pending):
+            self.discard_slot(name)
+            done.append(f"rolled back deployment '{name}', left by a push that did not finish")
+        record = self._record()
+        strays = self._strays(record)
+        if strays:
+            processes.stop_together([ref for ref, _ in strays])
+            done += [f"stopped a {what} process (pid {ref.pid}) left by an interrupted command" for ref, what in strays]
+        return done
+
+    def _restart_what_stopped(self, record: EndpointRecord) -> list[str]:
         dead = [
             slot
             for slot in record.slots.values()
@@ -187,15 +249,17 @@ class LocalBackend(Backend):
         lock = verify_extracted(directory / "package", slot.package_id)  # before the model loads again
         if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
             slot.port = processes.free_port()
-        model_dir = directory / "package" / "model"
+        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
         slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port)
-        slot.process = processes.spawn(
-            slot.command,
-            cwd=directory / "package" / "code",
-            env=self._slot_environment(directory),
-            log_path=slot.log_path,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            slot.process = self._spawn(
+                slot.command,
+                what="deployment",
+                cwd=directory / "package" / "code",
+                env=self._slot_environment(model_dir, directory),
+                log_path=slot.log_path,
+            )
+            self.files.write(record)
 
     def regenerate_keys(self) -> None:
         record = self._record()
@@ -231,11 +295,27 @@ class LocalBackend(Backend):
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        # Ctrl-C waits until the new revision is started and recorded, then undoes it: never a
+        # process that the record does not know.
+        try:
+            with interrupts.deferred():
+                return self._deploy_slot(slot, package)
+        except KeyboardInterrupt:
+            self.discard_slot(slot)
+            raise
+
+    def _deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
         from tdsp_deploy.packaging import extract_package
 
-        record = self.files.read() or self._new_record()
+        existing = self.files.read()
+        record = existing or self._new_record()
         self.files.keys()
-        self._ensure_router(record)
+        try:
+            self._ensure_router(record)
+        except BackendError:
+            if existing is None:  # nothing of the endpoint ran before: leave no record of it
+                shutil.rmtree(self.files.root, ignore_errors=True)
+            raise
         if not processes.is_running(record.supervisor):
             self._start_supervisor(record)
 
@@ -250,11 +330,13 @@ class LocalBackend(Backend):
         lock = extract_package(package.path, directory / "package")
 
         port = processes.free_port()
-        command = self._slot_command(lock.scoring_script_name, directory / "package" / "model", port)
-        process = processes.spawn(
+        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
+        command = self._slot_command(lock.scoring_script_name, model_dir, port)
+        process = self._spawn(
             command,
+            what="deployment",
             cwd=directory / "package" / "code",
-            env=self._slot_environment(directory),
+            env=self._slot_environment(model_dir, directory),
             log_path=directory / "server.log",
         )
         previous = record.slots.get(slot)
@@ -277,6 +359,7 @@ class LocalBackend(Backend):
             command=command,
             raw_http=takes_raw_requests(directory / "package" / "code" / lock.scoring_script_name),
             liveness_probe=self.target.liveness_probe.model_dump(),
+            pending=True,
         )
         self.files.write(record)
         if stale is not None:
@@ -303,21 +386,27 @@ class LocalBackend(Backend):
             self.target.http_server,
         ]
 
-    def _slot_environment(self, directory: Path) -> dict[str, str]:
+    def _slot_environment(self, model_dir: Path, directory: Path) -> dict[str, str]:
+        """What the platform gives a deployment: the manifest's variables and the platform's
+        own, never the CLI's environment (which may hold SQL_PASSWORD, AZURE_* credentials...);
+        only what any process needs to run on this machine (PATH, locale, HOME, TMPDIR) is
+        passed on from it."""
         code = directory / "package" / "code"
-        env = dict(os.environ)
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name in SYSTEM_VARIABLES or name.startswith("LC_")
+        }
         env.update(self.manifest.environment.variables)
         env.update(
             {
-                "AZUREML_MODEL_DIR": str(directory / "package" / "model"),
+                "AZUREML_MODEL_DIR": str(model_dir),
                 "AML_APP_ROOT": str(code),
                 "PYTHONUNBUFFERED": "1",
                 # the inference server's own time limit for run(); the router enforces ours
                 "SCORING_TIMEOUT_MS": str(self.target.request_timeout_ms),
             }
         )
-        # The slot must not inherit a port setting meant for something else.
-        env.pop("SERVER_PORT", None)
         # Its secret: it answers only requests that carry it, which only the router adds.
         env[SLOT_SECRET_ENV] = slot_secret(
             self.files.admin()["slot_key"], directory.parent.name, directory.name
@@ -338,7 +427,7 @@ class LocalBackend(Backend):
                     f"deployment '{slot}' exited during start-up"
                     + (f" with code {code}" if code is not None else "")
                     + "; init() failed or the server could not start",
-                    hint=f"the log below shows why; full log: {found.log_path}",
+                    hint=self._failed_log_hint(found),
                     details={"log_tail": _read_tail(found.log_path, 30)},
                 )
             if _probe(found.port, timeout=1.0):
@@ -346,7 +435,8 @@ class LocalBackend(Backend):
             if elapsed > timeout:
                 raise DeploymentTimeout(
                     f"deployment '{slot}' was not healthy after {timeout:g} s",
-                    hint="raise target.startup_timeout if init() is slow, or read the log below",
+                    hint="raise target.startup_timeout if init() is slow, or read the log below; "
+                    + self._failed_log_hint(found),
                     details={"log_tail": _read_tail(found.log_path, 30)},
                 )
             if elapsed - last_told >= 0.5:
@@ -367,9 +457,19 @@ class LocalBackend(Backend):
         )
         return self._slot_status(found)
 
+    def _failed_log_hint(self, found: SlotRecord) -> str:
+        kept = self._keep_failed_log(found)
+        return (
+            f"the log below shows why; the whole log is kept at {kept} "
+            f"(`tdsp-deploy logs MANIFEST --deployment {found.name} --failed`)"
+        )
+
     def finalize_slot(self, slot: str) -> None:
         record = self._record()
         found = record.slots[slot]
+        if found.pending:
+            found.pending = False
+            self.files.write(record)
         if found.previous is not None:
             replaced, found.previous = found.previous, None
             self.files.write(record)  # first out of the record, so the supervisor lets it go
@@ -380,6 +480,8 @@ class LocalBackend(Backend):
         if record is None or slot not in record.slots:
             return
         failed = record.slots[slot]
+        if not failed.pending and failed.previous is None:
+            return  # not a revision a push is still working on: nothing of it to undo
         if failed.previous is not None:
             restored = failed.previous
             restored.traffic = failed.traffic
@@ -389,6 +491,7 @@ class LocalBackend(Backend):
         self.files.write(record)
         if processes.is_running(record.router):
             self._publish(record)
+        self._keep_failed_log(failed)  # its folder goes; its log stays for `logs --failed`
         self._stop_revision(record, failed)
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
@@ -435,7 +538,8 @@ class LocalBackend(Backend):
 
             processes.stop(record.supervisor)  # first, or it would restart what we stop
             revisions = list(record.revisions())
-            processes.stop_together([record.router, *(found.process for found in revisions)])
+            strays = [ref for ref, _ in self._strays(record)]
+            processes.stop_together([record.router, *(found.process for found in revisions), *strays])
             for found in revisions:
                 self._stop_revision(None, found)  # gone already: what is left of each, its folder
             shutil.rmtree(self.files.root, ignore_errors=True)
@@ -472,6 +576,8 @@ class LocalBackend(Backend):
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
         slot = self.manifest.rollout.deployment or "blue"
         state = self.files.root
+        lock = package.lock
+        planned_model_dir = _layout_model_dir(state / "slots" / slot / "rN", lock.model.name, lock.model_version)
         plan = {
             "target": "local",
             "endpoint": self.manifest.name,
@@ -493,14 +599,12 @@ class LocalBackend(Backend):
                 "name": slot
                 if self.manifest.rollout.deployment
                 else "blue or green (the one without traffic)",
-                "command": self._slot_command(
-                    package.lock.scoring_script_name, state / "slots" / slot / "rN" / "package" / "model", 0
-                ),
+                "command": self._slot_command(package.lock.scoring_script_name, planned_model_dir, 0),
                 "bind": "127.0.0.1 (loopback only; the router is the only door)",
                 "workers": self.target.workers,
                 "environment": {
                     **redact_variables(self.manifest.environment.variables, self.manifest.secret_values),
-                    "AZUREML_MODEL_DIR": str(state / "slots" / slot / "rN" / "package" / "model"),
+                    "AZUREML_MODEL_DIR": str(planned_model_dir),
                 },
                 "startup_timeout_s": self.target.startup_timeout,
             },
@@ -602,13 +706,15 @@ class LocalBackend(Backend):
         self.progress(
             ProgressEvent(step="router", message=f"starting the router on {record.host}:{record.port}")
         )
-        record.router = processes.spawn(
-            [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
-            cwd=self.files.root,
-            env=dict(os.environ),
-            log_path=self.files.router_log,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            record.router = self._spawn(
+                [sys.executable, "-m", "tdsp_deploy.backends.local.router", str(self.files.router_config_path)],
+                what="router",
+                cwd=self.files.root,
+                env=dict(os.environ),
+                log_path=self.files.router_log,
+            )
+            self.files.write(record)
         host = _client_host(record.host)
         if not processes.wait_until(
             lambda: _probe(record.port, host=host, timeout=0.5) or not processes.is_running(record.router),
@@ -622,13 +728,15 @@ class LocalBackend(Backend):
             )
 
     def _start_supervisor(self, record: EndpointRecord) -> None:
-        record.supervisor = processes.spawn(
-            [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(self.files.root)],
-            cwd=self.files.root,
-            env=dict(os.environ),
-            log_path=self.files.supervisor_log,
-        )
-        self.files.write(record)
+        with interrupts.deferred():
+            record.supervisor = self._spawn(
+                [sys.executable, "-m", "tdsp_deploy.backends.local.supervisor", str(self.files.root)],
+                what="supervisor",
+                cwd=self.files.root,
+                env=dict(os.environ),
+                log_path=self.files.supervisor_log,
+            )
+            self.files.write(record)
 
     def _stop_revision(self, record: EndpointRecord | None, slot: SlotRecord) -> None:
         """Stop a revision that no longer takes requests. It left the record and the router's
@@ -676,6 +784,24 @@ class LocalBackend(Backend):
         if answer[0] == 200:
             return True
         return False if answer[0] == 504 else None
+
+
+def _layout_model_dir(directory: Path, name: str, version: str) -> Path:
+    # Azure ML numbers a model's versions 1, 2, ...; a version derived from the content hash
+    # is not a number, and the inference server reads a model directory whose last part is not
+    # one as a folder of several models (and logs an error): such a model is version 1 here.
+    return directory / "azureml-models" / name / (version if version.isdigit() else "1")
+
+
+def azureml_model_dir(directory: Path, name: str, version: str) -> Path:
+    """The revision's AZUREML_MODEL_DIR, laid out as in Azure ML's container
+    (``.../azureml-models/<model name>/<version>/``, the model folder or file beneath): a link
+    to the unpacked package's model folder, which stays where its lock verifies it."""
+    model_dir = _layout_model_dir(directory, name, version)
+    if not model_dir.is_symlink():
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        model_dir.symlink_to(os.path.relpath(directory / "package" / "model", model_dir.parent))
+    return model_dir
 
 
 def _client_host(host: str) -> str:

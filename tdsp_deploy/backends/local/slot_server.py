@@ -25,6 +25,8 @@ scoring code (AML_APP_ROOT).
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
 import sys
 
@@ -60,6 +62,47 @@ def gunicorn_arguments(port: int, workers: int, timeout_s: str, *, preload: bool
         arguments.append("--preload")
     return [*arguments, APP]
 
+
+class FalseConfigWarning:
+    """Drops the server's "Found extra keys in the config file" warning when every key it
+    names is one of the server's own documented variables (AZUREML_MODEL_DIR and the like):
+    its check compares those variable names with its field names, so any deployment that sets
+    them, as Azure ML's container does, gets the warning. A config file with a key the server
+    really does not know still warns."""
+
+    PREFIX = "Found extra keys in the config file"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.PREFIX):
+            return True
+        try:
+            from azureml_inference_server_http.server.config import alias_mapping
+        except ImportError:  # the module that warns is being imported: read its names instead
+            alias_mapping = _server_variable_names()
+        try:
+            keys = ast.literal_eval(message.split("Extra keys = ", 1)[1].strip())
+        except (IndexError, ValueError, SyntaxError):
+            return True
+        return not all(key in alias_mapping for key in keys)
+
+
+def _server_variable_names() -> frozenset[str]:
+    import sys as _sys
+
+    module = _sys.modules.get("azureml_inference_server_http.server.config")
+    return frozenset(getattr(module, "alias_mapping", {}))
+
+
+def quiet_false_warnings() -> None:
+    """Installed where the server's modules are first imported (here: this module is imported
+    by the slot's main process and by every worker), so a healthy log holds no warning."""
+    server_log = logging.getLogger("azmlinfsrv")
+    if not any(isinstance(f, FalseConfigWarning) for f in server_log.filters):
+        server_log.addFilter(FalseConfigWarning())
+
+
+quiet_false_warnings()
 
 HTTP_SERVERS = ("granian", "gunicorn")
 GRANIAN_APP = "tdsp_deploy.backends.local.slot_app:app"

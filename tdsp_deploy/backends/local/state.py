@@ -7,6 +7,9 @@
   read it, and no command prints it,
 - ``router.json``: what the router process serves (see routes.py),
 - ``supervisor.json``: what the supervisor restarted (written by it alone, see supervisor.py),
+- ``started.json``: every process a command started, recorded as it starts and dropped once
+  it has ended, so that one left by an interrupted command is still found and stopped,
+- ``failed/<slot>.log``: the log of the latest deployment of that slot that failed,
 - ``router.log``, ``supervisor.log`` and ``slots/<slot>/<revision>/server.log``: the
   processes' output,
 - ``.lock``: held while a command changes the endpoint.
@@ -52,6 +55,7 @@ class SlotRecord:
     supervised: bool = False  # True once it answered its health probe: from then on it is restarted
     raw_http: bool = False  # its run() takes raw requests (@rawhttp): the router checks no body
     liveness_probe: dict[str, int] | None = None  # target.liveness_probe at deploy (None: defaults)
+    pending: bool = False  # deployed by a push that has not finished with it: undone by the next one
     restarts: int = 0  # by the supervisor (merged in from supervisor.json when read)
     last_exit: int | None = None  # the exit status the supervisor saw before its latest restart
     last_restart_reason: str | None = None  # "exit" (the process ended) or "liveness" (it hung)
@@ -171,6 +175,30 @@ class EndpointFiles:
     @property
     def supervisor_log(self) -> Path:
         return self.root / "supervisor.log"
+
+    @property
+    def started_path(self) -> Path:
+        return self.root / "started.json"
+
+    def failed_log(self, slot: str) -> Path:
+        return self.root / "failed" / f"{slot}.log"
+
+    def started(self) -> list[tuple[ProcessRef, str]]:
+        """Every process a command started here that may still run, with what it is."""
+        try:
+            doc = json.loads(self.started_path.read_text())
+            entries = [(ProcessRef.from_json(e), str(e.get("what", ""))) for e in doc.get("processes", [])]
+        except (FileNotFoundError, ValueError, AttributeError, KeyError, TypeError):
+            return []
+        return [(ref, what) for ref, what in entries if ref is not None]
+
+    def remember(self, ref: ProcessRef, what: str, *, alive: Callable[[ProcessRef], bool]) -> None:
+        """Add a process just started (and drop those that have ended since)."""
+        entries = [(known, kind) for known, kind in self.started() if alive(known)] + [(ref, what)]
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            self.started_path, {"format": 1, "processes": [{**r.to_json(), "what": w} for r, w in entries]}
+        )
 
     def slot_dir(self, slot: str, revision: str) -> Path:
         return self.root / "slots" / slot / revision

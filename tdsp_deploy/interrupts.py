@@ -1,0 +1,77 @@
+"""Ctrl-C and SIGTERM while something must not be cut in half.
+
+A push interrupted once rolls back; interrupted again 50 ms later (two Ctrl-C, or a CI
+cancellation's SIGINT then SIGTERM) the second signal used to cut the rollback short and leave
+the new deployment's server running. Two guards:
+
+- ``first_only()``: the first signal interrupts (KeyboardInterrupt, as usual); later ones are
+  only noted until the block ends, so the rollback the first one started runs to its end.
+- ``deferred()``: a signal inside the block is held until the block ends, then raised; for a
+  few statements that must happen together (start a process and record it).
+
+Signal handlers can only be installed from the main thread; elsewhere both guards do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _installable() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def first_only(on_repeat: Callable[[], None] | None = None) -> Iterator[None]:
+    """The first SIGINT/SIGTERM raises KeyboardInterrupt; later ones call ``on_repeat`` and
+    are otherwise ignored until the block ends."""
+    if not _installable():
+        yield
+        return
+    seen = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+        if on_repeat is not None:
+            on_repeat()
+
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then hand the first one to the handler that
+    was there before (inside ``first_only`` during a rollback, that one only notes it); none
+    when the block is already leaving with an exception (which then goes on as it was)."""
+    if not _installable():
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    if seen:
+        before = previous[seen[0]]
+        if callable(before):
+            before(seen[0], None)
+        elif before != signal.SIG_IGN:
+            raise KeyboardInterrupt
