@@ -51,20 +51,25 @@ def _store(backend: Backend):  # type: ignore[no-untyped-def]
     return ExperimentStore(backend.kind, backend.manifest.name)
 
 
-def required_sample_size(spec: dict[str, Any]) -> int | None:
-    """Per variant, from the metric's type, baseline and the minimum effect; None when the
-    manifest does not say enough to compute it."""
-    metric_type = spec["primary_metric"]["type"]
-    baseline = spec.get("baseline")
-    if baseline is None or metric_type is None:
-        return None
-    from tdsp_deploy.ab import stats
+def required_sample(spec: dict[str, Any], share: int = 50, mode: str = "split") -> dict[str, int] | None:
+    """Outcomes needed per variant (``control``, ``treatment``), planned with the split; None
+    when the manifest does not say enough to compute it."""
+    from tdsp_deploy.ab import decision
 
-    if metric_type == "binary":
-        return stats.sample_size_proportions(
-            baseline, spec["minimum_detectable_effect"], spec["alpha"], spec["power"]
-        )
-    return stats.sample_size_means(baseline, spec["minimum_detectable_effect"], spec["alpha"], spec["power"])
+    return decision.required_sample(
+        spec["primary_metric"]["type"],
+        spec.get("baseline"),
+        spec["minimum_detectable_effect"],
+        spec["alpha"],
+        spec["power"],
+        share / 100 if mode == "split" else 0.5,
+    )
+
+
+def required_sample_size(spec: dict[str, Any], share: int = 50, mode: str = "split") -> int | None:
+    """The larger variant's requirement (what ``ab start`` records)."""
+    plan = required_sample(spec, share, mode)
+    return max(plan.values()) if plan else None
 
 
 @ab_app.command()
@@ -107,7 +112,9 @@ def start(
             mode="split" if split is not None else "mirror",
             share=split if split is not None else mirror,
             spec=spec,
-            required_per_variant=required_sample_size(spec),
+            required_per_variant=required_sample_size(
+                spec, split if split is not None else 50, "split" if split is not None else "mirror"
+            ),
         )
         backend.set_experiment(experiment.id)
         change_traffic(backend, backend.status(), traffic, f"ab start {experiment.id}")
@@ -118,8 +125,12 @@ def start(
         f"experiment {experiment.id} started: {control} (control) vs {treatment} (treatment), "
         f"{traffic.describe()}"
     )
-    if experiment.required_per_variant:
-        env.say(f"needs {experiment.required_per_variant} requests with outcomes per variant")
+    plan = required_sample(spec, experiment.share, experiment.mode)
+    if plan:
+        env.say(
+            f"needs {plan['control']} requests with outcomes to {control}"
+            f" and {plan['treatment']} to {treatment}"
+        )
 
 
 @ab_app.command()
@@ -128,10 +139,12 @@ def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: Debu
     env, loaded, backend = _context(manifest, json_out, debug)
     experiment = _store(backend).latest()
     counts = _variant_counts(backend, experiment)
-    required = experiment.required_per_variant
-    progress = min(counts.values()) / required if required else None
+    plan = required_sample(experiment.spec, experiment.share, experiment.mode)
+    needed = {experiment.control: plan["control"], experiment.treatment: plan["treatment"]} if plan else None
+    progress = min(counts[name] / n for name, n in needed.items()) if needed else None
     document = {
         **experiment.to_json(),
+        "required": needed,
         "collected": counts,
         "progress": round(min(progress, 1.0), 4) if progress is not None else None,
         "elapsed_hours": round(((experiment.ended_at or time.time()) - experiment.started_at) / 3600, 3),
@@ -145,7 +158,7 @@ def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: Debu
         f"{document['elapsed_hours']} h"
     )
     for name, count in counts.items():
-        need = f" of {required} ({count / required:.0%})" if required else ""
+        need = f" of {needed[name]} ({count / needed[name]:.0%})" if needed else ""
         env.say(f"  {name}: {count} requests{need}")
 
 

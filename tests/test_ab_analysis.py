@@ -16,7 +16,9 @@ from tdsp_deploy.ab.outcomes import outcome_type, read_outcomes
 from tdsp_deploy.errors import PluginError, UsageError
 
 STARTED = 1_700_000_000.0
-REQUIRED = 3841  # sample_size_proportions(0.10, 0.02, 0.05, 0.8)
+# per variant at 50/50: Fleiss' formula (0.10 -> 0.12, power 0.8) at the fixed-horizon part of
+# alpha, 0.045 (the rest is spent on the always-valid interval); 3841 at the whole 0.05
+REQUIRED = 3965
 
 
 def experiment(mode: str = "split", ended_at: float | None = None) -> dict[str, Any]:
@@ -116,6 +118,7 @@ def test_promote_when_better_and_sample_size_reached() -> None:
     assert conversion["test"] == "two-proportion z-test"
     assert document["sample_size"] == {
         "required_per_variant": REQUIRED,
+        "required": {"blue": REQUIRED, "green": REQUIRED},
         "collected": {"blue": REQUIRED + 100, "green": REQUIRED + 100},
         "progress": 1.0,
     }
@@ -153,12 +156,20 @@ def test_inconclusive_before_the_sample_size() -> None:
     assert f"800 of {REQUIRED} per variant" in document["verdict"]["reason"]
 
 
-def test_an_early_improvement_is_not_promoted() -> None:
-    records, outcomes = traffic(1500, rate=(0.08, 0.14))
+def test_an_early_improvement_is_promoted_only_by_the_always_valid_interval() -> None:
+    # significant by the fixed-horizon test, looked at early: not enough to stop
+    records, outcomes = traffic(1500, rate=(0.10, 0.13), seed=4)
     document = run(records, outcomes)
-    assert metric(document, "conversion")["significant"]
+    conversion = metric(document, "conversion")
+    assert conversion["significant"] and conversion["always_valid_ci"][0] < 0
     assert document["verdict"]["decision"] == "inconclusive"
     assert "inflates false positives" in document["verdict"]["reason"]
+    # so large that even the always-valid interval (alpha/10) leaves out 0: promoted early
+    records, outcomes = traffic(1500, rate=(0.08, 0.14))
+    document = run(records, outcomes)
+    assert metric(document, "conversion")["always_valid_ci"][0] > 0
+    assert document["verdict"]["decision"] == "promote"
+    assert "always-valid interval" in document["verdict"]["reason"]
 
 
 def test_max_duration_ends_the_experiment() -> None:
@@ -187,7 +198,7 @@ def test_continuous_metric_uses_welch() -> None:
     basket = metric(document, "basket")
     assert basket["type"] == "continuous" and basket["test"] == "Welch t-test"
     assert basket["effect"] == pytest.approx(0.15, abs=0.08)
-    assert document["sample_size"]["required_per_variant"] == 1570
+    assert document["sample_size"]["required_per_variant"] == 1621  # 1570 at the whole alpha
     assert document["verdict"]["decision"] == "promote"
 
 
@@ -404,6 +415,7 @@ def test_the_document_has_the_agreed_shape_and_is_json() -> None:
         "metrics",
         "guardrails",
         "verdict",
+        "warnings",
         "traffic_over_time",
     }
     assert document["experiment"] == experiment()
@@ -430,8 +442,17 @@ def test_the_document_has_the_agreed_shape_and_is_json() -> None:
         "histogram",
     }
     assert [m["name"] for m in document["metrics"]] == ["conversion", "error_rate", "latency_ms"]
+    primary_only = {
+        "alpha",
+        "planned_sample",
+        "always_valid_ci",
+        "always_valid_alpha",
+        "control_ci",
+        "treatment_ci",
+    }
+    assert primary_only <= set(document["metrics"][0])
     for entry in document["metrics"]:
-        assert set(entry) == {
+        assert set(entry) - primary_only == {
             "name",
             "type",
             "test",
@@ -446,6 +467,7 @@ def test_the_document_has_the_agreed_shape_and_is_json() -> None:
             "direction",
         }
         assert entry["p_adjusted"] >= entry["p_value"]
+    assert document["metrics"][0]["p_adjusted"] == document["metrics"][0]["p_value"]  # the primary: no Holm
     assert [g["name"] for g in document["guardrails"]] == ["error_rate", "p95_ms", "error_rate_increase"]
     assert set(document["verdict"]) == {"decision", "reason"}
     buckets = document["traffic_over_time"]

@@ -14,38 +14,42 @@ What counts
     interval in ``effect_ci``, no test). An error is a status >= 500; 4xx are the caller's
     mistakes, counted apart as ``client_errors``.
 
-Metrics (in this order; Holm's correction across every metric that has a test)
+Metrics (in this order)
     1. the primary metric, from the outcomes joined to the measured requests by request id:
        two-proportion z-test when binary (0/1), Welch's t-test when continuous; its type is
        the spec's, else inferred from the outcomes. Absent without outcomes, and absent in a
        mirror: the treatment's answers reached no one there, so every request's outcome
-       is the control's doing and cannot compare the two.
+       is the control's doing and cannot compare the two. Judged as tdsp_deploy.ab.decision
+       says: an always-valid interval at a tenth of alpha on every look, and the fixed test
+       at the rest of alpha on exactly the planned sample. Never Holm-corrected with the
+       others: it is the question the experiment was planned for.
     2. ``error_rate`` (two-proportion z-test) and 3. ``latency_ms`` (Welch's t-test on
-       per-request latency), both lower-is-better.
-    ``significant`` means the Holm-adjusted p-value is below alpha.
+       per-request latency), both lower-is-better, Holm-corrected between themselves
+       (``significant``: the adjusted p-value is below alpha).
 
 Sample size
-    ``required_per_variant`` comes from the spec's baseline and minimum detectable effect
-    (stats.sample_size_proportions / sample_size_means); None without a baseline or a
-    metric type. ``collected`` counts requests with an outcome per variant (all measured
-    requests without outcomes, or in a mirror). ``progress`` is the smaller variant's share
-    of the requirement, at most 1. The experiment's *horizon* is reached when both variants
-    have the required sample size or ``max_duration_hours`` has passed (by ``now``, or by
-    ``ended_at`` for an ended experiment).
+    ``required`` per variant comes from the spec's baseline and minimum detectable effect,
+    at the fixed part of alpha and with the split (decision.required_sample);
+    ``required_per_variant`` is the larger of the two; None without a baseline or a metric
+    type. ``collected`` counts requests with an outcome per variant (all measured requests
+    without outcomes, or in a mirror), and a warning says how many requests of each variant
+    have no outcome. ``progress`` is the smaller of the variants' shares of their
+    requirement, at most 1.
 
 Verdict, first rule that applies
-    1. "roll back": the treatment breached a guardrail: its error rate above
+    1. "roll back": the treatment breached a guardrail, shown by an always-valid bound (at
+       alpha shared among the guardrails), never by a point estimate: its error rate above
        ``max_error_rate``, its p95 latency above ``max_p95_ms``, or its error rate above the
-       control's by more than ``max_error_rate_increase`` with the error-rate difference
-       significant (unadjusted p < alpha: a guardrail errs on the side of safety).
+       control's by more than ``max_error_rate_increase``.
     2. "inconclusive": no primary metric (no outcomes; a mirror; no outcome matched a
        request of a variant; too few to test) — the guardrails alone cannot promote.
-    3. "keep control": the primary metric is significantly worse for the treatment.
-    4. "promote": it is significantly better and the horizon is reached.
-    5. "keep control": the horizon is reached without a significant effect — no effect of
-       at least the minimum detectable effect at the planned power.
-    6. "inconclusive": the horizon is not reached yet (including an early significant
-       improvement: stopping at the first significant look inflates false positives).
+    3. "promote" / "keep control": the always-valid interval of the primary metric lies on
+       one side of 0 (at any look, before or after the planned sample).
+    4. at the planned sample: "promote" when the fixed test of the planned sample is
+       significantly better, else "keep control" (worse, or no effect of at least the
+       minimum detectable effect at the planned power). Later looks give the same answer.
+    5. "keep control": ``max_duration_hours`` passed first.
+    6. "inconclusive": the planned sample is not reached yet.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsp_deploy.ab import stats
+from tdsp_deploy.ab import decision, stats
 from tdsp_deploy.ab.outcomes import outcome_type
 from tdsp_deploy.errors import UsageError
 
@@ -146,14 +150,24 @@ def analyze(
 
     metrics: list[dict[str, Any]] = []
     primary: dict[str, Any] | None = None
+    judged: dict[str, Any] | None = None
+    warnings: list[str] = []
     collected = {v.name: v.n for v in variants}
     joined: dict[str, list[float]] = {}
+    share = float(experiment.get("share") or 50) / 100 if mode == "split" else 0.5
+    planned = decision.required_sample(
+        metric_type, spec.get("baseline"), spec.get("minimum_detectable_effect"), alpha, power, share
+    )
     if outcomes is not None and mode != "mirror":
         joined = {v.name: [outcomes[i] for i in v.ids if i in outcomes] for v in variants}
         collected = {name: len(values) for name, values in joined.items()}
+        warnings += _missing_outcomes(variants, collected)
         if all(joined.values()):
+            judged = decision.primary(
+                joined[control.name], joined[treatment.name], metric_type, direction, alpha, planned
+            )
             primary = _primary_metric(
-                metric_name, metric_type, direction, joined[control.name], joined[treatment.name], alpha
+                metric_name, metric_type, direction, joined[control.name], joined[treatment.name], judged
             )
             metrics.append(primary)
     error_test = None
@@ -171,19 +185,24 @@ def analyze(
                 stats.welch_ttest(control.latencies, treatment.latencies, alpha),
             )
         )
-    _adjust(metrics, alpha)
+    _adjust([m for m in metrics if m is not primary], alpha)
     if mode == "mirror" and treatment.agreed:
         metrics.append(_agreement(treatment.agreed, confidence))
 
-    required = _required(spec, metric_type, alpha, power)
-    smallest = min(collected.values())
+    required = max(planned.values()) if planned else None
+    by_variant = {control.name: planned["control"], treatment.name: planned["treatment"]} if planned else None
+    progress = min(collected[name] / n for name, n in by_variant.items()) if by_variant else None
     sample_size = {
         "required_per_variant": required,
+        "required": by_variant,
         "collected": collected,
-        "progress": min(smallest / required, 1.0) if required else None,
+        "progress": min(progress, 1.0) if progress is not None else None,
     }
-    guardrails = _guardrails(
-        spec.get("guardrails") or {}, control, treatment, variant_docs, error_test, alpha
+    guardrails = decision.guardrails(
+        spec.get("guardrails") or {},
+        {"n": control.n, "errors": control.errors, "latencies": control.latencies},
+        {"n": treatment.n, "errors": treatment.errors, "latencies": treatment.latencies},
+        alpha,
     )
 
     elapsed_hours = ((experiment.get("ended_at") or now) - float(experiment["started_at"])) / 3600
@@ -199,13 +218,14 @@ def analyze(
         mde=spec.get("minimum_detectable_effect"),
         required=required,
         collected=collected,
-        sample_reached=bool(required) and smallest >= required,
+        sample_reached=progress is not None and progress >= 1.0,
         duration_passed=max_hours is not None and elapsed_hours >= float(max_hours),
         max_hours=max_hours,
         has_outcomes=outcomes is not None,
         joined=joined,
+        judged=judged,
     )
-    decision, reason = _verdict(context, primary, guardrails)
+    verdict, reason = _verdict(context, primary, guardrails)
 
     document = {
         "experiment": {
@@ -217,7 +237,8 @@ def analyze(
         "sample_size": sample_size,
         "metrics": metrics,
         "guardrails": guardrails,
-        "verdict": {"decision": decision, "reason": reason},
+        "verdict": {"decision": verdict, "reason": reason},
+        "warnings": warnings,
         "traffic_over_time": _traffic_over_time(variants, float(experiment["started_at"])),
     }
     return _json_safe(document)
@@ -330,18 +351,72 @@ def _metric(
 
 
 def _primary_metric(
-    name: str, metric_type: str, direction: str, control: list[float], treatment: list[float], alpha: float
+    name: str,
+    metric_type: str,
+    direction: str,
+    control: list[float],
+    treatment: list[float],
+    judged: dict[str, Any],
 ) -> dict[str, Any]:
-    if metric_type == "binary":
-        result = stats.two_proportion_ztest(
-            int(round(sum(control))), len(control), int(round(sum(treatment))), len(treatment), alpha
-        )
-        return _metric(name, metric_type, direction, result)
-    if len(control) >= 2 and len(treatment) >= 2:
-        return _metric(name, metric_type, direction, stats.welch_ttest(control, treatment, alpha))
-    metric = _metric(name, metric_type, direction, None, test="Welch t-test")
-    metric.update(control=float(np.mean(control)), treatment=float(np.mean(treatment)))
+    """The primary metric as the report shows it: the fixed-horizon test (of the planned sample
+    once it is reached, of everything before), at the fixed part of alpha, so that its interval
+    and ``significant`` agree; the always-valid interval beside it. Never Holm-adjusted with
+    the guardrail metrics: it is the one question the experiment was planned for."""
+    fixed_alpha = judged["alpha_fixed"]
+    result = judged["fixed"]
+    if result is None:
+        if metric_type == "binary":
+            result = stats.two_proportion_ztest(
+                int(round(sum(control))),
+                len(control),
+                int(round(sum(treatment))),
+                len(treatment),
+                fixed_alpha,
+            )
+        elif len(control) >= 2 and len(treatment) >= 2:
+            result = stats.welch_ttest(control, treatment, fixed_alpha)
+    if result is None:
+        metric = _metric(name, metric_type, direction, None, test="Welch t-test")
+        metric.update(control=float(np.mean(control)), treatment=float(np.mean(treatment)))
+    else:
+        metric = _metric(name, metric_type, direction, result)
+        metric["p_adjusted"] = result.p_value
+        metric["significant"] = result.p_value < fixed_alpha
+    metric["alpha"] = fixed_alpha
+    metric["planned_sample"] = judged["fixed"] is not None
+    metric["always_valid_ci"] = judged["always_valid_ci"]
+    metric["always_valid_alpha"] = judged["alpha_sequential"]
+    control_ci = _rate_ci(control, metric_type, fixed_alpha)
+    treatment_ci = _rate_ci(treatment, metric_type, fixed_alpha)
+    metric["control_ci"], metric["treatment_ci"] = control_ci, treatment_ci
     return metric
+
+
+def _rate_ci(values: list[float], metric_type: str, alpha: float) -> list[float] | None:
+    """A variant's own interval of the primary metric: Wilson's for a rate, t for a mean."""
+    if not values:
+        return None
+    if metric_type == "binary":
+        return list(stats.proportion_ci(int(round(sum(values))), len(values), 1 - alpha))
+    if len(values) < 2:
+        return None
+    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    half = float(stats._st.t.ppf(1 - alpha / 2, len(values) - 1)) * sem
+    return [mean - half, mean + half]
+
+
+def _missing_outcomes(variants: tuple[_Requests, _Requests], collected: dict[str, int]) -> list[str]:
+    """Requests without an outcome are left out of the primary metric; say so, since outcomes
+    missing more on one side than the other bias the comparison."""
+    found = []
+    for variant in variants:
+        missing = variant.n - collected[variant.name]
+        if missing > 0:
+            found.append(
+                f"{missing} of {variant.n} requests to {variant.name} ({missing / variant.n:.1%}) have no"
+                " outcome and are left out of the primary metric"
+            )
+    return found
 
 
 def _adjust(metrics: list[dict[str, Any]], alpha: float) -> None:
@@ -371,66 +446,6 @@ def _agreement(agreed: list[bool], confidence: float) -> dict[str, Any]:
     }
 
 
-def _required(spec: dict[str, Any], metric_type: str | None, alpha: float, power: float) -> int | None:
-    baseline, mde = spec.get("baseline"), spec.get("minimum_detectable_effect")
-    if baseline is None or not mde or metric_type is None:
-        return None
-    if metric_type == "binary":
-        return stats.sample_size_proportions(baseline, mde, alpha, power)
-    return stats.sample_size_means(baseline, mde, alpha, power)
-
-
-# -- guardrails -------------------------------------------------------------------------------
-
-
-def _guardrails(
-    limits: dict[str, Any],
-    control: _Requests,
-    treatment: _Requests,
-    docs: dict[str, Any],
-    error_test: stats.TestResult | None,
-    alpha: float,
-) -> list[dict[str, Any]]:
-    rate_c, rate_t = docs[control.name]["error_rate"], docs[treatment.name]["error_rate"]
-    guardrails = []
-    if limits.get("max_error_rate") is not None:
-        limit = limits["max_error_rate"]
-        guardrails.append(
-            {
-                "name": "error_rate",
-                "limit": limit,
-                "control": rate_c,
-                "treatment": rate_t,
-                "breached": rate_t is not None and rate_t > limit,
-            }
-        )
-    if limits.get("max_p95_ms") is not None:
-        limit = limits["max_p95_ms"]
-        p95_c, p95_t = docs[control.name]["latency_ms"]["p95"], docs[treatment.name]["latency_ms"]["p95"]
-        guardrails.append(
-            {
-                "name": "p95_ms",
-                "limit": limit,
-                "control": p95_c,
-                "treatment": p95_t,
-                "breached": p95_t is not None and p95_t > limit,
-            }
-        )
-    if limits.get("max_error_rate_increase") is not None:
-        limit = limits["max_error_rate_increase"]
-        breached = error_test is not None and error_test.effect > limit and error_test.p_value < alpha
-        guardrails.append(
-            {
-                "name": "error_rate_increase",
-                "limit": limit,
-                "control": rate_c,
-                "treatment": rate_t,
-                "breached": breached,
-            }
-        )
-    return guardrails
-
-
 # -- verdict ----------------------------------------------------------------------------------
 
 
@@ -451,6 +466,7 @@ class _Context:
     max_hours: float | None
     has_outcomes: bool
     joined: dict[str, list[float]]
+    judged: dict[str, Any] | None = None
 
 
 def _pct(value: float) -> str:
@@ -472,7 +488,8 @@ def _breach(guardrail: dict[str, Any]) -> str:
         return f"p95 {value:.4g} ms > {limit:.4g} ms"
     return (
         f"error rate {_pct(value)} is more than {_pct(limit)} above the control's "
-        f"{_pct(guardrail['control'])} (significant)"
+        f"{_pct(guardrail['control'])} (always-valid lower bound of the rise:"
+        f" {_pct(guardrail.get('always_valid_lower_bound', 0.0))})"
     )
 
 
@@ -503,30 +520,35 @@ def _verdict(
             f"({c.collected[c.control]} and {c.collected[c.treatment]})."
         )
 
-    better = (primary["effect"] > 0) == (c.direction == HIGHER)
-    p = f"p = {primary['p_adjusted']:.3g} after Holm's correction"
-    if primary["significant"] and not better:
-        return (
-            "keep control",
-            f"{c.treatment} is significantly worse on {c.metric}: {_effect(primary)} ({p}).",
-        )
-
-    horizon = c.sample_reached or c.duration_passed
+    judged = c.judged or {}
     smallest = min(c.collected.values())
     progress = f"{smallest} of {c.required} per variant" if c.required else f"{smallest} per variant"
-    if primary["significant"] and horizon:
-        return "promote", (
-            f"{c.treatment} improves {c.metric} by {_effect(primary)} ({p}) with {progress} collected."
-        )
-    if c.sample_reached:
+    p = f"p = {primary['p_value']:.3g} at alpha {primary['alpha']:.3g}"
+    low, high = judged.get("always_valid_ci", [None, None])
+    bound = f"always-valid interval [{_effect_value(primary, low)}, {_effect_value(primary, high)}]"
+    if judged.get("by") == "always-valid":
+        worse = judged["decision"] == "keep control"
+        if worse:
+            return "keep control", f"{c.treatment} is significantly worse on {c.metric} ({bound})."
+        return "promote", f"{c.treatment} improves {c.metric} ({bound}), with {progress} collected."
+    if judged.get("by") == "planned sample":
+        better = (primary["effect"] > 0) == (c.direction == HIGHER)
+        if judged["decision"] == "promote":
+            return "promote", (
+                f"{c.treatment} improves {c.metric} by {_effect(primary)} ({p}) at the planned sample."
+            )
+        if primary["significant"] and not better:
+            return "keep control", (
+                f"{c.treatment} is significantly worse on {c.metric}: {_effect(primary)} ({p})."
+            )
         return "keep control", (
             f"no effect of at least the minimum detectable effect ({c.mde:g}) on {c.metric} "
-            f"at {c.power:.0%} power: {_effect(primary)}, {p}."
+            f"at {c.power:.0%} power: {_effect(primary)}, {p} at the planned sample."
         )
     if c.duration_passed:
         return "keep control", (
             f"the maximum duration of {c.max_hours:g} h passed with {progress} collected and no "
-            f"significant effect on {c.metric} ({_effect(primary)}, {p})."
+            f"decision on {c.metric} ({_effect(primary)}, {bound})."
         )
     if c.required is None:
         return "inconclusive", (
@@ -534,12 +556,18 @@ def _verdict(
             "deviation), or ab.max_duration_hours to end the experiment after a fixed time."
         )
     early = (
-        f"{c.treatment} looks better on {c.metric} ({_effect(primary)}, {p}), but stopping before "
-        "the planned sample size inflates false positives"
+        f"{c.treatment} looks better on {c.metric} ({_effect(primary)}, {p}), but not yet by the "
+        "always-valid interval, and stopping at the first significant look inflates false positives"
         if primary["significant"]
         else f"no significant effect on {c.metric} yet ({_effect(primary)}, {p})"
     )
     return "inconclusive", f"{progress} collected; {early} — keep the experiment running."
+
+
+def _effect_value(metric: dict[str, Any], value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value * 100:+.2f} pp" if metric["type"] == "binary" else f"{value:+.4g}"
 
 
 # -- traffic over time ------------------------------------------------------------------------
