@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 
 import httptools
 
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER
+
+log = logging.getLogger("tdsp_deploy.router")
 
 # Idle connections are closed after this long: below gunicorn's --keep-alive (2 s), so the
 # router, not the slot, closes an idle connection and a request never races that close.
@@ -169,6 +172,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:  # nothing asked: a slot talking out of turn is not to be trusted
+            log.warning(
+                "deployment %s (port %s) sent bytes nobody asked for; that connection is closed",
+                self.pool.name,
+                self.pool.port,
+            )
             self.close()
             return
         self.received = True
@@ -208,6 +216,11 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.busy:
             # Bytes after the whole answer: whatever they are, they must never be read as the
             # next request's answer, so the connection is not used again.
+            log.warning(
+                "deployment %s (port %s) sent more than its answer; that connection is closed",
+                self.pool.name,
+                self.pool.port,
+            )
             self.close()
             raise SlotClosed("the slot sent more than its answer")
 
