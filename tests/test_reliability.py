@@ -114,28 +114,34 @@ def test_the_lock_of_a_killed_command_is_taken_over_at_once(state_home):
 def test_the_router_compares_every_key_in_constant_time(tmp_path, monkeypatch):
     """hmac.compare_digest against each key, every time: how long the check takes says
     neither whether a key matched nor which one."""
+    from tdsp_deploy.backends.local import admission
     from tdsp_deploy.backends.local import router as router_module
     from tdsp_deploy.backends.local.routes import RouterConfig
 
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"primary_key": "p" * 43, "secondary_key": "s" * 43}))
+    admin = tmp_path / "admin.json"
+    admin.write_text(json.dumps({"admin_key": "a" * 43, "slot_key": "k" * 43}))
     config = tmp_path / "router.json"
-    RouterConfig(endpoint="e", host="127.0.0.1", port=1, keys_file=str(keys)).write(config)
+    RouterConfig(endpoint="e", host="127.0.0.1", port=1, keys_file=str(keys), admin_file=str(admin)).write(
+        config
+    )
     router = router_module.Router(config)
     compared: list[tuple[bytes, bytes]] = []
-    real = router_module.hmac.compare_digest
+    real = admission.hmac.compare_digest
 
     def counting(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(router_module.hmac, "compare_digest", counting)
-    tries = ((b"Bearer " + b"p" * 43, True), (b"Bearer " + b"s" * 43, True), (b"Bearer x", False))
-    for header, expected in tries:
+    monkeypatch.setattr(admission.hmac, "compare_digest", counting)
+    tries = ((b"Bearer " + b"p" * 43, None), (b"Bearer " + b"s" * 43, None), (b"Bearer x", 401))
+    for header, refused in tries:
         compared.clear()
-        assert router.authorized(header) is expected
-        assert len(compared) == 2, "every key is compared, also after a match"
-    assert router.authorized(None) is False
+        refusal = router.credentials.refusal(admission.SCORING, [header])
+        assert (refusal and refusal[0]) == refused
+        assert len(compared) == 3, "every key (two scoring, one admin) is compared, also after a match"
+    assert router.credentials.refusal(admission.SCORING, [])[0] == 401
 
 
 def test_rotated_keys_stay_private_and_are_written_nowhere_else(cli, iris, state_home):

@@ -137,6 +137,7 @@ def test_bytes_after_an_answer_never_answer_the_next_request(make_router, raw_sl
     router = make_router({"blue": (slot.port, 100)})
     pairs = _score_many(router, clients=2, each=20)
     assert all(sent == got for sent, got in pairs), [p for p in pairs if p[0] != p[1]][:5]
+    assert "sent more than its answer" in (router.dir / "router.log").read_text()
 
 
 def _read_answer(sock: socket.socket, buffered: bytes = b"") -> tuple[int, bytes, bytes]:

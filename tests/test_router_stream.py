@@ -59,6 +59,15 @@ class StreamingHandler(socketserver.BaseRequestHandler):
             while len(buffered) < length:
                 buffered += self.request.recv(65536)
             buffered = buffered[length:]
+            if head.startswith(b"POST /until-close "):  # no length, no chunks: the close ends it
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                )
+                for number in range(3):
+                    if number:
+                        time.sleep(GAP_S)
+                    self.request.sendall(f"part {number}\n".encode())
+                return
             if head.startswith(b"POST /stream "):
                 self.request.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -151,3 +160,18 @@ def test_a_stream_cut_by_the_slot_is_cut_for_the_client(make_router):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_answer_that_ends_with_the_slots_close_is_streamed_and_ended(make_router, streaming_slot):
+    router = make_router({"blue": (streaming_slot.port, 100)})
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(_request(b"/until-close"))
+        received = b""
+        while b"part 0" not in received:
+            received += sock.recv(65536)
+        assert time.monotonic() - started < GAP_S
+        status, _, body, rest = read_answer(sock, received)
+        assert status == 200 and body == b"part 0\npart 1\npart 2\n"  # a clean chunked end
+        sock.sendall(_request(b"/score"))  # and the client's connection goes on
+        assert read_answer(sock, rest)[0] == 200

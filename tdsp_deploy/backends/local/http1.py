@@ -158,11 +158,6 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
 
-    @property
-    def idle(self) -> bool:
-        """Nothing asked and nothing being answered: this connection may be closed for a new one."""
-        return self.current is None and self.task is None and not self.queue and not self.closing
-
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             self.lingering += len(data)

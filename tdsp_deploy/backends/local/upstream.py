@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 
 import httptools
 
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER
+
+log = logging.getLogger("tdsp_deploy.router")
 
 # Idle connections are closed after this long: below gunicorn's --keep-alive (2 s), so the
 # router, not the slot, closes an idle connection and a request never races that close.
@@ -146,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.interim = False  # the message being parsed is a 1xx: the final answer follows it
+        self.until_close = False  # the answer has no length: its end is the connection's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -168,6 +172,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:  # nothing asked: a slot talking out of turn is not to be trusted
+            log.warning(
+                "deployment %s (port %s) sent bytes nobody asked for; that connection is closed",
+                self.pool.name,
+                self.pool.port,
+            )
             self.close()
             return
         self.received = True
@@ -180,6 +189,11 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.stream is not None and self.until_close and exc is None:  # its end, not a failure
+            stream, self.stream = self.stream, None
+            self.busy = False
+            stream.end()
+            return
         self._fail(SlotClosed("the slot closed the connection before answering"))
 
     def _fail(self, error: Exception) -> None:
@@ -202,6 +216,11 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.busy:
             # Bytes after the whole answer: whatever they are, they must never be read as the
             # next request's answer, so the connection is not used again.
+            log.warning(
+                "deployment %s (port %s) sent more than its answer; that connection is closed",
+                self.pool.name,
+                self.pool.port,
+            )
             self.close()
             raise SlotClosed("the slot sent more than its answer")
 
@@ -218,7 +237,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = 100 <= status < 200
         if self.interim or self.answer is None:
             return
-        if any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers):
+        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
+        # An answer with no length ends when the slot closes the connection (HTTP/1.0 style).
+        self.until_close = (
+            not chunked
+            and status not in (204, 304)
+            and not any(n.lower() == b"content-length" for n, _ in self.headers)
+        )
+        if chunked or self.until_close:
             # A chunked answer is a stream (a run() that yields): hand it on as it comes.
             self.stream = BodyStream(self)
             answer, self.answer = self.answer, None
