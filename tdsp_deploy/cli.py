@@ -104,28 +104,18 @@ def _load(
     from tdsp_deploy.manifest import load_manifest
 
     registry = registry or _registry()
-    models, warnings = registry.target_models(only=_target_kind_of(path))
-    for warning in warnings:
-        env.say(f"warning: {warning}", style="yellow")
-    loaded = load_manifest(path, targets=models, environ=environ)
+
+    def target_models(kind: str | None) -> Any:
+        # Only the backend of the kind the manifest names is loaded (None: it does not say
+        # plainly, and all are, so that the loader's error can list them).
+        models, warnings = registry.target_models(only=kind)
+        for warning in warnings:
+            env.say(f"warning: {warning}", style="yellow")
+        return models
+
+    loaded = load_manifest(path, targets=target_models, environ=environ)
     env.add_secrets(loaded.secrets)  # from here on, nothing printed shows them
     return loaded
-
-
-def _target_kind_of(path: Path) -> str | None:
-    """A first look at the manifest's target kind, so that only its backend is loaded; None
-    when the file does not say plainly (the loader then reports whatever is wrong)."""
-    import yaml
-
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    target = document.get("target") if isinstance(document, dict) else None
-    if target is None:
-        return "local"
-    kind = target.get("kind", "local") if isinstance(target, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _load_checked(path: Path, env: Environment) -> LoadedManifest:

@@ -68,3 +68,32 @@ def test_shell_completion_gets_the_whole_cli(monkeypatch) -> None:
     monkeypatch.setenv("_TDSP_DEPLOY_COMPLETE", "bash_complete")
     command = cli_build.click_command(app, ["validate"], "tdsp-deploy")
     assert command.commands["push"].params  # built in full
+
+
+HELP_PROBE = """
+import sys
+if sys.argv[1] == "real":
+    import rich.markdown, rich.traceback  # present already: no stand-ins are used
+from tdsp_deploy.cli import main
+code = main(sys.argv[2:])
+from typer import rich_utils
+heavy = sorted({m.split(".")[0] for m in sys.modules if m.startswith(("markdown_it", "attr", "pygments"))})
+print("HEAVY", heavy, rich_utils.Markdown("*x*").__class__.__module__, code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ab"], ["validate", "--help"]])
+def test_help_is_printed_the_same_without_the_renderers_it_never_uses(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": "/usr/bin:/bin", "COLUMNS": "100", "TDSP_DEPLOY_HOME": "/nonexistent-home"}
+        return subprocess.run(
+            [sys.executable, "-c", HELP_PROBE, mode, *args], capture_output=True, text=True, env=environ, timeout=120
+        )
+
+    lean, real = run("lean"), run("real")
+    assert lean.stdout == real.stdout and "Usage: tdsp-deploy" in lean.stdout
+    assert "HEAVY [] rich.markdown 0" in lean.stderr, lean.stderr  # and the stand-in became the real class
+    assert "HEAVY ['attr', 'markdown_it', 'pygments']" in real.stderr, real.stderr

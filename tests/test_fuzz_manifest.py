@@ -126,6 +126,45 @@ def test_structural_mutations_of_the_example(project: Path, data: st.DataObject)
 @FUZZ
 @given(data=st.data())
 def test_textual_mutations_of_the_example(project: Path, data: st.DataObject) -> None:
+    path = project / "edited.yaml"
+    path.write_text(edited(project, data), encoding="utf-8")
+    only_clean_errors(path)
+
+
+def _shape(node: Any) -> Any:
+    """A composed YAML node as comparable data: tag, line, and the value or the children."""
+    line = node.start_mark.line
+    if isinstance(node, yaml.MappingNode):
+        return (node.tag, line, [(_shape(key), _shape(value)) for key, value in node.value])
+    if isinstance(node, yaml.SequenceNode):
+        return (node.tag, line, [_shape(item) for item in node.value])
+    return (node.tag, line, node.value)
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML without libyaml")
+@FUZZ
+@given(data=st.data())
+def test_libyaml_composes_what_the_python_parser_composes(project: Path, data: st.DataObject) -> None:
+    # The loader composes with libyaml and falls back to Python (whose messages it shows) on
+    # any refusal: a text libyaml accepts must give Python's tree, or be refused by both.
+    text = edited(project, data)
+    if "\t" in text:
+        return  # composed by Python alone: libyaml accepts tabs where Python does not
+    try:
+        fast = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError:
+        return
+    try:
+        slow = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise AssertionError(f"libyaml accepted what Python refuses: {exc}") from None
+    assert (fast is None) == (slow is None)
+    if fast is not None:
+        assert _shape(fast) == _shape(slow)
+
+
+def edited(project: Path, data: st.DataObject) -> str:
+    """The example manifest with one to three of the edits people make by hand."""
     lines = (project / "deploy.yaml").read_text().splitlines(keepends=True)
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
         if not lines:
@@ -148,9 +187,7 @@ def test_textual_mutations_of_the_example(project: Path, data: st.DataObject) ->
             text = data.draw(st.text(st.sampled_from(list(":-[]{}&*!|>'\"#%@,?$ \n\tab1")), max_size=12))
             column = data.draw(st.integers(0, len(lines[at])), label="column")
             lines[at] = lines[at][:column] + text + lines[at][column:]
-    path = project / "edited.yaml"
-    path.write_text("".join(lines), encoding="utf-8")
-    only_clean_errors(path)
+    return "".join(lines)
 
 
 def test_the_unmutated_example_is_valid(project: Path) -> None:

@@ -12,13 +12,14 @@ The steps, each of which may only raise ``ManifestError``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -49,6 +50,8 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _NULL_TAG = "tag:yaml.org,2002:null"
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+
 _INIT_HINT = "check the path, or run `tdsp-deploy init` to write a manifest"
 _SCHEMA_HINT = "`tdsp-deploy schema` prints every key the manifest accepts"
 _MISSING_FILE = "' does not exist (looked for "  # model.py's message for a path that is not there
@@ -76,14 +79,20 @@ class LoadedManifest:
         return ManifestProblem(self.shown_as or str(self.file), self.line_of(path), _dotted(path), message)
 
 
+TargetModels = Union[tuple[type[BaseModel], ...], Callable[[Union[str, None]], tuple[type[BaseModel], ...]]]
+
+
 def load_manifest(
     path: str | Path,
     *,
-    targets: tuple[type[BaseModel], ...] | None = None,
+    targets: TargetModels | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LoadedManifest:
-    """Load, interpolate and validate the manifest at ``path``; raise ``ManifestError`` if unusable."""
-    targets = targets or (LocalTarget,)
+    """Load, interpolate and validate the manifest at ``path``; raise ``ManifestError`` if unusable.
+
+    ``targets`` are the target schemas to validate against, or a function that returns them
+    for the target kind the manifest names (None when it does not say plainly), so that a
+    caller loads only the schema it needs, from the file as read once."""
     shown = str(path)
     file = Path(path).absolute()
     text = _read_text(file, shown)
@@ -97,6 +106,9 @@ def load_manifest(
     secrets = SecretValues(taken | _secret_sources(raw, environ))
     _default_target_kind(raw)
     _columns_from_mlflow_signature(raw, file.parent)
+    if callable(targets):
+        targets = targets(_target_kind(raw))
+    targets = targets or (LocalTarget,)
     cls = manifest_class(targets)
     problems = tree.problems
     try:
@@ -219,6 +231,13 @@ class _Tree:
         return raw
 
     def _compose(self, text: str) -> Node | None:
+        # libyaml (when PyYAML has it) composes the same tree many times faster; whatever it
+        # refuses is composed again in Python, whose error messages are the ones we show. It
+        # accepts a tab where Python refuses one (`key:<tab>value`), so a text with a tab
+        # goes to Python alone (test_fuzz_manifest checks that both agree on the rest).
+        if _FAST_LOADER is not None and "\t" not in text:
+            with contextlib.suppress(Exception):
+                return yaml.compose(text, Loader=_FAST_LOADER)
         try:
             return yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
@@ -437,6 +456,12 @@ def _interpolate(text: str, environ: Mapping[str, str], taken: set[str]) -> tupl
         return value
 
     return _REFERENCE.sub(replace, text), errors, took
+
+
+def _target_kind(raw: dict[str, Any]) -> str | None:
+    target = raw.get("target", {"kind": "local"})
+    kind = target.get("kind") if isinstance(target, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _default_target_kind(raw: dict[str, Any]) -> None:
