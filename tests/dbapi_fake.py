@@ -16,6 +16,7 @@ from mssql_python.exceptions import (  # noqa: F401 (the fakes' exceptions: test
     DataError,
     Error,
     IntegrityError,
+    InterfaceError,
     OperationalError,
     ProgrammingError,
     sqlstate_to_exception,
@@ -30,6 +31,7 @@ STATES = {
     8114: "22018",  # conversion failed
     18456: "28000",  # login failed
     13609: "22018",  # JSON text is not properly formatted
+    3930: "25000",  # the transaction is doomed
 }
 
 
@@ -44,6 +46,8 @@ def server_error(number: int, message: str, cls: Any = None, state: str | None =
         message = f"tdsp-{number}: {message}"
     error = sqlstate_to_exception(state, f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{message}")
     assert error is not None, state
+    # what the server sent, for the wire-level responder (tests/tds) to send as an ERROR token
+    error.server_message = (number, message)  # type: ignore[attr-defined]
     return error
 
 

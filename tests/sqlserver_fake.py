@@ -45,6 +45,7 @@ from dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: te
     Error,
     FakeCursor,
     IntegrityError,
+    InterfaceError,
     OperationalError,
     ProgrammingError,
     server_error,
@@ -663,7 +664,10 @@ class FakeConnection:
 
     def cursor(self) -> FakeCursor:
         if self.closed:
-            raise Error("Cannot create cursor on closed connection")
+            raise InterfaceError(
+                driver_error="Cannot create cursor on closed connection",
+                ddbc_error="Cannot create cursor on closed connection",
+            )
         return FakeCursor(self)
 
     def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -45,7 +45,13 @@ import threading
 from typing import Any
 
 import numpy as np
-from dbapi_fake import DatabaseError, Error, FakeCursor, OperationalError, ProgrammingError, server_error
+from dbapi_fake import (
+    DatabaseError,
+    FakeCursor,
+    InterfaceError,
+    OperationalError,
+    server_error,
+)
 
 _NAME = r"((?:\[(?:[^\]]|\]\])*\]|#?\w+)(?:\s*\.\s*(?:\[(?:[^\]]|\]\])*\]|\w+))?)"
 _DDL = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|PROC|PROCEDURE)\b", re.I)
@@ -855,7 +861,10 @@ class FakePoolConnection:
 
     def cursor(self) -> FakeCursor:
         if self.closed:
-            raise Error("Cannot create cursor on closed connection")
+            raise InterfaceError(
+                driver_error="Cannot create cursor on closed connection",
+                ddbc_error="Cannot create cursor on closed connection",
+            )
         return FakeCursor(self)
 
     def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple]]:
@@ -867,7 +876,12 @@ class FakePoolConnection:
 
     def commit(self) -> None:
         if self.aborted:
-            raise ProgrammingError("42000", "The transaction has aborted; roll it back")
+            raise server_error(
+                3930,
+                "The current transaction cannot be committed and cannot support operations "
+                "that write to the log file. Roll back the transaction.",
+                state="25000",
+            )
         self.snapshot = None
 
     def rollback(self) -> None:
