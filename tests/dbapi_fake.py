@@ -10,33 +10,45 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+# -- DB-API 2.0 exceptions: the real driver's classes, built as it builds them -----------------
+from mssql_python.exceptions import (  # noqa: F401 (the fakes' exceptions: tests import them from here)
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    sqlstate_to_exception,
+)
 
-# -- DB-API 2.0 exceptions (PEP 249 names: the seam recognizes drivers by them) ---------------
-class Error(Exception):
-    pass
+#: the SQLSTATE msodbcsql reports for a server error number (default 42000, as for THROW)
+STATES = {
+    208: "42S02",  # invalid object name
+    2714: "42S01",  # object already exists
+    2627: "23000",  # primary key violation
+    547: "23000",  # CHECK constraint
+    8114: "22018",  # conversion failed
+    18456: "28000",  # login failed
+    13609: "22018",  # JSON text is not properly formatted
+    3930: "25000",  # the transaction is doomed
+}
 
 
-class DatabaseError(Error):
-    pass
-
-
-class ProgrammingError(DatabaseError):
-    pass
-
-
-class IntegrityError(DatabaseError):
-    pass
-
-
-class OperationalError(DatabaseError):
-    pass
-
-
-def server_error(
-    number: int, message: str, cls: type[DatabaseError] = ProgrammingError, state: str = "42000"
-) -> DatabaseError:
-    """An exception worded the way the ODBC driver words SQL Server's messages."""
-    return cls(state, f"[{state}] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{message} ({number})")
+def server_error(number: int, message: str, cls: Any = None, state: str | None = None) -> DatabaseError:
+    """SQL Server's error ``number`` with ``message`` as mssql-python raises it: the class its
+    SQLSTATE maps to, the text ``Driver Error: <SQLSTATE words>; DDBC Error: [Microsoft][SQL
+    Server]<message>``. The number is not in it: the driver keeps only the first diagnostic
+    record's SQLSTATE and message. (``cls`` is ignored: the SQLSTATE decides, as in the driver.)"""
+    state = state or STATES.get(number, "42000")
+    if 50001 <= number < 50100 and not message.startswith("tdsp-"):
+        # the generated T-SQL THROWs its messages behind their stable code (tsql.py, predict_tsql.py)
+        message = f"tdsp-{number}: {message}"
+    error = sqlstate_to_exception(state, f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{message}")
+    assert error is not None, state
+    # what the server sent, for the wire-level responder (tests/tds) to send as an ERROR token
+    error.server_message = (number, message)  # type: ignore[attr-defined]
+    return error
 
 
 class Session(Protocol):
@@ -56,7 +68,9 @@ class FakeCursor:
 
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> FakeCursor:
         if self._connection.closed:
-            raise Error("Cannot execute on a closed connection")
+            raise ProgrammingError(
+                driver_error="Operation cannot be performed: The cursor is closed.", ddbc_error=""
+            )
         columns, rows = self._connection.run(sql, tuple(params))
         self.description = [(c, None, None, None, None, None, None) for c in columns] if columns else None
         self._rows = rows

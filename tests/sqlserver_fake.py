@@ -45,6 +45,7 @@ from dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: te
     Error,
     FakeCursor,
     IntegrityError,
+    InterfaceError,
     OperationalError,
     ProgrammingError,
     server_error,
@@ -365,15 +366,15 @@ class FakeSqlServer:
         if match is None:
             raise server_error(102, "Incorrect syntax near 'VALUES'.")
         columns = [c.strip(" []") for c in match.group(2).split(",")]
-        types = re.findall(r"CAST\((?:\?|NULL) AS ([\w(), ]+?)\)(?:,|\))", match.group(1))[: len(columns)]
+        cells = re.findall(r"CAST\((\?|NULL) AS ([\w(), ]+?)\)(?:,|\))", match.group(1))
+        types = [t for _, t in cells][: len(columns)]
         proc = re.search(r"EXEC(?:UTE)?\s+" + _NAME + r"\s+@input_query = N'[^']*'(.*?);", flat, re.I)
         if proc is None:
             raise server_error(102, "Incorrect syntax near 'EXEC'.")
-        named = re.findall(r"@(\w+) = \?", proc.group(2))
-        values, call = (
-            list(params[: len(params) - len(named)]),
-            dict(zip(named, params[len(params) - len(named) :], strict=True)),
-        )
+        named = re.findall(r"@(\w+) = (\?|NULL\b)", proc.group(2))
+        bound = iter(params)  # a None is written as NULL, not bound (connection.bind_nulls)
+        values = [next(bound) if marker == "?" else None for marker, _ in cells] if not match.group(3) else []
+        call = {name: next(bound) if marker == "?" else None for name, marker in named}
         if match.group(3):
             frame = pd.DataFrame({c: pd.Series([], dtype="float64") for c in columns})
         else:
@@ -429,10 +430,12 @@ class FakeSqlServer:
                 frame,
                 params,
                 result_sets=_result_sets(definition),
-                output_params=["request_log"],
+                output_params=["request_log", "script_error"],
             )
         except ExternalScriptError as exc:
             raise server_error(exc.number, str(exc).split("\n", 1)[-1]) from None
+        if outputs.get("script_error") is not None:  # the procedure's THROW of the script's failure
+            raise server_error(50010, "tdsp-50010: the model failed:\n" + outputs["script_error"][-2000:])
         self._log_requests(definition, model_name, call, outputs.get("request_log"))
         rows = [tuple(_plain(v) for v in row) for row in result.itertuples(index=False, name=None)]
         return list(result.columns), rows
@@ -509,10 +512,13 @@ _TAGGED = frozenset(
 
 def _declared(flat: str, params: tuple[Any, ...]) -> dict[str, Any]:
     """The batch's ``DECLARE @x type = ?`` variables (or ``@x = ?`` arguments), bound in order."""
-    names = re.findall(r"@(\w+)\s+[\w()]+\s*=\s*\?", flat) or re.findall(r"@(\w+)\s*=\s*\?", flat)
-    if len(names) != len(params):
+    found = re.findall(r"@(\w+)\s+[\w()]+\s*=\s*(\?|NULL\b)", flat) or re.findall(
+        r"@(\w+)\s*=\s*(\?|NULL\b)", flat
+    )
+    if sum(1 for _, value in found if value == "?") != len(params):
         raise server_error(137, "Must declare the scalar variable.")
-    return dict(zip(names, params, strict=True))
+    bound = iter(params)
+    return {name: next(bound) if value == "?" else None for name, value in found}
 
 
 def _tables_of(definition: str) -> list[str]:
@@ -658,7 +664,10 @@ class FakeConnection:
 
     def cursor(self) -> FakeCursor:
         if self.closed:
-            raise Error("Cannot create cursor on closed connection")
+            raise InterfaceError(
+                driver_error="Cannot create cursor on closed connection",
+                ddbc_error="Cannot create cursor on closed connection",
+            )
         return FakeCursor(self)
 
     def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]]]:

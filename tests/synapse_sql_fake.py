@@ -45,7 +45,13 @@ import threading
 from typing import Any
 
 import numpy as np
-from dbapi_fake import DatabaseError, Error, FakeCursor, OperationalError, ProgrammingError, server_error
+from dbapi_fake import (
+    DatabaseError,
+    FakeCursor,
+    InterfaceError,
+    OperationalError,
+    server_error,
+)
 
 _NAME = r"((?:\[(?:[^\]]|\]\])*\]|#?\w+)(?:\s*\.\s*(?:\[(?:[^\]]|\]\])*\]|\w+))?)"
 _DDL = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|PROC|PROCEDURE)\b", re.I)
@@ -382,10 +388,11 @@ class FakeSqlPool:
             raise server_error(100071, "UPDATE with an ANSI join is not supported in dedicated SQL pool.")
         if re.search(r"SELECT\s+@\w+\s*=[^;]*,\s*@\w+\s*=", flat, re.I):
             raise server_error(100072, "Assigning several variables in one SELECT is not supported.")
-        declared = re.findall(r"@(\w+) [\w()]+ = \?", flat)
-        if len(declared) != len(params):
+        declared = re.findall(r"@(\w+) [\w()]+ = (\?|NULL\b)", flat)
+        if sum(1 for _, marker in declared if marker == "?") != len(params):
             raise server_error(137, "Must declare the scalar variable.")
-        variables = dict(zip(declared, params, strict=True))
+        bound = iter(params)  # a None is written as NULL, not bound (connection.bind_nulls)
+        variables = {name: next(bound) if marker == "?" else None for name, marker in declared}
         names = set(variables)
         tables = [self._table(t) for t in dict.fromkeys(re.findall(r"\[\w+\]\.\[\w+\]", flat))]
         endpoint = variables["endpoint"]
@@ -470,23 +477,28 @@ class FakeSqlPool:
             raise server_error(102, "Incorrect syntax near 'CREATE'.")
         columns = [(m.group(1), m.group(2)) for m in re.finditer(r"\[(\w+)\] ([\w()]+)", create.group(1))]
         rows: list[dict[str, Any]] = []
-        selects = re.findall(r"SELECT (\d+), ((?:CAST\(\? AS [\w()]+\)(?:, )?)+)", flat)
+        selects = re.findall(r"SELECT (\d+), ((?:CAST\((?:\?|NULL) AS [\w()]+\)(?:, )?)+)", flat)
         width = len(columns) - 1  # the row number is written in the text, not bound
         match = re.search(
-            r"EXEC " + _NAME + r" @input_table = N'([^']*)', @slot = \?, @request_id = \?;", flat
+            r"EXEC " + _NAME + r" @input_table = N'([^']*)', @slot = (\?|NULL), @request_id = (\?|NULL);",
+            flat,
         )
         if match is None:
             raise server_error(102, "Incorrect syntax near 'EXEC'.")
-        if len(params) != width * len(selects) + 2:
+        markers = [m for _, cells in selects for m in re.findall(r"CAST\((\?|NULL) AS", cells)]
+        markers += [match.group(3), match.group(4)]
+        if len(markers) != width * len(selects) + 2 or markers.count("?") != len(params):
             raise server_error(8178, "The parameterized query expects another number of parameters")
+        bound = iter(params)  # a None is written as NULL, not bound (connection.bind_nulls)
+        given = [next(bound) if marker == "?" else None for marker in markers]
         for index, (number, _) in enumerate(selects):
-            values = (int(number), *params[index * width : (index + 1) * width])
+            values = (int(number), *given[index * width : (index + 1) * width])
             rows.append(
                 {name: _cast(v, sql_type, name) for (name, sql_type), v in zip(columns, values, strict=True)}
             )
         conn.temp["#tdsp_input"] = Table(columns, rows)
         try:
-            return self._exec(conn, _name(match.group(1)), match.group(2), params[-2], params[-1])
+            return self._exec(conn, _name(match.group(1)), match.group(2), given[-2], given[-1])
         finally:
             conn.temp.pop("#tdsp_input", None)
 
@@ -849,7 +861,10 @@ class FakePoolConnection:
 
     def cursor(self) -> FakeCursor:
         if self.closed:
-            raise Error("Cannot create cursor on closed connection")
+            raise InterfaceError(
+                driver_error="Cannot create cursor on closed connection",
+                ddbc_error="Cannot create cursor on closed connection",
+            )
         return FakeCursor(self)
 
     def run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple]]:
@@ -861,7 +876,12 @@ class FakePoolConnection:
 
     def commit(self) -> None:
         if self.aborted:
-            raise ProgrammingError("42000", "The transaction has aborted; roll it back")
+            raise server_error(
+                3930,
+                "The current transaction cannot be committed and cannot support operations "
+                "that write to the log file. Roll back the transaction.",
+                state="25000",
+            )
         self.snapshot = None
 
     def rollback(self) -> None:

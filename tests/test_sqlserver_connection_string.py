@@ -184,3 +184,23 @@ def test_a_parser_refusal_is_scrubbed_and_exits_3(monkeypatch):
         SqlServerConnection.connect(target())
     assert refused.value.exit_code == ExitCode.BACKEND
     assert "verysecret" not in refused.value.message and "***" in refused.value.message
+
+
+def test_a_push_of_the_starter_to_an_unreachable_server_exits_3(cli, tmp_path, monkeypatch):
+    """Before: exit 1, 'unexpected error: ConnectionStringParseError ... Reserved keyword app'."""
+    project = tmp_path / "proj"
+    created = cli("init", project, "--target", "sqlserver", "--json")
+    assert created.exit_code == 0, created.stderr
+    manifest = project / "deploy.yaml"
+    port = closed_port()
+    manifest.write_text(manifest.read_text().replace("  # port: 1433", f"  port: {port}\n  encrypt: false"))
+    secret = "Wh0le;{q7zX}kv!"
+    monkeypatch.setattr(connection, "LOGIN_TIMEOUT", 1)
+    monkeypatch.setenv("SQL_SERVER", "127.0.0.1")
+    monkeypatch.setenv("SQL_PASSWORD", secret)
+    pushed = cli("push", manifest, "--json")
+    assert pushed.exit_code == ExitCode.BACKEND, pushed.stdout + pushed.stderr
+    said = pushed.stdout + pushed.stderr
+    assert "could not be reached" in said
+    for i in range(len(secret) - 3):
+        assert secret[i : i + 4] not in said

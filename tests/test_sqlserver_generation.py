@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -310,9 +311,17 @@ def test_zero_rows_give_an_empty_result_set_with_the_declared_columns(sklearn_mo
             "latency_ms": pytest.approx(0, abs=1e3),
         }
     ]
-    # the model is still loaded: a payload that does not unpickle fails the (zero-row) probe
-    with pytest.raises(ExternalScriptError, match="npickling|pickle"):
-        run_external_script(script, empty, one_route(b"not a pickle", "7"), result_sets=result_sets(target))
+    # the model is still loaded: a payload that does not unpickle fails the (zero-row) probe, and
+    # the script hands its traceback to the procedure (which THROWs it) with the declared columns
+    out, outputs = run_external_script_with_outputs(
+        script,
+        empty,
+        one_route(b"not a pickle", "7"),
+        result_sets=result_sets(target),
+        output_params=["script_error", "request_log"],
+    )
+    assert re.search("npickling|pickle", outputs["script_error"]) and "Traceback" in outputs["script_error"]
+    assert len(out) == 0 and outputs["request_log"] == "[]"
 
 
 def _two_versions(sklearn_model):

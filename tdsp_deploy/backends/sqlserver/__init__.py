@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import re
 import time
 import uuid
@@ -742,8 +743,26 @@ def request_rows(body: bytes, inputs: Sequence[Column | str]) -> list[list[Any]]
     for number, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(columns):
             raise ValueError(f"data[{number}] must be a list of {len(columns)} values")
-        rows.append([row[i] for i in order])
+        rows.append([_bindable(row[i], number, names[k]) for k, i in enumerate(order)])
     return rows
+
+
+#: the integers a driver binds (bigint); a larger one is no SQL value
+BIGINT = range(-(2**63), 2**63)
+
+
+def _bindable(cell: Any, row: int, name: str) -> Any:
+    """A cell the driver can bind: text, a number, true/false or null. Lists, objects and
+    integers beyond bigint make the driver raise TypeError/ValueError: a 400, not a crash."""
+    if isinstance(cell, float) and not math.isfinite(cell):
+        raise ValueError(f"data[{row}], column {name}: {cell} is no SQL number")
+    if cell is None or isinstance(cell, str | float | bool):
+        return cell
+    if isinstance(cell, int):
+        if cell in BIGINT:
+            return cell
+        raise ValueError(f"data[{row}], column {name}: {cell} is beyond a bigint")
+    raise ValueError(f"data[{row}], column {name}: a {type(cell).__name__} is not a value of a column")
 
 
 def _json_table(text: str, names: list[str]) -> tuple[list[str], list[Any]]:

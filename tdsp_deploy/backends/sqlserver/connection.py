@@ -25,50 +25,24 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError, UsageError
+from tdsp_deploy.backends.sqlserver.server_errors import (  # noqa: F401 (the seam's names, re-exported)
+    ENABLE_HINT,
+    LOGIN_HINT,
+    PERMISSION_HINT,
+    TSQL_REFUSALS,
+    _scrub,
+    _short,
+    is_driver_error,
+    translate_error,
+)
+from tdsp_deploy.errors import BackendError, TdspError, UsageError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 
-#: the exception class names DB-API 2.0 (PEP 249) prescribes; every driver (and the fake) has them
-DBAPI_ERRORS = frozenset(
-    {
-        "Error",
-        "Warning",
-        "InterfaceError",
-        "DatabaseError",
-        "DataError",
-        "OperationalError",
-        "IntegrityError",
-        "InternalError",
-        "ProgrammingError",
-        "NotSupportedError",
-    }
-)
 #: msodbcsql.h: hands an Entra access token to the driver before it connects
 SQL_COPT_SS_ACCESS_TOKEN = 1256
 ENTRA_SCOPE = "https://database.windows.net/.default"
-ENABLE_HINT = (
-    "ask the DBA to run: EXEC sp_configure 'external scripts enabled', 1; RECONFIGURE WITH OVERRIDE; "
-    "(then restart the Launchpad service if the setting does not take)"
-)
-PERMISSION_HINT = (
-    "ask the DBA to run: GRANT EXECUTE ANY EXTERNAL SCRIPT TO [your user]; "
-    "creating the procedure and model table also needs CREATE PROCEDURE, CREATE TABLE and ALTER ON SCHEMA"
-)
-LOGIN_HINT = (
-    "check target.server, target.port, target.database and target.auth "
-    "(auth.method sql reads the password from the variable auth.password_env)"
-)
-MAX_MESSAGE = 1200
-#: the errors tsql.py THROWs, with what to do about them
-TSQL_REFUSALS = {
-    50001: "give the new model another model.version (or leave it out: derived from the content)",
-    50002: "push the model version before activating it",
-    50003: "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
-    50004: "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
-    50005: "give weights that add up to 100, e.g. blue=90 green=10",
-}
 
 
 class SqlServerConnection:
@@ -160,6 +134,7 @@ class SqlServerConnection:
             cursor = None
             try:
                 cursor = self._connection.cursor()
+                sql, params = bind_nulls(sql, params)
                 cursor.execute(sql, tuple(params)) if params else cursor.execute(sql)
                 columns, rows = _first_result(cursor)
                 self._statement_done()
@@ -220,6 +195,47 @@ class SqlServerConnection:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._connection.close()
+
+
+# -- NULL parameters --------------------------------------------------------------------------
+def bind_nulls(sql: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
+    """``sql`` with each marker whose value is None written as ``NULL``, and the other values.
+
+    A driver cannot tell the type of a None: mssql-python asks the server
+    (``sp_describe_undeclared_parameters``, a round trip inside the open transaction; if it
+    fails, it binds ``varchar(1)``). The generated statements put every marker where a NULL
+    literal means the same (``DECLARE @x t = ?``, ``CAST(? AS t)``, ``@slot = ?``)."""
+    if not any(p is None for p in params):
+        return sql, list(params)
+    out: list[str] = []
+    values: list[Any] = []
+    index = 0
+    for kind, text in _tokens(sql):
+        if kind == "?":
+            if index >= len(params):
+                raise ValueError(f"the statement has more markers than the {len(params)} values")
+            if params[index] is None:
+                out.append("NULL")
+            else:
+                out.append("?")
+                values.append(params[index])
+            index += 1
+        else:
+            out.append(text)
+    if index != len(params):
+        raise ValueError(f"the statement has {index} markers for {len(params)} values")
+    return "".join(out), values
+
+
+_TOKEN = re.compile(r"N?'(?:[^']|'')*'|\[(?:[^\]]|\]\])*\]|--[^\n]*|/\*.*?\*/|\?|[^'\[?/-]+|.", re.S)
+
+
+def _tokens(sql: str) -> Iterator[tuple[str, str]]:
+    """T-SQL as markers (``?``) and everything else; a ``?`` in a string literal, a bracketed
+    name or a comment is text."""
+    for match in _TOKEN.finditer(sql):
+        text = match.group(0)
+        yield ("?" if text == "?" else "text"), text
 
 
 # -- the connection string ---------------------------------------------------------------------
@@ -315,106 +331,15 @@ def _entra_token() -> str:
 
 
 def _first_result(cursor: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The first result set of a batch (statements before it that return none are skipped)."""
+    """The first result set of a batch (statements before it that return none are skipped),
+    after reading every result and message the batch sends: an error raised after the first
+    result set (a failing INSERT into the request log, a THROW) comes with a later one, and
+    the driver would drop it unread at commit."""
+    found: tuple[list[str], list[tuple[Any, ...]]] | None = None
     while True:
         description = getattr(cursor, "description", None)
-        if description:
-            return [d[0] for d in description], [tuple(row) for row in cursor.fetchall()]
+        if description and found is None:
+            found = [d[0] for d in description], [tuple(row) for row in cursor.fetchall()]
         nextset = getattr(cursor, "nextset", None)
         if nextset is None or not nextset():
-            return [], []
-
-
-# -- error translation: the one place ------------------------------------------------------------
-def is_driver_error(exc: BaseException) -> bool:
-    """A DB-API exception of any driver (recognized by PEP 249's class names)."""
-    return any(cls.__name__ in DBAPI_ERRORS and cls.__module__ != "builtins" for cls in type(exc).__mro__)
-
-
-def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[str] = ()) -> TdspError | None:
-    """Our error for what the driver raised; None for an exception that is not the driver's
-    (a bug stays a bug)."""
-    if isinstance(exc, TdspError):
-        return exc
-    if not is_driver_error(exc):
-        return None
-    text = _scrub(" ".join(str(a) for a in exc.args) or str(exc), secrets)
-    lowered = text.lower()
-    where = f"{doing}: " if doing else ""
-    numbers = {int(n) for n in re.findall(r"\((\d{3,6})\)", text)}
-    if "login failed" in lowered or 18456 in numbers or "28000" in text:
-        return BackendError(f"{where}SQL Server refused the login: {_short(text)}", hint=LOGIN_HINT)
-    if (
-        "external scripts enabled" in lowered
-        or 39023 in numbers
-        or ("sp_execute_external_script" in lowered and "disabled" in lowered)
-    ):
-        return DeploymentFailed(
-            f"{where}Machine Learning Services is off on this instance: {_short(text)}", hint=ENABLE_HINT
-        )
-    if (
-        "permission" in lowered
-        and ("denied" in lowered or "does not have" in lowered)
-        or numbers & {229, 262, 297, 300}
-    ):
-        return BackendError(
-            f"{where}permission denied (the user needs EXECUTE ANY EXTERNAL SCRIPT to score): {_short(text)}",
-            hint=PERMISSION_HINT,
-        )
-    if numbers & {39004, 39019} or "external script error" in lowered or "script error occurred" in lowered:
-        return DeploymentFailed(
-            f"{where}the Python script failed inside SQL Server: {_script_message(text)}",
-            hint="run the procedure in SSMS for the full traceback, fix the model and push again",
-        )
-    if numbers & set(TSQL_REFUSALS):  # the THROWs of tsql.py: the deployment's own rules
-        return DeploymentFailed(
-            f"{where}{_short(_server_text(text))}", hint=TSQL_REFUSALS[min(numbers & set(TSQL_REFUSALS))]
-        )
-    if any(word in lowered for word in ("timeout", "timed out", "tcp provider", "network", "08001", "08s01")):
-        return BackendError(f"{where}SQL Server could not be reached: {_short(text)}", hint=LOGIN_HINT)
-    return BackendError(f"{where}SQL Server said no: {_short(text)}")
-
-
-def _script_message(text: str) -> str:
-    """The Python part of an external-script error (SQL Server wraps it in its own lines)."""
-    match = re.search(r"(?:An external script error occurred:|Error in execution\.)\s*(.*)", text, re.S)
-    return _short(match.group(1).strip() if match else text)
-
-
-def _server_text(text: str) -> str:
-    """The server's own message, without the driver's [state] [vendor][driver] prefix."""
-    return re.sub(r"^.*\[SQL Server\]", "", text, flags=re.S).strip()
-
-
-#: the shortest run of a secret's characters a message may not repeat
-SCRUB_MIN = 4
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    """``text`` without any secret, and without any run of SCRUB_MIN or more of its characters:
-    a parser or a server quotes pieces of a value (``keyword 'w}}' has no value``), not only
-    whole ones."""
-    secrets = [s for s in secrets if s]
-    if secrets:
-        out: list[str] = []
-        at = 0
-        while at < len(text):
-            longest = 0
-            for secret in secrets:
-                end = at + 1
-                while end <= len(text) and text[at:end] in secret:
-                    end += 1
-                longest = max(longest, end - 1 - at)
-            if longest >= min(SCRUB_MIN, *(len(s) for s in secrets)):
-                out.append("***")
-                at += longest
-            else:
-                out.append(text[at])
-                at += 1
-        text = "".join(out)
-    return re.sub(r"(?i)(PWD|Password)=(\{(?:[^}]|\}\})*\}?|[^;]*)", r"\1=***", text)
-
-
-def _short(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+            return found if found is not None else ([], [])

@@ -190,61 +190,80 @@ def _fractions(frame, salt):
     ) / 2.0**64
 
 
-ROUTES = json.loads(routes)
-payloads = _unbundle(bytes(model_bundle))
-if len(payloads) != len(ROUTES):
-    raise ValueError(f"{{len(ROUTES)}} route(s) but {{len(payloads)}} model(s) in the bundle")
-missing = [name for name in INPUTS if name not in InputDataSet.columns]
-if missing:
-    raise ValueError(f"the input query has no column {{', '.join(missing)}}")
-features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
-if len(ROUTES) == 1:  # one slot answers every row (no split, or a call pinned to a slot)
-    chosen = None
-else:  # the weights are percentages: bisect the cumulative ones, as the local router does
-    cumulative = numpy.cumsum([route["weight"] for route in ROUTES])
-    fractions = _fractions(InputDataSet, ROUTES[0].get("salt") or "")
-    chosen = numpy.searchsorted(cumulative, fractions * cumulative[-1], side="right")
+def _score():
+    # Everything the call does; a failure is caught below, with its traceback.
+    ROUTES = json.loads(routes)
+    payloads = _unbundle(bytes(model_bundle))
+    if len(payloads) != len(ROUTES):
+        raise ValueError(f"{{len(ROUTES)}} route(s) but {{len(payloads)}} model(s) in the bundle")
+    missing = [name for name in INPUTS if name not in InputDataSet.columns]
+    if missing:
+        raise ValueError(f"the input query has no column {{', '.join(missing)}}")
+    features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
+    if len(ROUTES) == 1:  # one slot answers every row (no split, or a call pinned to a slot)
+        chosen = None
+    else:  # the weights are percentages: bisect the cumulative ones, as the local router does
+        cumulative = numpy.cumsum([route["weight"] for route in ROUTES])
+        fractions = _fractions(InputDataSet, ROUTES[0].get("salt") or "")
+        chosen = numpy.searchsorted(cumulative, fractions * cumulative[-1], side="right")
 
-answers, log = [], []
-for index, route in enumerate(ROUTES):
-    where = None if chosen is None else numpy.flatnonzero(chosen == index)  # None: all rows
-    count = len(features) if where is None else len(where)
-    if count == 0 and len(features):
-        continue
-    model = _load(payloads[index])  # loaded even for zero rows: the health probe proves it loads
-    entry = {{"slot": route["slot"], "version": route["version"], "row_count": count, "status": 200}}
-    started = time.perf_counter()
-    try:
-        if count == 0:  # no rows: an empty result set with the declared columns
-            answer = pandas.DataFrame({{name: pandas.Series([], dtype=object) for name in OUTPUTS}})
-        else:
-            answer = _predict(model, features if where is None else features.iloc[where])
-    except Exception as error:
-        if chosen is None:
-            raise
-        # Under a split one version failing must not fail the others' rows: its rows get NULLs
-        # and the request log says 500, which `ab analyze` counts against that version.
-        answer = pandas.DataFrame({{name: [None] * count for name in OUTPUTS}})
-        entry.update(status=500, message=f"{{type(error).__name__}}: {{error}}"[:2000])
-    if where is not None:
-        answer.index = where
-    version = numpy.array([route["version"]], dtype=object)
-    answer["model_version"] = _column(numpy.repeat(version, count), answer.index)  # repeat: faster than full
-    entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
-    if AB_KEY:
-        keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
-        entry["row_keys"] = keys.astype(str).tolist()
-    elif where is not None:
-        entry["row_keys"] = where.tolist()
-    answers.append(answer)
-    log.append(entry)
+    answers, log = [], []
+    for index, route in enumerate(ROUTES):
+        where = None if chosen is None else numpy.flatnonzero(chosen == index)  # None: all rows
+        count = len(features) if where is None else len(where)
+        if count == 0 and len(features):
+            continue
+        model = _load(payloads[index])  # loaded even for zero rows: the health probe proves it loads
+        entry = {{"slot": route["slot"], "version": route["version"], "row_count": count, "status": 200}}
+        started = time.perf_counter()
+        try:
+            if count == 0:  # no rows: an empty result set with the declared columns
+                answer = pandas.DataFrame({{name: pandas.Series([], dtype=object) for name in OUTPUTS}})
+            else:
+                answer = _predict(model, features if where is None else features.iloc[where])
+        except Exception as error:
+            if chosen is None:
+                raise
+            # Under a split one version failing must not fail the others' rows: its rows get NULLs
+            # and the request log says 500, which `ab analyze` counts against that version.
+            answer = pandas.DataFrame({{name: [None] * count for name in OUTPUTS}})
+            entry.update(status=500, message=f"{{type(error).__name__}}: {{error}}"[:2000])
+        if where is not None:
+            answer.index = where
+        version = numpy.array([route["version"]], dtype=object)
+        # numpy.repeat: faster than numpy.full
+        answer["model_version"] = _column(numpy.repeat(version, count), answer.index)
+        entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
+        if AB_KEY:
+            keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
+            entry["row_keys"] = keys.astype(str).tolist()
+        elif where is not None:
+            entry["row_keys"] = where.tolist()
+        answers.append(answer)
+        log.append(entry)
 
-# Every row says which model version answered it, in the order the rows came.
-if len(answers) == 1:
-    OutputDataSet = answers[0] if where is None else answers[0].reset_index(drop=True)
-else:
-    OutputDataSet = pandas.concat(answers).sort_index().reset_index(drop=True)
-request_log = json.dumps(log)
+    # Every row says which model version answered it, in the order the rows came.
+    if len(answers) == 1:
+        OutputDataSet = answers[0] if where is None else answers[0].reset_index(drop=True)
+    else:
+        OutputDataSet = pandas.concat(answers).sort_index().reset_index(drop=True)
+    return OutputDataSet, json.dumps(log)
+
+
+# The server would report a failure as error 39004, "HRESULT 0x80004004", and put Python's
+# traceback in a later diagnostic record that drivers drop (mssql-python keeps the first).
+# So the failure is caught here and handed to the procedure in script_error, which it THROWs
+# as its own error: the caller reads the traceback in the one record it gets.
+script_error = None
+try:
+    OutputDataSet, request_log = _score()
+except Exception:
+    import traceback
+
+    script_error = traceback.format_exc()
+    empty = {{name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}}
+    OutputDataSet = pandas.DataFrame(empty)
+    request_log = "[]"
 """
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.sqlserver.script import model_payload, row_prelude
+from tdsp_deploy.backends.sqlserver.server_errors import SCRIPT_FAILED
 from tdsp_deploy.backends.sqlserver.target import Column, SqlServerTarget, check_identifier, quote_identifier
 
 if TYPE_CHECKING:
@@ -45,7 +46,11 @@ MODEL_NAME_PROPERTY = "tdsp_model_name"
 VERSION_TYPE = "nvarchar(64)"
 SLOT_TYPE = "nvarchar(64)"
 #: The ``@params`` declaration every scoring call starts with.
-MODEL_PARAMS = "@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT"
+MODEL_PARAMS = (
+    "@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, "
+    "@script_error nvarchar(max) OUTPUT"
+)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +193,7 @@ def insert_model(target: SqlServerTarget) -> str:
         f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
     @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
 IF EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version AND [sha256] <> @sha256)
-    THROW 50001, N'this model version is already stored with other content; give the model a new version', 1;
+    THROW 50001, N'tdsp-50001: this model version is already stored with other content; give the model a new version', 1;
 IF NOT EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version)
     INSERT INTO {table} ([name], [version], [sha256], [flavor], [payload], [manifest], [active])
     VALUES (@name, @version, @sha256, @flavor, @payload, @manifest, 0);
@@ -205,7 +210,7 @@ def assign_slot(target: SqlServerTarget) -> str:
         "assign_slot",
         f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version {VERSION_TYPE} = ?;
 IF NOT EXISTS (SELECT 1 FROM {models} WHERE [name] = @name AND [version] = @version)
-    THROW 50002, N'this model version is not in the model table; insert it first', 1;
+    THROW 50002, N'tdsp-50002: this model version is not in the model table; insert it first', 1;
 IF EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
     UPDATE {traffic}
     SET [version] = @version, [updated_at] = SYSUTCDATETIME()
@@ -225,7 +230,7 @@ def set_weight(target: SqlServerTarget) -> str:
         "set_weight",
         f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @weight int = ?;
 IF NOT EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
-    THROW 50004, N'this model has no such deployment slot', 1;
+    THROW 50004, N'tdsp-50004: this model has no such deployment slot', 1;
 UPDATE {traffic}
 SET [weight] = @weight, [updated_at] = SYSUTCDATETIME()
 WHERE [name] = @name AND [slot] = @slot;
@@ -243,7 +248,7 @@ def refresh_active(target: SqlServerTarget) -> str:
         f"""DECLARE @name nvarchar(128) = ?;
 DECLARE @total int = (SELECT ISNULL(SUM([weight]), 0) FROM {traffic} WHERE [name] = @name);
 IF @total NOT IN (0, 100)
-    THROW 50005, N'the traffic weights of this model''s slots must add up to 100 (or 0)', 1;
+    THROW 50005, N'tdsp-50005: the traffic weights of this model''s slots must add up to 100 (or 0)', 1;
 UPDATE m
 SET m.[active] = CASE WHEN EXISTS (
         SELECT 1 FROM {traffic} AS t WHERE t.[name] = @name AND t.[version] = m.[version] AND t.[weight] > 0
@@ -287,7 +292,7 @@ def _route(target: SqlServerTarget) -> str:
     traffic = _qualified(target, target.traffic_table)
     return f"""    SET NOCOUNT ON;
     DECLARE @model_name nvarchar(128), @routes nvarchar(max), @bundle varbinary(max) = 0x,
-        @request_log nvarchar(max), @n int = 1, @count int;
+        @request_log nvarchar(max), @script_error nvarchar(max), @n int = 1, @count int;
     DECLARE @route TABLE ([n] int IDENTITY(1, 1) PRIMARY KEY, [slot] {SLOT_TYPE} NOT NULL,
         [version] {VERSION_TYPE} NOT NULL, [weight] int NOT NULL, [salt] nvarchar(64) NULL);
     -- The model this procedure serves: its extended property {MODEL_NAME_PROPERTY}.
@@ -302,7 +307,7 @@ def _route(target: SqlServerTarget) -> str:
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
-        THROW 50003, N'no slot of this model takes traffic (or @slot names none); push the model first', 1;
+        THROW 50003, N'tdsp-50003: no slot of this model takes traffic (or @slot names none); push the model first', 1;
     -- Their models, in route order, as one bundle: each payload after its 8-byte length.
     WHILE @n <= @count
     BEGIN
@@ -315,6 +320,17 @@ def _route(target: SqlServerTarget) -> str:
     SET @routes = (SELECT [slot], [version], [weight], [salt] FROM @route ORDER BY [n] FOR JSON PATH);
     IF @request_id IS NULL
         SET @request_id = CONVERT(nvarchar(64), NEWID());
+"""
+
+
+def _script_failed() -> str:
+    """The script's own failure (script.py catches it) as this procedure's error: the driver
+    keeps one diagnostic record, so the traceback's tail travels in it (THROW takes 2048)."""
+    return f"""    IF @script_error IS NOT NULL
+    BEGIN
+        DECLARE @thrown nvarchar(2048) = N'tdsp-{SCRIPT_FAILED}: the model failed:' + NCHAR(10) + RIGHT(@script_error, 2000);
+        THROW {SCRIPT_FAILED}, @thrown, 1;
+    END;
 """
 
 
@@ -338,7 +354,8 @@ _CALL_PARAMETERS = f"""    @slot {SLOT_TYPE} = NULL,
     @request_id nvarchar(64) = NULL"""
 _BOUND_MODEL = """        @model_bundle = @bundle,
         @routes = @routes,
-        @request_log = @request_log OUTPUT"""
+        @request_log = @request_log OUTPUT,
+        @script_error = @script_error OUTPUT"""
 
 
 def _endpoint(manifest: ManifestBase) -> str:
@@ -361,7 +378,7 @@ BEGIN
         @params = N'{MODEL_PARAMS}',
 {_BOUND_MODEL}
     {_result_sets(target)};
-{_log_requests(target)}END;
+{_script_failed()}{_log_requests(target)}END;
 """
 
 
@@ -381,7 +398,7 @@ BEGIN
         @params = N'{MODEL_PARAMS}, {declared}',
 {_BOUND_MODEL}{bound}
     {_result_sets(target)};
-{_log_requests(target)}END;
+{_script_failed()}{_log_requests(target)}END;
 """
 
 

@@ -106,7 +106,8 @@ def qualified_procedure(target: SynapseTarget, endpoint: str) -> str:
 
 def _throw(number: int) -> str:
     message = THROWS[number].replace("'", "''")
-    return f"THROW {number}, N'{message}', 1;"
+    # the stable code first: the driver keeps the message, not the number (sql_connection.py)
+    return f"THROW {number}, N'tdsp-{number}: {message}', 1;"
 
 
 # --- the model table ------------------------------------------------------------------------------
@@ -462,7 +463,10 @@ BEGIN
     END CATCH;
 {logged}    DROP TABLE {ROUTES_TABLE};
     IF @status = 500
+    BEGIN
+        SET @error = LEFT(N'tdsp-{SCORING_FAILED}: ' + @error, 2048);
         THROW {SCORING_FAILED}, @error, 1;
+    END;
 END;
 """
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tdsp_deploy.backends.sqlserver.connection import PERMISSION_HINT, SqlServerConnection
+from tdsp_deploy.backends.sqlserver.server_errors import CODE
 from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError
 
 BEGIN = "BEGIN TRANSACTION;"
@@ -90,7 +91,7 @@ def _for_the_pool(error: TdspError) -> TdspError:
     """The SQL Server target's translation, with the pool's own words: its THROWs (the same
     numbers as the SQL Server target's mean other things here), and a permission hint without
     external scripts (PREDICT needs none)."""
-    numbers = {int(n) for n in re.findall(r"\((500\d\d)\)", error.message)} & set(POOL_REFUSALS)
+    numbers = {int(n) for n in CODE.findall(error.message)} & set(POOL_REFUSALS)
     if numbers:
         message = re.sub(r"SQL Server said no: .*\[SQL Server\]", "", error.message)
         return DeploymentFailed(message, hint=POOL_REFUSALS[min(numbers)])

@@ -9,7 +9,7 @@ AS
 BEGIN
     SET NOCOUNT ON;
     DECLARE @model_name nvarchar(128), @routes nvarchar(max), @bundle varbinary(max) = 0x,
-        @request_log nvarchar(max), @n int = 1, @count int;
+        @request_log nvarchar(max), @script_error nvarchar(max), @n int = 1, @count int;
     DECLARE @route TABLE ([n] int IDENTITY(1, 1) PRIMARY KEY, [slot] nvarchar(64) NOT NULL,
         [version] nvarchar(64) NOT NULL, [weight] int NOT NULL, [salt] nvarchar(64) NULL);
     -- The model this procedure serves: its extended property tdsp_model_name.
@@ -24,7 +24,7 @@ BEGIN
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
-        THROW 50003, N'no slot of this model takes traffic (or @slot names none); push the model first', 1;
+        THROW 50003, N'tdsp-50003: no slot of this model takes traffic (or @slot names none); push the model first', 1;
     -- Their models, in route order, as one bundle: each payload after its 8-byte length.
     WHILE @n <= @count
     BEGIN
@@ -118,71 +118,96 @@ def _fractions(frame, salt):
     ) / 2.0**64
 
 
-ROUTES = json.loads(routes)
-payloads = _unbundle(bytes(model_bundle))
-if len(payloads) != len(ROUTES):
-    raise ValueError(f"{len(ROUTES)} route(s) but {len(payloads)} model(s) in the bundle")
-missing = [name for name in INPUTS if name not in InputDataSet.columns]
-if missing:
-    raise ValueError(f"the input query has no column {'', ''.join(missing)}")
-features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
-if len(ROUTES) == 1:  # one slot answers every row (no split, or a call pinned to a slot)
-    chosen = None
-else:  # the weights are percentages: bisect the cumulative ones, as the local router does
-    cumulative = numpy.cumsum([route["weight"] for route in ROUTES])
-    fractions = _fractions(InputDataSet, ROUTES[0].get("salt") or "")
-    chosen = numpy.searchsorted(cumulative, fractions * cumulative[-1], side="right")
+def _score():
+    # Everything the call does; a failure is caught below, with its traceback.
+    ROUTES = json.loads(routes)
+    payloads = _unbundle(bytes(model_bundle))
+    if len(payloads) != len(ROUTES):
+        raise ValueError(f"{len(ROUTES)} route(s) but {len(payloads)} model(s) in the bundle")
+    missing = [name for name in INPUTS if name not in InputDataSet.columns]
+    if missing:
+        raise ValueError(f"the input query has no column {'', ''.join(missing)}")
+    features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
+    if len(ROUTES) == 1:  # one slot answers every row (no split, or a call pinned to a slot)
+        chosen = None
+    else:  # the weights are percentages: bisect the cumulative ones, as the local router does
+        cumulative = numpy.cumsum([route["weight"] for route in ROUTES])
+        fractions = _fractions(InputDataSet, ROUTES[0].get("salt") or "")
+        chosen = numpy.searchsorted(cumulative, fractions * cumulative[-1], side="right")
 
-answers, log = [], []
-for index, route in enumerate(ROUTES):
-    where = None if chosen is None else numpy.flatnonzero(chosen == index)  # None: all rows
-    count = len(features) if where is None else len(where)
-    if count == 0 and len(features):
-        continue
-    model = _load(payloads[index])  # loaded even for zero rows: the health probe proves it loads
-    entry = {"slot": route["slot"], "version": route["version"], "row_count": count, "status": 200}
-    started = time.perf_counter()
-    try:
-        if count == 0:  # no rows: an empty result set with the declared columns
-            answer = pandas.DataFrame({name: pandas.Series([], dtype=object) for name in OUTPUTS})
-        else:
-            answer = _predict(model, features if where is None else features.iloc[where])
-    except Exception as error:
-        if chosen is None:
-            raise
-        # Under a split one version failing must not fail the others'' rows: its rows get NULLs
-        # and the request log says 500, which `ab analyze` counts against that version.
-        answer = pandas.DataFrame({name: [None] * count for name in OUTPUTS})
-        entry.update(status=500, message=f"{type(error).__name__}: {error}"[:2000])
-    if where is not None:
-        answer.index = where
-    version = numpy.array([route["version"]], dtype=object)
-    answer["model_version"] = _column(numpy.repeat(version, count), answer.index)  # repeat: faster than full
-    entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
-    if AB_KEY:
-        keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
-        entry["row_keys"] = keys.astype(str).tolist()
-    elif where is not None:
-        entry["row_keys"] = where.tolist()
-    answers.append(answer)
-    log.append(entry)
+    answers, log = [], []
+    for index, route in enumerate(ROUTES):
+        where = None if chosen is None else numpy.flatnonzero(chosen == index)  # None: all rows
+        count = len(features) if where is None else len(where)
+        if count == 0 and len(features):
+            continue
+        model = _load(payloads[index])  # loaded even for zero rows: the health probe proves it loads
+        entry = {"slot": route["slot"], "version": route["version"], "row_count": count, "status": 200}
+        started = time.perf_counter()
+        try:
+            if count == 0:  # no rows: an empty result set with the declared columns
+                answer = pandas.DataFrame({name: pandas.Series([], dtype=object) for name in OUTPUTS})
+            else:
+                answer = _predict(model, features if where is None else features.iloc[where])
+        except Exception as error:
+            if chosen is None:
+                raise
+            # Under a split one version failing must not fail the others'' rows: its rows get NULLs
+            # and the request log says 500, which `ab analyze` counts against that version.
+            answer = pandas.DataFrame({name: [None] * count for name in OUTPUTS})
+            entry.update(status=500, message=f"{type(error).__name__}: {error}"[:2000])
+        if where is not None:
+            answer.index = where
+        version = numpy.array([route["version"]], dtype=object)
+        # numpy.repeat: faster than numpy.full
+        answer["model_version"] = _column(numpy.repeat(version, count), answer.index)
+        entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
+        if AB_KEY:
+            keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
+            entry["row_keys"] = keys.astype(str).tolist()
+        elif where is not None:
+            entry["row_keys"] = where.tolist()
+        answers.append(answer)
+        log.append(entry)
 
-# Every row says which model version answered it, in the order the rows came.
-if len(answers) == 1:
-    OutputDataSet = answers[0] if where is None else answers[0].reset_index(drop=True)
-else:
-    OutputDataSet = pandas.concat(answers).sort_index().reset_index(drop=True)
-request_log = json.dumps(log)
+    # Every row says which model version answered it, in the order the rows came.
+    if len(answers) == 1:
+        OutputDataSet = answers[0] if where is None else answers[0].reset_index(drop=True)
+    else:
+        OutputDataSet = pandas.concat(answers).sort_index().reset_index(drop=True)
+    return OutputDataSet, json.dumps(log)
+
+
+# The server would report a failure as error 39004, "HRESULT 0x80004004", and put Python''s
+# traceback in a later diagnostic record that drivers drop (mssql-python keeps the first).
+# So the failure is caught here and handed to the procedure in script_error, which it THROWs
+# as its own error: the caller reads the traceback in the one record it gets.
+script_error = None
+try:
+    OutputDataSet, request_log = _score()
+except Exception:
+    import traceback
+
+    script_error = traceback.format_exc()
+    empty = {name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}
+    OutputDataSet = pandas.DataFrame(empty)
+    request_log = "[]"
 ',
-        @params = N'@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, @sepal_length float, @sepal_width float, @petal_length float, @petal_width float',
+        @params = N'@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, @script_error nvarchar(max) OUTPUT, @sepal_length float, @sepal_width float, @petal_length float, @petal_width float',
         @model_bundle = @bundle,
         @routes = @routes,
         @request_log = @request_log OUTPUT,
+        @script_error = @script_error OUTPUT,
         @sepal_length = @sepal_length,
         @sepal_width = @sepal_width,
         @petal_length = @petal_length,
         @petal_width = @petal_width
     WITH RESULT SETS (([label] nvarchar(16), [p_setosa] float, [p_versicolor] float, [p_virginica] float, [model_version] nvarchar(64)));
+    IF @script_error IS NOT NULL
+    BEGIN
+        DECLARE @thrown nvarchar(2048) = N'tdsp-50010: the model failed:' + NCHAR(10) + RIGHT(@script_error, 2000);
+        THROW 50010, @thrown, 1;
+    END;
     -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
     INSERT INTO [dbo].[tdsp_requests]
         ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])

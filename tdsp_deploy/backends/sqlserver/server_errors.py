@@ -1,0 +1,213 @@
+"""What SQL Server and its driver say no with, as ``tdsp_deploy.errors``: the one place.
+
+How an error is identified, as mssql-python reports it: its exception's class and text are
+``Driver Error: <the SQLSTATE's words>; DDBC Error: [Microsoft][SQL Server]<message>``. The
+SQLSTATE itself is not kept, only its words (read back here through the driver's own table),
+and only the first diagnostic record reaches the exception, without its native error number.
+So:
+
+- the connection's own failures are told apart by SQLSTATE (08001, 08S01, HYT00: the server
+  was not reached; 28000: the login was refused);
+- the procedures and batches tsql.py generates put a stable code at the start of every
+  message they THROW (``tdsp-50003: ...``), which survives any driver;
+- SQL Server's own refusals are recognized by their message text (the number only where a
+  driver shows it, as pyodbc does: ``... (39004)``);
+- a model failing inside ``sp_execute_external_script`` would only say "HRESULT 0x80004004"
+  (the traceback is in a later record the driver drops), so the generated script catches its
+  own exception and the procedure THROWs it as ``tdsp-50010`` with the traceback.
+
+Secrets are scrubbed from every message that leaves this module, pieces of them included.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError
+
+#: the exception class names DB-API 2.0 (PEP 249) prescribes; every driver (and the fake) has them
+DBAPI_ERRORS = frozenset(
+    {
+        "Error",
+        "Warning",
+        "InterfaceError",
+        "DatabaseError",
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+    }
+)
+ENABLE_HINT = (
+    "ask the DBA to run: EXEC sp_configure 'external scripts enabled', 1; RECONFIGURE WITH OVERRIDE; "
+    "(then restart the Launchpad service if the setting does not take)"
+)
+PERMISSION_HINT = (
+    "ask the DBA to run: GRANT EXECUTE ANY EXTERNAL SCRIPT TO [your user]; "
+    "creating the procedure and model table also needs CREATE PROCEDURE, CREATE TABLE and ALTER ON SCHEMA"
+)
+LOGIN_HINT = (
+    "check target.server, target.port, target.database and target.auth "
+    "(auth.method sql reads the password from the variable auth.password_env)"
+)
+SCRIPT_HINT = "fix the model or its scoring code (the traceback is the server's Python) and push again"
+MAX_MESSAGE = 1200
+#: a model's traceback is longer than a message; it is shown whole up to this length
+MAX_TRACEBACK = 4000
+#: the errors tsql.py THROWs, with what to do about them
+TSQL_REFUSALS = {
+    50001: "give the new model another model.version (or leave it out: derived from the content)",
+    50002: "push the model version before activating it",
+    50003: "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
+    50004: "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
+    50005: "give weights that add up to 100, e.g. blue=90 green=10",
+}
+#: the code of a model's own failure, THROWn by the scoring procedures with its traceback
+SCRIPT_FAILED = 50010
+#: the stable code every THROW of the generated T-SQL starts its message with
+CODE = re.compile(r"\btdsp-(5\d{4})\b")
+#: SQLSTATEs whose meaning the connection needs (ODBC's; the words are the driver's)
+UNREACHABLE_STATES = frozenset({"08001", "08004", "08S01", "HYT00", "HYT01"})
+LOGIN_STATES = frozenset({"28000"})
+_KNOWN_STATES = (*sorted(UNREACHABLE_STATES), *sorted(LOGIN_STATES), "42000", "HY000", "23000", "42S02")
+#: the shortest run of a secret's characters a message may not repeat
+SCRUB_MIN = 4
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """A DB-API exception of any driver (recognized by PEP 249's class names)."""
+    return any(cls.__name__ in DBAPI_ERRORS and cls.__module__ != "builtins" for cls in type(exc).__mro__)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The ODBC SQLSTATE of a driver error: pyodbc's first argument; for mssql-python, read
+    back from the words it keeps instead (``driver_error``), through its own table."""
+    first = exc.args[0] if exc.args else None
+    if isinstance(first, str) and re.fullmatch(r"[0-9A-Z]{5}", first):
+        return first
+    words = getattr(exc, "driver_error", None)
+    return _states_by_words().get(words) if isinstance(words, str) else None
+
+
+@functools.cache
+def _states_by_words() -> dict[str, str]:
+    try:
+        from mssql_python.exceptions import sqlstate_to_exception
+    except ImportError:
+        return {}
+    found: dict[str, str] = {}
+    for state in _KNOWN_STATES:
+        known = sqlstate_to_exception(state, "")
+        if known is not None:
+            found.setdefault(known.driver_error, state)
+    return found
+
+
+def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[str] = ()) -> TdspError | None:
+    """Our error for what the driver raised; None for an exception that is not the driver's
+    (a bug stays a bug)."""
+    if isinstance(exc, TdspError):
+        return exc
+    if not is_driver_error(exc):
+        return None
+    text = _scrub(" ".join(str(a) for a in exc.args) or str(exc), secrets)
+    lowered = text.lower()
+    where = f"{doing}: " if doing else ""
+    state = sqlstate(exc)
+    codes = {int(n) for n in CODE.findall(text)}
+    numbers = {int(n) for n in re.findall(r"\((\d{3,6})\)", text)} | codes
+    if state in LOGIN_STATES or "login failed" in lowered or 18456 in numbers:
+        return BackendError(f"{where}SQL Server refused the login: {_short(text)}", hint=LOGIN_HINT)
+    if SCRIPT_FAILED in codes:
+        return DeploymentFailed(
+            f"{where}the model failed inside SQL Server:\n{_traceback(text)}", hint=SCRIPT_HINT
+        )
+    if codes:  # the THROWs of the generated T-SQL: the deployment's own rules
+        ours = codes & set(TSQL_REFUSALS)
+        return DeploymentFailed(
+            f"{where}{_short(_server_text(text))}", hint=TSQL_REFUSALS[min(ours)] if ours else None
+        )
+    if (
+        "external scripts enabled" in lowered
+        or 39023 in numbers
+        or ("sp_execute_external_script" in lowered and "disabled" in lowered)
+    ):
+        return DeploymentFailed(
+            f"{where}Machine Learning Services is off on this instance: {_short(text)}", hint=ENABLE_HINT
+        )
+    if (
+        "permission" in lowered
+        and ("denied" in lowered or "does not have" in lowered)
+        or numbers & {229, 262, 297, 300}
+    ):
+        return BackendError(
+            f"{where}permission denied (the user needs EXECUTE ANY EXTERNAL SCRIPT to score): {_short(text)}",
+            hint=PERMISSION_HINT,
+        )
+    if numbers & {39004, 39019} or "external script error" in lowered or "script error occurred" in lowered:
+        return DeploymentFailed(
+            f"{where}the Python script failed inside SQL Server: {_script_message(text)}",
+            hint="run the procedure in SSMS for the full traceback, fix the model and push again",
+        )
+    if numbers & set(TSQL_REFUSALS) and not codes:  # pyodbc shows the number of an older THROW
+        return DeploymentFailed(
+            f"{where}{_short(_server_text(text))}", hint=TSQL_REFUSALS[min(numbers & set(TSQL_REFUSALS))]
+        )
+    if state in UNREACHABLE_STATES or any(
+        word in lowered for word in ("timeout", "timed out", "tcp provider", "network")
+    ):
+        return BackendError(f"{where}SQL Server could not be reached: {_short(text)}", hint=LOGIN_HINT)
+    return BackendError(f"{where}SQL Server said no: {_short(text)}")
+
+
+def _traceback(text: str) -> str:
+    """The Python traceback a scoring procedure THROWs (``tdsp-50010: ...``), as it came."""
+    body = CODE.split(_server_text(text), maxsplit=1)[-1].lstrip(": ")
+    body = body.removeprefix("the model failed:").strip()
+    return body if len(body) <= MAX_TRACEBACK else "..." + body[-(MAX_TRACEBACK - 3) :]
+
+
+def _script_message(text: str) -> str:
+    """The Python part of an external-script error (SQL Server wraps it in its own lines)."""
+    match = re.search(r"(?:An external script error occurred:|Error in execution\.)\s*(.*)", text, re.S)
+    return _short(match.group(1).strip() if match else text)
+
+
+def _server_text(text: str) -> str:
+    """The server's own message, without the driver's words and [vendor][driver] prefix."""
+    return re.sub(r"^.*\[SQL Server\]", "", text, flags=re.S).strip()
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` without any secret, and without any run of SCRUB_MIN or more of its characters:
+    a parser or a server quotes pieces of a value (``keyword 'w}}' has no value``), not only
+    whole ones."""
+    secrets = [s for s in secrets if s]
+    if secrets:
+        shortest = min(SCRUB_MIN, *(len(s) for s in secrets))
+        out: list[str] = []
+        at = 0
+        while at < len(text):
+            longest = 0
+            for secret in secrets:
+                end = at + 1
+                while end <= len(text) and text[at:end] in secret:
+                    end += 1
+                longest = max(longest, end - 1 - at)
+            if longest >= shortest:
+                out.append("***")
+                at += longest
+            else:
+                out.append(text[at])
+                at += 1
+        text = "".join(out)
+    return re.sub(r"(?i)(PWD|Password)=(\{(?:[^}]|\}\})*\}?|[^;]*)", r"\1=***", text)
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
