@@ -129,5 +129,8 @@ def emulated_azure(storage: Storage, answer: bytes, **workspace_options: Any) ->
     )
     front = ScoringFrontEnd(workspace, answer)
     front_holder["front"] = front
-    with front.serve():
-        yield EmulatedAzure(workspace, front, storage.proxy, storage.azurite)
+    try:
+        with front.serve():
+            yield EmulatedAzure(workspace, front, storage.proxy, storage.azurite)
+    finally:
+        workspace.close()

@@ -322,6 +322,27 @@ class Workspace:
         elif deployment is not None:
             deployment["properties"]["provisioningState"] = op.outcome
 
+    def begin_elsewhere(self, kind: str, endpoint: str, deployment: str | None, action: str,
+                        outcome: str = "Succeeded", polls: int | None = None) -> Operation:
+        """An operation someone else started (another user, the portal): the resource shows it."""
+        op = self._start(kind, endpoint, deployment, action, outcome)
+        if polls is not None:
+            op.polls = polls
+        state = "Deleting" if action == "delete" else "Updating"
+        if kind == "endpoint":
+            self.endpoints[endpoint]["properties"]["provisioningState"] = state
+        else:
+            self.deployments[(endpoint, deployment or "")]["properties"]["provisioningState"] = state
+        return op
+
+    def close(self) -> None:
+        """End every operation still running (as canceled), so no poller thread of the SDK
+        keeps polling after the test."""
+        with self._lock:
+            for op in self.operations.values():
+                if op.status == "Updating":
+                    op.status = "Canceled"
+
     def busy(self, endpoint: str) -> Operation | None:
         """The unfinished operation on an endpoint or one of its deployments, if any."""
         for op in self.operations.values():

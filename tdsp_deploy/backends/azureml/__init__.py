@@ -83,7 +83,6 @@ class AzureMLBackend(Backend):
         super().__init__(manifest, progress=progress)
         self.target: AzureMLTarget
         self._client = client
-        self._deadline: float | None = None  # end of target.timeout, set by the first wait
         # slot -> the operation deploy_slot started, for wait_healthy
         self._operations: dict[str, Operation] = {}
         # slot -> the revision deploy_slot replaced (DeploymentInfo), or _NEW
@@ -108,9 +107,9 @@ class AzureMLBackend(Backend):
         instance type and count, traffic and mirror share, and what it runs (from its tags)."""
         try:
             endpoint = self.client.get_endpoint(self.endpoint_name)
-        except EndpointNotFound:
+            deployments = self.client.list_deployments(self.endpoint_name)
+        except EndpointNotFound:  # also: deleted between the two reads
             return EndpointStatus(name=self.endpoint_name, kind=self.kind, exists=False)
-        deployments = self.client.list_deployments(self.endpoint_name)
         return EndpointStatus(
             name=endpoint.name,
             kind=self.kind,
@@ -295,6 +294,17 @@ class AzureMLBackend(Backend):
         otherwise leaves it as it is (Azure refuses to delete a deployment with traffic).
         """
         self._operations.pop(slot, None)
+        busy = self._still_provisioning(slot)
+        if busy is not None:
+            # Azure refuses to delete or change a deployment while its operation runs (409):
+            # say what is left and how to remove it once Azure is done with it
+            raise BackendError(
+                f"deployment '{slot}' is still {busy} on Azure, which refuses to delete or change it "
+                "until its operation ends; it takes no traffic",
+                hint=f"once `tdsp-deploy status MANIFEST` shows it Succeeded or Failed, delete it with "
+                f"`tdsp-deploy delete MANIFEST --deployment {slot}` (or push again)",
+                details={"left_behind": slot, "provisioning_state": busy},
+            )
         replaced = self._replaced.pop(slot, None)
         if replaced is not None and replaced is not _NEW and replaced.spec is not None:
             self._tell("rollback", f"restoring the previous revision of {slot}")
@@ -406,6 +416,17 @@ class AzureMLBackend(Backend):
         name = self.endpoint_name
         try:
             endpoint = self.client.get_endpoint(name)
+            state = (endpoint.provisioning_state or "").lower()
+            if state == "failed":
+                raise BackendError(
+                    f"endpoint '{name}' is in state Failed in workspace '{self.target.workspace}': "
+                    "Azure ML does not deploy into a failed endpoint",
+                    hint="delete it with `tdsp-deploy delete MANIFEST` (its deployments go with it) "
+                    "and push again",
+                )
+            if state == "deleting":
+                self._await_deletion(name)
+                raise EndpointNotFound(f"endpoint '{name}' was deleted")
         except EndpointNotFound:
             entity = entities.build_endpoint(self.manifest)
             entity.traffic = {}  # Azure refuses traffic at creation: no deployment exists yet
@@ -424,6 +445,26 @@ class AzureMLBackend(Backend):
             self._wait(watch, f"endpoint '{name}'")
             endpoint = self.client.get_endpoint(name)
         return endpoint
+
+    def _await_deletion(self, name: str) -> None:
+        """An endpoint being deleted (by an earlier command, or someone else) is waited for
+        until it is gone; Azure refuses to create it again before."""
+        from tdsp_deploy.backends.azureml.client import StatePoller
+
+        def state() -> str:
+            try:
+                return self.client.get_endpoint(name).provisioning_state or "Deleting"
+            except EndpointNotFound:
+                return "Deleted"
+
+        self._tell("deploy", f"endpoint {name} is being deleted; waiting until it is gone")
+        watch = StatePoller(
+            state,
+            lambda found: BackendError(f"endpoint '{name}' did not finish deleting: it is {found}"),
+            pause=getattr(self.client, "poll_interval", 5.0),
+            terminal=frozenset({"deleted"}),
+        )
+        self._wait(watch, f"deletion of endpoint '{name}'")
 
     def _unpacked(self, package: BuiltPackage) -> Path:
         """The package extracted (and checked against its lock) once per content, under the
@@ -450,6 +491,12 @@ class AzureMLBackend(Backend):
             )
         return found
 
+    def _still_provisioning(self, slot: str) -> str | None:
+        """The deployment's provisioning state while an operation of Azure runs on it."""
+        found = self._find_deployment(slot)
+        state = (found.provisioning_state or "") if found is not None else ""
+        return state if state.lower() in ("creating", "updating", "scaling") else None
+
     def _current_slot(self, slot: str) -> SlotStatus | None:
         return self.status().slot(slot)
 
@@ -466,13 +513,10 @@ class AzureMLBackend(Backend):
                 self._delete_deployment(slot)
 
     def _time_left(self) -> float:
-        """Seconds left of target.timeout, which bounds the whole push: the clock starts at
-        the push's first wait, and every later wait gets what remains (at least a second, or
-        the whole timeout when shorter, so that a late wait still reports what is
-        provisioning rather than failing blind)."""
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self.target.timeout
-        return max(self._deadline - time.monotonic(), min(1.0, self.target.timeout))
+        """The budget of one operation: target.timeout, whole, for each one (Azure gives each
+        operation its own 30 minutes, ``x-ms-async-operation-timeout: PT30M``), so creating
+        the endpoint does not eat into the deployment's time."""
+        return self.target.timeout
 
     def _wait(self, operation: Operation, what: str) -> Any:
         timeout = self._time_left()

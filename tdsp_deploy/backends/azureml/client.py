@@ -21,7 +21,11 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
+import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -145,6 +149,14 @@ def translate_error(exc: BaseException, doing: Doing) -> TdspError | None:
             hint="your identity needs a role on the workspace (e.g. AzureML Data Scientist); " + SIGN_IN_HINT,
             details=details,
         )
+    if status == 429 or codes & THROTTLED_CODES:
+        return BackendError(
+            f"{where}Azure is throttling this subscription's requests (HTTP 429), and azure-core's "
+            f"retries did not get through: {text}",
+            hint="retry later (in a few minutes): Azure Resource Manager limits the requests per "
+            "subscription and hour, and other tools or pipelines may share them",
+            details={**details, "status": 429},
+        )
     if _is_quota(codes, text):
         return DeploymentFailed(
             f"{where}out of quota: {text}",
@@ -174,13 +186,7 @@ def translate_error(exc: BaseException, doing: Doing) -> TdspError | None:
             details=details,
         )
     if isinstance(exc, core.ResourceNotFoundError) or status == 404:
-        if "workspace" in text.lower() and "endpoint" not in text.lower():
-            return BackendError(f"{where}workspace not found: {text}", hint=WORKSPACE_HINT)
-        return EndpointNotFound(
-            f"{where}not found: {text}",
-            hint="deploy it with `tdsp-deploy push MANIFEST`; " + WORKSPACE_HINT,
-            details=details,
-        )
+        return _not_found(exc, doing, where, text, details)
     if isinstance(exc, core.ResourceExistsError) or status == 409 or "conflict" in codes:
         return BackendError(
             f"{where}Azure refused: another operation is in progress or the resource conflicts: {text}",
@@ -201,6 +207,48 @@ def translate_error(exc: BaseException, doing: Doing) -> TdspError | None:
             details=details,
         )
     return BackendError(f"{where}Azure ML said: {text}", details=details)
+
+
+#: ARM's codes for a throttled request
+THROTTLED_CODES = frozenset({"toomanyrequests", "subscriptionrequeststhrottled", "throttled"})
+_ASSET_PATH = re.compile(r"/(models|environments|codes)/([^/?]+)/versions/([^/?]+)", re.IGNORECASE)
+_ASSET_WORDS = {"models": "model", "environments": "environment", "codes": "code"}
+
+
+def _not_found(
+    exc: BaseException, doing: Doing, where: str, text: str, details: dict[str, Any]
+) -> TdspError:
+    """A 404 says what is missing by the resource asked for, or (for a deployment that refers
+    to them) by the asset Azure names: a model, environment or code version is not an
+    endpoint, and pushing again is what registers it."""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    path = urllib.parse.urlsplit(str(getattr(request, "url", "") or "")).path
+    asset = _ASSET_PATH.search(path) or _ASSET_PATH.search(text)
+    if asset is not None:
+        kind = _ASSET_WORDS[asset.group(1).lower()]
+        return BackendError(
+            f"{where}{kind} '{asset.group(2)}' version '{asset.group(3)}' does not exist in the "
+            f"workspace (it may have been deleted or archived): {text}",
+            hint="run `tdsp-deploy push MANIFEST` again: a push registers the model, environment and "
+            "code it deploys",
+            details={**details, "missing": kind},
+        )
+    deployment = re.search(r"/onlineEndpoints/([^/]+)/deployments/([^/?]+)", path)
+    method = str(getattr(request, "method", "GET")).upper()
+    if deployment is not None and method != "PUT" and re.search(r"/deployments/[^/]+/?$", path):
+        return EndpointNotFound(
+            f"{where}deployment '{deployment.group(2)}' does not exist on endpoint "
+            f"'{deployment.group(1)}': {text}",
+            hint="`tdsp-deploy status MANIFEST` lists the endpoint's deployments",
+            details={**details, "missing": "deployment"},
+        )
+    if re.search(r"/workspaces/[^/]+/?$", path):
+        return BackendError(f"{where}workspace not found: {text}", hint=WORKSPACE_HINT)
+    return EndpointNotFound(
+        f"{where}not found: {text}",
+        hint="deploy it with `tdsp-deploy push MANIFEST`; " + WORKSPACE_HINT,
+        details={**details, "missing": "endpoint"},
+    )
 
 
 def model_version_conflict(name: str, version: str) -> BackendError:
@@ -354,26 +402,32 @@ class StatePoller:
     later command): done when the state is terminal; Failed raises ``failure()``."""
 
     def __init__(
-        self, fetch: Callable[[], str | None], failure: Callable[[str], TdspError], *, pause: float = 0.0
+        self,
+        fetch: Callable[[], str | None],
+        failure: Callable[[str], TdspError],
+        *,
+        pause: float = 0.0,
+        terminal: frozenset[str] = TERMINAL_STATES,
     ):
         self._fetch = fetch
         self._failure = failure
         self._state: str | None = None
         self._pause = pause
+        self._terminal = terminal
 
     def wait(self, timeout: float | None = None) -> None:
         self._state = self._fetch()
         state = (self._state or "").lower()
         if state in ("failed", "canceled", "cancelled"):
             raise self._failure(self._state or "Failed")
-        if state not in TERMINAL_STATES:
+        if state not in self._terminal:
             time.sleep(min(self._pause, timeout or 0.0))
 
     def result(self, timeout: float | None = None) -> Any:
         return None
 
     def done(self) -> bool:
-        return (self._state or "").lower() in TERMINAL_STATES
+        return (self._state or "").lower() in self._terminal
 
     def status(self) -> str:
         return self._state or "unknown"
@@ -384,6 +438,7 @@ class AzureMLClient:
     """The operations the azureml backend needs, over one ``MLClient``."""
 
     def __init__(self, ml_client: Any, *, workspace: str = "", poll_interval: float = 5.0):
+        _drop_poller_dots()
         self._ml = ml_client
         self.workspace = workspace
         self.poll_interval = poll_interval
@@ -614,7 +669,7 @@ def asset_reference(asset: Any) -> str:
 def endpoint_info(entity: Any) -> EndpointInfo:
     return EndpointInfo(
         name=entity.name,
-        provisioning_state=entity.provisioning_state,
+        provisioning_state=_state_text(entity.provisioning_state),
         scoring_uri=entity.scoring_uri,
         auth_mode=entity.auth_mode,
         traffic={k: int(v) for k, v in (entity.traffic or {}).items()},
@@ -630,7 +685,7 @@ def deployment_info(entity: Any, endpoint: str) -> DeploymentInfo:
     return DeploymentInfo(
         name=entity.name,
         endpoint_name=entity.endpoint_name or endpoint,
-        provisioning_state=entity.provisioning_state,
+        provisioning_state=_state_text(entity.provisioning_state),
         instance_type=entity.instance_type,
         instance_count=entity.instance_count,
         model=model,
@@ -640,6 +695,14 @@ def deployment_info(entity: Any, endpoint: str) -> DeploymentInfo:
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _state_text(state: Any) -> str | None:
+    """A provisioning state as Azure spells it ("Creating"), whether the SDK gives a string or
+    one of its enums (whose str() is "DeploymentProvisioningState.CREATING")."""
+    if state is None:
+        return None
+    return str(getattr(state, "value", state))
+
+
 @contextlib.contextmanager
 def _translated(doing: Doing) -> Iterator[None]:
     try:
@@ -653,11 +716,63 @@ def _translated(doing: Doing) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    # azure-ai-ml's deployment poller prints a dot per poll to sys.stdout, which would break
-    # `--json` (one document on stdout). The CLI writes through the stream it captured at
-    # start, so swapping sys.stdout for the duration of a call is safe.
-    with contextlib.redirect_stdout(io.StringIO()):
+    """The SDK's own output kept out of ours for the duration of a call: its prints (upload
+    progress, a colour reset on stderr after each upload) and its loggers' messages ("Check:
+    endpoint ... exists", the experimental-class warnings), which it sends to stderr through
+    handlers of its own. The CLI writes through the streams it captured at start, so swapping
+    sys.stdout and sys.stderr for the duration of a call is safe."""
+    _silence_sdk_loggers()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
+
+
+_SILENCED: set[str] = set()
+
+
+def _silence_sdk_loggers() -> None:
+    """azure-ai-ml gives many of its module loggers a stderr handler at INFO; those handlers
+    are removed (the records still propagate, so `--debug` logging shows them), and a null
+    handler keeps Python's last-resort handler from printing warnings the SDK logs."""
+    import logging
+
+    root = logging.getLogger("azure.ai.ml")
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name in _SILENCED or not name.startswith("azure.ai.ml") or not isinstance(logger, logging.Logger):
+            continue
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        _SILENCED.add(name)
+
+
+class _WithoutPollerDots(io.TextIOBase):
+    """sys.stdout without what azure-core's poller threads write to it: azure-ai-ml's
+    deployment poller prints a dot per poll from its own thread, between our calls, which
+    would break `--json` (one document on stdout). Everything else passes through."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread().name.startswith("LROPoller"):
+            return len(text)
+        return int(self._stream.write(text) or 0)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _drop_poller_dots() -> None:
+    if not isinstance(sys.stdout, _WithoutPollerDots):
+        sys.stdout = _WithoutPollerDots(sys.stdout)
 
 
 def _from_azure(exc: BaseException) -> bool:
@@ -666,11 +781,18 @@ def _from_azure(exc: BaseException) -> bool:
 
 
 def _service_message(exc: BaseException) -> str:
+    """Azure's message, and its details' messages: a refusal often says only "The request is
+    invalid." at the top and what is wrong (a quota, a missing asset) in ``details``."""
     error = getattr(exc, "error", None)
     message = getattr(error, "message", None) if error is not None else None
     if not message:
         message = getattr(exc, "message", None) or str(exc)
-    text = " ".join(str(message).split())
+    parts = [str(message)]
+    for detail in getattr(error, "details", None) or []:
+        said = getattr(detail, "message", None)
+        if said and str(said) not in parts[0]:
+            parts.append(str(said))
+    text = " ".join(" ".join(parts).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
