@@ -280,7 +280,7 @@ def test_creates_faster_than_the_workspace_allows_wait_for_retry_after(queued: L
     impatient.submit({"name": "y", "file": f"{CONTAINER}/a.py"})
     with pytest.raises(BackendError, match="too many requests") as refused:
         impatient.submit({"name": "z", "file": f"{CONTAINER}/a.py"})
-    assert "2 batch submissions a second" in (refused.value.hint or "")
+    assert "2 batch submissions and 200 status reads a second" in (refused.value.hint or "")
 
 
 def test_polling_retries_429_and_5xx_honouring_retry_after(queued: LivyServer) -> None:

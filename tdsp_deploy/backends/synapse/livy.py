@@ -216,7 +216,8 @@ class LivyClient:
         if response.status_code == 429:
             raise BackendError(
                 f"Synapse refused to {doing}: too many requests (HTTP 429, {tries} tries)",
-                hint="the workspace allows 2 batch submissions a second; wait, or submit fewer jobs at once",
+                hint="a workspace allows 2 batch submissions and 200 status reads a second; wait, or "
+                "run fewer jobs at once",
             )
         if response.status_code in (401, 403):
             raise BackendError(
