@@ -280,7 +280,7 @@ def test_creates_faster_than_the_workspace_allows_wait_for_retry_after(queued: L
     impatient.submit({"name": "y", "file": f"{CONTAINER}/a.py"})
     with pytest.raises(BackendError, match="too many requests") as refused:
         impatient.submit({"name": "z", "file": f"{CONTAINER}/a.py"})
-    assert "2 batch submissions a second" in (refused.value.hint or "")
+    assert "2 batch submissions and 200 status reads a second" in (refused.value.hint or "")
 
 
 def test_polling_retries_429_and_5xx_honouring_retry_after(queued: LivyServer) -> None:
@@ -315,5 +315,14 @@ def test_sizes_beyond_the_pool_node_and_large_bodies_are_refused(queued: LivySer
         livy_client.submit({**body, "executorCores": 8, "executorMemory": "56g"})
     with pytest.raises(BackendError, match="HTTP 400.*not a Spark job size"):
         livy_client.submit({**body, "driverMemory": "30g"})
-    with pytest.raises(BackendError, match="HTTP 413"):
+    posts = sum(1 for method, _, _ in queued.requests if method == "POST")
+    with pytest.raises(BackendError, match="Synapse takes at most 102400"):
         livy_client.submit({**body, "args": ["x" * 110_000]})
+    assert sum(1 for method, _, _ in queued.requests if method == "POST") == posts  # not even sent
+    import requests
+
+    url = f"{queued.endpoint}/livyApi/versions/2019-11-01-preview/sparkPools/pool1/batches"
+    refused = requests.post(
+        url, json={**body, "args": ["x" * 110_000]}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert refused.status_code == 413  # the server says no on its own

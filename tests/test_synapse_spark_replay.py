@@ -229,3 +229,40 @@ def test_a_dead_batch_shows_the_drivers_traceback_from_storage(deployed: Any) ->
     assert message.endswith("ValueError: the input has no column f1")
     assert "ShutdownHookManager" not in message  # the launcher's noise stays in the details
     assert "ShutdownHookManager" in failed.value.details["log_tail"]
+
+
+def test_the_run_command_prints_the_rows_and_output_replaying_the_recording(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tdsp-deploy run` as a user runs it: storage through the Blob API (a Blob service on
+    loopback), the workspace answering as recorded, the token from a managed identity.
+    Before: "scored ? rows into ?"."""
+    from blob_service import BlobService
+    from identity_endpoint import ManagedIdentityEndpoint
+
+    project = make_project(tmp_path / "p")
+    with BlobService() as service, ManagedIdentityEndpoint(TOKEN) as identity:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", service.connection_string)
+        for name, value in identity.environ.items():
+            monkeypatch.setenv(name, value)
+        assert cli("push", project).exit_code == 0
+        from tdsp_deploy.backends.synapse.storage import BlobStore
+
+        store = BlobStore.connect(STORAGE)
+        summary = {"state": "success", "rows": 1500, "variants": [{"name": "blue", "rows": 1500}]}
+
+        def job(request: dict[str, Any]) -> None:
+            spec = json.loads(request["args"][0])
+            store.put_bytes(
+                spec["result"]["path"].removeprefix(store.root + "/"), json.dumps(summary).encode()
+            )
+
+        replay = Replay("success", job)
+        monkeypatch.setenv("TDSP_SYNAPSE_ENDPOINT", replay.endpoint)
+        try:
+            ran = cli("run", project, "-i", f"{STORAGE}/in.parquet", "-o", f"{STORAGE}/scored")
+        finally:
+            replay.close()
+    assert replay.unexpected == []
+    assert ran.exit_code == 0, ran.stderr
+    assert f"scored 1500 rows into {STORAGE}/scored" in ran.stderr

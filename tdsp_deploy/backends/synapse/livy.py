@@ -44,6 +44,8 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_TRIES = 6
 #: The longest pause between two tries that the client accepts, Retry-After included.
 MAX_RETRY_PAUSE = 60.0
+#: Synapse's documented limit on a request body.
+MAX_BODY_BYTES = 100 * 1024
 
 TokenProvider = Callable[[], str]
 
@@ -101,6 +103,14 @@ class LivyClient:
     # -- the three calls -------------------------------------------------------------------------
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the batch; its description (``id``, ``state``)."""
+        import json
+
+        size = len(json.dumps(body).encode())
+        if size > MAX_BODY_BYTES:
+            raise BackendError(
+                f"the Spark batch request is {size} bytes; Synapse takes at most {MAX_BODY_BYTES}",
+                hint="fewer target.conf settings or columns; the job's spec travels in the request",
+            )
         return self._call(
             "POST", self.base, doing="submit the Spark batch", retried=frozenset({429}), json=body
         )
@@ -216,7 +226,8 @@ class LivyClient:
         if response.status_code == 429:
             raise BackendError(
                 f"Synapse refused to {doing}: too many requests (HTTP 429, {tries} tries)",
-                hint="the workspace allows 2 batch submissions a second; wait, or submit fewer jobs at once",
+                hint="a workspace allows 2 batch submissions and 200 status reads a second; wait, or "
+                "run fewer jobs at once",
             )
         if response.status_code in (401, 403):
             raise BackendError(

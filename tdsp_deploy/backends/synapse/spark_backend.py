@@ -9,8 +9,11 @@ How the backend contract maps onto a batch target:
   sends each row to the slot whose share holds the hash of its ``key_column``;
 - a call (the smoke test, ``invoke``) is a job on the request's rows: they are written to the
   storage as parquet, scored by a Spark batch pinned to the slot, and read back;
-- ``logs`` is the driver log tail of the slot's last job; ``render`` writes the job script, its
-  spec, the Livy request and the upload plan, offline.
+- a job reports through the storage: it writes ``result.json`` beside its run (rows, rows per
+  variant, output; or the driver's error), since Synapse's batch ``log`` holds only launcher
+  lines; ``logs`` is what the slot's last job said there, where its driver log is, and the
+  launcher's last lines;
+- ``render`` writes the job script, its spec, the Livy request and the upload plan, offline.
 
 Storage (storage.py) and Livy (livy.py) are the two doors to the platform; a test hands in
 its own (a folder store, a Livy client pointed at a loopback server).
@@ -145,7 +148,8 @@ class SparkBackend(Backend):
         )
 
     def logs(self, slot: str, *, tail: int | None = None) -> str:
-        """The driver log tail of the slot's last job (kept beside its record)."""
+        """The slot's last job as kept beside its record: its messages and error (from its
+        result.json), the driver log's URL, the launcher's last lines."""
         data = self.store.get_bytes(f"{self._endpoint_dir()}/slots/{slot}.log")
         if data is None:
             raise UsageError(f"slot '{slot}' has run no job yet", hint="tdsp-deploy test, or run, starts one")
