@@ -100,3 +100,16 @@ def test_a_version_from_the_content_hash_is_laid_out_as_version_1(cli, tmp_path)
         assert "Error while fetching model IDs" not in log
     finally:
         cli("delete", manifest, "--yes")
+
+
+@pytest.mark.parametrize("http_server", ["granian", "gunicorn"])
+def test_a_scoring_folder_that_is_a_package_deploys(cli, tmp_path, http_server):
+    """A scoring folder with an __init__.py made every push under granian crash-loop with
+    "Could not import 'code.tdsp_deploy.backends.local.slot_app'"."""
+    manifest = _manifest(tmp_path / "app", http_server=http_server)
+    (tmp_path / "app" / "src" / "__init__.py").write_text("")
+    try:
+        pushed = cli("push", manifest)
+        assert pushed.exit_code == 0, pushed.stderr
+    finally:
+        cli("delete", manifest, "--yes")
