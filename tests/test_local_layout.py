@@ -100,3 +100,105 @@ def test_a_version_from_the_content_hash_is_laid_out_as_version_1(cli, tmp_path)
         assert "Error while fetching model IDs" not in log
     finally:
         cli("delete", manifest, "--yes")
+
+
+@pytest.mark.parametrize("http_server", ["granian", "gunicorn"])
+def test_a_scoring_folder_that_is_a_package_deploys(cli, tmp_path, http_server):
+    """A scoring folder with an __init__.py made every push under granian crash-loop with
+    "Could not import 'code.tdsp_deploy.backends.local.slot_app'"."""
+    manifest = _manifest(tmp_path / "app", http_server=http_server)
+    (tmp_path / "app" / "src" / "__init__.py").write_text("")
+    try:
+        pushed = cli("push", manifest)
+        assert pushed.exit_code == 0, pushed.stderr
+    finally:
+        cli("delete", manifest, "--yes")
+
+
+STREAMING_SCRIPT = """\
+import time
+from azureml_inference_server_http.api.aml_request import rawhttp
+from azureml_inference_server_http.api.aml_response import AMLResponse
+
+def init():
+    pass
+
+@rawhttp
+def run(request):
+    def chunks():
+        for i in range(3):
+            yield f"chunk {i}\\n"
+            time.sleep(1)
+    return AMLResponse(chunks(), 200)
+"""
+
+
+def _slot_port(cli, manifest: Path) -> int:
+    status = cli("status", manifest, "--json").json()
+    live = max(status["slots"], key=lambda slot: slot["traffic"])  # the one the last push made live
+    return int(live["details"]["port"])
+
+
+def _first_chunk(port: int, headers: str = "") -> tuple[float, float, bytes]:
+    """Seconds to the first body bytes and to the whole answer, and the head, straight from
+    the slot (what the router receives)."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /score HTTP/1.1\r\nHost: slot\r\nContent-Length: 2\r\n"
+            + headers.encode()
+            + b"Content-Type: application/json\r\n\r\n{}"
+        )
+        data, first = b"", None
+        while b"chunk 2" not in data:
+            received = sock.recv(65536)
+            if not received:
+                break
+            data += received
+            if first is None and b"chunk 0" in data:
+                first = time.monotonic() - started
+        return first or 99.0, time.monotonic() - started, data.split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize("http_server", ["granian", "gunicorn"])
+def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
+    """Under either HTTP server: a generator answer (@rawhttp, AMLResponse(generator)) is sent
+    chunked as it is produced; the version header is sent unless switched off; CORS answers
+    the configured origins; swagger is served."""
+    root = tmp_path / "app"
+    manifest = _manifest(root, http_server=http_server)
+    (root / "src" / "score.py").write_text(STREAMING_SCRIPT)
+    doc = yaml.safe_load(manifest.read_text())
+    doc["environment"]["variables"].update({"AML_CORS_ORIGINS": "https://app.example"})
+    del doc["smoke_test"]
+    manifest.write_text(yaml.safe_dump(doc))
+    try:
+        assert cli("push", manifest).exit_code == 0
+        port = _slot_port(cli, manifest)
+        first, whole, head = _first_chunk(port, "Origin: https://app.example\r\n")
+        assert first < 0.9 < whole, (first, whole)  # the first chunk before the generator ends
+        lowered = head.lower()
+        assert b"transfer-encoding: chunked" in lowered and b"content-length" not in lowered
+        assert b"x-ms-server-version: azmlinfsrv/" in lowered
+        assert b"access-control-allow-origin: https://app.example" in lowered
+
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/swagger.json")
+        swagger = connection.getresponse()
+        assert swagger.status in (200, 404)  # 404: the script declares no schema, as on Azure ML
+        swagger.read()
+        connection.close()
+
+        # the switch: SERVER_VERSION_LOG_RESPONSE_ENABLED=false drops the version header
+        doc["environment"]["variables"]["SERVER_VERSION_LOG_RESPONSE_ENABLED"] = "false"
+        manifest.write_text(yaml.safe_dump(doc))
+        assert cli("push", manifest).exit_code == 0
+        _, _, head = _first_chunk(_slot_port(cli, manifest))
+        assert b"x-ms-server-version" not in head.lower()
+    finally:
+        cli("delete", manifest, "--yes")

@@ -105,7 +105,11 @@ def quiet_false_warnings() -> None:
 quiet_false_warnings()
 
 HTTP_SERVERS = ("granian", "gunicorn")
-GRANIAN_APP = "tdsp_deploy.backends.local.slot_app:app"
+# By file, not by module name: granian prefixes a dotted name with the package the working
+# directory is in, and a scoring folder with an __init__.py (a common layout) made it look for
+# "code.tdsp_deploy.backends.local.slot_app"; a file's module name it derives from the file's
+# own package folders.
+GRANIAN_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slot_app.py") + ":app"
 # Where a granian worker whose init() failed leaves the exit code (see slot_app.py).
 BOOT_EXIT_FILE = "TDSP_SLOT_BOOT_EXIT_FILE"
 
