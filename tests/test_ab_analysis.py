@@ -444,6 +444,7 @@ def test_the_document_has_the_agreed_shape_and_is_json() -> None:
     assert [m["name"] for m in document["metrics"]] == ["conversion", "error_rate", "latency_ms"]
     primary_only = {
         "alpha",
+        "scale",
         "planned_sample",
         "always_valid_ci",
         "always_valid_alpha",
@@ -569,3 +570,25 @@ def test_read_outcomes_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pyte
         read_outcomes(path)
     assert caught.value.hint == "pip install pyarrow"
     assert caught.value.exit_code == 7
+
+
+def test_a_skewed_positive_metric_is_compared_on_logs() -> None:
+    records, outcomes = traffic(600, outcome="continuous", seed=8)
+    rng = np.random.default_rng(8)
+    outcomes = {request_id: float(rng.lognormal(0, 1)) for request_id in outcomes}
+    document = run(
+        records,
+        outcomes,
+        primary_metric={"name": "seconds_to_checkout", "type": "continuous", "direction": "lower_is_better"},
+        minimum_detectable_effect=0.5,
+        baseline=2.2,
+    )
+    seconds = metric(document, "seconds_to_checkout")
+    assert seconds["scale"] == "log" and seconds["test"] == "Welch t-test on log values"
+    assert seconds["relative_effect"] == pytest.approx(math.expm1(seconds["effect"]))
+    # a symmetric metric stays on its own scale
+    records, outcomes = traffic(600, rate=(5.0, 5.0), outcome="continuous", seed=9)
+    document = run(
+        records, outcomes, primary_metric={"type": "continuous"}, baseline=1.0, minimum_detectable_effect=0.2
+    )
+    assert metric(document, "conversion")["scale"] is None

@@ -365,6 +365,9 @@ def _primary_metric(
     fixed_alpha = judged["alpha_fixed"]
     result = judged["fixed"]
     if result is None:
+        values_c, values_t, _ = decision.transform(
+            np.asarray(control, dtype=float), np.asarray(treatment, dtype=float), metric_type
+        )
         if metric_type == "binary":
             result = stats.two_proportion_ztest(
                 int(round(sum(control))),
@@ -374,7 +377,7 @@ def _primary_metric(
                 fixed_alpha,
             )
         elif len(control) >= 2 and len(treatment) >= 2:
-            result = stats.welch_ttest(control, treatment, fixed_alpha)
+            result = stats.welch_ttest(values_c, values_t, fixed_alpha)
     if result is None:
         metric = _metric(name, metric_type, direction, None, test="Welch t-test")
         metric.update(control=float(np.mean(control)), treatment=float(np.mean(treatment)))
@@ -382,6 +385,11 @@ def _primary_metric(
         metric = _metric(name, metric_type, direction, result)
         metric["p_adjusted"] = result.p_value
         metric["significant"] = result.p_value < fixed_alpha
+    if judged.get("scale") == "log" and result is not None:
+        # compared on logs: the effect is a log ratio, shown as the ratio of geometric means
+        metric["test"] = f"{result.test} on log values"
+        metric["relative_effect"] = math.expm1(result.effect)
+    metric["scale"] = judged.get("scale")
     metric["alpha"] = fixed_alpha
     metric["planned_sample"] = judged["fixed"] is not None
     metric["always_valid_ci"] = judged["always_valid_ci"]
