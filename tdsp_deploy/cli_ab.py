@@ -197,11 +197,12 @@ def analyze(
 
     env, loaded, backend = _context(manifest, json_out, debug)
     experiment = _store(backend).latest()
-    observed = None
+    observed = units = None
     if outcomes is not None:
-        from tdsp_deploy.ab.outcomes import read_outcomes
+        from tdsp_deploy.ab.outcomes import read_outcomes, read_units
 
         observed = read_outcomes(outcomes)
+        units = read_units(outcomes)
     with env.progress() as progress:
         from tdsp_deploy.backends.base import ProgressEvent
 
@@ -209,8 +210,14 @@ def analyze(
         records = list(backend.request_records(experiment.started_at))
         progress(ProgressEvent(step="analyze", message=f"analyzing {len(records)} requests"))
         document = run_analysis(
-            records, experiment.analysis_input(), experiment.spec, observed, now=time.time()
+            records, experiment.analysis_input(), experiment.spec, observed, now=time.time(), units=units
         )
+        if observed is not None and units is None and loaded.manifest.rollout.sticky_header:
+            document.setdefault("warnings", []).append(
+                f"the split keeps each {loaded.manifest.rollout.sticky_header} on one deployment, but the"
+                " outcomes have no unit column: requests of one user are counted as independent, which"
+                " overstates the evidence; add a column `unit` with the header's value"
+            )
         if report is not None:
             from tdsp_deploy.ab.report import write_report
 

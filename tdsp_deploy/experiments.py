@@ -44,6 +44,7 @@ class Experiment:
             "control": self.control,
             "treatment": self.treatment,
             "mode": self.mode,
+            "share": self.share,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
         }

@@ -107,10 +107,35 @@ def collect_predictions(
     return predictions
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _whole(value: Any) -> bool:
+    number = _number(value)
+    return number is not None and number.is_integer()
+
+
 def is_classification(labels: list[Any], predictions: list[Any]) -> bool:
-    if any(isinstance(v, str) for v in [*labels, *predictions]):
+    """Classes when any value is text, or when labels and predictions are all whole numbers
+    (1.0 counts: a model may answer classes as floats) with few distinct labels. A model that
+    answers 2.7 for a label of 3 is a regression, however whole its labels are."""
+    values = [*labels, *predictions]
+    if any(isinstance(v, str) for v in values):
         return True
-    return all(isinstance(v, int) for v in labels) and len(set(labels)) <= MAX_CLASSES
+    return all(_whole(v) for v in values) and len(set(labels)) <= MAX_CLASSES
+
+
+def same_class(prediction: Any, label: Any) -> bool:
+    """Equal as numbers when both are numbers (1.0 is the class 1), else as text."""
+    a, b = _number(prediction), _number(label)
+    if a is not None and b is not None:
+        return a == b
+    return str(prediction).strip() == str(label).strip()
 
 
 def compare(labels: list[Any], control: list[Any], treatment: list[Any], alpha: float) -> dict[str, Any]:
@@ -120,9 +145,9 @@ def compare(labels: list[Any], control: list[Any], treatment: list[Any], alpha: 
     from tdsp_deploy.ab import stats
 
     if is_classification(labels, control + treatment):
-        right_a = np.array([str(p) == str(y) for p, y in zip(control, labels, strict=True)])
-        right_b = np.array([str(p) == str(y) for p, y in zip(treatment, labels, strict=True)])
-        results = [stats.mcnemar(right_a, right_b)]
+        right_a = np.array([same_class(p, y) for p, y in zip(control, labels, strict=True)])
+        right_b = np.array([same_class(p, y) for p, y in zip(treatment, labels, strict=True)])
+        results = [stats.mcnemar(right_a, right_b, alpha)]
         task, better_when = "classification", "higher"
         summary = {
             "control": {"accuracy": float(right_a.mean())},
@@ -130,9 +155,15 @@ def compare(labels: list[Any], control: list[Any], treatment: list[Any], alpha: 
         }
     else:
         y = np.array(labels, dtype=float)
-        error_a = np.abs(np.array(control, dtype=float) - y)
-        error_b = np.abs(np.array(treatment, dtype=float) - y)
-        results = [stats.paired_ttest(error_a, error_b), stats.wilcoxon(error_a, error_b)]
+        try:
+            error_a = np.abs(np.array(control, dtype=float) - y)
+            error_b = np.abs(np.array(treatment, dtype=float) - y)
+        except (TypeError, ValueError):
+            raise UsageError(
+                "the predictions are not numbers, and the labels are not classes",
+                hint="a classifier's answers should be its classes; a regression's, numbers",
+            ) from None
+        results = [stats.paired_ttest(error_a, error_b, alpha), stats.wilcoxon(error_a, error_b, alpha)]
         task, better_when = "regression", "lower"
         summary = {"control": {"mae": float(error_a.mean())}, "treatment": {"mae": float(error_b.mean())}}
     primary = results[0]

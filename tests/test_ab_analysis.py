@@ -444,6 +444,7 @@ def test_the_document_has_the_agreed_shape_and_is_json() -> None:
     assert [m["name"] for m in document["metrics"]] == ["conversion", "error_rate", "latency_ms"]
     primary_only = {
         "alpha",
+        "scale",
         "planned_sample",
         "always_valid_ci",
         "always_valid_alpha",
@@ -569,3 +570,56 @@ def test_read_outcomes_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pyte
         read_outcomes(path)
     assert caught.value.hint == "pip install pyarrow"
     assert caught.value.exit_code == 7
+
+
+def test_a_skewed_positive_metric_is_compared_on_logs() -> None:
+    records, outcomes = traffic(600, outcome="continuous", seed=8)
+    rng = np.random.default_rng(8)
+    outcomes = {request_id: float(rng.lognormal(0, 1)) for request_id in outcomes}
+    document = run(
+        records,
+        outcomes,
+        primary_metric={"name": "seconds_to_checkout", "type": "continuous", "direction": "lower_is_better"},
+        minimum_detectable_effect=0.5,
+        baseline=2.2,
+    )
+    seconds = metric(document, "seconds_to_checkout")
+    assert seconds["scale"] == "log" and seconds["test"] == "Welch t-test on log values"
+    assert seconds["relative_effect"] == pytest.approx(math.expm1(seconds["effect"]))
+    # a symmetric metric stays on its own scale
+    records, outcomes = traffic(600, rate=(5.0, 5.0), outcome="continuous", seed=9)
+    document = run(
+        records, outcomes, primary_metric={"type": "continuous"}, baseline=1.0, minimum_detectable_effect=0.2
+    )
+    assert metric(document, "conversion")["scale"] is None
+
+
+def test_outcomes_with_a_unit_column_are_compared_by_unit(tmp_path: Path) -> None:
+    records, outcomes = traffic(500, seed=10)
+    path = tmp_path / "outcomes.csv"
+    lines = ["request_id,outcome,unit"]
+    lines += [
+        f"{request_id},{int(value)},user-{i // 10}" for i, (request_id, value) in enumerate(outcomes.items())
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    from tdsp_deploy.ab.outcomes import read_units
+
+    units = read_units(path)
+    assert units is not None and units["req-0"] == "user-0" and len(set(units.values())) == 100
+    document = analyze(records, experiment(), spec(), read_outcomes(path), now=STARTED + 3600, units=units)
+    conversion = metric(document, "conversion")
+    assert conversion["test"] == "z-test by unit (delta method)"
+    assert conversion["units"] == {"control": 100, "treatment": 100}  # each user's 10 requests alternate
+    plain = tmp_path / "plain.csv"
+    plain.write_text("request_id,outcome\nreq-0,1\n")
+    assert read_units(plain) is None
+
+
+def test_requests_without_an_outcome_are_counted_in_a_warning() -> None:
+    records, outcomes = traffic(200, seed=11)
+    kept = {k: v for k, v in outcomes.items() if int(k.split("-")[1]) % 4}  # half of blue's dropped
+    document = run(records, kept)
+    assert document["warnings"] == [
+        "100 of 200 requests to blue (50.0%) have no outcome and are left out of the primary metric"
+    ]
+    assert run(records, outcomes)["warnings"] == []

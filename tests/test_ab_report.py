@@ -411,3 +411,29 @@ def test_importing_the_module_does_not_import_matplotlib() -> None:
     code = "import sys, tdsp_deploy.ab.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_rates_show_no_floating_point_dust_and_tiny_ones_stay_readable() -> None:
+    from tdsp_deploy.ab.report import _pct
+
+    assert _pct(5.4e-20) == "0%" and _pct(-5.4e-20, signed=True, unit="pp") == "0 pp"
+    assert _pct(0.0000004) == "<0.001%" and _pct(-0.0000004, signed=True, unit="pp") == "-<0.001 pp"
+    assert _pct(0.00025) == "0.025%" and _pct(0.0123) == "1.23%"
+    assert "e-" not in _pct(1e-7)
+
+
+def test_the_primary_metric_shows_each_variants_interval_and_the_mde_line(tmp_path) -> None:
+    import re
+
+    from test_ab_analysis import run, traffic
+
+    from tdsp_deploy.ab.report import write_report
+
+    records, outcomes = traffic(600, rate=(0.10, 0.12), seed=12)
+    document = run(records, outcomes)
+    primary = document["metrics"][0]
+    assert primary["control_ci"][0] < primary["control"] < primary["control_ci"][1]
+    page = write_report(document, tmp_path / "report.html").read_text()
+    row = page.split('<tr class="primary">', 1)[1].split("</tr>", 1)[0]
+    assert len(re.findall(r'<span class="ci">\[', row)) == 3  # control, treatment and the effect
+    assert "MDE" in page

@@ -47,7 +47,11 @@ def test_two_proportion_ztest_matches_statsmodels(
 def test_two_proportion_ztest_without_variation_is_no_evidence() -> None:
     result = stats.two_proportion_ztest(0, 500, 0, 800)
     assert result.p_value == 1.0
-    assert result.effect == 0 and result.ci_low == result.ci_high == 0
+    assert result.effect == 0
+    # not an interval of width 0: Newcombe's, from the Wilson intervals of 0/500 and 0/800
+    wilson_a, wilson_b = stats.proportion_ci(0, 500)[1], stats.proportion_ci(0, 800)[1]
+    assert (result.ci_low, result.ci_high) == (pytest.approx(-wilson_a), pytest.approx(wilson_b))
+    assert result.ci_low < 0 < result.ci_high
     assert result.relative_effect is None  # relative to a control of 0
 
 

@@ -111,3 +111,46 @@ def test_a_a_guardrails_on_always_valid_bounds_roll_back_at_most_alpha() -> None
                 rolled_back += 1
                 break
     assert rolled_back / RUNS <= ALPHA + _mc(ALPHA)
+
+
+def test_a_a_lognormal_metric_at_90_10_keeps_its_false_promotions_at_half_alpha() -> None:
+    # a skewed metric (time to complete, lower is better) with the treatment at 10%: Welch's
+    # t-test on the raw values promotes the treatment too often in that direction
+    sd = math.sqrt((math.e - 1) * math.e)  # of lognormal(0, 1)
+    plan = _plan(share=0.1, metric_type="continuous", baseline=sd, mde=0.5)
+    rng = np.random.default_rng(6)
+
+    def draw(n_a: int, n_b: int):  # type: ignore[no-untyped-def]
+        return rng.lognormal(0, 1, n_a), rng.lognormal(0, 1, n_b)
+
+    rate = _promoted(draw, [1.0], plan, metric_type="continuous", direction="lower_is_better")
+    assert rate <= ALPHA / 2 + _mc(ALPHA / 2)
+
+
+def _sticky_users(rng: np.random.Generator, n_requests: int, per_user: int = 5):  # type: ignore[no-untyped-def]
+    """Outcomes of users who each send ``per_user`` requests in a row and convert at a rate of
+    their own (Beta(0.3, 0.7): mean 0.3, half the variance between users)."""
+    users = math.ceil(n_requests / per_user)
+    rates = rng.beta(0.3, 0.7, users)
+    values = (rng.random((users, per_user)) < rates[:, None]).astype(float).ravel()[:n_requests]
+    units = [f"u{i // per_user}" for i in range(n_requests)]
+    return values, units
+
+
+def test_a_a_with_5_requests_per_sticky_user_is_judged_by_user() -> None:
+    plan = _plan()
+    rng = np.random.default_rng(7)
+    by_user = by_request = 0
+    for _ in range(RUNS):
+        a, units_a = _sticky_users(rng, plan["control"])
+        b, units_b = _sticky_users(rng, plan["treatment"])
+        units_b = ["t" + u for u in units_b]
+        by_user += (
+            decision.primary(a, b, "binary", "higher_is_better", ALPHA, plan, (units_a, units_b))["decision"]
+            == "promote"
+        )
+        by_request += (
+            decision.primary(a, b, "binary", "higher_is_better", ALPHA, plan)["decision"] == "promote"
+        )
+    assert by_user / RUNS <= ALPHA / 2 + _mc(ALPHA / 2)
+    assert by_request / RUNS > 2 * ALPHA / 2  # counting requests as independent: far too many

@@ -119,12 +119,14 @@ def analyze(
     outcomes: dict[str, float] | None = None,
     *,
     now: float,
+    units: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The analysis document of ``experiment`` (see the module docstring for the rules).
 
     ``records`` are the router's request-log lines, ``spec`` the manifest's ``ab`` section as
     a dict, ``outcomes`` request id -> outcome (tdsp_deploy.ab.outcomes.read_outcomes), ``now``
-    the current Unix time (for ``max_duration_hours``).
+    the current Unix time (for ``max_duration_hours``), ``units`` request id -> unit of
+    randomisation (the sticky key's value) when the split assigns units rather than requests.
     """
     alpha = float(spec.get("alpha") or 0.05)
     power = float(spec.get("power") or 0.8)
@@ -163,8 +165,13 @@ def analyze(
         collected = {name: len(values) for name, values in joined.items()}
         warnings += _missing_outcomes(variants, collected)
         if all(joined.values()):
+            by_unit = None
+            if units is not None:  # a request without a unit stands for itself
+                by_unit = tuple(
+                    [units.get(i, f"request:{i}") for i in v.ids if i in outcomes] for v in variants
+                )
             judged = decision.primary(
-                joined[control.name], joined[treatment.name], metric_type, direction, alpha, planned
+                joined[control.name], joined[treatment.name], metric_type, direction, alpha, planned, by_unit
             )
             primary = _primary_metric(
                 metric_name, metric_type, direction, joined[control.name], joined[treatment.name], judged
@@ -363,18 +370,7 @@ def _primary_metric(
     and ``significant`` agree; the always-valid interval beside it. Never Holm-adjusted with
     the guardrail metrics: it is the one question the experiment was planned for."""
     fixed_alpha = judged["alpha_fixed"]
-    result = judged["fixed"]
-    if result is None:
-        if metric_type == "binary":
-            result = stats.two_proportion_ztest(
-                int(round(sum(control))),
-                len(control),
-                int(round(sum(treatment))),
-                len(treatment),
-                fixed_alpha,
-            )
-        elif len(control) >= 2 and len(treatment) >= 2:
-            result = stats.welch_ttest(control, treatment, fixed_alpha)
+    result = judged["fixed"] or judged["current"]
     if result is None:
         metric = _metric(name, metric_type, direction, None, test="Welch t-test")
         metric.update(control=float(np.mean(control)), treatment=float(np.mean(treatment)))
@@ -382,6 +378,13 @@ def _primary_metric(
         metric = _metric(name, metric_type, direction, result)
         metric["p_adjusted"] = result.p_value
         metric["significant"] = result.p_value < fixed_alpha
+    if judged.get("scale") == "log" and result is not None:
+        # compared on logs: the effect is a log ratio, shown as the ratio of geometric means
+        metric["test"] = f"{result.test} on log values"
+        metric["relative_effect"] = math.expm1(result.effect)
+    metric["scale"] = judged.get("scale")
+    if "units" in judged:
+        metric["units"] = judged["units"]
     metric["alpha"] = fixed_alpha
     metric["planned_sample"] = judged["fixed"] is not None
     metric["always_valid_ci"] = judged["always_valid_ci"]

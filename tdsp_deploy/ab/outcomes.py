@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from tdsp_deploy.errors import PluginError, UsageError
 
-__all__ = ["read_outcomes", "outcome_type"]
+__all__ = ["read_outcomes", "read_units", "outcome_type"]
 
 REQUEST_ID = "request_id"
 OUTCOME = "outcome"
+UNIT = "unit"  # optional: the unit of randomisation (the sticky key's value, e.g. a user id)
 _COLUMNS_HINT = "the file needs the columns request_id and outcome (a number, or true/false)"
 _BOOLEANS = {"true": 1.0, "false": 0.0}
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -38,6 +39,31 @@ def read_outcomes(path: Path) -> dict[str, float]:
     if path.suffix.lower() in _PARQUET_SUFFIXES:
         return _read_parquet(path)
     return _read_csv(path)
+
+
+def read_units(path: Path) -> dict[str, str] | None:
+    """request id -> unit, from the file's optional ``unit`` column (None without one): with
+    a sticky header the split assigns users, not requests, and the analysis must count users."""
+    path = Path(path)
+    if path.suffix.lower() in _PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        if UNIT not in pq.read_schema(path).names:
+            return None
+        table = pq.read_table(path, columns=[REQUEST_ID, UNIT])
+        pairs = zip(table.column(REQUEST_ID).to_pylist(), table.column(UNIT).to_pylist(), strict=True)
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if UNIT not in [c.strip() for c in reader.fieldnames or []]:
+                return None
+            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+        pairs = ((row.get(REQUEST_ID), row.get(UNIT)) for row in rows)
+    return {
+        str(request_id).strip(): str(unit).strip()
+        for request_id, unit in pairs
+        if request_id is not None and unit not in (None, "")
+    }
 
 
 def outcome_type(values: Iterable[float]) -> Literal["binary", "continuous"]:

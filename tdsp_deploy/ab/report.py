@@ -131,9 +131,12 @@ def _pct(value: Any, signed: bool = False, unit: str = "%") -> str:
         return DASH
     x *= 100
     sign = "+" if signed else ""
-    if x == 0:
+    if abs(x) < 1e-9:  # floating-point dust of a zero (e.g. 5.4e-18%): a zero
         return f"0{unit}" if unit == "%" else f"0 {unit}"
-    text = f"{x:{sign}.2f}" if abs(x) >= 0.1 else f"{x:{sign}.2g}"
+    if abs(x) < 0.001:
+        text = ("-" if x < 0 else sign) + "<0.001"
+    else:
+        text = f"{x:{sign}.2f}" if abs(x) >= 0.1 else f"{x:{sign}.3f}"
     return f"{text}{unit}" if unit == "%" else f"{text} {unit}"
 
 
@@ -428,8 +431,8 @@ def _metrics_section(metrics: list, context: dict) -> str:
         rows.append(
             f'<tr class="{"primary" if primary else ""}"><th scope="row">{name}</th>'
             f'<td class="nowrap">{_e(metric.get("test") or DASH)}</td>'
-            f'<td class="num">{value(metric.get("control"))}</td>'
-            f'<td class="num">{value(metric.get("treatment"))}</td>'
+            f'<td class="num">{_arm(metric, "control", value)}</td>'
+            f'<td class="num">{_arm(metric, "treatment", value)}</td>'
             f'<td class="num">{_with_ci(effect(metric.get("effect")), _ci(metric.get("effect_ci")), effect)}'
             "</td>"
             f'<td class="num">{_pct(metric.get("relative_effect"), signed=True)}</td>'
@@ -452,6 +455,11 @@ def _metrics_section(metrics: list, context: dict) -> str:
         "Holm p: p-value adjusted for testing several metrics at once.</p>"
         f"{table}{plot}</section>"
     )
+
+
+def _arm(metric: dict, role: str, fmt) -> str:  # type: ignore[no-untyped-def]
+    """One variant's value of a metric, with its own interval when the metric has one."""
+    return _with_ci(fmt(metric.get(role)), _ci(metric.get(f"{role}_ci")), fmt)
 
 
 def _guardrail_value(name: str, value: Any) -> str:
@@ -698,6 +706,12 @@ def _forest_svg(metrics: list, context: dict) -> str:
         significant = metric.get("significant") is True
         colour = _effect_colour(metric, effect) if significant else "#8a8a8a"
         ax.axvline(0, color="#555555", linewidth=1, zorder=1)
+        mde = _finite(spec.get("minimum_detectable_effect")) if primary else None
+        if mde is not None:  # the effect the experiment was planned to see, in its better direction
+            sign = -1.0 if str(metric.get("direction")) in ("lower_is_better", "lower") else 1.0
+            ax.axvline(sign * mde * scale, color="#1f5fa8", linestyle="--", linewidth=1, zorder=1)
+            ax.text(sign * mde * scale, 0.42, " MDE", color="#1f5fa8", fontsize=7.5, va="center")
+            lo, hi = min(lo, sign * mde * scale), max(hi, sign * mde * scale)
         ax.hlines(0, lo, hi, color=colour, linewidth=2.4 if primary else 1.8, zorder=2)
         ax.vlines([lo, hi], -0.18, 0.18, color=colour, linewidth=1.4, zorder=2)
         ax.plot(

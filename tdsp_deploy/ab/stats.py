@@ -157,7 +157,9 @@ def two_proportion_ztest(
     ``effect = p_b - p_a`` with its Wald interval (unpooled standard error); the p-value is
     two-sided, from the pooled z statistic (as statsmodels' ``proportions_ztest``). When
     both groups are all successes or all failures there is no variation and no evidence of
-    a difference: p = 1 (statsmodels gives nan).
+    a difference: p = 1 (statsmodels gives nan), and the Wald interval, of width 0, would
+    claim certainty; Newcombe's hybrid score interval (from the groups' Wilson intervals)
+    stands in for it then.
     """
     if n_a <= 0 or n_b <= 0:
         raise ValueError("two_proportion_ztest needs at least one observation per group")
@@ -170,13 +172,19 @@ def two_proportion_ztest(
     p_value = float(2 * _st.norm.sf(abs(effect) / se_null)) if se_null > 0 else 1.0
     se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
     half = float(_st.norm.ppf(1 - alpha / 2)) * se
+    low, high = effect - half, effect + half
+    if se == 0:
+        low_a, high_a = proportion_ci(successes_a, n_a, 1 - alpha)
+        low_b, high_b = proportion_ci(successes_b, n_b, 1 - alpha)
+        low = effect - math.hypot(p_b - low_b, high_a - p_a)
+        high = effect + math.hypot(high_b - p_b, p_a - low_a)
     return TestResult(
         test="two-proportion z-test",
         control=p_a,
         treatment=p_b,
         effect=effect,
-        ci_low=effect - half,
-        ci_high=effect + half,
+        ci_low=low,
+        ci_high=high,
         relative_effect=_relative(effect, p_a),
         p_value=p_value,
         n_control=int(n_a),
