@@ -68,6 +68,11 @@ class StreamingHandler(socketserver.BaseRequestHandler):
                         time.sleep(GAP_S)
                     self.request.sendall(f"part {number}\n".encode())
                 return
+            if head.startswith(b"POST /small-chunked "):  # whole in one segment with its head
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                )
+                continue
             if head.startswith(b"POST /stream "):
                 self.request.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -175,3 +180,16 @@ def test_an_answer_that_ends_with_the_slots_close_is_streamed_and_ended(make_rou
         assert status == 200 and body == b"part 0\npart 1\npart 2\n"  # a clean chunked end
         sock.sendall(_request(b"/score"))  # and the client's connection goes on
         assert read_answer(sock, rest)[0] == 200
+
+
+def test_a_chunked_answer_whole_at_once_frees_its_slot_connection(make_router, streaming_slot):
+    router = make_router({"blue": (streaming_slot.port, 100)})
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        rest = b""
+        for _ in range(3):
+            sock.sendall(_request(b"/small-chunked"))
+            status, _, body, rest = read_answer(sock, rest)
+            assert status == 200 and body == b"abc"
+    state = router.get_json("/-/state")
+    assert state["in_flight"] == {"blue": 0}  # nothing left counted as in flight
+    assert streaming_slot.connections == 1  # the one connection, given back each time

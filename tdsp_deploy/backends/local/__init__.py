@@ -592,6 +592,8 @@ class LocalBackend(Backend):
                 "host": self.target.host,
                 "port": self.target.port or "a free port, chosen at the first push and kept",
                 "auth": "Authorization: Bearer <primary or secondary key>, keys in keys.json (mode 0600)",
+                "control_auth": "/-/state, /-/drain, /-/resume: the admin key in admin.json (mode 0600), "
+                "never the scoring keys",
                 "max_request_mb": self.target.max_request_mb,
                 "request_timeout_ms": self.target.request_timeout_ms,
             },
@@ -600,7 +602,8 @@ class LocalBackend(Backend):
                 if self.manifest.rollout.deployment
                 else "blue or green (the one without traffic)",
                 "command": self._slot_command(package.lock.scoring_script_name, planned_model_dir, 0),
-                "bind": "127.0.0.1 (loopback only; the router is the only door)",
+                "bind": "127.0.0.1 (loopback only; the router is the only door, and the slot answers "
+                "only requests with its secret, which the router adds)",
                 "workers": self.target.workers,
                 "environment": {
                     **redact_variables(self.manifest.environment.variables, self.manifest.secret_values),

@@ -253,8 +253,9 @@ class Dispatch:
             answer = await pool.exchange(upstream_head(request, pool.secret_line), request.body)
             if answer.stream is not None:  # in flight until its last chunk
                 streaming = True
-                answer.stream.when_done.append(pool.finished)
-                answer.stream.when_done.append(loop.call_later(timeout_s, answer.stream.abandon).cancel)
+                answer.stream.on_done(pool.finished)
+                if not answer.stream.done:
+                    answer.stream.on_done(loop.call_later(timeout_s, answer.stream.abandon).cancel)
         except asyncio.CancelledError:
             if not expired:
                 raise  # the client went away: nothing to answer

@@ -293,6 +293,9 @@ class ClientConnection(asyncio.Protocol):
             status, message, ask = refusal
             self._fail(status, message, [(b"WWW-Authenticate", b"Bearer")] if ask else None)
             raise Refused
+        if b"upgrade" in request.connection_tokens and any(n == b"upgrade" for n, _ in request.headers):
+            self._fail(400, "protocol upgrades are not supported")  # before it is queued and sent on
+            raise Refused
         for name, value in request.headers:
             if (
                 name == b"content-length"

@@ -66,7 +66,6 @@ class Router:
     def __init__(self, config_path: Path):
         self.config_path = config_path
         self.config = RouterConfig.read(config_path)
-        self.keys: tuple[bytes, ...] = ()
         self.routes = RouteTable(())
         self.pools: dict[int, SlotPool] = {}  # by port: one pool per slot process
         self.draining: set[str] = set()

@@ -97,6 +97,14 @@ class BodyStream:
         for callback in callbacks:
             callback()
 
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at the stream's end or failure (now, if it has ended already: a short
+        answer may be whole before anyone asks)."""
+        if self.done:
+            callback()
+        else:
+            self.when_done.append(callback)
+
     async def next(self) -> bytes:
         """The next chunk; b"" at the end. Raises SlotClosed when the slot stopped midway."""
         while not self.chunks:
@@ -366,7 +374,7 @@ class SlotPool:
         result = await answer
         self.reached()
         if result.stream is not None:  # free once the whole stream is read
-            result.stream.when_done.append(lambda: self._release(connection))
+            result.stream.on_done(lambda: self._release(connection))
             return result
         self._release(connection)
         return result
