@@ -10,7 +10,7 @@ so it shows nothing the JSON output would not: no key, no secret.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,13 @@ class PushRecorder:
     """Writes the push's summary when the ``with`` block ends, however it ends: the result
     given to ``done()``, or the error that ended it (which still propagates)."""
 
-    def __init__(self, target: SummaryTarget | None, manifest: str):
+    def __init__(
+        self, target: SummaryTarget | None, manifest: str, redact: Callable[[str], str] = lambda text: text
+    ):
         self.target = target
         self.manifest = manifest
         self.result: dict[str, Any] | None = None
+        self.redact = redact  # applied when writing: the manifest's secrets are known by then
 
     def done(self, result: dict[str, Any]) -> None:
         self.result = result
@@ -84,7 +87,7 @@ class PushRecorder:
         if self.target is None:
             return
         if error is None:
-            write_summary(self.target, push_markdown(self.manifest, self.result, None, 0))
+            write_summary(self.target, self.redact(push_markdown(self.manifest, self.result, None, 0)))
             return
         from tdsp_deploy.errors import Interrupted, TdspError
 
@@ -92,7 +95,8 @@ class PushRecorder:
             error = Interrupted("push interrupted")
         if not isinstance(error, TdspError):
             error = TdspError(f"unexpected error: {type(error).__name__}: {error}")
-        write_summary(self.target, push_markdown(self.manifest, None, error.to_json(), int(error.exit_code)))
+        markdown = push_markdown(self.manifest, None, error.to_json(), int(error.exit_code))
+        write_summary(self.target, self.redact(markdown))
 
 
 def push_markdown(

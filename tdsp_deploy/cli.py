@@ -425,7 +425,7 @@ def push(
     from tdsp_deploy.pipeline import push as run_push
 
     env = _env(json_out, debug)
-    with PushRecorder(summary_target(summary, ci, env.environ), str(manifest)) as recorder:
+    with PushRecorder(summary_target(summary, ci, env.environ), str(manifest), env.redact) as recorder:
         loaded = _load(manifest, env)
         with env.progress() as progress:
             backend = _backend(loaded, progress)

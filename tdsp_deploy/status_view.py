@@ -344,7 +344,7 @@ def watch(
             snapshots = take()
             if stop.is_set():
                 break
-            line = {"endpoints": [s.to_json() for s in snapshots]}
+            line = env.secrets.data({"endpoints": [s.to_json() for s in snapshots]})
             env.stdout.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
             env.stdout.flush()
             done += 1

@@ -170,9 +170,12 @@ def test_a_failed_push_whose_log_quotes_the_value_shows_a_marker(cli, iris: Path
     score.write_text(
         score.read_text() + "\n\ndef init():\n    import os\n    raise RuntimeError('cannot reach ' + os.environ['DB_URL'])\n"
     )
+    summary = iris.parent / "summary.md"
     try:
-        human = cli("push", iris)
+        human = cli("push", iris, "--summary", summary)
         assert human.exit_code == ExitCode.DEPLOYMENT_FAILED, human.stderr
+        assert "deployment_failed" in summary.read_text() or "FAILED" in summary.read_text()
+        _nowhere(TOKEN, summary.read_bytes())  # the CI page's summary too
         assert f"cannot reach {REDACTED}" in human.stderr  # the log tail is shown, redacted
         as_json = cli("push", iris, "--json")
         assert as_json.exit_code == ExitCode.DEPLOYMENT_FAILED
