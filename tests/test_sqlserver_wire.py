@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ import yaml
 from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import make_project, matching_libraries
 
+from tdsp_deploy.backends.sqlserver import scoring_batch
+from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
-from tdsp_deploy.errors import BackendError, ExitCode
+from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 
 pytest.importorskip("mssql_python")
 from tds.responder import SP_PREPEXEC, Responder  # noqa: E402
@@ -94,6 +98,8 @@ def test_a_push_runs_every_step_through_the_real_driver(cli, tmp_path, server, r
     payload = server.db.tables["dbo.tdsp_models"][0]["payload"]
     assert payload == (tmp_path / "project" / "model" / "model.pkl").read_bytes()
     assert ("transaction", 7) in responder.requests  # commits, as the driver sends them
+    # no None reached the driver: it would have asked the server to describe the statement first
+    assert not [what for kind, what in responder.requests if kind == "rpc" and isinstance(what[0], str)]
     logins = [what for kind, what in responder.requests if kind == "login"]
     assert logins and all(login["app"] == "MSSQL-Python" for login in logins)
 
@@ -143,3 +149,44 @@ def test_a_wrong_password_is_a_refused_login_exit_3(tmp_path, server, responder,
     assert refused.value.exit_code == ExitCode.BACKEND
     assert "refused the login" in refused.value.message
     assert "not-the-password" not in refused.value.message
+
+
+def test_a_throw_of_the_procedure_keeps_its_identity_through_the_driver(cli, tmp_path, server, responder):
+    """THROW 50003 (no slot answers) comes back as mssql-python words it: no number, one record.
+    Before: a generic 'SQL Server said no' (exit 3) instead of the deployment's own refusal."""
+    manifest = on_the_wire(make_project(tmp_path / "project"), responder.port)
+    assert cli("push", manifest, "--json").exit_code == 0
+    target = SqlServerTarget.model_validate(yaml.safe_load(manifest.read_text())["target"])
+    connection = SqlServerConnection.connect(target)
+    sql, params = scoring_batch(target, "irissql", [[5.1, 3.5, 1.4, 0.2]], slot="purple")
+
+    with pytest.raises(DeploymentFailed) as refused:
+        connection.query(sql, params, doing="score")
+    connection.close()
+
+    assert refused.value.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "tdsp-50003" in refused.value.message and refused.value.hint == TSQL_REFUSALS[50003]
+
+
+def test_closing_ends_the_session_and_its_endpoint_lock(server, responder):
+    """Before: mssql-python pooled the session; close() kept it open with the lock held."""
+    target = SqlServerTarget.model_validate(
+        {
+            "kind": "sqlserver",
+            "server": "127.0.0.1",
+            "port": responder.port,
+            "encrypt": False,
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+            "inputs": [{"name": "x", "type": "float"}],
+            "outputs": [{"name": "y", "type": "float"}],
+        }
+    )
+    connection = SqlServerConnection.connect(target)
+    assert connection.execute(GET_APPLOCK, ("tdsp-deploy:scoring:ep", 0)) == [(0,)]
+    assert "tdsp-deploy:scoring:ep" in server.app_locks
+    connection.close()  # no release: the session's end must let the lock go
+    deadline = time.monotonic() + 5
+    while server.app_locks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.app_locks == {}

@@ -12,7 +12,9 @@ What it assumes of SQL Server, and where that is documented (MS-TDS, [MS-TDS] se
   of the database, collation and packet size (2.2.7.9) and LOGINACK (2.2.7.14) for TDS 7.4.
 - transactions (2.2.6.9, 2.2.7.9): the driver with autocommit off sends TM_BEGIN_XACT; the
   responder answers ENVCHANGE 8 with a new descriptor, TM_COMMIT_XACT / TM_ROLLBACK_XACT
-  with ENVCHANGE 9 / 10 (and a new transaction when the request asks for one, fBeginXact).
+  with ENVCHANGE 9 / 10 (and a new transaction when the request asks for one, fBeginXact);
+  a commit that asks for none is the driver turning autocommit on, which the fake's session
+  is then told (a dedicated SQL pool's session runs DDL only outside a transaction).
 - SQL batches (2.2.6.7) and RPCs (2.2.6.6): ``sp_prepexec`` (procedure id 13) answers its
   handle as a RETURNVALUE after RETURNSTATUS (2.2.7.18, 2.2.7.17), ``sp_execute`` (12)
   re-runs a handle, ``sp_unprepare`` (15) forgets it, ``sp_executesql`` (10) runs once. The
@@ -180,7 +182,10 @@ class _Session:
             begin_again = len(payload) > at + 3 + 2 * name_length and payload[at + 3 + 2 * name_length]
             if begin_again:
                 request = TM_BEGIN_XACT
+            else:  # the driver turned autocommit on: no transaction until it asks for one
+                self.connection.autocommit = True
         if request == TM_BEGIN_XACT:
+            self.connection.autocommit = False
             self.descriptor = struct.pack("<Q", next(self.responder._descriptors))
             tokens.append(wire.begin_transaction(self.descriptor))
         failed = any(t[0] == wire.ERROR for t in tokens)
