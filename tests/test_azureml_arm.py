@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
-from arm.transport import Reply
-from arm.workspace import arm_error
 from azurite import azurite_blob
 from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
-from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode, TdspError
+from tdsp_deploy.errors import (
+    TdspError,
+)
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
 from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
@@ -48,7 +48,9 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
-def backend_for(manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any) -> AzureMLBackend:
+def backend_for(
+    manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any
+) -> AzureMLBackend:
     loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
     progress = events.append if events is not None else (lambda event: None)
     client = azure.client(loaded.manifest.target, **options)
@@ -69,7 +71,7 @@ def push_fails(manifest: Path, azure: EmulatedAzure, events: list | None = None)
 def writes(azure: EmulatedAzure) -> list[str]:
     """The requests that change something, in order, as 'METHOD path-below-the-workspace'."""
     base = azure.workspace.base
-    return [f"{s.method} {s.path[len(base):]}" for s in azure.workspace.sent if s.method != "GET"]
+    return [f"{s.method} {s.path[len(base) :]}" for s in azure.workspace.sent if s.method != "GET"]
 
 
 def live(azure: EmulatedAzure) -> tuple[dict[str, int], dict[str, int]]:
@@ -88,7 +90,11 @@ def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, proje
     assert result.smoke is not None and result.smoke.passed
     assert result.scoring_uri == f"{azure.front.base_url}/{NAME}/score"
     normal = [
-        re.sub(r"(/environments/[^/]+/versions/)[0-9a-f]+", r"\1<v>", re.sub(r"/codes/[0-9a-f-]{36}/", "/codes/<id>/", w))
+        re.sub(
+            r"(/environments/[^/]+/versions/)[0-9a-f]+",
+            r"\1<v>",
+            re.sub(r"/codes/[0-9a-f-]{36}/", "/codes/<id>/", w),
+        )
         for w in writes(azure)
     ]
     assert normal == [
@@ -107,7 +113,9 @@ def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, proje
     assert len(azure.workspace.operations) == 3
     assert live(azure) == ({"blue": 100}, {})
     # the smoke requests were pinned to the new deployment before it took traffic
-    assert azure.front.requests and all(r["pinned"] and r["deployment"] == "blue" for r in azure.front.requests)
+    assert azure.front.requests and all(
+        r["pinned"] and r["deployment"] == "blue" for r in azure.front.requests
+    )
     # the model went to the workspace's datastore (Azurite), under LocalUpload/<hash>/
     assert any(b.endswith("/model/weights.json") and "/LocalUpload/" in b for b in azure.blobs())
 
@@ -138,7 +146,10 @@ def test_canary_second_push_keeps_blues_share(azure, project):
     assert result.deployment == "green" and result.model_version != first.model_version
     assert live(azure) == ({"blue": 90, "green": 10}, {})
     status = backend_for(project, azure).status()
-    assert {s.name: (s.state, s.traffic) for s in status.slots} == {"blue": ("healthy", 90), "green": ("healthy", 10)}
+    assert {s.name: (s.state, s.traffic) for s in status.slots} == {
+        "blue": ("healthy", 90),
+        "green": ("healthy", 10),
+    }
 
 
 def test_mirror_push_shadows_the_new_deployment(azure, project):

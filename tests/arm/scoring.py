@@ -49,7 +49,10 @@ class ScoringFrontEnd:
         else:
             live = {n: w for n, w in (props.get("traffic") or {}).items() if w > 0}
             chosen = random.choices(list(live), weights=list(live.values()))[0] if live else None
-        if chosen is None or deployments[chosen]["properties"]["provisioningState"] not in ("Succeeded", "Updating"):
+        if chosen is None or deployments[chosen]["properties"]["provisioningState"] not in (
+            "Succeeded",
+            "Updating",
+        ):
             return 404, {}, b'{"message": "No valid deployments to route to."}'
         self.requests.append({"deployment": chosen, "pinned": bool(pinned)})
         answer = self.answers.get(chosen)
