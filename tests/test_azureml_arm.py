@@ -120,6 +120,25 @@ def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, proje
     assert any(b.endswith("/model/weights.json") and "/LocalUpload/" in b for b in azure.blobs())
 
 
+def test_status_reads_the_endpoint_and_each_deployment_from_azure(azure, project):
+    assert backend_for(project, azure).status().exists is False
+    result = run_push(project, azure)
+
+    status = backend_for(project, azure).status()
+
+    assert status.exists and status.kind == "azureml" and status.scoring_uri == result.scoring_uri
+    assert status.details["provisioning_state"] == "Succeeded" and status.details["auth_mode"] == "key"
+    (blue,) = status.slots
+    assert (blue.name, blue.state, blue.traffic, blue.mirror) == ("blue", "healthy", 100, 0)
+    # what it runs, from the tags the push gave the deployment
+    assert blue.package_id == result.package_id and blue.model_version == result.model_version
+    assert blue.details["instance_type"] == "Standard_DS3_v2" and blue.details["instance_count"] == 1
+    assert (
+        blue.details["model"]
+        == f"{azure.workspace.base}/models/iris-classifier/versions/{result.model_version}"
+    )
+
+
 def test_the_code_upload_holds_the_scoring_code_only(azure, project):
     run_push(project, azure)
 

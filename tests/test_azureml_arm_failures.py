@@ -52,7 +52,9 @@ def test_failed_provisioning_shows_azures_error_and_the_container_log_and_remove
 
     assert isinstance(error, DeploymentFailed) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
     assert "Liveness probe failed" in error.message and "init()" in (error.hint or "")
-    assert "No module named 'sklearn'" in error.details["log_tail"]
+    tail = error.details["log_tail"]
+    assert "--- inference-server ---" in tail and "No module named 'sklearn'" in tail
+    assert "--- storage-initializer ---" in tail
     assert (NAME, "blue") not in azure.workspace.deployments  # the failed new deployment is gone
     assert error.details["rolled_back"] is True
 
@@ -174,6 +176,8 @@ def test_a_timeout_does_not_delete_a_deployment_azure_is_still_creating(azure, p
     error = push_fails(project, azure)
 
     assert isinstance(error, DeploymentTimeout) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "was not ready after 1 s" in error.message and "target.timeout" in (error.hint or "")
+    assert error.details["still_provisioning"] == ["deployment blue: Creating"]
     assert deletes_of(azure, "blue") == []  # Azure refuses it (409) while the operation runs
     assert error.details["rolled_back"] is False
     assert "still Creating" in error.details["rollback_error"]
