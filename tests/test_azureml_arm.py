@@ -219,6 +219,19 @@ def test_credentials_are_the_endpoints_keys(azure, project):
     }
 
 
+def test_a_token_endpoint_is_smoke_tested_with_the_token_azure_issues(azure, project):
+    edit(project, target={"auth_mode": "aml_token"})
+    result = run_push(project, azure)
+
+    assert result.smoke is not None and result.smoke.passed
+    assert azure.workspace.endpoints[NAME]["properties"]["authMode"] == "AMLToken"
+    credentials = backend_for(project, azure).credentials()
+    assert credentials["access_token"] == azure.workspace.token
+    assert any(
+        s.method == "POST" and s.path.endswith(f"/onlineEndpoints/{NAME}/token") for s in azure.workspace.sent
+    )
+
+
 def test_invoke_reaches_the_scoring_uri_with_the_key_and_the_pin(azure, project):
     run_push(project, azure)
     backend = backend_for(project, azure)

@@ -106,6 +106,8 @@ class Workspace(AssetsMixin):
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.keys: dict[str, dict[str, str]] = {}
+        #: what POST .../token answers for an endpoint whose authMode is a token mode
+        self.token = f"aml-token-{uuid.uuid4().hex}"
         self.logs: dict[tuple[str, str, str], str] = {}
         self.models: dict[tuple[str, str], dict[str, Any]] = {}
         self.environments: dict[tuple[str, str], dict[str, Any]] = {}
@@ -433,7 +435,7 @@ class Workspace(AssetsMixin):
         return Reply(
             200,
             {
-                "accessToken": "aml-token",
+                "accessToken": self.token,
                 "tokenType": "Bearer",
                 "expiryTimeUtc": 1772655481,
                 "refreshAfterTimeUtc": 1772612312,
