@@ -48,10 +48,11 @@ def _silence_sdk_loggers() -> None:
         _SILENCED.add(name)
 
 
-class _WithoutPollerDots(io.TextIOBase):
+class _WithoutPollerDots:
     """sys.stdout without what azure-core's poller threads write to it: azure-ai-ml's
     deployment poller prints a dot per poll from its own thread, between our calls, which
-    would break `--json` (one document on stdout). Everything else passes through."""
+    would break `--json` (one document on stdout). Everything else passes through, and every
+    other attribute (isatty, encoding, buffer, fileno) is the wrapped stream's."""
 
     def __init__(self, stream: Any):
         self._stream = stream
@@ -63,9 +64,6 @@ class _WithoutPollerDots(io.TextIOBase):
 
     def flush(self) -> None:
         self._stream.flush()
-
-    def writable(self) -> bool:
-        return True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
