@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
-from arm.transport import Reply
-from arm.workspace import arm_error
 from azurite import azurite_blob
 from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
-from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode, TdspError
+from tdsp_deploy.errors import (
+    TdspError,
+)
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
 from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
@@ -48,7 +48,9 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
-def backend_for(manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any) -> AzureMLBackend:
+def backend_for(
+    manifest: Path, azure: EmulatedAzure, events: list | None = None, **options: Any
+) -> AzureMLBackend:
     loaded = load_manifest(manifest, targets=(LocalTarget, AzureMLTarget))
     progress = events.append if events is not None else (lambda event: None)
     client = azure.client(loaded.manifest.target, **options)
@@ -69,7 +71,7 @@ def push_fails(manifest: Path, azure: EmulatedAzure, events: list | None = None)
 def writes(azure: EmulatedAzure) -> list[str]:
     """The requests that change something, in order, as 'METHOD path-below-the-workspace'."""
     base = azure.workspace.base
-    return [f"{s.method} {s.path[len(base):]}" for s in azure.workspace.sent if s.method != "GET"]
+    return [f"{s.method} {s.path[len(base) :]}" for s in azure.workspace.sent if s.method != "GET"]
 
 
 def live(azure: EmulatedAzure) -> tuple[dict[str, int], dict[str, int]]:
@@ -88,7 +90,11 @@ def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, proje
     assert result.smoke is not None and result.smoke.passed
     assert result.scoring_uri == f"{azure.front.base_url}/{NAME}/score"
     normal = [
-        re.sub(r"(/environments/[^/]+/versions/)[0-9a-f]+", r"\1<v>", re.sub(r"/codes/[0-9a-f-]{36}/", "/codes/<id>/", w))
+        re.sub(
+            r"(/environments/[^/]+/versions/)[0-9a-f]+",
+            r"\1<v>",
+            re.sub(r"/codes/[0-9a-f-]{36}/", "/codes/<id>/", w),
+        )
         for w in writes(azure)
     ]
     assert normal == [
@@ -107,9 +113,30 @@ def test_first_push_runs_the_recorded_sequence_through_the_real_sdk(azure, proje
     assert len(azure.workspace.operations) == 3
     assert live(azure) == ({"blue": 100}, {})
     # the smoke requests were pinned to the new deployment before it took traffic
-    assert azure.front.requests and all(r["pinned"] and r["deployment"] == "blue" for r in azure.front.requests)
+    assert azure.front.requests and all(
+        r["pinned"] and r["deployment"] == "blue" for r in azure.front.requests
+    )
     # the model went to the workspace's datastore (Azurite), under LocalUpload/<hash>/
     assert any(b.endswith("/model/weights.json") and "/LocalUpload/" in b for b in azure.blobs())
+
+
+def test_status_reads_the_endpoint_and_each_deployment_from_azure(azure, project):
+    assert backend_for(project, azure).status().exists is False
+    result = run_push(project, azure)
+
+    status = backend_for(project, azure).status()
+
+    assert status.exists and status.kind == "azureml" and status.scoring_uri == result.scoring_uri
+    assert status.details["provisioning_state"] == "Succeeded" and status.details["auth_mode"] == "key"
+    (blue,) = status.slots
+    assert (blue.name, blue.state, blue.traffic, blue.mirror) == ("blue", "healthy", 100, 0)
+    # what it runs, from the tags the push gave the deployment
+    assert blue.package_id == result.package_id and blue.model_version == result.model_version
+    assert blue.details["instance_type"] == "Standard_DS3_v2" and blue.details["instance_count"] == 1
+    assert (
+        blue.details["model"]
+        == f"{azure.workspace.base}/models/iris-classifier/versions/{result.model_version}"
+    )
 
 
 def test_the_code_upload_holds_the_scoring_code_only(azure, project):
@@ -138,7 +165,10 @@ def test_canary_second_push_keeps_blues_share(azure, project):
     assert result.deployment == "green" and result.model_version != first.model_version
     assert live(azure) == ({"blue": 90, "green": 10}, {})
     status = backend_for(project, azure).status()
-    assert {s.name: (s.state, s.traffic) for s in status.slots} == {"blue": ("healthy", 90), "green": ("healthy", 10)}
+    assert {s.name: (s.state, s.traffic) for s in status.slots} == {
+        "blue": ("healthy", 90),
+        "green": ("healthy", 10),
+    }
 
 
 def test_mirror_push_shadows_the_new_deployment(azure, project):
@@ -187,6 +217,19 @@ def test_credentials_are_the_endpoints_keys(azure, project):
         "primary_key": azure.workspace.keys[NAME]["primaryKey"],
         "secondary_key": azure.workspace.keys[NAME]["secondaryKey"],
     }
+
+
+def test_a_token_endpoint_is_smoke_tested_with_the_token_azure_issues(azure, project):
+    edit(project, target={"auth_mode": "aml_token"})
+    result = run_push(project, azure)
+
+    assert result.smoke is not None and result.smoke.passed
+    assert azure.workspace.endpoints[NAME]["properties"]["authMode"] == "AMLToken"
+    credentials = backend_for(project, azure).credentials()
+    assert credentials["access_token"] == azure.workspace.token
+    assert any(
+        s.method == "POST" and s.path.endswith(f"/onlineEndpoints/{NAME}/token") for s in azure.workspace.sent
+    )
 
 
 def test_invoke_reaches_the_scoring_uri_with_the_key_and_the_pin(azure, project):

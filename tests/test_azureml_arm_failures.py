@@ -5,10 +5,15 @@ hint, and a push that fails after the deployment exists rolls back as far as Azu
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import test_azureml_arm as shared
+from arm import emulated_azure
+from arm.transport import Reply
 from arm.workspace import arm_error
-from test_azureml_arm import azure, backend_for, live, project, push_fails, run_push, storage, writes  # noqa: F401
-from test_azureml_backend import NAME, edit, new_model
+from test_azureml_arm import backend_for, live, push_fails, run_push, writes
+from test_azureml_backend import EXPECTED, NAME, edit, new_model
 
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode
 from tdsp_deploy.pipeline import change_traffic
@@ -16,12 +21,19 @@ from tdsp_deploy.traffic import TrafficSplit
 
 DEPLOYMENT_PUT = rf"/onlineEndpoints/{NAME}/deployments/blue"
 
+# the emulator's fixtures, shared with test_azureml_arm.py (Azurite once per module)
+storage = shared.storage
+azure = shared.azure
+project = shared.project
+
 
 def deletes_of(azure, slot: str) -> list[str]:
     return [w for w in writes(azure) if w == f"DELETE /onlineEndpoints/{NAME}/deployments/{slot}"]
 
 
-def test_failed_provisioning_shows_azures_error_and_the_container_log_and_removes_the_deployment(azure, project):
+def test_failed_provisioning_shows_azures_error_and_the_container_log_and_removes_the_deployment(
+    azure, project
+):
     # the operation's error as Azure's troubleshooting guide shows it for a crashing container
     azure.workspace.next_deployment_outcome = (
         "Failed",
@@ -40,7 +52,9 @@ def test_failed_provisioning_shows_azures_error_and_the_container_log_and_remove
 
     assert isinstance(error, DeploymentFailed) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
     assert "Liveness probe failed" in error.message and "init()" in (error.hint or "")
-    assert "No module named 'sklearn'" in error.details["log_tail"]
+    tail = error.details["log_tail"]
+    assert "--- inference-server ---" in tail and "No module named 'sklearn'" in tail
+    assert "--- storage-initializer ---" in tail
     assert (NAME, "blue") not in azure.workspace.deployments  # the failed new deployment is gone
     assert error.details["rolled_back"] is True
 
@@ -48,15 +62,23 @@ def test_failed_provisioning_shows_azures_error_and_the_container_log_and_remove
 def test_quota_refusal_keeps_the_quota_text_from_the_details(azure, project):
     # Azure ML's refusal of a deployment over quota: the top-level error says only that the
     # request is invalid; what is wrong is in details[0]
-    azure.workspace.script("PUT", DEPLOYMENT_PUT, arm_error(
-        400, "BadRequest", "The request is invalid.",
-        details=[{
-            "code": "Invalid",
-            "message": "Not enough quota available for Standard_DS3_v2 in SubscriptionId "
-            "00000000-0000-0000-0000-000000000000. Current usage/limit: 4/6. Additional needed: 8 "
-            "Please see troubleshooting guide, available here: https://aka.ms/oe-tsg#error-outofquota",
-        }],
-    ))
+    azure.workspace.script(
+        "PUT",
+        DEPLOYMENT_PUT,
+        arm_error(
+            400,
+            "BadRequest",
+            "The request is invalid.",
+            details=[
+                {
+                    "code": "Invalid",
+                    "message": "Not enough quota available for Standard_DS3_v2 in SubscriptionId "
+                    "00000000-0000-0000-0000-000000000000. Current usage/limit: 4/6. Additional needed: 8 "
+                    "Please see troubleshooting guide, available here: https://aka.ms/oe-tsg#error-outofquota",
+                }
+            ],
+        ),
+    )
 
     error = push_fails(project, azure)
 
@@ -72,8 +94,9 @@ def test_a_missing_model_version_is_not_reported_as_a_missing_endpoint(azure, pr
     # the model version is found registered, then deleted (by someone else) before the deployment
     key = ("iris-classifier", first.model_version)
     registered = azure.workspace.models.pop(key)
-    azure.workspace.script("GET", rf"/models/iris-classifier/versions/{first.model_version}",
-                           lambda sent: __import__("arm.transport").transport.Reply(200, registered))
+    azure.workspace.script(
+        "GET", rf"/models/iris-classifier/versions/{first.model_version}", lambda sent: Reply(200, registered)
+    )
 
     error = push_fails(project, azure)
 
@@ -96,8 +119,12 @@ def test_a_missing_deployment_is_named_as_such(azure, project):
 
 def test_throttling_beyond_azure_cores_retries_says_to_retry_later(azure, project):
     # ARM's throttling answer: 429 with Retry-After; azure-core retries it three times
-    azure.workspace.script("PUT", DEPLOYMENT_PUT, arm_error(
-        429, "TooManyRequests", "The request is being throttled.", headers={"Retry-After": "1"}), times=4)
+    azure.workspace.script(
+        "PUT",
+        DEPLOYMENT_PUT,
+        arm_error(429, "TooManyRequests", "The request is being throttled.", headers={"Retry-After": "1"}),
+        times=4,
+    )
 
     error = push_fails(project, azure)
 
@@ -134,12 +161,9 @@ def test_an_endpoint_being_deleted_is_waited_for_then_created_again(azure, proje
     assert writes(azure).count(f"PUT /onlineEndpoints/{NAME}") == 4  # created, traffic; again both
 
 
-def test_each_operation_has_the_whole_timeout(storage, project, tmp_path):
-    from arm import emulated_azure
-    from test_azureml_backend import EXPECTED
-
+def test_each_operation_has_the_whole_timeout(storage, project):
     edit(project, target={"timeout": 2})
-    with emulated_azure(storage, __import__("json").dumps(EXPECTED).encode(), duration_s=1.2) as slow:
+    with emulated_azure(storage, json.dumps(EXPECTED).encode(), duration_s=1.2) as slow:
         result = run_push(project, slow)  # three operations of 1.2 s each, each within 2 s
         assert result.traffic == {"blue": 100}
         assert slow.workspace.unknown == []
@@ -152,6 +176,8 @@ def test_a_timeout_does_not_delete_a_deployment_azure_is_still_creating(azure, p
     error = push_fails(project, azure)
 
     assert isinstance(error, DeploymentTimeout) and error.exit_code == ExitCode.DEPLOYMENT_FAILED
+    assert "was not ready after 1 s" in error.message and "target.timeout" in (error.hint or "")
+    assert error.details["still_provisioning"] == ["deployment blue: Creating"]
     assert deletes_of(azure, "blue") == []  # Azure refuses it (409) while the operation runs
     assert error.details["rolled_back"] is False
     assert "still Creating" in error.details["rollback_error"]

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,18 @@ class Storage:
 
     def upload_container(self, name: str) -> str:
         """Make a container (as Azure does for a code upload) and a SAS URI to write into it."""
-        from datetime import datetime, timedelta, timezone
+        from datetime import datetime, timedelta
 
         from azure.storage.blob import ContainerSasPermissions, generate_container_sas
         from azurite import ACCOUNT, KEY
 
         self.azurite.service().create_container(name)
         sas = generate_container_sas(
-            ACCOUNT, name, account_key=KEY,
+            ACCOUNT,
+            name,
+            account_key=KEY,
             permission=ContainerSasPermissions(read=True, write=True, create=True, list=True, add=True),
-            expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+            expiry=datetime.now(UTC) + timedelta(hours=1),
         )
         return f"https://{ACCOUNT}.blob.core.windows.net/{name}?{sas}"
 
@@ -121,8 +124,12 @@ def emulated_azure(storage: Storage, answer: bytes, **workspace_options: Any) ->
     storage.azurite.service().create_container(container)
     front_holder: dict[str, ScoringFrontEnd] = {}
     workspace = Workspace(
-        subscription=SUBSCRIPTION, resource_group=RESOURCE_GROUP, name=WORKSPACE,
-        storage_account=ACCOUNT, container=container, account_key=KEY,
+        subscription=SUBSCRIPTION,
+        resource_group=RESOURCE_GROUP,
+        name=WORKSPACE,
+        storage_account=ACCOUNT,
+        container=container,
+        account_key=KEY,
         scoring_uri=lambda endpoint: f"{front_holder['front'].base_url}/{endpoint}/score",
         upload_container=storage.upload_container,
         **workspace_options,

@@ -38,10 +38,13 @@ class ScoringFrontEnd:
         resource = self.workspace.endpoints.get(endpoint)
         if resource is None:
             return 404, {}, b'{"message": "endpoint not found"}'
-        keys = self.workspace.keys.get(endpoint, {})
-        if headers.get("authorization", "") not in {f"Bearer {k}" for k in keys.values()}:
-            return 401, {}, b'{"message": "Invalid authentication"}'
         props = resource["properties"]
+        if props.get("authMode") == "Key":
+            accepted = set(self.workspace.keys.get(endpoint, {}).values())
+        else:  # AMLToken / AADToken: the token the endpoint's POST .../token gave
+            accepted = {self.workspace.token}
+        if headers.get("authorization", "") not in {f"Bearer {k}" for k in accepted}:
+            return 401, {}, b'{"message": "Invalid authentication"}'
         pinned = headers.get(PIN_HEADER)
         deployments = {n: d for (e, n), d in self.workspace.deployments.items() if e == endpoint}
         if pinned:
@@ -49,7 +52,10 @@ class ScoringFrontEnd:
         else:
             live = {n: w for n, w in (props.get("traffic") or {}).items() if w > 0}
             chosen = random.choices(list(live), weights=list(live.values()))[0] if live else None
-        if chosen is None or deployments[chosen]["properties"]["provisioningState"] not in ("Succeeded", "Updating"):
+        if chosen is None or deployments[chosen]["properties"]["provisioningState"] not in (
+            "Succeeded",
+            "Updating",
+        ):
             return 404, {}, b'{"message": "No valid deployments to route to."}'
         self.requests.append({"deployment": chosen, "pinned": bool(pinned)})
         answer = self.answers.get(chosen)

@@ -15,6 +15,7 @@ Any other host is refused (the test would otherwise reach the internet).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 import ssl
@@ -33,7 +34,7 @@ def make_certificate(folder: Path, host: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -124,10 +125,8 @@ def _relay(secure: ssl.SSLSocket, upstream: socket.socket) -> None:
             pass
         finally:
             for end in (sink, source):
-                try:
+                with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     back = threading.Thread(target=pump, args=(upstream, secure), daemon=True)
     back.start()

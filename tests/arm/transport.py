@@ -42,8 +42,17 @@ class Sent:
         return json.loads(self.body) if self.body else None
 
 
-REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-           404: "Not Found", 409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error"}
+REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 
 
 class HandlerTransport(HttpTransport):  # type: ignore[misc]

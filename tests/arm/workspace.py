@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from arm.assets import AssetsMixin, arm_error
 from arm.transport import HandlerTransport, Reply, Sent
 
 PROVIDER = "Microsoft.MachineLearningServices"
@@ -65,22 +66,7 @@ class Scripted:
     times: int = 1
 
 
-def arm_error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
-              headers: dict[str, str] | None = None) -> Reply:
-    """Azure ML's error body (DEPLOY_CREATE, the 400 of listSecrets): code, message, details,
-    additionalInfo; ``x-ms-response-type: error``."""
-    body = {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": details or [],
-            "additionalInfo": [{"type": "ComponentName", "info": {"value": "managementfrontend"}}],
-        }
-    }
-    return Reply(status, body, {"x-ms-response-type": "error", **(headers or {})})
-
-
-class Workspace:
+class Workspace(AssetsMixin):
     def __init__(
         self,
         *,
@@ -120,6 +106,8 @@ class Workspace:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.keys: dict[str, dict[str, str]] = {}
+        #: what POST .../token answers for an endpoint whose authMode is a token mode
+        self.token = f"aml-token-{uuid.uuid4().hex}"
         self.logs: dict[tuple[str, str, str], str] = {}
         self.models: dict[tuple[str, str], dict[str, Any]] = {}
         self.environments: dict[tuple[str, str], dict[str, Any]] = {}
@@ -138,7 +126,7 @@ class Workspace:
         with self._lock:
             self.sent.append(sent)
             for i, script in enumerate(self.scripted):
-                below = sent.path[len(self.base):] if sent.path.startswith(self.base) else sent.path
+                below = sent.path[len(self.base) :] if sent.path.startswith(self.base) else sent.path
                 if script.method == sent.method and re.fullmatch(script.pattern, below):
                     script.times -= 1
                     if script.times <= 0:
@@ -147,10 +135,14 @@ class Workspace:
             reply = self._route(sent)
         if reply is None:
             self.unknown.append(f"{sent.method} {sent.path}?{sent.query}")
-            raise UnknownRequest(f"the emulated workspace does not know {sent.method} {sent.path}?{sent.query}")
+            raise UnknownRequest(
+                f"the emulated workspace does not know {sent.method} {sent.path}?{sent.query}"
+            )
         return reply
 
-    def script(self, method: str, pattern: str, reply: Reply | Callable[[Sent], Reply], times: int = 1) -> None:
+    def script(
+        self, method: str, pattern: str, reply: Reply | Callable[[Sent], Reply], times: int = 1
+    ) -> None:
         self.scripted.append(Scripted(method, pattern, reply, times))
 
     def _route(self, sent: Sent) -> Reply | None:
@@ -164,7 +156,7 @@ class Workspace:
             return self._operation(status.group(2), result=status.group(1) == "mfeOperationResults")
         if not path.startswith(self.base):
             return None
-        rest = path[len(self.base):]
+        rest = path[len(self.base) :]
         for method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, rest)
             if match and method == sent.method:
@@ -189,8 +181,16 @@ class Workspace:
             ("GET", rf"/models/{name}/versions/{name}", self._asset_get(self.models, "model")),
             ("PUT", rf"/models/{name}/versions/{name}", self._asset_put(self.models, "models")),
             ("GET", rf"/environments/{name}/versions", self._asset_list(self.environments)),
-            ("GET", rf"/environments/{name}/versions/{name}", self._asset_get(self.environments, "environment")),
-            ("PUT", rf"/environments/{name}/versions/{name}", self._asset_put(self.environments, "environments")),
+            (
+                "GET",
+                rf"/environments/{name}/versions/{name}",
+                self._asset_get(self.environments, "environment"),
+            ),
+            (
+                "PUT",
+                rf"/environments/{name}/versions/{name}",
+                self._asset_put(self.environments, "environments"),
+            ),
             ("GET", rf"/codes/{name}/versions", self._list_codes),
             ("GET", rf"/codes/{name}/versions/{name}", self._asset_get(self.codes, "code")),
             ("PUT", rf"/codes/{name}/versions/{name}", self._asset_put(self.codes, "codes")),
@@ -200,53 +200,27 @@ class Workspace:
             ("POST", rf"/datastores/{name}/listSecrets", self._list_secrets),
         ]
 
-    # -- workspace and datastore -------------------------------------------------------------
-    def _get_workspace(self, sent: Sent) -> Reply:
-        # DEPLOY_CREATE, first entry (trimmed to the fields the SDK reads)
-        return Reply(200, {
-            "id": self.base, "name": self.name, "type": f"{PROVIDER}/workspaces", "location": self.location,
-            "tags": {}, "etag": None, "kind": "Default", "sku": {"name": "Basic", "tier": "Basic"},
-            "identity": {"type": "SystemAssigned"},
-            "properties": {
-                "friendlyName": self.name, "storageAccount": self.storage_account, "provisioningState": "Succeeded",
-                "workspaceId": self.workspace_id, "publicNetworkAccess": "Enabled", "v1LegacyMode": False,
-                "discoveryUrl": f"https://{self.location}.api.azureml.ms/discovery",
-                "systemDatastoresAuthMode": "accesskey",
-            },
-        })
-
-    def _datastore(self) -> dict[str, Any]:
-        # DEPLOY_CREATE (GET datastores/workspaceblobstore), with account-key credentials as a
-        # workspace whose systemDatastoresAuthMode is accesskey has (ENDPOINT_E2E's workspace)
-        return {
-            "id": f"{self.base}/datastores/workspaceblobstore", "name": "workspaceblobstore",
-            "type": f"{PROVIDER}/workspaces/datastores",
-            "properties": {
-                "description": None, "tags": None, "properties": None, "isDefault": True,
-                "credentials": {"credentialsType": "AccountKey"},
-                "datastoreType": "AzureBlob", "accountName": self.storage_account,
-                "containerName": self.container, "endpoint": "core.windows.net", "protocol": "https",
-                "serviceDataAccessAuthIdentity": "None",
-            },
-        }
-
-    def _get_datastore(self, sent: Sent, name: str) -> Reply:
-        if name != "workspaceblobstore":
-            return arm_error(404, "UserError", f"Datastore {name} not found.")
-        return Reply(200, self._datastore())
-
-    def _list_datastores(self, sent: Sent) -> Reply:
-        return Reply(200, {"value": [self._datastore()]})
-
-    def _list_secrets(self, sent: Sent, name: str) -> Reply:
-        return Reply(200, {"secretsType": "AccountKey", "key": self.account_key})
-
     # -- operations ----------------------------------------------------------------------------
-    def _start(self, kind: str, endpoint: str, deployment: str | None, action: str,
-               outcome: str = "Succeeded", error: dict[str, Any] | None = None) -> Operation:
+    def _start(
+        self,
+        kind: str,
+        endpoint: str,
+        deployment: str | None,
+        action: str,
+        outcome: str = "Succeeded",
+        error: dict[str, Any] | None = None,
+    ) -> Operation:
         prefix = "oeidp" if kind == "endpoint" else "odidp"
-        op = Operation(f"{prefix}:{self.workspace_id}:{uuid.uuid4()}", kind, endpoint, deployment, action,
-                       self.polls, outcome, error)
+        op = Operation(
+            f"{prefix}:{self.workspace_id}:{uuid.uuid4()}",
+            kind,
+            endpoint,
+            deployment,
+            action,
+            self.polls,
+            outcome,
+            error,
+        )
         self.operations[op.id] = op
         return op
 
@@ -259,7 +233,8 @@ class Workspace:
         }
         # a delete's Location is the operation's result; a PUT's is the resource (ENDPOINT_E2E)
         headers["Location"] = (
-            f"{status_url}/mfeOperationResults/{op.id}?api-version={api}" if delete
+            f"{status_url}/mfeOperationResults/{op.id}?api-version={api}"
+            if delete
             else f"{ARM}{resource_path}?api-version={api}"
         )
         return headers
@@ -275,8 +250,10 @@ class Workspace:
         # DEPLOY_CREATE: the operation status body while running and once done
         body: dict[str, Any] = {
             "id": f"/subscriptions/{self.subscription}/providers/{PROVIDER}/locations/{self.location}"
-                  f"/mfeOperationsStatus/{op.id}",
-            "name": op.id, "status": op.status, "startTime": STARTED,
+            f"/mfeOperationsStatus/{op.id}",
+            "name": op.id,
+            "status": op.status,
+            "startTime": STARTED,
             "endTime": NOT_ENDED if op.status == "Updating" else "2025-02-27T10:36:31.4310427+00:00",
             "percentComplete": 0.0,
         }
@@ -322,8 +299,15 @@ class Workspace:
         elif deployment is not None:
             deployment["properties"]["provisioningState"] = op.outcome
 
-    def begin_elsewhere(self, kind: str, endpoint: str, deployment: str | None, action: str,
-                        outcome: str = "Succeeded", polls: int | None = None) -> Operation:
+    def begin_elsewhere(
+        self,
+        kind: str,
+        endpoint: str,
+        deployment: str | None,
+        action: str,
+        outcome: str = "Succeeded",
+        polls: int | None = None,
+    ) -> Operation:
         """An operation someone else started (another user, the portal): the resource shows it."""
         op = self._start(kind, endpoint, deployment, action, outcome)
         if polls is not None:
@@ -356,8 +340,11 @@ class Workspace:
             return None
         what = f"deployment {op.deployment}" if op.deployment else f"endpoint {endpoint}"
         # Azure refuses a second change while one runs (409, UserError)
-        return arm_error(409, "UserError", f"Conflict: an operation is already in progress on {what}. "
-                         "Wait for it to finish and try again.")
+        return arm_error(
+            409,
+            "UserError",
+            f"Conflict: an operation is already in progress on {what}. Wait for it to finish and try again.",
+        )
 
     # -- endpoints -------------------------------------------------------------------------
     def _not_found(self, what: str) -> Reply:
@@ -384,7 +371,9 @@ class Workspace:
         mirror = props.get("mirrorTraffic") or {}
         for deployment in list(traffic) + list(mirror):
             if (name, deployment) not in self.deployments:
-                return arm_error(400, "BadArgument", f"Deployment {deployment} does not exist on endpoint {name}.")
+                return arm_error(
+                    400, "BadArgument", f"Deployment {deployment} does not exist on endpoint {name}."
+                )
         if existing is None and any(traffic.values()):
             return arm_error(400, "BadArgument", "Traffic cannot be set when an endpoint is created.")
         if sum(traffic.values()) not in (0, 100):
@@ -393,7 +382,9 @@ class Workspace:
         path = f"{self.base}/onlineEndpoints/{name}"
         # DEPLOY_CREATE / ENDPOINT_E2E: the endpoint as the PUT answers it (Creating, no scoringUri)
         resource = {
-            "id": path, "name": name, "type": f"{PROVIDER}/workspaces/onlineEndpoints",
+            "id": path,
+            "name": name,
+            "type": f"{PROVIDER}/workspaces/onlineEndpoints",
             "properties": {
                 "description": props.get("description"),
                 "properties": {"azureml.onlineendpointid": path.lower()},
@@ -401,16 +392,24 @@ class Workspace:
                 "swaggerUri": None,
                 "authMode": props.get("authMode", "Key"),
                 "provisioningState": "Updating" if existing else "Creating",
-                "compute": None, "traffic": traffic, "mirrorTraffic": mirror,
+                "compute": None,
+                "traffic": traffic,
+                "mirrorTraffic": mirror,
                 "publicNetworkAccess": props.get("publicNetworkAccess", "Enabled"),
             },
             "systemData": {"createdAt": STARTED, "createdBy": "Sanitized", "lastModifiedAt": STARTED},
-            "tags": body.get("tags") or {}, "location": self.location, "kind": "Managed",
+            "tags": body.get("tags") or {},
+            "location": self.location,
+            "kind": "Managed",
             "identity": {"type": "SystemAssigned", "principalId": "0" * 8, "tenantId": "0" * 8},
         }
         self.endpoints[name] = resource
-        self.keys.setdefault(name, {"primaryKey": f"pk-{uuid.uuid4().hex}", "secondaryKey": f"sk-{uuid.uuid4().hex}"})
-        return Reply(200 if existing else 201, resource, self._op_headers(op, path, delete=False, api=_api(sent)))
+        self.keys.setdefault(
+            name, {"primaryKey": f"pk-{uuid.uuid4().hex}", "secondaryKey": f"sk-{uuid.uuid4().hex}"}
+        )
+        return Reply(
+            200 if existing else 201, resource, self._op_headers(op, path, delete=False, api=_api(sent))
+        )
 
     def _delete_endpoint(self, sent: Sent, name: str) -> Reply:
         endpoint = self.endpoints.get(name)
@@ -433,8 +432,15 @@ class Workspace:
         # ENDPOINT_E2E: POST .../token on an AMLToken endpoint
         if name not in self.endpoints:
             return self._not_found(f"online endpoint {name}")
-        return Reply(200, {"accessToken": "aml-token", "tokenType": "Bearer",
-                           "expiryTimeUtc": 1772655481, "refreshAfterTimeUtc": 1772612312})
+        return Reply(
+            200,
+            {
+                "accessToken": self.token,
+                "tokenType": "Bearer",
+                "expiryTimeUtc": 1772655481,
+                "refreshAfterTimeUtc": 1772612312,
+            },
+        )
 
     # -- deployments -------------------------------------------------------------------------
     def _list_deployments(self, sent: Sent, endpoint: str) -> Reply:
@@ -462,7 +468,10 @@ class Workspace:
             return conflict
         body = sent.json()
         props = body.get("properties", {})
-        for field, store, kind in (("model", self.models, "models"), ("environmentId", self.environments, "environments")):
+        for field, store, kind in (
+            ("model", self.models, "models"),
+            ("environmentId", self.environments, "environments"),
+        ):
             ref = props.get(field)
             if ref and not self._exists(ref, store, kind):
                 return self._not_found(f"{kind[:-1]} {ref}")
@@ -476,7 +485,9 @@ class Workspace:
         path = f"{self.base}/onlineEndpoints/{endpoint}/deployments/{name}"
         # DEPLOY_CREATE: the deployment as the PUT answers it (Creating, Azure's defaults filled in)
         resource = {
-            "id": path, "name": name, "type": f"{PROVIDER}/workspaces/onlineEndpoints/deployments",
+            "id": path,
+            "name": name,
+            "type": f"{PROVIDER}/workspaces/onlineEndpoints/deployments",
             "properties": {
                 "description": props.get("description"),
                 "properties": dict(props.get("properties") or {}),
@@ -484,8 +495,8 @@ class Workspace:
                 "environmentId": props.get("environmentId"),
                 "environmentVariables": props.get("environmentVariables") or {},
                 "scaleSettings": {"scaleType": "Default"},
-                "requestSettings": props.get("requestSettings") or {
-                    "maxQueueWait": "PT0S", "requestTimeout": "PT5S", "maxConcurrentRequestsPerInstance": 1},
+                "requestSettings": props.get("requestSettings")
+                or {"maxQueueWait": "PT0S", "requestTimeout": "PT5S", "maxConcurrentRequestsPerInstance": 1},
                 "modelMountPath": None,
                 "appInsightsEnabled": props.get("appInsightsEnabled", False),
                 "livenessProbe": props.get("livenessProbe") or _DEFAULT_PROBE,
@@ -498,11 +509,19 @@ class Workspace:
                 "endpointComputeType": "Managed",
             },
             "systemData": {"createdAt": STARTED, "createdBy": "Sanitized", "lastModifiedAt": STARTED},
-            "tags": body.get("tags") or {}, "location": self.location, "kind": "Managed",
-            "sku": {"name": "Default", "tier": "Standard", "capacity": (body.get("sku") or {}).get("capacity", 1)},
+            "tags": body.get("tags") or {},
+            "location": self.location,
+            "kind": "Managed",
+            "sku": {
+                "name": "Default",
+                "tier": "Standard",
+                "capacity": (body.get("sku") or {}).get("capacity", 1),
+            },
         }
         self.deployments[(endpoint, name)] = resource
-        return Reply(200 if existing else 201, resource, self._op_headers(op, path, delete=False, api=_api(sent)))
+        return Reply(
+            200 if existing else 201, resource, self._op_headers(op, path, delete=False, api=_api(sent))
+        )
 
     def _delete_deployment(self, sent: Sent, endpoint: str, name: str) -> Reply:
         deployment = self.deployments.get((endpoint, name))
@@ -513,7 +532,9 @@ class Workspace:
             return conflict
         ep = self.endpoints[endpoint]["properties"]
         if (ep.get("traffic") or {}).get(name) or (ep.get("mirrorTraffic") or {}).get(name):
-            return arm_error(400, "BadArgument", f"Deployment {name} has traffic; set it to 0 before deleting.")
+            return arm_error(
+                400, "BadArgument", f"Deployment {name} has traffic; set it to 0 before deleting."
+            )
         deployment["properties"]["provisioningState"] = "Deleting"
         op = self._start("deployment", endpoint, name, "delete")
         return Reply(202, None, self._op_headers(op, "", delete=True, api=_api(sent)))
@@ -526,90 +547,17 @@ class Workspace:
         text = self.logs.get((endpoint, name, container), "")
         tail = request.get("tail")
         if tail:
-            text = "\n".join(text.splitlines()[-int(tail):])
+            text = "\n".join(text.splitlines()[-int(tail) :])
         return Reply(200, {"content": text})
 
-    # -- assets --------------------------------------------------------------------------------
-    def _exists(self, ref: str, store: dict[tuple[str, str], Any], kind: str) -> bool:
-        match = re.search(rf"/{kind}/([^/]+)/versions/([^/]+)$", ref)
-        return bool(match) and (match.group(1), match.group(2)) in store
 
-    def _asset_get(self, store: dict[tuple[str, str], Any], kind: str) -> Callable[..., Reply]:
-        def get(sent: Sent, name: str, version: str) -> Reply:
-            asset = store.get((name, version))
-            if asset is None:
-                return self._not_found(f"{kind} {name}:{version}")
-            return Reply(200, asset)
-
-        return get
-
-    def _asset_put(self, store: dict[tuple[str, str], Any], kind: str) -> Callable[..., Reply]:
-        def put(sent: Sent, name: str, version: str) -> Reply:
-            body = sent.json()
-            path = f"{self.base}/{kind}/{name}/versions/{version}"
-            existing = store.get((name, version))
-            # DEPLOY_CREATE (environment, model PUT answers): properties echoed, Succeeded
-            asset = {
-                "id": path, "name": version, "type": f"{PROVIDER}/workspaces/{kind}/versions",
-                "properties": {**_ASSET_DEFAULTS.get(kind, {}), **body.get("properties", {}),
-                               "provisioningState": "Succeeded"},
-                "systemData": {"createdAt": STARTED, "createdBy": "Sanitized"},
-            }
-            store[(name, version)] = asset
-            return Reply(200 if existing else 201, asset)
-
-        return put
-
-    def _asset_list(self, store: dict[tuple[str, str], Any]) -> Callable[..., Reply]:
-        # DEPLOY_CREATE: models/{name}/versions?$orderBy=createdtime desc&$top=1, newest first
-        def listing(sent: Sent, name: str) -> Reply:
-            found = [a for (n, _), a in store.items() if n == name][::-1]
-            top = parse_qs(sent.query).get("$top")
-            return Reply(200, {"value": found[: int(top[0])] if top else found})
-
-        return listing
-
-    def _start_pending_upload(self, sent: Sent, name: str, version: str) -> Reply:
-        # PendingUploadResponseDto: a temporary container named after the workspace id (as the
-        # codeUri of DEPLOY_CREATE's code version), with a SAS credential for it
-        if self.upload_container is None:
-            return None  # type: ignore[return-value]
-        container = f"{self.workspace_id}-{uuid.uuid4().hex[:25]}"
-        self.upload_containers.append(container)
-        sas_uri = self.upload_container(container)
-        return Reply(200, {
-            "blobReferenceForConsumption": {
-                "blobUri": f"https://{self.storage_account}.blob.core.windows.net:443/{container}",
-                "storageAccountArmId": f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
-                                       f"/providers/Microsoft.Storage/storageAccounts/{self.storage_account}",
-                "credential": {"credentialType": "SAS", "sasUri": sas_uri},
-            },
-            "pendingUploadId": None,
-            "pendingUploadType": "TemporaryBlobReference",
-        })
-
-    def _list_codes(self, sent: Sent, name: str) -> Reply:
-        # DEPLOY_CREATE: codes/{name}/versions?hash=...&hashVersion=202208 finds an upload by hash
-        wanted = parse_qs(sent.query).get("hash", [None])[0]
-        found = [
-            c for (n, _), c in self.codes.items()
-            if n == name and (wanted is None or c["properties"].get("properties", {}).get("hash_sha256") == wanted)
-        ]
-        return Reply(200, {"value": found})
-
-
-# DEPLOY_CREATE: what the model and environment PUTs answer beyond what was sent
-_ASSET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "models": {"description": None, "tags": {}, "properties": {}, "isArchived": False, "isAnonymous": False,
-               "autoDeleteSetting": None, "flavors": {}, "jobName": None, "stage": "Logged",
-               "intellectualProperty": None},
-    "environments": {"description": None, "tags": {}, "properties": {"azureml.labels": ""}, "isArchived": False,
-                     "isAnonymous": False, "autoDeleteSetting": None, "environmentType": "UserCreated",
-                     "osType": "Linux", "autoRebuild": "Disabled", "stage": "Logged", "intellectualProperty": None},
-    "codes": {"description": None, "tags": {}, "properties": {}, "isArchived": False, "isAnonymous": False},
+_DEFAULT_PROBE = {
+    "failureThreshold": 30,
+    "successThreshold": 1,
+    "timeout": "PT2S",
+    "period": "PT10S",
+    "initialDelay": "PT10S",
 }
-_DEFAULT_PROBE = {"failureThreshold": 30, "successThreshold": 1, "timeout": "PT2S", "period": "PT10S",
-                  "initialDelay": "PT10S"}
 
 
 def _api(sent: Sent) -> str:

@@ -211,8 +211,11 @@ class AzureMLTarget(Strict):
         default_factory=dict, description="Azure tags for the endpoint and its deployments."
     )
     timeout: float = Field(
-        default=1800, gt=0, le=86_400, description="Seconds allowed for each Azure ML operation of a push (creating the endpoint, "
-        "the deployment, a traffic change); Azure's own limit is 30 minutes per operation."
+        default=1800,
+        gt=0,
+        le=86_400,
+        description="Seconds allowed for each Azure ML operation of a push (creating the endpoint, "
+        "the deployment, a traffic change); Azure's own limit is 30 minutes per operation.",
     )
 
     @field_validator("subscription_id")

@@ -10,6 +10,7 @@ azure-ai-ml is a copy without them.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,10 +34,8 @@ def left_out(manifest: ManifestBase, code_dir: Path) -> set[str]:
         for path in (smoke.request, smoke.expect):
             if path is None:
                 continue
-            try:
+            with contextlib.suppress(ValueError):  # outside the code folder: not in its copy either
                 names.add(Path(path).resolve().relative_to(Path(source).resolve()).as_posix())
-            except ValueError:
-                pass  # outside the code folder: not in the package's code either
     for candidate in list(code_dir.glob("*.yaml")) + list(code_dir.glob("*.yml")):
         if _is_manifest_of(candidate, manifest.name):
             names.add(candidate.name)
