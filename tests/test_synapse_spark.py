@@ -607,3 +607,29 @@ def test_a_folder_left_on_the_machine_is_used_only_if_it_matches_the_lock(
         assert first == root and Path(job_module._unpacked(name)) == root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_worker_that_loses_the_extraction_race_uses_the_winners_folder_and_leaves_none(
+    tmp_path: Path, spark: Any, job_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import tempfile
+
+    archive, name = _package_for_workers(tmp_path, spark)
+    root = Path(tempfile.gettempdir()) / f"tdsp-{name[:-4]}"
+    extract = job_module.extract_checked
+
+    def racing(archive: str, dest: str, lock: Any) -> None:
+        extract(archive, dest, lock)
+        if not root.exists():  # another worker finishes first and renames its copy into place
+            other = tempfile.mkdtemp(prefix="tdsp-other-")
+            extract(archive, other, lock)
+            os.rename(other, root)
+
+    monkeypatch.setattr(job_module, "extract_checked", racing)
+    before = extracting_folders()
+    try:
+        assert Path(job_module._unpacked(name)) == root
+        assert extracting_folders() == before  # the loser's copy is gone
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -69,18 +69,22 @@ def _unpacked(package_file):
     root = os.path.join(tempfile.gettempdir(), "tdsp-" + package_file.replace(".tar", ""))
     if matches_lock(root, lock):
         return root
+    untrusted = os.path.lexists(root)  # there, but not this user's or not what the lock says
     scratch = tempfile.mkdtemp(prefix="tdsp-extract-")
     try:
         extract_checked(archive, scratch, lock)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)  # nothing half-written is left to be found
         raise
-    if os.path.lexists(root):
-        return scratch  # someone else's, or not what the lock says: keep to the private copy
+    if untrusted:
+        return scratch  # keep to the private copy
     try:
         os.rename(scratch, root)  # atomic: another worker sees all of it or none
     except OSError:
-        return scratch  # another worker won the race; ours is as good and already checked
+        # another worker won the race: use its folder once it checks out, and leave no copy
+        if not matches_lock(root, lock):
+            return scratch
+        shutil.rmtree(scratch, ignore_errors=True)
     return root
 
 
