@@ -4,6 +4,7 @@ test leaves a process running."""
 from __future__ import annotations
 
 import contextlib
+import os
 import dataclasses
 import io
 import json
@@ -61,6 +62,20 @@ class CliRunner:
 @pytest.fixture
 def cli() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def environment_cache(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Deployments' environments (built with uv) are shared by the whole session, so each
+    distinct one is built once per run, not once per test; a test that is about building
+    them points TDSP_DEPLOY_ENV_CACHE elsewhere itself."""
+    previous = os.environ.get("TDSP_DEPLOY_ENV_CACHE")
+    os.environ["TDSP_DEPLOY_ENV_CACHE"] = str(tmp_path_factory.mktemp("envs"))
+    yield
+    if previous is None:
+        os.environ.pop("TDSP_DEPLOY_ENV_CACHE", None)
+    else:
+        os.environ["TDSP_DEPLOY_ENV_CACHE"] = previous
 
 
 @pytest.fixture(autouse=True)

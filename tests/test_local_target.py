@@ -286,7 +286,12 @@ def test_the_script_sees_the_variables_and_a_single_file_model_as_on_azure_ml(cl
                 "name": "layout",
                 "model": {"path": "weights.bin"},
                 "scoring": {"script": "score.py"},
-                "environment": {"requirements": "requirements.txt", "variables": {"GREETING": "hello"}},
+                # shared: what this checks is the warning about the CLI's own environment
+                "environment": {
+                    "requirements": "requirements.txt",
+                    "variables": {"GREETING": "hello"},
+                    "isolation": "shared",
+                },
                 "smoke_test": {
                     "request": "request.json",
                     "latency": {"requests": 5, "concurrency": 1, "warmup": 0},

@@ -186,6 +186,17 @@ class EnvironmentSection(Strict):
     variables: dict[VariableName, Text] = Field(
         default_factory=dict, description="Environment variables for the scoring process."
     )
+    isolation: Literal["isolated", "shared"] = Field(
+        default="isolated",
+        description="local target: `isolated` runs each deployment in an environment built from the "
+        "requirements or conda file alone (as on Azure ML); `shared` runs it in the CLI's own environment.",
+    )
+    python: str | None = Field(
+        default=None,
+        pattern=r"^3\.[0-9]{1,2}(\.[0-9]{1,2})?$",
+        description="local target: the Python version of the deployment's environment (default: the conda "
+        "file's python pin, else the CLI's own version).",
+    )
 
     @model_validator(mode="after")
     def _one_spec(self) -> EnvironmentSection:

@@ -141,6 +141,8 @@ class LocalBackend(Backend):
                 "last_exit": slot.last_exit,
                 "last_restart_reason": slot.last_restart_reason,
                 "last_restart_at": slot.last_restart_at,
+                # the deployment's own environment (hash, Python), or "shared": the CLI's
+                "environment": slot.environment or {"hash": "shared", "python": _this_python()},
             },
         )
 
@@ -250,13 +252,14 @@ class LocalBackend(Backend):
         if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
             slot.port = processes.free_port()
         model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
-        slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port)
+        python, runtime = _interpreter(slot.environment)
+        slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port, python=python)
         with interrupts.deferred():
             slot.process = self._spawn(
                 slot.command,
                 what="deployment",
                 cwd=directory / "package" / "code",
-                env=self._slot_environment(model_dir, directory),
+                env=self._slot_environment(model_dir, directory, runtime),
                 log_path=slot.log_path,
             )
             self.files.write(record)
@@ -284,8 +287,16 @@ class LocalBackend(Backend):
                 f"than target.request_timeout_ms ({timeout_ms} ms): a slot busy with one long request "
                 "may be restarted; raise period or failure_threshold"
             )
-        # Slots run in this Python environment: say where it differs from the manifest's.
-        return warnings + check_environment(self.manifest.environment)
+        environment = self.manifest.environment
+        if environment.isolation == "shared":
+            # Slots run in this Python environment: say where it differs from the manifest's.
+            return warnings + check_environment(environment)
+        if not (environment.requirements or environment.conda_file):
+            warnings.append(
+                "the manifest declares no environment (environment.requirements or conda_file): the "
+                "deployment runs in this CLI's Python environment, and Azure ML will need one"
+            )
+        return warnings  # isolated: built from the file alone at push (validate resolves nothing)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         def told(message: str) -> None:
@@ -328,15 +339,17 @@ class LocalBackend(Backend):
             ProgressEvent(step="deploy", message=f"unpacking package {package.package_id[:12]} into {slot}")
         )
         lock = extract_package(package.path, directory / "package")
+        built = self._environment()
 
         port = processes.free_port()
         model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
-        command = self._slot_command(lock.scoring_script_name, model_dir, port)
+        python, runtime = _interpreter(built)
+        command = self._slot_command(lock.scoring_script_name, model_dir, port, python=python)
         process = self._spawn(
             command,
             what="deployment",
             cwd=directory / "package" / "code",
-            env=self._slot_environment(model_dir, directory),
+            env=self._slot_environment(model_dir, directory, runtime),
             log_path=directory / "server.log",
         )
         previous = record.slots.get(slot)
@@ -360,6 +373,7 @@ class LocalBackend(Backend):
             raw_http=takes_raw_requests(directory / "package" / "code" / lock.scoring_script_name),
             liveness_probe=self.target.liveness_probe.model_dump(),
             pending=True,
+            environment=_environment_json(built),
         )
         self.files.write(record)
         if stale is not None:
@@ -369,9 +383,36 @@ class LocalBackend(Backend):
         )
         return self._slot_status(record.slots[slot])
 
-    def _slot_command(self, script_name: str, model_dir: Path, port: int) -> list[str]:
+    def _environment(self):  # type: ignore[no-untyped-def]
+        """The deployment's own environment, built now if needed; None to run in this one."""
+        from tdsp_deploy.backends.local import venvs
+
+        def told(message: str) -> None:
+            self.progress(ProgressEvent(step="environment", message=message))
+
+        plan = venvs.plan(self.manifest.environment, self.target.http_server, warn=lambda w: told(f"warning: {w}"))
+        if plan is None:
+            return None
+        return venvs.ensure(plan, self.files.home, told)
+
+    def _collect_environments(self) -> None:
+        from tdsp_deploy.backends.local import venvs
+        from tdsp_deploy.backends.local.state import all_endpoint_names
+
+        in_use = set()
+        for name in all_endpoint_names(self.files.home):
+            try:
+                record = EndpointFiles(name, self.files.home).read()
+            except BackendError:
+                return  # an unreadable record may use any of them: keep all
+            for slot in record.revisions() if record else []:
+                if slot.environment:
+                    in_use.add(str(slot.environment.get("hash")))
+        venvs.collect(self.files.home, in_use)
+
+    def _slot_command(self, script_name: str, model_dir: Path, port: int, *, python: str = sys.executable) -> list[str]:
         return [
-            sys.executable,
+            python,
             "-m",
             "tdsp_deploy.backends.local.slot_server",
             "--entry_script",
@@ -386,7 +427,7 @@ class LocalBackend(Backend):
             self.target.http_server,
         ]
 
-    def _slot_environment(self, model_dir: Path, directory: Path) -> dict[str, str]:
+    def _slot_environment(self, model_dir: Path, directory: Path, runtime: str | None = None) -> dict[str, str]:
         """What the platform gives a deployment: the manifest's variables and the platform's
         own, never the CLI's environment (which may hold SQL_PASSWORD, AZURE_* credentials...);
         only what any process needs to run on this machine (PATH, locale, HOME, TMPDIR) is
@@ -411,6 +452,8 @@ class LocalBackend(Backend):
         env[SLOT_SECRET_ENV] = slot_secret(
             self.files.admin()["slot_key"], directory.parent.name, directory.name
         )
+        if runtime:  # an environment of its own: the slot's modules, and nothing else of ours
+            env["PYTHONPATH"] = runtime
         return env
 
     def wait_healthy(self, slot: str) -> SlotStatus:
@@ -423,12 +466,13 @@ class LocalBackend(Backend):
             elapsed = time.monotonic() - started
             if not processes.is_running(found.process):
                 code = processes.exit_code(found.process) if found.process else None
+                tail = _read_tail(found.log_path, 30)
                 raise DeploymentFailed(
                     f"deployment '{slot}' exited during start-up"
                     + (f" with code {code}" if code is not None else "")
                     + "; init() failed or the server could not start",
-                    hint=self._failed_log_hint(found),
-                    details={"log_tail": _read_tail(found.log_path, 30)},
+                    hint=self._missing_module_hint(found, tail) + self._failed_log_hint(found),
+                    details={"log_tail": tail},
                 )
             if _probe(found.port, timeout=1.0):
                 break
@@ -457,6 +501,21 @@ class LocalBackend(Backend):
         )
         return self._slot_status(found)
 
+    def _missing_module_hint(self, found: SlotRecord, tail: str) -> str:
+        from tdsp_deploy.backends.local.venvs import DISTRIBUTION_OF, missing_module
+
+        module = missing_module(tail)
+        if module is None or not found.environment:
+            return ""
+        environment = self.manifest.environment
+        declared = environment.requirements or environment.conda_file
+        package = DISTRIBUTION_OF.get(module, module)
+        where = f"add '{package}' to {declared}" if declared else "declare it in environment.requirements"
+        return (
+            f"the script imports '{module}', which the deployment's environment lacks (it holds only "
+            f"what the environment file declares, as on Azure ML): {where}; "
+        )
+
     def _failed_log_hint(self, found: SlotRecord) -> str:
         kept = self._keep_failed_log(found)
         return (
@@ -474,6 +533,7 @@ class LocalBackend(Backend):
             replaced, found.previous = found.previous, None
             self.files.write(record)  # first out of the record, so the supervisor lets it go
             self._stop_revision(record, replaced)
+            self._collect_environments()
 
     def discard_slot(self, slot: str) -> None:
         record = self.files.read()
@@ -493,6 +553,7 @@ class LocalBackend(Backend):
             self._publish(record)
         self._keep_failed_log(failed)  # its folder goes; its log stays for `logs --failed`
         self._stop_revision(record, failed)
+        self._collect_environments()
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
         from tdsp_deploy.traffic import TrafficSplit, validate
@@ -544,6 +605,7 @@ class LocalBackend(Backend):
                 self._stop_revision(None, found)  # gone already: what is left of each, its folder
             shutil.rmtree(self.files.root, ignore_errors=True)
             TrafficHistory(self.kind, record.name, self.files.home).clear()
+            self._collect_environments()
             return
         found = record.slots.get(slot)
         refuse_unless_deletable(record.name, slot, found, record.slots)
@@ -787,6 +849,25 @@ class LocalBackend(Backend):
         if answer[0] == 200:
             return True
         return False if answer[0] == 504 else None
+
+
+def _this_python() -> str:
+    return ".".join(map(str, sys.version_info[:3]))
+
+
+def _environment_json(built: Any) -> dict[str, str] | None:
+    if built is None:
+        return None
+    return {**built.plan.to_json(), "python_path": str(built.python), "runtime": str(built.runtime)}
+
+
+def _interpreter(environment: Any) -> tuple[str, str | None]:
+    """The slot's interpreter and its PYTHONPATH: its own environment's, or this CLI's."""
+    if environment is None:
+        return sys.executable, None
+    if isinstance(environment, dict):
+        return environment["python_path"], environment["runtime"]
+    return str(environment.python), str(environment.runtime)
 
 
 def _layout_model_dir(directory: Path, name: str, version: str) -> Path:

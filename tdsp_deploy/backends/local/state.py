@@ -56,6 +56,7 @@ class SlotRecord:
     raw_http: bool = False  # its run() takes raw requests (@rawhttp): the router checks no body
     liveness_probe: dict[str, int] | None = None  # target.liveness_probe at deploy (None: defaults)
     pending: bool = False  # deployed by a push that has not finished with it: undone by the next one
+    environment: dict[str, str] | None = None  # its own environment (hash, python...); None: the CLI's
     restarts: int = 0  # by the supervisor (merged in from supervisor.json when read)
     last_exit: int | None = None  # the exit status the supervisor saw before its latest restart
     last_restart_reason: str | None = None  # "exit" (the process ended) or "liveness" (it hung)
