@@ -32,6 +32,9 @@ REPORTED_METRICS: dict[str, frozenset[str]] = {
     "local": frozenset({ERROR_RATE, LATENCY, MIRROR}),
     # Azure Monitor: requests by status class and latency quantiles per minute; no mirror
     "azureml": frozenset({ERROR_RATE, LATENCY}),
+    # the request log table the generated procedures write: each call's slot, status, time
+    "sqlserver": frozenset({ERROR_RATE, LATENCY}),
+    "synapse": frozenset({ERROR_RATE, LATENCY}),
 }
 GUARDRAIL_METRIC = {
     "max_error_rate": ERROR_RATE,
@@ -92,6 +95,8 @@ def metric_source(backend: Backend) -> MetricSource:
         from tdsp_deploy.backends.azureml.monitor import EndpointMetrics
 
         return AzureMonitorSource(EndpointMetrics.connect(backend.target, backend.manifest.name))
+    if backend.kind in ("sqlserver", "synapse"):
+        return RequestLogSource(backend)
     raise UsageError(
         f"the {backend.kind} target reports no live metrics to a staged rollout yet",
         hint="use rollout.traffic (one step), or an A/B experiment (tdsp-deploy ab start)",
@@ -206,3 +211,39 @@ class AzureMonitorSource:
             deployment: ArmWindow(requests=m.requests, errors=m.errors, minutes=m.quantiles)
             for deployment, m in self.metrics.read(start, end).items()
         }
+
+
+class RequestLogSource:
+    """SQL Server and the Synapse SQL pool: the request log table, read through the backend's
+    ``request_records`` (one record per scored row). The rows of one call that one slot
+    scored share its status and time, so they are counted as one request: a failed call is
+    one error, not as many as it had rows, and a big batch does not outweigh the others."""
+
+    def __init__(self, backend: Backend, *, clock: Any = time.time):
+        self.backend = backend
+        self.clock = clock
+
+    def begin(self) -> dict[str, Any]:
+        return {"t": self.clock()}
+
+    def read(self, cursor: dict[str, Any]) -> dict[str, ArmWindow]:
+        from tdsp_deploy.ab import sequential
+
+        calls: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in self.backend.request_records(float(cursor["t"])):
+            if record.get("kind") != "live" or record.get("pinned"):
+                continue
+            key = (record.get("t"), record.get("deployment"), record.get("status"), record.get("latency_ms"))
+            calls.setdefault(key, record)
+        windows: dict[str, ArmWindow] = {}
+        latencies: dict[str, list[float]] = {}
+        for record in calls.values():
+            deployment = str(record.get("deployment"))
+            window = windows.setdefault(deployment, ArmWindow())
+            window.requests += 1
+            window.errors += int(int(record.get("status") or 0) >= 500)
+            if isinstance(record.get("latency_ms"), int | float):
+                latencies.setdefault(deployment, []).append(float(record["latency_ms"]))
+        for deployment, values in latencies.items():
+            windows[deployment].latency = sequential.latency_counts(values)
+        return windows
