@@ -808,9 +808,10 @@ _register_ab()
 
 
 def _rollout_events(env: Environment, json_lines: bool) -> Any:
+    """A staged rollout's looks: JSON lines when asked, else (None) the push's progress display."""
     from tdsp_deploy.cli_rollout import event_printer
 
-    return event_printer(env, json_lines) if json_lines or not env.json_mode else lambda event: None
+    return event_printer(env, json_lines) if json_lines else None
 
 
 def _register_rollout() -> None:

@@ -51,22 +51,17 @@ def _current(store: RolloutStore) -> RolloutState:
     return state
 
 
-def event_printer(env: Environment, json_lines: bool):  # type: ignore[no-untyped-def]
-    """What a walker's events become: JSON lines on stdout, or one human line each on stderr
-    (rich styles on a terminal)."""
+def event_printer(env: Environment, json_lines: bool, progress: Any = None):  # type: ignore[no-untyped-def]
+    """What a walker's events become: JSON lines on stdout, or the progress display's
+    (a live line on a terminal, one line per look off one)."""
+    from tdsp_deploy.backends.base import ProgressEvent
 
     def show(event: dict[str, Any]) -> None:
         if json_lines:
             env.stdout.write(json.dumps(event, default=str, sort_keys=True) + "\n")
             env.stdout.flush()
-            return
-        message = str(event.get("message", event["event"]))
-        style = None
-        if event["event"] == "check":
-            style = "red" if "BREACHED" in message else None
-        elif event["event"] in ("passed", "finished"):
-            style = "green" if event.get("status") == "promoted" or event["event"] == "passed" else "yellow"
-        env.say(f"  rollout: {message}", style=style)
+        elif progress is not None:
+            progress(ProgressEvent(step="rollout", message=str(event.get("message", event["event"]))))
 
     return show
 
@@ -119,14 +114,14 @@ def resume(
     from tdsp_deploy.rollout import walk
 
     env, backend, store = _context(manifest, json_out, debug)
-    with backend.lock(timeout=lock_timeout):
+    with backend.lock(timeout=lock_timeout), env.progress() as progress:
         state = _current(store)
         if state.finished:
             raise UsageError(
                 f"the rollout of '{state.deployment}' has ended ({state.status})", hint="push a new version"
             )
         store.take_request()  # a request left for a walker that is gone is stale
-        state = walk(backend, state, on_event=event_printer(env, json_lines))
+        state = walk(backend, state, on_event=event_printer(env, json_lines, progress))
     _show(env, state, json_lines=json_lines)
 
 

@@ -217,6 +217,9 @@ def test_a_version_20_ms_slower_breaches_a_p95_increase_of_10_ms(cli, iris):
         assert pushed.exit_code == ExitCode.ROLLED_BACK, pushed.stdout[-3000:] + pushed.stderr[-2000:]
         guardrail = pushed.json()["details"]["guardrail"]
         assert guardrail["name"] == "max_p95_increase_ms" and guardrail["value"] > 10
+        # off a terminal, one line per look on stderr (stdout holds the one JSON document)
+        looks = [line for line in pushed.stderr.splitlines() if line.startswith("  rollout: step 1/2 (20%)")]
+        assert len(looks) >= 2 and "BREACHED max_p95_increase_ms" in looks[-1]
         assert load.failed() == 0
         assert cli("status", iris, "--json").json()["traffic"] == {"blue": 100, "green": 0}
     finally:

@@ -100,4 +100,9 @@ def test_validate_says_when_a_target_cannot_report_a_guardrail(tmp_path: Path) -
     )
     assert validation_warnings(loaded.manifest) == []  # the local target reports all of them
     on_sql = validation_warnings(_Manifest(loaded.manifest.rollout, "sqlserver"))
-    assert len(on_sql) == 1 and "sqlserver target reports no live metrics" in on_sql[0]
+    assert on_sql == [
+        "rollout.guardrails.max_mirror_disagreement: the sqlserver target cannot report this metric;"
+        " push will refuse it"
+    ]
+    on_plugin = validation_warnings(_Manifest(loaded.manifest.rollout, "fake"))
+    assert len(on_plugin) == 1 and "fake target reports no live metrics" in on_plugin[0]

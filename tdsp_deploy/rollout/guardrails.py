@@ -116,6 +116,8 @@ def _error_rate_increase(
 def _quantile(
     name: str, canary: ArmWindow, q: float, limit: float, alpha: float, rho2: float
 ) -> GuardrailCheck:
+    if canary.minutes is not None:
+        return _minutes_above(name, canary.minutes.get(_key(q), []), limit, alpha)
     counts = canary.latency_counts()
     n = int(counts.sum())
     slower = int(sequential.slower_than(counts, limit))
@@ -128,6 +130,10 @@ def _quantile(
 def _quantile_increase(
     name: str, canary: ArmWindow, control: ArmWindow, q: float, increase: float, alpha: float, rho2: float
 ) -> GuardrailCheck:
+    if canary.minutes is not None and control.minutes is not None:
+        return _minutes_increase(
+            name, control.minutes.get(_key(q), []), canary.minutes.get(_key(q), []), increase, alpha
+        )
     breached, threshold = sequential.quantile_increase_above(
         control.latency_counts(), canary.latency_counts(), q, increase, alpha, rho2
     )
@@ -140,6 +146,53 @@ def _quantile_increase(
         bool(breached),
         f"p{round(q * 100)} {_ms(ours)} against the control's {_ms(theirs)};"
         f" judged at {_ms(threshold)} (control's always-valid upper bound + {increase:g} ms)",
+    )
+
+
+# Where a target reports only each minute's quantile (Azure Monitor), the guardrail judges
+# the mean of those per-minute values: the always-valid interval of a mean (of the minutes,
+# tightest after ten of them), against the limit or against the control's minutes.
+PLANNED_MINUTES = 10
+
+
+def _key(q: float) -> str:
+    return f"p{round(q * 100)}"
+
+
+def _minutes_above(name: str, values: list[float], limit: float, alpha: float) -> GuardrailCheck:
+    n = len(values)
+    if n < 2:
+        return GuardrailCheck(name, values[0] if values else None, limit, False, f"{n} minute(s) reported")
+    mean, var = float(np.mean(values)), float(np.var(values, ddof=1))
+    low = mean - float(sequential.radius(var, n, alpha, sequential.tuned_rho2(PLANNED_MINUTES, alpha)))
+    return GuardrailCheck(
+        name, mean, limit, low > limit, f"mean of {n} per-minute values {mean:.1f} ms, at least {low:.1f} ms"
+    )
+
+
+def _minutes_increase(
+    name: str, control: list[float], canary: list[float], increase: float, alpha: float
+) -> GuardrailCheck:
+    if len(control) < 2 or len(canary) < 2:
+        return GuardrailCheck(name, None, increase, False, f"{len(canary)} minute(s) of the new deployment")
+    a, b = np.asarray(control), np.asarray(canary)
+    rise, low, _ = sequential.difference_of_means(
+        a.mean(),
+        a.var(ddof=1),
+        len(a),
+        b.mean(),
+        b.var(ddof=1),
+        len(b),
+        alpha,
+        sequential.tuned_rho2(PLANNED_MINUTES, alpha),
+    )
+    return GuardrailCheck(
+        name,
+        float(rise),
+        increase,
+        bool(low > increase),
+        f"per-minute means {b.mean():.1f} ms against the control's {a.mean():.1f} ms;"
+        f" rise at least {low:.1f} ms",
     )
 
 

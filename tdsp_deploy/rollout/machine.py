@@ -236,14 +236,22 @@ def describe_look(look: dict[str, Any], steps: int) -> str:
 
 
 def _arm(window: ArmWindow) -> dict[str, Any]:
-    counts = window.latency_counts()
+    if window.minutes is not None:  # per-minute quantiles only: their mean
+        p95, p99 = (_mean(window.minutes.get(q, [])) for q in ("p95", "p99"))
+    else:
+        counts = window.latency_counts()
+        p95, p99 = judge.quantile_ms(counts, 0.95), judge.quantile_ms(counts, 0.99)
     return {
         "requests": window.requests,
         "errors": window.errors,
         "error_rate": window.errors / window.requests if window.requests else None,
-        "p95_ms": judge.quantile_ms(counts, 0.95),
-        "p99_ms": judge.quantile_ms(counts, 0.99),
+        "p95_ms": p95,
+        "p99_ms": p99,
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _value(name: str, value: float | None) -> str:

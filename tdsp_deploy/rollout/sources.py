@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 ERROR_RATE, LATENCY, MIRROR = "error rate", "latency", "mirror agreement"
 REPORTED_METRICS: dict[str, frozenset[str]] = {
     "local": frozenset({ERROR_RATE, LATENCY, MIRROR}),
+    # Azure Monitor: requests by status class and latency quantiles per minute; no mirror
+    "azureml": frozenset({ERROR_RATE, LATENCY}),
+    # the request log table the generated procedures write: each call's slot, status, time
+    "sqlserver": frozenset({ERROR_RATE, LATENCY}),
+    "synapse": frozenset({ERROR_RATE, LATENCY}),
 }
 GUARDRAIL_METRIC = {
     "max_error_rate": ERROR_RATE,
@@ -61,6 +66,8 @@ class ArmWindow:
     latency: np.ndarray | None = None  # counts per bin of sequential.LATENCY_EDGES_MS
     shadow_agreed: int = 0
     shadow_disagreed: int = 0
+    # where only aggregates exist (Azure Monitor): each minute's latency quantiles, by "p95"...
+    minutes: dict[str, list[float]] | None = None
 
     def latency_counts(self) -> np.ndarray:
         import numpy as np
@@ -84,6 +91,12 @@ def metric_source(backend: Backend) -> MetricSource:
     """The source for the backend's target; a UsageError when it has none."""
     if backend.kind == "local":
         return LocalMetricSource(backend)
+    if backend.kind == "azureml":
+        from tdsp_deploy.backends.azureml.monitor import EndpointMetrics
+
+        return AzureMonitorSource(EndpointMetrics.connect(backend.target, backend.manifest.name))
+    if backend.kind in ("sqlserver", "synapse"):
+        return RequestLogSource(backend)
     raise UsageError(
         f"the {backend.kind} target reports no live metrics to a staged rollout yet",
         hint="use rollout.traffic (one step), or an A/B experiment (tdsp-deploy ab start)",
@@ -171,6 +184,66 @@ class LocalMetricSource:
                     window.shadow_disagreed += 1
             elif record.get("kind") == "live" and not record.get("pinned"):
                 latencies.setdefault(deployment, []).append(float(record.get("latency_ms", 0.0)))
+        for deployment, values in latencies.items():
+            windows[deployment].latency = sequential.latency_counts(values)
+        return windows
+
+
+class AzureMonitorSource:
+    """Azure ML: the endpoint's per-deployment minutes from Azure Monitor (whole minutes only,
+    so a look reads the minutes completed since the cursor; check_every of a minute or more)."""
+
+    def __init__(self, metrics: Any, *, clock: Any = time.time):
+        self.metrics = metrics
+        self.clock = clock
+
+    def begin(self) -> dict[str, Any]:
+        return {"t": self.clock()}
+
+    def read(self, cursor: dict[str, Any]) -> dict[str, ArmWindow]:
+        import datetime as dt
+
+        start = dt.datetime.fromtimestamp(float(cursor["t"]), tz=dt.UTC)
+        end = dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC).replace(second=0, microsecond=0)
+        if end <= start:
+            return {}
+        return {
+            deployment: ArmWindow(requests=m.requests, errors=m.errors, minutes=m.quantiles)
+            for deployment, m in self.metrics.read(start, end).items()
+        }
+
+
+class RequestLogSource:
+    """SQL Server and the Synapse SQL pool: the request log table, read through the backend's
+    ``request_records`` (one record per scored row). The rows of one call that one slot
+    scored share its status and time, so they are counted as one request: a failed call is
+    one error, not as many as it had rows, and a big batch does not outweigh the others."""
+
+    def __init__(self, backend: Backend, *, clock: Any = time.time):
+        self.backend = backend
+        self.clock = clock
+
+    def begin(self) -> dict[str, Any]:
+        return {"t": self.clock()}
+
+    def read(self, cursor: dict[str, Any]) -> dict[str, ArmWindow]:
+        from tdsp_deploy.ab import sequential
+
+        calls: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in self.backend.request_records(float(cursor["t"])):
+            if record.get("kind") != "live" or record.get("pinned"):
+                continue
+            key = (record.get("t"), record.get("deployment"), record.get("status"), record.get("latency_ms"))
+            calls.setdefault(key, record)
+        windows: dict[str, ArmWindow] = {}
+        latencies: dict[str, list[float]] = {}
+        for record in calls.values():
+            deployment = str(record.get("deployment"))
+            window = windows.setdefault(deployment, ArmWindow())
+            window.requests += 1
+            window.errors += int(int(record.get("status") or 0) >= 500)
+            if isinstance(record.get("latency_ms"), int | float):
+                latencies.setdefault(deployment, []).append(float(record["latency_ms"]))
         for deployment, values in latencies.items():
             windows[deployment].latency = sequential.latency_counts(values)
         return windows

@@ -1,0 +1,157 @@
+"""Staged rollouts on the Azure ML target: the metrics come from Azure Monitor through
+Microsoft's client library (azure-monitor-query's MetricsQueryClient) talking to a fake
+transport that answers as the metrics API does (tests/azure_monitor_fake.py), and the traffic
+moves through the backend's own calls against the Azure ML fake. One test per guardrail:
+a deployment that breaches it is rolled back to the control; a healthy one is promoted."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from azure.monitor.query import MetricsQueryClient
+from azure_monitor_fake import FakeCredential, FakeMonitor, Minute
+from test_azureml_backend import backend_for, edit, fake, live_traffic, new_model, project, run_push  # noqa: F401
+
+from tdsp_deploy.backends.azureml.monitor import EndpointMetrics, endpoint_resource_id
+from tdsp_deploy.errors import BackendError, ExitCode
+from tdsp_deploy.rollout.machine import RolledBack, Walker
+from tdsp_deploy.rollout.sources import AzureMonitorSource
+from tdsp_deploy.rollout.state import RolloutState, RolloutStore
+
+START = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC).timestamp()
+HEALTHY = Minute(ok=950, errors=2, p50=20, p90=30, p95=35, p99=50)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def monitor(green: Minute) -> FakeMonitor:
+    """blue (the control) healthy; green as given, each at its share of the traffic."""
+    return FakeMonitor(
+        lambda deployment, minute: green if deployment == "green" else HEALTHY, ["blue", "green"]
+    )
+
+
+def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) -> tuple[RolloutState, Any]:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    metrics = EndpointMetrics(
+        MetricsQueryClient(FakeCredential(), transport=transport),
+        endpoint_resource_id("00000000-0000-0000-0000-000000000000", "rg", "ws", "iris"),
+    )
+    state = RolloutState(
+        endpoint="iris",
+        kind="azureml",
+        deployment="green",
+        control="blue",
+        steps=[{"traffic": 10, "bake": 600.0}, {"traffic": 100, "bake": None}],
+        guardrails={"alpha": 0.05, "check_every": 60.0, "min_requests": 500, "max_bake": 1800, **guardrails},
+        before={"traffic": {"blue": 100, "green": 0}, "mirror": {}},
+    )
+    walker = Walker(
+        backend,
+        RolloutStore("azureml", "iris", home=tmp_path),
+        AzureMonitorSource(metrics, clock=clock),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    try:
+        return walker.run(state), None
+    except RolledBack as rolled:
+        return state, rolled
+
+
+@pytest.fixture
+def staged(fake, project):  # type: ignore[no-untyped-def]  # noqa: F811
+    """blue takes all the traffic; green is deployed beside it with none."""
+    run_push(project, fake)
+    new_model(project, '{"w": [4, 5, 6]}')
+    edit(project, rollout={"traffic": 0})
+    assert run_push(project, fake).deployment == "green"
+    return backend_for(project, fake)
+
+
+def test_the_metrics_are_read_per_deployment_through_the_client_library() -> None:
+    transport = monitor(Minute(ok=95, errors=5, p95=80, p99=120))
+    metrics = EndpointMetrics(
+        MetricsQueryClient(FakeCredential(), transport=transport),
+        "/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/onlineEndpoints/iris",
+    )
+    end = dt.datetime.fromtimestamp(START, tz=dt.UTC)
+    found = metrics.read(end - dt.timedelta(minutes=5), end)
+    assert (found["green"].requests, found["green"].errors) == (500, 25)
+    assert found["green"].quantiles["p95"] == [80] * 5 and found["blue"].quantiles["p99"] == [50] * 5
+    counts, latency = transport.queries
+    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"] == "Total"
+    assert (
+        counts["$filter"] == "deployment eq '*' and statusCodeClass eq '*'" and counts["interval"] == "PT1M"
+    )
+    assert (
+        latency["metricnames"]
+        == "RequestLatency_P50,RequestLatency_P90,RequestLatency_P95,RequestLatency_P99"
+    )
+
+
+def test_azure_monitor_saying_no_is_a_backend_error() -> None:
+    metrics = EndpointMetrics(
+        MetricsQueryClient(FakeCredential(), transport=monitor(HEALTHY)),
+        "/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/workspaces/w/onlineEndpoints/iris",
+    )
+    end = dt.datetime.fromtimestamp(START, tz=dt.UTC)
+    with pytest.raises(BackendError) as refused:
+        metrics._query(
+            ["RequestLatency_P95"], "Total", "deployment eq '*'", end - dt.timedelta(minutes=2), end
+        )
+    assert (
+        refused.value.exit_code == ExitCode.BACKEND
+        and "Aggregation Total is not supported" in refused.value.message
+    )
+
+
+def test_a_healthy_deployment_is_promoted(tmp_path, fake, staged) -> None:  # noqa: F811
+    guardrails = {
+        "max_error_rate": 0.01,
+        "max_error_rate_increase": 0.005,
+        "max_p95_ms": 100,
+        "max_p95_increase_ms": 10,
+    }
+    state, rolled = walk(tmp_path, staged, monitor(HEALTHY), guardrails)
+    assert rolled is None and state.status == "promoted"
+    assert live_traffic(fake) == {"green": 100}
+    assert fake.traffic_writes[-2][0] == {"green": 10, "blue": 90}
+
+
+@pytest.mark.parametrize(
+    ("guardrail", "limit", "green"),
+    [
+        ("max_error_rate", 0.01, Minute(ok=930, errors=20)),
+        ("max_error_rate_increase", 0.005, Minute(ok=930, errors=20)),
+        ("max_p95_ms", 60, Minute(ok=950, p95=80, p99=90)),
+        ("max_p99_ms", 60, Minute(ok=950, p99=90)),
+        ("max_p95_increase_ms", 10, Minute(ok=950, p95=55, p99=70)),
+        ("max_p99_increase_ms", 10, Minute(ok=950, p99=75)),
+    ],
+)
+def test_each_guardrail_rolls_back_to_the_control(
+    tmp_path,
+    fake,  # noqa: F811
+    staged,
+    guardrail: str,
+    limit: float,
+    green: Minute,
+) -> None:
+    state, rolled = walk(tmp_path, staged, monitor(green), {guardrail: limit})
+    assert rolled is not None and rolled.exit_code == ExitCode.ROLLED_BACK
+    assert rolled.details["guardrail"]["name"] == guardrail and rolled.details["step"] == 1
+    assert state.status == "rolled_back"
+    assert live_traffic(fake) == {"blue": 100}
+    assert fake.traffic_writes[-1][0] == {"blue": 100}
