@@ -116,3 +116,23 @@ def test_the_conda_files_python_pin_and_the_hash_of_the_inputs(tmp_path):
     missing = EnvironmentSection.model_validate({"conda_file": str(conda), "python": "3.99"}, context={"base_dir": tmp_path})
     assert venvs.plan(missing, "granian", warn=warned.append).python_version.startswith("3.")
     assert any("3.99" in w for w in warned)
+
+
+def test_the_slot_runtime_holds_every_module_of_ours_that_the_slot_imports():
+    # The slot's environment gets only the modules in SLOT_MODULES: one of them importing another
+    # module of tdsp_deploy that is not copied would crash-loop every isolated slot.
+    import ast
+
+    from tdsp_deploy.backends.local import venvs
+
+    here = Path(venvs.__file__).parent
+    copied = {f"tdsp_deploy.backends.local.{name[:-3]}" for name in venvs.SLOT_MODULES}
+    imported: set[str] = set()
+    for name in venvs.SLOT_MODULES:
+        for node in ast.walk(ast.parse((here / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tdsp_deploy"):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("tdsp_deploy")}
+    assert imported, "the slot modules import each other: the walk must see that"
+    assert imported <= copied, f"not in SLOT_MODULES: {sorted(imported - copied)}"

@@ -17,7 +17,7 @@ uv installs from the index pip is configured for on this machine (``pip config l
 index-url, extra-index-url, find-links, constraint), so a machine behind a mirror builds as
 pip would.
 
-The slot's own modules (slot_server, slot_app, slot_hooks) use only the standard library,
+The slot's own modules (slot_server, slot_app, slot_hooks, slot_guard) use only the standard library,
 the inference server and the HTTP server; they are copied into the environment under their
 package names, so the slot imports nothing else of tdsp-deploy.
 """
@@ -44,7 +44,7 @@ from tdsp_deploy.errors import DeploymentFailed
 CACHE_VARIABLE = "TDSP_DEPLOY_ENV_CACHE"
 READY = "tdsp-environment.json"  # written last: a folder without it is not (yet) usable
 RUNTIME = "tdsp-slot-runtime"  # the slot's modules, on the slot's PYTHONPATH
-SLOT_MODULES = ("slot_server.py", "slot_app.py", "slot_hooks.py")
+SLOT_MODULES = ("slot_server.py", "slot_app.py", "slot_hooks.py", "slot_guard.py")
 SERVER_DISTRIBUTION = "azureml-inference-server-http"
 BUILD_TIMEOUT_S = 1800
 UNUSED_GRACE_S = 600  # a folder just built may not be recorded by its push yet
