@@ -154,7 +154,7 @@ def main() -> None:
         entries.append(
             result(
                 f"detection delay, error rate {BASE_ERROR:.0%} -> {BASE_ERROR + points:.0%} (median)",
-                ours_d or float("nan"),
+                ours_d if ours_d is not None else HOUR_LOOKS * CHECK_S,
                 peer_d,
                 unit="seconds",
                 goal="detected in every run within the hour",
@@ -189,7 +189,7 @@ def main() -> None:
     entries.append(
         result(
             "detection delay, latency +20 ms against max_p95_increase_ms: 10 (median)",
-            ours_d or float("nan"),
+            ours_d if ours_d is not None else HOUR_LOOKS * CHECK_S,
             peer_d,
             unit="seconds",
             goal="detected in every run within the hour",

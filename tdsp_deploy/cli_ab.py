@@ -233,6 +233,8 @@ def analyze(
         from tdsp_deploy import render_text
 
         render_text.ab_verdict(env, document, report)
+        for warning in document.get("warnings", []):
+            env.say(f"warning: {warning}", style="yellow")
     # The verdict is the answer, not an error: one document, and the exit code says which.
     if decision == "inconclusive":
         return int(ExitCode.AB_INCONCLUSIVE)

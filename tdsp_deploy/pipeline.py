@@ -218,6 +218,8 @@ def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSe
             continue
         if rollout.deployment and slot.name != rollout.deployment:
             continue
+        if rollout.staged_steps() and slot.traffic == 0:
+            continue  # a staged rollout that was rolled back or aborted: pushing again retries it
         wanted = planned_traffic(status, slot.name, rollout)
         if wanted is None or wanted.normalized(status.traffic) == current_split(status).normalized(
             status.traffic

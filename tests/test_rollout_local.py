@@ -195,6 +195,11 @@ def test_a_version_failing_3_percent_is_rolled_back_at_the_first_step(cli, iris)
         assert 0 < load.failed("green") < 0.1 * served_when_rolled_back
         state = cli("rollout", "status", iris, "--json").json()
         assert state["status"] == "rolled_back" and state["decision"]["guardrail"]["breached"]
+        # pushing the same version again retries the rollout (it is not "already deployed")
+        with Load(load.uri, load.key, load.body):
+            again = cli("push", iris, "--json")
+        assert again.exit_code == ExitCode.ROLLED_BACK, again.stdout[-2000:]
+        assert again.json()["details"]["step"] == 1
     finally:
         cli("delete", iris, "--yes")
 

@@ -106,3 +106,26 @@ def test_validate_says_when_a_target_cannot_report_a_guardrail(tmp_path: Path) -
     ]
     on_plugin = validation_warnings(_Manifest(loaded.manifest.rollout, "fake"))
     assert len(on_plugin) == 1 and "fake target reports no live metrics" in on_plugin[0]
+
+
+def test_push_refuses_a_staged_rollout_the_target_cannot_watch(tmp_path: Path) -> None:
+    from tdsp_deploy.errors import UsageError
+    from tdsp_deploy.rollout import check_supported
+
+    rollout = load(tmp_path, "steps: [{traffic: 10, bake: 1m}, {traffic: 100}]").manifest.rollout
+
+    class Target:
+        request_log = False
+
+    class SqlBackend:
+        kind = "sqlserver"
+        supports_weighted_traffic = True
+        target = Target()
+
+    with pytest.raises(UsageError, match="target.request_log is off"):
+        check_supported(SqlBackend(), rollout)  # type: ignore[arg-type]
+    Target.request_log = True
+    check_supported(SqlBackend(), rollout)  # type: ignore[arg-type]
+    SqlBackend.kind = "fake"
+    with pytest.raises(UsageError, match="reports no live metrics"):
+        check_supported(SqlBackend(), rollout)  # type: ignore[arg-type]

@@ -452,7 +452,8 @@ def _metrics_section(metrics: list, context: dict) -> str:
     return (
         "<section><h2>Metrics</h2>"
         '<p class="muted small">Effect = treatment \u2212 control; binary metrics in percentage points (pp). '
-        "Holm p: p-value adjusted for testing several metrics at once.</p>"
+        "Holm p: p-value adjusted for testing several metrics at once (not the primary metric's: "
+        "it is the question the experiment was planned for).</p>"
         f"{table}{plot}</section>"
     )
 

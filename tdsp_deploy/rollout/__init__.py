@@ -47,6 +47,11 @@ def check_supported(backend: Backend, rollout: RolloutSection) -> None:
             ),
             hint="use rollout.traffic to move the traffic in one step",
         )
+    if getattr(backend.target, "request_log", True) is False:  # SQL targets: the log is the source
+        raise UsageError(
+            "a staged rollout reads the request log, and target.request_log is off",
+            hint="set target.request_log: true, or use rollout.traffic to move the traffic in one step",
+        )
     missing = unreported(backend.kind, (rollout.guardrails.model_dump() if rollout.guardrails else {}))
     if missing:
         raise UsageError(
