@@ -102,8 +102,16 @@ def main() -> None:
         if peer_s:
             best_ours, best_peer = min(times[ours]), min(times[peer])
             cpu_ours, cpu_peer = statistics.median(cpu[ours]), statistics.median(cpu[peer])
-            extra["best"] = {"ours": round(best_ours, 4), "peer": round(best_peer, 4), "ratio": round(best_ours / best_peer, 3)}
-            extra["cpu_s"] = {"ours": round(cpu_ours, 4), "peer": round(cpu_peer, 4), "ratio": round(cpu_ours / cpu_peer, 3)}
+            extra["best"] = {
+                "ours": round(best_ours, 4),
+                "peer": round(best_peer, 4),
+                "ratio": round(best_ours / best_peer, 3),
+            }
+            extra["cpu_s"] = {
+                "ours": round(cpu_ours, 4),
+                "peer": round(cpu_peer, 4),
+                "ratio": round(cpu_ours / cpu_peer, 3),
+            }
         return result(
             name,
             median[ours],
@@ -140,7 +148,12 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
-        command, env=env, cwd=env["TDSP_DEPLOY_HOME"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=env,
+        cwd=env["TDSP_DEPLOY_HOME"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
