@@ -51,7 +51,9 @@ class PluginRef:
         return loaded
 
 
-def entry_points(group: str, groups: tuple[str, ...], *, refresh: bool = False) -> tuple[list[PluginRef], bool]:
+def entry_points(
+    group: str, groups: tuple[str, ...], *, refresh: bool = False
+) -> tuple[list[PluginRef], bool]:
     """The entry points of ``group`` in ``sys.path`` order, and whether they came from the cache.
 
     ``groups`` are all the groups worth keeping from one reading of the environment (it must
@@ -122,7 +124,8 @@ def _read(groups: tuple[str, ...], state: dict[str, Any]) -> dict[str, Any] | No
             return None
         kept = listing["groups"]
         if not all(
-            isinstance(kept.get(g), list) and all(isinstance(n, str) and isinstance(v, str) for n, v in kept[g])
+            isinstance(kept.get(g), list)
+            and all(isinstance(n, str) and isinstance(v, str) for n, v in kept[g])
             for g in groups
         ):
             return None

@@ -49,7 +49,11 @@ def test_an_invocation_answers_as_with_the_whole_cli_built(cli, iris: Path, monk
     narrowed = cli(*args)
     monkeypatch.setattr(cli_build, "click_command", lambda app_, args_, prog: typer.main.get_command(app_))
     whole = cli(*args)
-    assert (narrowed.exit_code, narrowed.stdout, narrowed.stderr) == (whole.exit_code, whole.stdout, whole.stderr)
+    assert (narrowed.exit_code, narrowed.stdout, narrowed.stderr) == (
+        whole.exit_code,
+        whole.stdout,
+        whole.stderr,
+    )
 
 
 def test_only_the_named_command_is_built() -> None:
@@ -90,7 +94,11 @@ def test_help_is_printed_the_same_without_the_renderers_it_never_uses(args: list
     def run(mode: str) -> subprocess.CompletedProcess[str]:
         environ = {"PATH": "/usr/bin:/bin", "COLUMNS": "100", "TDSP_DEPLOY_HOME": "/nonexistent-home"}
         return subprocess.run(
-            [sys.executable, "-c", HELP_PROBE, mode, *args], capture_output=True, text=True, env=environ, timeout=120
+            [sys.executable, "-c", HELP_PROBE, mode, *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=120,
         )
 
     lean, real = run("lean"), run("real")

@@ -84,7 +84,9 @@ def test_a_stale_entry_that_fails_to_load_is_read_again(tmp_path: Path) -> None:
     Registry.discover()
     (file,) = entry_point_cache._cache_folder().glob("entry-points-*.json")
     listing = json.loads(file.read_text())
-    listing["groups"][GROUP] = [[n, "no_such_module_anywhere:Gone" if n == "local" else v] for n, v in listing["groups"][GROUP]]
+    listing["groups"][GROUP] = [
+        [n, "no_such_module_anywhere:Gone" if n == "local" else v] for n, v in listing["groups"][GROUP]
+    ]
     file.write_text(json.dumps(listing))
     _new_start()
     registry = Registry.discover()
@@ -145,7 +147,9 @@ def test_pydantic_is_spared_its_own_scan_only_when_it_has_no_plugin(tmp_path: Pa
     site.mkdir()
     assert _probe(site, tmp_path / "home").startswith("PRESET")
     (site / "a_pydantic_plugin.py").write_text(
-        "class Plugin:\n    def new_schema_validator(self, *args, **kwargs):\n        return None, None, None\n"
+        "class Plugin:\n"
+        "    def new_schema_validator(self, *args, **kwargs):\n"
+        "        return None, None, None\n"
         "plugin = Plugin()\n"
     )
     _plugin(site, "a-pydantic-plugin", "observe = a_pydantic_plugin:plugin", group="pydantic")

@@ -76,7 +76,11 @@ def test_the_listing_is_escaped_as_gnu_sha256sum_escapes_names() -> None:
 def _crafted(path: Path, *, script: str, members: dict[str, bytes], model_path: str = "model/m") -> Path:
     """An archive whose lock is self-consistent (its id matches its listing) but names a
     scoring script of the crafter's choosing."""
-    files = tuple(sorted((LockedFile(name, _sha(data), len(data)) for name, data in members.items()), key=lambda f: f.path))
+    files = tuple(
+        sorted(
+            (LockedFile(name, _sha(data), len(data)) for name, data in members.items()), key=lambda f: f.path
+        )
+    )
     lock = PackageLock(
         package_id=package_id(files, "m", "1", script),
         name="crafted",
@@ -123,7 +127,9 @@ def test_a_crafted_script_is_refused_when_read_and_when_extracted(tmp_path: Path
 
 
 def test_a_crafted_model_path_is_refused(tmp_path: Path) -> None:
-    archive = _crafted(tmp_path / "crafted.tar", script="code/score.py", members=MEMBERS, model_path="model/gone")
+    archive = _crafted(
+        tmp_path / "crafted.tar", script="code/score.py", members=MEMBERS, model_path="model/gone"
+    )
     with pytest.raises(DeploymentFailed, match="model path"):
         extract_package(archive, tmp_path / "dest")
 

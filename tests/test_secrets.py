@@ -101,7 +101,9 @@ def test_the_loader_collects_interpolated_values_and_secret_sources(iris: Path) 
     iris.write_text(yaml.safe_dump(doc))
     from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 
-    loaded = load_manifest(iris, targets=(SqlServerTarget,), environ={"TOKEN": TOKEN, "SQL_PASSWORD": "pw-123456"})
+    loaded = load_manifest(
+        iris, targets=(SqlServerTarget,), environ={"TOKEN": TOKEN, "SQL_PASSWORD": "pw-123456"}
+    )
     assert loaded.secrets.values == {TOKEN, "pw-123456"}
 
 
@@ -168,7 +170,8 @@ def test_a_failed_push_whose_log_quotes_the_value_shows_a_marker(cli, iris: Path
     _set_variables(iris, {"DB_URL": "${TOKEN}"})
     score = iris.parent / "src" / "score.py"
     score.write_text(
-        score.read_text() + "\n\ndef init():\n    import os\n    raise RuntimeError('cannot reach ' + os.environ['DB_URL'])\n"
+        score.read_text()
+        + "\n\ndef init():\n    import os\n    raise RuntimeError('cannot reach ' + os.environ['DB_URL'])\n"
     )
     summary = iris.parent / "summary.md"
     try:

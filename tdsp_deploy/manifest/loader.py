@@ -28,7 +28,6 @@ from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem
-from tdsp_deploy.secrets import NO_SECRETS, SECRET_SOURCE_KEYS, SecretValues
 from tdsp_deploy.manifest.model import (
     DEPLOYMENT_NAME,
     ENDPOINT_NAME,
@@ -38,6 +37,7 @@ from tdsp_deploy.manifest.model import (
     manifest_class,
     target_kind,
 )
+from tdsp_deploy.secrets import NO_SECRETS, SECRET_SOURCE_KEYS, SecretValues
 
 FieldPath = tuple[str | int, ...]
 
@@ -79,7 +79,8 @@ class LoadedManifest:
         return ManifestProblem(self.shown_as or str(self.file), self.line_of(path), _dotted(path), message)
 
 
-TargetModels = Union[tuple[type[BaseModel], ...], Callable[[Union[str, None]], tuple[type[BaseModel], ...]]]
+TargetSchemas = tuple[type[BaseModel], ...]
+TargetModels = TargetSchemas | Callable[[str | None], TargetSchemas]
 
 
 def load_manifest(
