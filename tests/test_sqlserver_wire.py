@@ -76,6 +76,12 @@ def test_a_push_runs_every_step_through_the_real_driver(cli, tmp_path, server, r
     assert pushed.exit_code == 0, pushed.stdout + pushed.stderr
     result = pushed.json()
     assert result["traffic"] == {"blue": 100}
+    # SQL Server 2022+ ship no Python: the pre-flight names the runtime beside the libraries
+    versions = matching_libraries()
+    assert (
+        f"the server runs Python {server.python} with scikit-learn {versions['scikit-learn']}, "
+        f"numpy {versions['numpy']}" in pushed.stderr
+    )
     sent = tags(responder)
     for step in (
         "get_applock",  # the endpoint lock
