@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dbapi_fake import server_error
 from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import make_project, matching_libraries
 
@@ -196,3 +197,46 @@ def test_closing_ends_the_session_and_its_endpoint_lock(server, responder):
     while server.app_locks and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.app_locks == {}
+
+
+class RowsThenError(FakeSqlServer):
+    """A batch that answers a result set and then fails in a later statement (a request-log
+    INSERT refused after the scores were sent), as SQL Server streams them."""
+
+    def run(self, sql: str, params: tuple[Any, ...], session: Any = None) -> Any:
+        if sql.startswith("-- test: rows then error"):
+            error = server_error(8152, "String or binary data would be truncated.", state="22001")
+            error.after_rows = (["y"], [(1.0,)])  # type: ignore[attr-defined]
+            raise error
+        return super().run(sql, params, session)
+
+
+def test_an_error_after_the_first_result_set_is_read_before_commit(monkeypatch):
+    """Before: the first result set was returned and committed; the driver dropped the later
+    error at commit, and the failed INSERT's transaction was committed as if it had worked."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    server = RowsThenError()
+    with Responder(server, password=PASSWORD) as responder:
+        target = SqlServerTarget.model_validate(
+            {
+                "kind": "sqlserver",
+                "server": "127.0.0.1",
+                "port": responder.port,
+                "encrypt": False,
+                "database": "scoring",
+                "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+                "inputs": [{"name": "x", "type": "float"}],
+                "outputs": [{"name": "y", "type": "float"}],
+            }
+        )
+        connection = SqlServerConnection.connect(target)
+        with pytest.raises(BackendError, match="truncated"):
+            connection.execute("-- test: rows then error\nSELECT 1.0 AS [y]; INSERT INTO [t] VALUES (1);")
+        connection.close()
+    after = responder.requests[
+        responder.requests.index(
+            ("batch", "-- test: rows then error\nSELECT 1.0 AS [y]; INSERT INTO [t] VALUES (1);")
+        )
+        + 1 :
+    ]
+    assert ("transaction", 7) not in after and ("transaction", 8) in after

@@ -226,7 +226,17 @@ class _Session:
             columns = [d[0] for d in cursor.description] if cursor.description else []
             rows = cursor.fetchall() if columns else []
         except Exception as exc:
-            return [*self.errors(exc), wire.done(token, status=wire.DONE_ERROR)]
+            # a batch whose first statement answered rows before a later one failed
+            before = getattr(exc, "after_rows", None)
+            answered = [
+                *wire.result_set(*before),
+                wire.done(token, status=wire.DONE_MORE, count=len(before[1])),
+            ]
+            return [
+                *(answered if before else []),
+                *self.errors(exc),
+                wire.done(token, status=wire.DONE_ERROR),
+            ]
         if not columns:
             return [wire.done(token)]
         return [*wire.result_set(columns, rows), wire.done(token, count=len(rows))]
