@@ -44,6 +44,7 @@ def responder(server: FakeSqlServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     with Responder(server, password=PASSWORD) as listening:
         yield listening
+    assert listening.failures == []
 
 
 def on_the_wire(manifest: Path, port: int) -> Path:
@@ -240,3 +241,22 @@ def test_an_error_after_the_first_result_set_is_read_before_commit(monkeypatch):
         + 1 :
     ]
     assert ("transaction", 7) not in after and ("transaction", 8) in after
+
+
+def test_a_server_without_encryption_is_named_as_such(server, responder):
+    """The responder offers no TLS (ENCRYPT_NOT_SUP): with encrypt on, the driver refuses it."""
+    target = SqlServerTarget.model_validate(
+        {
+            "kind": "sqlserver",
+            "server": "127.0.0.1",
+            "port": responder.port,
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+            "inputs": [{"name": "x", "type": "float"}],
+            "outputs": [{"name": "y", "type": "float"}],
+        }
+    )
+    with pytest.raises(BackendError) as refused:
+        SqlServerConnection.connect(target)
+    assert refused.value.exit_code == ExitCode.BACKEND
+    assert "TLS handshake" in refused.value.message and "encrypt" in (refused.value.hint or "")

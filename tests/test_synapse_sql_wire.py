@@ -31,6 +31,7 @@ def responder(pool: FakeSqlPool, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     with Responder(pool, password=PASSWORD) as listening:
         yield listening
+    assert listening.failures == []
 
 
 def project_on_the_wire(root: Path, port: int) -> Path:
