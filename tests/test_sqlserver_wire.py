@@ -23,7 +23,7 @@ from test_sqlserver_backend import make_project, matching_libraries
 from tdsp_deploy.backends.sqlserver import scoring_batch
 from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
-from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS
+from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS, translate_error
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 
@@ -260,3 +260,44 @@ def test_a_server_without_encryption_is_named_as_such(server, responder):
         SqlServerConnection.connect(target)
     assert refused.value.exit_code == ExitCode.BACKEND
     assert "TLS handshake" in refused.value.message and "encrypt" in (refused.value.hint or "")
+
+
+class ScriptErrorOutsideTheGuard(FakeSqlServer):
+    """sp_execute_external_script failing as SQL Server reports it: 39004, then 39019 with
+    the script's message, then its STDERR as an informational message."""
+
+    def run(self, sql: str, params: tuple[Any, ...], session: Any = None) -> Any:
+        if sql.startswith("-- test: external script error"):
+            raise server_error(
+                39004,
+                "A 'Python' script error occurred during execution of 'sp_execute_external_script' "
+                "with HRESULT 0x80004004.\nSTDERR message(s) from external script:\n"
+                "Traceback (most recent call last):\nValueError: the reason, in a later record",
+            )
+        return super().run(sql, params, session)
+
+
+def test_the_driver_keeps_only_the_first_of_several_records(monkeypatch):
+    """Why the generated script THROWs its own traceback: of 39004, 39019 and STDERR, what
+    mssql-python raises holds the first record only, and the cursor keeps no other."""
+    import mssql_python
+
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with Responder(ScriptErrorOutsideTheGuard(), password=PASSWORD) as responder:
+        connection = mssql_python.connect(
+            f"Server=tcp:127.0.0.1,{responder.port};Database=scoring;Encrypt=no;UID=u;PWD={{"
+            + PASSWORD.replace("}", "}}")
+            + "}",
+            timeout=5,
+        )
+        cursor = connection.cursor()
+        with pytest.raises(mssql_python.ProgrammingError) as raised:
+            cursor.execute(
+                "-- test: external script error\nEXEC sp_execute_external_script @language = N'Python';"
+            )
+        assert "HRESULT 0x80004004" in str(raised.value)
+        assert "the reason, in a later record" not in str(raised.value) and cursor.messages == []
+        connection.close()
+        assert responder.failures == []
+    error = translate_error(raised.value, "score")
+    assert type(error) is DeploymentFailed and "failed inside SQL Server" in error.message
