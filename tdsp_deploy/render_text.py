@@ -113,6 +113,8 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
     router = status.details.get("router")
     console.print(f"endpoint {status.name} ({status.kind})", markup=False)
     console.print(f"scoring URI: {status.scoring_uri}", markup=False)
+    if status.details.get("notice"):  # what the platform itself says of this target
+        console.print(f"note: {status.details['notice']}", markup=False)
     if router:
         where = f"{router.get('host')}:{router.get('port')}"
         console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {where})", markup=False)

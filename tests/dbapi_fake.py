@@ -1,9 +1,11 @@
 """What the fake SQL Server and the fake dedicated SQL pool share: the DB-API 2.0 surface.
 
-PEP 249's exception names (the connection wrapper recognizes a driver's errors by them), the
-ODBC driver's wording of a server message, and a cursor over a connection whose ``run(sql,
-params)`` answers (column names, rows). Each fake keeps its own platform rules in its
-connection and its server; nothing here decides what a statement does.
+mssql-python's own exception classes, built as the driver builds them from a SQLSTATE and the
+server's first message (so a translation that reads what the driver never gives fails), and a
+cursor over a connection whose ``run(sql, params)`` answers (column names, rows). Each fake
+keeps its own platform rules in its connection and its server; nothing here decides what a
+statement does. The same fakes also stand below the wire (tests/tds), where the real driver
+reads their answers and errors from TDS tokens.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ What it enforces, as the server does:
   procedure's extended property, the routes in the traffic table (the pinned ``@slot``, else
   the slots with a weight; none: THROW 50003), bundles their payloads, runs the Python script
   stored in its definition through tests/sqlserver_harness with ``model_bundle`` and ``routes``
-  bound, returns its result set typed by WITH RESULT SETS (a script error comes back as Msg
-  39004) and inserts the script's ``request_log`` into the request log table.
+  bound, returns its result set typed by WITH RESULT SETS (a script error outside the
+  generated guard comes back as Msg 39004; a failure the script caught, in ``script_error``,
+  as the procedure's THROW 50010) and inserts the script's ``request_log`` into the request
+  log table.
 
 Failure injection: ``fail_on = N`` fails the Nth statement from now on (1 = the next one);
 ``fail_matching = "regex"`` fails the first statement that matches.

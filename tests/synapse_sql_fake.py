@@ -111,8 +111,11 @@ class Database:
 
 
 class FakeSqlPool:
-    def __init__(self, *, may_view_state: bool = True) -> None:
+    def __init__(self, *, may_view_state: bool = True, predict_enabled: bool = True) -> None:
         self.db = Database()
+        #: PREDICT is off by default in dedicated pools; off, the parser does not know MODEL =
+        #: (the refusal's wording is the one reported for such pools: a syntax error near MODEL)
+        self.predict_enabled = predict_enabled
         self.fail_on: int | None = None
         self.fail_matching: str | None = None
         self.statements: list[str] = []
@@ -544,6 +547,10 @@ class FakeSqlPool:
             for route in routes
         }
         try:
+            if not self.predict_enabled:
+                raise server_error(
+                    103010, "Parse error at line: 4, column: 14: Incorrect syntax near 'MODEL'."
+                )
             answers = []
             for route in routes:
                 rows = routed[route["slot"]]

@@ -18,14 +18,11 @@ the endpoint and its rows, whatever happened.
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import os
 import re
 import secrets
 import shutil
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +75,11 @@ def test_connection_parts():
 
 
 def test_the_live_manifest_scores_against_the_fake_server(tmp_path, monkeypatch, cli):
+    from dbapi_fake import install_driver
     from sqlserver_fake import FakeSqlServer
 
     server = FakeSqlServer()
-    module = types.ModuleType("mssql_python")
-    module.__spec__ = importlib.machinery.ModuleSpec("mssql_python", None)
-    module.connect = lambda text, **options: server.connect()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mssql_python", module)
-    monkeypatch.setenv("TDSP_TEST_MSSQL_PASSWORD", "only-the-fake-sees-it")
+    install_driver(monkeypatch, server.connect, "TDSP_TEST_MSSQL_PASSWORD")
     manifest = iris_on_sqlserver(tmp_path)
 
     pushed = cli("push", manifest, "--json")

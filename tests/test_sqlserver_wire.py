@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import yaml
+from dbapi_fake import server_error
 from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import make_project, matching_libraries
 
 from tdsp_deploy.backends.sqlserver import scoring_batch
 from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
-from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS
+from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS, translate_error
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 
@@ -43,6 +44,7 @@ def responder(server: FakeSqlServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     with Responder(server, password=PASSWORD) as listening:
         yield listening
+    assert listening.failures == []
 
 
 def on_the_wire(manifest: Path, port: int) -> Path:
@@ -76,6 +78,12 @@ def test_a_push_runs_every_step_through_the_real_driver(cli, tmp_path, server, r
     assert pushed.exit_code == 0, pushed.stdout + pushed.stderr
     result = pushed.json()
     assert result["traffic"] == {"blue": 100}
+    # SQL Server 2022+ ship no Python: the pre-flight names the runtime beside the libraries
+    versions = matching_libraries()
+    assert (
+        f"the server runs Python {server.python} with scikit-learn {versions['scikit-learn']}, "
+        f"numpy {versions['numpy']}" in pushed.stderr
+    )
     sent = tags(responder)
     for step in (
         "get_applock",  # the endpoint lock
@@ -190,3 +198,106 @@ def test_closing_ends_the_session_and_its_endpoint_lock(server, responder):
     while server.app_locks and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.app_locks == {}
+
+
+class RowsThenError(FakeSqlServer):
+    """A batch that answers a result set and then fails in a later statement (a request-log
+    INSERT refused after the scores were sent), as SQL Server streams them."""
+
+    def run(self, sql: str, params: tuple[Any, ...], session: Any = None) -> Any:
+        if sql.startswith("-- test: rows then error"):
+            error = server_error(8152, "String or binary data would be truncated.", state="22001")
+            error.after_rows = (["y"], [(1.0,)])  # type: ignore[attr-defined]
+            raise error
+        return super().run(sql, params, session)
+
+
+def test_an_error_after_the_first_result_set_is_read_before_commit(monkeypatch):
+    """Before: the first result set was returned and committed; the driver dropped the later
+    error at commit, and the failed INSERT's transaction was committed as if it had worked."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    server = RowsThenError()
+    with Responder(server, password=PASSWORD) as responder:
+        target = SqlServerTarget.model_validate(
+            {
+                "kind": "sqlserver",
+                "server": "127.0.0.1",
+                "port": responder.port,
+                "encrypt": False,
+                "database": "scoring",
+                "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+                "inputs": [{"name": "x", "type": "float"}],
+                "outputs": [{"name": "y", "type": "float"}],
+            }
+        )
+        connection = SqlServerConnection.connect(target)
+        with pytest.raises(BackendError, match="truncated"):
+            connection.execute("-- test: rows then error\nSELECT 1.0 AS [y]; INSERT INTO [t] VALUES (1);")
+        connection.close()
+    after = responder.requests[
+        responder.requests.index(
+            ("batch", "-- test: rows then error\nSELECT 1.0 AS [y]; INSERT INTO [t] VALUES (1);")
+        )
+        + 1 :
+    ]
+    assert ("transaction", 7) not in after and ("transaction", 8) in after
+
+
+def test_a_server_without_encryption_is_named_as_such(server, responder):
+    """The responder offers no TLS (ENCRYPT_NOT_SUP): with encrypt on, the driver refuses it."""
+    target = SqlServerTarget.model_validate(
+        {
+            "kind": "sqlserver",
+            "server": "127.0.0.1",
+            "port": responder.port,
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+            "inputs": [{"name": "x", "type": "float"}],
+            "outputs": [{"name": "y", "type": "float"}],
+        }
+    )
+    with pytest.raises(BackendError) as refused:
+        SqlServerConnection.connect(target)
+    assert refused.value.exit_code == ExitCode.BACKEND
+    assert "TLS handshake" in refused.value.message and "encrypt" in (refused.value.hint or "")
+
+
+class ScriptErrorOutsideTheGuard(FakeSqlServer):
+    """sp_execute_external_script failing as SQL Server reports it: 39004, then 39019 with
+    the script's message, then its STDERR as an informational message."""
+
+    def run(self, sql: str, params: tuple[Any, ...], session: Any = None) -> Any:
+        if sql.startswith("-- test: external script error"):
+            raise server_error(
+                39004,
+                "A 'Python' script error occurred during execution of 'sp_execute_external_script' "
+                "with HRESULT 0x80004004.\nSTDERR message(s) from external script:\n"
+                "Traceback (most recent call last):\nValueError: the reason, in a later record",
+            )
+        return super().run(sql, params, session)
+
+
+def test_the_driver_keeps_only_the_first_of_several_records(monkeypatch):
+    """Why the generated script THROWs its own traceback: of 39004, 39019 and STDERR, what
+    mssql-python raises holds the first record only, and the cursor keeps no other."""
+    import mssql_python
+
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with Responder(ScriptErrorOutsideTheGuard(), password=PASSWORD) as responder:
+        connection = mssql_python.connect(
+            f"Server=tcp:127.0.0.1,{responder.port};Database=scoring;Encrypt=no;UID=u;PWD={{"
+            + PASSWORD.replace("}", "}}")
+            + "}",
+            timeout=5,
+        )
+        cursor = connection.cursor()
+        with pytest.raises(mssql_python.ProgrammingError) as raised:
+            cursor.execute(
+                "-- test: external script error\nEXEC sp_execute_external_script @language = N'Python';"
+            )
+        assert "HRESULT 0x80004004" in str(raised.value)
+        assert "the reason, in a later record" not in str(raised.value) and cursor.messages == []
+        connection.close()
+        assert responder.failures == []
+    error = translate_error(raised.value, "score")
+    assert type(error) is DeploymentFailed and "failed inside SQL Server" in error.message

@@ -31,6 +31,7 @@ def responder(pool: FakeSqlPool, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     with Responder(pool, password=PASSWORD) as listening:
         yield listening
+    assert listening.failures == []
 
 
 def project_on_the_wire(root: Path, port: int) -> Path:
@@ -81,3 +82,37 @@ def test_a_pool_throw_keeps_its_identity_through_the_driver(cli, tmp_path, pool,
     assert pushed.exit_code == ExitCode.DEPLOYMENT_FAILED, pushed.stdout + pushed.stderr
     error = pushed.json()
     assert "tdsp-50001" in error["message"] and "another model.version" in error["hint"]
+
+
+def test_validate_render_and_status_say_predict_is_off_in_dedicated_pools(cli, tmp_path, pool, responder):
+    manifest = project_on_the_wire(tmp_path / "project", responder.port)
+
+    validated = cli("validate", manifest, "--json")
+    assert validated.exit_code == 0
+    assert any("PREDICT is off by default" in w and "mode: spark" in w for w in validated.json()["warnings"])
+
+    rendered = cli("render", manifest, "-o", tmp_path / "out")
+    assert rendered.exit_code == 0, rendered.stderr
+    assert "PREDICT is off by default" in rendered.stderr
+    assert "mode: spark" in (tmp_path / "out" / "score-example.sql").read_text()
+
+    assert cli("push", manifest, "--json").exit_code == 0
+    status = cli("status", manifest, "--json")
+    assert "PREDICT is off by default" in status.json()["details"]["notice"]
+    human = cli("status", manifest)
+    assert "note: T-SQL PREDICT is off by default" in human.stdout + human.stderr
+
+
+def test_a_pool_that_refuses_predict_is_explained(cli, tmp_path, responder, pool):
+    """The pool's parser refuses MODEL = ...: the push says PREDICT is unavailable there and
+    points to mode: spark, instead of showing a bare syntax error."""
+    pool.predict_enabled = False
+    manifest = project_on_the_wire(tmp_path / "project", responder.port)
+
+    pushed = cli("push", manifest, "--json")
+
+    assert pushed.exit_code == ExitCode.DEPLOYMENT_FAILED, pushed.stdout + pushed.stderr
+    error = pushed.json()
+    assert "does not run T-SQL PREDICT" in error["message"]
+    assert "mode: spark" in error["hint"]
+    assert pool.rows("dbo.tdsp_traffic") == []  # rolled back: nothing serves

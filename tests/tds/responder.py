@@ -35,6 +35,7 @@ import re
 import socket
 import struct
 import threading
+import traceback
 from typing import Any
 
 from tds import wire
@@ -57,6 +58,7 @@ class Responder:
         self.password = password
         self.database = database
         self.requests: list[tuple[str, Any]] = []  # what arrived, for assertions
+        self.failures: list[str] = []  # the responder's own bugs (a client then sees a reset)
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
@@ -103,6 +105,8 @@ class Responder:
             session.run()
         except (OSError, ConnectionError):
             pass
+        except Exception:
+            self.failures.append(traceback.format_exc())
         finally:
             session.end()
             with contextlib.suppress(OSError):
@@ -226,7 +230,15 @@ class _Session:
             columns = [d[0] for d in cursor.description] if cursor.description else []
             rows = cursor.fetchall() if columns else []
         except Exception as exc:
-            return [*self.errors(exc), wire.done(token, status=wire.DONE_ERROR)]
+            # a batch whose first statement answered rows before a later one failed
+            before = getattr(exc, "after_rows", None)
+            answered: list[bytes] = []
+            if before is not None:
+                answered = [
+                    *wire.result_set(*before),
+                    wire.done(token, status=wire.DONE_MORE, count=len(before[1])),
+                ]
+            return [*answered, *self.errors(exc), wire.done(token, status=wire.DONE_ERROR)]
         if not columns:
             return [wire.done(token)]
         return [*wire.result_set(columns, rows), wire.done(token, count=len(rows))]

@@ -483,6 +483,11 @@ class SqlServerBackend(Backend):
             tsql.probe_python(), (",".join(wanted),), doing="read the server's Python libraries"
         )
         server = library_versions(columns, rows)
+        # SQL Server 2022 and later ship no Python: the runtime is the one the DBA installed
+        # (3.10 is the version Microsoft tests), so its version is shown with the libraries'.
+        python = server.get("python", "unknown")
+        found = ", ".join(f"{library} {server.get(library, 'missing')}" for library in wanted)
+        self._tell("deploy", f"the server runs Python {python}" + (f" with {found}" if found else ""))
         mismatches = []
         for library in PICKLE_LIBRARIES.get(self._flavor(), ()):
             built = lock.libraries.get(library)
@@ -491,7 +496,8 @@ class SqlServerBackend(Backend):
                 mismatches.append(f"{library} {built} here, {found or 'missing'} on the server")
         if mismatches and not self.force:
             raise DeploymentFailed(
-                "the server's Python cannot be trusted to unpickle this model: " + "; ".join(mismatches),
+                f"the server's Python ({python}) cannot be trusted to unpickle this model: "
+                + "; ".join(mismatches),
                 hint="install the same major.minor versions on the server (sqlmlutils), retrain "
                 "with the server's versions, or push with --force",
             )

@@ -3,9 +3,10 @@
 Two pushes to one endpoint may come from two machines (a laptop and a CI runner), so the lock
 lives on the server, not in a local file. A session-owned application lock is held until it
 is released or the session ends, so a push that dies (killed, or its machine lost) releases it
-with its connection: no stale lock is left to take over. sp_getapplock answers 0 (granted),
-1 (granted after waiting), -1 (timed out), -2 (cancelled), -3 (deadlock victim) or -999
-(parameter or call error); only 0 and 1 hold the lock.
+with its connection: no stale lock is left to take over. (That needs close() to end the
+session: mssql-python pools sessions by default, so connection.py opens them unpooled.)
+sp_getapplock answers 0 (granted), 1 (granted after waiting), -1 (timed out), -2 (cancelled),
+-3 (deadlock victim) or -999 (parameter or call error); only 0 and 1 hold the lock.
 """
 
 from __future__ import annotations

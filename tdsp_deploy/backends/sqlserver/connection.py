@@ -5,14 +5,17 @@ statement or batch, ``?`` parameters, rows back), ``query`` (the same with the c
 ``transaction`` (commit on success, rollback on any error) and ``close``. Tests hand in a fake
 DB-API connection (tests/sqlserver_fake.py) and the wrapper treats it exactly like a driver's.
 
-Everything the driver says no with is translated here, in ``translate_error``, into
-``tdsp_deploy.errors`` with a hint that says what to change, so no caller ever catches a
-driver exception. Drivers (mssql-python first, pyodbc when present) and azure-identity are
-imported inside functions only: this module is imported when a manifest is validated.
+Everything the driver says no with is translated at this door, by
+``server_errors.translate_error``, into ``tdsp_deploy.errors`` with a hint that says what to
+change, so no caller ever catches a driver exception. Each statement's results are read to
+the end before it commits (an error may follow the first result set), and a None parameter
+is written as ``NULL`` rather than bound (``bind_nulls``). Drivers (mssql-python first,
+pyodbc when present) and azure-identity are imported inside functions only: this module is
+imported when a manifest is validated.
 
 Secrets: the password is read from the environment variable the target names, put into the
-connection string handed to the driver, and kept nowhere else; it is scrubbed from every
-message that leaves this module.
+connection string handed to the driver (every value brace-quoted), and kept nowhere else; it
+is scrubbed, and any piece of it, from every message that leaves this module.
 """
 
 from __future__ import annotations

@@ -157,6 +157,13 @@ def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[st
         return DeploymentFailed(
             f"{where}{_short(_server_text(text))}", hint=TSQL_REFUSALS[min(numbers & set(TSQL_REFUSALS))]
         )
+    if "encryption not supported" in lowered or "ssl provider" in lowered:
+        return BackendError(
+            f"{where}the TLS handshake with SQL Server failed: {_short(text)}",
+            hint="the server offers no encryption, or a certificate the client does not trust: fix the "
+            "server's certificate, or set target.trust_server_certificate: true (or target.encrypt: "
+            "false on a network you trust)",
+        )
     if state in UNREACHABLE_STATES or any(
         word in lowered for word in ("timeout", "timed out", "tcp provider", "network")
     ):

@@ -52,7 +52,6 @@ MODEL_PARAMS = (
 )
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Statement:
     """One batch to execute, with the names of its ``?`` parameters in order."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,12 @@ if TYPE_CHECKING:
     from tdsp_deploy.packaging.lock import PackageLock
 
 INPUT_TABLE = "#tdsp_input"
+#: What the platform says of this mode (validate, push, render and status repeat it).
+PREDICT_NOTICE = (
+    "T-SQL PREDICT is off by default and currently unavailable in Synapse dedicated SQL pools "
+    "(Microsoft's documentation owners, 2024: MicrosoftDocs/sql-docs pull request 9795); mode: sql "
+    "works only on a pool where it is enabled. target.mode: spark scores in every workspace"
+)
 #: The rows' order in a caller's #temp table: PREDICT answers in no particular order.
 ROW_COLUMN = "tdsp_row"
 #: The procedure's routes: which slots answer this call, with their share of the key buckets.
@@ -665,7 +672,8 @@ def render_tsql(
     example = out / "score-example.sql"
     name = qualified_procedure(target, manifest.name)
     example.write_text(
-        f"-- Score the rows of a table or view (columns: {', '.join(c.name for c in target.inputs)}):\n"
+        "".join(f"-- {line}\n" for line in textwrap.wrap("Note: " + PREDICT_NOTICE + ".", 96))
+        + f"-- Score the rows of a table or view (columns: {', '.join(c.name for c in target.inputs)}):\n"
         f"EXEC {name} @input_table = N'dbo.my_table';\n"
         "-- The same rows, every one scored by one slot (its model version), whatever the split:\n"
         f"EXEC {name} @input_table = N'dbo.my_table', @slot = N'{slot}';\n",

@@ -87,10 +87,22 @@ POOL_REFUSALS = {
 }
 
 
+#: how a pool that does not run PREDICT refuses it: the parser does not know the MODEL argument
+PREDICT_REFUSED = re.compile(r"syntax near '?MODEL'?", re.I)
+
+
 def _for_the_pool(error: TdspError) -> TdspError:
     """The SQL Server target's translation, with the pool's own words: its THROWs (the same
     numbers as the SQL Server target's mean other things here), and a permission hint without
     external scripts (PREDICT needs none)."""
+    if PREDICT_REFUSED.search(error.message):
+        from tdsp_deploy.backends.synapse.predict_tsql import PREDICT_NOTICE
+
+        return DeploymentFailed(
+            f"this pool does not run T-SQL PREDICT ({error.message})",
+            hint=PREDICT_NOTICE + ": set target.mode: spark, or ask the workspace's admin whether "
+            "PREDICT can be enabled on this pool",
+        )
     numbers = {int(n) for n in CODE.findall(error.message)} & set(POOL_REFUSALS)
     if numbers:
         message = re.sub(r"SQL Server said no: .*\[SQL Server\]", "", error.message)

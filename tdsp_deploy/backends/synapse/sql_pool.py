@@ -125,11 +125,13 @@ class SqlPoolBackend(Backend):
     # -- reading -------------------------------------------------------------------------
     def status(self) -> EndpointStatus:
         """The procedure, the model versions, and the slots of the traffic table."""
+        from tdsp_deploy.backends.synapse.predict_tsql import PREDICT_NOTICE
+
         procedure = self._procedure_exists()
         versions = self._versions()
         name = self.manifest.name
         if not procedure and not versions:
-            return EndpointStatus(name=name, kind=self.kind, exists=False)
+            return EndpointStatus(name=name, kind=self.kind, exists=False, details={"notice": PREDICT_NOTICE})
         by_version = {v["version"]: v for v in versions}
         slots = []
         for route in self._slots():
@@ -157,6 +159,7 @@ class SqlPoolBackend(Backend):
             slots=slots,
             details={
                 "mode": "sql",
+                "notice": PREDICT_NOTICE,
                 "procedure": self._procedure_name(),
                 "model_table": self._table_name(),
                 "versions": [
@@ -224,7 +227,9 @@ class SqlPoolBackend(Backend):
                 f"PREDICT runs ONNX models; model.flavor is {self.manifest.model.flavor or 'not set'}",
                 hint="set model.flavor: onnx, or sklearn to have the model converted to ONNX at package time",
             )
-        return []
+        from tdsp_deploy.backends.synapse.predict_tsql import PREDICT_NOTICE
+
+        return [PREDICT_NOTICE]
 
     def config_id(self, package: BuiltPackage) -> str:
         """The hash of the deployment document stored with the model row (see status)."""
@@ -489,6 +494,7 @@ class SqlPoolBackend(Backend):
         """The T-SQL a push would run in order, the ONNX payload and the parameters."""
         from tdsp_deploy.backends.synapse import predict_tsql
 
+        self._tell("render", f"note: {predict_tsql.PREDICT_NOTICE}")
         prepared = self.prepare(package)
         return predict_tsql.render_tsql(
             self.target, self.manifest, package.lock, prepared.payload, out_dir, source=prepared.source
