@@ -19,9 +19,7 @@ from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
-from tdsp_deploy.errors import (
-    TdspError,
-)
+from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError, UsageError
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
 from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
@@ -254,3 +252,72 @@ def test_delete_removes_the_endpoint_through_its_operation(azure, project):
     assert NAME not in azure.workspace.endpoints
     assert writes(azure)[-1] == f"DELETE /onlineEndpoints/{NAME}"
     assert backend.status().exists is False
+
+
+def test_switch_gives_the_new_deployment_all_the_traffic(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [7]}')
+
+    result = run_push(project, azure)
+
+    assert result.deployment == "green" and result.traffic == {"blue": 0, "green": 100}
+    assert live(azure)[0] == {"green": 100}
+
+
+def test_the_model_is_registered_once_for_unchanged_content(azure, project):
+    first = run_push(project, azure)
+    (project.parent / "score.py").write_text(
+        "def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data  # v2\n"
+    )
+
+    second = run_push(project, azure)
+
+    assert second.deployment == "green" and second.package_id != first.package_id
+    assert second.model_version == first.model_version
+    model_puts = [w for w in writes(azure) if w.startswith("PUT /models/")]
+    assert model_puts == [f"PUT /models/iris-classifier/versions/{first.model_version}"]
+    models = {d["properties"]["model"] for d in azure.workspace.deployments.values()}
+    assert models == {f"{azure.workspace.base}/models/iris-classifier/versions/{first.model_version}"}
+
+
+def test_a_pinned_model_version_with_other_content_is_refused(azure, project):
+    edit(project, model={"path": "model/", "name": "iris-classifier", "version": "3"})
+    run_push(project, azure)
+    new_model(project, '{"w": [9]}')
+
+    error = push_fails(project, azure)
+
+    # the content hash went to Azure as a tag and came back with the version
+    assert isinstance(error, BackendError) and "already registered with other content" in error.message
+    assert "model.version" in (error.hint or "")
+    assert live(azure)[0] == {"blue": 100}
+
+
+def test_a_failed_update_of_the_live_deployment_gets_its_previous_revision_again(azure, project):
+    edit(project, rollout={"deployment": "blue"})
+    first = run_push(project, azure)
+    new_model(project, '{"w": [11]}')
+    azure.workspace.next_deployment_outcome = (
+        "Failed",
+        {"code": "ResourceNotReady", "message": "init() raised"},
+    )
+
+    error = push_fails(project, azure)
+
+    assert isinstance(error, DeploymentFailed)
+    assert "restored to its previous version" in " ".join(error.details["rollback"])
+    blue = backend_for(project, azure).status().slot("blue")
+    assert blue is not None and blue.state == "healthy" and blue.traffic == 100
+    assert blue.package_id == first.package_id
+    # first, failed, restored: the revision read back from Azure is accepted by the SDK as it is
+    assert writes(azure).count(f"PUT /onlineEndpoints/{NAME}/deployments/blue") == 3
+
+
+def test_delete_of_a_deployment_that_takes_traffic_is_refused_before_azure_is_asked(azure, project):
+    run_push(project, azure)
+    before = len(writes(azure))
+
+    with pytest.raises(UsageError, match="takes 100% of the traffic"):
+        backend_for(project, azure).delete("blue")
+
+    assert writes(azure)[before:] == []
