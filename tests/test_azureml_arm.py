@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 from arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
+from arm.transport import Reply
 from azurite import azurite_blob
 from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
-from tdsp_deploy.errors import (
-    TdspError,
-)
+from tdsp_deploy.errors import BackendError, DeploymentFailed, LatencyObjectiveMissed, TdspError, UsageError
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
 from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
@@ -254,3 +253,204 @@ def test_delete_removes_the_endpoint_through_its_operation(azure, project):
     assert NAME not in azure.workspace.endpoints
     assert writes(azure)[-1] == f"DELETE /onlineEndpoints/{NAME}"
     assert backend.status().exists is False
+
+
+def test_switch_gives_the_new_deployment_all_the_traffic(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [7]}')
+
+    result = run_push(project, azure)
+
+    assert result.deployment == "green" and result.traffic == {"blue": 0, "green": 100}
+    assert live(azure)[0] == {"green": 100}
+
+
+def test_the_model_is_registered_once_for_unchanged_content(azure, project):
+    first = run_push(project, azure)
+    (project.parent / "score.py").write_text(
+        "def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data  # v2\n"
+    )
+
+    second = run_push(project, azure)
+
+    assert second.deployment == "green" and second.package_id != first.package_id
+    assert second.model_version == first.model_version
+    model_puts = [w for w in writes(azure) if w.startswith("PUT /models/")]
+    assert model_puts == [f"PUT /models/iris-classifier/versions/{first.model_version}"]
+    models = {d["properties"]["model"] for d in azure.workspace.deployments.values()}
+    assert models == {f"{azure.workspace.base}/models/iris-classifier/versions/{first.model_version}"}
+
+
+def test_a_pinned_model_version_with_other_content_is_refused(azure, project):
+    edit(project, model={"path": "model/", "name": "iris-classifier", "version": "3"})
+    run_push(project, azure)
+    new_model(project, '{"w": [9]}')
+
+    error = push_fails(project, azure)
+
+    # the content hash went to Azure as a tag and came back with the version
+    assert isinstance(error, BackendError) and "already registered with other content" in error.message
+    assert "model.version" in (error.hint or "")
+    assert live(azure)[0] == {"blue": 100}
+
+
+def test_a_failed_update_of_the_live_deployment_gets_its_previous_revision_again(azure, project):
+    edit(project, rollout={"deployment": "blue"})
+    first = run_push(project, azure)
+    new_model(project, '{"w": [11]}')
+    azure.workspace.next_deployment_outcome = (
+        "Failed",
+        {"code": "ResourceNotReady", "message": "init() raised"},
+    )
+
+    error = push_fails(project, azure)
+
+    assert isinstance(error, DeploymentFailed)
+    assert "restored to its previous version" in " ".join(error.details["rollback"])
+    blue = backend_for(project, azure).status().slot("blue")
+    assert blue is not None and blue.state == "healthy" and blue.traffic == 100
+    assert blue.package_id == first.package_id
+    # first, failed, restored: the revision read back from Azure is accepted by the SDK as it is
+    assert writes(azure).count(f"PUT /onlineEndpoints/{NAME}/deployments/blue") == 3
+
+
+def test_delete_of_a_deployment_that_takes_traffic_is_refused_before_azure_is_asked(azure, project):
+    run_push(project, azure)
+    before = len(writes(azure))
+
+    with pytest.raises(UsageError, match="takes 100% of the traffic"):
+        backend_for(project, azure).delete("blue")
+
+    assert writes(azure)[before:] == []
+
+
+# -- the data plane's own refusals -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "headers", "says"),
+    [
+        (408, {}, "request_timeout_ms (5000 ms)"),
+        (
+            424,
+            {"ms-azureml-model-error-statuscode": "500", "ms-azureml-model-error-reason": "run failed"},
+            "500 (run failed)",
+        ),
+        (429, {}, "max_concurrent_requests_per_instance (2)"),
+    ],
+)
+def test_azures_own_scoring_errors_say_what_to_change(azure, project, status, headers, says):
+    run_push(project, azure)
+    azure.front.answers["blue"] = lambda body: (status, headers, b'{"message": "no"}')
+
+    with pytest.raises(BackendError) as caught:
+        backend_for(project, azure).invoke(b"{}", slot="blue")
+
+    assert f"HTTP {status}" in caught.value.message and says in caught.value.message
+    assert caught.value.hint
+
+
+def test_a_key_regenerated_after_it_was_read_is_refused_by_the_data_plane(azure, project):
+    run_push(project, azure)
+    # listKeys answers the keys of a moment ago; the endpoint's keys have been regenerated since
+    azure.workspace.script(
+        "POST",
+        rf"/onlineEndpoints/{NAME}/listKeys",
+        Reply(200, {"primaryKey": "stale", "secondaryKey": "stale"}),
+    )
+
+    with pytest.raises(BackendError, match="HTTP 401"):
+        backend_for(project, azure).invoke(b"{}")
+
+
+def test_a_saturated_deployment_fails_the_latency_run_saying_what_to_change(azure, project):
+    edit(
+        project,
+        target={"request_settings": {"max_concurrent_requests_per_instance": 1}},
+        smoke_test={
+            "request": "request.json",
+            "expect": "expected.json",
+            "latency": {"requests": 24, "concurrency": 6, "warmup": 0},
+        },
+    )
+    azure.front.answer_delay_s = 0.05
+
+    error = push_fails(project, azure)
+
+    assert isinstance(error, LatencyObjectiveMissed)
+    samples = error.details["smoke"]["latency"]["error_samples"]
+    assert any("HTTP 429" in s and "= 2 requests at a time" in s for s in samples), samples
+    assert (NAME, "blue") not in azure.workspace.deployments
+
+
+def test_a_mirrored_deployment_is_deleted_once_it_has_no_share(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [5]}')
+    edit(project, rollout={"traffic": 0, "mirror": 10})
+    run_push(project, azure)
+    backend = backend_for(project, azure)
+
+    with pytest.raises(UsageError, match="10% mirrored"):
+        backend.delete("green")
+    backend.set_traffic({"blue": 100}, {})
+    backend.delete("green")
+
+    assert {d for (_, d) in azure.workspace.deployments} == {"blue"}
+    assert writes(azure)[-1] == f"DELETE /onlineEndpoints/{NAME}/deployments/green"
+
+
+# -- waiting, in this command or a later one -------------------------------------------------
+def test_a_later_command_waits_for_a_deployment_by_reading_its_state(azure, project):
+    from tdsp_deploy import paths
+    from tdsp_deploy.packaging import build_package
+
+    azure.workspace.polls = 6
+    pushing = backend_for(project, azure)
+    pushing.deploy_slot("blue", build_package(pushing.manifest, paths.package_store()))
+    assert azure.workspace.deployments[(NAME, "blue")]["properties"]["provisioningState"] == "Creating"
+
+    later = backend_for(project, azure)  # knows no operation: reads the state until it ends
+    assert later.wait_healthy("blue").state == "healthy"
+
+
+def test_push_waits_for_an_endpoint_another_command_is_still_creating(azure, project):
+    azure.workspace.create_endpoint_elsewhere(NAME, polls=6)
+    events: list = []
+
+    run_push(project, azure, events)
+
+    assert any("is Creating; waiting for it" in e.message for e in events)
+    assert writes(azure).count(f"PUT /onlineEndpoints/{NAME}") == 1  # only the traffic: not created twice
+
+
+def test_health_progress_is_reported_while_waiting(azure, project):
+    azure.workspace.polls = 6
+    events: list = []
+
+    run_push(project, azure, events)
+
+    health = [e for e in events if e.step == "health"]
+    # each operation has the whole target.timeout (30 s)
+    assert any("waiting for blue" in e.message and e.timeout == 30 for e in health)
+    assert health[-1].message == "blue is healthy"
+
+
+def test_set_traffic_validates_first_and_names_every_deployment(azure, project):
+    run_push(project, azure)
+    new_model(project, '{"w": [6]}')
+    edit(project, rollout={"traffic": 0})
+    run_push(project, azure)
+    backend = backend_for(project, azure)
+    before = len(writes(azure))
+
+    with pytest.raises(UsageError, match="adds up to 90%"):
+        backend.set_traffic({"blue": 50, "green": 40})
+    with pytest.raises(UsageError, match="no deployment named red"):
+        backend.set_traffic({"red": 100})
+    assert writes(azure)[before:] == []  # refused before Azure was asked
+
+    backend.set_traffic({"green": 100})  # blue is not named: it gets 0, said explicitly
+    endpoint_puts = [
+        s for s in azure.workspace.sent if s.method == "PUT" and s.path.endswith(f"/onlineEndpoints/{NAME}")
+    ]
+    # on the wire azure-ai-ml leaves out the zero shares: the PUT replaces the whole map
+    assert endpoint_puts[-1].json()["properties"]["traffic"] == {"green": 100}
+    assert live(azure)[0] == {"green": 100}

@@ -1,10 +1,10 @@
-"""The azureml backend against the in-memory workspace of tests/azureml_fake.py, above the SDK,
-for what the ARM emulator's tests (test_azureml_arm*.py, the real MLClient over HTTP) do not
-cover yet: restoring a previous revision after a failed update, a later command watching a
-deployment's state, the data plane's refusals (401, 408, 424, 429) and token auth, delete
-refusals, traffic validation, render and preflight; plus the error translation's and the
-client's unit tests, and that importing the backend stays light. The fake says no where Azure
-does, and an unfinished operation has no result."""
+"""What of the azureml backend needs no Azure, and the fake above the SDK (tests/azureml_fake.py).
+
+The backend's work with Azure is tested through the real MLClient against the ARM emulator
+(test_azureml_arm*.py). Here: render and preflight (offline; the fake only proves nothing is
+called), the error translation's and the client's unit tests, that importing the backend stays
+light, and the fake's own rules, since tests/test_mlflow_model.py still deploys through it. The
+fake says no where Azure does, and an unfinished operation of it has no result."""
 
 from __future__ import annotations
 
@@ -29,16 +29,13 @@ from tdsp_deploy.backends.azureml.client import (
     wait_for,
 )
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
-from tdsp_deploy.backends.base import ProgressEvent
 from tdsp_deploy.errors import (
     BackendError,
     DeploymentFailed,
     DeploymentTimeout,
     EndpointNotFound,
     ExitCode,
-    LatencyObjectiveMissed,
     TdspError,
-    UsageError,
 )
 from tdsp_deploy.manifest import LocalTarget, load_manifest
 from tdsp_deploy.pipeline import PushResult, push
@@ -134,191 +131,7 @@ def live_traffic(fake: FakeAzureML) -> dict[str, int]:
 
 
 # -- pushes ------------------------------------------------------------------------------------
-def test_switch_takes_the_traffic_from_the_live_deployment(fake, project):
-    run_push(project, fake)
-    new_model(project, '{"w": [7]}')
-    result = run_push(project, fake)
-    assert result.deployment == "green"
-    assert result.traffic == {"blue": 0, "green": 100}
-    assert live_traffic(fake) == {"green": 100}  # Azure keeps no zeros
-
-
-def test_model_is_registered_once_for_unchanged_content(fake, project):
-    first = run_push(project, fake)
-    (project.parent / "score.py").write_text(
-        "def init():\n    pass\n\n\ndef run(raw_data):\n    return raw_data  # v2\n"
-    )
-
-    second = run_push(project, fake)
-
-    assert second.deployment == "green" and second.package_id != first.package_id
-    assert second.model_version == first.model_version
-    assert fake.uploads == [f"iris-classifier:{first.model_version}"]
-    models = {d["entity"].model for d in fake.deployments[NAME].values()}
-    assert models == {f"azureml:iris-classifier:{first.model_version}"}
-
-
-def test_a_pinned_model_version_with_other_content_is_refused(fake, project):
-    edit(project, model={"path": "model/", "name": "iris-classifier", "version": "3"})
-    run_push(project, fake)
-    new_model(project, '{"w": [9]}')
-
-    error = push_fails(project, fake)
-
-    assert isinstance(error, BackendError)
-    assert "already registered with other content" in error.message
-    assert "model.version" in (error.hint or "")
-    assert live_traffic(fake) == {"blue": 100}
-
-
-def test_failed_update_of_a_live_deployment_gives_it_its_previous_revision_again(fake, project):
-    edit(project, rollout={"deployment": "blue"})
-    first = run_push(project, fake)
-    new_model(project, '{"w": [11]}')
-    fake.probe_failure["blue"] = "init() raised ValueError"
-
-    error = push_fails(project, fake)
-
-    assert isinstance(error, DeploymentFailed)
-    assert "restored to its previous version" in " ".join(error.details["rollback"])
-    blue = backend_for(project, fake).status().slot("blue")
-    assert blue.state == "healthy" and blue.traffic == 100
-    assert blue.package_id == first.package_id
-    assert [c[0] for c in fake.calls].count("create_deployment") == 3  # first, failed, restored
-
-
-def test_wait_healthy_in_a_later_command_watches_the_deployment_state(fake, project):
-    from tdsp_deploy import paths
-    from tdsp_deploy.packaging import build_package
-
-    pushing = backend_for(project, fake)
-    pushing.deploy_slot("blue", build_package(pushing.manifest, paths.package_store()))
-    assert fake.deployments[NAME]["blue"]["state"] == "Creating"
-
-    later = backend_for(project, fake)  # knows no operation: reads the state until it ends
-    assert later.wait_healthy("blue").state == "healthy"
-
-
-def test_push_waits_for_an_endpoint_another_command_is_still_creating(fake, project):
-    fake.begin_create_endpoint(_endpoint_entity())  # not waited for
-    assert fake.endpoints[NAME]["state"] == "Creating"
-    events: list[ProgressEvent] = []
-    loaded = load_manifest(project, targets=(LocalTarget, AzureMLTarget))
-    push(loaded, AzureMLBackend(loaded.manifest, progress=events.append, client=fake))
-    assert any("is Creating; waiting for it" in e.message for e in events)
-    assert [c[0] for c in fake.calls].count("create_endpoint") == 1
-
-
-def test_health_progress_is_reported_while_waiting(fake, project):
-    events: list[ProgressEvent] = []
-    loaded = load_manifest(project, targets=(LocalTarget, AzureMLTarget))
-    backend = AzureMLBackend(loaded.manifest, progress=events.append, client=fake)
-    push(loaded, backend)
-    health = [e for e in events if e.step == "health"]
-    # the budget left of target.timeout (30 s) at that point of the push
-    assert any(
-        "waiting for blue" in e.message and e.timeout is not None and 25 < e.timeout <= 30 for e in health
-    )
-    assert health[-1].message == "blue is healthy"
-
-
-def test_saturated_deployment_answers_429_and_the_latency_run_says_what_to_change(fake, project):
-    edit(
-        project,
-        target={"request_settings": {"max_concurrent_requests_per_instance": 1}},
-        smoke_test={
-            "request": "request.json",
-            "expect": "expected.json",
-            "latency": {"requests": 24, "concurrency": 6, "warmup": 0},
-        },
-    )
-    fake.answer_delay_s = 0.05
-
-    error = push_fails(project, fake)
-
-    assert isinstance(error, LatencyObjectiveMissed)
-    samples = error.details["smoke"]["latency"]["error_samples"]
-    assert any("HTTP 429" in s and "= 2 requests at a time" in s for s in samples), samples
-    assert "blue" not in fake.deployments[NAME]
-
-
 # -- calling, keys, logs, delete ---------------------------------------------------------------
-def test_token_auth_mode_uses_the_token_as_bearer(fake, project):
-    edit(project, target={"auth_mode": "aml_token"})
-    run_push(project, fake)
-    backend = backend_for(project, fake)
-    assert set(backend.credentials()) == {"access_token", "expiry_time_utc"}
-    assert backend.invoke(b"{}", slot="blue").status == 200
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "says"),
-    [
-        (408, {}, "request_timeout_ms (5000 ms)"),
-        (
-            424,
-            {"ms-azureml-model-error-statuscode": "500", "ms-azureml-model-error-reason": "run failed"},
-            "500 (run failed)",
-        ),
-        (429, {}, "max_concurrent_requests_per_instance (2)"),
-    ],
-)
-def test_azures_own_scoring_errors_say_what_to_change(fake, project, status, headers, says):
-    run_push(project, fake)
-    fake.answers["blue"] = lambda body: (status, headers, b'{"message": "no"}')
-    with pytest.raises(BackendError) as caught:
-        backend_for(project, fake).invoke(b"{}", slot="blue")
-    assert f"HTTP {status}" in caught.value.message and says in caught.value.message
-    assert caught.value.hint
-
-
-def test_a_wrong_key_is_refused_by_the_data_plane(fake, project):
-    run_push(project, fake)
-    fake.endpoints[NAME]["keys"] = {"primary_key": "rotated", "secondary_key": "rotated-too"}
-    backend = backend_for(project, fake)
-    backend.client.get_keys = lambda name: {"primary_key": "stale", "secondary_key": "stale"}  # type: ignore[method-assign]
-    with pytest.raises(BackendError, match="HTTP 401"):
-        backend.invoke(b"{}")
-
-
-def test_delete_is_refused_while_the_deployment_takes_traffic(fake, project):
-    run_push(project, fake)
-    backend = backend_for(project, fake)
-    with pytest.raises(UsageError, match="takes 100% of the traffic"):
-        backend.delete("blue")
-    assert "blue" in fake.deployments[NAME]
-
-
-def test_delete_of_a_mirrored_deployment_is_refused_then_allowed_once_it_has_no_share(fake, project):
-    run_push(project, fake)
-    new_model(project, '{"w": [5]}')
-    edit(project, rollout={"traffic": 0, "mirror": 10})
-    run_push(project, fake)
-    backend = backend_for(project, fake)
-    with pytest.raises(UsageError, match="10% mirrored"):
-        backend.delete("green")
-    backend.set_traffic({"blue": 100}, {})
-    backend.delete("green")
-    assert set(fake.deployments[NAME]) == {"blue"}
-
-
-def test_set_traffic_validates_first_and_names_every_deployment(fake, project):
-    run_push(project, fake)
-    new_model(project, '{"w": [6]}')
-    edit(project, rollout={"traffic": 0})
-    run_push(project, fake)
-    backend = backend_for(project, fake)
-    writes = len(fake.traffic_writes)
-    with pytest.raises(UsageError, match="adds up to 90%"):
-        backend.set_traffic({"blue": 50, "green": 40})
-    with pytest.raises(UsageError, match="no deployment named red"):
-        backend.set_traffic({"red": 100})
-    assert len(fake.traffic_writes) == writes  # refused before Azure was asked
-
-    backend.set_traffic({"green": 100})  # blue is not named: it gets 0, said explicitly
-    assert live_traffic(fake) == {"green": 100}
-
-
 def test_render_writes_the_az_ml_yaml(fake, project, tmp_path):
     from tdsp_deploy import paths
     from tdsp_deploy.packaging import build_package

@@ -15,6 +15,7 @@ import http.server
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,10 @@ class ScoringFrontEnd:
         self.answers: dict[str, Callable[[bytes], tuple[int, dict[str, str], bytes]]] = {}
         #: one record per scored request: which deployment, pinned or not
         self.requests: list[dict[str, Any]] = []
+        #: seconds each answer takes (to fill the deployment's concurrency limit)
+        self.answer_delay_s = 0.0
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.base_url = ""
 
     def score(self, endpoint: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -57,9 +62,28 @@ class ScoringFrontEnd:
             "Updating",
         ):
             return 404, {}, b'{"message": "No valid deployments to route to."}'
-        self.requests.append({"deployment": chosen, "pinned": bool(pinned)})
-        answer = self.answers.get(chosen)
-        status, extra, payload = answer(body) if answer else (200, {}, self.answer)
+        # Azure accepts 2 x max_concurrent_requests_per_instance x instance count at a time and
+        # answers the rest 429 (how-to-troubleshoot-online-endpoints, "HTTP status codes")
+        deployment = deployments[chosen]
+        settings = deployment["properties"].get("requestSettings") or {}
+        limit = (
+            2
+            * int(settings.get("maxConcurrentRequestsPerInstance") or 1)
+            * int((deployment.get("sku") or {}).get("capacity") or 1)
+        )
+        with self._lock:
+            if self._in_flight.get(chosen, 0) >= limit:
+                return 429, {PIN_HEADER: chosen}, b'{"message": "Too many pending requests"}'
+            self._in_flight[chosen] = self._in_flight.get(chosen, 0) + 1
+            self.requests.append({"deployment": chosen, "pinned": bool(pinned)})
+        try:
+            if self.answer_delay_s:
+                time.sleep(self.answer_delay_s)
+            answer = self.answers.get(chosen)
+            status, extra, payload = answer(body) if answer else (200, {}, self.answer)
+        finally:
+            with self._lock:
+                self._in_flight[chosen] -= 1
         return status, {PIN_HEADER: chosen, **extra}, payload
 
     @contextmanager

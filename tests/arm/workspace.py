@@ -21,6 +21,7 @@ poller; left at None, the header is absent as in the recordings.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import time
@@ -326,6 +327,22 @@ class Workspace(AssetsMixin):
             for op in self.operations.values():
                 if op.status == "Updating":
                     op.status = "Canceled"
+
+    def create_endpoint_elsewhere(self, name: str, polls: int) -> Operation:
+        """An endpoint another command is still creating: its PUT was answered, its operation
+        runs for ``polls`` reads."""
+        body = {
+            "location": self.location,
+            "properties": {"authMode": "Key", "traffic": {}, "mirrorTraffic": {}},
+        }
+        path = f"{self.base}/onlineEndpoints/{name}"
+        self._put_endpoint(
+            Sent("PUT", ARM + path, path, "api-version=2022-02-01-preview", {}, json.dumps(body).encode()),
+            name,
+        )
+        op = list(self.operations.values())[-1]
+        op.polls = polls
+        return op
 
     def busy(self, endpoint: str) -> Operation | None:
         """The unfinished operation on an endpoint or one of its deployments, if any."""
