@@ -278,12 +278,23 @@ def import_command(
     endpoint: Annotated[
         Path, typer.Argument(help="az ml endpoint YAML (managedOnlineEndpoint).", show_default=False)
     ],
-    deployment: Annotated[
-        Path, typer.Argument(help="az ml deployment YAML (managedOnlineDeployment).", show_default=False)
+    deployments: Annotated[
+        list[Path],
+        typer.Argument(
+            help="az ml deployment YAML (managedOnlineDeployment); a second one becomes a canary.",
+            show_default=False,
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The manifest to write.")] = Path(
-        "deploy.yaml"
-    ),
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The manifest to write (- for stdout); with several deployments, a folder."),
+    ] = Path("deploy.yaml"),
+    target: Annotated[
+        str, typer.Option("--target", help="azureml, or local for a rehearsal on this machine.")
+    ] = "azureml",
+    request: Annotated[
+        Path | None, typer.Option("--request", help="Sample request for the smoke test (default: found beside the YAML).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the manifest if it exists.")] = False,
     subscription_id: Annotated[str | None, typer.Option(help="Default: ${AZURE_SUBSCRIPTION_ID}.")] = None,
     resource_group: Annotated[str | None, typer.Option(help="Default: ${AZURE_RESOURCE_GROUP}.")] = None,
@@ -291,36 +302,25 @@ def import_command(
     json_out: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Turn an existing az ml endpoint + deployment YAML pair into a manifest."""
-    import yaml
-
-    from tdsp_deploy.backends.azureml.importer import import_az_ml
+    """Turn an existing az ml endpoint + deployment YAML pair (or several deployments) into manifests."""
+    from tdsp_deploy.backends.azureml.import_command import run_import
 
     env = _env(json_out, debug)
-    if output.exists() and not force:
-        raise UsageError(f"{output} exists already", hint="pass --force to overwrite it, or choose -o")
-    document, warnings = import_az_ml(
+    run_import(
+        env,
         endpoint,
-        deployment,
-        output.parent.resolve(),
-        subscription_id=subscription_id,
-        resource_group=resource_group,
-        workspace=workspace,
+        deployments,
+        output,
+        target=target,
+        request=request,
+        force=force,
+        workspace_settings={
+            "subscription_id": subscription_id,
+            "resource_group": resource_group,
+            "workspace": workspace,
+        },
+        check=lambda path: _load(path, env, environ={**WORKSPACE_STAND_INS, **os.environ}),
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        "# Imported from az ml YAML by `tdsp-deploy import`; check it with `tdsp-deploy validate`.\n"
-        + yaml.safe_dump(document, sort_keys=False)
-    )
-    # What was written must be a valid manifest. The workspace placeholders may be unset
-    # here (the CI or the user sets them later): stand-ins let the rest be checked now.
-    _load(output, env, environ={**WORKSPACE_STAND_INS, **os.environ})
-    if env.json_mode:
-        env.emit_json({"manifest": str(output), "warnings": warnings})
-        return
-    for warning in warnings:
-        env.say(f"warning: {warning}", style="yellow")
-    env.say(f"wrote {output}; next: tdsp-deploy validate {output}")
 
 
 @app.command()

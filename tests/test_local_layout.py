@@ -190,9 +190,10 @@ def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/swagger.json")
         swagger = connection.getresponse()
-        assert swagger.status in (200, 404)  # 404: the script declares no schema, as on Azure ML
-        swagger.read()
+        document = json.loads(swagger.read())
         connection.close()
+        assert swagger.status == 200 and document["swagger"] == "2.0"  # the server's template
+        assert "/score" in document["paths"]
 
         # the switch: SERVER_VERSION_LOG_RESPONSE_ENABLED=false drops the version header
         doc["environment"]["variables"]["SERVER_VERSION_LOG_RESPONSE_ENABLED"] = "false"

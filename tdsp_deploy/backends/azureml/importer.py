@@ -45,6 +45,8 @@ def import_az_ml(
     subscription_id: str | None = None,
     resource_group: str | None = None,
     workspace: str | None = None,
+    target_kind: str = "azureml",
+    request: Path | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """A manifest document (plain data, for the CLI to write as YAML into ``out_dir``) and the
     warnings about what could not be carried over.
@@ -55,8 +57,12 @@ def import_az_ml(
     ``${AZURE_ML_WORKSPACE}``. Raises UsageError for YAML that azure-ai-ml refuses and for
     deployments a manifest cannot describe.
     """
+    from tdsp_deploy.backends.azureml import import_rehearsal
+
     endpoint_yml, deployment_yml = Path(endpoint_yml), Path(deployment_yml)
     out_dir = Path(out_dir).absolute()
+    for source in (endpoint_yml, deployment_yml):
+        import_rehearsal.check_placeholders(source)
     endpoint = _load(endpoint_yml, "endpoint")
     deployment = _load(deployment_yml, "deployment")
     _check_kinds(endpoint, deployment, endpoint_yml, deployment_yml)
@@ -66,7 +72,11 @@ def import_az_ml(
     name = _endpoint_name(endpoint.name, endpoint_yml, warnings)
     manifest: dict[str, Any] = {"name": name}
     manifest["model"] = _model(deployment, base, out_dir, deployment_yml, warnings)
-    manifest["scoring"] = _scoring(deployment, base, out_dir, deployment_yml)
+    scoring = _scoring(deployment, base, out_dir, deployment_yml)
+    if scoring is not None:
+        manifest["scoring"] = scoring
+    else:  # a no-code MLflow deployment: the manifest's mlflow flavor generates the script
+        manifest["model"]["flavor"] = "mlflow"
     environment = _environment(deployment, name, base, out_dir, deployment_yml, warnings)
     if environment:
         manifest["environment"] = environment
@@ -76,6 +86,16 @@ def import_az_ml(
         "workspace": workspace,
     }
     manifest["target"] = _target(endpoint, deployment, workspace_settings, warnings, deployment_yml)
+    if target_kind == "local":  # no workspace: its placeholders and their warning go
+        azure_target = {k: v for k, v in manifest["target"].items() if k not in WORKSPACE_PLACEHOLDERS}
+        warnings[:] = [w for w in warnings if not w.startswith("target: the workspace is read from")]
+        manifest["target"] = import_rehearsal.local_target(azure_target, warnings)
+        manifest.get("environment", {}).pop("image", None)  # a local deployment runs no image
+    smoke = import_rehearsal.smoke_test(
+        request, [deployment_yml.absolute().parent, endpoint_yml.absolute().parent], out_dir, warnings
+    )
+    if smoke:
+        manifest["smoke_test"] = smoke
     rollout = _rollout(endpoint, deployment, warnings)
     if rollout:
         manifest["rollout"] = rollout
@@ -160,7 +180,8 @@ def _model(deployment: Any, base: Path, out_dir: Path, source: Path, warnings: l
             hint="download the model and give its local path",
         )
     section: dict[str, Any] = {"path": _manifest_path(path, base, out_dir, source, "model.path")}
-    if model.type and model.type != "custom_model":
+    no_code = deployment.code_configuration is None and str(model.type or "").lower() == "mlflow_model"
+    if model.type and model.type != "custom_model" and not no_code:
         warnings.append(f"model: type {model.type} is deployed as custom_model, with the scoring script")
     if not getattr(model, "_is_anonymous", False):  # an unnamed model gets a hash as its name
         if model.name and re.fullmatch(MODEL_NAME, model.name):
@@ -187,12 +208,15 @@ def _download_hint(reference: str) -> str:
     return "download it (az ml model download) and give model.path"
 
 
-def _scoring(deployment: Any, base: Path, out_dir: Path, source: Path) -> dict[str, Any]:
+def _scoring(deployment: Any, base: Path, out_dir: Path, source: Path) -> dict[str, Any] | None:
     code = deployment.code_configuration
+    model_type = str(getattr(deployment.model, "type", "") or "").lower()
+    if code is None and model_type == "mlflow_model":
+        return None
     if code is None or not code.scoring_script:
         raise UsageError(
             f"{source}: no code_configuration; a manifest needs the scoring script (init() and run()); "
-            "no-code (MLflow) and custom-container deployments have no manifest form",
+            "custom-container deployments have no manifest form (a no-code deployment needs an MLflow model)",
             hint="add code_configuration: {code: ..., scoring_script: score.py}",
         )
     section: dict[str, Any] = {"script": Path(str(code.scoring_script)).as_posix()}
