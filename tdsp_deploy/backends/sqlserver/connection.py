@@ -105,10 +105,12 @@ class SqlServerConnection:
         options: dict[str, Any] = {"timeout": LOGIN_TIMEOUT}
         if attrs:
             options["attrs_before"] = attrs
+        # The endpoint lock lives as long as the session (applock.py); a pooled connection's
+        # session outlives close(), so this process opens its sessions unpooled.
         if driver == "mssql_python":
-            # The endpoint lock lives as long as the session (applock.py); a pooled connection's
-            # session outlives close(), so this process opens its sessions unpooled.
             module.pooling(enabled=False)
+        else:
+            module.pooling = False  # pyodbc: read when its first connection opens
         try:
             raw = module.connect(text, **options)
         except Exception as exc:
