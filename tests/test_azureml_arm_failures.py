@@ -21,6 +21,8 @@ from tdsp_deploy.traffic import TrafficSplit
 
 DEPLOYMENT_PUT = rf"/onlineEndpoints/{NAME}/deployments/blue"
 
+pytestmark = shared.pytestmark  # skipped without Azurite
+
 # the emulator's fixtures, shared with test_azureml_arm.py (Azurite once per module)
 storage = shared.storage
 azure = shared.azure

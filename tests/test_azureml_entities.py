@@ -498,7 +498,8 @@ def test_render_writes_yaml_the_sdk_loads_as_the_built_entities(unpacked, tmp_pa
     assert str(tmp_path) not in endpoint_text + deployment_text  # every path is relative
     document = yaml.safe_load(deployment_text)
     assert document["model"]["path"] == "package/model/model"
-    assert document["code_configuration"] == {"code": "package/code", "scoring_script": "score.py"}
+    # the code folder a push uploads: the scoring folder without the manifest and smoke-test files
+    assert document["code_configuration"] == {"code": "package/azureml-code", "scoring_script": "score.py"}
     assert document["environment"]["conda_file"] == "conda.yml"
     assert "traffic" not in yaml.safe_load(endpoint_text)
 
@@ -540,7 +541,7 @@ def test_render_writes_yaml_the_sdk_loads_as_the_built_entities(unpacked, tmp_pa
     assert environment.conda_file == built_environment.conda_file
     assert deployment.code_configuration.scoring_script == "score.py"
     code = Path(files[1].parent, deployment.code_configuration.code).resolve()
-    assert code == (out / "package" / "code").resolve()
+    assert code == (out / "package" / "azureml-code").resolve()
     # The content the YAML points to is the package's, byte for byte.
     assert (code / "score.py").read_bytes() == (package_dir / "code" / "score.py").read_bytes()
     # The whole deployment converts to what would be sent.
@@ -598,7 +599,7 @@ def test_import_of_rendered_yaml_round_trips_the_target(unpacked, tmp_path: Path
     ]
     assert "smoke_test" not in document
     assert document["model"] == {"path": "package/model/model", "name": "iris", "version": lock.model_version}
-    assert document["scoring"] == {"code": "package/code", "script": "score.py"}
+    assert document["scoring"] == {"code": "package/azureml-code", "script": "score.py"}
     assert document["environment"] == {
         "image": DEFAULT_IMAGE,
         "conda_file": "conda.yml",
@@ -618,7 +619,7 @@ def test_import_of_rendered_yaml_round_trips_the_target(unpacked, tmp_path: Path
     assert imported.target.model_dump(exclude={"timeout"}) == manifest.target.model_dump(exclude={"timeout"})
     assert imported.model.path == out / "package" / "model" / "model"
     assert (imported.model.name, imported.model.version) == ("iris", lock.model_version)
-    assert imported.scoring.script == out / "package" / "code" / "score.py"
+    assert imported.scoring.script == out / "package" / "azureml-code" / "score.py"
     assert imported.environment.variables == manifest.environment.variables
     assert check_manifest_for_azureml(imported) == []
 

@@ -70,6 +70,8 @@ class StorageProxy:
         self.port = self._listener.getsockname()[1]
         self.refused: list[str] = []
         self._closed = False
+        self._open: set[socket.socket] = set()  # relayed connections, closed with the proxy
+        self._open_lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -78,8 +80,16 @@ class StorageProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        """Stop listening and end every relayed connection: the blob client keeps its
+        connections alive, and Azurite waits for open connections before it exits."""
         self._closed = True
         self._listener.close()
+        with self._open_lock:
+            for connection in list(self._open):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self._open.clear()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -106,6 +116,8 @@ class StorageProxy:
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             secure = self._tls.wrap_socket(client, server_side=True)
             upstream = socket.create_connection(("127.0.0.1", self.azurite_port))
+            with self._open_lock:
+                self._open.update((secure, upstream))
             _relay(secure, upstream)
         except (OSError, ValueError, ssl.SSLError):
             pass

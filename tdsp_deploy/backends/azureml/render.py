@@ -25,6 +25,7 @@ from tdsp_deploy.backends.azureml.entities import (
     is_no_code,
     validate_entities,
 )
+from tdsp_deploy.backends.azureml.upload import code_for_upload
 from tdsp_deploy.errors import BackendError
 from tdsp_deploy.packaging.lock import LOCK_NAME
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues, redact_variables
@@ -65,7 +66,8 @@ def render_yaml(
         slot,
         model=model,
         environment=environment,
-        code_dir=None if no_code else content / "code",
+        # the code folder as a push uploads it: without the manifest and the smoke-test files
+        code_dir=None if no_code else code_for_upload(manifest, content),
         scoring_script=None if no_code else lock.scoring_script_name,
     )
     validate_entities(endpoint, model, *([environment] if environment is not None else []), deployment)
