@@ -133,23 +133,27 @@ def run(request):
 """
 
 
-def _slot_port(cli, manifest: Path) -> int:
+def _endpoint(cli, manifest: Path) -> tuple[int, str]:
+    """The endpoint's port and a scoring key: a slot answers only the router, so the slot's
+    behaviour is observed as a caller sees it, through the router."""
+    from urllib.parse import urlsplit
+
     status = cli("status", manifest, "--json").json()
-    live = max(status["slots"], key=lambda slot: slot["traffic"])  # the one the last push made live
-    return int(live["details"]["port"])
+    key = cli("credentials", manifest, "--json").json()["primary_key"]
+    return int(urlsplit(status["scoring_uri"]).port), key
 
 
-def _first_chunk(port: int, headers: str = "") -> tuple[float, float, bytes]:
-    """Seconds to the first body bytes and to the whole answer, and the head, straight from
-    the slot (what the router receives)."""
+def _first_chunk(port: int, key: str, headers: str = "") -> tuple[float, float, bytes]:
+    """Seconds to the first body bytes and to the whole answer, and the head, through the
+    endpoint (the slot streams, the router relays as it comes)."""
     import socket
     import time
 
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         started = time.monotonic()
         sock.sendall(
-            b"POST /score HTTP/1.1\r\nHost: slot\r\nContent-Length: 2\r\n"
-            + headers.encode()
+            b"POST /score HTTP/1.1\r\nHost: endpoint\r\nContent-Length: 2\r\n"
+            + f"Authorization: Bearer {key}\r\n{headers}".encode()
             + b"Content-Type: application/json\r\n\r\n{}"
         )
         data, first = b"", None
@@ -177,8 +181,8 @@ def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
     manifest.write_text(yaml.safe_dump(doc))
     try:
         assert cli("push", manifest).exit_code == 0
-        port = _slot_port(cli, manifest)
-        first, whole, head = _first_chunk(port, "Origin: https://app.example\r\n")
+        port, key = _endpoint(cli, manifest)
+        first, whole, head = _first_chunk(port, key, "Origin: https://app.example\r\n")
         assert first < 0.9 < whole, (first, whole)  # the first chunk before the generator ends
         lowered = head.lower()
         assert b"transfer-encoding: chunked" in lowered and b"content-length" not in lowered
@@ -188,7 +192,7 @@ def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
         import http.client
 
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/swagger.json")
+        connection.request("GET", "/swagger.json", headers={"Authorization": f"Bearer {key}"})
         swagger = connection.getresponse()
         document = json.loads(swagger.read())
         connection.close()
@@ -199,7 +203,7 @@ def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
         doc["environment"]["variables"]["SERVER_VERSION_LOG_RESPONSE_ENABLED"] = "false"
         manifest.write_text(yaml.safe_dump(doc))
         assert cli("push", manifest).exit_code == 0
-        _, _, head = _first_chunk(_slot_port(cli, manifest))
+        _, _, head = _first_chunk(*_endpoint(cli, manifest))
         assert b"x-ms-server-version" not in head.lower()
     finally:
         cli("delete", manifest, "--yes")
