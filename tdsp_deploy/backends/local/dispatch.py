@@ -88,10 +88,7 @@ class Dispatch:
         path = request.url.split(b"?", 1)[0]
         keep = request.keep_alive
         if path == b"/" and request.method in (b"GET", b"HEAD"):
-            head, body = parts(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)
-            # HEAD: the length GET would have, and no body (a client on a kept-alive connection
-            # would read one as the start of its next answer)
-            return head, body if request.method == b"GET" else b""
+            return parts(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)
         if path.startswith(b"/-/") or path == b"/metrics":
             return await self._control(path, request)
         if request.method == b"HEAD":  # an answer without a body would stall a kept-alive upstream

@@ -406,6 +406,10 @@ class ClientConnection(asyncio.Protocol):
                 message = "the endpoint's router failed on this request; its log (router.log) says why"
                 head, body = parts(500, [], message_body(message), keep_alive=False)
             transport = self.transport
+            if request.method == b"HEAD" and not isinstance(body, BodyStream):
+                # The head only (its length is the GET's): a client on a kept-alive connection
+                # would read a body as the start of its next answer.
+                body = b""
             if isinstance(body, BodyStream):
                 await self._write_stream(head, body, request)
             elif transport and not transport.is_closing():
