@@ -238,3 +238,22 @@ def test_a_bad_request_pipelined_behind_a_slow_one_is_refused_after_its_answer(m
             assert status == 400
     finally:
         slow.shutdown()
+
+
+@pytest.mark.parametrize("target", [b"/", b"/score"])
+def test_head_answers_have_no_body_and_the_connection_goes_on(make_router, blue, target):
+    router = make_router({"blue": (blue.port, 100)})
+    auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+    with _open(router) as sock:
+        sock.sendall(
+            b"HEAD " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"Healthy"):
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200" if target == b"/" else b"405")
+    assert first.endswith(b"\r\n\r\n") and b"Content-Length: " in first  # no body after the head
+    assert second.startswith(b"200") and second.endswith(b"\r\n\r\nHealthy")

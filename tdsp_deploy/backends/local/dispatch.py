@@ -23,15 +23,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tdsp_deploy.backends.local.http1 import (
-    JSON_TYPE,
-    PIN_HEADER,
-    REASONS,
-    REQUEST_ID,
-    Request,
-    message_body,
-    parts,
-)
+from tdsp_deploy.backends.local.http1 import PIN_HEADER, REQUEST_ID, Request
+from tdsp_deploy.backends.local.responses import JSON_TYPE, REASONS, message_body, parts
 from tdsp_deploy.backends.local.routes import SlotRoute
 from tdsp_deploy.backends.local.upstream import (
     BodyStream,

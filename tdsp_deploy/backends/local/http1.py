@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from tdsp_deploy.backends.local import admission
+from tdsp_deploy.backends.local.responses import message_body, parts, response
 from tdsp_deploy.backends.local.upstream import BodyStream
 
 if TYPE_CHECKING:
@@ -44,25 +44,6 @@ SMALL_BODY = 65536  # bodies up to this size are joined to their head; larger on
 LINGER_BYTES = 4 * 1024 * 1024
 LINGER_S = 2.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-JSON_TYPE = (b"Content-Type", b"application/json")
-REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    415: b"Unsupported Media Type",
-    417: b"Expectation Failed",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class Refused(Exception):
@@ -406,6 +387,10 @@ class ClientConnection(asyncio.Protocol):
                 message = "the endpoint's router failed on this request; its log (router.log) says why"
                 head, body = parts(500, [], message_body(message), keep_alive=False)
             transport = self.transport
+            if request.method == b"HEAD" and not isinstance(body, BodyStream):
+                # The head only (its length is the GET's): a client on a kept-alive connection
+                # would read a body as the start of its next answer.
+                body = b""
             if isinstance(body, BodyStream):
                 await self._write_stream(head, body, request)
             elif transport and not transport.is_closing():
@@ -455,39 +440,3 @@ class ClientConnection(asyncio.Protocol):
                 if transport is not None:
                     transport.close()
                 self.closing = True
-
-
-def message_body(text: str) -> bytes:
-    return json.dumps({"message": text}).encode()
-
-
-def parts(
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    *,
-    keep_alive: bool,
-    reason: bytes | None = None,
-    streamed: bool = False,
-) -> tuple[bytes, bytes]:
-    """A response's head (status line and headers) and its body, kept apart so that a large
-    body is written as it is. ``streamed``: the body follows in chunks (no length yet)."""
-    if not headers or all(n.lower() != b"content-type" for n, _ in headers):
-        headers = [*headers, JSON_TYPE]
-    lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or REASONS.get(status, b"Unknown"), b"\r\n"]
-    for name, value in headers:
-        lines += [name, b": ", value, b"\r\n"]
-    if streamed:
-        if keep_alive:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-    else:
-        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
-    if not keep_alive:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines), body
-
-
-def response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_alive: bool) -> bytes:
-    head, body = parts(status, headers, body, keep_alive=keep_alive)
-    return head + body

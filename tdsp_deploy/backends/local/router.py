@@ -11,7 +11,8 @@ httptools' C parser rather than a web framework: keep-alive toward clients and t
 slots (pooled connections), no per-request copies of a body, and one small task per request.
 The parts, each in its module:
 
-- http1.py: the client side (parsing, pipelining, 100 Continue, streamed answers);
+- http1.py: the client side (parsing, pipelining, 100 Continue, streamed answers), with
+  responses.py building the router's own answers;
 - admission.py: what a request may cost before it is admitted, and which key opens what;
 - dispatch.py: what an admitted request gets (control routes, slot choice, retries, mirrors);
 - upstream.py: the connections to the slots (pools, 1xx, streams, back-off);
