@@ -14,7 +14,7 @@ Measured in one run, each build in a fresh folder with an empty package cache:
 - disk_second_endpoint: what a second endpoint with the same requirements adds to
   $TDSP_DEPLOY_HOME (bytes of new files, hard links counted once). Goal: < 1 MB.
 
-    python bench/env_build.py [--runs N | --quick]
+    python bench/env_build.py [--runs N | --quick] [--no-cold]
 
 Prints one JSON document on stdout; notes go to stderr.
 """
@@ -116,13 +116,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one run of each (bench/run --quick)")
+    parser.add_argument("--no-cold", action="store_true", help="leave out the cold build against pip")
     arguments = parser.parse_args()
     runs = 1 if arguments.quick else arguments.runs
     os.environ.pop(venvs.CACHE_VARIABLE, None)
     plan = _plan()
 
     benchmarks = []
-    if arguments.quick:
+    if arguments.quick or arguments.no_cold:
         # pip's build alone takes minutes here: past bench/run's quick limit
         note("--quick: the cold build against pip is left out (run without --quick)")
     else:
