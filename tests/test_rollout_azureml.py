@@ -1,8 +1,9 @@
 """Staged rollouts on the Azure ML target: the metrics come from Azure Monitor through
 Microsoft's client library (azure-monitor-query's MetricsQueryClient) talking to a fake
-transport that answers as the metrics API does (tests/azure_monitor_fake.py), and the traffic
-moves through the backend's own calls against the Azure ML fake. One test per guardrail:
-a deployment that breaches it is rolled back to the control; a healthy one is promoted."""
+transport that answers as the metrics API's recorded traffic does (tests/azure_monitor_fake.py),
+and the traffic moves through the backend's own calls, the real azure-ai-ml MLClient, against
+the ARM emulator (tests/arm/). One test per guardrail: a deployment that breaches it is rolled
+back to the control; a healthy one is promoted."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import datetime as dt
 from typing import Any
 
 import pytest
+import test_azureml_arm as shared
+from arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
 from azure.monitor.query import MetricsQueryClient
 from azure_monitor_fake import FakeCredential, FakeMonitor, Minute
-from test_azureml_backend import backend_for, edit, fake, live_traffic, new_model, project, run_push  # noqa: F401
+from test_azureml_arm import backend_for, live, run_push
+from test_azureml_backend import NAME, edit, new_model
 
 from tdsp_deploy.backends.azureml.monitor import EndpointMetrics, endpoint_resource_id
 from tdsp_deploy.errors import BackendError, ExitCode
@@ -22,6 +26,12 @@ from tdsp_deploy.rollout.state import RolloutState, RolloutStore
 
 START = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC).timestamp()
 HEALTHY = Minute(ok=950, errors=2, p50=20, p90=30, p95=35, p99=50)
+
+# the emulator's fixtures, shared with test_azureml_arm.py (Azurite once per module)
+pytestmark = shared.pytestmark
+storage = shared.storage
+azure = shared.azure
+project = shared.project
 
 
 class Clock:
@@ -35,21 +45,34 @@ class Clock:
         self.now += seconds
 
 
-def monitor(green: Minute) -> FakeMonitor:
-    """blue (the control) healthy; green as given, each at its share of the traffic."""
+def monitor(green: Minute, azure: EmulatedAzure | None = None) -> FakeMonitor:
+    """blue (the control) healthy; green as given. With ``azure``, Azure Monitor knows only
+    the emulated workspace's endpoints."""
     return FakeMonitor(
-        lambda deployment, minute: green if deployment == "green" else HEALTHY, ["blue", "green"]
+        lambda deployment, minute: green if deployment == "green" else HEALTHY,
+        ["blue", "green"],
+        exists=(lambda name: name in azure.workspace.endpoints) if azure is not None else None,
     )
+
+
+def traffic_writes(azure: EmulatedAzure) -> list[dict[str, int]]:
+    """The live split of every endpoint PUT the SDK sent, in order."""
+    path = f"{azure.workspace.base}/onlineEndpoints/{NAME}"
+    return [
+        {k: v for k, v in sent.json()["properties"]["traffic"].items() if v}
+        for sent in azure.workspace.sent
+        if sent.method == "PUT" and sent.path == path
+    ]
 
 
 def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) -> tuple[RolloutState, Any]:  # type: ignore[no-untyped-def]
     clock = Clock()
     metrics = EndpointMetrics(
         MetricsQueryClient(FakeCredential(), transport=transport),
-        endpoint_resource_id("00000000-0000-0000-0000-000000000000", "rg", "ws", "iris"),
+        endpoint_resource_id(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, NAME),
     )
     state = RolloutState(
-        endpoint="iris",
+        endpoint=NAME,
         kind="azureml",
         deployment="green",
         control="blue",
@@ -59,7 +82,7 @@ def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) 
     )
     walker = Walker(
         backend,
-        RolloutStore("azureml", "iris", home=tmp_path),
+        RolloutStore("azureml", NAME, home=tmp_path),
         AzureMonitorSource(metrics, clock=clock),
         clock=clock,
         sleep=clock.sleep,
@@ -71,13 +94,15 @@ def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) 
 
 
 @pytest.fixture
-def staged(fake, project):  # type: ignore[no-untyped-def]  # noqa: F811
-    """blue takes all the traffic; green is deployed beside it with none."""
-    run_push(project, fake)
+def staged(azure, project):  # type: ignore[no-untyped-def]
+    """blue takes all the traffic; green is deployed beside it with none (both through the
+    real MLClient against the emulated workspace)."""
+    run_push(project, azure)
     new_model(project, '{"w": [4, 5, 6]}')
     edit(project, rollout={"traffic": 0})
-    assert run_push(project, fake).deployment == "green"
-    return backend_for(project, fake)
+    assert run_push(project, azure).deployment == "green"
+    assert live(azure)[0] == {"blue": 100}
+    return backend_for(project, azure)
 
 
 def test_the_metrics_are_read_per_deployment_through_the_client_library() -> None:
@@ -117,17 +142,31 @@ def test_azure_monitor_saying_no_is_a_backend_error() -> None:
     )
 
 
-def test_a_healthy_deployment_is_promoted(tmp_path, fake, staged) -> None:  # noqa: F811
+def test_an_endpoint_azure_monitor_does_not_know_is_a_backend_error(azure) -> None:
+    metrics = EndpointMetrics(
+        MetricsQueryClient(FakeCredential(), transport=monitor(HEALTHY, azure)),
+        endpoint_resource_id(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, "nosuch"),
+    )
+    end = dt.datetime.fromtimestamp(START, tz=dt.UTC)
+    with pytest.raises(BackendError) as refused:
+        metrics.read(end - dt.timedelta(minutes=2), end)
+    assert "(404)" in refused.value.message and "nosuch" in refused.value.message
+
+
+def test_a_healthy_deployment_is_promoted(tmp_path, azure, staged) -> None:
     guardrails = {
         "max_error_rate": 0.01,
         "max_error_rate_increase": 0.005,
         "max_p95_ms": 100,
         "max_p95_increase_ms": 10,
     }
-    state, rolled = walk(tmp_path, staged, monitor(HEALTHY), guardrails)
+    before = len(traffic_writes(azure))
+    state, rolled = walk(tmp_path, staged, monitor(HEALTHY, azure), guardrails)
     assert rolled is None and state.status == "promoted"
-    assert live_traffic(fake) == {"green": 100}
-    assert fake.traffic_writes[-2][0] == {"green": 10, "blue": 90}
+    assert live(azure)[0] == {"green": 100}
+    # each step was one endpoint update through the SDK, in order
+    assert traffic_writes(azure)[before:] == [{"green": 10, "blue": 90}, {"green": 100}]
+    assert [s["traffic"] for s in state.steps_passed] == [10]
 
 
 @pytest.mark.parametrize(
@@ -143,15 +182,16 @@ def test_a_healthy_deployment_is_promoted(tmp_path, fake, staged) -> None:  # no
 )
 def test_each_guardrail_rolls_back_to_the_control(
     tmp_path,
-    fake,  # noqa: F811
+    azure,
     staged,
     guardrail: str,
     limit: float,
     green: Minute,
 ) -> None:
-    state, rolled = walk(tmp_path, staged, monitor(green), {guardrail: limit})
+    before = len(traffic_writes(azure))
+    state, rolled = walk(tmp_path, staged, monitor(green, azure), {guardrail: limit})
     assert rolled is not None and rolled.exit_code == ExitCode.ROLLED_BACK
     assert rolled.details["guardrail"]["name"] == guardrail and rolled.details["step"] == 1
     assert state.status == "rolled_back"
-    assert live_traffic(fake) == {"blue": 100}
-    assert fake.traffic_writes[-1][0] == {"blue": 100}
+    assert live(azure)[0] == {"blue": 100}
+    assert traffic_writes(azure)[before:] == [{"green": 10, "blue": 90}, {"blue": 100}]
