@@ -65,7 +65,9 @@ def traffic_writes(azure: EmulatedAzure) -> list[dict[str, int]]:
     ]
 
 
-def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) -> tuple[RolloutState, Any]:  # type: ignore[no-untyped-def]
+def walk(  # type: ignore[no-untyped-def]
+    tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any], store: RolloutStore | None = None
+) -> tuple[RolloutState, Any]:
     clock = Clock()
     metrics = EndpointMetrics(
         MetricsQueryClient(FakeCredential(), transport=transport),
@@ -82,7 +84,7 @@ def walk(tmp_path, backend, transport: FakeMonitor, guardrails: dict[str, Any]) 
     )
     walker = Walker(
         backend,
-        RolloutStore("azureml", NAME, home=tmp_path),
+        store or RolloutStore("azureml", NAME, home=tmp_path),
         AzureMonitorSource(metrics, clock=clock),
         clock=clock,
         sleep=clock.sleep,
@@ -195,3 +197,113 @@ def test_each_guardrail_rolls_back_to_the_control(
     assert state.status == "rolled_back"
     assert live(azure)[0] == {"blue": 100}
     assert traffic_writes(azure)[before:] == [{"green": 10, "blue": 90}, {"blue": 100}]
+
+
+# -- the rollout in the endpoint's tags ------------------------------------------------------
+def tags_sent(azure: EmulatedAzure) -> list[dict[str, str]]:
+    path = f"{azure.workspace.base}/onlineEndpoints/{NAME}"
+    return [
+        sent.json().get("tags") or {}
+        for sent in azure.workspace.sent
+        if sent.method == "PUT" and sent.path == path
+    ]
+
+
+def emulated_cli(monkeypatch: pytest.MonkeyPatch, azure: EmulatedAzure) -> None:
+    """The CLI's own backend, signed in to the emulated workspace: the real MLClient over the
+    emulator's transport is the only difference."""
+    from arm import StaticToken
+
+    from tdsp_deploy.backends.azureml.client import AzureMLClient
+
+    connect = AzureMLClient.connect.__func__
+
+    def emulated(cls, target, **options):  # type: ignore[no-untyped-def]
+        return connect(
+            cls,
+            target,
+            credential=StaticToken(),
+            transport=azure.workspace.transport,
+            polling_interval=0.02,
+            retry_backoff_factor=0.01,
+            poll_interval=0.02,
+        )
+
+    monkeypatch.setattr(AzureMLClient, "connect", classmethod(emulated))
+
+
+def test_the_rollout_is_kept_in_the_endpoints_tags_and_read_back_on_another_machine(
+    tmp_path, azure, staged, project, cli, monkeypatch
+) -> None:
+    from tdsp_deploy.rollout import store_for
+    from tdsp_deploy.rollout.tags import TAG, TaggedStore, decode
+
+    store = store_for(staged)
+    assert isinstance(store, TaggedStore)
+    before = len(tags_sent(azure))
+    state, rolled = walk(tmp_path, staged, monitor(HEALTHY, azure), {"max_error_rate": 0.01}, store)
+    assert rolled is None and state.status == "promoted"
+
+    # a tag write is an endpoint update only when the step or the status changed
+    written = [t[TAG] for t in tags_sent(azure)[before:] if TAG in t]
+    changes = [written[0], *(b for a, b in zip(written, written[1:], strict=False) if a != b)]
+    seen = [(d.step, d.status) for d in (decode(t, "azureml", NAME) for t in changes)]
+    assert seen == [(0, "running"), (1, "running"), (1, "promoted")]
+    # Azure keeps the tags the endpoint had (the traffic updates send them back whole)
+    kept = azure.workspace.endpoints[NAME]["tags"]
+    assert decode(kept[TAG], "azureml", NAME).status == "promoted"
+    assert {k: v for k, v in kept.items() if k != TAG} == {
+        k: v for k, v in tags_sent(azure)[before - 1].items() if k != TAG
+    }
+
+    # a second machine: its own home, no rollout file; `rollout status` reads the endpoint
+    emulated_cli(monkeypatch, azure)
+    monkeypatch.setenv("TDSP_DEPLOY_HOME", str(tmp_path / "second-machine"))
+    shown = cli("rollout", "status", project, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    summary = shown.json()
+    assert (summary["status"], summary["deployment"], summary["control"]) == ("promoted", "green", "blue")
+    assert [s["traffic"] for s in summary["steps"]] == [10, 100]
+    assert summary["decision"]["origin"] == TAG
+    text = cli("rollout", "status", project)
+    assert text.exit_code == 0 and "status: promoted" in text.stderr
+
+
+def test_a_rollout_in_progress_shows_its_step_on_another_machine(
+    tmp_path, azure, staged, project, cli, monkeypatch
+) -> None:
+    from tdsp_deploy.rollout import store_for
+    from tdsp_deploy.rollout.tags import TAG
+
+    state = RolloutState(
+        endpoint=NAME,
+        kind="azureml",
+        deployment="green",
+        control="blue",
+        steps=[{"traffic": 10, "bake": 600.0}, {"traffic": 50, "bake": 600.0}, {"traffic": 100, "bake": None}],
+        guardrails={},
+        before={"traffic": {"blue": 100}, "mirror": {}},
+        step=1,
+    )
+    store_for(staged).write(state)
+    assert TAG in azure.workspace.endpoints[NAME]["tags"]
+    emulated_cli(monkeypatch, azure)
+    monkeypatch.setenv("TDSP_DEPLOY_HOME", str(tmp_path / "second-machine"))
+    shown = cli("rollout", "status", project)
+    assert shown.exit_code == 0, shown.stderr
+    assert "status: running, step 2 of 3" in shown.stderr and "green=50%" in shown.stderr
+    assert "rollout resume" not in shown.stderr  # it is walked elsewhere: nothing to take over here
+    # the other commands need the whole state, which stays with the machine walking it
+    refused = cli("rollout", "abort", project)
+    assert refused.exit_code == 2 and "no rollout" in refused.stderr
+
+
+def test_an_unreadable_tag_is_a_clear_error(tmp_path, azure, staged, project, cli, monkeypatch) -> None:
+    from tdsp_deploy.rollout.tags import TAG
+
+    staged.write_endpoint_tags({TAG: "{not json"})
+    emulated_cli(monkeypatch, azure)
+    monkeypatch.setenv("TDSP_DEPLOY_HOME", str(tmp_path / "second-machine"))
+    shown = cli("rollout", "status", project)
+    assert shown.exit_code == ExitCode.BACKEND and f"{TAG} tag is unreadable" in shown.stderr
+    assert "Traceback" not in shown.stderr
