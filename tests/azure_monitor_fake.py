@@ -47,6 +47,8 @@ METRICS = {
         for q in ("P50", "P90", "P95", "P99")
     },
 }
+
+
 class Minute:
     """One deployment's minute: requests by status class and latency quantiles (ms)."""
 

@@ -8,10 +8,12 @@ back to the control; a healthy one is promoted."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 import test_azureml_arm as shared
+import yaml
 from arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
 from azure.monitor.query import MetricsQueryClient
 from azure_monitor_fake import FakeCredential, FakeMonitor, Minute
@@ -280,7 +282,11 @@ def test_a_rollout_in_progress_shows_its_step_on_another_machine(
         kind="azureml",
         deployment="green",
         control="blue",
-        steps=[{"traffic": 10, "bake": 600.0}, {"traffic": 50, "bake": 600.0}, {"traffic": 100, "bake": None}],
+        steps=[
+            {"traffic": 10, "bake": 600.0},
+            {"traffic": 50, "bake": 600.0},
+            {"traffic": 100, "bake": None},
+        ],
         guardrails={},
         before={"traffic": {"blue": 100}, "mirror": {}},
         step=1,
@@ -307,3 +313,94 @@ def test_an_unreadable_tag_is_a_clear_error(tmp_path, azure, staged, project, cl
     shown = cli("rollout", "status", project)
     assert shown.exit_code == ExitCode.BACKEND and f"{TAG} tag is unreadable" in shown.stderr
     assert "Traceback" not in shown.stderr
+
+
+# -- push, end to end ------------------------------------------------------------------------
+class Accelerated:
+    """Azure Monitor's clock for a push that bakes for seconds: a real second is a minute, so
+    each look of the walker finds a whole minute more in Azure Monitor."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return START + (time.monotonic() - self.t0) * 60
+
+
+def staged_manifest(project, guardrails: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    doc = yaml.safe_load(project.read_text())
+    doc["rollout"] = {
+        "steps": [{"traffic": 10, "bake": "2s"}, {"traffic": 100}],
+        "guardrails": {"check_every": "1s", "min_requests": 500, **guardrails},
+    }
+    project.write_text(yaml.safe_dump(doc))
+
+
+def azure_monitor(monkeypatch: pytest.MonkeyPatch, azure: EmulatedAzure, green: Minute) -> FakeMonitor:
+    """The push's metric source: the real MetricsQueryClient over the Azure Monitor fake, for
+    the endpoint the backend names, on the accelerated clock."""
+    from tdsp_deploy.rollout import sources
+
+    transport = monitor(green, azure)
+
+    def source(backend):  # type: ignore[no-untyped-def]
+        assert backend.kind == "azureml"
+        metrics = EndpointMetrics(
+            MetricsQueryClient(FakeCredential(), transport=transport),
+            endpoint_resource_id(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, backend.manifest.name),
+        )
+        return AzureMonitorSource(metrics, clock=Accelerated())
+
+    monkeypatch.setattr(sources, "metric_source", source)
+    return transport
+
+
+def splits(azure: EmulatedAzure, since: int) -> list[dict[str, int]]:
+    """The distinct live splits the endpoint PUTs carried since ``since`` (a tag update
+    sends the split unchanged)."""
+    found: list[dict[str, int]] = []
+    for split in traffic_writes(azure)[since:]:
+        if not found or found[-1] != split:
+            found.append(split)
+    return found
+
+
+def test_push_walks_the_steps_through_azure_and_promotes(azure, project, monkeypatch) -> None:
+    from tdsp_deploy.rollout.tags import TAG, decode
+
+    run_push(project, azure)
+    new_model(project, '{"w": [4, 5, 6]}')
+    staged_manifest(project, {"max_error_rate": 0.01, "max_p95_increase_ms": 10})
+    transport = azure_monitor(monkeypatch, azure, HEALTHY)
+    before = len(traffic_writes(azure))
+    events: list = []
+    result = run_push(project, azure, on_rollout_event=events.append)
+    assert result.deployment == "green" and result.rollout is not None
+    assert result.rollout["status"] == "promoted"
+    assert live(azure)[0] == {"green": 100}
+    assert splits(azure, before) == [{"blue": 100}, {"green": 10, "blue": 90}, {"green": 100}]
+    passed = [e for e in events if e["event"] == "passed"]
+    assert len(passed) == 1 and passed[0]["new"]["requests"] >= 500
+    assert {q["metricnames"].split(",")[0] for q in transport.queries} == {
+        "RequestsPerMinute",
+        "RequestLatency_P50",
+    }
+    assert decode(azure.workspace.endpoints[NAME]["tags"][TAG], "azureml", NAME).status == "promoted"
+
+
+def test_push_rolls_back_a_failing_deployment_with_exit_9(azure, project, monkeypatch) -> None:
+    from tdsp_deploy.rollout.tags import TAG, decode
+
+    run_push(project, azure)
+    new_model(project, '{"w": [4, 5, 6]}')
+    staged_manifest(project, {"max_error_rate": 0.01})
+    azure_monitor(monkeypatch, azure, Minute(ok=930, errors=20))
+    before = len(traffic_writes(azure))
+    with pytest.raises(RolledBack) as rolled:
+        run_push(project, azure)
+    assert rolled.value.exit_code == ExitCode.ROLLED_BACK == 9
+    assert rolled.value.details["guardrail"]["name"] == "max_error_rate"
+    assert "max_error_rate breached at step 1 (10%)" in rolled.value.message
+    assert live(azure)[0] == {"blue": 100}
+    assert splits(azure, before) == [{"blue": 100}, {"green": 10, "blue": 90}, {"blue": 100}]
+    assert decode(azure.workspace.endpoints[NAME]["tags"][TAG], "azureml", NAME).status == "rolled_back"
