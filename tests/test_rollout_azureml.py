@@ -304,6 +304,37 @@ def test_a_rollout_in_progress_shows_its_step_on_another_machine(
     assert refused.exit_code == 2 and "no rollout" in refused.stderr
 
 
+def test_a_refused_tag_update_does_not_stop_the_rollout_and_is_tried_again(
+    tmp_path, azure, staged, project
+) -> None:
+    from arm.assets import arm_error
+    from arm.workspace import Scripted
+
+    from tdsp_deploy.rollout.tags import TAG, TaggedStore, decode
+
+    refused: list[dict] = []
+
+    def once(sent):  # type: ignore[no-untyped-def]
+        tags = sent.json().get("tags") or {}
+        if TAG in tags and not refused:  # the first tag update: someone else is changing it
+            refused.append(tags)
+            return arm_error(409, "UserError", "Conflict: an operation is already in progress.")
+        return azure.workspace._route(sent)
+
+    azure.workspace.scripted.append(Scripted("PUT", rf"/onlineEndpoints/{NAME}", once, times=10_000))
+    events: list = []
+    backend = backend_for(project, azure, events)
+    store = TaggedStore(backend, home=tmp_path)
+    state, rolled = walk(
+        tmp_path, backend, monitor(Minute(ok=930, errors=20), azure), {"max_error_rate": 0.01}, store
+    )
+    assert rolled is not None and state.status == "rolled_back"
+    assert live(azure)[0] == {"blue": 100}
+    assert len(refused) == 1 and store.tag_error is None
+    assert any(f"{TAG} tag was not updated" in e.message for e in events)
+    assert decode(azure.workspace.endpoints[NAME]["tags"][TAG], "azureml", NAME).status == "rolled_back"
+
+
 def test_an_unreadable_tag_is_a_clear_error(tmp_path, azure, staged, project, cli, monkeypatch) -> None:
     from tdsp_deploy.rollout.tags import TAG
 

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tdsp_deploy.errors import BackendError
+from tdsp_deploy.backends.base import ProgressEvent
+from tdsp_deploy.errors import BackendError, TdspError
 from tdsp_deploy.rollout.state import FINISHED, RUNNING, RolloutState, RolloutStore
 
 TAG = "tdsp-rollout"
@@ -86,6 +87,7 @@ class TaggedStore(RolloutStore):
         self.kind = backend.kind
         self.endpoint = backend.manifest.name
         self._tagged: str | None = None
+        self.tag_error: TdspError | None = None  # the last tag write Azure refused, if any
 
     def write(self, state: RolloutState) -> None:
         super().write(state)
@@ -95,7 +97,21 @@ class TaggedStore(RolloutStore):
         if self._tagged is None and self.backend.endpoint_tags().get(TAG) == tag:
             self._tagged = tag  # a resumed walker: the endpoint already says so
             return
-        self.backend.write_endpoint_tags({TAG: tag})
+        try:
+            self.backend.write_endpoint_tags({TAG: tag})
+        except TdspError as exc:
+            # The tag mirrors the state for other machines; the rollout itself (its traffic,
+            # its local state) does not stop for it. Said, and tried again at the next look.
+            self.tag_error = exc
+            self.backend.progress(
+                ProgressEvent(
+                    step="rollout",
+                    message=f"warning: the endpoint's {TAG} tag was not updated ({exc.message});"
+                    " trying again at the next look",
+                )
+            )
+            return
+        self.tag_error = None
         self._tagged = tag
 
     def read_remote(self) -> RolloutState | None:
