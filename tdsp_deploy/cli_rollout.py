@@ -92,7 +92,10 @@ def status(
 ) -> None:
     """Where the rollout is: its step, the last look at the guardrails, and how it ended."""
     env, _, store = _context(manifest, json_out, debug)
-    state = _current(store)
+    remote = store.read_remote() if store.read() is None and hasattr(store, "read_remote") else None
+    # a rollout walked from another machine: what the endpoint's tag says (status only; the
+    # other commands need the whole state, which stays with the machine that walks it)
+    state = remote if remote is not None else _current(store)
     if report is not None:
         from tdsp_deploy.rollout.report import write_report
 

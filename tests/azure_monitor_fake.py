@@ -1,11 +1,18 @@
 """Azure Monitor's metrics API (``GET {resource}/providers/Microsoft.Insights/metrics``) for a
 managed online endpoint, as an azure-core transport: the real MetricsQueryClient talks to it.
 
-It answers in the REST API's documented shape (``value[].timeseries[].metadatavalues`` with
-lower-case dimension names, ``data[].timeStamp`` per minute with the asked aggregation) from a
-table of per-minute traffic per deployment, and says no as Azure does: an unknown metric name,
-an aggregation the metric does not support, a dimension the metric does not have, a missing
-token or api-version get a 400/401 with Azure's error body.
+It answers in the shape of azure-monitor-query's own recorded traffic against live Azure
+(github.com/Azure/azure-sdk-assets, python/sdk/monitor/azure-monitor-query/tests/recordings/
+test_metrics_query_client.pyTestMetricsQueryClienttest_metrics_filter.json): ``cost``,
+``timespan``, ``interval``, ``value[]`` with the metric's ``id`` (the resource id followed by
+``/providers/Microsoft.Insights/metrics/<name>``), ``name.value``/``localizedValue``, ``unit``,
+``timeseries[].metadatavalues`` (dimension names in lower case, as Azure returns them) and
+``data[].timeStamp`` per interval with the asked aggregation (a zero count is sent, a minute
+without latency has no value), ``errorCode: Success``, then ``namespace`` and
+``resourceregion``. It answers from a table of per-minute traffic per deployment and says no
+as Azure does: an unknown metric name, an aggregation the metric does not support, a
+dimension the metric does not have, an endpoint that does not exist, a missing token or
+api-version get a 400/401/404 with Azure's error body.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest
 
-# From the supported-metrics reference of Microsoft.MachineLearningServices/workspaces/onlineEndpoints
+# From the Azure Monitor supported-metrics reference of
+# Microsoft.MachineLearningServices/workspaces/onlineEndpoints (names, units, dimensions, PT1M
+# grain); the reference lists the default aggregation, Average, and counts also take Total.
 METRICS = {
     "RequestsPerMinute": {
         "unit": "Count",
@@ -64,9 +73,16 @@ class FakeCredential:
 class FakeMonitor(HttpTransport):
     """``traffic(deployment, minute_start) -> Minute | None``: what Azure Monitor has recorded."""
 
-    def __init__(self, traffic: Callable[[str, dt.datetime], Minute | None], deployments: list[str]):
+    def __init__(
+        self,
+        traffic: Callable[[str, dt.datetime], Minute | None],
+        deployments: list[str],
+        exists: Callable[[str], bool] | None = None,
+    ):
         self.traffic = traffic
         self.deployments = deployments
+        #: ``exists(endpoint_name)``: whether the workspace has that endpoint (default: any)
+        self.exists = exists or (lambda endpoint: True)
         self.queries: list[dict[str, str]] = []
 
     def __enter__(self) -> FakeMonitor:
@@ -106,6 +122,14 @@ class FakeMonitor(HttpTransport):
             or "onlineEndpoints/" not in url.path
         ):
             return 404, _error("ResourceNotFound", f"no such resource {url.path}")
+        resource = url.path[: -len("/providers/Microsoft.Insights/metrics")]
+        endpoint = urllib.parse.unquote(resource.rsplit("/", 1)[-1])
+        if not self.exists(endpoint):
+            return 404, _error(
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints/{endpoint}'"
+                " was not found.",
+            )
         if "api-version" not in query:
             return 400, _error("MissingApiVersionParameter", "The api-version query parameter is required.")
         names = query.get("metricnames", "").split(",")
@@ -133,7 +157,7 @@ class FakeMonitor(HttpTransport):
             if t >= start:
                 minutes.append(t)
             t += dt.timedelta(minutes=1)
-        value = [self._metric(name, aggregation, split_by, minutes) for name in names]
+        value = [self._metric(resource, name, aggregation, split_by, minutes) for name in names]
         return 200, {
             "cost": len(minutes),
             "timespan": query["timespan"],
@@ -143,7 +167,9 @@ class FakeMonitor(HttpTransport):
             "resourceregion": "westeurope",
         }
 
-    def _metric(self, name: str, aggregation: str, split_by: list[str], minutes: list[dt.datetime]) -> dict:
+    def _metric(
+        self, resource: str, name: str, aggregation: str, split_by: list[str], minutes: list[dt.datetime]
+    ) -> dict:
         key = aggregation.lower()
         timeseries = []
         for deployment in self.deployments:
@@ -189,9 +215,9 @@ class FakeMonitor(HttpTransport):
                     }
                 )
         return {
-            "id": f"/providers/Microsoft.Insights/metrics/{name}",
+            "id": f"{resource}/providers/Microsoft.Insights/metrics/{name}",
             "type": "Microsoft.Insights/metrics",
-            "name": {"value": name, "localizedValue": name},
+            "name": {"value": name, "localizedValue": name.replace("_", " ")},
             "displayDescription": "",
             "unit": METRICS[name]["unit"],
             "timeseries": timeseries,

@@ -243,6 +243,16 @@ class FakeAzureML:
         # ... modify only traffic and mirror_traffic, write the rest back as it was
         return self._write_endpoint(endpoint, _strip_zeros(traffic), _strip_zeros(mirror), doing)
 
+    def set_endpoint_tags(self, endpoint: str, tags: Mapping[str, str]) -> FakeOperation:
+        doing = Doing(f"tag endpoint '{endpoint}'", endpoint=endpoint)
+        record = self._endpoint(endpoint, doing)
+        if record["state"] in BUSY:
+            raise refuse(409, "Conflict", f"Endpoint '{endpoint}' is {record['state']}; retry later", doing)
+        entity = record["entity"]
+        entity.tags = {**(entity.tags or {}), **{k: str(v) for k, v in tags.items()}}
+        self.calls.append(("tags", dict(tags)))
+        return FakeOperation(0, lambda: None)
+
     # -- deployments -------------------------------------------------------------------
     def list_deployments(self, endpoint: str) -> list[DeploymentInfo]:
         self._endpoint(endpoint, Doing(f"list the deployments of endpoint '{endpoint}'", endpoint=endpoint))

@@ -103,6 +103,12 @@ def plan(loaded: LoadedManifest, backend: Backend, deployment: str, before: Endp
 
 
 def store_for(backend: Backend) -> RolloutStore:
+    """The rollout's state file; on a target whose endpoints keep tags (Azure ML), the
+    endpoint's ``tdsp-rollout`` tag too, so that another machine sees the rollout."""
+    if hasattr(backend, "write_endpoint_tags"):
+        from tdsp_deploy.rollout.tags import TaggedStore
+
+        return TaggedStore(backend)
     return RolloutStore(backend.kind, backend.manifest.name)
 
 

@@ -37,7 +37,8 @@ def status_lines(state: RolloutState) -> list[str]:
     if state.status in ("running", "paused"):
         split = ", ".join(f"{k}={v}%" for k, v in sorted(state.split_at(state.step).items()))
         lines.append(f"  traffic: {split}")
-        if state.status == "running" and not state.walker_alive():
+        from_tag = bool(state.decision and state.decision.get("origin"))  # walked elsewhere
+        if state.status == "running" and not state.walker_alive() and not from_tag:
             lines.append("  no process is walking it: `tdsp-deploy rollout resume` continues it")
     if state.checks:
         from tdsp_deploy.rollout.machine import describe_look

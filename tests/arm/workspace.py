@@ -415,6 +415,7 @@ class Workspace(AssetsMixin):
                 "publicNetworkAccess": props.get("publicNetworkAccess", "Enabled"),
             },
             "systemData": {"createdAt": STARTED, "createdBy": "Sanitized", "lastModifiedAt": STARTED},
+            # ENDPOINT_E2E: the PUT body's top-level tags come back whole (a PUT replaces them)
             "tags": body.get("tags") or {},
             "location": self.location,
             "kind": "Managed",

@@ -341,6 +341,18 @@ class AzureMLBackend(Backend):
         operation = self.client.set_traffic(self.endpoint_name, live, mirrored)
         self._wait(operation, f"traffic change of endpoint '{self.endpoint_name}'")
 
+    def endpoint_tags(self) -> dict[str, str]:
+        """The endpoint's tags as Azure keeps them ({} when there is no endpoint)."""
+        try:
+            return dict(self.client.get_endpoint(self.endpoint_name).tags)
+        except EndpointNotFound:
+            return {}
+
+    def write_endpoint_tags(self, tags: dict[str, str]) -> None:
+        """Add or replace some of the endpoint's tags, through an endpoint update."""
+        operation = self.client.set_endpoint_tags(self.endpoint_name, tags)
+        self._wait(operation, f"tag update of endpoint '{self.endpoint_name}'")
+
     def delete(self, slot: str | None = None) -> None:
         """Delete one deployment (refused while it takes live or mirrored traffic, as Azure
         refuses it), or the whole endpoint with its deployments."""

@@ -309,6 +309,15 @@ class AzureMLClient:
             entity.mirror_traffic = {name: int(weight) for name, weight in mirror.items() if weight}
             return self._pending(self._ml.online_endpoints.begin_create_or_update(entity), doing)
 
+    def set_endpoint_tags(self, endpoint: str, tags: Mapping[str, str]) -> PendingOperation:
+        """Read-modify-write of the endpoint's tags: ``tags`` join (key by key, replacing)
+        the ones it has; everything else is written back as it was read."""
+        doing = Doing(f"tag endpoint '{endpoint}'", endpoint=endpoint)
+        with self._call(doing):
+            entity = self._ml.online_endpoints.get(endpoint)
+            entity.tags = {**(entity.tags or {}), **{k: str(v) for k, v in tags.items()}}
+            return self._pending(self._ml.online_endpoints.begin_create_or_update(entity), doing)
+
     # -- deployments -----------------------------------------------------------------------
     def list_deployments(self, endpoint: str) -> list[DeploymentInfo]:
         with self._call(Doing(f"list the deployments of endpoint '{endpoint}'", endpoint=endpoint)):
