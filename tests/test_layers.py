@@ -63,7 +63,9 @@ def test_the_package_keeps_its_layers() -> None:
         ("smoke.py", "import pyspark", "platform SDKs only inside their backend"),
     ],
 )
-def test_a_planted_import_breaks_its_contract(tmp_path: Path, module: str, planted: str, contract: str) -> None:
+def test_a_planted_import_breaks_its_contract(
+    tmp_path: Path, module: str, planted: str, contract: str
+) -> None:
     shutil.copytree(
         ROOT / "tdsp_deploy", tmp_path / "tdsp_deploy", ignore=shutil.ignore_patterns("__pycache__")
     )
