@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tdsp_deploy import paths
-from tdsp_deploy.backends.local.routes import write_json_atomic
 from tdsp_deploy.errors import UsageError
+from tdsp_deploy.json_files import write_json_atomic
 
 
 @dataclasses.dataclass

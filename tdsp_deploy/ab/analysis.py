@@ -4,6 +4,8 @@
 document that the CLI prints and tdsp_deploy.ab.report draws: the experiment, per-variant
 numbers (requests, errors, latency percentiles with intervals), the sample-size progress,
 the metrics with their tests, the guardrails, the traffic over time and a verdict.
+This module selects the requests and assembles the document; the per-variant numbers and the
+metric tests are in tdsp_deploy.ab.analysis_metrics, the verdict in tdsp_deploy.ab.analysis_verdict.
 
 What counts
     Records with ``started_at <= t <= ended_at`` (no upper bound while the experiment
@@ -54,7 +56,6 @@ Verdict, first rule that applies
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -62,54 +63,28 @@ from typing import Any
 import numpy as np
 
 from tdsp_deploy.ab import decision, stats
+from tdsp_deploy.ab.analysis_metrics import (
+    HIGHER,
+    LOWER,
+    _adjust,
+    _agreement,
+    _histogram_edges,
+    _metric,
+    _missing_outcomes,
+    _primary_metric,
+    _Requests,
+    _variant_doc,
+)
+from tdsp_deploy.ab.analysis_verdict import _Context, _verdict
 from tdsp_deploy.ab.outcomes import outcome_type
 from tdsp_deploy.errors import UsageError
 
 __all__ = ["analyze"]
 
-HISTOGRAM_BINS = 40
 # Bucket widths for traffic_over_time: the smallest that keeps the series at most
 # MAX_TRAFFIC_BUCKETS long.
 _BUCKET_SECONDS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 MAX_TRAFFIC_BUCKETS = 240
-
-HIGHER, LOWER = "higher_is_better", "lower_is_better"
-
-
-@dataclasses.dataclass
-class _Requests:
-    """The requests one variant is measured on."""
-
-    name: str
-    role: str
-    ids: list[str] = dataclasses.field(default_factory=list)
-    times: list[float] = dataclasses.field(default_factory=list)
-    statuses: list[int] = dataclasses.field(default_factory=list)
-    latencies: list[float] = dataclasses.field(default_factory=list)
-    agreed: list[bool] = dataclasses.field(default_factory=list)
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.ids.append(str(record.get("id")))
-        self.times.append(float(record["t"]))
-        status = record.get("status")
-        self.statuses.append(int(status) if isinstance(status, int | float) else 0)
-        latency = record.get("latency_ms")
-        if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
-            self.latencies.append(float(latency))
-        if isinstance(record.get("agreed"), bool):
-            self.agreed.append(record["agreed"])
-
-    @property
-    def n(self) -> int:
-        return len(self.statuses)
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for s in self.statuses if s >= 500)
-
-    @property
-    def client_errors(self) -> int:
-        return sum(1 for s in self.statuses if 400 <= s < 500)
 
 
 def analyze(
@@ -272,305 +247,6 @@ def _select(records: Iterable[dict[str, Any]], experiment: dict[str, Any]) -> tu
         elif name == treatment.name and kind == treatment_kind:
             treatment.add(record)
     return control, treatment
-
-
-# -- per variant ------------------------------------------------------------------------------
-
-
-def _histogram_edges(latencies: list[float]) -> np.ndarray | None:
-    """Shared bin edges, so both variants' histograms compare bin by bin; log-spaced when the
-    latencies span more than two orders of magnitude (a few slow requests among fast ones)."""
-    if not latencies:
-        return None
-    low, high = min(latencies), max(latencies)
-    if low > 0 and high / low > 100:
-        return np.geomspace(low, high, HISTOGRAM_BINS + 1)
-    return np.histogram_bin_edges(latencies, bins=HISTOGRAM_BINS)
-
-
-def _variant_doc(requests: _Requests, edges: np.ndarray | None, confidence: float) -> dict[str, Any]:
-    n, errors = requests.n, requests.errors
-    latency: dict[str, Any] = {
-        "p50": None,
-        "p50_ci": None,
-        "p95": None,
-        "p95_ci": None,
-        "mean": None,
-        "histogram": {"edges": [], "counts": []},
-    }
-    if requests.latencies:
-        p50, p95 = stats.bootstrap_quantiles(requests.latencies, [0.5, 0.95], confidence)
-        counts, _ = np.histogram(requests.latencies, bins=edges)  # type: ignore[arg-type]
-        latency = {
-            "p50": p50.estimate,
-            "p50_ci": [p50.low, p50.high],
-            "p95": p95.estimate,
-            "p95_ci": [p95.low, p95.high],
-            "mean": float(np.mean(requests.latencies)),
-            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},  # type: ignore[union-attr]
-        }
-    return {
-        "role": requests.role,
-        "n": n,
-        "errors": errors,
-        "client_errors": requests.client_errors,
-        "error_rate": errors / n if n else None,
-        "error_rate_ci": list(stats.proportion_ci(errors, n, confidence)) if n else None,
-        "latency_ms": latency,
-    }
-
-
-# -- metrics ----------------------------------------------------------------------------------
-
-
-def _metric(
-    name: str, metric_type: str, direction: str, result: stats.TestResult | None, test: str | None = None
-) -> dict[str, Any]:
-    if result is None:
-        return {
-            "name": name,
-            "type": metric_type,
-            "test": test,
-            "control": None,
-            "treatment": None,
-            "effect": None,
-            "effect_ci": None,
-            "relative_effect": None,
-            "p_value": None,
-            "p_adjusted": None,
-            "significant": False,
-            "direction": direction,
-        }
-    return {
-        "name": name,
-        "type": metric_type,
-        "test": result.test,
-        "control": result.control,
-        "treatment": result.treatment,
-        "effect": result.effect,
-        "effect_ci": [result.ci_low, result.ci_high],
-        "relative_effect": result.relative_effect,
-        "p_value": result.p_value,
-        "p_adjusted": None,
-        "significant": False,
-        "direction": direction,
-    }
-
-
-def _primary_metric(
-    name: str,
-    metric_type: str,
-    direction: str,
-    control: list[float],
-    treatment: list[float],
-    judged: dict[str, Any],
-) -> dict[str, Any]:
-    """The primary metric as the report shows it: the fixed-horizon test (of the planned sample
-    once it is reached, of everything before), at the fixed part of alpha, so that its interval
-    and ``significant`` agree; the always-valid interval beside it. Never Holm-adjusted with
-    the guardrail metrics: it is the one question the experiment was planned for."""
-    fixed_alpha = judged["alpha_fixed"]
-    result = judged["fixed"] or judged["current"]
-    if result is None:
-        metric = _metric(name, metric_type, direction, None, test="Welch t-test")
-        metric.update(control=float(np.mean(control)), treatment=float(np.mean(treatment)))
-    else:
-        metric = _metric(name, metric_type, direction, result)
-        metric["p_adjusted"] = result.p_value
-        metric["significant"] = result.p_value < fixed_alpha
-    if judged.get("scale") == "log" and result is not None:
-        # compared on logs: the effect is a log ratio, shown as the ratio of geometric means
-        metric["test"] = f"{result.test} on log values"
-        metric["relative_effect"] = math.expm1(result.effect)
-    metric["scale"] = judged.get("scale")
-    if "units" in judged:
-        metric["units"] = judged["units"]
-    metric["alpha"] = fixed_alpha
-    metric["planned_sample"] = judged["fixed"] is not None
-    metric["always_valid_ci"] = judged["always_valid_ci"]
-    metric["always_valid_alpha"] = judged["alpha_sequential"]
-    control_ci = _rate_ci(control, metric_type, fixed_alpha)
-    treatment_ci = _rate_ci(treatment, metric_type, fixed_alpha)
-    metric["control_ci"], metric["treatment_ci"] = control_ci, treatment_ci
-    return metric
-
-
-def _rate_ci(values: list[float], metric_type: str, alpha: float) -> list[float] | None:
-    """A variant's own interval of the primary metric: Wilson's for a rate, t for a mean."""
-    if not values:
-        return None
-    if metric_type == "binary":
-        return list(stats.proportion_ci(int(round(sum(values))), len(values), 1 - alpha))
-    if len(values) < 2:
-        return None
-    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
-    half = float(stats._st.t.ppf(1 - alpha / 2, len(values) - 1)) * sem
-    return [mean - half, mean + half]
-
-
-def _missing_outcomes(variants: tuple[_Requests, _Requests], collected: dict[str, int]) -> list[str]:
-    """Requests without an outcome are left out of the primary metric; say so, since outcomes
-    missing more on one side than the other bias the comparison."""
-    found = []
-    for variant in variants:
-        missing = variant.n - collected[variant.name]
-        if missing > 0:
-            found.append(
-                f"{missing} of {variant.n} requests to {variant.name} ({missing / variant.n:.1%}) have no"
-                " outcome and are left out of the primary metric"
-            )
-    return found
-
-
-def _adjust(metrics: list[dict[str, Any]], alpha: float) -> None:
-    tested = [m for m in metrics if m["p_value"] is not None]
-    for metric, adjusted in zip(tested, stats.holm([m["p_value"] for m in tested]), strict=True):
-        metric["p_adjusted"] = adjusted
-        metric["significant"] = adjusted < alpha
-
-
-def _agreement(agreed: list[bool], confidence: float) -> dict[str, Any]:
-    """The share of shadow answers equal to the live answer: a rate, not a comparison, so no
-    test; the rate stands in ``treatment`` and ``effect``, its interval in ``effect_ci``."""
-    rate = sum(agreed) / len(agreed)
-    return {
-        "name": "agreement",
-        "type": "binary",
-        "test": None,
-        "control": None,
-        "treatment": rate,
-        "effect": rate,
-        "effect_ci": list(stats.proportion_ci(sum(agreed), len(agreed), confidence)),
-        "relative_effect": None,
-        "p_value": None,
-        "p_adjusted": None,
-        "significant": False,
-        "direction": HIGHER,
-    }
-
-
-# -- verdict ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Context:
-    control: str
-    treatment: str
-    mode: str
-    metric: str
-    direction: str
-    alpha: float
-    power: float
-    mde: float | None
-    required: int | None
-    collected: dict[str, int]
-    sample_reached: bool
-    duration_passed: bool
-    max_hours: float | None
-    has_outcomes: bool
-    joined: dict[str, list[float]]
-    judged: dict[str, Any] | None = None
-
-
-def _pct(value: float) -> str:
-    return f"{value:.2%}".replace(".00%", "%")
-
-
-def _effect(metric: dict[str, Any]) -> str:
-    effect = metric["effect"]
-    if metric["type"] == "binary":
-        return f"{effect * 100:+.2f} pp"
-    return f"{effect:+.4g}"
-
-
-def _breach(guardrail: dict[str, Any]) -> str:
-    name, limit, value = guardrail["name"], guardrail["limit"], guardrail["treatment"]
-    if name == "error_rate":
-        return f"error rate {_pct(value)} > {_pct(limit)}"
-    if name == "p95_ms":
-        return f"p95 {value:.4g} ms > {limit:.4g} ms"
-    return (
-        f"error rate {_pct(value)} is more than {_pct(limit)} above the control's "
-        f"{_pct(guardrail['control'])} (always-valid lower bound of the rise:"
-        f" {_pct(guardrail.get('always_valid_lower_bound', 0.0))})"
-    )
-
-
-def _verdict(
-    c: _Context, primary: dict[str, Any] | None, guardrails: list[dict[str, Any]]
-) -> tuple[str, str]:
-    breached = [g for g in guardrails if g["breached"]]
-    if breached:
-        plural = "guardrail" if len(breached) == 1 else f"{len(breached)} guardrails"
-        return "roll back", f"{c.treatment} breached {plural}: {', '.join(_breach(g) for g in breached)}."
-
-    if c.mode == "mirror":
-        return "inconclusive", (
-            f"in a mirror {c.treatment}'s answers reach no one, so outcomes cannot compare the variants; "
-            f"the guardrails hold — run a split experiment to measure {c.metric}."
-        )
-    if not c.has_outcomes:
-        return "inconclusive", "no outcomes given; pass --outcomes"
-    if primary is None:
-        unmatched = [name for name, values in c.joined.items() if not values]
-        return "inconclusive", (
-            f"no outcome matched a request of {' or '.join(unmatched)}; check that the outcomes' "
-            "request_id values are the request ids in the request log."
-        )
-    if primary["p_value"] is None:
-        return "inconclusive", (
-            f"too few requests with outcomes to test {c.metric} "
-            f"({c.collected[c.control]} and {c.collected[c.treatment]})."
-        )
-
-    judged = c.judged or {}
-    smallest = min(c.collected.values())
-    progress = f"{smallest} of {c.required} per variant" if c.required else f"{smallest} per variant"
-    p = f"p = {primary['p_value']:.3g} at alpha {primary['alpha']:.3g}"
-    low, high = judged.get("always_valid_ci", [None, None])
-    bound = f"always-valid interval [{_effect_value(primary, low)}, {_effect_value(primary, high)}]"
-    if judged.get("by") == "always-valid":
-        worse = judged["decision"] == "keep control"
-        if worse:
-            return "keep control", f"{c.treatment} is significantly worse on {c.metric} ({bound})."
-        return "promote", f"{c.treatment} improves {c.metric} ({bound}), with {progress} collected."
-    if judged.get("by") == "planned sample":
-        better = (primary["effect"] > 0) == (c.direction == HIGHER)
-        if judged["decision"] == "promote":
-            return "promote", (
-                f"{c.treatment} improves {c.metric} by {_effect(primary)} ({p}) at the planned sample."
-            )
-        if primary["significant"] and not better:
-            return "keep control", (
-                f"{c.treatment} is significantly worse on {c.metric}: {_effect(primary)} ({p})."
-            )
-        return "keep control", (
-            f"no effect of at least the minimum detectable effect ({c.mde:g}) on {c.metric} "
-            f"at {c.power:.0%} power: {_effect(primary)}, {p} at the planned sample."
-        )
-    if c.duration_passed:
-        return "keep control", (
-            f"the maximum duration of {c.max_hours:g} h passed with {progress} collected and no "
-            f"decision on {c.metric} ({_effect(primary)}, {bound})."
-        )
-    if c.required is None:
-        return "inconclusive", (
-            "the sample size cannot be planned: set ab.baseline (the control's rate or standard "
-            "deviation), or ab.max_duration_hours to end the experiment after a fixed time."
-        )
-    early = (
-        f"{c.treatment} looks better on {c.metric} ({_effect(primary)}, {p}), but not yet by the "
-        "always-valid interval, and stopping at the first significant look inflates false positives"
-        if primary["significant"]
-        else f"no significant effect on {c.metric} yet ({_effect(primary)}, {p})"
-    )
-    return "inconclusive", f"{progress} collected; {early} — keep the experiment running."
-
-
-def _effect_value(metric: dict[str, Any], value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value * 100:+.2f} pp" if metric["type"] == "binary" else f"{value:+.4g}"
 
 
 # -- traffic over time ------------------------------------------------------------------------

@@ -20,28 +20,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+# Progress lives in the core (packaging reports through it too); named here for the backends.
+from tdsp_deploy.progress import Progress, ProgressEvent, no_progress  # noqa: F401
+
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgressEvent:
-    """One thing worth telling the user while a slow step runs."""
-
-    step: str  # "package", "deploy", "health", "smoke", "latency", "traffic", "rollback", ...
-    message: str
-    elapsed: float | None = None  # seconds spent in this step so far
-    timeout: float | None = None  # seconds allowed for it, when bounded
-    done: int | None = None  # units completed (requests, bytes, ...)
-    total: int | None = None
-
-
-Progress = Callable[[ProgressEvent], None]
-
-
-def no_progress(event: ProgressEvent) -> None:
-    """The progress callback for callers that do not want to hear."""
 
 
 @dataclasses.dataclass

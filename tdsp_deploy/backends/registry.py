@@ -31,7 +31,6 @@ GROUPS = (GROUP, entry_point_cache.PYDANTIC_GROUP)
 class Registry:
     entry_points: dict[str, PluginRef]
     loaded: dict[str, type[Backend]] = dataclasses.field(default_factory=dict)
-    broken: dict[str, str] = dataclasses.field(default_factory=dict)
     from_cache: bool = False
 
     @classmethod
@@ -72,7 +71,6 @@ class Registry:
         except Exception as exc:  # a plugin's import error must not take the CLI down
             if self._reread() and self.entry_points.get(kind) != entry_point:
                 return self.backend_class(kind)  # the cached listing was stale
-            self.broken[kind] = f"{type(exc).__name__}: {exc}"
             raise PluginError(
                 f"the backend for target kind '{kind}' ({entry_point.value}) failed to load: {exc}",
                 hint=f"reinstall it, e.g. pip install 'tdsp-deploy[{kind}]'",

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import tdsp_deploy
 from tdsp_deploy import paths
-from tdsp_deploy.backends.base import Progress, ProgressEvent, no_progress
 from tdsp_deploy.errors import TdspError
 from tdsp_deploy.packaging import libraries as libs
 from tdsp_deploy.packaging.errors import changed_error, read_error, write_error
@@ -40,6 +39,7 @@ from tdsp_deploy.packaging.lock import (
 )
 from tdsp_deploy.packaging.sources import Layout, plan
 from tdsp_deploy.packaging.tarstream import TarStream
+from tdsp_deploy.progress import Progress, ProgressEvent, no_progress
 
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase

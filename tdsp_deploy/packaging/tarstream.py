@@ -19,8 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from tdsp_deploy.backends.base import Progress, ProgressEvent
 from tdsp_deploy.packaging.errors import changed_error, read_error, write_error
+from tdsp_deploy.progress import Progress, ProgressEvent
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar pads the archive to whole records, as tarfile and GNU tar do

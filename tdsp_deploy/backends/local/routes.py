@@ -10,10 +10,12 @@ import bisect
 import dataclasses
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
+
+# Moved to the core (experiments.py writes with it too); still importable from here.
+from tdsp_deploy.json_files import write_json_atomic  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,18 +157,3 @@ def key_fraction(salt: bytes, key: bytes) -> float:
     """A stable number in [0, 1) for a sticky key."""
     digest = hashlib.blake2b(key, digest_size=8, key=salt[:64]).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-def write_json_atomic(path: Path, doc: Any, *, mode: int = 0o644) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(doc, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

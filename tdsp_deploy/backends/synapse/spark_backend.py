@@ -16,36 +16,37 @@ How the backend contract maps onto a batch target:
 - ``render`` writes the job script, its spec, the Livy request and the upload plan, offline.
 
 Storage (storage.py) and Livy (livy.py) are the two doors to the platform; a test hands in
-its own (a folder store, a Livy client pointed at a loopback server).
+its own (a folder store, a Livy client pointed at a loopback server). This module holds the
+contract (slots, traffic, status, render); running jobs is in spark_jobs.py, calls and their
+frames in spark_frames.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import (
-    REPLAYED_ANSWER_HEADER,
     Backend,
-    Caller,
     EndpointStatus,
-    InvokeResult,
     ProgressEvent,
     SlotStatus,
     no_progress,
 )
 from tdsp_deploy.backends.synapse import job as jobs
-from tdsp_deploy.backends.synapse.target import NODE_SIZES, DataLocation, SynapseTarget
-from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
+from tdsp_deploy.backends.synapse.spark_frames import (
+    MAX_SMOKE_JOBS,
+    SparkCalls,
+    parquet_bytes,
+    read_scored,
+    request_frame,
+)
+from tdsp_deploy.backends.synapse.spark_jobs import SparkJobs
+from tdsp_deploy.backends.synapse.target import DataLocation, SynapseTarget
+from tdsp_deploy.errors import DeploymentFailed, EndpointNotFound, UsageError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
@@ -54,16 +55,11 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
-#: A push's smoke test runs one Spark job per distinct request: more than this is refused.
-MAX_SMOKE_JOBS = 3
-ROW_INDEX = "_tdsp_row"
-#: On an answer given again from the job that answered the same request before: that job's id.
-REPLAY_HEADER = REPLAYED_ANSWER_HEADER
-#: Beside a run's request log, written once the run succeeded: when it started.
-RUN_RECORD = "run.json"
+# Re-exported: tests and tools read frames through this module.
+__all__ = ["SparkBackend", "parquet_bytes", "read_scored", "request_frame"]
 
 
-class SparkBackend(Backend):
+class SparkBackend(SparkJobs, SparkCalls, Backend):
     """Batch scoring on a Synapse Spark pool (and on a local Spark for ``run --local``)."""
 
     kind = "synapse"
@@ -345,337 +341,6 @@ class SparkBackend(Backend):
         if slot is None:
             self.store.delete(f"{self._endpoint_dir()}/traffic.json")
 
-    # -- running jobs ------------------------------------------------------------------------------
-    def run_job(
-        self,
-        source: DataLocation | None = None,
-        sink: DataLocation | None = None,
-        *,
-        local: bool = False,
-        slot: str | None = None,
-        master: str = "local[*]",
-        work_dir: Path | None = None,
-        run_dir: str | None = None,
-    ) -> dict[str, Any]:
-        """Score ``source`` into ``sink`` (default: the target's input / output).
-
-        ``local``: the manifest's model on a local Spark, local paths. Otherwise the deployed
-        slots on the Spark pool, split by the endpoint's traffic (or only ``slot``); the job
-        writes its summary, or its error, to ``<run_dir>/result.json`` in the storage
-        (default run_dir: a new ``endpoints/<name>/runs/<id>``), and that is what is reported."""
-        source = source or self.target.input
-        sink = sink or self.target.output
-        if source is None or sink is None:
-            raise UsageError(
-                "nothing to read or nowhere to write",
-                hint="give --input and --output, or target.input and target.output in the manifest",
-            )
-        if local:
-            return self._run_local(source, sink, master=master, work_dir=work_dir)
-        variants = self._variants(slot)
-        if not self._salt:
-            from tdsp_deploy.backends.synapse.storage import get_json
-
-            self._salt = str(
-                (get_json(self.store, f"{self._endpoint_dir()}/experiment.json") or {}).get("id", "")
-            )
-        run_id = _run_id()
-        run_dir = run_dir or f"{self._endpoint_dir()}/runs/{run_id}"
-        result_name = f"{run_dir}/{jobs.RESULT_FILE}"
-        # a run split between versions logs which version scored which key, for `ab`
-        log_dir = f"{self._endpoint_dir()}/requests/{run_id}" if len(variants) > 1 else None
-        started = time.time()
-        spec = self._spec(
-            variants,
-            source,
-            sink,
-            request_log=self.store.uri(log_dir) if log_dir else None,
-            result=self.store.uri(result_name),
-        )
-        result = self._submit(spec, self._job_uri(variants), slot=slot, result_name=result_name)
-        if log_dir and result.get("request_log"):
-            from tdsp_deploy.backends.synapse.storage import put_json
-
-            # written last: a log without it (a run that died half-way) is never read
-            put_json(
-                self.store, f"{log_dir}/{RUN_RECORD}", {"t": started, "batch_id": result.get("batch_id")}
-            )
-        return result
-
-    def _run_local(
-        self, source: DataLocation, sink: DataLocation, *, master: str, work_dir: Path | None
-    ) -> dict[str, Any]:
-        import tempfile
-
-        from tdsp_deploy import paths
-        from tdsp_deploy.backends.synapse.local_spark import run_local
-        from tdsp_deploy.packaging import build_package
-
-        for place in (source, sink):
-            if place.path is not None and place.path.startswith("abfss://"):
-                raise UsageError(
-                    f"run --local reads and writes local paths; {place.path} is in Azure",
-                    hint="give --input and --output as local paths",
-                )
-        if source.path is not None and not Path(source.path).exists():
-            raise UsageError(f"the input {source.path} does not exist")
-        package = build_package(self.manifest, paths.package_store(), progress=self.progress)
-        variant = jobs.Variant.of("local", package.lock, str(package.path), 100, self.manifest.model.flavor)
-        spec = self._spec([variant], source, sink)
-        work = work_dir or Path(tempfile.mkdtemp(prefix=f"tdsp-run-{self.manifest.name}-"))
-        return run_local(
-            spec,
-            work,
-            conf=self.target.conf,
-            master=master,
-            timeout=self.target.job_timeout,
-            progress=self.progress,
-        )
-
-    def _spec(
-        self,
-        variants: list[jobs.Variant],
-        source: DataLocation,
-        sink: DataLocation,
-        *,
-        request_log: str | None = None,
-        result: str | None = None,
-    ) -> dict[str, Any]:
-        try:
-            return jobs.job_spec(
-                self.target,
-                self.manifest,
-                variants,
-                source,
-                sink,
-                salt=self._salt,
-                request_log=request_log,
-                result=result,
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-    def _variants(self, slot: str | None) -> list[jobs.Variant]:
-        from tdsp_deploy.backends.synapse.storage import get_json
-
-        records = self._records()
-        if not records:
-            raise EndpointNotFound(
-                f"endpoint '{self.manifest.name}' is not deployed", hint="tdsp-deploy push first"
-            )
-        if slot is not None:
-            if slot not in records:
-                raise UsageError(f"endpoint '{self.manifest.name}' has no slot '{slot}'")
-            shares = {slot: 100}
-        else:
-            shares = get_json(self.store, f"{self._endpoint_dir()}/traffic.json") or {}
-            if not shares:
-                raise UsageError(
-                    f"no slot of '{self.manifest.name}' takes rows yet",
-                    hint="tdsp-deploy traffic, or push with traffic 100",
-                )
-        return [
-            jobs.Variant(
-                name=name,
-                model_version=str(records[name]["model_version"]),
-                package=records[name]["package"],
-                share=int(share),
-                flavor=records[name].get("flavor"),
-                model_path=records[name]["model_path"],
-                script=records[name]["script"],
-            )
-            for name, share in sorted(shares.items())
-            if share
-        ]
-
-    def _job_uri(self, variants: list[jobs.Variant]) -> str:
-        records = self._records()
-        return str(records[variants[0].name]["job"])
-
-    def livy_request(self, spec: dict[str, Any], job_uri: str, *, slot: str | None = None) -> dict[str, Any]:
-        """The body of the Livy batch request (Synapse "Create Spark Batch Job")."""
-        driver_cores, driver_memory = NODE_SIZES[self.target.driver.size]
-        executor_cores, executor_memory = NODE_SIZES[self.target.executor.size]
-        return {
-            "name": f"tdsp-{self.manifest.name}-{slot or 'run'}",
-            "file": job_uri,
-            "args": [jobs.spec_text(spec)],
-            "driverMemory": driver_memory,
-            "driverCores": driver_cores,
-            "executorMemory": executor_memory,
-            "executorCores": executor_cores,
-            "numExecutors": self.target.executor.count,
-            "conf": dict(sorted(self.target.conf.items())),
-            "tags": {"tdsp-endpoint": self.manifest.name, **({"tdsp-slot": slot} if slot else {})},
-        }
-
-    def _submit(
-        self, spec: dict[str, Any], job_uri: str, *, slot: str | None, result_name: str
-    ) -> dict[str, Any]:
-        """Submit, wait, and read what the job wrote to ``result_name``. Synapse's batch ``log``
-        holds only the last lines of the spark-submit launcher (the driver's output stays in
-        the pool, behind appInfo.driverLogUrl), so the job's own result.json is what says how
-        many rows it scored, or why it failed."""
-        body = self.livy_request(spec, job_uri, slot=slot)
-        batch = self.livy.submit(body)
-        batch_id = batch.get("id")
-        if batch_id is None:
-            raise BackendError("Synapse accepted the batch but gave no id")
-        self._tell("run", f"submitted Spark batch {batch_id} to pool {self.target.spark_pool}")
-        result_uri = self.store.uri(result_name)
-        try:
-            final = self.livy.wait(int(batch_id), timeout=self.target.job_timeout, progress=self.progress)
-        except DeploymentFailed as failed:
-            result = jobs.read_result(self.store.get_bytes(result_name))
-            error = jobs.failure_text(result)
-            failed.details.update({"error": error, "result": result_uri})
-            self._keep_log(slot, jobs.job_log(batch_id, failed.details, result, result_uri))
-            if error:
-                # the driver's own error, from where the job saved it, before the launcher's noise
-                failed.message = failed.message.split(":\n", 1)[0] + f":\n{error}"
-            raise
-        result = jobs.read_result(self.store.get_bytes(result_name))
-        self._keep_log(slot, jobs.job_log(batch_id, final, result, result_uri))
-        if result is None or result.get("state") != "success":
-            raise DeploymentFailed(
-                f"Spark batch {batch_id} ended {final.get('state')} but its job wrote no summary to "
-                f"{result_uri}",
-                hint=jobs.driver_log_hint(final),
-                details={"batch_id": batch_id, "state": final.get("state"), "result": result_uri},
-            )
-        output = spec["output"].get("path") or spec["output"].get("table")
-        return {
-            **{k: v for k, v in result.items() if k != "messages"},
-            "batch_id": batch_id,
-            "state": final.get("state"),
-            "output": output,  # as it was asked for (the job may see the storage by another path)
-            "result": result_uri,
-            **({"driver_log": url} if (url := jobs.driver_log_url(final)) else {}),
-        }
-
-    def _keep_log(self, slot: str | None, text: str) -> None:
-        if slot and text:
-            self.store.put_bytes(f"{self._endpoint_dir()}/slots/{slot}.log", text.encode())
-
-    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        """One record per row scored by a run split between versions (``run`` on the endpoint,
-        not pinned) since ``since``: ``id`` is the row's key_column value, the id that `ab analyze
-        --outcomes` joins on. A batch has no per-request latency, so the records carry none."""
-        import pyarrow.parquet
-
-        from tdsp_deploy.backends.synapse.storage import get_json
-
-        prefix = f"{self._endpoint_dir()}/requests/"
-        names = self.store.list(prefix)
-        runs = sorted(
-            (record["t"], name.removesuffix(RUN_RECORD))
-            for name in names
-            if name.endswith("/" + RUN_RECORD)
-            and isinstance(record := get_json(self.store, name), dict)
-            and isinstance(record.get("t"), int | float)
-            and record["t"] >= since
-        )
-        for t, folder in runs:
-            for part in (n for n in names if n.startswith(folder) and n.endswith(".parquet")):
-                data = self.store.get_bytes(part)
-                if not data:
-                    continue
-                table = pyarrow.parquet.read_table(
-                    io.BytesIO(data), columns=["id", "variant", "model_version"]
-                )
-                for row_id, variant, version in zip(
-                    *(table.column(i).to_pylist() for i in range(3)), strict=True
-                ):
-                    yield {
-                        "kind": "live",
-                        "t": t,
-                        "id": row_id,
-                        "deployment": variant,
-                        "version": version,
-                        "status": 200,
-                        "latency_ms": None,
-                        "pinned": False,
-                    }
-
-    # -- calling -----------------------------------------------------------------------------------
-    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
-        """Callers that score a JSON table (``{"columns": [...], "data": [[...]]}``) with a Spark
-        job on the pool; the answer is the table of scored rows (model version and slot in the
-        headers).
-
-        One job per distinct request in a context: a push's smoke test sends the sample for its
-        answer and again as its latency sample, and both are answered by the one job (the repeat
-        is marked with REPLAY_HEADER and carries the job's own elapsed time)."""
-        answered: dict[str, InvokeResult] = {}
-        guard = threading.Lock()  # a repeat waits for the job of its first sending
-
-        def call(body: bytes) -> InvokeResult:
-            key = hashlib.sha256(body).hexdigest()
-            with guard:
-                first = answered.get(key)
-                if first is None:
-                    # Each new request is a Spark job: a latency run of hundreds of distinct
-                    # requests gets a refusal per request past the budget, not hundreds of jobs.
-                    if len(answered) >= MAX_SMOKE_JOBS:
-                        return _answer(
-                            429,
-                            {
-                                "error": f"more than {MAX_SMOKE_JOBS} distinct requests in one run: each "
-                                "one is a Spark batch job; send the same sample, or set "
-                                "smoke_test.latency: {requests: 1, warmup: 0, concurrency: 1}"
-                            },
-                            time.perf_counter(),
-                        )
-                    result = self._call(body, slot)
-                    if result.status == 200:
-                        answered[key] = result
-                    return result
-            batch = first.headers.get("x-spark-batch-id", "")
-            return InvokeResult(
-                status=first.status,
-                body=first.body,
-                headers={**first.headers, REPLAY_HEADER: batch},
-                elapsed_ms=first.elapsed_ms,
-            )
-
-        @contextlib.contextmanager
-        def made() -> Iterator[Iterator[Caller]]:
-            def callers_forever() -> Iterator[Caller]:
-                while True:
-                    yield call
-
-            yield callers_forever()
-
-        return made()
-
-    def _call(self, body: bytes, slot: str | None) -> InvokeResult:
-        started = time.perf_counter()
-        try:
-            frame = request_frame(body)
-        except ValueError as exc:
-            return _answer(400, {"error": str(exc)}, started)
-        run_dir = f"{self._endpoint_dir()}/runs/{_run_id()}"
-        self.store.put_bytes(f"{run_dir}/input.parquet", parquet_bytes(frame))
-        source = DataLocation(path=self.store.uri(f"{run_dir}/input.parquet"), format="parquet")
-        sink = DataLocation(path=self.store.uri(f"{run_dir}/output"), format="parquet")
-        try:
-            result = self.run_job(source, sink, slot=slot, run_dir=run_dir)
-        except DeploymentFailed as exc:
-            return _answer(500, {"error": exc.message}, started)
-        table, versions, variants = read_scored(self.store, f"{run_dir}/output")
-        headers = {"content-type": "application/json"}
-        if variants or slot:
-            headers["azureml-model-deployment"] = ",".join(variants) if variants else str(slot)
-        if versions:
-            headers["x-model-version"] = ",".join(versions)
-        headers["x-spark-batch-id"] = str(result.get("batch_id"))
-        return InvokeResult(
-            status=200,
-            body=json.dumps(table).encode(),
-            headers=headers,
-            elapsed_ms=(time.perf_counter() - started) * 1e3,
-        )
-
     # -- reviewing ---------------------------------------------------------------------------------
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
         """The job script, its spec and Livy request for the target's input/output (as a push
@@ -730,71 +395,3 @@ class SparkBackend(Backend):
 
     def _tell(self, step: str, message: str, **numbers: Any) -> None:
         self.progress(ProgressEvent(step=step, message=message, **numbers))
-
-
-# -- the request and the answer -------------------------------------------------------------------
-def request_frame(body: bytes) -> Any:
-    """A JSON table request as a DataFrame, with a row index so the answer keeps the order."""
-    import pandas
-
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise ValueError(f"the request is not JSON: {exc}") from None
-    if (
-        not isinstance(doc, dict)
-        or not isinstance(doc.get("columns"), list)
-        or not isinstance(doc.get("data"), list)
-    ):
-        raise ValueError('the request must be {"columns": [...], "data": [[...], ...]}')
-    columns = [str(c) for c in doc["columns"]]
-    for number, row in enumerate(doc["data"]):
-        if not isinstance(row, list) or len(row) != len(columns):
-            raise ValueError(f"data[{number}] must be a list of {len(columns)} values")
-    frame = pandas.DataFrame(doc["data"], columns=columns)
-    frame[ROW_INDEX] = range(len(frame))
-    return frame
-
-
-def parquet_bytes(frame: Any) -> bytes:
-    import pyarrow
-    import pyarrow.parquet
-
-    buffer = io.BytesIO()
-    pyarrow.parquet.write_table(pyarrow.Table.from_pandas(frame, preserve_index=False), buffer)
-    return buffer.getvalue()
-
-
-def read_scored(store: Store, prefix: str) -> tuple[dict[str, Any], list[str], list[str]]:
-    """The job's parquet output under ``prefix`` as a JSON table in request order, and the model
-    versions and variants that scored it (which leave the table for the headers)."""
-    import pandas
-    import pyarrow.parquet
-
-    parts = [n for n in store.list(prefix + "/") if n.endswith(".parquet")]
-    frames = []
-    for name in parts:
-        data = store.get_bytes(name)
-        if data:
-            frames.append(pyarrow.parquet.read_table(io.BytesIO(data)).to_pandas())
-    if not frames:
-        raise DeploymentFailed(f"the job wrote no rows under {store.uri(prefix)}")
-    frame = pandas.concat(frames, ignore_index=True).sort_values(ROW_INDEX).drop(columns=[ROW_INDEX])
-    versions = sorted(frame.pop("model_version").astype(str).unique()) if "model_version" in frame else []
-    variants = sorted(frame.pop("variant").astype(str).unique()) if "variant" in frame else []
-    data = json.loads(frame.to_json(orient="split", index=False, double_precision=15))
-    return {"columns": data["columns"], "data": data["data"]}, versions, variants
-
-
-def _run_id() -> str:
-    """Sorts by time, unique across machines."""
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-
-
-def _answer(status: int, doc: Any, started: float) -> InvokeResult:
-    return InvokeResult(
-        status=status,
-        body=json.dumps(doc).encode(),
-        headers={"content-type": "application/json"},
-        elapsed_ms=(time.perf_counter() - started) * 1e3,
-    )
