@@ -155,7 +155,9 @@ def test_watch_and_all_follow_real_endpoints(cli, tmp_path):
         down = cli("status", "--all", "--watch", "--count", "1", "--json")
         assert down.exit_code == ExitCode.DEPLOYMENT_FAILED
         states = {e["name"]: e["slots"][0]["state"] for e in json.loads(down.stdout)["endpoints"]}
-        assert states == {"watched": "stopped", "other": "healthy"}
+        # The supervisor restarts a killed slot after half a second: on a busy machine status may
+        # already see the new process, still loading its model ("unhealthy"), not the dead one.
+        assert states["other"] == "healthy" and states["watched"] in ("stopped", "unhealthy"), states
     finally:
         cli("delete", first, "--yes")
         cli("delete", second, "--yes")
