@@ -339,7 +339,7 @@ def test_sklearn_script_answers_as_the_earlier_script(sklearn_model, kind):
         # the same Python types row by row, not only equal values
         assert [type(v) for v in now["label"]] == [type(v) for v in before["label"]]
         strip = [
-            [{k: v for k, v in entry.items() if k != "latency_ms"} for entry in json.loads(log["request_log"])]
+            [{k: v for k, v in e.items() if k != "latency_ms"} for e in json.loads(log["request_log"])]
             for log in (now_log, before_log)
         ]
         assert strip[0] == strip[1]
