@@ -254,6 +254,100 @@ def test_sklearn_script_answers_like_the_model(sklearn_model):
     assert set(out["model_version"]) == {"7"}
 
 
+# The scikit-learn prediction code as generated before the labels were mapped after both model
+# calls (and by one comparison per class): the script must still answer exactly as it did.
+_EARLIER_SKLEARN_PREDICT = """
+
+def _blocks(model, features):
+    blocks = [_labels(model, numpy.asarray(model.predict(features))).reshape(len(features), -1)]
+    if len(OUTPUTS) > blocks[0].shape[1] and hasattr(model, "predict_proba"):
+        blocks.append(numpy.asarray(model.predict_proba(features)).reshape(len(features), -1))
+    return blocks
+
+
+def _labels(model, labels):
+    classes = getattr(model, "classes_", None)
+    if labels.dtype.kind != "U" or not isinstance(classes, numpy.ndarray):
+        return labels
+    if classes.dtype.kind != "U" or classes.ndim != 1 or not len(classes):
+        return labels
+    position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
+    if not (classes[position] == labels).all():
+        return labels
+    return classes.astype(object)[position]
+"""
+
+
+def _earlier_script(script: str) -> str:
+    start = script.index("\n\ndef _blocks(model, features):")
+    end = script.index("\n\ndef _predict(model, features):")
+    return script[:start] + _EARLIER_SKLEARN_PREDICT + script[end:]
+
+
+class StrayLabels:
+    """A classifier whose predict() answers a label that is not among its classes_."""
+
+    classes_ = np.array(["no", "yes"])
+
+    def predict(self, features):
+        return np.where(features.iloc[:, 0].to_numpy() > 6, "maybe", "no")
+
+    def predict_proba(self, features):
+        high = (features.iloc[:, 0].to_numpy() > 6).astype(float)
+        return np.column_stack([1 - high, high])
+
+
+def _labelled_models(sklearn_model):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    rows = random_rows(600, seed=3)
+    bucket = np.digitize(rows["petal_length"], np.linspace(1, 7, 19))  # 20 classes: the search path
+    prefixes = np.array(["a", "ab", "abc"])[bucket % 3]  # labels that are prefixes of each other
+    return {
+        "iris": sklearn_model,
+        "integers": DecisionTreeClassifier(random_state=0).fit(rows, bucket),
+        "twenty": DecisionTreeClassifier(random_state=0).fit(rows, np.char.add("class_", bucket.astype(str))),
+        "prefixes": DecisionTreeClassifier(random_state=0, max_depth=3).fit(rows, prefixes),
+        "stray": StrayLabels(),
+        "regression": LinearRegression().fit(rows, rows["petal_width"] * 2),
+    }
+
+
+@pytest.mark.parametrize("kind", ["iris", "integers", "twenty", "prefixes", "stray", "regression"])
+def test_sklearn_script_answers_as_the_earlier_script(sklearn_model, kind):
+    model = _labelled_models(sklearn_model)[kind]
+    outputs = [{"name": "label", "type": "nvarchar(16)"}]
+    if hasattr(model, "predict_proba"):
+        outputs += [{"name": f"p{i}", "type": "float"} for i in range(len(model.classes_))]
+    target = make_target(outputs=outputs)
+    script = generate_script("sklearn", target.inputs, target.outputs, model_file_name="model.pkl")
+    earlier = _earlier_script(script)
+    assert earlier != script and "def _labels" in earlier
+    rows = random_rows(5_000, seed=5)
+    payload = pickle.dumps(model)
+    for params in (
+        one_route(payload, "1"),
+        routed(("blue", "1", 60, payload, "s"), ("green", "2", 40, pickle.dumps(sklearn_model), "s")),
+    ):
+        answers = [
+            run_external_script_with_outputs(text, rows, params, output_params=["request_log"])
+            for text in (script, earlier)
+        ]
+        (now, now_log), (before, before_log) = answers
+        pd.testing.assert_frame_equal(now, before, check_exact=True)
+        # the same Python types row by row, not only equal values
+        assert [type(v) for v in now["label"]] == [type(v) for v in before["label"]]
+        strip = [
+            [{k: v for k, v in e.items() if k != "latency_ms"} for e in json.loads(log["request_log"])]
+            for log in (now_log, before_log)
+        ]
+        assert strip[0] == strip[1]
+        if kind in ("iris", "twenty", "prefixes") and len(strip[0]) == 1:
+            # one route: every row's label is one of a few strings, not a string of its own
+            assert now["label"].dtype == object and len({id(v) for v in now["label"]}) <= len(model.classes_)
+
+
 def test_sklearn_joblib_and_user_predict(sklearn_model, tmp_path):
     import io
 

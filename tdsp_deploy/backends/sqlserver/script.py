@@ -91,21 +91,37 @@ _PREDICT = {
 
 def _blocks(model, features):
     # predict() gives the first output column; a classifier's predict_proba() the next ones.
-    blocks = [_labels(model, numpy.asarray(model.predict(features))).reshape(len(features), -1)]
+    # The two calls come back to back and the labels are mapped after both: a multi-threaded
+    # BLAS keeps its idle threads spinning for a while after each call, so Python work between
+    # the calls would be paid twice over.
+    predicted = numpy.asarray(model.predict(features))
+    blocks = [predicted.reshape(len(features), -1)]
     if len(OUTPUTS) > blocks[0].shape[1] and hasattr(model, "predict_proba"):
         blocks.append(numpy.asarray(model.predict_proba(features)).reshape(len(features), -1))
+    blocks[0] = _labels(model, predicted).reshape(len(features), -1)
     return blocks
 
 
 def _labels(model, labels):
     # A classifier's text labels come as fixed-width strings; every row's would become its own
-    # Python string in the result set. Each label is one of the sorted classes_: point at
-    # those few strings instead (a third of the cost on a large batch).
+    # Python string in the result set. Each label is one of the classes_: point at those few
+    # strings instead (a third of the cost on a large batch).
     classes = getattr(model, "classes_", None)
     if labels.dtype.kind != "U" or not isinstance(classes, numpy.ndarray):
         return labels
     if classes.dtype.kind != "U" or classes.ndim != 1 or not len(classes):
         return labels
+    if len(classes) <= 16:  # a few classes: one comparison each, cheaper than a search by text
+        position = numpy.zeros(labels.shape, dtype=numpy.uint8)
+        matched = 0
+        for index, name in enumerate(classes):
+            same = labels == name
+            matched += numpy.count_nonzero(same)
+            if index:
+                numpy.add(position, index, out=position, where=same)
+        if matched != labels.size:  # a label not among classes_ (or classes_ repeats one)
+            return labels
+        return classes.astype(object)[position]
     position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
     if not (classes[position] == labels).all():  # classes_ not sorted, or labels not among them
         return labels
