@@ -37,8 +37,9 @@ def azurite_blob() -> str | None:
     return shutil.which("azurite-blob")
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate and key for 127.0.0.1, valid for a day: (cert.pem, key.pem)."""
+def self_signed(folder: Path, host: str = "127.0.0.1", stem: str = "") -> tuple[Path, Path]:
+    """A certificate and key for ``host`` (an IP address or a DNS name), valid for a day:
+    (``<stem>cert.pem``, ``<stem>key.pem``) in ``folder``."""
     import datetime
     import ipaddress
 
@@ -47,8 +48,12 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    try:
+        alternative: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alternative = x509.DNSName(host)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -58,13 +63,11 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(x509.SubjectAlternativeName([alternative]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file, key_file = folder / f"{stem}cert.pem", folder / f"{stem}key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
         key.private_bytes(

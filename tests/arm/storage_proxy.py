@@ -16,45 +16,14 @@ Any other host is refused (the test would otherwise reach the internet).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import socket
 import ssl
 import threading
 from pathlib import Path
 
+from azurite import self_signed
+
 STORAGE_SUFFIX = "blob.core.windows.net"
-
-
-def make_certificate(folder: Path, host: str) -> tuple[Path, Path]:
-    """A self-signed certificate (and key) for ``host``, written into ``folder``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "storage-cert.pem", folder / "storage-key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 class StorageProxy:
@@ -63,7 +32,7 @@ class StorageProxy:
     def __init__(self, folder: Path, account: str, azurite_port: int):
         self.host = f"{account}.{STORAGE_SUFFIX}"
         self.azurite_port = azurite_port
-        self.cert_path, key_path = make_certificate(folder, self.host)
+        self.cert_path, key_path = self_signed(folder, self.host, stem="storage-")
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tls.load_cert_chain(self.cert_path, key_path)
         self._listener = socket.create_server(("127.0.0.1", 0))
