@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from arm.scoring import scoring_handler
+
 from tdsp_deploy.backends.azureml.client import (
     LOG_CONTAINERS,
     DeploymentInfo,
@@ -413,7 +415,7 @@ class FakeAzureML:
     @contextlib.contextmanager
     def serve(self) -> Iterator[FakeAzureML]:
         """Run the scoring URIs on a loopback HTTP server for the duration."""
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), scoring_handler(self.score))
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
@@ -619,32 +621,6 @@ def _content_hash(path: Path) -> str:
     for file in files:
         digest.update(str(file.relative_to(path.parent)).encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
-
-
-def _handler(fake: FakeAzureML) -> type[http.server.BaseHTTPRequestHandler]:
-    class ScoringHandler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out as two writes
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            parts = self.path.strip("/").split("/")
-            if len(parts) != 2 or parts[1] != "score":
-                status, headers, payload = 404, {}, b'{"message": "not found"}'
-            else:
-                lowered = {k.lower(): v for k, v in self.headers.items()}
-                status, headers, payload = fake.score(parts[0], lowered, body)
-            self.send_response(status)
-            for name, value in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    return ScoringHandler
 
 
 __all__ = ["FakeAzureML", "FakeOperation", "azure_error", "refuse"]

@@ -88,30 +88,7 @@ class ScoringFrontEnd:
 
     @contextmanager
     def serve(self) -> Iterator[ScoringFrontEnd]:
-        front = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 2 or parts[1] != "score":
-                    status, headers, payload = 404, {}, b'{"message": "not found"}'
-                else:
-                    lowered = {k.lower(): v for k, v in self.headers.items()}
-                    status, headers, payload = front.score(parts[0], lowered, body)
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), scoring_handler(self.score))
         server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -126,3 +103,35 @@ class ScoringFrontEnd:
 
 def answer_json(value: Any) -> bytes:
     return json.dumps(value).encode()
+
+
+Score = Callable[[str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
+
+
+def scoring_handler(score: Score) -> type[http.server.BaseHTTPRequestHandler]:
+    """An HTTP handler for ``POST /<endpoint>/score`` that answers with ``score(endpoint,
+    lower-cased headers, body)``; anything else is a 404."""
+
+    class ScoringHandler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            parts = self.path.strip("/").split("/")
+            if len(parts) != 2 or parts[1] != "score":
+                status, headers, payload = 404, {}, b'{"message": "not found"}'
+            else:
+                lowered = {k.lower(): v for k, v in self.headers.items()}
+                status, headers, payload = score(parts[0], lowered, body)
+            self.send_response(status)
+            for name, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return ScoringHandler
