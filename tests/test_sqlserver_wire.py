@@ -55,6 +55,22 @@ def on_the_wire(manifest: Path, port: int) -> Path:
     return manifest
 
 
+def wire_target(port: int, *, encrypt: bool = False) -> SqlServerTarget:
+    """A one-column target on the responder's port, signing in with the test password."""
+    return SqlServerTarget.model_validate(
+        {
+            "kind": "sqlserver",
+            "server": "127.0.0.1",
+            "port": port,
+            "encrypt": encrypt,
+            "database": "scoring",
+            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
+            "inputs": [{"name": "x", "type": "float"}],
+            "outputs": [{"name": "y", "type": "float"}],
+        }
+    )
+
+
 def batches(responder: Responder) -> list[str]:
     """The text of every statement that arrived: SQL batches and sp_prepexec statements."""
     found = []
@@ -140,18 +156,7 @@ def test_a_model_raising_inside_the_server_shows_its_traceback_and_exits_4(cli, 
 
 def test_a_wrong_password_is_a_refused_login_exit_3(tmp_path, server, responder, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
-    target = SqlServerTarget.model_validate(
-        {
-            "kind": "sqlserver",
-            "server": "127.0.0.1",
-            "port": responder.port,
-            "encrypt": False,
-            "database": "scoring",
-            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
-            "inputs": [{"name": "x", "type": "float"}],
-            "outputs": [{"name": "y", "type": "float"}],
-        }
-    )
+    target = wire_target(responder.port)
     with pytest.raises(BackendError) as refused:
         SqlServerConnection.connect(target)
     assert refused.value.exit_code == ExitCode.BACKEND
@@ -178,18 +183,7 @@ def test_a_throw_of_the_procedure_keeps_its_identity_through_the_driver(cli, tmp
 
 def test_closing_ends_the_session_and_its_endpoint_lock(server, responder):
     """Before: mssql-python pooled the session; close() kept it open with the lock held."""
-    target = SqlServerTarget.model_validate(
-        {
-            "kind": "sqlserver",
-            "server": "127.0.0.1",
-            "port": responder.port,
-            "encrypt": False,
-            "database": "scoring",
-            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
-            "inputs": [{"name": "x", "type": "float"}],
-            "outputs": [{"name": "y", "type": "float"}],
-        }
-    )
+    target = wire_target(responder.port)
     connection = SqlServerConnection.connect(target)
     assert connection.execute(GET_APPLOCK, ("tdsp-deploy:scoring:ep", 0)) == [(0,)]
     assert "tdsp-deploy:scoring:ep" in server.app_locks
@@ -218,18 +212,7 @@ def test_an_error_after_the_first_result_set_is_read_before_commit(monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     server = RowsThenError()
     with Responder(server, password=PASSWORD) as responder:
-        target = SqlServerTarget.model_validate(
-            {
-                "kind": "sqlserver",
-                "server": "127.0.0.1",
-                "port": responder.port,
-                "encrypt": False,
-                "database": "scoring",
-                "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
-                "inputs": [{"name": "x", "type": "float"}],
-                "outputs": [{"name": "y", "type": "float"}],
-            }
-        )
+        target = wire_target(responder.port)
         connection = SqlServerConnection.connect(target)
         with pytest.raises(BackendError, match="truncated"):
             connection.execute("-- test: rows then error\nSELECT 1.0 AS [y]; INSERT INTO [t] VALUES (1);")
@@ -245,17 +228,7 @@ def test_an_error_after_the_first_result_set_is_read_before_commit(monkeypatch):
 
 def test_a_server_without_encryption_is_named_as_such(server, responder):
     """The responder offers no TLS (ENCRYPT_NOT_SUP): with encrypt on, the driver refuses it."""
-    target = SqlServerTarget.model_validate(
-        {
-            "kind": "sqlserver",
-            "server": "127.0.0.1",
-            "port": responder.port,
-            "database": "scoring",
-            "auth": {"method": "sql", "username": "deployer", "password_env": PASSWORD_ENV},
-            "inputs": [{"name": "x", "type": "float"}],
-            "outputs": [{"name": "y", "type": "float"}],
-        }
-    )
+    target = wire_target(responder.port, encrypt=True)
     with pytest.raises(BackendError) as refused:
         SqlServerConnection.connect(target)
     assert refused.value.exit_code == ExitCode.BACKEND
