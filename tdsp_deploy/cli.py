@@ -842,6 +842,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     env.debug = "--debug" in args
     token = _ENV.set(env)
     previous_sigterm = _sigterm_interrupts()
+    held: dict[int, Any] = {}
     try:
         from tdsp_deploy.cli_build import click_command
 
@@ -852,6 +853,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
+        held = _hold_interrupts()
         return _render_error(env, _interrupted())
     except typer.TyperException as exc:  # the command line itself is wrong
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tdsp-deploy`: help was the answer
@@ -864,6 +866,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     except TdspError as exc:
         return _render_error(env, exc)
     except KeyboardInterrupt:
+        held = _hold_interrupts()
         return _render_error(env, _interrupted())
     except Exception as exc:  # the last line of defence: no traceback unless asked
         if env.debug:
@@ -875,6 +878,8 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         return _render_error(env, error)
     finally:
         _ENV.reset(token)
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
@@ -889,6 +894,16 @@ def _sigterm_interrupts() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _hold_interrupts() -> dict[int, Any]:
+    """While an interrupted command says so and exits 130, further Ctrl-C or SIGTERM (the
+    second of two Ctrl-C, a CI cancellation's SIGTERM after its SIGINT) are ignored: one landing
+    there used to escape as a KeyboardInterrupt and end the process by SIGINT instead of 130.
+    Returns the handlers to put back (none off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _streams(env: Environment) -> contextlib.AbstractContextManager[object]:
@@ -922,4 +937,8 @@ def _render_error(env: Environment, error: TdspError) -> int:
 
 def run() -> None:
     """The console script."""
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a Ctrl-C after main() put its handlers back, before the exit
+        code = int(ExitCode.INTERRUPTED)
+    sys.exit(code)
