@@ -130,11 +130,8 @@ def _load_checked(path: Path, env: Environment) -> LoadedManifest:
 
 def _backend(loaded: LoadedManifest, progress: Progress | None = None) -> Backend:
     from tdsp_deploy.backends.base import no_progress
-    from tdsp_deploy.backends.registry import check_requirements
 
-    backend_class = _registry().backend_class(loaded.manifest.target.kind)  # type: ignore[attr-defined]
-    check_requirements(backend_class)
-    return backend_class(loaded.manifest, progress=progress or no_progress)
+    return _registry().make_backend(loaded.manifest, progress or no_progress)
 
 
 def _templates_dir() -> Path:
@@ -195,7 +192,6 @@ def init(
 @app.command()
 def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
     """Check a manifest without deploying anything (and without importing your code)."""
-    from tdsp_deploy.backends.registry import check_requirements
     from tdsp_deploy.errors import PluginError
     from tdsp_deploy.manifest import check_manifest
 
@@ -205,9 +201,7 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
     warnings = check_manifest(loaded)
     kind = loaded.manifest.target.kind  # type: ignore[attr-defined]
     try:
-        backend_class = registry.backend_class(kind)
-        check_requirements(backend_class)
-        warnings += backend_class(loaded.manifest).preflight()
+        warnings += registry.make_backend(loaded.manifest).preflight()
         from tdsp_deploy.rollout import validation_warnings
 
         warnings += validation_warnings(loaded.manifest)
@@ -609,11 +603,11 @@ def _existing(current: EndpointStatus, manifest: Path) -> EndpointStatus:
 
 
 def _check_capabilities(backend: Backend, split: Any) -> None:
-    if sum(1 for weight in split.live.values() if weight) > 1 and not backend.supports_weighted_traffic:
+    if sum(1 for weight in split.live.values() if weight) > 1 and not backend.capabilities.weighted_traffic:
         raise UsageError(
             f"the {backend.kind} target cannot split live traffic", hint="give one deployment 100"
         )
-    if split.mirror and not backend.supports_mirror:
+    if split.mirror and not backend.capabilities.mirror:
         raise UsageError(f"the {backend.kind} target cannot mirror traffic", hint="leave out --mirror")
 
 

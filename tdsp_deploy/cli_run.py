@@ -59,15 +59,14 @@ def run_command(
     sink = _location(output, output_format, "--output")
     with env.progress() as progress:
         backend = cli._backend(loaded, progress)
-        run_job = getattr(backend, "run_job", None)
-        if run_job is None:
+        if not backend.capabilities.batch_jobs:
             raise UsageError(
                 f"`run` is for batch targets; the {backend.kind} target serves requests",
                 hint="use `tdsp-deploy invoke` to score with it",
             )
         if local and deployment:
             raise UsageError("--deployment names a deployed slot; --local runs the manifest's own model")
-        result: dict[str, Any] = run_job(source, sink, local=local, slot=deployment, master=master)
+        result: dict[str, Any] = backend.run_job(source, sink, local=local, slot=deployment, master=master)
     if env.json_mode:
         env.emit_json({"endpoint": loaded.manifest.name, "local": local, **result})
         return

@@ -189,22 +189,22 @@ def _begin_rollout(
 
 
 def _allow_forced(backend: Backend) -> str:
-    """--force: a backend with a refusal that may be overridden has a ``force`` attribute
-    (SQL Server: a library mismatch that may break unpickling); it then warns instead."""
-    if not hasattr(backend, "force"):
+    """--force: a target whose pre-flight refusals may be overridden (SQL Server: a library
+    mismatch that may break unpickling) then warns instead."""
+    if not backend.capabilities.forceable_preflight:
         return f"--force has no effect on the {backend.kind} target"
-    backend.force = True  # type: ignore[attr-defined]
+    backend.force = True
     return "--force: pre-flight refusals become warnings"
 
 
 def _check_rollout_supported(backend: Backend, rollout: RolloutSection) -> None:
     """Refuse, before anything changes, a rollout the target cannot carry out."""
-    if rollout.mirror > 0 and not backend.supports_mirror:
+    if rollout.mirror > 0 and not backend.capabilities.mirror:
         raise UsageError(
             f"the {backend.kind} target cannot mirror traffic (rollout.mirror: {rollout.mirror})",
             hint="set rollout.mirror to 0",
         )
-    if 0 < rollout.traffic < 100 and not backend.supports_weighted_traffic:
+    if 0 < rollout.traffic < 100 and not backend.capabilities.weighted_traffic:
         raise UsageError(
             f"the {backend.kind} target cannot split traffic (rollout.traffic: {rollout.traffic})",
             hint="use rollout.traffic 100 (switch) or 0 (stage only)",

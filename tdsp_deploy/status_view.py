@@ -1,7 +1,7 @@
 """`status --watch` and `status --all`: snapshots of endpoints, with live request rates.
 
-A snapshot is what ``Backend.status()`` says plus, where the endpoint serves Prometheus
-metrics (the local target's router, at ``GET /metrics``), requests per second, error rate and
+A snapshot is what ``Backend.status()`` says plus, where the target reports live counters
+(``capabilities.metrics``: the local target's router), requests per second, error rate and
 p95 latency per deployment over the time since the previous snapshot. On a terminal the table
 is redrawn in place until Ctrl-C; elsewhere (a pipe, a CI log, ``--json``) every refresh is one
 JSON document on its own line, so that ``jq`` or a log collector can follow it.
@@ -12,70 +12,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.base import SlotCounters
+from tdsp_deploy.errors import BackendError
+
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Backend, EndpointStatus
+    from tdsp_deploy.backends.registry import Registry
     from tdsp_deploy.output import Environment
-
-METRICS_TIMEOUT_S = 2.0
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 # -- metrics ------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SlotCounters:
-    """A deployment's counters as the endpoint reports them (totals since the router started)."""
-
-    requests: int = 0
-    errors: int = 0
-    buckets: tuple[tuple[float, int], ...] = ()  # (upper bound in seconds, cumulative count)
-
-    def minus(self, earlier: SlotCounters) -> SlotCounters:
-        """What happened between ``earlier`` and this (a restarted router starts from zero)."""
-        if self.requests < earlier.requests:
-            return self
-        before = dict(earlier.buckets)
-        return SlotCounters(
-            self.requests - earlier.requests,
-            self.errors - earlier.errors,
-            tuple((bound, count - before.get(bound, 0)) for bound, count in self.buckets),
-        )
-
-
-def parse_prometheus(text: str) -> dict[str, SlotCounters]:
-    """Per-deployment counters from the router's ``/metrics`` (Prometheus text format 0.0.4)."""
-    requests: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    buckets: dict[str, list[tuple[float, int]]] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if not match or line.startswith("#"):
-            continue
-        labels = dict(_LABEL.findall(match["labels"] or ""))
-        deployment = labels.get("deployment")
-        if deployment is None:
-            continue
-        value = float(match["value"])
-        if match["name"] == "tdsp_requests_total":
-            requests[deployment] = requests.get(deployment, 0) + int(value)
-        elif match["name"] == "tdsp_request_errors_total":
-            errors[deployment] = int(value)
-        elif match["name"] == "tdsp_request_duration_seconds_bucket":
-            bound = float("inf") if labels.get("le") == "+Inf" else float(labels["le"])
-            buckets.setdefault(deployment, []).append((bound, int(value)))
-    return {
-        name: SlotCounters(requests.get(name, 0), errors.get(name, 0), tuple(sorted(buckets.get(name, []))))
-        for name in sorted(set(requests) | set(buckets))
-    }
-
-
 def quantile_ms(counters: SlotCounters, q: float) -> float | None:
     """The ``q`` quantile of latency from the histogram, interpolated within its bucket as
     Prometheus' histogram_quantile does; None without requests."""
@@ -94,21 +46,6 @@ def quantile_ms(counters: SlotCounters, q: float) -> float | None:
             return (lower_bound + (bound - lower_bound) * share) * 1000
         lower_bound, lower_count = bound, count
     return lower_bound * 1000
-
-
-def fetch_counters(metrics_url: str, key: str) -> dict[str, SlotCounters] | None:
-    """The endpoint's counters, or None when it serves none (or cannot be reached now)."""
-    import requests
-
-    try:
-        response = requests.get(
-            metrics_url, headers={"Authorization": f"Bearer {key}"}, timeout=METRICS_TIMEOUT_S
-        )
-    except requests.RequestException:
-        return None
-    if response.status_code != 200:
-        return None
-    return parse_prometheus(response.text)
 
 
 # -- snapshots ----------------------------------------------------------------------------------
@@ -158,11 +95,13 @@ class EndpointWatcher:
         return EndpointSnapshot(status, now, rates, _last_deploy(status))
 
     def _counters(self, status: EndpointStatus) -> dict[str, SlotCounters] | None:
-        router = status.details.get("router")
-        if not status.exists or not status.scoring_uri or not router or router.get("state") != "running":
-            return None  # only the local target's router serves /metrics
-        metrics_url = status.scoring_uri.rsplit("/", 1)[0] + "/metrics"
-        return fetch_counters(metrics_url, self.backend.credentials()["primary_key"])
+        """The endpoint's counters, or None when it reports none (or cannot now)."""
+        if not self.backend.capabilities.metrics or not status.exists:
+            return None
+        try:
+            return self.backend.live_counters(status)
+        except BackendError:
+            return None
 
 
 def _rounded(value: float | None) -> float | None:
@@ -177,20 +116,11 @@ def _last_deploy(status: EndpointStatus) -> dict[str, Any] | None:
     return {"deployment": slot, "time": round(float(at), 3)}
 
 
-def local_backends(home: Any = None) -> list[Backend]:
+def local_backends(home: Any = None, registry: Registry | None = None) -> list[Backend]:
     """A backend for every endpoint deployed on this machine's local target, by name."""
-    from types import SimpleNamespace
+    from tdsp_deploy.backends.registry import Registry
 
-    from tdsp_deploy.backends.local import LocalBackend
-    from tdsp_deploy.backends.local.state import all_endpoint_names
-    from tdsp_deploy.manifest.model import LocalTarget
-
-    # status() and credentials() read only the endpoint's name and its state files: no manifest
-    # is needed to look at what runs.
-    return [
-        LocalBackend(SimpleNamespace(name=name, target=LocalTarget()), home=home)  # type: ignore[arg-type]
-        for name in all_endpoint_names(home)
-    ]
+    return (registry or Registry.discover()).factory("local").endpoints_on_this_machine(home=home)
 
 
 # -- rendering ------------------------------------------------------------------------------------

@@ -477,4 +477,4 @@ def test_the_backend_is_a_registered_target_kind():
     registry = Registry.discover()
     if "azureml" not in registry.kinds:
         pytest.skip("the azureml entry point is not registered in this install (pyproject.toml)")
-    assert registry.backend_class("azureml") is AzureMLBackend
+    assert registry.factory("azureml") is AzureMLBackend

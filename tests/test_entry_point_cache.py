@@ -51,7 +51,7 @@ def test_the_second_start_reads_the_cache_and_finds_the_same_backends(monkeypatc
     second = Registry.discover()
     assert second.from_cache
     assert second.entry_points == first.entry_points
-    assert second.backend_class("local").kind == "local"
+    assert second.factory("local").kind == "local"
 
 
 def test_a_plugin_installed_later_is_seen_by_the_next_start(monkeypatch, tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_a_plugin_installed_later_is_seen_by_the_next_start(monkeypatch, tmp_pat
     _new_start()
     registry = Registry.discover()
     assert not registry.from_cache and "extra" in registry.kinds
-    assert registry.backend_class("extra").kind == "fake"
+    assert registry.factory("extra").kind == "fake"
     _new_start()
     assert Registry.discover().from_cache  # and that listing is kept in turn
 
@@ -91,7 +91,7 @@ def test_a_stale_entry_that_fails_to_load_is_read_again(tmp_path: Path) -> None:
     _new_start()
     registry = Registry.discover()
     assert registry.from_cache and registry.entry_points["local"].value == "no_such_module_anywhere:Gone"
-    assert registry.backend_class("local").kind == "local"
+    assert registry.factory("local").kind == "local"
     assert not registry.from_cache
 
 
@@ -103,7 +103,7 @@ def test_a_plugin_that_is_really_broken_still_says_so(monkeypatch, tmp_path: Pat
     registry = Registry.discover()
     assert registry.from_cache
     with pytest.raises(PluginError, match="failed to load"):
-        registry.backend_class("broken")
+        registry.factory("broken")
 
 
 def test_an_unwritable_cache_is_no_error(monkeypatch, tmp_path: Path) -> None:

@@ -50,6 +50,11 @@ def test_the_package_keeps_its_layers() -> None:
             "import tdsp_deploy.backends.sqlserver.target",
             "no backend imports another backend",
         ),
+        (  # the lock the Azure ML backend and the SQL pool once took from the local backend
+            "backends/synapse/sql_pool.py",
+            "import tdsp_deploy.backends.local.state",
+            "no backend imports another backend",
+        ),
         (
             "packaging/lock.py",
             "import tdsp_deploy.backends.base",

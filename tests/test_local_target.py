@@ -312,9 +312,10 @@ def test_the_script_sees_the_variables_and_a_single_file_model_as_on_azure_ml(cl
 
 
 def test_a_second_push_waits_for_the_lock_then_gives_up(cli, iris):
-    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+    from tdsp_deploy.backends.local.state import EndpointFiles
+    from tdsp_deploy.locks import FileLock
 
-    with EndpointLock(EndpointFiles("iris"), timeout=1):
+    with FileLock(EndpointFiles("iris").lock_path, "iris", timeout=1):
         result = cli("push", iris, "--lock-timeout", "0.5", "--json")
     assert result.exit_code == ExitCode.BACKEND
     assert "locked by another command" in result.json()["message"]

@@ -82,13 +82,15 @@ def test_the_lock_of_a_killed_command_is_taken_over_at_once(state_home):
     import subprocess
     import sys
 
-    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+    from tdsp_deploy.backends.local.state import EndpointFiles
+    from tdsp_deploy.locks import FileLock
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock\n"
-         "with EndpointLock(EndpointFiles('iris'), timeout=5):\n"
+         "from tdsp_deploy.backends.local.state import EndpointFiles\n"
+         "from tdsp_deploy.locks import FileLock\n"
+         "with FileLock(EndpointFiles('iris').lock_path, 'iris', timeout=5):\n"
          "    print('held', flush=True); time.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -96,12 +98,13 @@ def test_the_lock_of_a_killed_command_is_taken_over_at_once(state_home):
         assert holder.stdout.readline().strip() == "held"
         with (
             pytest.raises(BackendError, match="locked by another command"),
-            EndpointLock(EndpointFiles("iris"), timeout=0.2),
+            FileLock(EndpointFiles("iris").lock_path, "iris", timeout=0.2),
         ):
             pass
         holder.kill()
         holder.wait(timeout=30)
-        with EndpointLock(EndpointFiles("iris"), timeout=30) as lock:  # a stale lock would time out
+        # a stale lock would time out
+        with FileLock(EndpointFiles("iris").lock_path, "iris", timeout=30) as lock:
             assert lock.path.read_text() == str(os.getpid())  # this process holds it now
     finally:
         holder.kill()

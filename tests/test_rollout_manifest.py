@@ -117,9 +117,11 @@ def test_push_refuses_a_staged_rollout_the_target_cannot_watch(tmp_path: Path) -
     class Target:
         request_log = False
 
+    from tdsp_deploy.backends.base import Capabilities
+
     class SqlBackend:
         kind = "sqlserver"
-        supports_weighted_traffic = True
+        capabilities = Capabilities(weighted_traffic=True)
         target = Target()
 
     with pytest.raises(UsageError, match="target.request_log is off"):

@@ -382,7 +382,8 @@ def test_credentials_and_mirroring_say_what_is_not_supported(server, project):
         backend.credentials()
     with pytest.raises(UsageError):
         backend.set_traffic({"blue": 100}, {"blue": 10})
-    assert SqlServerBackend.supports_weighted_traffic is True and SqlServerBackend.supports_mirror is False
+    capabilities = SqlServerBackend.capabilities
+    assert capabilities.weighted_traffic is True and capabilities.mirror is False
 
 
 def test_delete_a_slot_without_traffic_then_the_whole_endpoint(server, tmp_path):

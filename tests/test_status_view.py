@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tdsp_deploy.backends.base import SlotCounters
+from tdsp_deploy.backends.local.counters import parse_prometheus
 from tdsp_deploy.backends.local.metrics import Measurements
 from tdsp_deploy.errors import ExitCode
-from tdsp_deploy.status_view import SlotCounters, parse_prometheus, quantile_ms
+from tdsp_deploy.status_view import quantile_ms
 
 
 def test_counters_and_p95_come_from_the_routers_own_exposition():

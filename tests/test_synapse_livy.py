@@ -27,7 +27,8 @@ from livy_server import LOG_LINES, LivyServer  # noqa: E402
 from synapse_rest_spec import validate  # noqa: E402
 from test_synapse_spark import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
 
-from tdsp_deploy.backends.synapse import SynapseBackend  # noqa: E402
+from tdsp_deploy.backends.base import Backend  # noqa: E402
+from tdsp_deploy.backends.synapse import make_backend  # noqa: E402
 from tdsp_deploy.backends.synapse.livy import LivyClient  # noqa: E402
 from tdsp_deploy.backends.synapse.storage import FolderStore  # noqa: E402
 from tdsp_deploy.backends.synapse.target import DataLocation  # noqa: E402
@@ -66,9 +67,9 @@ def batch_answers(server: LivyServer, batch_id: int) -> list[dict[str, Any]]:
     ]
 
 
-def backend_for(manifest_path: Path, server: LivyServer, container: Path) -> SynapseBackend:
+def backend_for(manifest_path: Path, server: LivyServer, container: Path) -> Backend:
     store = FolderStore(STORAGE, container / STORAGE.removeprefix(CONTAINER + "/"))
-    return SynapseBackend(load(manifest_path).manifest, store=store, livy=client(server))
+    return make_backend(load(manifest_path).manifest, store=store, livy=client(server))
 
 
 def smoke_files(folder: Path, model: Any) -> dict[str, Any]:

@@ -18,8 +18,9 @@ import pytest
 from azurite import Azurite, azurite_blob
 from test_synapse_spark import load, make_project
 
-from tdsp_deploy.backends.synapse import SynapseBackend
-from tdsp_deploy.backends.synapse.endpoint_lock import EndpointLock
+from tdsp_deploy.backends.base import Backend
+from tdsp_deploy.backends.synapse import make_backend
+from tdsp_deploy.backends.synapse.blob_lease import BlobLease
 from tdsp_deploy.backends.synapse.storage import BlobStore, FolderStore
 from tdsp_deploy.errors import BackendError, ExitCode
 
@@ -34,12 +35,12 @@ LOCK = "endpoints/churn/lock.json"
 HOLDER = """\
 import sys, time
 from pathlib import Path
-from tdsp_deploy.backends.synapse import SynapseBackend
+from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.manifest import load_manifest
 
 manifest, seconds, marker = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
-backend = SynapseBackend(load_manifest(Path(manifest), targets=(SynapseTarget,)).manifest)
+backend = make_backend(load_manifest(Path(manifest), targets=(SynapseTarget,)).manifest)
 with backend.lock(timeout=60):
     print("held", flush=True)
     time.sleep(seconds)
@@ -69,9 +70,9 @@ def environ(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     return dict(os.environ)
 
 
-def backend_for(project: Path, events: list[str] | None = None) -> SynapseBackend:
+def backend_for(project: Path, events: list[str] | None = None) -> Backend:
     progress = (lambda e: events.append(e.message)) if events is not None else (lambda e: None)
-    return SynapseBackend(load(project).manifest, progress=progress)
+    return make_backend(load(project).manifest, progress=progress)
 
 
 def start_holder(
@@ -148,11 +149,11 @@ def test_an_expired_lock_of_another_machine_is_taken_over_a_live_one_is_not(
     alive = {"host": "build-agent-7", "pid": 4242, "token": "x", "expires_at": time.time() + 300}
     store.put_bytes(LOCK, json.dumps(alive).encode())
     with pytest.raises(BackendError, match="pid 4242 on build-agent-7"):
-        EndpointLock(store, LOCK, "churn", timeout=1.5).__enter__()
+        BlobLease(store, LOCK, "churn", timeout=1.5).__enter__()
 
     store.put_bytes(LOCK, json.dumps(alive | {"expires_at": time.time() - 5}).encode())
     told: list[str] = []
-    with EndpointLock(store, LOCK, "churn", timeout=5, on_wait=told.append) as lock:
+    with BlobLease(store, LOCK, "churn", timeout=5, on_wait=told.append) as lock:
         assert json.loads(store.get_bytes(LOCK) or b"{}")["token"] == lock.token
     assert told == ["took over a stale lock on endpoint 'churn' (its holder stopped renewing it)"]
     assert store.get_bytes(LOCK) is None
@@ -160,10 +161,10 @@ def test_an_expired_lock_of_another_machine_is_taken_over_a_live_one_is_not(
 
 def test_a_holder_that_renews_keeps_its_lock_past_the_ttl(project: Path, environ: dict[str, str]) -> None:
     store = store_of(project)
-    with EndpointLock(store, LOCK, "churn", timeout=5, ttl=4.0) as first:
+    with BlobLease(store, LOCK, "churn", timeout=5, ttl=4.0) as first:
         time.sleep(5.0)  # past the TTL: only the renewals (every second) keep it
         with pytest.raises(BackendError, match="locked by another command"):
-            EndpointLock(store, LOCK, "churn", timeout=1.5, ttl=4.0).__enter__()
+            BlobLease(store, LOCK, "churn", timeout=1.5, ttl=4.0).__enter__()
         assert not first.lost
         assert json.loads(store.get_bytes(LOCK) or b"{}")["token"] == first.token
 
@@ -178,7 +179,7 @@ def test_commands_holding_the_lock_never_interleave(project: Path, environ: dict
     def writer() -> None:
         try:
             for _ in range(4):
-                with EndpointLock(store, LOCK, "churn", timeout=120):
+                with BlobLease(store, LOCK, "churn", timeout=120):
                     value = int(store.get_bytes("counter") or b"0")
                     time.sleep(0.05)  # a window another writer would hit
                     store.put_bytes("counter", str(value + 1).encode())
@@ -197,8 +198,8 @@ def test_commands_holding_the_lock_never_interleave(project: Path, environ: dict
 def test_a_folder_store_takes_the_same_lock(tmp_path: Path) -> None:
     store = FolderStore("abfss://tdsp@contosolake.dfs.core.windows.net/deploy", tmp_path / "c")
     with (
-        EndpointLock(store, LOCK, "churn", timeout=5),
+        BlobLease(store, LOCK, "churn", timeout=5),
         pytest.raises(BackendError, match="locked by another command"),
     ):
-        EndpointLock(store, LOCK, "churn", timeout=0.5).__enter__()
+        BlobLease(store, LOCK, "churn", timeout=0.5).__enter__()
     assert store.get_bytes(LOCK) is None

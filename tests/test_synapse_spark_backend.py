@@ -12,7 +12,8 @@ import pytest
 from test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
-from tdsp_deploy.backends.synapse import SynapseBackend
+from tdsp_deploy.backends.base import Backend
+from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.storage import FolderStore
 from tdsp_deploy.errors import EndpointNotFound, UsageError
 from tdsp_deploy.packaging import build_package
@@ -44,12 +45,12 @@ class RecordingLivy:
         return {"id": batch_id, "state": "success", "log": ["stdout: ", "\nstderr: ", "\nYARN Diagnostics: "]}
 
 
-def setup(tmp_path: Path, **target: Any) -> tuple[SynapseBackend, Any, RecordingLivy, FolderStore]:
+def setup(tmp_path: Path, **target: Any) -> tuple[Backend, Any, RecordingLivy, FolderStore]:
     project = make_project(tmp_path / "p", target=target or None)
     manifest = load(project).manifest
     store = FolderStore(STORAGE, tmp_path / "container")
     livy = RecordingLivy(store)
-    return SynapseBackend(manifest, store=store, livy=livy), manifest, livy, store
+    return make_backend(manifest, store=store, livy=livy), manifest, livy, store
 
 
 def test_two_slots_split_rows_by_key_with_a_lasting_experiment_salt(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_two_slots_split_rows_by_key_with_a_lasting_experiment_salt(tmp_path: Pa
     assert backend.status().traffic == {"blue": 70, "green": 30}
     backend.set_experiment("exp-42")
 
-    later = SynapseBackend(manifest, store=store, livy=livy)  # another command, another process
+    later = make_backend(manifest, store=store, livy=livy)  # another command, another process
     from tdsp_deploy.backends.synapse.target import DataLocation
 
     summary = later.run_job(DataLocation(path=f"{STORAGE}/in.parquet"), DataLocation(path=f"{STORAGE}/out"))
@@ -85,7 +86,7 @@ def test_a_split_without_key_column_is_refused(tmp_path: Path) -> None:
     project.write_text(text)
     manifest = load(project).manifest
     store = FolderStore(STORAGE, tmp_path / "c")
-    backend = SynapseBackend(manifest, store=store, livy=RecordingLivy(store))
+    backend = make_backend(manifest, store=store, livy=RecordingLivy(store))
     package = build_package(manifest, paths.package_store())
     backend.deploy_slot("blue", package)
     backend.deploy_slot("green", package)
@@ -138,7 +139,7 @@ def test_a_smoke_test_of_hundreds_of_jobs_is_refused_up_front(tmp_path: Path) ->
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "sample.json").write_text('{"columns": ["f0"], "data": [[1.0]]}')
     project = make_project(tmp_path / "p", smoke_test={"request": "sample.json"})
-    backend = SynapseBackend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
+    backend = make_backend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
     with pytest.raises(UsageError, match="each one is a Spark batch job") as refused:
         backend.preflight()
     assert "requests: 1" in (refused.value.hint or "")
@@ -149,7 +150,7 @@ def test_a_latency_objective_is_refused_because_one_job_answers_the_smoke_test(t
     (tmp_path / "p" / "sample.json").write_text('{"columns": ["f0"], "data": [[1.0]]}')
     latency = {"requests": 1, "warmup": 0, "concurrency": 1, "p95_ms": 60000}
     project = make_project(tmp_path / "p", smoke_test={"request": "sample.json", "latency": latency})
-    backend = SynapseBackend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
+    backend = make_backend(load(project).manifest, store=FolderStore(STORAGE, tmp_path / "c"))
     with pytest.raises(UsageError, match="p95_ms cannot be checked") as refused:
         backend.preflight()
     assert "job_timeout" in (refused.value.hint or "")
@@ -176,7 +177,7 @@ def test_the_same_request_again_is_answered_by_the_job_that_scored_it(tmp_path: 
         livy.bodies.append({"slot": slot})
         return {"batch_id": len(livy.bodies) - 1, **scored}
 
-    backend.delegate.run_job = scored_output  # type: ignore[method-assign]
+    backend.run_job = scored_output  # type: ignore[method-assign]
     body = b'{"columns": ["f0"], "data": [[1.0], [2.0]]}'
     with backend.callers("blue") as callers:
         first = next(callers)(body)

@@ -26,7 +26,7 @@ import pytest
 from test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
-from tdsp_deploy.backends.synapse import SynapseBackend
+from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.livy import LivyClient
 from tdsp_deploy.backends.synapse.storage import FolderStore
 from tdsp_deploy.backends.synapse.target import DataLocation
@@ -153,7 +153,7 @@ class Replay:
 def deployed(tmp_path: Path) -> tuple[Any, FolderStore]:
     manifest = load(make_project(tmp_path / "p")).manifest
     store = FolderStore(STORAGE, tmp_path / "container")
-    backend = SynapseBackend(manifest, store=store, livy=None)
+    backend = make_backend(manifest, store=store, livy=None)
     package = build_package(manifest, paths.package_store())
     backend.deploy_slot("blue", package)
     backend.wait_healthy("blue")
@@ -167,7 +167,7 @@ def run_replayed(
     replay = Replay(final, on_end)
     try:
         livy = LivyClient(replay.endpoint, "pool1", lambda: TOKEN, poll_interval=0.01, max_poll_interval=0.01)
-        backend = SynapseBackend(manifest, store=store, livy=livy)
+        backend = make_backend(manifest, store=store, livy=livy)
         return backend.run_job(
             DataLocation(path=f"{STORAGE}/in.parquet"), DataLocation(path=f"{STORAGE}/scored")
         )

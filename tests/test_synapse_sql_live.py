@@ -60,7 +60,7 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     import numpy as np
     from test_synapse_sql_backend import FEATURES
 
-    from tdsp_deploy.backends.synapse import SynapseBackend
+    from tdsp_deploy.backends.synapse import make_backend
     from tdsp_deploy.backends.synapse.sql_predict_local import split_rows
     from tdsp_deploy.backends.synapse.target import SynapseTarget
     from tdsp_deploy.manifest import LocalTarget, load_manifest
@@ -73,12 +73,12 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     second = load_manifest(
         live_project(tmp_path / "v2", name, version="2", max_depth=1), targets=(LocalTarget, SynapseTarget)
     )
-    backend = SynapseBackend(first.manifest)
+    backend = make_backend(first.manifest)
     try:
         result = push(first, backend)
         assert result.smoke is not None and result.smoke.passed
         assert backend.status().slots[0].state == "healthy"
-        assert push(second, SynapseBackend(second.manifest)).deployment == "green"
+        assert push(second, make_backend(second.manifest)).deployment == "green"
 
         backend.set_traffic({"blue": 70, "green": 30})
         rows = (

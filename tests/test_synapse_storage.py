@@ -18,7 +18,7 @@ from azurite import Azurite, azurite_blob
 from test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
-from tdsp_deploy.backends.synapse import SynapseBackend
+from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.storage import SHA256_METADATA, BlobStore, file_sha256
 from tdsp_deploy.errors import BackendError
 from tdsp_deploy.packaging import build_package
@@ -55,7 +55,7 @@ def test_unchanged_content_is_not_uploaded_again(tmp_path: Path, store: BlobStor
     manifest = load(project).manifest
     package = build_package(manifest, paths.package_store())
     events: list[str] = []
-    backend = SynapseBackend(manifest, store=store, progress=lambda e: events.append(e.message))
+    backend = make_backend(manifest, store=store, progress=lambda e: events.append(e.message))
 
     backend.deploy_slot("blue", package)
     name = f"packages/{package.package_id}.tar"
@@ -146,7 +146,7 @@ def test_a_deploy_whose_upload_fails_writes_no_slot_record(tmp_path: Path, store
             return super().put_file(name, path, sha256)
 
     failing = FailingJobUpload(store.root, store.client)
-    backend = SynapseBackend(manifest, store=failing)
+    backend = make_backend(manifest, store=failing)
     with pytest.raises(BackendError):
         backend.deploy_slot("blue", package)
     assert not backend.status().exists  # no record: nothing a job could be started from

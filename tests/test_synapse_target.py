@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tdsp_deploy.backends import synapse
 from tdsp_deploy.backends.registry import Registry
-from tdsp_deploy.backends.synapse import SynapseBackend
 from tdsp_deploy.backends.synapse.target import DataLocation, SynapseTarget, parse_abfss
 from tdsp_deploy.errors import ManifestError
 from tdsp_deploy.manifest import load_manifest
@@ -134,22 +134,23 @@ def test_livy_endpoint_is_overridable(tmp_path: Path) -> None:
 
 
 def test_the_entry_point_dispatches_on_the_mode(tmp_path: Path) -> None:
-    backend_class = Registry.discover().backend_class("synapse")
-    assert backend_class is SynapseBackend
+    registry = Registry.discover()
+    assert registry.factory("synapse") is synapse.plugin
     spark_folder, sql_folder = tmp_path / "spark", tmp_path / "sql"
     spark_folder.mkdir()
     sql_folder.mkdir()
-    spark = SynapseBackend(load_manifest(write(spark_folder, SPARK), targets=(SynapseTarget,)).manifest)
-    assert type(spark.delegate).__name__ == "SparkBackend" and spark.supports_weighted_traffic
+    spark_manifest = load_manifest(write(spark_folder, SPARK), targets=(SynapseTarget,)).manifest
+    spark = registry.make_backend(spark_manifest)
+    assert type(spark).__name__ == "SparkBackend" and spark.capabilities.weighted_traffic
     sql_manifest = load_manifest(write(sql_folder, SQL), targets=(SynapseTarget,)).manifest
     try:
-        sql = SynapseBackend(sql_manifest)
+        sql = registry.make_backend(sql_manifest)
     except Exception as exc:  # the sql mode's SDKs may be missing here: then a clear plugin error
         from tdsp_deploy.errors import TdspError
 
         assert isinstance(exc, TdspError) and "pip install" in (exc.hint or ""), exc
     else:
-        assert type(sql.delegate).__name__ == "SqlPoolBackend"
+        assert type(sql).__name__ == "SqlPoolBackend"
 
 
 def test_cli_validate_and_schema_know_the_synapse_target(tmp_path: Path, cli: Any) -> None:

@@ -1,8 +1,14 @@
 """The contract every target implements.
 
 The push pipeline drives a backend through these methods only; it never knows which platform
-it talks to. A backend never imports the CLI or rich: it reports progress through the
-``progress`` callback it is given, and raises errors from ``tdsp_deploy.errors``.
+it talks to. What a target can do beyond the required methods it declares in its
+``capabilities`` (a ``Capabilities`` value), which callers read instead of probing the object.
+Every backend is built through one factory, ``make_backend(manifest, progress, **seams)``,
+where the seams are what a test hands in instead of the platform (a client, a connection, a
+store, a state home); the registry calls it for every command.
+
+A backend never imports the CLI or rich: it reports progress through the ``progress``
+callback it is given (``tell``), and raises errors from ``tdsp_deploy.errors``.
 Platform SDKs are imported inside the methods that need them, never at module import.
 """
 
@@ -12,7 +18,9 @@ import abc
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -26,6 +34,44 @@ from tdsp_deploy.progress import Progress, ProgressEvent, no_progress  # noqa: F
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a target can do beyond the methods every backend has. The pipeline and the CLI
+    ask here; a capability that is False is refused with a message before anything changes."""
+
+    #: splits live traffic between slots by weight (else one slot takes all of it)
+    weighted_traffic: bool = False
+    #: copies a share of live traffic to a shadow slot (rollout.mirror, traffic --mirror)
+    mirror: bool = False
+    #: scores a data set in a batch job (``run_job``, the ``run`` command)
+    batch_jobs: bool = False
+    #: reports live per-deployment request counters (``live_counters``, ``status --watch``)
+    metrics: bool = False
+    #: has pre-flight refusals that ``--force`` turns into warnings (``force``)
+    forceable_preflight: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotCounters:
+    """A deployment's request counters as the endpoint reports them (totals since its front
+    end started): requests, errors, and a latency histogram."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: tuple[tuple[float, int], ...] = ()  # (upper bound in seconds, cumulative count)
+
+    def minus(self, earlier: SlotCounters) -> SlotCounters:
+        """What happened between ``earlier`` and this (a restarted front end starts from zero)."""
+        if self.requests < earlier.requests:
+            return self
+        before = dict(earlier.buckets)
+        return SlotCounters(
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            tuple((bound, count - before.get(bound, 0)) for bound, count in self.buckets),
+        )
 
 
 @dataclasses.dataclass
@@ -123,9 +169,18 @@ class InvokeResult:
         return self.headers.get("azureml-model-deployment")
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
+
+
+def json_answer(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
+    """An answer made here rather than received (a target scored by a query, not over HTTP):
+    ``doc`` as JSON, timed from ``started`` (time.perf_counter())."""
+    return InvokeResult(
+        status=status,
+        body=json.dumps(doc, default=str).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
 
 
 # A caller sends one request body and returns the answer. The latency run gives each of its
@@ -142,15 +197,42 @@ class Backend(abc.ABC):
     extra: ClassVar[str | None] = None
     #: modules that must be importable for this backend to work (checked without importing)
     requires: ClassVar[tuple[str, ...]] = ()
-    #: True when the backend splits live traffic between slots by weight
-    supports_weighted_traffic: ClassVar[bool] = False
-    #: True when the backend can copy live traffic to a shadow slot
-    supports_mirror: ClassVar[bool] = False
+    #: what the target can do beyond the required methods
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress):
         self.manifest = manifest
         self.target = manifest.target  # type: ignore[attr-defined]
         self.progress = progress
+        #: --force on a target with capabilities.forceable_preflight: its pre-flight refusals
+        #: (e.g. a library version that may not unpickle the model) become warnings
+        self.force = False
+
+    # -- making ------------------------------------------------------------------------
+    @classmethod
+    def make_backend(cls, manifest: ManifestBase, progress: Progress = no_progress, **seams: Any) -> Backend:
+        """The backend for ``manifest``: the one factory the registry calls. ``seams`` are what
+        a test hands in instead of the platform (client, connection, store, home, ...); a
+        target with several backends behind one kind returns the one the manifest asks for."""
+        return cls(manifest, progress=progress, **seams)
+
+    @classmethod
+    def endpoints_on_this_machine(cls, *, home: Path | None = None) -> list[Backend]:
+        """A backend for every endpoint this target runs on this machine, able to answer
+        ``status`` and ``credentials`` without their manifests (``status --all``)."""
+        return []
+
+    def tell(self, step: str, message: str, **numbers: Any) -> None:
+        """Report progress (numbers: elapsed, timeout, done, total; see ProgressEvent)."""
+        self.progress(ProgressEvent(step=step, message=message, **numbers))
+
+    def unpacked(self, package: BuiltPackage, where: str) -> Path:
+        """The package extracted (and checked against its lock) once per content, under
+        ``<state home>/<where>/packages/``: for targets that send the files, not the archive."""
+        from tdsp_deploy import paths
+        from tdsp_deploy.packaging import extract_once
+
+        return extract_once(package.path, paths.state_home() / where / "packages" / package.package_id)
 
     # -- reading -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -249,6 +331,23 @@ class Backend(abc.ABC):
         with self.callers(slot) as new_callers:
             return next(new_callers)(body)
 
+    def live_counters(self, status: EndpointStatus) -> dict[str, SlotCounters]:
+        """Each deployment's request counters now (capabilities.metrics), for the endpoint
+        whose ``status`` was just read; BackendError when they cannot be read now."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target reports no live request counters")
+
+    def run_job(
+        self, source: Any = None, sink: Any = None, *, local: bool = False, slot: str | None = None,
+        master: str = "local[*]",
+    ) -> dict[str, Any]:  # fmt: skip
+        """Score the rows at ``source`` into ``sink`` in a batch job (capabilities.batch_jobs);
+        ``local``: with the manifest's own model on this machine; ``slot``: only that slot."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target runs no batch jobs")
+
     # -- experiments ---------------------------------------------------------------------
     def set_experiment(self, experiment_id: str) -> None:  # noqa: B027 (optional hook: most targets need nothing)
         """A new A/B experiment starts: targets that hash sticky keys salt them with its id."""
@@ -264,3 +363,46 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
         """Write, offline, exactly what a push would send or start; return the files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetPlugin:
+    """What an entry point may name instead of a Backend class: a kind with more than one
+    backend behind it (synapse: a Spark or a SQL-pool backend, by ``target.mode``). It holds
+    what the registry needs before a manifest is read, and the factory that picks the backend."""
+
+    kind: str
+    target_model: type[BaseModel]
+    make_backend: Callable[..., Backend]  # (manifest, progress=no_progress, **seams)
+    extra: str | None = None
+    requires: tuple[str, ...] = ()
+
+    def endpoints_on_this_machine(self, *, home: Path | None = None) -> list[Backend]:
+        return []
+
+
+#: What the registry holds for a kind: a Backend class (its own factory) or a TargetPlugin.
+BackendFactory = type[Backend] | TargetPlugin
+
+
+def check_requirements(backend: BackendFactory) -> None:
+    """Fail with a one-line hint when a backend's SDK is not installed (without importing it).
+    ``backend``: anything with ``kind``, ``extra`` and ``requires`` (a Backend class, a plugin)."""
+    from tdsp_deploy.errors import PluginError
+
+    missing = [module for module in backend.requires if not _installed(module)]
+    if missing:
+        extra = backend.extra or backend.kind
+        raise PluginError(
+            f"target '{backend.kind}' needs {', '.join(missing)}, which is not installed",
+            hint=f"pip install 'tdsp-deploy[{extra}]'",
+        )
+
+
+def _installed(module: str) -> bool:
+    # find_spec imports only the parent packages (namespace packages such as `azure`), never
+    # the module itself
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):
+        return False

@@ -1,4 +1,8 @@
-"""Finds backends through the entry-point group ``tdsp_deploy.backends``.
+"""Finds backends through the entry-point group ``tdsp_deploy.backends``, and makes them.
+
+An entry point names a Backend class or a ``TargetPlugin``; either way the registry builds a
+backend through its one factory, ``make_backend(manifest, progress, **seams)``, so a test
+hands its fakes (client, connection, store, home) to the registry like any command would.
 
 Built-in targets register there too (pyproject.toml), so a third-party backend takes exactly
 the path ours do. A backend module is imported only when a command needs its kind; its
@@ -13,14 +17,26 @@ a cached listing makes the registry read the environment again before it gives u
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from tdsp_deploy import entry_point_cache
-from tdsp_deploy.backends.base import Backend
+from tdsp_deploy.backends.base import (
+    Backend,
+    BackendFactory,
+    Progress,
+    TargetPlugin,
+    check_requirements,
+    no_progress,
+)
 from tdsp_deploy.entry_point_cache import PluginRef
 from tdsp_deploy.errors import PluginError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.manifest.model import ManifestBase
+
+__all__ = ["GROUP", "Registry", "check_requirements"]
 
 GROUP = "tdsp_deploy.backends"
 # Read together: ours, and pydantic's plugins (which pydantic would otherwise look for itself).
@@ -30,7 +46,7 @@ GROUPS = (GROUP, entry_point_cache.PYDANTIC_GROUP)
 @dataclasses.dataclass
 class Registry:
     entry_points: dict[str, PluginRef]
-    loaded: dict[str, type[Backend]] = dataclasses.field(default_factory=dict)
+    loaded: dict[str, BackendFactory] = dataclasses.field(default_factory=dict)
     from_cache: bool = False
 
     @classmethod
@@ -55,8 +71,8 @@ class Registry:
     def kinds(self) -> list[str]:
         return sorted(self.entry_points)
 
-    def backend_class(self, kind: str) -> type[Backend]:
-        """The backend for ``kind``, imported now; PluginError when it cannot be used."""
+    def factory(self, kind: str) -> BackendFactory:
+        """What makes backends of ``kind``, imported now; PluginError when it cannot be used."""
         if kind in self.loaded:
             return self.loaded[kind]
         entry_point = self.entry_points.get(kind)
@@ -70,17 +86,26 @@ class Registry:
             backend = entry_point.load()
         except Exception as exc:  # a plugin's import error must not take the CLI down
             if self._reread() and self.entry_points.get(kind) != entry_point:
-                return self.backend_class(kind)  # the cached listing was stale
+                return self.factory(kind)  # the cached listing was stale
             raise PluginError(
                 f"the backend for target kind '{kind}' ({entry_point.value}) failed to load: {exc}",
                 hint=f"reinstall it, e.g. pip install 'tdsp-deploy[{kind}]'",
             ) from exc
-        if not (isinstance(backend, type) and issubclass(backend, Backend)):
+        if not (
+            isinstance(backend, type) and issubclass(backend, Backend) or isinstance(backend, TargetPlugin)
+        ):
             raise PluginError(
                 f"entry point '{kind}' ({entry_point.value}) is not a tdsp_deploy Backend class"
             )
         self.loaded[kind] = backend
         return backend
+
+    def make_backend(self, manifest: ManifestBase, progress: Progress = no_progress, **seams: Any) -> Backend:
+        """The backend for the manifest's target, its SDK checked first; ``seams`` go to the
+        backend's factory (a test's fake client, connection, store or home)."""
+        factory = self.factory(manifest.target.kind)  # type: ignore[attr-defined]
+        check_requirements(factory)
+        return factory.make_backend(manifest, progress, **seams)
 
     def target_models(self, only: str | None = None) -> tuple[tuple[type[BaseModel], ...], list[str]]:
         """The loadable target schemas (for the manifest union), and warnings for broken plugins.
@@ -92,27 +117,7 @@ class Registry:
         warnings: list[str] = []
         for kind in [only] if only in self.entry_points else self.kinds:
             try:
-                models.append(self.backend_class(kind).target_model)
+                models.append(self.factory(kind).target_model)
             except PluginError as exc:
                 warnings.append(f"{exc.message} (other targets keep working)")
         return tuple(models), warnings
-
-
-def check_requirements(backend: type[Backend]) -> None:
-    """Fail with a one-line hint when the backend's SDK is not installed (without importing it)."""
-    missing = [module for module in backend.requires if not _installed(module)]
-    if missing:
-        extra = backend.extra or backend.kind
-        raise PluginError(
-            f"target '{backend.kind}' needs {', '.join(missing)}, which is not installed",
-            hint=f"pip install 'tdsp-deploy[{extra}]'",
-        )
-
-
-def _installed(module: str) -> bool:
-    # find_spec imports only the parent packages (namespace packages such as `azure`), never
-    # the module itself
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ModuleNotFoundError, ValueError):
-        return False

@@ -36,7 +36,7 @@ def builtin_target_models() -> tuple[Any, ...]:
     kinds = [
         kind for kind, ep in sorted(registry.entry_points.items()) if ep.value.startswith(BUILTIN_MODULE)
     ]
-    return tuple(registry.backend_class(kind).target_model for kind in kinds)
+    return tuple(registry.factory(kind).target_model for kind in kinds)
 
 
 def published_files(targets: tuple[Any, ...] | None = None) -> dict[Path, str]:

@@ -37,12 +37,12 @@ def check_supported(backend: Backend, rollout: RolloutSection) -> None:
 
     if not staged(rollout):
         return
-    if not backend.supports_weighted_traffic or backend.kind not in REPORTED_METRICS:
+    if not backend.capabilities.weighted_traffic or backend.kind not in REPORTED_METRICS:
         raise UsageError(
             f"the {backend.kind} target cannot carry out a staged rollout (rollout.steps):"
             + (
                 " it cannot split live traffic"
-                if not backend.supports_weighted_traffic
+                if not backend.capabilities.weighted_traffic
                 else " it reports no live metrics yet"
             ),
             hint="use rollout.traffic to move the traffic in one step",

@@ -30,6 +30,7 @@ from tdsp_deploy.backends.azureml.target import AzureMLTarget
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
+    Capabilities,
     EndpointStatus,
     InvokeResult,
     ProgressEvent,
@@ -70,8 +71,7 @@ class AzureMLBackend(Backend):
     target_model = AzureMLTarget
     extra = "azureml"
     requires = ("azure.ai.ml", "azure.identity")
-    supports_weighted_traffic = True
-    supports_mirror = True
+    capabilities = Capabilities(weighted_traffic=True, mirror=True)
 
     def __init__(
         self,
@@ -166,15 +166,15 @@ class AzureMLBackend(Backend):
         """A lock file per workspace and endpoint on this machine. Across machines, Azure itself
         refuses a second operation on a deployment that is being changed (409, translated)."""
         from tdsp_deploy import paths
-        from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+        from tdsp_deploy.locks import FileLock
 
         home = paths.state_home() / "azureml" / self.target.subscription_id / self.target.resource_group
-        files = EndpointFiles(self.endpoint_name, home / self.target.workspace)
+        path = home / self.target.workspace / "endpoints" / self.endpoint_name / ".lock"
 
         def told(message: str) -> None:
             self.progress(ProgressEvent(step="lock", message=message))
 
-        return EndpointLock(files, timeout=timeout, on_wait=told)
+        return FileLock(path, self.endpoint_name, timeout=timeout, on_wait=told)
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:

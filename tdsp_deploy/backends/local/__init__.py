@@ -22,8 +22,10 @@ from tdsp_deploy import interrupts
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
+    Capabilities,
     EndpointStatus,
     ProgressEvent,
+    SlotCounters,
     SlotStatus,
     no_progress,
     refuse_unless_deletable,
@@ -32,8 +34,9 @@ from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.entry_script import takes_raw_requests
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_ENV, slot_secret
-from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
+from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord, SlotRecord
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
+from tdsp_deploy.locks import FileLock
 from tdsp_deploy.manifest.model import LocalTarget
 from tdsp_deploy.secrets import redact_variables
 
@@ -54,13 +57,31 @@ SYSTEM_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUA
 class LocalBackend(Backend):
     kind = "local"
     target_model = LocalTarget
-    supports_weighted_traffic = True
-    supports_mirror = True
+    capabilities = Capabilities(weighted_traffic=True, mirror=True, metrics=True)
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, home: Path | None = None):
         super().__init__(manifest, progress=progress)
         self.target: LocalTarget
         self.files = EndpointFiles(manifest.name, home)
+
+    @classmethod
+    def endpoints_on_this_machine(cls, *, home: Path | None = None) -> list[Backend]:
+        """Every endpoint deployed here. status() and credentials() read only the endpoint's
+        name and its state files, so no manifest is needed to look at what runs."""
+        from types import SimpleNamespace
+
+        from tdsp_deploy.backends.local.state import all_endpoint_names
+
+        return [
+            cls(SimpleNamespace(name=name, target=LocalTarget()), home=home)  # type: ignore[arg-type]
+            for name in all_endpoint_names(home)
+        ]
+
+    def live_counters(self, status: EndpointStatus) -> dict[str, SlotCounters]:
+        """The router's counters (GET /metrics, see counters.py)."""
+        from tdsp_deploy.backends.local.counters import read_counters
+
+        return read_counters(status, self.credentials()["primary_key"])
 
     # -- reading -------------------------------------------------------------------------
     def _record(self) -> EndpointRecord:
@@ -302,7 +323,7 @@ class LocalBackend(Backend):
         def told(message: str) -> None:
             self.progress(ProgressEvent(step="lock", message=message))
 
-        return EndpointLock(self.files, timeout=timeout, on_wait=told)
+        return FileLock(self.files.lock_path, self.manifest.name, timeout=timeout, on_wait=told)
 
     # -- deploying -----------------------------------------------------------------------
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:

@@ -12,7 +12,7 @@
 - ``failed/<slot>.log``: the log of the latest deployment of that slot that failed,
 - ``router.log``, ``supervisor.log`` and ``slots/<slot>/<revision>/server.log``: the
   processes' output,
-- ``.lock``: held while a command changes the endpoint.
+- ``.lock``: held while a command changes the endpoint (a ``tdsp_deploy.locks.FileLock``).
 
 Every write is atomic, so an interrupted command leaves the previous state readable.
 """
@@ -20,19 +20,16 @@ Every write is atomic, so an interrupted command leaves the previous state reada
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import os
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.local.processes import ProcessRef
-from tdsp_deploy.backends.local.routes import write_json_atomic
 from tdsp_deploy.errors import BackendError
+from tdsp_deploy.json_files import write_json_atomic
 
 
 @dataclasses.dataclass
@@ -181,6 +178,11 @@ class EndpointFiles:
     def started_path(self) -> Path:
         return self.root / "started.json"
 
+    @property
+    def lock_path(self) -> Path:
+        """Flocked while a command changes the endpoint (tdsp_deploy.locks.FileLock)."""
+        return self.root / ".lock"
+
     def failed_log(self, slot: str) -> Path:
         return self.root / "failed" / f"{slot}.log"
 
@@ -284,52 +286,6 @@ class EndpointFiles:
     def admin_headers(self) -> dict[str, str]:
         """What the CLI sends to the router's control routes."""
         return {"Authorization": f"Bearer {self.admin()['admin_key']}"}
-
-
-class EndpointLock:
-    """An exclusive lock on one endpoint, held while a command changes it.
-
-    flock is released by the kernel when its holder dies, so a crashed push never leaves a
-    lock that blocks the next one.
-    """
-
-    def __init__(self, files: EndpointFiles, *, timeout: float, on_wait: Callable[[str], None] | None = None):
-        self.path = files.root / ".lock"
-        self.name = files.name
-        self.timeout = timeout
-        self.on_wait = on_wait
-        self._fd: int | None = None
-
-    def __enter__(self) -> EndpointLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and self.on_wait:
-                    self.on_wait(f"another command is changing endpoint '{self.name}'; waiting for it")
-                    told = True
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise BackendError(
-                        f"endpoint '{self.name}' is locked by another command",
-                        hint="wait for it to finish, or raise --lock-timeout",
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def all_endpoint_names(home: Path | None = None) -> list[str]:

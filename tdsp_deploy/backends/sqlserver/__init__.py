@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
+    Capabilities,
     EndpointStatus,
     InvokeResult,
     ProgressEvent,
@@ -90,9 +91,9 @@ class SqlServerBackend(Backend):
     target_model = SqlServerTarget
     extra = "sqlserver"
     requires = ("mssql_python",)
-    #: the scoring procedures route rows by weight (traffic table); nothing copies them
-    supports_weighted_traffic = True
-    supports_mirror = False
+    #: the scoring procedures route rows by weight (traffic table); nothing copies them;
+    #: a library mismatch that may break unpickling is refused unless --force
+    capabilities = Capabilities(weighted_traffic=True, forceable_preflight=True)
 
     def __init__(
         self,

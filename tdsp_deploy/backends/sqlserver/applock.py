@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tdsp_deploy.errors import BackendError, TdspError
+from tdsp_deploy.locks import EndpointLock
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
@@ -42,7 +43,7 @@ def resource_name(database: str, procedure: str) -> str:
     return f"tdsp-deploy:{database}:{procedure}"[:255]
 
 
-class ApplicationLock:
+class ApplicationLock(EndpointLock):
     """Held while a command changes the endpoint; waits up to ``timeout`` seconds, saying so."""
 
     def __init__(
@@ -54,11 +55,9 @@ class ApplicationLock:
         timeout: float,
         on_wait: Callable[[str], None] | None = None,
     ):
+        super().__init__(endpoint, timeout=timeout, on_wait=on_wait)
         self.connection = connection
         self.resource = resource
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.on_wait = on_wait
 
     def _try(self, wait_ms: int) -> int:
         rows = self.connection.execute(
@@ -66,16 +65,13 @@ class ApplicationLock:
         )
         return int(rows[0][0]) if rows and rows[0][0] is not None else -999
 
-    def __enter__(self) -> ApplicationLock:
+    def acquire(self) -> None:
         result = self._try(0)
         if result == TIMED_OUT and self.timeout > 0:
-            if self.on_wait:
-                self.on_wait(
-                    f"another command is changing endpoint '{self.endpoint}' on this server; waiting"
-                )
+            self.on_wait(f"another command is changing endpoint '{self.endpoint}' on this server; waiting")
             result = self._try(int(self.timeout * 1000))
         if result in GRANTED:
-            return self
+            return
         if result == TIMED_OUT:
             raise BackendError(
                 f"endpoint '{self.endpoint}' is locked by another command on the server",
@@ -86,7 +82,7 @@ class ApplicationLock:
             hint="-2 is a cancelled wait and -3 a deadlock: run the command again",
         )
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         # a failure here must not hide the command's own error; the lock goes with the session anyway
         with contextlib.suppress(TdspError):
             self.connection.execute(RELEASE_APPLOCK, (self.resource,), doing="releasing the endpoint lock")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import (
     Backend,
+    Capabilities,
     EndpointStatus,
     ProgressEvent,
     SlotStatus,
@@ -65,8 +66,8 @@ class SparkBackend(SparkJobs, SparkCalls, Backend):
     kind = "synapse"
     target_model = SynapseTarget
     extra = "synapse"
-    supports_weighted_traffic = True  # rows split by key hash
-    supports_mirror = False
+    # rows split by key hash; run_job scores a data set
+    capabilities = Capabilities(weighted_traffic=True, batch_jobs=True)
 
     def __init__(
         self,
@@ -182,14 +183,14 @@ class SparkBackend(SparkJobs, SparkCalls, Backend):
         return []
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
-        """A lock blob in the storage root (endpoint_lock.py): held while a command changes the
+        """A lock blob in the storage root (blob_lease.py): held while a command changes the
         endpoint, whichever machine it runs on."""
-        from tdsp_deploy.backends.synapse.endpoint_lock import EndpointLock
+        from tdsp_deploy.backends.synapse.blob_lease import BlobLease
 
         def told(message: str) -> None:
             self._tell("lock", message)
 
-        return EndpointLock(
+        return BlobLease(
             self.store, f"{self._endpoint_dir()}/lock.json", self.manifest.name, timeout=timeout, on_wait=told
         )
 

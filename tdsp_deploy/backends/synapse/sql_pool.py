@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from tdsp_deploy.backends.base import (
     Backend,
     Caller,
+    Capabilities,
     EndpointStatus,
     InvokeResult,
     ProgressEvent,
@@ -96,8 +97,7 @@ class SqlPoolBackend(Backend):
     # the driver is needed only to talk to the pool (connecting says so); render and validate work without
     requires = ("onnx", "onnxruntime")
     #: the procedure routes rows by weight (traffic table); nothing copies them
-    supports_weighted_traffic = True
-    supports_mirror = False
+    capabilities = Capabilities(weighted_traffic=True)
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, connection: Any = None):
         super().__init__(manifest, progress=progress)
@@ -204,11 +204,13 @@ class SqlPoolBackend(Backend):
         application locks (sp_getapplock is SQL Server's) and enforces no unique constraint, so
         two machines are not kept apart; the traffic change is one transaction either way."""
         from tdsp_deploy import paths
-        from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock
+        from tdsp_deploy.locks import FileLock
 
         home = paths.state_home() / "synapse-sql" / str(self.target.server) / str(self.target.database)
-        files = EndpointFiles(self.manifest.name, home)
-        return EndpointLock(files, timeout=timeout, on_wait=lambda message: self._tell("lock", message))
+        path = home / "endpoints" / self.manifest.name / ".lock"
+        return FileLock(
+            path, self.manifest.name, timeout=timeout, on_wait=lambda message: self._tell("lock", message)
+        )
 
     def credentials(self) -> dict[str, str]:
         """None: callers authenticate to the pool itself (target.auth)."""

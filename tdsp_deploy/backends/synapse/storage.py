@@ -9,7 +9,7 @@ What is kept under the target's ``storage`` root::
     endpoints/<name>/traffic.json      the split of rows between slots
     endpoints/<name>/runs/<id>/...     smoke-test inputs and outputs
     endpoints/<name>/requests/<id>/... a split run's request log (for `ab`), run.json last
-    endpoints/<name>/lock.json         held while a command changes the endpoint (endpoint_lock.py)
+    endpoints/<name>/lock.json         held while a command changes the endpoint (blob_lease.py)
 
 Why a failed upload leaves nothing a job could pick up: a block blob's staged blocks are not
 part of it until Put Block List commits them (Azure docs, "Understanding block blobs"), and a

@@ -17,7 +17,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tdsp_deploy.backends.base import Backend, EndpointStatus, InvokeResult, ProgressEvent, SlotStatus
+from tdsp_deploy.backends.base import (
+    Backend,
+    Capabilities,
+    EndpointStatus,
+    InvokeResult,
+    ProgressEvent,
+    SlotStatus,
+)
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
 
 # endpoint name -> {"slots": {name: {...}}, "events": [...]}
@@ -39,8 +46,7 @@ class FakeTarget(BaseModel):
 class FakeBackend(Backend):
     kind = "fake"
     target_model = FakeTarget
-    supports_weighted_traffic = True
-    supports_mirror = True
+    capabilities = Capabilities(weighted_traffic=True, mirror=True)
 
     @property
     def state(self) -> dict:
@@ -201,4 +207,4 @@ class NoMirrorBackend(FakeBackend):
 
     kind = "fake-nomirror"
     target_model = NoMirrorTarget
-    supports_mirror = False
+    capabilities = Capabilities(weighted_traffic=True)

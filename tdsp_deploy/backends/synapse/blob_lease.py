@@ -1,5 +1,6 @@
-"""The Spark mode's endpoint lock: one lock blob in the storage root, so that two commands
-changing one endpoint never interleave, from this machine or any other.
+"""The Spark mode's endpoint lock (a ``tdsp_deploy.locks.EndpointLock``): a lease on one lock
+blob in the storage root, so that two commands changing one endpoint never interleave, from
+this machine or any other.
 
 The state of a Spark-mode endpoint lives in its storage root (blob container or folder), not on
 a machine, so the lock lives there too: ``endpoints/<name>/lock.json`` holds who holds it
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.errors import BackendError
+from tdsp_deploy.locks import EndpointLock
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.synapse.storage import Store
@@ -36,8 +38,8 @@ LOCK_TTL_S = 120.0
 POLL_S = 1.0
 
 
-class EndpointLock:
-    """``with EndpointLock(store, name, endpoint, timeout=...)``: held inside the block."""
+class BlobLease(EndpointLock):
+    """``with BlobLease(store, name, endpoint, timeout=...)``: held inside the block."""
 
     def __init__(
         self,
@@ -50,12 +52,10 @@ class EndpointLock:
         on_wait: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ):
+        super().__init__(endpoint, timeout=timeout, on_wait=on_wait)
         self.store = store
         self.name = name  # the lock blob, relative to the storage root
-        self.endpoint = endpoint
-        self.timeout = timeout
         self.ttl = ttl
-        self.on_wait = on_wait or (lambda message: None)
         self.clock = clock
         self.token = uuid.uuid4().hex
         self._etag: str | None = None
@@ -88,7 +88,7 @@ class EndpointLock:
         return None
 
     # -- taking and giving back ----------------------------------------------------------------------
-    def __enter__(self) -> EndpointLock:
+    def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
         told = False
         while True:
@@ -124,9 +124,8 @@ class EndpointLock:
         self._etag = etag
         self._renewer = threading.Thread(target=self._renew, name="tdsp-lock-renewal", daemon=True)
         self._renewer.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=60)
