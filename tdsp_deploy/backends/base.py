@@ -212,8 +212,8 @@ class Backend(abc.ABC):
     @classmethod
     def make_backend(cls, manifest: ManifestBase, progress: Progress = no_progress, **seams: Any) -> Backend:
         """The backend for ``manifest``: the one factory the registry calls. ``seams`` are what
-        a test hands in instead of the platform (client, connection, store, home, ...); a
-        target with several backends behind one kind returns the one the manifest asks for."""
+        a test hands in instead of the platform (client, connection, store, home, ...), given
+        to the constructor as keyword arguments."""
         return cls(manifest, progress=progress, **seams)
 
     @classmethod

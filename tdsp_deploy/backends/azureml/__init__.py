@@ -187,7 +187,7 @@ class AzureMLBackend(Backend):
         from tdsp_deploy.backends.azureml.upload import code_for_upload
 
         lock = package.lock
-        package_dir = self._unpacked(package)
+        package_dir = self.unpacked(package, "azureml")
         model = entities.build_model(self.manifest, lock, package_dir / lock.model.path)
         no_code = entities.is_no_code(self.manifest)  # an MLflow model: Azure ML brings both
         environment = (
@@ -202,7 +202,7 @@ class AzureMLBackend(Backend):
 
         self._ensure_endpoint()
         registered_model, uploaded = self.client.ensure_model(model)
-        self._tell(
+        self.tell(
             "deploy",
             f"model {model.name}:{model.version} "
             + ("registered" if uploaded else "already registered; not uploaded again"),
@@ -223,7 +223,7 @@ class AzureMLBackend(Backend):
         )
         entities.validate_entities(deployment)
         previous = self._find_deployment(slot)
-        self._tell(
+        self.tell(
             "deploy",
             f"{'updating' if previous else 'creating'} deployment {slot} "
             f"({self.target.instance_count} x {self.target.instance_type})",
@@ -276,7 +276,7 @@ class AzureMLBackend(Backend):
         except DeploymentFailed as failure:
             failure.details.setdefault("log_tail", self._log_tail(slot))
             raise
-        self._tell("health", f"{slot} is healthy", elapsed=time.monotonic() - started)
+        self.tell("health", f"{slot} is healthy", elapsed=time.monotonic() - started)
         return found
 
     def finalize_slot(self, slot: str) -> None:
@@ -307,7 +307,7 @@ class AzureMLBackend(Backend):
             )
         replaced = self._replaced.pop(slot, None)
         if replaced is not None and replaced is not _NEW and replaced.spec is not None:
-            self._tell("rollback", f"restoring the previous revision of {slot}")
+            self.tell("rollback", f"restoring the previous revision of {slot}")
             operation = self.client.begin_create_deployment(replaced.spec)
             self._wait(operation, f"restoring deployment '{slot}'")
             return
@@ -316,7 +316,7 @@ class AzureMLBackend(Backend):
             return
         if replaced is None and (current.traffic or current.mirror):
             return  # unknown history and live: leave it (see the docstring)
-        self._tell("rollback", f"deleting deployment {slot}")
+        self.tell("rollback", f"deleting deployment {slot}")
         self._delete_deployment(slot)
 
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
@@ -360,7 +360,7 @@ class AzureMLBackend(Backend):
             from tdsp_deploy.traffic import TrafficHistory
 
             self.client.get_endpoint(self.endpoint_name)  # EndpointNotFound, said clearly
-            self._tell("delete", f"deleting endpoint {self.endpoint_name} and its deployments")
+            self.tell("delete", f"deleting endpoint {self.endpoint_name} and its deployments")
             operation = self.client.begin_delete_endpoint(self.endpoint_name)
             self._wait(operation, f"deleting endpoint '{self.endpoint_name}'")
             TrafficHistory(self.kind, self.endpoint_name).clear()
@@ -418,7 +418,9 @@ class AzureMLBackend(Backend):
         from tdsp_deploy.backends.azureml.render import render_yaml
 
         slot = self.manifest.rollout.deployment or "blue"
-        return render_yaml(self.manifest, package.lock, out_dir, slot, package_dir=self._unpacked(package))
+        return render_yaml(
+            self.manifest, package.lock, out_dir, slot, package_dir=self.unpacked(package, "azureml")
+        )
 
     # -- internals -----------------------------------------------------------------------
     def _ensure_endpoint(self) -> EndpointInfo:
@@ -443,12 +445,12 @@ class AzureMLBackend(Backend):
             entity = entities.build_endpoint(self.manifest)
             entity.traffic = {}  # Azure refuses traffic at creation: no deployment exists yet
             entities.validate_entities(entity)
-            self._tell("deploy", f"creating endpoint {name} in workspace {self.target.workspace}")
+            self.tell("deploy", f"creating endpoint {name} in workspace {self.target.workspace}")
             self._wait(self.client.begin_create_endpoint(entity), f"endpoint '{name}'")
             return self.client.get_endpoint(name)
         if (endpoint.provisioning_state or "").lower() not in TERMINAL_STATES:
             # an earlier command's operation is still running: deployments are refused until it ends
-            self._tell("deploy", f"endpoint {name} is {endpoint.provisioning_state}; waiting for it")
+            self.tell("deploy", f"endpoint {name} is {endpoint.provisioning_state}; waiting for it")
             watch = StatePoller(
                 lambda: self.client.get_endpoint(name).provisioning_state,
                 lambda state: DeploymentFailed(f"endpoint '{name}' is {state}"),
@@ -469,7 +471,7 @@ class AzureMLBackend(Backend):
             except EndpointNotFound:
                 return "Deleted"
 
-        self._tell("deploy", f"endpoint {name} is being deleted; waiting until it is gone")
+        self.tell("deploy", f"endpoint {name} is being deleted; waiting until it is gone")
         watch = StatePoller(
             state,
             lambda found: BackendError(f"endpoint '{name}' did not finish deleting: it is {found}"),
@@ -477,15 +479,6 @@ class AzureMLBackend(Backend):
             terminal=frozenset({"deleted"}),
         )
         self._wait(watch, f"deletion of endpoint '{name}'")
-
-    def _unpacked(self, package: BuiltPackage) -> Path:
-        """The package extracted (and checked against its lock) once per content, under the
-        state home; Azure uploads the code folder and the model from there."""
-        from tdsp_deploy import paths
-        from tdsp_deploy.packaging import extract_once
-
-        root = paths.state_home() / "azureml" / "packages" / package.package_id
-        return extract_once(package.path, root)
 
     def _find_deployment(self, slot: str) -> DeploymentInfo | None:
         try:
@@ -537,14 +530,14 @@ class AzureMLBackend(Backend):
             what=what,
             timeout=timeout,
             endpoint=self.endpoint_name,
-            on_progress=lambda state, elapsed: self._tell(
+            on_progress=lambda state, elapsed: self.tell(
                 "deploy", f"{what}: {state}", elapsed=elapsed, timeout=timeout
             ),
         )
 
     def _health_progress(self, slot: str, timeout: float) -> Callable[[str, float], None]:
         def told(state: str, elapsed: float) -> None:
-            self._tell("health", f"waiting for {slot} ({state})", elapsed=elapsed, timeout=timeout)
+            self.tell("health", f"waiting for {slot} ({state})", elapsed=elapsed, timeout=timeout)
 
         return told
 
@@ -561,9 +554,6 @@ class AzureMLBackend(Backend):
                 text = f"(not available: {exc.message})"
             parts.append(f"--- {container} ---\n{text.rstrip() or '(empty)'}")
         return "\n".join(parts)
-
-    def _tell(self, step: str, message: str, **numbers: Any) -> None:
-        self.progress(ProgressEvent(step=step, message=message, **numbers))
 
 
 def _slot_status(deployment: DeploymentInfo, endpoint: EndpointInfo) -> SlotStatus:

@@ -45,6 +45,7 @@ from tdsp_deploy.backends.base import (
     InvokeResult,
     ProgressEvent,
     SlotStatus,
+    json_answer,
     no_progress,
     refuse_unless_deletable,
 )
@@ -242,7 +243,7 @@ class SqlServerBackend(Backend):
         conn = self.connection
         with conn.transaction():
             for statement in tsql.deployment_statements(self.target, self.manifest, script):
-                self._tell(
+                self.tell(
                     "deploy",
                     STEP_MESSAGES.get(statement.name, statement.name).format(
                         table=self._table_name(),
@@ -282,7 +283,7 @@ class SqlServerBackend(Backend):
         found = self.status().slot(slot)
         if found is None or found.state != "healthy":
             raise DeploymentFailed(f"slot '{slot}' is not serving after the deploy")
-        self._tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
+        self.tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
         return found
 
     def finalize_slot(self, slot: str) -> None:
@@ -298,16 +299,16 @@ class SqlServerBackend(Backend):
         if undo is None:
             route = next((r for r in self._slots() if r["slot"] == slot), None)
             if route is not None and route["weight"] == 0:
-                self._tell("rollback", f"removing slot {slot}")
+                self.tell("rollback", f"removing slot {slot}")
                 self._delete_slot(slot)
             return
         if not undo.slots:
-            self._tell("rollback", f"removing procedure {self._procedure_name()} and the model rows")
+            self.tell("rollback", f"removing procedure {self._procedure_name()} and the model rows")
             self._remove(rows=True)
             return
         from tdsp_deploy.backends.sqlserver import tsql
 
-        self._tell("rollback", f"restoring the procedures and the slots as they were before {slot}")
+        self.tell("rollback", f"restoring the procedures and the slots as they were before {slot}")
         conn = self.connection
         name = self.manifest.model_name
         with conn.transaction():
@@ -464,7 +465,7 @@ class SqlServerBackend(Backend):
         from tdsp_deploy.backends.sqlserver import tsql
 
         conn = self.connection
-        self._tell("deploy", "checking that external scripts are enabled")
+        self.tell("deploy", "checking that external scripts are enabled")
         if not first_value_true(conn.execute(tsql.probe_configuration(), doing="read the configuration")):
             from tdsp_deploy.backends.sqlserver.connection import ENABLE_HINT
 
@@ -488,7 +489,7 @@ class SqlServerBackend(Backend):
         # (3.10 is the version Microsoft tests), so its version is shown with the libraries'.
         python = server.get("python", "unknown")
         found = ", ".join(f"{library} {server.get(library, 'missing')}" for library in wanted)
-        self._tell("deploy", f"the server runs Python {python}" + (f" with {found}" if found else ""))
+        self.tell("deploy", f"the server runs Python {python}" + (f" with {found}" if found else ""))
         mismatches = []
         for library in PICKLE_LIBRARIES.get(self._flavor(), ()):
             built = lock.libraries.get(library)
@@ -503,7 +504,7 @@ class SqlServerBackend(Backend):
                 "with the server's versions, or push with --force",
             )
         for problem in mismatches:
-            self._tell("deploy", f"warning: --force: deploying although {problem}; the model may not load")
+            self.tell("deploy", f"warning: --force: deploying although {problem}; the model may not load")
 
     def _probe_rows(self) -> list[list[Any]]:
         smoke = self.manifest.smoke_test
@@ -694,20 +695,11 @@ class SqlServerBackend(Backend):
         from tdsp_deploy.backends.sqlserver.script import model_payload
 
         try:
-            return model_payload(self._unpacked(package) / package.lock.model.path, self._flavor())
+            return model_payload(
+                self.unpacked(package, "sqlserver") / package.lock.model.path, self._flavor()
+            )
         except ValueError as exc:
             raise UsageError(str(exc), hint="point model.path at the model file") from None
-
-    def _unpacked(self, package: BuiltPackage) -> Path:
-        """The package extracted (and checked against its lock) once per content."""
-        from tdsp_deploy import paths
-        from tdsp_deploy.packaging import extract_once
-
-        root = paths.state_home() / "sqlserver" / "packages" / package.package_id
-        return extract_once(package.path, root)
-
-    def _tell(self, step: str, message: str, **numbers: Any) -> None:
-        self.progress(ProgressEvent(step=step, message=message, **numbers))
 
 
 # -- the scoring call -------------------------------------------------------------------------------
@@ -929,13 +921,4 @@ def _create_or_alter(definition: str) -> str:
         definition,
         count=1,
         flags=re.I,
-    )
-
-
-def json_answer(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
-    return InvokeResult(
-        status=status,
-        body=json.dumps(doc, default=str).encode(),
-        headers={"content-type": "application/json", **(headers or {})},
-        elapsed_ms=(time.perf_counter() - started) * 1000.0,
     )

@@ -33,7 +33,6 @@ from tdsp_deploy.backends.base import (
     Backend,
     Capabilities,
     EndpointStatus,
-    ProgressEvent,
     SlotStatus,
     no_progress,
 )
@@ -188,7 +187,7 @@ class SparkBackend(SparkJobs, SparkCalls, Backend):
         from tdsp_deploy.backends.synapse.blob_lease import BlobLease
 
         def told(message: str) -> None:
-            self._tell("lock", message)
+            self.tell("lock", message)
 
         return BlobLease(
             self.store, f"{self._endpoint_dir()}/lock.json", self.manifest.name, timeout=timeout, on_wait=told
@@ -204,7 +203,7 @@ class SparkBackend(SparkJobs, SparkCalls, Backend):
         for upload in plan:
             started = time.monotonic()
             uploaded = self.store.put_file(upload["name"], Path(upload["source"]), upload["sha256"])
-            self._tell(
+            self.tell(
                 "deploy",
                 f"{'uploaded' if uploaded else 'unchanged, not uploaded:'} {upload['uri']} "
                 f"({upload['size']} bytes)",
@@ -393,6 +392,3 @@ class SparkBackend(SparkJobs, SparkCalls, Backend):
                 if isinstance(record, dict):
                     records[name[len(prefix) : -len(".json")]] = record
         return records
-
-    def _tell(self, step: str, message: str, **numbers: Any) -> None:
-        self.progress(ProgressEvent(step=step, message=message, **numbers))

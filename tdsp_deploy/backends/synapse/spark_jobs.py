@@ -44,7 +44,7 @@ class SparkJobs:
 
         def _records(self) -> dict[str, dict[str, Any]]: ...
         def _endpoint_dir(self) -> str: ...
-        def _tell(self, step: str, message: str, **numbers: Any) -> None: ...
+        def tell(self, step: str, message: str, **numbers: Any) -> None: ...
 
     # -- running jobs ------------------------------------------------------------------------------
     def run_job(
@@ -222,7 +222,7 @@ class SparkJobs:
         batch_id = batch.get("id")
         if batch_id is None:
             raise BackendError("Synapse accepted the batch but gave no id")
-        self._tell("run", f"submitted Spark batch {batch_id} to pool {self.target.spark_pool}")
+        self.tell("run", f"submitted Spark batch {batch_id} to pool {self.target.spark_pool}")
         result_uri = self.store.uri(result_name)
         try:
             final = self.livy.wait(int(batch_id), timeout=self.target.job_timeout, progress=self.progress)

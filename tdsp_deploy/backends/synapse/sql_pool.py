@@ -44,12 +44,12 @@ from tdsp_deploy.backends.base import (
     Capabilities,
     EndpointStatus,
     InvokeResult,
-    ProgressEvent,
     SlotStatus,
+    json_answer,
     no_progress,
     refuse_unless_deletable,
 )
-from tdsp_deploy.backends.sqlserver import check_traffic_request, document_id, first_value_true, json_answer
+from tdsp_deploy.backends.sqlserver import check_traffic_request, document_id, first_value_true
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
 
@@ -209,7 +209,7 @@ class SqlPoolBackend(Backend):
         home = paths.state_home() / "synapse-sql" / str(self.target.server) / str(self.target.database)
         path = home / "endpoints" / self.manifest.name / ".lock"
         return FileLock(
-            path, self.manifest.name, timeout=timeout, on_wait=lambda message: self._tell("lock", message)
+            path, self.manifest.name, timeout=timeout, on_wait=lambda message: self.tell("lock", message)
         )
 
     def credentials(self) -> dict[str, str]:
@@ -301,7 +301,7 @@ class SqlPoolBackend(Backend):
         found = self.status().slot(slot)
         if found is None or found.state != "healthy":
             raise DeploymentFailed(f"slot '{slot}' is not serving after the deploy")
-        self._tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
+        self.tell("health", f"{slot} answers", elapsed=time.monotonic() - started)
         return found
 
     def finalize_slot(self, slot: str) -> None:
@@ -317,7 +317,7 @@ class SqlPoolBackend(Backend):
         if before is None:
             route = next((r for r in self._slots() if r["slot"] == slot), None)
             if route is not None and route["weight"] == 0:
-                self._tell("rollback", f"removing slot {slot}")
+                self.tell("rollback", f"removing slot {slot}")
                 self._delete_slot(slot)
             return
         self._restore(before, None)
@@ -347,7 +347,7 @@ class SqlPoolBackend(Backend):
                 )
             conn.execute(predict_tsql.refresh_active(self.target), (endpoint,), doing="set the traffic")
         if outputs and outputs != before:
-            self._tell("traffic", f"altering {self._procedure_name()} to the outputs of the serving version")
+            self.tell("traffic", f"altering {self._procedure_name()} to the outputs of the serving version")
             conn.execute(
                 predict_tsql.alter_procedure(self.target, self.manifest.name, [Column(**c) for c in outputs]),
                 doing="alter the procedure to the serving version's outputs",
@@ -496,7 +496,7 @@ class SqlPoolBackend(Backend):
         """The T-SQL a push would run in order, the ONNX payload and the parameters."""
         from tdsp_deploy.backends.synapse import predict_tsql
 
-        self._tell("render", f"note: {predict_tsql.PREDICT_NOTICE}")
+        self.tell("render", f"note: {predict_tsql.PREDICT_NOTICE}")
         prepared = self.prepare(package)
         return predict_tsql.render_tsql(
             self.target, self.manifest, package.lock, prepared.payload, out_dir, source=prepared.source
@@ -511,10 +511,10 @@ class SqlPoolBackend(Backend):
         if cached is not None:
             return cached
         if self.manifest.model.flavor == "sklearn":
-            self._tell("package", "converting the scikit-learn model to ONNX (one input per column)")
+            self.tell("package", "converting the scikit-learn model to ONNX (one input per column)")
         smoke = self.manifest.smoke_test
         prepared = prepare_model(
-            self._unpacked(package) / package.lock.model.path,
+            self.unpacked(package, "synapse-sql") / package.lock.model.path,
             self.manifest.model.flavor,
             self.target.inputs,
             self.target.outputs,
@@ -522,7 +522,7 @@ class SqlPoolBackend(Backend):
             tolerance=smoke.tolerance if smoke is not None else 1e-6,
         )
         if prepared.parity is not None:
-            self._tell(
+            self.tell(
                 "package",
                 f"ONNX parity: {prepared.parity.rows} sample row(s) agree "
                 f"(largest difference {prepared.parity.largest_difference:.3g})",
@@ -532,7 +532,7 @@ class SqlPoolBackend(Backend):
 
     # -- internals -----------------------------------------------------------------------
     def _run(self, statement: Any, values: dict[str, Any], model: str, size: int, slot: str) -> None:
-        self._tell(
+        self.tell(
             "deploy",
             STEP_MESSAGES.get(statement.name, statement.name).format(
                 table=self._table_name(), procedure=self._procedure_name(), model=model, size=size, slot=slot
@@ -552,7 +552,7 @@ class SqlPoolBackend(Backend):
         endpoint = self._endpoint_key()
         try:
             if not before.slots and not before.versions:  # a first push: nothing of it stays
-                self._tell("rollback", f"removing {self._procedure_name()} and this endpoint's rows")
+                self.tell("rollback", f"removing {self._procedure_name()} and this endpoint's rows")
                 if not before.procedure:
                     conn.execute(
                         predict_tsql.drop_procedure(self.target, self.manifest.name),
@@ -571,7 +571,7 @@ class SqlPoolBackend(Backend):
                 if not before.table:
                     conn.execute(predict_tsql.drop_table_if_empty(self.target), doing="drop the model table")
                 return
-            self._tell("rollback", "putting back the slots and the procedure as they were")
+            self.tell("rollback", "putting back the slots and the procedure as they were")
             slots = self._traffic_table_exists()
             with conn.transaction():
                 if slots:
@@ -797,17 +797,6 @@ class SqlPoolBackend(Backend):
 
     def _source(self) -> str:
         return "sklearn" if self.manifest.model.flavor == "sklearn" else "onnx"
-
-    def _unpacked(self, package: BuiltPackage) -> Path:
-        """The package extracted (and checked against its lock) once per content."""
-        from tdsp_deploy import paths
-        from tdsp_deploy.packaging import extract_once
-
-        root = paths.state_home() / "synapse-sql" / "packages" / package.package_id
-        return extract_once(package.path, root)
-
-    def _tell(self, step: str, message: str, **numbers: Any) -> None:
-        self.progress(ProgressEvent(step=step, message=message, **numbers))
 
 
 def answer(columns: Sequence[str], rows: Sequence[Sequence[Any]], outputs: Sequence[Any]) -> dict[str, Any]:
