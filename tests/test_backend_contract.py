@@ -143,3 +143,22 @@ def test_run_on_a_target_without_batch_jobs_is_a_usage_error(cli: Any, tmp_path:
     result = cli("run", project, "--json")
     assert result.exit_code == ExitCode.USAGE, result.stderr
     assert "`run` is for batch targets; the fake target serves requests" in result.stdout
+
+
+def test_an_entry_point_names_a_backend_class_or_a_target_plugin() -> None:
+    from tdsp_deploy.backends.base import TargetPlugin
+    from tdsp_deploy.backends.registry import GROUP
+    from tdsp_deploy.entry_point_cache import PluginRef
+    from tdsp_deploy.errors import PluginError
+
+    registry = Registry(
+        {
+            "synapse": PluginRef("synapse", "tdsp_deploy.backends.synapse:plugin", GROUP),
+            "fake": PluginRef("fake", "fake_backend:FakeBackend", GROUP),
+            "odd": PluginRef("odd", "tdsp_deploy.backends.base:Capabilities", GROUP),
+        }
+    )
+    assert isinstance(registry.factory("synapse"), TargetPlugin)
+    assert registry.factory("fake") is fake_backend.FakeBackend
+    with pytest.raises(PluginError, match="is not a tdsp_deploy Backend class"):
+        registry.factory("odd")
