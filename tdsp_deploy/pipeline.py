@@ -1,4 +1,4 @@
-"""Push and test, step by step, for any backend (DESIGN.md, "Push, step by step").
+"""Push and test, step by step, for any backend.
 
 validate -> package -> deploy the slot with 0% traffic -> wait until healthy -> smoke test
 pinned to the slot -> traffic per rollout -> verify. Any failure after the slot exists rolls

@@ -92,7 +92,7 @@ def _message(
     if kind == "union_tag_not_found":
         return f"'kind' is required; one of: {', '.join(_target_kinds(cls))}"
     if kind in _BOUNDS:
-        return f"must be {_BOUNDS[kind]} {ctx.get(_BOUND_KEYS[kind])}"  # as DESIGN.md shows it
+        return f"must be {_BOUNDS[kind]} {ctx.get(_BOUND_KEYS[kind])}"  # e.g. target.port: must be >= 1
     if kind == "string_pattern_mismatch":
         return _PATTERNS.get(ctx.get("pattern", ""), f"must match {ctx.get('pattern')}") + got
     if kind == "string_too_short":
