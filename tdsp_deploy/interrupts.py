@@ -1,8 +1,8 @@
 """Ctrl-C and SIGTERM while something must not be cut in half.
 
-A push interrupted once rolls back; interrupted again 50 ms later (two Ctrl-C, or a CI
-cancellation's SIGINT then SIGTERM) the second signal used to cut the rollback short and leave
-the new deployment's server running. Two guards:
+A push interrupted once rolls back; a second signal soon after (two Ctrl-C, or a CI
+cancellation's SIGINT then SIGTERM) must not cut that rollback short and leave the new
+deployment's server running. Two guards:
 
 - ``first_only()``: the first signal interrupts (KeyboardInterrupt, as usual); later ones are
   only noted until the block ends, so the rollback the first one started runs to its end.
