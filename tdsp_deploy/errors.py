@@ -1,8 +1,8 @@
 """One error tree for everything the user can see.
 
-Each error knows its exit code (DESIGN.md), carries a hint that says how to fix the
-problem, and renders itself for humans and for ``--json``. The CLI's top level is the
-only place that prints them; nothing below it catches and prints.
+Each error knows its exit code (``ExitCode``, as the README lists them), carries a hint that
+says how to fix the problem, and renders itself for humans and for ``--json``. The CLI's top
+level is the only place that prints them; nothing below it catches and prints.
 """
 
 from __future__ import annotations

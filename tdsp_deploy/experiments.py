@@ -18,6 +18,9 @@ from tdsp_deploy import paths
 from tdsp_deploy.errors import UsageError
 from tdsp_deploy.json_files import write_json_atomic
 
+# what the analysis reads of an experiment: who is compared, how, and over which time
+_ANALYZED = ("id", "endpoint", "control", "treatment", "mode", "share", "started_at", "ended_at")
+
 
 @dataclasses.dataclass
 class Experiment:
@@ -37,17 +40,8 @@ class Experiment:
         return dataclasses.asdict(self)
 
     def analysis_input(self) -> dict[str, Any]:
-        """What tdsp_deploy.ab.analysis.analyze takes as ``experiment``."""
-        return {
-            "id": self.id,
-            "endpoint": self.endpoint,
-            "control": self.control,
-            "treatment": self.treatment,
-            "mode": self.mode,
-            "share": self.share,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-        }
+        """What tdsp_deploy.ab.analysis.analyze takes as ``experiment``: these fields, in order."""
+        return {key: value for key, value in self.to_json().items() if key in _ANALYZED}
 
 
 class ExperimentStore:

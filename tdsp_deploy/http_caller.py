@@ -1,14 +1,10 @@
 """Calling a scoring URI: one keep-alive connection per caller.
 
-Shared by every HTTP target (local, Azure ML). The latency run must measure the endpoint,
-not the client, so the client must cost little per request:
-
-- plain http (the local target, on loopback): a socket and a minimal HTTP/1.1 exchange
-  (request head built once per caller, Content-Length or chunked answers). It costs about
-  a quarter of http.client's CPU per request, which parses every answer's headers with the
-  email package; with a few threads sharing one core under the GIL, that difference is what
-  keeps the runner's figures in step with wrk's;
-- https (Azure ML): http.client, for its TLS handling.
+Shared by every HTTP target (local, Azure ML). The latency run must measure the endpoint, not
+the client, so plain http (the local target, on loopback) goes over a socket with a minimal
+HTTP/1.1 exchange, its request head built once per caller: http.client parses every answer's
+headers with the email package, which costs far more CPU per request (BENCHMARKS.md,
+"Latency figures checked against wrk"). https (Azure ML) keeps http.client for its TLS handling.
 
 Connection errors become BackendError; HTTP errors are answers like any other (the caller
 decides what a 500 means).
@@ -64,17 +60,14 @@ class HttpCaller:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if attempt == 2:
-                    raise BackendError(f"{self.url} closed the connection: {exc}") from exc
+                    raise _closed(self.url, exc) from exc
                 continue
             except TimeoutError as exc:
                 self.close()
-                raise BackendError(f"{self.url} did not answer within {self.timeout:g} s") from exc
+                raise _timed_out(self.url, self.timeout) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise BackendError(
-                    f"cannot reach {self.url}: {exc}",
-                    hint="check that the endpoint is running (tdsp-deploy status)",
-                ) from exc
+                raise _unreachable(self.url, exc) from exc
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             if response.will_close:
                 self.close()
@@ -86,6 +79,20 @@ class HttpCaller:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _timed_out(url: str, timeout: float) -> BackendError:
+    return BackendError(f"{url} did not answer within {timeout:g} s")
+
+
+def _unreachable(url: str, exc: Exception) -> BackendError:
+    return BackendError(
+        f"cannot reach {url}: {exc}", hint="check that the endpoint is running (tdsp-deploy status)"
+    )
+
+
+def _closed(url: str, exc: Exception) -> BackendError:
+    return BackendError(f"{url} closed the connection: {exc}")
 
 
 class _ClosedEarly(Exception):
@@ -130,21 +137,18 @@ class PlainHttpCaller:
                 # Closed while idle (keep-alive race): send again once, never after an answer began.
                 if reused and not exc.received and attempt == 1:
                     continue
-                raise BackendError(f"{self.url} closed the connection: {exc}") from exc
+                raise _closed(self.url, exc) from exc
             except TimeoutError as exc:
                 self.close()
-                raise BackendError(f"{self.url} did not answer within {self.timeout:g} s") from exc
+                raise _timed_out(self.url, self.timeout) from exc
             except (BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if reused and attempt == 1:
                     continue
-                raise BackendError(f"{self.url} closed the connection: {exc}") from exc
+                raise _closed(self.url, exc) from exc
             except (OSError, ValueError) as exc:
                 self.close()
-                raise BackendError(
-                    f"cannot reach {self.url}: {exc}",
-                    hint="check that the endpoint is running (tdsp-deploy status)",
-                ) from exc
+                raise _unreachable(self.url, exc) from exc
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             if will_close:
                 self.close()

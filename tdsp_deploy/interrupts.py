@@ -1,8 +1,8 @@
 """Ctrl-C and SIGTERM while something must not be cut in half.
 
-A push interrupted once rolls back; interrupted again 50 ms later (two Ctrl-C, or a CI
-cancellation's SIGINT then SIGTERM) the second signal used to cut the rollback short and leave
-the new deployment's server running. Two guards:
+A push interrupted once rolls back; a second signal soon after (two Ctrl-C, or a CI
+cancellation's SIGINT then SIGTERM) must not cut that rollback short and leave the new
+deployment's server running. Two guards:
 
 - ``first_only()``: the first signal interrupts (KeyboardInterrupt, as usual); later ones are
   only noted until the block ends, so the rollback the first one started runs to its end.
@@ -18,12 +18,25 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _installable() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _handled_by(handler: Callable[[int, Any], None]) -> Iterator[dict[int, Any]]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block; the handlers they had before
+    (yielded, by signal) are put back when it ends, however it ends."""
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    try:
+        yield previous
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
@@ -42,12 +55,8 @@ def first_only(on_repeat: Callable[[], None] | None = None) -> Iterator[None]:
         if on_repeat is not None:
             on_repeat()
 
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
-    try:
+    with _handled_by(handler):
         yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
@@ -63,12 +72,8 @@ def deferred() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         seen.append(signum)
 
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
-    try:
+    with _handled_by(handler) as previous:
         yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
     if seen:
         before = previous[seen[0]]
         if callable(before):

@@ -1,4 +1,4 @@
-"""Push and test, step by step, for any backend (DESIGN.md, "Push, step by step").
+"""Push and test, step by step, for any backend.
 
 validate -> package -> deploy the slot with 0% traffic -> wait until healthy -> smoke test
 pinned to the slot -> traffic per rollout -> verify. Any failure after the slot exists rolls
@@ -147,9 +147,20 @@ def push(
         slot = choose_slot(before, manifest.rollout)
         if staged:
             staged_rollout.refuse_if_in_progress(staged_rollout.store_for(backend))
-        smoke = _deploy_and_prove(
-            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed, warnings=warnings
-        )
+        # A second Ctrl-C (or a CI cancellation's SIGTERM after its SIGINT) must not cut the
+        # rollback the first one started: that left the new slot's server running, unrecorded.
+        again = ProgressEvent(step="rollback", message="interrupted again: the rollback finishes first")
+        with interrupts.first_only(on_repeat=lambda: progress(again)):
+            smoke = _deploy_and_roll_back_on_failure(
+                loaded,
+                backend,
+                slot,
+                package,
+                before,
+                progress=progress,
+                keep_failed=keep_failed,
+                warnings=warnings,
+            )
         state = None
         if staged:
             state = _begin_rollout(loaded, backend, slot, before, detach, on_rollout_event, progress)
@@ -226,28 +237,6 @@ def _already_deployed(status: EndpointStatus, config_id: str, rollout: RolloutSe
         ):
             return slot.name
     return None
-
-
-def _deploy_and_prove(
-    loaded: LoadedManifest,
-    backend: Backend,
-    slot: str,
-    package: Any,
-    before: EndpointStatus,
-    *,
-    progress: Progress,
-    keep_failed: bool,
-    warnings: list[str],
-) -> SmokeReport | None:
-    def again() -> None:
-        progress(ProgressEvent(step="rollback", message="interrupted again: the rollback finishes first"))
-
-    # A second Ctrl-C (or a CI cancellation's SIGTERM after its SIGINT) must not cut the
-    # rollback the first one started: that left the new slot's server running, unrecorded.
-    with interrupts.first_only(on_repeat=again):
-        return _deploy_and_roll_back_on_failure(
-            loaded, backend, slot, package, before, progress=progress, keep_failed=keep_failed, warnings=warnings
-        )
 
 
 def _deploy_and_roll_back_on_failure(

@@ -40,16 +40,14 @@ from typing import Any
 
 from arm.scoring import scoring_handler
 
-from tdsp_deploy.backends.azureml.client import (
-    LOG_CONTAINERS,
-    DeploymentInfo,
+from tdsp_deploy.backends.azureml.client import LOG_CONTAINERS
+from tdsp_deploy.backends.azureml.operations import provisioning_summary, wait_for
+from tdsp_deploy.backends.azureml.records import DeploymentInfo, EndpointInfo
+from tdsp_deploy.backends.azureml.translate import (
     Doing,
-    EndpointInfo,
     model_version_conflict,
-    provisioning_summary,
     share_dropped,
     translate_error,
-    wait_for,
 )
 from tdsp_deploy.errors import TdspError
 

@@ -19,16 +19,11 @@ import yaml
 from azureml_fake import FakeAzureML, FakeOperation, azure_error
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
-from tdsp_deploy.backends.azureml.client import (
-    CONFIG_TAG,
-    MODEL_HASH_TAG,
-    AzureMLClient,
-    Doing,
-    scoring_error,
-    translate_error,
-    wait_for,
-)
+from tdsp_deploy.backends.azureml.client import MODEL_HASH_TAG, AzureMLClient
+from tdsp_deploy.backends.azureml.operations import wait_for
+from tdsp_deploy.backends.azureml.records import CONFIG_TAG
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.backends.azureml.translate import Doing, scoring_error, translate_error
 from tdsp_deploy.errors import (
     BackendError,
     DeploymentFailed,

@@ -191,7 +191,7 @@ def test_the_fake_refuses_a_custom_model_without_code(tmp_path):
     fake = FakeAzureML(polls=1)
     custom = SimpleNamespace(type="custom_model", path=str(tmp_path))
     deployment = SimpleNamespace(code_configuration=None, environment=None, model=custom)
-    from tdsp_deploy.backends.azureml.client import Doing
+    from tdsp_deploy.backends.azureml.translate import Doing
     from tdsp_deploy.errors import TdspError
 
     with pytest.raises(TdspError) as refused:

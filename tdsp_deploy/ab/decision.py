@@ -34,7 +34,8 @@ SEQUENTIAL_SHARE = 0.1
 HIGHER = "higher_is_better"
 # A positive metric whose values are this skewed (sample skewness of both variants together) is
 # compared on a log scale: with unequal variants the t statistic of skewed values is itself
-# skewed, and its one-sided false positives drift far from alpha/2 (lognormal at 90/10: 5%).
+# skewed, and its one-sided false positives drift far from alpha/2 (BENCHMARKS.md, "A/B verdict,
+# by simulation").
 SKEWED = 1.0
 
 

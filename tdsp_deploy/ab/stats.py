@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as _st
 
+from tdsp_deploy.ab.bootstrap import Interval, bootstrap_ci, bootstrap_quantiles, finite_floats
 from tdsp_deploy.errors import UsageError
 
 __all__ = [
@@ -40,10 +39,6 @@ __all__ = [
 # McNemar: below this many discordant pairs the chi-square approximation is poor, so the
 # exact binomial test is used (the usual rule of thumb: b + c < 25).
 MCNEMAR_EXACT_BELOW = 25
-
-# Bootstrap resamples are drawn in chunks of at most this many values, so memory stays
-# bounded (~32 MB of indices) however many requests there are.
-_BOOTSTRAP_CHUNK_VALUES = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +64,23 @@ class TestResult:
     n_control: int
     n_treatment: int
 
-
-class Interval(NamedTuple):
-    """A point estimate with its confidence interval (unpacks as ``estimate, low, high``)."""
-
-    estimate: float
-    low: float
-    high: float
+    @classmethod
+    def of(
+        cls,
+        test: str,
+        control: float,
+        treatment: float,
+        effect: float,
+        interval: tuple[float, float],
+        p_value: float,
+        sizes: tuple[int, int],
+    ) -> TestResult:
+        """The result, its relative effect taken against the control's value."""
+        relative = effect / control if control != 0 else None
+        low, high = interval
+        return cls(
+            test, control, treatment, effect, low, high, relative, p_value, int(sizes[0]), int(sizes[1])
+        )
 
 
 # -- planning -----------------------------------------------------------------------------
@@ -145,10 +150,6 @@ def sample_size_means(sd: float, mde: float, alpha: float, power: float, two_sid
 # -- independent samples --------------------------------------------------------------------
 
 
-def _relative(effect: float, control: float) -> float | None:
-    return effect / control if control != 0 else None
-
-
 def two_proportion_ztest(
     successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.05
 ) -> TestResult:
@@ -178,27 +179,7 @@ def two_proportion_ztest(
         low_b, high_b = proportion_ci(successes_b, n_b, 1 - alpha)
         low = effect - math.hypot(p_b - low_b, high_a - p_a)
         high = effect + math.hypot(high_b - p_b, p_a - low_a)
-    return TestResult(
-        test="two-proportion z-test",
-        control=p_a,
-        treatment=p_b,
-        effect=effect,
-        ci_low=low,
-        ci_high=high,
-        relative_effect=_relative(effect, p_a),
-        p_value=p_value,
-        n_control=int(n_a),
-        n_treatment=int(n_b),
-    )
-
-
-def _floats(values: Sequence[float] | np.ndarray, name: str, minimum: int) -> np.ndarray:
-    array = np.asarray(values, dtype=float).ravel()
-    if array.size < minimum:
-        raise ValueError(f"{name}: needs at least {minimum} values, got {array.size}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: values must be finite numbers")
-    return array
+    return TestResult.of("two-proportion z-test", p_a, p_b, effect, (low, high), p_value, (n_a, n_b))
 
 
 def welch_ttest(
@@ -211,7 +192,7 @@ def welch_ttest(
     With no variance in either group the difference is certain: p = 1 when the means are
     equal, 0 otherwise.
     """
-    x, y = _floats(a, "a", 2), _floats(b, "b", 2)
+    x, y = finite_floats(a, "a", 2), finite_floats(b, "b", 2)
     mean_a, mean_b = float(x.mean()), float(y.mean())
     effect = mean_b - mean_a
     var_a, var_b = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
@@ -222,18 +203,8 @@ def welch_ttest(
         half = float(_st.t.ppf(1 - alpha / 2, df)) * se
     else:
         p_value, half = (1.0 if effect == 0 else 0.0), 0.0
-    return TestResult(
-        test="Welch t-test",
-        control=mean_a,
-        treatment=mean_b,
-        effect=effect,
-        ci_low=effect - half,
-        ci_high=effect + half,
-        relative_effect=_relative(effect, mean_a),
-        p_value=p_value,
-        n_control=int(x.size),
-        n_treatment=int(y.size),
-    )
+    interval = (effect - half, effect + half)
+    return TestResult.of("Welch t-test", mean_a, mean_b, effect, interval, p_value, (x.size, y.size))
 
 
 def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -267,118 +238,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
     adjusted = np.empty(m)
     adjusted[order] = np.minimum(stepped, 1.0)
     return [float(v) for v in adjusted]
-
-
-# -- bootstrap ------------------------------------------------------------------------------
-
-Statistic = str | Callable[..., np.ndarray]
-
-
-def _resample_statistics(
-    values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], resamples: int, seed: int
-) -> np.ndarray:
-    """``statistic`` (2-D rows -> one row of outputs per statistic) on ``resamples`` bootstrap
-    resamples; shape (outputs, resamples)."""
-    rng = np.random.default_rng(seed)
-    n = values.size
-    chunk = max(1, min(resamples, _BOOTSTRAP_CHUNK_VALUES // n))
-    parts = []
-    for start in range(0, resamples, chunk):
-        rows = min(chunk, resamples - start)
-        sample = values[rng.integers(0, n, size=(rows, n))]
-        parts.append(np.atleast_2d(statistic(sample)))
-    return np.concatenate(parts, axis=1)
-
-
-def _interval_bounds(confidence: float) -> tuple[float, float]:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence {confidence}: must be between 0 and 1")
-    tail = (1 - confidence) / 2
-    return tail, 1 - tail
-
-
-def _order_statistic_interval(ordered: np.ndarray, k: int, low: float, high: float) -> tuple[float, float]:
-    """The percentile-bootstrap interval of the k-th smallest value (0-based), exactly.
-
-    A resample's k-th smallest value is at most ``ordered[j]`` exactly when at least k + 1
-    of its n draws fall at or below position j: a Binomial(n, (j + 1) / n) count. That is the
-    bootstrap distribution itself (the limit of infinitely many resamples), in O(n).
-    """
-    n = ordered.size
-    cdf = np.maximum.accumulate(_st.binom.sf(k, n, np.arange(1, n + 1) / n))
-    lo = min(int(np.searchsorted(cdf, low)), n - 1)
-    hi = min(int(np.searchsorted(cdf, high)), n - 1)
-    return float(ordered[lo]), float(ordered[hi])
-
-
-def bootstrap_quantiles(
-    values: Sequence[float] | np.ndarray, quantiles: Sequence[float], confidence: float = 0.95
-) -> list[Interval]:
-    """Quantiles (0..1) of ``values`` with their percentile-bootstrap intervals.
-
-    The estimate is numpy's default (linear) quantile, at position ``h = (n - 1) q`` between
-    two order statistics. The interval is computed from the exact bootstrap distribution of
-    those order statistics (see ``_order_statistic_interval``) and interpolated like the
-    estimate: no Monte Carlo error and no seed, and fast on a million latencies, where
-    resampling would take seconds.
-    """
-    data = _floats(values, "values", 1)
-    ordered = np.sort(data)
-    low, high = _interval_bounds(confidence)
-    intervals = []
-    for q in quantiles:
-        if not 0 <= q <= 1:
-            raise ValueError(f"quantile {q}: must be between 0 and 1")
-        estimate = float(np.quantile(ordered, q))
-        position = (ordered.size - 1) * q
-        below = math.floor(position)
-        weight = position - below
-        lo, hi = _order_statistic_interval(ordered, below, low, high)
-        if weight > 0:
-            lo_above, hi_above = _order_statistic_interval(ordered, below + 1, low, high)
-            lo, hi = lo + weight * (lo_above - lo), hi + weight * (hi_above - hi)
-        intervals.append(Interval(estimate, min(lo, estimate), max(hi, estimate)))
-    return intervals
-
-
-_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?|100)$")
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray,
-    statistic: Statistic = "mean",
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> Interval:
-    """A statistic of ``values`` with its percentile-bootstrap interval: ``(estimate, lo, hi)``.
-
-    ``statistic`` is ``"mean"``, ``"median"``, a percentile ``"pNN"`` (``"p50"``, ``"p95"``,
-    ``"p99.9"``), or a callable ``f(array, axis=...)`` reducing along ``axis`` the way numpy
-    reductions do (it is called on a 2-D array of resamples). Resampling is vectorised and
-    deterministic for a given ``seed``. Quantiles (median, pNN) need no resampling: their
-    bootstrap distribution is known exactly (``bootstrap_quantiles``), so ``resamples`` and
-    ``seed`` do not apply to them.
-    """
-    data = _floats(values, "values", 1)
-    if isinstance(statistic, str):
-        if statistic == "mean":
-            function: Callable[..., np.ndarray] = np.mean
-        elif statistic == "median":
-            return bootstrap_quantiles(data, [0.5], confidence)[0]
-        elif match := _PERCENTILE.match(statistic):
-            return bootstrap_quantiles(data, [float(match.group(1)) / 100], confidence)[0]
-        else:
-            raise ValueError(f"statistic {statistic!r}: use 'mean', 'median', 'pNN' or a function")
-    else:
-        function = statistic
-    estimate = float(function(data[np.newaxis, :], axis=-1)[0])
-    if data.size == 1:
-        return Interval(estimate, estimate, estimate)
-    draws = _resample_statistics(data, lambda s: function(s, axis=-1), resamples, seed)[0]
-    low, high = _interval_bounds(confidence)
-    lo, hi = np.quantile(draws, [low, high])
-    return Interval(estimate, float(lo), float(hi))
 
 
 # -- paired samples (replay: both variants answer the same rows) ----------------------------
@@ -429,24 +288,15 @@ def mcnemar(
     effect = (only_b - only_a) / n
     se = math.sqrt(max(discordant / n - effect**2, 0.0) / n)
     half = float(_st.norm.ppf(1 - alpha / 2)) * se
-    return TestResult(
-        test=name,
-        control=accuracy_a,
-        treatment=accuracy_b,
-        effect=effect,
-        ci_low=effect - half,
-        ci_high=effect + half,
-        relative_effect=_relative(effect, accuracy_a),
-        p_value=p_value,
-        n_control=n,
-        n_treatment=n,
+    return TestResult.of(
+        name, accuracy_a, accuracy_b, effect, (effect - half, effect + half), p_value, (n, n)
     )
 
 
 def _paired(
     err_a: Sequence[float] | np.ndarray, err_b: Sequence[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _floats(err_a, "err_a", 2), _floats(err_b, "err_b", 2)
+    x, y = finite_floats(err_a, "err_a", 2), finite_floats(err_b, "err_b", 2)
     if x.size != y.size:
         raise ValueError(f"paired samples differ in length: {x.size} and {y.size}")
     return x, y
@@ -471,18 +321,8 @@ def paired_ttest(
     else:
         p_value, half = (1.0 if effect == 0 else 0.0), 0.0
     control, treatment = float(x.mean()), float(y.mean())
-    return TestResult(
-        test="paired t-test",
-        control=control,
-        treatment=treatment,
-        effect=effect,
-        ci_low=effect - half,
-        ci_high=effect + half,
-        relative_effect=_relative(effect, control),
-        p_value=p_value,
-        n_control=int(x.size),
-        n_treatment=int(y.size),
-    )
+    interval = (effect - half, effect + half)
+    return TestResult.of("paired t-test", control, treatment, effect, interval, p_value, (x.size, y.size))
 
 
 def wilcoxon(
@@ -500,16 +340,7 @@ def wilcoxon(
     d = y - x
     p_value = 1.0 if not np.any(d) else float(_st.wilcoxon(y, x).pvalue)
     effect, low, high = bootstrap_ci(d, "median", confidence=1 - alpha)
-    control = float(np.median(x))
-    return TestResult(
-        test="Wilcoxon signed-rank",
-        control=control,
-        treatment=float(np.median(y)),
-        effect=effect,
-        ci_low=low,
-        ci_high=high,
-        relative_effect=_relative(effect, control),
-        p_value=p_value,
-        n_control=int(x.size),
-        n_treatment=int(y.size),
+    control, treatment = float(np.median(x)), float(np.median(y))
+    return TestResult.of(
+        "Wilcoxon signed-rank", control, treatment, effect, (low, high), p_value, (x.size, y.size)
     )

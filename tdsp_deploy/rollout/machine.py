@@ -17,6 +17,7 @@ The caller holds the endpoint lock: one rollout per endpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -59,26 +60,17 @@ def max_bake(state: RolloutState, step: dict[str, Any]) -> float:
     return max(3 * float(step["bake"] or 0), MIN_MAX_BAKE_S)
 
 
+@dataclasses.dataclass
 class Walker:
     """Walks one rollout to its end (or to a pause). ``clock`` and ``sleep`` are seams for
     the tests; ``on_event`` hears every look and every decision."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        store: RolloutStore,
-        source: MetricSource,
-        *,
-        on_event: Callable[[Event], None] = lambda event: None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        self.backend = backend
-        self.store = store
-        self.source = source
-        self.on_event = on_event
-        self.clock = clock
-        self.sleep = sleep
+    backend: Backend
+    store: RolloutStore
+    source: MetricSource
+    on_event: Callable[[Event], None] = dataclasses.field(default=lambda event: None, kw_only=True)
+    clock: Callable[[], float] = dataclasses.field(default=time.time, kw_only=True)
+    sleep: Callable[[float], None] = dataclasses.field(default=time.sleep, kw_only=True)
 
     def run(self, state: RolloutState) -> RolloutState:
         state.status = RUNNING

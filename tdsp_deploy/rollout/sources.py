@@ -189,13 +189,13 @@ class LocalMetricSource:
         return windows
 
 
+@dataclasses.dataclass
 class AzureMonitorSource:
     """Azure ML: the endpoint's per-deployment minutes from Azure Monitor (whole minutes only,
     so a look reads the minutes completed since the cursor; check_every of a minute or more)."""
 
-    def __init__(self, metrics: Any, *, clock: Any = time.time):
-        self.metrics = metrics
-        self.clock = clock
+    metrics: Any
+    clock: Any = dataclasses.field(default=time.time, kw_only=True)
 
     def begin(self) -> dict[str, Any]:
         return {"t": self.clock()}
@@ -213,15 +213,15 @@ class AzureMonitorSource:
         }
 
 
+@dataclasses.dataclass
 class RequestLogSource:
     """SQL Server and the Synapse SQL pool: the request log table, read through the backend's
     ``request_records`` (one record per scored row). The rows of one call that one slot
     scored share its status and time, so they are counted as one request: a failed call is
     one error, not as many as it had rows, and a big batch does not outweigh the others."""
 
-    def __init__(self, backend: Backend, *, clock: Any = time.time):
-        self.backend = backend
-        self.clock = clock
+    backend: Backend
+    clock: Any = dataclasses.field(default=time.time, kw_only=True)
 
     def begin(self) -> dict[str, Any]:
         return {"t": self.clock()}

@@ -1,27 +1,17 @@
 """The azureml target: a managed online endpoint on Azure Machine Learning, one deployment per slot.
 
-Everything goes through ``AzureMLClient`` (client.py), the one door to Azure; tests hand in a
-fake with the same methods. This module is imported when a manifest is validated, so it
-imports neither azure-ai-ml nor azure-identity: the client does, inside its functions.
-
-How the backend contract maps onto Azure ML:
-
-- a slot is a deployment; its traffic and mirror shares are the endpoint's ``traffic`` and
-  ``mirror_traffic``, changed read-modify-write so no other deployment's share is lost;
-- what a deployment runs (package, config, model version) is kept in its tags;
-- a push creates the endpoint without traffic (Azure refuses traffic at creation), registers
-  the model once per content hash, and creates or updates the deployment with the unpacked
-  package's code folder as its code configuration;
-- Azure updates a deployment in place, so there is nothing to keep after a successful update;
-  to undo a failed update, the previous revision's spec (read before the update) is submitted
-  again.
+A slot is a deployment; its traffic and mirror shares are the endpoint's ``traffic`` and
+``mirror_traffic``, changed read-modify-write; what it runs is kept in its tags. Azure updates
+a deployment in place, so undoing a failed update submits the previous revision's spec again.
+Everything goes through ``AzureMLClient`` (client.py), which imports the SDK inside its
+functions: this module is imported when a manifest is validated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +22,6 @@ from tdsp_deploy.backends.base import (
     Caller,
     Capabilities,
     EndpointStatus,
-    InvokeResult,
     ProgressEvent,
     SlotStatus,
     no_progress,
@@ -41,26 +30,17 @@ from tdsp_deploy.backends.base import (
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, TdspError, UsageError
 
 if TYPE_CHECKING:
-    from tdsp_deploy.backends.azureml.client import AzureMLClient, DeploymentInfo, EndpointInfo, Operation
+    from tdsp_deploy.backends.azureml.client import AzureMLClient
+    from tdsp_deploy.backends.azureml.operations import Operation
+    from tdsp_deploy.backends.azureml.records import DeploymentInfo
+    from tdsp_deploy.backends.azureml.waits import EndpointWaits
     from tdsp_deploy.backends.base import Progress
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
-PIN_HEADER = "azureml-model-deployment"
 LOG_TAIL_LINES = 30
 #: lines asked for when `logs` is given no tail (the service caps what it returns)
 ALL_LOG_LINES = 10_000
-#: Azure ML provisioning states as the contract's slot states
-SLOT_STATES = {
-    "succeeded": "healthy",
-    "creating": "starting",
-    "updating": "starting",
-    "scaling": "starting",
-    "failed": "unhealthy",
-    "canceled": "unhealthy",
-    "cancelled": "unhealthy",
-    "deleting": "stopped",
-}
 _NEW = object()  # marks a slot that did not exist before deploy_slot
 
 
@@ -105,6 +85,8 @@ class AzureMLBackend(Backend):
     def status(self) -> EndpointStatus:
         """The endpoint's provisioning state and scoring URI; per deployment its state,
         instance type and count, traffic and mirror share, and what it runs (from its tags)."""
+        from tdsp_deploy.backends.azureml.records import slot_status
+
         try:
             endpoint = self.client.get_endpoint(self.endpoint_name)
             deployments = self.client.list_deployments(self.endpoint_name)
@@ -115,7 +97,7 @@ class AzureMLBackend(Backend):
             kind=self.kind,
             exists=True,
             scoring_uri=endpoint.scoring_uri,
-            slots=[_slot_status(d, endpoint) for d in sorted(deployments, key=lambda d: d.name)],
+            slots=[slot_status(d, endpoint) for d in sorted(deployments, key=lambda d: d.name)],
             details={
                 "provisioning_state": endpoint.provisioning_state,
                 "auth_mode": endpoint.auth_mode,
@@ -183,7 +165,7 @@ class AzureMLBackend(Backend):
         deployment from the unpacked package. Returns once Azure has accepted the deployment;
         ``wait_healthy`` waits for it."""
         from tdsp_deploy.backends.azureml import entities
-        from tdsp_deploy.backends.azureml.client import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
+        from tdsp_deploy.backends.azureml.records import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
         from tdsp_deploy.backends.azureml.upload import code_for_upload
 
         lock = package.lock
@@ -200,7 +182,7 @@ class AzureMLBackend(Backend):
         # before anything is created or uploaded
         entities.validate_entities(model, *([environment] if environment is not None else []))
 
-        self._ensure_endpoint()
+        self._waits.ready_endpoint(self.manifest, self.target.workspace)
         registered_model, uploaded = self.client.ensure_model(model)
         self.tell(
             "deploy",
@@ -245,27 +227,17 @@ class AzureMLBackend(Backend):
         """Wait, up to target.timeout, for the deployment's operation to end. A failure
         (DeploymentFailed, exit 4) or a timeout (DeploymentTimeout, naming what was still
         provisioning) carries the tail of the inference-server and storage-initializer logs."""
-        from tdsp_deploy.backends.azureml.client import StatePoller
-
         operation = self._operations.pop(slot, None)
         if operation is None:  # deployed by an earlier command: watch its state instead
-            operation = StatePoller(
+            operation = self._waits.watch(
                 lambda: self.client.get_deployment(self.endpoint_name, slot).provisioning_state,
                 lambda state: DeploymentFailed(
                     f"deployment '{slot}' is {state}", hint="read the log below, fix it and push again"
                 ),
-                pause=getattr(self.client, "poll_interval", 5.0),
             )
-        timeout = self._time_left()
         started = time.monotonic()
         try:
-            self.client.wait(
-                operation,
-                what=f"deployment '{slot}' of endpoint '{self.endpoint_name}'",
-                timeout=timeout,
-                endpoint=self.endpoint_name,
-                on_progress=self._health_progress(slot, timeout),
-            )
+            self._waits.wait_for_slot(operation, slot)
             found = self._current_slot(slot)
             if found is None or found.state != "healthy":
                 raise DeploymentFailed(
@@ -379,37 +351,9 @@ class AzureMLBackend(Backend):
         """Callers of the scoring URI with the endpoint's key (or token) as bearer, pinned with
         the ``azureml-model-deployment`` header when ``slot`` is given. Azure's own refusals
         (401, 408, 424, 429) raise BackendError saying what to change."""
-        from tdsp_deploy.backends.azureml.client import scoring_error
+        from tdsp_deploy.backends.azureml.scoring import scoring_callers
 
-        endpoint = self.client.get_endpoint(self.endpoint_name)
-        if not endpoint.scoring_uri:
-            raise BackendError(
-                f"endpoint '{self.endpoint_name}' has no scoring URI yet ({endpoint.provisioning_state})",
-                hint="wait until it is provisioned (tdsp-deploy status)",
-            )
-        keys = self.client.get_keys(self.endpoint_name)
-        secret = keys.get("primary_key") or keys.get("access_token")
-        if not secret:
-            raise BackendError(f"Azure returned no key or token for endpoint '{self.endpoint_name}'")
-        headers = {"Authorization": f"Bearer {secret}"}
-        if slot:
-            headers[PIN_HEADER] = slot
-        settings = self.target.request_settings
-
-        def explain(result: InvokeResult) -> BackendError | None:
-            return scoring_error(
-                result.status,
-                result.headers,
-                endpoint=self.endpoint_name,
-                deployment=result.deployment or slot,
-                request_timeout_ms=settings.request_timeout_ms,
-                max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
-                instance_count=self.target.instance_count,
-            )
-
-        return _checked_callers(
-            endpoint.scoring_uri, headers, timeout=settings.request_timeout_ms / 1000 + 10, explain=explain
-        )
+        return scoring_callers(self.client, self.target, self.endpoint_name, slot)
 
     # -- reviewing -----------------------------------------------------------------------
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
@@ -423,63 +367,6 @@ class AzureMLBackend(Backend):
         )
 
     # -- internals -----------------------------------------------------------------------
-    def _ensure_endpoint(self) -> EndpointInfo:
-        from tdsp_deploy.backends.azureml import entities
-        from tdsp_deploy.backends.azureml.client import TERMINAL_STATES, StatePoller
-
-        name = self.endpoint_name
-        try:
-            endpoint = self.client.get_endpoint(name)
-            state = (endpoint.provisioning_state or "").lower()
-            if state == "failed":
-                raise BackendError(
-                    f"endpoint '{name}' is in state Failed in workspace '{self.target.workspace}': "
-                    "Azure ML does not deploy into a failed endpoint",
-                    hint="delete it with `tdsp-deploy delete MANIFEST` (its deployments go with it) "
-                    "and push again",
-                )
-            if state == "deleting":
-                self._await_deletion(name)
-                raise EndpointNotFound(f"endpoint '{name}' was deleted")
-        except EndpointNotFound:
-            entity = entities.build_endpoint(self.manifest)
-            entity.traffic = {}  # Azure refuses traffic at creation: no deployment exists yet
-            entities.validate_entities(entity)
-            self.tell("deploy", f"creating endpoint {name} in workspace {self.target.workspace}")
-            self._wait(self.client.begin_create_endpoint(entity), f"endpoint '{name}'")
-            return self.client.get_endpoint(name)
-        if (endpoint.provisioning_state or "").lower() not in TERMINAL_STATES:
-            # an earlier command's operation is still running: deployments are refused until it ends
-            self.tell("deploy", f"endpoint {name} is {endpoint.provisioning_state}; waiting for it")
-            watch = StatePoller(
-                lambda: self.client.get_endpoint(name).provisioning_state,
-                lambda state: DeploymentFailed(f"endpoint '{name}' is {state}"),
-                pause=getattr(self.client, "poll_interval", 5.0),
-            )
-            self._wait(watch, f"endpoint '{name}'")
-            endpoint = self.client.get_endpoint(name)
-        return endpoint
-
-    def _await_deletion(self, name: str) -> None:
-        """An endpoint being deleted (by an earlier command, or someone else) is waited for
-        until it is gone; Azure refuses to create it again before."""
-        from tdsp_deploy.backends.azureml.client import StatePoller
-
-        def state() -> str:
-            try:
-                return self.client.get_endpoint(name).provisioning_state or "Deleting"
-            except EndpointNotFound:
-                return "Deleted"
-
-        self.tell("deploy", f"endpoint {name} is being deleted; waiting until it is gone")
-        watch = StatePoller(
-            state,
-            lambda found: BackendError(f"endpoint '{name}' did not finish deleting: it is {found}"),
-            pause=getattr(self.client, "poll_interval", 5.0),
-            terminal=frozenset({"deleted"}),
-        )
-        self._wait(watch, f"deletion of endpoint '{name}'")
-
     def _find_deployment(self, slot: str) -> DeploymentInfo | None:
         try:
             return self.client.get_deployment(self.endpoint_name, slot)
@@ -517,29 +404,14 @@ class AzureMLBackend(Backend):
             if self._find_deployment(slot) is not None:
                 self._delete_deployment(slot)
 
-    def _time_left(self) -> float:
-        """The budget of one operation: target.timeout, whole, for each one (Azure gives each
-        operation its own 30 minutes, ``x-ms-async-operation-timeout: PT30M``), so creating
-        the endpoint does not eat into the deployment's time."""
-        return self.target.timeout
+    @property
+    def _waits(self) -> EndpointWaits:
+        from tdsp_deploy.backends.azureml.waits import EndpointWaits
+
+        return EndpointWaits(self.client, self.endpoint_name, self.target.timeout, self.tell)
 
     def _wait(self, operation: Operation, what: str) -> Any:
-        timeout = self._time_left()
-        return self.client.wait(
-            operation,
-            what=what,
-            timeout=timeout,
-            endpoint=self.endpoint_name,
-            on_progress=lambda state, elapsed: self.tell(
-                "deploy", f"{what}: {state}", elapsed=elapsed, timeout=timeout
-            ),
-        )
-
-    def _health_progress(self, slot: str, timeout: float) -> Callable[[str, float], None]:
-        def told(state: str, elapsed: float) -> None:
-            self.tell("health", f"waiting for {slot} ({state})", elapsed=elapsed, timeout=timeout)
-
-        return told
+        return self._waits.wait(operation, what)
 
     def _log_tail(self, slot: str, lines: int = LOG_TAIL_LINES) -> str:
         """The tail of both containers' logs: storage-initializer (model and code download)
@@ -555,57 +427,3 @@ class AzureMLBackend(Backend):
             parts.append(f"--- {container} ---\n{text.rstrip() or '(empty)'}")
         return "\n".join(parts)
 
-
-def _slot_status(deployment: DeploymentInfo, endpoint: EndpointInfo) -> SlotStatus:
-    from tdsp_deploy.backends.azureml.client import CONFIG_TAG, MODEL_VERSION_TAG, PACKAGE_TAG
-
-    state = (deployment.provisioning_state or "").lower()
-    return SlotStatus(
-        name=deployment.name,
-        state=SLOT_STATES.get(state, "starting"),
-        traffic=endpoint.traffic.get(deployment.name, 0),
-        mirror=endpoint.mirror_traffic.get(deployment.name, 0),
-        model_version=deployment.tags.get(MODEL_VERSION_TAG),
-        package_id=deployment.tags.get(PACKAGE_TAG),
-        config_id=deployment.tags.get(CONFIG_TAG),
-        details={
-            "provisioning_state": deployment.provisioning_state,
-            "instance_type": deployment.instance_type,
-            "instance_count": deployment.instance_count,
-            "model": deployment.model,
-        },
-    )
-
-
-class _CheckedCaller:
-    """An HTTP caller whose answers Azure gave instead of the model raise, explained."""
-
-    def __init__(self, caller: Caller, explain: Callable[[InvokeResult], BackendError | None]):
-        self._caller = caller
-        self._explain = explain
-
-    def __call__(self, body: bytes) -> InvokeResult:
-        result = self._caller(body)
-        error = self._explain(result)
-        if error is not None:
-            raise error
-        return result
-
-
-@contextlib.contextmanager
-def _checked_callers(
-    url: str,
-    headers: dict[str, str],
-    *,
-    timeout: float,
-    explain: Callable[[InvokeResult], BackendError | None],
-) -> Iterator[Iterator[Caller]]:
-    from tdsp_deploy.http_caller import http_callers
-
-    with http_callers(url, headers, timeout=timeout) as made:
-
-        def checked() -> Iterator[Caller]:
-            for caller in made:
-                yield _CheckedCaller(caller, explain)
-
-        yield checked()

@@ -1,15 +1,10 @@
 """The one door to Azure Machine Learning: a narrow wrapper over azure-ai-ml's ``MLClient``.
 
-The backend talks to Azure only through ``AzureMLClient``; its tests run it over the real
-MLClient against an Azure Resource Manager emulator at the HTTP transport (tests/arm/), and a
-few hand it a fake with the same public methods (tests/azureml_fake.py). Every SDK call runs
-inside ``translated`` (translate.py), so no caller ever catches an azure-core or azure-ai-ml
-exception, and inside ``quiet_sdk`` (quiet.py), so the SDK's own output stays out of ours.
-
-Reads return small records (``EndpointInfo``, ``DeploymentInfo``) rather than SDK entities;
-writes take the SDK entities built by ``entities.py``. Long-running operations come back as
-``PendingOperation`` (an ``LROPoller`` whose errors are translated) and are waited on with a
-deadline by ``wait``.
+Every SDK call runs inside ``translated`` (translate.py), so no caller ever catches an
+azure-core or azure-ai-ml exception, and inside ``quiet_sdk`` (quiet.py), so the SDK's own
+output stays out of ours. Reads return records (records.py), writes take the SDK entities
+built by entities.py, long-running operations come back as ``PendingOperation``
+(operations.py). Tests run it over the real MLClient against the ARM emulator (tests/arm/).
 
 azure-ai-ml and azure-identity are imported inside functions only: this module is imported
 when a manifest with an azureml target is validated, which must stay fast.
@@ -18,32 +13,26 @@ when a manifest with an azureml target is validated, which must stay fast.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.azureml.entities import MODEL_SHA256_TAG
+from tdsp_deploy.backends.azureml.operations import (
+    Operation,
+    PendingOperation,
+    provisioning_summary,
+    wait_for,
+)
 from tdsp_deploy.backends.azureml.quiet import drop_poller_dots, quiet_sdk
-from tdsp_deploy.backends.azureml.translate import (  # noqa: F401 - part of this module's surface
-    DEFAULT_MAX_CONCURRENT,
-    DEFAULT_REQUEST_TIMEOUT_MS,
-    QUOTA_DOCS,
-    SIGN_IN_HINT,
-    TROUBLESHOOTING_DOCS,
-    WORKSPACE_HINT,
-    Doing,
-    model_version_conflict,
-    scoring_error,
-    share_dropped,
-    translate_error,
-    translated,
+from tdsp_deploy.backends.azureml.records import (
+    DeploymentInfo,
+    EndpointInfo,
+    asset_reference,
+    deployment_info,
+    endpoint_info,
 )
-from tdsp_deploy.errors import (
-    DeploymentTimeout,
-    EndpointNotFound,
-    TdspError,
-)
+from tdsp_deploy.backends.azureml.translate import Doing, model_version_conflict, share_dropped, translated
+from tdsp_deploy.errors import EndpointNotFound
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.azureml.target import AzureMLTarget
@@ -51,170 +40,12 @@ if TYPE_CHECKING:
 #: tag on a registered model: the sha256 of its content (entities.build_model sets it), so
 #: that a version registered again with other content is caught before Azure is asked
 MODEL_HASH_TAG = MODEL_SHA256_TAG
-#: tags on a deployment: what it runs, read back by ``status``
-PACKAGE_TAG = "tdsp-deploy-package-id"
-CONFIG_TAG = "tdsp-deploy-config-id"
-MODEL_VERSION_TAG = "tdsp-deploy-model-version"
 
 INFERENCE_SERVER = "inference-server"
 STORAGE_INITIALIZER = "storage-initializer"
 LOG_CONTAINERS = (INFERENCE_SERVER, STORAGE_INITIALIZER)
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 
-
-# -- what the client reads -------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class EndpointInfo:
-    name: str
-    provisioning_state: str | None
-    scoring_uri: str | None
-    auth_mode: str | None
-    traffic: dict[str, int]
-    mirror_traffic: dict[str, int]
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeploymentInfo:
-    name: str
-    endpoint_name: str
-    provisioning_state: str | None
-    instance_type: str | None
-    instance_count: int | None
-    model: str | None
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: the SDK entity as Azure returned it; handed back to ``begin_create_deployment`` to
-    #: restore this revision after a failed update
-    spec: Any = dataclasses.field(default=None, compare=False, repr=False)
-
-
-class Operation(Protocol):
-    """A long-running operation: azure-core's ``LROPoller`` surface, or a fake's.
-
-    ``wait`` blocks at most ``timeout`` seconds (raising the error the operation ended with);
-    ``result`` is asked for only once ``done()``: on an unfinished ``LROPoller`` it would
-    parse the latest operation-status document as if it were the resource."""
-
-    def wait(self, timeout: float | None = None) -> None: ...
-
-    def result(self, timeout: float | None = None) -> Any: ...
-
-    def done(self) -> bool: ...
-
-    def status(self) -> str: ...
-
-
-# -- error translation: the one place -------------------------------------------------------
-
-
-# -- waiting -------------------------------------------------------------------------------
-def wait_for(
-    operation: Operation,
-    *,
-    what: str,
-    timeout: float,
-    on_progress: Callable[[str, float], None] | None = None,
-    still_provisioning: Callable[[], list[str]] | None = None,
-    poll_interval: float = 5.0,
-) -> Any:
-    """Wait for ``operation`` until ``timeout`` seconds have passed; its result, or the error
-    it ended with, or DeploymentTimeout naming what was still provisioning."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        operation.wait(timeout=max(0.0, min(poll_interval, remaining)))
-        if operation.done():
-            return operation.result()
-        elapsed = time.monotonic() - started
-        if elapsed >= timeout:
-            pending = _safely(still_provisioning) if still_provisioning else []
-            raise DeploymentTimeout(
-                f"{what} was not ready after {timeout:g} s; still provisioning: "
-                + (", ".join(pending) or "nothing Azure reported"),
-                hint="raise target.timeout (a managed deployment often takes 10-20 minutes to build "
-                "its image and start), or read `tdsp-deploy logs`",
-                details={"still_provisioning": pending, "timeout_s": timeout},
-            )
-        if on_progress is not None:
-            on_progress(_safe_status(operation), elapsed)
-
-
-def provisioning_summary(endpoint: EndpointInfo | None, deployments: list[DeploymentInfo]) -> list[str]:
-    """'endpoint iris: Updating', 'deployment green: Creating' for what is not done yet."""
-    pending = []
-    if endpoint is not None and (endpoint.provisioning_state or "").lower() not in TERMINAL_STATES:
-        pending.append(f"endpoint {endpoint.name}: {endpoint.provisioning_state or 'unknown'}")
-    for deployment in deployments:
-        if (deployment.provisioning_state or "").lower() not in TERMINAL_STATES:
-            pending.append(f"deployment {deployment.name}: {deployment.provisioning_state or 'unknown'}")
-    return pending
-
-
-class PendingOperation:
-    """An azure-core LROPoller whose errors come out translated."""
-
-    def __init__(
-        self, poller: Any, doing: Doing, quiet: Callable[[], contextlib.AbstractContextManager[Any]]
-    ):
-        self._poller = poller
-        self.doing = doing
-        self._quiet = quiet
-
-    def wait(self, timeout: float | None = None) -> None:
-        with translated(self.doing), self._quiet():
-            self._poller.wait(timeout=timeout)
-
-    def result(self, timeout: float | None = None) -> Any:
-        with translated(self.doing), self._quiet():
-            return self._poller.result(timeout=timeout)
-
-    def done(self) -> bool:
-        return bool(self._poller.done())
-
-    def status(self) -> str:
-        with translated(self.doing):
-            return str(self._poller.status())
-
-
-class StatePoller:
-    """An operation over a provisioning state this process did not start (wait_healthy in a
-    later command): done when the state is terminal; Failed raises ``failure()``."""
-
-    def __init__(
-        self,
-        fetch: Callable[[], str | None],
-        failure: Callable[[str], TdspError],
-        *,
-        pause: float = 0.0,
-        terminal: frozenset[str] = TERMINAL_STATES,
-    ):
-        self._fetch = fetch
-        self._failure = failure
-        self._state: str | None = None
-        self._pause = pause
-        self._terminal = terminal
-
-    def wait(self, timeout: float | None = None) -> None:
-        self._state = self._fetch()
-        state = (self._state or "").lower()
-        if state in ("failed", "canceled", "cancelled"):
-            raise self._failure(self._state or "Failed")
-        if state not in self._terminal:
-            time.sleep(min(self._pause, timeout or 0.0))
-
-    def result(self, timeout: float | None = None) -> Any:
-        return None
-
-    def done(self) -> bool:
-        return (self._state or "").lower() in self._terminal
-
-    def status(self) -> str:
-        return self._state or "unknown"
-
-
-# -- the client ------------------------------------------------------------------------------
 class AzureMLClient:
     """The operations the azureml backend needs, over one ``MLClient``."""
 
@@ -444,64 +275,3 @@ class AzureMLClient:
             return get()
         except ResourceNotFoundError:
             return None
-
-
-# -- records from SDK entities ---------------------------------------------------------------
-def asset_reference(asset: Any) -> str:
-    """How a deployment names a registered model or environment: its ARM id, or
-    ``azureml:name:version``."""
-    asset_id = getattr(asset, "id", None)
-    if isinstance(asset_id, str) and asset_id.startswith("/subscriptions/"):
-        return asset_id
-    return f"azureml:{asset.name}:{asset.version}"
-
-
-def endpoint_info(entity: Any) -> EndpointInfo:
-    return EndpointInfo(
-        name=entity.name,
-        provisioning_state=_state_text(entity.provisioning_state),
-        scoring_uri=entity.scoring_uri,
-        auth_mode=entity.auth_mode,
-        traffic={k: int(v) for k, v in (entity.traffic or {}).items()},
-        mirror_traffic={k: int(v) for k, v in (entity.mirror_traffic or {}).items() if v},
-        tags=dict(entity.tags or {}),
-    )
-
-
-def deployment_info(entity: Any, endpoint: str) -> DeploymentInfo:
-    model = entity.model
-    if model is not None and not isinstance(model, str):
-        model = getattr(model, "id", None) or f"{model.name}:{model.version}"
-    return DeploymentInfo(
-        name=entity.name,
-        endpoint_name=entity.endpoint_name or endpoint,
-        provisioning_state=_state_text(entity.provisioning_state),
-        instance_type=entity.instance_type,
-        instance_count=entity.instance_count,
-        model=model,
-        tags=dict(entity.tags or {}),
-        spec=entity,
-    )
-
-
-# -- helpers -------------------------------------------------------------------------------
-def _state_text(state: Any) -> str | None:
-    """A provisioning state as Azure spells it ("Creating"), whether the SDK gives a string or
-    one of its enums (whose str() is "DeploymentProvisioningState.CREATING")."""
-    if state is None:
-        return None
-    return str(getattr(state, "value", state))
-
-
-def _safely(fetch: Callable[[], list[str]]) -> list[str]:
-    try:
-        return fetch()
-    except TdspError:
-        return []
-
-
-def _safe_status(operation: Operation) -> str:
-    try:
-        return operation.status()
-    except TdspError:
-        return "unknown"

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from tdsp_deploy.manifest.model import Strict, Text
 
@@ -83,9 +83,24 @@ SUPPORTED_INSTANCE_TYPES = frozenset(
 )
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_RESOURCE_GROUP = re.compile(r"^[-\w.()]{1,90}$")
-_WORKSPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$")
-_INSTANCE_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Azure's rules for the names of what the target points at, and what to write instead.
+_NAMES = {
+    "resource_group": (
+        re.compile(r"^[-\w.()]{0,89}[-\w()]$"),
+        "must be an Azure resource group name: 1-90 letters, digits, '_', '-', '.', '(' or ')', "
+        "not ending with '.'; `az group list -o table` lists yours",
+    ),
+    "workspace": (
+        re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$"),
+        "must be an Azure ML workspace name: 3-33 letters, digits, '-' or '_', starting with "
+        "a letter or digit; `az ml workspace list -o table` lists yours",
+    ),
+    "instance_type": (
+        re.compile(r"^[A-Za-z][A-Za-z0-9_]*$"),
+        "must be a VM size such as Standard_DS3_v2 (letters, digits and '_'); see Azure ML's "
+        "managed online endpoints SKU list",
+    ),
+}
 # What Azure ML accepts for endpoint and deployment names (azure-ai-ml's
 # EndpointConfigurations.NAME_REGEX_PATTERN, plus the 3-32 length of the quota page).
 AZURE_ENDPOINT_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
@@ -228,34 +243,12 @@ class AzureMLTarget(Strict):
             )
         return value.strip()
 
-    @field_validator("resource_group")
+    @field_validator(*_NAMES)
     @classmethod
-    def _resource_group_name(cls, value: str) -> str:
-        if not _RESOURCE_GROUP.fullmatch(value) or value.endswith("."):
-            raise ValueError(
-                "must be an Azure resource group name: 1-90 letters, digits, '_', '-', '.', '(' or ')', "
-                "not ending with '.'; `az group list -o table` lists yours"
-            )
-        return value
-
-    @field_validator("workspace")
-    @classmethod
-    def _workspace_name(cls, value: str) -> str:
-        if not _WORKSPACE.fullmatch(value):
-            raise ValueError(
-                "must be an Azure ML workspace name: 3-33 letters, digits, '-' or '_', starting with "
-                "a letter or digit; `az ml workspace list -o table` lists yours"
-            )
-        return value
-
-    @field_validator("instance_type")
-    @classmethod
-    def _instance_type_shape(cls, value: str) -> str:
-        if not _INSTANCE_TYPE.fullmatch(value):
-            raise ValueError(
-                "must be a VM size such as Standard_DS3_v2 (letters, digits and '_'); see Azure ML's "
-                "managed online endpoints SKU list"
-            )
+    def _azure_name(cls, value: str, info: ValidationInfo) -> str:
+        pattern, rule = _NAMES[info.field_name or ""]
+        if not pattern.fullmatch(value):
+            raise ValueError(rule)
         return value
 
     @field_validator("liveness_probe")
