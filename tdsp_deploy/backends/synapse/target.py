@@ -25,7 +25,20 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tdsp_deploy.backends.sqlserver.target import Auth, Column, Identifier
+from tdsp_deploy.backends.sql.target import (
+    AB_KEY_DESCRIPTION,
+    MODEL_TABLE,
+    REQUEST_LOG_TABLE,
+    TRAFFIC_DESCRIPTION,
+    TRAFFIC_TABLE,
+    Auth,
+    Column,
+    Identifier,
+    Port,
+    check_tables_and_key,
+    procedure_name,
+    unique_columns,
+)
 from tdsp_deploy.manifest.model import Strict
 
 _WORKSPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -236,25 +249,19 @@ class SynapseTarget(Strict):
     server: str | None = Field(
         default=None, description="Dedicated SQL endpoint, e.g. ws.sql.azuresynapse.net."
     )
-    port: int = Field(default=1433, ge=1, le=65535)
+    port: Port = 1433
     database: Identifier | None = Field(default=None, description="The dedicated SQL pool (database).")
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedure.")
-    model_table: Identifier = Field(default="tdsp_models", description="Table that holds the ONNX models.")
-    traffic_table: Identifier = Field(
-        default="tdsp_traffic", description="Deployment slots: each one's model version and traffic weight."
-    )
+    model_table: Identifier = Field(default=MODEL_TABLE, description="Table that holds the ONNX models.")
+    traffic_table: Identifier = Field(default=TRAFFIC_TABLE, description=TRAFFIC_DESCRIPTION)
     request_log_table: Identifier = Field(
-        default="tdsp_requests", description="One row per scored row: slot, version, status, key (`ab`)."
+        default=REQUEST_LOG_TABLE, description="One row per scored row: slot, version, status, key (`ab`)."
     )
     request_log: bool = Field(
         default=True,
         description="Log every row the procedure scores (needed by `ab status` and `ab analyze`).",
     )
-    ab_key: Identifier | None = Field(
-        default=None,
-        description="Input column whose value picks a row's slot under a traffic split (default: all "
-        "input values); the same key always reaches the same slot while the split holds.",
-    )
+    ab_key: Identifier | None = Field(default=None, description=AB_KEY_DESCRIPTION)
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>)."
     )
@@ -318,12 +325,7 @@ class SynapseTarget(Strict):
     @field_validator("inputs", "outputs")
     @classmethod
     def _unique(cls, columns: list[Column]) -> list[Column]:
-        seen: set[str] = set()
-        for column in columns:
-            if column.name.lower() in seen:  # Spark and SQL both compare names without case
-                raise ValueError(f"column '{column.name}' is listed twice")
-            seen.add(column.name.lower())
-        return columns
+        return unique_columns(columns)
 
     @model_validator(mode="after")
     def _fields_of_the_mode(self) -> SynapseTarget:
@@ -352,13 +354,7 @@ class SynapseTarget(Strict):
     def _sql_tables_and_key(self) -> SynapseTarget:
         if self.mode != "sql":
             return self
-        if self.ab_key is not None and self.ab_key.lower() not in {c.name.lower() for c in self.inputs}:
-            raise ValueError(f"ab_key: '{self.ab_key}' is not one of the inputs")
-        tables = {self.model_table.lower(), self.traffic_table.lower(), self.request_log_table.lower()}
-        if len(tables) != 3:
-            raise ValueError(
-                "model_table, traffic_table and request_log_table must be three different tables"
-            )
+        check_tables_and_key(self)
         return self
 
     # -- derived --------------------------------------------------------------------------------
@@ -371,4 +367,4 @@ class SynapseTarget(Strict):
 
     def procedure_name(self, endpoint: str) -> str:
         """The scoring procedure's name (sql mode): ``procedure`` or ``score_<endpoint>``."""
-        return self.procedure or "score_" + endpoint.replace("-", "_")
+        return procedure_name(self.procedure, endpoint)
