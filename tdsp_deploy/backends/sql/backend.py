@@ -24,16 +24,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tdsp_deploy.backends.base import (
-    Backend,
-    Caller,
-    EndpointStatus,
-    InvokeResult,
-    ProgressEvent,
-    SlotStatus,
-    no_progress,
-    refuse_unless_deletable,
-)
+from tdsp_deploy.backends import base
+from tdsp_deploy.backends.base import Backend, EndpointStatus, SlotStatus
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sql.document import document_id
 from tdsp_deploy.backends.sql.requests import (
@@ -53,6 +45,10 @@ if TYPE_CHECKING:
 
 #: failed calls (or requests) ``logs`` reads when no tail is asked for
 FAILED_CALLS = 200
+#: a result set's rows; a batch and its parameters; an answer and the slots that served it
+Rows = list[tuple[Any, ...]]
+Batch = tuple[str, list[Any]]
+Answer = tuple[dict[str, Any], list[str]]
 
 
 class SqlBackend(Backend):
@@ -76,7 +72,9 @@ class SqlBackend(Backend):
     #: what the smoke request's rows are read for, in the message when they cannot be
     SAMPLE_PURPOSE: ClassVar[str] = ""
 
-    def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, connection: Any = None):
+    def __init__(
+        self, manifest: ManifestBase, *, progress: Progress = base.no_progress, connection: Any = None
+    ):
         super().__init__(manifest, progress=progress)
         self._connection: SqlConnection | None = None
         self._shared = connection is not None  # handed in: never closed, shared by callers
@@ -102,9 +100,7 @@ class SqlBackend(Backend):
         """The value of the KEY column for this endpoint's rows."""
         raise NotImplementedError
 
-    def _scoring_batch(
-        self, rows: Sequence[Sequence[Any]], slot: str | None, request_id: str | None
-    ) -> tuple[str, list[Any]]:
+    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         """The batch that scores ``rows`` through the procedure, and its parameters."""
         raise NotImplementedError
 
@@ -139,6 +135,20 @@ class SqlBackend(Backend):
     def _remove_endpoint(self) -> None:
         """Remove the procedure(s) and this endpoint's rows."""
         raise NotImplementedError
+
+    #: what the procedure logs, in the refusal when target.request_log is off
+    LOGGED: ClassVar[str] = "the procedure logs no rows"
+
+    def _log_start(self, since: float) -> datetime.datetime | None:
+        """``since`` as the request log's time (UTC, no zone); None when there is no log table yet."""
+        if not self.target.request_log:
+            raise UsageError(
+                f"target.request_log is off: {self.LOGGED} to analyze",
+                hint="set target.request_log: true and push again",
+            )
+        if not self._exists(self.tables.requests, "U"):
+            return None
+        return datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
 
     # -- reading -------------------------------------------------------------------------
     def status(self) -> EndpointStatus:
@@ -270,11 +280,11 @@ class SqlBackend(Backend):
             self._remove_endpoint()
             return
         names = (s.name for s in status.slots)
-        refuse_unless_deletable(self.manifest.name, slot, status.slot(slot), names, noun="slot")
+        base.refuse_unless_deletable(self.manifest.name, slot, status.slot(slot), names, noun="slot")
         self._delete_slot(slot)
 
     # -- calling -------------------------------------------------------------------------
-    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
+    def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[base.Caller]]:
         """Callers that EXEC the procedure with the request's rows (bound ``?`` parameters),
         one connection each (or the handed-in one, shared), pinned to ``slot`` when given.
         The answer names the slot(s) that served it (``azureml-model-deployment``), as the HTTP
@@ -289,10 +299,10 @@ class SqlBackend(Backend):
         return self._callers(slot, serving)
 
     @contextlib.contextmanager
-    def _callers(self, slot: str | None, serving: dict[str, list[str]]) -> Iterator[Iterator[Caller]]:
+    def _callers(self, slot: str | None, serving: dict[str, list[str]]) -> Iterator[Iterator[base.Caller]]:
         opened: list[SqlConnection] = []
 
-        def made() -> Iterator[Caller]:
+        def made() -> Iterator[base.Caller]:
             while True:
                 if self._shared:
                     conn = self.connection
@@ -307,8 +317,8 @@ class SqlBackend(Backend):
             for conn in opened:
                 conn.close()
 
-    def _caller(self, conn: SqlConnection, slot: str | None, serving: dict[str, list[str]]) -> Caller:
-        def call(body: bytes) -> InvokeResult:
+    def _caller(self, conn: SqlConnection, slot: str | None, serving: dict[str, list[str]]) -> base.Caller:
+        def call(body: bytes) -> base.InvokeResult:
             started = time.perf_counter()
             request_id = uuid.uuid4().hex
             headers = {"x-request-id": request_id}
@@ -445,7 +455,7 @@ class SqlBackend(Backend):
         return extract_once(package.path, root)
 
     def _tell(self, step: str, message: str, **numbers: Any) -> None:
-        self.progress(ProgressEvent(step=step, message=message, **numbers))
+        self.progress(base.ProgressEvent(step=step, message=message, **numbers))
 
 
 def sortable(t: Any) -> Any:

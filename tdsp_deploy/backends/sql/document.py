@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,17 @@ class Statement:
         # Only statements with parameters are checked: a script literal may hold a '?'.
         if self.parameters and self.sql.count("?") != len(self.parameters):
             raise AssertionError(f"{self.name}: {self.sql.count('?')} markers, {len(self.parameters)} names")
+
+
+def table_statements(
+    target: Any, model: Callable[[Any], str], traffic: Callable[[Any], str], request_log: Callable[[Any], str]
+) -> list[Statement]:
+    """A deployment's CREATE TABLE batches: the model and traffic tables, and the request log's
+    when the target keeps one."""
+    made = [("create_model_table", model), ("create_traffic_table", traffic)]
+    if target.request_log:
+        made.append(("create_request_log_table", request_log))
+    return [Statement(name, make(target)) for name, make in made]
 
 
 def deployment_document(target: Any, manifest: ManifestBase, lock: PackageLock, **extra: Any) -> str:

@@ -177,14 +177,21 @@ AB_KEY_DESCRIPTION = (
 )
 
 
-def unique_columns(columns: list[Column]) -> list[Column]:
-    """``columns`` when no name is listed twice (SQL Server and Spark compare names without case)."""
-    seen: set[str] = set()
-    for column in columns:
-        if column.name.lower() in seen:
-            raise ValueError(f"column '{column.name}' is listed twice")
-        seen.add(column.name.lower())
-    return columns
+class SqlTargetBase(Strict):
+    """What both SQL targets' models share beyond their fields: the ``schema`` alias, passwords
+    kept out of error messages, and input and output columns each named once."""
+
+    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
+
+    @field_validator("inputs", "outputs", check_fields=False)
+    @classmethod
+    def _unique(cls, columns: list[Column]) -> list[Column]:
+        seen: set[str] = set()
+        for column in columns:
+            if column.name.lower() in seen:  # SQL Server and Spark compare names without case
+                raise ValueError(f"column '{column.name}' is listed twice")
+            seen.add(column.name.lower())
+        return columns
 
 
 def check_tables_and_key(target: Any) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import ProgressEvent, SlotStatus, no_progress
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import SqlBackend
+from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import document_id, with_slot
 from tdsp_deploy.backends.sql.requests import (  # noqa: F401 (the target's names, as tests import them)
     check_traffic_request,
@@ -81,6 +81,7 @@ class SqlServerBackend(SqlBackend):
     WHO = "the sqlserver target"
     GRANT_HINT = "GRANT EXECUTE ON the procedure to the callers' database users"
     STATE_FOLDER = "sqlserver"
+    LOGGED = "the procedures log no requests"
 
     def __init__(
         self,
@@ -185,14 +186,9 @@ class SqlServerBackend(SqlBackend):
     def request_records(self, since: float) -> Iterator[dict[str, Any]]:
         """The request log from ``since``: one record per scored row, as the A/B analysis reads
         them (``id``: the row's ab_key value, else ``<request id>:<row number>``)."""
-        if not self.target.request_log:
-            raise UsageError(
-                "target.request_log is off: the procedures log no requests to analyze",
-                hint="set target.request_log: true and push again",
-            )
-        if not self._exists(self.tables.requests, "U"):
+        started = self._log_start(since)
+        if started is None:
             return
-        started = datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
         last = 0
         while True:
             rows = self.connection.execute(
@@ -220,18 +216,10 @@ class SqlServerBackend(SqlBackend):
     def _key(self) -> str:
         return self.manifest.model_name
 
-    def _scoring_batch(
-        self, rows: Sequence[Sequence[Any]], slot: str | None, request_id: str | None
-    ) -> tuple[str, list[Any]]:
-        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request_id)
+    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
+        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
 
-    def _answer(
-        self,
-        columns: list[str],
-        result: list[tuple[Any, ...]],
-        slot: str | None,
-        serving: dict[str, list[str]],
-    ) -> tuple[dict[str, Any], list[str]]:
+    def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         versions = sorted({str(r[-1]) for r in result}) if result else []
         slots = [slot] if slot else sorted({s for v in versions for s in serving.get(v, [])})
         return {"columns": columns, "data": [list(r) for r in result]}, slots

@@ -24,19 +24,18 @@ from tdsp_deploy.backends.sql.target import (  # noqa: F401 (the schema's names,
     Column,
     Identifier,
     Port,
+    SqlTargetBase,
     check_identifier,
     check_tables_and_key,
     procedure_name,
     quote_identifier,
     sql_type,
-    unique_columns,
 )
-from tdsp_deploy.manifest.model import Strict
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(\\[A-Za-z0-9_$-]{1,16})?$")
 
 
-class SqlServerTarget(Strict):
+class SqlServerTarget(SqlTargetBase):
     """In-database scoring: a model table and a scoring procedure (Machine Learning Services)."""
 
     kind: Literal["sqlserver"]
@@ -64,19 +63,12 @@ class SqlServerTarget(Strict):
     encrypt: bool = True
     trust_server_certificate: bool = False
 
-    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
-
     @field_validator("server")
     @classmethod
     def _host(cls, value: str) -> str:
         if not _HOST.fullmatch(value):
             raise ValueError("must be a host name or address, optionally host\\instance")
         return value
-
-    @field_validator("inputs", "outputs")
-    @classmethod
-    def _unique(cls, columns: list[Column]) -> list[Column]:
-        return unique_columns(columns)
 
     @model_validator(mode="after")
     def _ab_key_is_an_input(self) -> SqlServerTarget:

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.sql.dialect import SQL_SERVER
-from tdsp_deploy.backends.sql.document import Statement, deployment_document, row_values, write_statements
+from tdsp_deploy.backends.sql.document import (
+    Statement,
+    deployment_document,
+    row_values,
+    table_statements,
+    write_statements,
+)
 from tdsp_deploy.backends.sql.errors import SCRIPT_FAILED
 from tdsp_deploy.backends.sql.rows import (
     SLOT_TYPE,
@@ -385,12 +391,7 @@ def probe_python() -> str:
 
 def deployment_statements(target: SqlServerTarget, manifest: ManifestBase, script: str) -> list[Statement]:
     """The batches of a deployment, in execution order, with their parameters' names."""
-    statements = [
-        Statement("create_model_table", create_model_table(target)),
-        Statement("create_traffic_table", create_traffic_table(target)),
-    ]
-    if target.request_log:
-        statements.append(Statement("create_request_log_table", create_request_log_table(target)))
+    statements = table_statements(target, create_model_table, create_traffic_table, create_request_log_table)
     return [
         *statements,
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),

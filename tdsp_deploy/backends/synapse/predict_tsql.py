@@ -29,7 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdsp_deploy.backends.sql.document import Statement, deployment_document, row_values, write_statements
+from tdsp_deploy.backends.sql.document import (
+    Statement,
+    deployment_document,
+    row_values,
+    table_statements,
+    write_statements,
+)
 from tdsp_deploy.backends.sql.errors import SCORING_FAILED
 from tdsp_deploy.backends.sql.rows import SLOT_TYPE, Tables, assign_slot, q, refresh_active, throw
 from tdsp_deploy.backends.sql.target import check_identifier
@@ -392,12 +398,7 @@ def deployment_statements(
 ) -> list[Statement]:
     """The batches of a deployment in execution order; TRANSACTION names those run in one
     transaction, the others are DDL the pool runs outside any user transaction."""
-    created = [
-        Statement("create_model_table", create_model_table(target)),
-        Statement("create_traffic_table", create_traffic_table(target)),
-    ]
-    if target.request_log:
-        created.append(Statement("create_request_log_table", create_request_log_table(target)))
+    created = table_statements(target, create_model_table, create_traffic_table, create_request_log_table)
     return [
         *created,
         Statement("create_procedure_stub", create_procedure_stub(target, endpoint)),

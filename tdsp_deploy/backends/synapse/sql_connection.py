@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 from tdsp_deploy.backends.sql.connection import SqlConnection
 from tdsp_deploy.backends.sql.dialect import SQL_SERVER
@@ -32,18 +33,19 @@ def _predict_refused(text: str, where: str) -> TdspError | None:
     )
 
 
-SQL_POOL = dataclasses.replace(
-    SQL_SERVER,
-    name="dedicated SQL pool",
-    now="GETUTCDATE()",
-    table_options="WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)",
-    create_or_alter=False,
-    ddl_in_transaction=False,
-    application_locks=False,
-    permission_needed="",
-    permission_hint=POOL_PERMISSION_HINT,
-    refusal=_predict_refused,
-)
+#: what a dedicated SQL pool does otherwise than SQL Server (see sql/dialect.py)
+POOL_DIFFERENCES: dict[str, Any] = {
+    "name": "dedicated SQL pool",
+    "now": "GETUTCDATE()",
+    "table_options": "WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)",
+    "create_or_alter": False,
+    "ddl_in_transaction": False,
+    "application_locks": False,
+    "permission_needed": "",
+    "permission_hint": POOL_PERMISSION_HINT,
+    "refusal": _predict_refused,
+}
+SQL_POOL = dataclasses.replace(SQL_SERVER, **POOL_DIFFERENCES)
 
 
 class SqlPoolConnection(SqlConnection):

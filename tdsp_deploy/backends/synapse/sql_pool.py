@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import SlotStatus, no_progress
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import SqlBackend, timestamp
+from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend, timestamp
 from tdsp_deploy.backends.sql.document import deployment_document, document_id, with_slot
 from tdsp_deploy.backends.sql.requests import check_traffic_request, request_rows
 from tdsp_deploy.backends.sql.target import Column
@@ -202,14 +201,9 @@ class SqlPoolBackend(SqlBackend):
         call's rows of that slot)."""
         from tdsp_deploy.backends.synapse import predict_tsql
 
-        if not self.target.request_log:
-            raise UsageError(
-                "target.request_log is off: the procedure logs no rows to analyze",
-                hint="set target.request_log: true and push again",
-            )
-        if not self._exists(self.tables.requests, "U"):
+        started = self._log_start(since)
+        if started is None:
             return
-        started = datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
         rows = self.connection.execute(
             predict_tsql.list_requests(self.target),
             (self._key(), started),
@@ -301,20 +295,10 @@ class SqlPoolBackend(SqlBackend):
 
         return predict_tsql.procedure(self.target, self.manifest.name)
 
-    def _scoring_batch(
-        self, rows: Sequence[Sequence[Any]], slot: str | None, request_id: str | None
-    ) -> tuple[str, list[Any]]:
-        return scoring_batch(
-            self.target, self.manifest.name, rows, slot=slot, request_id=request_id
-        )
+    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
+        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
 
-    def _answer(
-        self,
-        columns: list[str],
-        result: list[tuple[Any, ...]],
-        slot: str | None,
-        serving: dict[str, list[str]],
-    ) -> tuple[dict[str, Any], list[str]]:
+    def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         return answer(columns, result, self.target.outputs), served_by(columns, result)
 
     def _failure_events(self, slot: str, limit: int) -> list[tuple[Any, str]]:

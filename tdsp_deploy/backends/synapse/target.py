@@ -25,20 +25,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tdsp_deploy.backends.sql.target import (
-    AB_KEY_DESCRIPTION,
-    MODEL_TABLE,
-    REQUEST_LOG_TABLE,
-    TRAFFIC_DESCRIPTION,
-    TRAFFIC_TABLE,
-    Auth,
-    Column,
-    Identifier,
-    Port,
-    check_tables_and_key,
-    procedure_name,
-    unique_columns,
-)
+from tdsp_deploy.backends.sql import target as sql_target
+from tdsp_deploy.backends.sql.target import Auth, Column, Identifier, Port, SqlTargetBase
 from tdsp_deploy.manifest.model import Strict
 
 _WORKSPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -211,7 +199,7 @@ class Driver(Strict):
     size: NodeSize = Field(default="Small", description="Small | Medium | Large | XLarge | XXLarge.")
 
 
-class SynapseTarget(Strict):
+class SynapseTarget(SqlTargetBase):
     """Azure Synapse Analytics: a Spark batch-scoring job, or PREDICT in a dedicated SQL pool."""
 
     kind: Literal["synapse"]
@@ -252,16 +240,21 @@ class SynapseTarget(Strict):
     port: Port = 1433
     database: Identifier | None = Field(default=None, description="The dedicated SQL pool (database).")
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedure.")
-    model_table: Identifier = Field(default=MODEL_TABLE, description="Table that holds the ONNX models.")
-    traffic_table: Identifier = Field(default=TRAFFIC_TABLE, description=TRAFFIC_DESCRIPTION)
+    model_table: Identifier = Field(
+        default=sql_target.MODEL_TABLE, description="Table that holds the ONNX models."
+    )
+    traffic_table: Identifier = Field(
+        default=sql_target.TRAFFIC_TABLE, description=sql_target.TRAFFIC_DESCRIPTION
+    )
     request_log_table: Identifier = Field(
-        default=REQUEST_LOG_TABLE, description="One row per scored row: slot, version, status, key (`ab`)."
+        default=sql_target.REQUEST_LOG_TABLE,
+        description="One row per scored row: slot, version, status, key (`ab`).",
     )
     request_log: bool = Field(
         default=True,
         description="Log every row the procedure scores (needed by `ab status` and `ab analyze`).",
     )
-    ab_key: Identifier | None = Field(default=None, description=AB_KEY_DESCRIPTION)
+    ab_key: Identifier | None = Field(default=None, description=sql_target.AB_KEY_DESCRIPTION)
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>)."
     )
@@ -270,8 +263,6 @@ class SynapseTarget(Strict):
     )
     encrypt: bool = True
     trust_server_certificate: bool = False
-
-    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
 
     @field_validator("workspace")
     @classmethod
@@ -322,11 +313,6 @@ class SynapseTarget(Strict):
             raise ValueError("must be a host name, e.g. myworkspace.sql.azuresynapse.net")
         return value
 
-    @field_validator("inputs", "outputs")
-    @classmethod
-    def _unique(cls, columns: list[Column]) -> list[Column]:
-        return unique_columns(columns)
-
     @model_validator(mode="after")
     def _fields_of_the_mode(self) -> SynapseTarget:
         other = SQL_FIELDS if self.mode == "spark" else SPARK_FIELDS
@@ -354,7 +340,7 @@ class SynapseTarget(Strict):
     def _sql_tables_and_key(self) -> SynapseTarget:
         if self.mode != "sql":
             return self
-        check_tables_and_key(self)
+        sql_target.check_tables_and_key(self)
         return self
 
     # -- derived --------------------------------------------------------------------------------
@@ -367,4 +353,4 @@ class SynapseTarget(Strict):
 
     def procedure_name(self, endpoint: str) -> str:
         """The scoring procedure's name (sql mode): ``procedure`` or ``score_<endpoint>``."""
-        return procedure_name(self.procedure, endpoint)
+        return sql_target.procedure_name(self.procedure, endpoint)
