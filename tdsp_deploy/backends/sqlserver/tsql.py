@@ -1,5 +1,10 @@
 """The T-SQL of the sqlserver target, as text for a DB-API driver (qmark style, ``?``).
 
+What it adds to the SQL core's T-SQL (sql/rows.py: slots, weights, salts, active flags, reading
+rows back): SQL Server's tables (keys, DEFAULTs, an IDENTITY request log), the model insert,
+the two scoring procedures around ``sp_execute_external_script``, their model-name binding and
+the server probes.
+
 The only things built into the text are identifiers that ``target.py`` checked (and that are
 bracket-quoted here), SQL types from its allow-list, and the generated Python script (as an
 ``N'...'`` literal with its quotes doubled). Every other value -- model name, version, hash,
