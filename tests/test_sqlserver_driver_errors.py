@@ -76,7 +76,11 @@ def generated_throws() -> dict[int, str]:
             predict_tsql.alter_procedure(POOL, "ep", POOL.outputs),
         ]
     )
-    return {int(n): m.replace("''", "'") for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)}
+    found = [(int(n), m.replace("''", "'")) for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)]
+    # one number, one meaning, whichever target THROWs it (50004 once meant two things)
+    for number, message in found:
+        assert message == dict(found)[number], (number, message, dict(found)[number])
+    return dict(found)
 
 
 def test_every_throw_of_the_generated_tsql_keeps_its_identity():
