@@ -284,7 +284,9 @@ class FakeSqlServer:
         name = variables["name"]
         mine = [r for r in traffic if r["name"] == name]
         if sum(r["weight"] for r in mine) not in (0, 100):
-            raise server_error(50005, "the traffic weights of this endpoint's slots must add up to 100 (or 0)")
+            raise server_error(
+                50005, "the traffic weights of this endpoint's slots must add up to 100 (or 0)"
+            )
         serving = {r["version"] for r in mine if r["weight"] > 0}
         for row in models:
             if row["name"] == name:

@@ -17,7 +17,6 @@ import pytest
 from dbapi_fake import install_driver, server_error
 from sqlserver_fake import FakeSqlServer
 
-from tdsp_deploy.backends.sqlserver import request_rows, scoring_batch, tsql
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sql.connection import bind_nulls
 from tdsp_deploy.backends.sql.errors import (
@@ -27,6 +26,7 @@ from tdsp_deploy.backends.sql.errors import (
     sqlstate,
     translate_error,
 )
+from tdsp_deploy.backends.sqlserver import request_rows, scoring_batch, tsql
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.backends.synapse import predict_tsql
@@ -76,7 +76,9 @@ def generated_throws() -> dict[int, str]:
             predict_tsql.alter_procedure(POOL, "ep", POOL.outputs),
         ]
     )
-    found = [(int(n), m.replace("''", "'")) for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)]
+    found = [
+        (int(n), m.replace("''", "'")) for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)
+    ]
     # one number, one meaning, whichever target THROWs it (50004 once meant two things)
     for number, message in found:
         assert message == dict(found)[number], (number, message, dict(found)[number])

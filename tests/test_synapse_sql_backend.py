@@ -171,7 +171,9 @@ def test_ddl_runs_outside_the_transaction_and_only_rows_change_inside_it(pool, p
     begin = pool.statements.index("BEGIN TRANSACTION;")
     commit = pool.statements.index("COMMIT TRANSACTION;")
     inside = pool.statements[begin + 1 : commit]
-    untagged = [s.removeprefix(s.split("\n", 1)[0] + "\n") if s.startswith("-- tdsp-deploy:") else s for s in inside]
+    untagged = [
+        s.removeprefix(s.split("\n", 1)[0] + "\n") if s.startswith("-- tdsp-deploy:") else s for s in inside
+    ]
     assert [s.split(None, 1)[0] for s in untagged] == ["DECLARE", "DECLARE", "DECLARE"]
     assert any("INSERT INTO" in s for s in inside) and any("SET [active]" in s for s in inside)
     assert any("[tdsp_traffic]" in s and "INSERT INTO" in s for s in inside)  # the slot, no traffic
