@@ -158,7 +158,7 @@ class FakeSqlServer:
             return self._score_batch(flat, params)
         if re.match(r"^SELECT OBJECT_DEFINITION\(OBJECT_ID\(\?\)\)$", flat, re.I):
             return [""], [(self.db.procedures.get(_name(params[0])),)]
-        match = re.match(r"^SELECT OBJECT_ID\(\?, N?'(U|P)'\)$", flat, re.I)
+        match = re.match(r"^SELECT OBJECT_ID\(\?, N?'(U|P)'\);?$", flat, re.I)
         if match:
             kind = match.group(1).upper()
             found = _name(params[0]) in (self.db.tables if kind == "U" else self.db.procedures)
@@ -253,7 +253,7 @@ class FakeSqlServer:
             raise server_error(50002, "this model version is not in the model table; insert it first")
         found = [r for r in traffic if r["name"] == name and r["slot"] == slot]
         if found:
-            found[0]["version"] = version
+            found[0].update(version=version, updated_at=self.now())
         else:
             salts = [r["salt"] for r in traffic if r["name"] == name and r["salt"] is not None]
             traffic.append(
@@ -263,6 +263,7 @@ class FakeSqlServer:
                     "version": version,
                     "weight": 0,
                     "salt": max(salts, default=None),
+                    "updated_at": self.now(),
                 }
             )
         return [], []
@@ -271,10 +272,10 @@ class FakeSqlServer:
         traffic = self._table(tables[0])
         found = [r for r in traffic if r["name"] == variables["name"] and r["slot"] == variables["slot"]]
         if not found:
-            raise server_error(50004, "this model has no such deployment slot")
+            raise server_error(50004, "this endpoint has no such deployment slot")
         if not 0 <= int(variables["weight"]) <= 100:
             raise server_error(547, "The UPDATE statement conflicted with the CHECK constraint.")
-        found[0]["weight"] = int(variables["weight"])
+        found[0].update(weight=int(variables["weight"]), updated_at=self.now())
         return [], []
 
     def _refresh_active(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
@@ -283,7 +284,9 @@ class FakeSqlServer:
         name = variables["name"]
         mine = [r for r in traffic if r["name"] == name]
         if sum(r["weight"] for r in mine) not in (0, 100):
-            raise server_error(50005, "the traffic weights of this model's slots must add up to 100 (or 0)")
+            raise server_error(
+                50005, "the traffic weights of this endpoint's slots must add up to 100 (or 0)"
+            )
         serving = {r["version"] for r in mine if r["weight"] > 0}
         for row in models:
             if row["name"] == name:
@@ -300,7 +303,7 @@ class FakeSqlServer:
         traffic = self._table(tables[0])
         if any(r["name"] == variables["name"] and r["slot"] == variables["slot"] for r in traffic):
             raise server_error(2627, "Violation of PRIMARY KEY constraint. Cannot insert duplicate key.")
-        traffic.append({k: variables[k] for k in ("name", "slot", "version", "weight", "salt")})
+        traffic.append({k: variables[k] for k in ("name", "slot", "version", "weight", "salt", "updated_at")})
         return [], []
 
     # sp_getapplock / sp_releaseapplock with @LockOwner = 'Session': the lock is the session's
@@ -407,7 +410,7 @@ class FakeSqlServer:
         routes = self._routes(definition, model_name, call.get("slot"))
         if not routes:
             raise server_error(
-                50003, "no slot of this model takes traffic (or @slot names none); push the model first"
+                50003, "no slot of this endpoint takes traffic (or @slot names none); push the model first"
             )
         models = self._table(_tables_of(definition)[0])
         bundle = b""

@@ -197,6 +197,7 @@ class FakeSqlPool:
     ) -> tuple[list[str], list[tuple]]:
         self.statements.append(sql)
         self.executed_params.append(params)
+        sql = re.sub(r"\A-- tdsp-deploy: \w+\n", "", sql)  # the tag a batch of rows starts with
         flat = " ".join(sql.split())
         upper = flat.upper()
         rollback = upper.endswith("ROLLBACK TRANSACTION;")
@@ -440,7 +441,7 @@ class FakeSqlPool:
             (traffic,) = tables
             found = [r for r in traffic.rows if r["endpoint"] == endpoint and r["slot"] == variables["slot"]]
             if not found:
-                raise server_error(50006, "this procedure has no such deployment slot")
+                raise server_error(50004, "this endpoint has no such deployment slot")
             if not 0 <= int(variables["weight"]) <= 100:
                 raise server_error(547, "The UPDATE statement conflicted with the weight's range.")
             found[0].update(weight=int(variables["weight"]), updated_at=self._now())
@@ -452,7 +453,7 @@ class FakeSqlPool:
             total = sum(r["weight"] for r in traffic.rows if r["endpoint"] == endpoint)
             if total not in (0, 100):
                 raise server_error(
-                    50005, "the traffic weights of this procedure's slots must add up to 100 (or 0)"
+                    50005, "the traffic weights of this endpoint's slots must add up to 100 (or 0)"
                 )
             serving = {r["version"] for r in traffic.rows if r["endpoint"] == endpoint and r["weight"] > 0}
             for row in models.rows:
@@ -519,7 +520,7 @@ class FakeSqlPool:
             return ["stub"], [(1,)]
         parts = input_table.split(".")
         if len(parts) > 2 or not parts[-1]:
-            raise server_error(50004, "@input_table must name a table or view: [schema.]name or #temp")
+            raise server_error(50006, "@input_table must name a table or view: [schema.]name or #temp")
         routes = self._routes(flat, slot)
         data = (
             conn.temp.get(input_table)
@@ -646,7 +647,7 @@ class FakeSqlPool:
             routes.append({**route, "low": low, "high": high, "salt": route["salt"] or ""})
         if not routes:
             raise server_error(
-                50003, "no slot of this procedure takes traffic (or @slot names none); push the model first"
+                50003, "no slot of this endpoint takes traffic (or @slot names none); push the model first"
             )
         return routes
 

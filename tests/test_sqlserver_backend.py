@@ -18,8 +18,9 @@ import pytest
 import yaml
 from sqlserver_fake import FakeSqlServer, server_error
 
+from tdsp_deploy.backends.sql.connection import connection_string, translate_error
 from tdsp_deploy.backends.sqlserver import SqlServerBackend, request_rows, scoring_batch
-from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection, connection_string, translate_error
+from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode, TdspError, UsageError
 from tdsp_deploy.manifest import LocalTarget, load_manifest

@@ -15,13 +15,9 @@ from typing import Any
 
 import pytest
 
-from tdsp_deploy.backends.sqlserver import connection
-from tdsp_deploy.backends.sqlserver.connection import (
-    SqlServerConnection,
-    connection_string,
-    server_address,
-    translate_error,
-)
+from tdsp_deploy.backends.sql import connection
+from tdsp_deploy.backends.sql.connection import connection_string, server_address, translate_error
+from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, ExitCode, UsageError
 

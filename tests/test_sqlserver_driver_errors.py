@@ -17,15 +17,20 @@ import pytest
 from dbapi_fake import install_driver, server_error
 from sqlserver_fake import FakeSqlServer
 
-from tdsp_deploy.backends.sqlserver import request_rows, scoring_batch, tsql
-from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection, bind_nulls
-from tdsp_deploy.backends.sqlserver.server_errors import (
+from tdsp_deploy.backends.sql import rows as sql_rows
+from tdsp_deploy.backends.sql.connection import bind_nulls
+from tdsp_deploy.backends.sql.errors import (
+    SCORING_FAILED,
     SCRIPT_FAILED,
     TSQL_REFUSALS,
     sqlstate,
     translate_error,
 )
+from tdsp_deploy.backends.sqlserver import request_rows, scoring_batch, tsql
+from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
+from tdsp_deploy.backends.synapse import predict_tsql
+from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 
 mssql_python = pytest.importorskip("mssql_python")
@@ -42,25 +47,49 @@ TARGET = SqlServerTarget.model_validate(
 )
 
 
+POOL = SynapseTarget.model_validate(
+    {
+        "kind": "synapse",
+        "workspace": "ws",
+        "mode": "sql",
+        "server": "ws.sql.azuresynapse.net",
+        "database": "pool",
+        "auth": {"method": "entra"},
+        "inputs": [{"name": "x", "type": "float"}],
+        "outputs": [{"name": "y", "type": "float"}],
+    }
+)
+
+
 def generated_throws() -> dict[int, str]:
     """Every THROW of the generated T-SQL: number -> the message it sends."""
     manifest = types.SimpleNamespace(name="ep")
     text = "\n".join(
         [
             tsql.insert_model(TARGET),
-            tsql.assign_slot(TARGET),
-            tsql.set_weight(TARGET),
-            tsql.refresh_active(TARGET),
+            sql_rows.assign_slot(tsql.tables(TARGET)),
+            sql_rows.set_weight(tsql.tables(TARGET)),
+            sql_rows.refresh_active(tsql.tables(TARGET)),
             tsql.create_or_alter_procedure(TARGET, manifest, "pass"),
+            # the pool's THROWs are in the same table: one number, one meaning
+            predict_tsql.insert_model(POOL),
+            predict_tsql.alter_procedure(POOL, "ep", POOL.outputs),
         ]
     )
-    return {int(n): m.replace("''", "'") for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)}
+    found = [
+        (int(n), m.replace("''", "'")) for n, m in re.findall(r"THROW (\d+), N'((?:[^']|'')*)', 1;", text)
+    ]
+    # one number, one meaning, whichever target THROWs it (50004 once meant two things)
+    for number, message in found:
+        assert message == dict(found)[number], (number, message, dict(found)[number])
+    return dict(found)
 
 
 def test_every_throw_of_the_generated_tsql_keeps_its_identity():
     """Before: matched on '(50003)', which mssql-python never writes: a generic 'said no', exit 3."""
     throws = generated_throws()
-    assert set(throws) == set(TSQL_REFUSALS)
+    # the two that re-throw an engine's own message (a model's traceback, PREDICT's failure)
+    assert set(throws) | {SCRIPT_FAILED, SCORING_FAILED} == set(TSQL_REFUSALS)
     for number, message in throws.items():
         exc = server_error(number, message)
         assert type(exc) is mssql_python.ProgrammingError and "(5" not in str(exc)
@@ -161,7 +190,7 @@ def test_no_none_reaches_the_driver():
     server = FakeSqlServer()
     connection = SqlServerConnection(server.connect())
     connection.execute(tsql.create_traffic_table(TARGET))
-    connection.execute(tsql.set_salt(TARGET), ("m", None))
+    connection.execute(sql_rows.set_salt(tsql.tables(TARGET)), ("m", None))
     assert server.executed_params[-1] == ("m",) and "@salt nvarchar(64) = NULL;" in server.statements[-1]
     text, values = bind_nulls("SELECT N'?', ? -- ?\n, [a?], ?", ["x", None])
     assert text == "SELECT N'?', ? -- ?\n, [a?], NULL" and values == ["x"]

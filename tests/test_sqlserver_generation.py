@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sqlserver import tsql
 from tdsp_deploy.backends.sqlserver.script import generate_script, model_payload, row_prelude
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget, quote_identifier, sql_type
@@ -581,9 +582,9 @@ def all_statements() -> dict[str, str]:
         "probe_permission": tsql.probe_permission(),
         "probe_python": tsql.probe_python(),
         **{s.name: s.sql for s in tsql.deployment_statements(target, make_manifest(), "pass\n")},
-        "set_weight": tsql.set_weight(target),
-        "set_salt": tsql.set_salt(target),
-        "restore_slot": tsql.restore_slot(target),
+        "set_weight": sql_rows.set_weight(tsql.tables(target)),
+        "set_salt": sql_rows.set_salt(tsql.tables(target)),
+        "restore_slot": sql_rows.restore_slot(tsql.tables(target)),
     }
 
 

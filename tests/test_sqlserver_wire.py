@@ -20,10 +20,10 @@ from dbapi_fake import server_error
 from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import make_project, matching_libraries
 
+from tdsp_deploy.backends.sql.errors import TSQL_REFUSALS, translate_error
 from tdsp_deploy.backends.sqlserver import scoring_batch
 from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
-from tdsp_deploy.backends.sqlserver.server_errors import TSQL_REFUSALS, translate_error
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 

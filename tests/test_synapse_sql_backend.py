@@ -15,7 +15,7 @@ import pytest
 import yaml
 from synapse_sql_fake import FakeSqlPool
 
-from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+from tdsp_deploy.backends.sql.connection import SqlConnection as SqlServerConnection
 from tdsp_deploy.backends.synapse.sql_pool import SqlPoolBackend
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, ExitCode, TdspError
@@ -171,7 +171,10 @@ def test_ddl_runs_outside_the_transaction_and_only_rows_change_inside_it(pool, p
     begin = pool.statements.index("BEGIN TRANSACTION;")
     commit = pool.statements.index("COMMIT TRANSACTION;")
     inside = pool.statements[begin + 1 : commit]
-    assert [s.split(None, 1)[0] for s in inside] == ["DECLARE", "DECLARE", "DECLARE"]
+    untagged = [
+        s.removeprefix(s.split("\n", 1)[0] + "\n") if s.startswith("-- tdsp-deploy:") else s for s in inside
+    ]
+    assert [s.split(None, 1)[0] for s in untagged] == ["DECLARE", "DECLARE", "DECLARE"]
     assert any("INSERT INTO" in s for s in inside) and any("SET [active]" in s for s in inside)
     assert any("[tdsp_traffic]" in s and "INSERT INTO" in s for s in inside)  # the slot, no traffic
 

@@ -350,7 +350,7 @@ class CountingConnection:
 
 
 def test_the_pools_query_is_the_sql_server_ones_without_a_commit_per_statement(pool):
-    from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
+    from tdsp_deploy.backends.sql.connection import SqlConnection as SqlServerConnection
     from tdsp_deploy.backends.synapse.sql_connection import POOL_PERMISSION_HINT, SqlPoolConnection
 
     pooled, plain = CountingConnection(pool), CountingConnection(pool)

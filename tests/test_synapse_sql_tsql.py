@@ -13,7 +13,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tdsp_deploy.backends.synapse import predict_tsql
+from tdsp_deploy.backends.sql import rows as sql_rows
+from tdsp_deploy.backends.synapse import predict_tsql, sql_calls
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.manifest.model import LocalTarget, manifest_class
@@ -89,20 +90,20 @@ def statements() -> dict[str, str]:
     manifest = make_manifest()
     target = manifest.target
     found = {s.name: s.sql for s in predict_tsql.deployment_statements(target, "iris", target.outputs)}
-    found["scoring_batch"] = predict_tsql.scoring_batch(
+    found["scoring_batch"] = sql_calls.scoring_batch(
         target, "iris", [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]
     )[0]
     found["drop_procedure"] = predict_tsql.drop_procedure(target, "iris")
     found["drop_table_if_empty"] = predict_tsql.drop_table_if_empty(target)
-    found["delete_version"] = predict_tsql.delete_version(target)
-    found["list_versions"] = predict_tsql.list_versions(target)
-    found["list_slots"] = predict_tsql.list_slots(target)
-    found["delete_slot"] = predict_tsql.delete_slot(target)
+    found["delete_version"] = sql_rows.delete_version(predict_tsql.tables(target))
+    found["list_versions"] = sql_rows.list_versions(predict_tsql.tables(target))
+    found["list_slots"] = sql_rows.list_slots(predict_tsql.tables(target))
+    found["delete_slot"] = sql_rows.delete_slot(predict_tsql.tables(target))
     found["list_requests"] = predict_tsql.list_requests(target)
     found["failed_requests"] = predict_tsql.failed_requests()
-    found["set_weight"] = predict_tsql.set_weight(target)
-    found["set_salt"] = predict_tsql.set_salt(target)
-    found["restore_slot"] = predict_tsql.restore_slot(target)
+    found["set_weight"] = sql_rows.set_weight(predict_tsql.tables(target))
+    found["set_salt"] = sql_rows.set_salt(predict_tsql.tables(target))
+    found["restore_slot"] = sql_rows.restore_slot(predict_tsql.tables(target))
     return found
 
 

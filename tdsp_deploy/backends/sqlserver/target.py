@@ -1,195 +1,58 @@
 """The `sqlserver` target's schema: in-database scoring with SQL Server Machine Learning Services.
 
+What it adds to the SQL core's fields (sql/target.py): a server and database that must be
+given, and a ``procedure`` short enough for its single-row twin (``<procedure>_row``).
 The model's bytes go into a versioned model table; a generated procedure scores rows with
-``sp_execute_external_script`` (Python). Everything that ends up in T-SQL text is checked here:
-identifiers (schema, table, procedure, column names) against a strict pattern, SQL types
-against an allow-list. Every other value is sent as a parameter (see ``tsql.py``).
-
-Passwords never stand in the manifest: ``auth.password_env`` names the environment variable
-that holds it, read when connecting. A ``password`` key is refused, even as ``${VAR}``: the
-loader substitutes references before validation, so the schema could not tell a reference
-from a password typed in clear.
-
-This module imports only pydantic and the standard library (``validate`` and ``schema`` load it).
+``sp_execute_external_script`` (Python).
 """
 
 from __future__ import annotations
 
-import keyword
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tdsp_deploy.manifest.model import ENV_VAR_NAME, Strict
+from tdsp_deploy.backends.sql.target import (  # noqa: F401 (the schema's names, as tests import them)
+    AB_KEY_DESCRIPTION,
+    MAX_IDENTIFIER,
+    MODEL_TABLE,
+    REQUEST_LOG_TABLE,
+    TRAFFIC_DESCRIPTION,
+    TRAFFIC_TABLE,
+    Auth,
+    Column,
+    Identifier,
+    Port,
+    SqlTargetBase,
+    check_identifier,
+    check_tables_and_key,
+    procedure_name,
+    quote_identifier,
+    sql_type,
+)
 
-MAX_IDENTIFIER = 128  # sysname
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(\\[A-Za-z0-9_$-]{1,16})?$")
 
-#: Names the generated procedures and script use themselves: a column may not take them.
-RESERVED_COLUMNS = frozenset(
-    {
-        "model_bytes",
-        "model_bundle",
-        "model_version",
-        "input_query",
-        "payload",
-        "version",
-        "routes",
-        "request_log",
-        "request_id",
-        "slot",
-        "InputDataSet",
-        "OutputDataSet",
-    }
-)
-#: Column names starting with this are the generated code's own.
-RESERVED_PREFIX = "tdsp_"
 
-# The allow-list of SQL types for inputs and outputs, lower case, normalized by _sql_type.
-_SIMPLE_TYPES = frozenset(
-    {"float", "real", "int", "bigint", "smallint", "tinyint", "bit", "datetime2", "date"}
-)
-_DECIMAL = re.compile(r"^(?:decimal|numeric)\((\d{1,2})(?:,(\d{1,2}))?\)$")
-_STRING = re.compile(r"^(n?varchar)\((max|\d{1,4})\)$")
-
-
-def check_identifier(name: str) -> str:
-    """``name`` if it is a safe SQL Server identifier: letters, digits, '_', not a digit first,
-    at most 128 characters. ValueError otherwise."""
-    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-        raise ValueError(
-            f"must be an identifier of 1-{MAX_IDENTIFIER} letters, digits and '_', not a digit first"
-        )
-    return name
-
-
-def quote_identifier(name: str) -> str:
-    """``[name]``, with ``]`` doubled (QUOTENAME). Callers pass checked identifiers; the doubling
-    keeps even an unchecked one from closing the bracket."""
-    if len(name) > MAX_IDENTIFIER or "\0" in name:
-        raise ValueError(f"not an identifier: {name!r}")
-    return "[" + name.replace("]", "]]") + "]"
-
-
-def sql_type(value: str) -> str:
-    """The normalized SQL type (lower case, no blanks) if it is on the allow-list; ValueError."""
-    text = re.sub(r"\s+", "", str(value)).lower()
-    if text in _SIMPLE_TYPES:
-        return text
-    match = _DECIMAL.fullmatch(text)
-    if match:
-        precision, scale = int(match.group(1)), int(match.group(2) or 0)
-        if not 1 <= precision <= 38 or scale > precision:
-            raise ValueError("decimal(p,s) needs 1 <= p <= 38 and 0 <= s <= p")
-        return f"decimal({precision},{scale})"
-    match = _STRING.fullmatch(text)
-    if match:
-        kind, size = match.groups()
-        limit = 4000 if kind == "nvarchar" else 8000
-        if size != "max" and not 1 <= int(size) <= limit:
-            raise ValueError(f"{kind}(n) needs 1 <= n <= {limit}, or {kind}(max)")
-        return f"{kind}({size})"
-    raise ValueError(
-        "unsupported SQL type; use one of float, real, int, bigint, smallint, tinyint, bit, "
-        "decimal(p,s), nvarchar(n|max), varchar(n|max), datetime2, date"
-    )
-
-
-Identifier = Annotated[str, AfterValidator(check_identifier)]
-SqlType = Annotated[str, AfterValidator(sql_type)]
-
-
-class Column(Strict):
-    """One column of the scoring procedure's input or output."""
-
-    name: Identifier = Field(description="Column name (letters, digits, '_').")
-    type: SqlType = Field(description="SQL type, e.g. float, int, nvarchar(32), decimal(10,2).")
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        if value.lower() in {r.lower() for r in RESERVED_COLUMNS} or value.lower().startswith(
-            RESERVED_PREFIX
-        ):
-            raise ValueError(f"'{value}' is used by the generated procedure; rename the column")
-        if keyword.iskeyword(value):
-            raise ValueError(f"'{value}' is a Python keyword and cannot be bound in the scoring script")
-        return value
-
-
-class SqlAuth(Strict):
-    """SQL Server authentication: a login and a password taken from the environment."""
-
-    # A refused value may be a password: pydantic's messages must not repeat it.
-    model_config = Strict.model_config | {"hide_input_in_errors": True}
-
-    method: Literal["sql"]
-    username: str = Field(min_length=1, max_length=128)
-    password_env: str = Field(description="Name of the environment variable that holds the password.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_password_in_manifest(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            # The value is never repeated: it may be the password itself.
-            raise ValueError(
-                "a password may not stand in the manifest (not even as ${VAR}); write "
-                "password_env: NAME, naming the environment variable that holds it"
-            )
-        return data
-
-    @field_validator("password_env")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        if not ENV_VAR_NAME.fullmatch(value):
-            raise ValueError(
-                "must name an environment variable (letters, digits, '_', not a digit first), "
-                "e.g. password_env: SQL_PASSWORD"
-            )
-        return value
-
-
-class EntraAuth(Strict):
-    """Microsoft Entra ID, with the credential the environment provides (DefaultAzureCredential)."""
-
-    method: Literal["entra"]
-
-
-class IntegratedAuth(Strict):
-    """Windows / Kerberos integrated authentication of the current user."""
-
-    method: Literal["integrated"]
-
-
-Auth = Annotated[Union[SqlAuth, EntraAuth, IntegratedAuth], Field(discriminator="method")]  # noqa: UP007
-
-
-class SqlServerTarget(Strict):
+class SqlServerTarget(SqlTargetBase):
     """In-database scoring: a model table and a scoring procedure (Machine Learning Services)."""
 
     kind: Literal["sqlserver"]
     server: str = Field(description="Host name or address (optionally host\\instance).")
-    port: int = Field(default=1433, ge=1, le=65535)
+    port: Port = 1433
     database: Identifier = Field(description="Database that holds the model table and procedure.")
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedures.")
     auth: Auth = Field(description="method: sql (username, password_env) | entra | integrated.")
-    model_table: Identifier = Field(default="tdsp_models", description="Versioned model table.")
-    traffic_table: Identifier = Field(
-        default="tdsp_traffic", description="Deployment slots: each one's model version and traffic weight."
-    )
+    model_table: Identifier = Field(default=MODEL_TABLE, description="Versioned model table.")
+    traffic_table: Identifier = Field(default=TRAFFIC_TABLE, description=TRAFFIC_DESCRIPTION)
     request_log_table: Identifier = Field(
-        default="tdsp_requests", description="Scored rows per call and slot, read by `ab` and `logs`."
+        default=REQUEST_LOG_TABLE, description="Scored rows per call and slot, read by `ab` and `logs`."
     )
     request_log: bool = Field(
         default=True, description="Log every call of the scoring procedures (needed by `ab analyze`)."
     )
-    ab_key: Identifier | None = Field(
-        default=None,
-        description="Input column whose value picks a row's slot under a traffic split (default: "
-        "all input values); the same key always reaches the same slot while the split holds.",
-    )
+    ab_key: Identifier | None = Field(default=None, description=AB_KEY_DESCRIPTION)
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>, '-' as '_')."
     )
@@ -200,8 +63,6 @@ class SqlServerTarget(Strict):
     encrypt: bool = True
     trust_server_certificate: bool = False
 
-    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
-
     @field_validator("server")
     @classmethod
     def _host(cls, value: str) -> str:
@@ -209,25 +70,9 @@ class SqlServerTarget(Strict):
             raise ValueError("must be a host name or address, optionally host\\instance")
         return value
 
-    @field_validator("inputs", "outputs")
-    @classmethod
-    def _unique(cls, columns: list[Column]) -> list[Column]:
-        seen: set[str] = set()
-        for column in columns:
-            if column.name.lower() in seen:  # SQL Server compares names without case
-                raise ValueError(f"column '{column.name}' is listed twice")
-            seen.add(column.name.lower())
-        return columns
-
     @model_validator(mode="after")
     def _ab_key_is_an_input(self) -> SqlServerTarget:
-        if self.ab_key is not None and self.ab_key.lower() not in {c.name.lower() for c in self.inputs}:
-            raise ValueError(f"ab_key: '{self.ab_key}' is not one of the inputs")
-        names = [self.model_table.lower(), self.traffic_table.lower(), self.request_log_table.lower()]
-        if len(set(names)) != 3:
-            raise ValueError(
-                "model_table, traffic_table and request_log_table must be three different tables"
-            )
+        check_tables_and_key(self)
         return self
 
     @model_validator(mode="after")
@@ -238,7 +83,7 @@ class SqlServerTarget(Strict):
 
     def procedure_name(self, endpoint: str) -> str:
         """The scoring procedure's name: ``procedure`` or ``score_<endpoint>``."""
-        return check_identifier(self.procedure or "score_" + endpoint.replace("-", "_"))
+        return check_identifier(procedure_name(self.procedure, endpoint))
 
     def row_procedure_name(self, endpoint: str) -> str:
         return self.procedure_name(endpoint) + "_row"

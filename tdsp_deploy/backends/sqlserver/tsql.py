@@ -1,5 +1,10 @@
 """The T-SQL of the sqlserver target, as text for a DB-API driver (qmark style, ``?``).
 
+What it adds to the SQL core's T-SQL (sql/rows.py: slots, weights, salts, active flags, reading
+rows back): SQL Server's tables (keys, DEFAULTs, an IDENTITY request log), the model insert,
+the two scoring procedures around ``sp_execute_external_script``, their model-name binding and
+the server probes.
+
 The only things built into the text are identifiers that ``target.py`` checked (and that are
 bracket-quoted here), SQL types from its allow-list, and the generated Python script (as an
 ``N'...'`` literal with its quotes doubled). Every other value -- model name, version, hash,
@@ -27,24 +32,38 @@ that a DBA reading the server's traces knows what sent them.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.sql.dialect import SQL_SERVER
+from tdsp_deploy.backends.sql.document import (
+    Statement,
+    deployment_document,
+    row_values,
+    table_statements,
+    write_statements,
+)
+from tdsp_deploy.backends.sql.errors import SCRIPT_FAILED
+from tdsp_deploy.backends.sql.rows import (
+    SLOT_TYPE,
+    VERSION_TYPE,
+    Tables,
+    assign_slot,
+    q,
+    refresh_active,
+    throw,
+)
+from tdsp_deploy.backends.sql.target import Column, check_identifier
 from tdsp_deploy.backends.sqlserver.script import model_payload, row_prelude
-from tdsp_deploy.backends.sqlserver.server_errors import SCRIPT_FAILED
-from tdsp_deploy.backends.sqlserver.target import Column, SqlServerTarget, check_identifier, quote_identifier
+from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 
 if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging.lock import PackageLock
 
 MODEL_NAME_PROPERTY = "tdsp_model_name"
-VERSION_TYPE = "nvarchar(64)"
-SLOT_TYPE = "nvarchar(64)"
 #: The ``@params`` declaration every scoring call starts with.
 MODEL_PARAMS = (
     "@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, "
@@ -52,29 +71,16 @@ MODEL_PARAMS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Statement:
-    """One batch to execute, with the names of its ``?`` parameters in order."""
-
-    name: str
-    sql: str
-    parameters: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        # Only statements with parameters are checked: a script literal may hold a '?'.
-        if self.parameters and self.sql.count("?") != len(self.parameters):
-            raise AssertionError(f"{self.name}: {self.sql.count('?')} markers, {len(self.parameters)} names")
-
-
 # --- quoting ---------------------------------------------------------------------------------
 
 
-def _q(name: str) -> str:
-    return quote_identifier(check_identifier(name))
+def tables(target: SqlServerTarget) -> Tables:
+    """The target's tables, keyed by the model's name, in SQL Server's dialect."""
+    return Tables.of(target, key="name", dialect=SQL_SERVER)
 
 
 def _qualified(target: SqlServerTarget, name: str) -> str:
-    return f"{_q(target.schema_)}.{_q(name)}"
+    return f"{q(target.schema_)}.{q(name)}"
 
 
 def _name_literal(text: str) -> str:
@@ -92,21 +98,15 @@ def script_literal(script: str) -> str:
 
 
 def _columns(columns: Sequence[Column]) -> str:
-    return ", ".join(f"{_q(c.name)} {c.type}" for c in columns)
+    return ", ".join(f"{q(c.name)} {c.type}" for c in columns)
 
 
 def _result_sets(target: SqlServerTarget) -> str:
-    return f"WITH RESULT SETS (({_columns(target.outputs)}, {_q('model_version')} {VERSION_TYPE}))"
+    return f"WITH RESULT SETS (({_columns(target.outputs)}, {q('model_version')} {VERSION_TYPE}))"
 
 
 def _tagged(name: str, sql: str) -> str:
     return f"-- tdsp-deploy: {name}\n{sql}"
-
-
-def statement_tag(sql: str) -> str | None:
-    """The name in a batch's ``-- tdsp-deploy: <name>`` first line, if it has one."""
-    first = sql.split("\n", 1)[0]
-    return first.removeprefix("-- tdsp-deploy: ").strip() if first.startswith("-- tdsp-deploy: ") else None
 
 
 # --- the model table ------------------------------------------------------------------------
@@ -192,92 +192,10 @@ def insert_model(target: SqlServerTarget) -> str:
         f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
     @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
 IF EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version AND [sha256] <> @sha256)
-    THROW 50001, N'tdsp-50001: this model version is already stored with other content; give the model a new version', 1;
+    {throw(50001)}
 IF NOT EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version)
     INSERT INTO {table} ([name], [version], [sha256], [flavor], [payload], [manifest], [active])
     VALUES (@name, @version, @sha256, @flavor, @payload, @manifest, 0);
-""",
-    )
-
-
-def assign_slot(target: SqlServerTarget) -> str:
-    """Parameters: name, slot, version. The slot serves that version from now on; a new slot
-    takes no traffic (``set_weight`` gives it some), an existing one keeps its weight."""
-    models = _qualified(target, target.model_table)
-    traffic = _qualified(target, target.traffic_table)
-    return _tagged(
-        "assign_slot",
-        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version {VERSION_TYPE} = ?;
-IF NOT EXISTS (SELECT 1 FROM {models} WHERE [name] = @name AND [version] = @version)
-    THROW 50002, N'tdsp-50002: this model version is not in the model table; insert it first', 1;
-IF EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
-    UPDATE {traffic}
-    SET [version] = @version, [updated_at] = SYSUTCDATETIME()
-    WHERE [name] = @name AND [slot] = @slot;
-ELSE
-    INSERT INTO {traffic} ([name], [slot], [version], [weight], [salt])
-    SELECT @name, @slot, @version, 0, MAX([salt]) FROM {traffic} WHERE [name] = @name;
-""",
-    )
-
-
-def set_weight(target: SqlServerTarget) -> str:
-    """Parameters: name, slot, weight. Run for every slot of the model in one transaction,
-    then ``refresh_active`` (which checks the sum)."""
-    traffic = _qualified(target, target.traffic_table)
-    return _tagged(
-        "set_weight",
-        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @weight int = ?;
-IF NOT EXISTS (SELECT 1 FROM {traffic} WHERE [name] = @name AND [slot] = @slot)
-    THROW 50004, N'tdsp-50004: this model has no such deployment slot', 1;
-UPDATE {traffic}
-SET [weight] = @weight, [updated_at] = SYSUTCDATETIME()
-WHERE [name] = @name AND [slot] = @slot;
-""",
-    )
-
-
-def refresh_active(target: SqlServerTarget) -> str:
-    """Parameter: name. Refuses weights that do not add up to 100 (or 0); marks active the
-    versions that take traffic."""
-    models = _qualified(target, target.model_table)
-    traffic = _qualified(target, target.traffic_table)
-    return _tagged(
-        "refresh_active",
-        f"""DECLARE @name nvarchar(128) = ?;
-DECLARE @total int = (SELECT ISNULL(SUM([weight]), 0) FROM {traffic} WHERE [name] = @name);
-IF @total NOT IN (0, 100)
-    THROW 50005, N'tdsp-50005: the traffic weights of this model''s slots must add up to 100 (or 0)', 1;
-UPDATE m
-SET m.[active] = CASE WHEN EXISTS (
-        SELECT 1 FROM {traffic} AS t WHERE t.[name] = @name AND t.[version] = m.[version] AND t.[weight] > 0
-    ) THEN 1 ELSE 0 END
-FROM {models} AS m
-WHERE m.[name] = @name;
-""",
-    )
-
-
-def set_salt(target: SqlServerTarget) -> str:
-    """Parameters: name, salt. A new A/B experiment's id: the key hash starts afresh."""
-    traffic = _qualified(target, target.traffic_table)
-    return _tagged(
-        "set_salt",
-        f"""DECLARE @name nvarchar(128) = ?, @salt nvarchar(64) = ?;
-UPDATE {traffic} SET [salt] = @salt WHERE [name] = @name;
-""",
-    )
-
-
-def restore_slot(target: SqlServerTarget) -> str:
-    """Parameters: name, slot, version, weight, salt. Puts back a slot as it was (undo)."""
-    traffic = _qualified(target, target.traffic_table)
-    return _tagged(
-        "restore_slot",
-        f"""DECLARE @name nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version {VERSION_TYPE} = ?,
-    @weight int = ?, @salt nvarchar(64) = ?;
-INSERT INTO {traffic} ([name], [slot], [version], [weight], [salt])
-VALUES (@name, @slot, @version, @weight, @salt);
 """,
     )
 
@@ -306,7 +224,7 @@ def _route(target: SqlServerTarget) -> str:
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
-        THROW 50003, N'tdsp-50003: no slot of this model takes traffic (or @slot names none); push the model first', 1;
+        {throw(50003)}
     -- Their models, in route order, as one bundle: each payload after its 8-byte length.
     WHILE @n <= @count
     BEGIN
@@ -478,56 +396,27 @@ def probe_python() -> str:
 
 def deployment_statements(target: SqlServerTarget, manifest: ManifestBase, script: str) -> list[Statement]:
     """The batches of a deployment, in execution order, with their parameters' names."""
-    statements = [
-        Statement("create_model_table", create_model_table(target)),
-        Statement("create_traffic_table", create_traffic_table(target)),
-    ]
-    if target.request_log:
-        statements.append(Statement("create_request_log_table", create_request_log_table(target)))
+    statements = table_statements(target, create_model_table, create_traffic_table, create_request_log_table)
     return [
         *statements,
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),
         Statement("create_procedure", create_or_alter_procedure(target, manifest, script)),
         Statement("create_row_procedure", create_or_alter_row_procedure(target, manifest, script)),
         Statement("bind_model_name", bind_model_name(target, manifest), ("name",)),
-        Statement("assign_slot", assign_slot(target), ("name", "slot", "version")),
-        Statement("refresh_active", refresh_active(target), ("name",)),
+        Statement("assign_slot", assign_slot(tables(target)), ("name", "slot", "version")),
+        Statement("refresh_active", refresh_active(tables(target)), ("name",)),
     ]
-
-
-def deployment_document(target: SqlServerTarget, manifest: ManifestBase, lock: PackageLock) -> str:
-    """The JSON kept in the model row's ``manifest`` column: what was deployed, from what."""
-    doc = {
-        "endpoint": manifest.name,
-        "package_id": lock.package_id,
-        "model": lock.model.to_json(),
-        "flavor": manifest.model.flavor,
-        "procedure": target.procedure_name(manifest.name),
-        "inputs": [c.model_dump() for c in target.inputs],
-        "outputs": [c.model_dump() for c in target.outputs],
-        "ab_key": target.ab_key,
-        "request_log": target.request_log,
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def parameter_values(
     target: SqlServerTarget, manifest: ManifestBase, lock: PackageLock, payload: bytes, *, slot: str
 ) -> dict[str, Any]:
-    """The values of the named parameters. ``sha256`` is the payload's own hash, so the server
-    can check it: ``HASHBYTES('SHA2_256', payload)``."""
+    """The values of the named parameters (sql/document.row_values)."""
     flavor = manifest.model.flavor
     if flavor is None:
         raise ValueError("model.flavor is required on the sqlserver target (sklearn, onnx or mlflow)")
-    return {
-        "name": manifest.model_name,
-        "version": lock.model.version,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "flavor": flavor,
-        "payload": payload,
-        "manifest": deployment_document(target, manifest, lock),
-        "slot": slot,
-    }
+    document = deployment_document(target, manifest, lock)
+    return row_values(manifest, lock, payload, flavor=flavor, document=document, slot=slot)
 
 
 def render_tsql(
@@ -551,15 +440,8 @@ def render_tsql(
     values = parameter_values(
         target, manifest, lock, payload, slot=slot or manifest.rollout.deployment or "blue"
     )
-    written: list[Path] = []
-    listing: dict[str, list[dict[str, Any]]] = {}
-    for number, statement in enumerate(deployment_statements(target, manifest, script), start=1):
-        path = out / f"{number:02d}-{statement.name}.sql"
-        path.write_text(statement.sql, encoding="utf-8", newline="\n")
-        written.append(path)
-        listing[path.name] = [
-            {"name": p, "value": "model.bin" if p == "payload" else values[p]} for p in statement.parameters
-        ]
+    statements = deployment_statements(target, manifest, script)
+    written, listing = write_statements(out, statements, values, "model.bin")
     model_bin = out / "model.bin"
     model_bin.write_bytes(payload)
     parameters = out / "parameters.json"

@@ -1,19 +1,10 @@
 """The T-SQL of the synapse target's sql mode: an ONNX model behind PREDICT in a dedicated SQL pool.
 
-Shared with the SQL Server target: identifier checks and bracket quoting, and ``Statement``
-(a batch with the names of its ``?`` parameters). Different, because a dedicated SQL pool is
-not SQL Server (learn.microsoft.com, Azure Synapse "Use transactions", "Use stored procedures",
-"Assign variables", table constraints, CREATE/ALTER PROCEDURE for Azure Synapse):
-
-- no DDL inside a user transaction: the table and the procedure are created outside it, and
-  only the rows (insert, activate) change inside one explicit transaction;
-- no ``CREATE OR ALTER``: a stub is created when the procedure is missing, then ``ALTER``ed;
-- PRIMARY KEY only NONCLUSTERED NOT ENFORCED (wrong answers on duplicates): no key, the insert
-  batch keeps (endpoint, version) unique itself; no DEFAULT with functions: values are given;
-- the model table is a ROUND_ROBIN HEAP with a ``varbinary(max)`` payload, as the PREDICT
-  documentation's model table is;
-- no SELECT assigning several variables, and a variable may not be used in the DECLARE that
-  sets it.
+What it adds to the SQL core's T-SQL (sql/rows.py: the slots, weights, salts and reading rows
+back, in the pool's dialect): the pool's tables (ROUND_ROBIN HEAPs without keys or DEFAULTs, a
+model table as the PREDICT documentation's is), the insert that keeps (endpoint, version) unique
+itself (the pool enforces no key), a procedure stub then ALTER (no CREATE OR ALTER), and the
+routing procedure with PREDICT. Only the rows change inside the one transaction of a push.
 
 Nothing from the manifest is written into the text except identifiers that target.py checked
 (bracket-quoted here, or as N'...' literals of the checked name) and SQL types from PREDICT's
@@ -32,15 +23,23 @@ keep a list per call).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdsp_deploy.backends.sqlserver.target import check_identifier, quote_identifier
-from tdsp_deploy.backends.sqlserver.tsql import Statement
+from tdsp_deploy.backends.sql.document import (
+    Statement,
+    deployment_document,
+    row_values,
+    table_statements,
+    write_statements,
+)
+from tdsp_deploy.backends.sql.errors import SCORING_FAILED
+from tdsp_deploy.backends.sql.rows import SLOT_TYPE, Tables, assign_slot, q, refresh_active, throw
+from tdsp_deploy.backends.sql.target import check_identifier
+from tdsp_deploy.backends.synapse.sql_connection import SQL_POOL
 from tdsp_deploy.backends.synapse.sql_predict_rules import VERSION_COLUMN, _Column, base_type
 
 if TYPE_CHECKING:
@@ -63,26 +62,15 @@ ROUTES_TABLE = "#tdsp_routes"
 VARIANT_COLUMN = "variant"
 #: A row's key falls in one of this many buckets; a slot's weight (percent) is its number of them.
 BUCKETS = 100
-SLOT_TYPE = "nvarchar(64)"
 #: The statements run inside the one transaction of a deployment (rows only).
 TRANSACTION = ("insert_model", "assign_slot", "refresh_active")
 INSERT_PARAMETERS = ("endpoint", "name", "version", "sha256", "flavor", "payload", "manifest")
 SLOT_PARAMETERS = ("endpoint", "slot", "version")
-RESTORE_PARAMETERS = ("endpoint", "slot", "version", "weight", "salt", "updated_at")
-THROWS = {
-    50001: "this model version is already stored with other content; give the model a new version",
-    50002: "this model version is not in the model table; insert it first",
-    50003: "no slot of this procedure takes traffic (or @slot names none); push the model first",
-    50004: "@input_table must name a table or view: [schema.]name or #temp",
-    50005: "the traffic weights of this procedure's slots must add up to 100 (or 0)",
-    50006: "this procedure has no such deployment slot",
-}
-#: The procedure re-raises a failed scoring query under this number, with the pool's message.
-SCORING_FAILED = 50007
 
 
-def _q(name: str) -> str:
-    return quote_identifier(check_identifier(name))
+def tables(target: SynapseTarget) -> Tables:
+    """The target's tables, keyed by the procedure's name, in the pool's dialect."""
+    return Tables.of(target, key="endpoint", dialect=SQL_POOL)
 
 
 def _literal(name: str) -> str:
@@ -95,31 +83,13 @@ def procedure(target: SynapseTarget, endpoint: str) -> str:
     return check_identifier(target.procedure_name(endpoint))
 
 
-def qualified_table(target: SynapseTarget) -> str:
-    return f"{_q(target.schema_)}.{_q(target.model_table)}"
-
-
-def qualified_traffic(target: SynapseTarget) -> str:
-    return f"{_q(target.schema_)}.{_q(target.traffic_table)}"
-
-
-def qualified_request_log(target: SynapseTarget) -> str:
-    return f"{_q(target.schema_)}.{_q(target.request_log_table)}"
-
-
 def qualified_procedure(target: SynapseTarget, endpoint: str) -> str:
-    return f"{_q(target.schema_)}.{_q(procedure(target, endpoint))}"
-
-
-def _throw(number: int) -> str:
-    message = THROWS[number].replace("'", "''")
-    # the stable code first: the driver keeps the message, not the number (sql_connection.py)
-    return f"THROW {number}, N'tdsp-{number}: {message}', 1;"
+    return f"{q(target.schema_)}.{q(procedure(target, endpoint))}"
 
 
 # --- the model table ------------------------------------------------------------------------------
 def create_model_table(target: SynapseTarget) -> str:
-    table = qualified_table(target)
+    table = tables(target).models
     return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
 CREATE TABLE {table} (
     [endpoint] nvarchar(128) NOT NULL,
@@ -140,12 +110,12 @@ WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
 def insert_model(target: SynapseTarget) -> str:
     """Parameters: INSERT_PARAMETERS. A version already stored with the same sha256 is left
     alone (a re-run is a no-op); with another sha256 the batch fails (50001)."""
-    table = qualified_table(target)
+    table = tables(target).models
     return f"""DECLARE @endpoint nvarchar(128) = ?, @name nvarchar(128) = ?, @version nvarchar(64) = ?,
     @sha256 char(64) = ?, @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
 IF EXISTS (SELECT 1 FROM {table}
     WHERE [endpoint] = @endpoint AND [version] = @version AND [sha256] <> @sha256)
-    {_throw(50001)}
+    {throw(50001)}
 IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = @endpoint AND [version] = @version)
     INSERT INTO {table} ([endpoint], [name], [version], [sha256], [flavor], [payload],
         [created_at], [created_by], [manifest], [active])
@@ -156,7 +126,7 @@ IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = @endpoint AND [version] 
 def create_traffic_table(target: SynapseTarget) -> str:
     """Per endpoint and slot: the version it serves, its weight (percent) and the salt of the key
     hash (a new A/B experiment gets a new one, which reshuffles the keys)."""
-    table = qualified_traffic(target)
+    table = tables(target).traffic
     return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
 CREATE TABLE {table} (
     [endpoint] nvarchar(128) NOT NULL,
@@ -170,90 +140,12 @@ WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
 """
 
 
-def assign_slot(target: SynapseTarget) -> str:
-    """Parameters: endpoint, slot, version. The slot serves that version from now on; a new slot
-    takes no traffic (``set_weight`` gives it some) and the endpoint's salt, an existing one keeps
-    its weight."""
-    models = qualified_table(target)
-    traffic = qualified_traffic(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version nvarchar(64) = ?;
-IF NOT EXISTS (SELECT 1 FROM {models} WHERE [endpoint] = @endpoint AND [version] = @version)
-    {_throw(50002)}
-IF EXISTS (SELECT 1 FROM {traffic} WHERE [endpoint] = @endpoint AND [slot] = @slot)
-    UPDATE {traffic}
-    SET [version] = @version, [updated_at] = GETUTCDATE()
-    WHERE [endpoint] = @endpoint AND [slot] = @slot;
-ELSE
-    INSERT INTO {traffic} ([endpoint], [slot], [version], [weight], [salt], [updated_at])
-    SELECT @endpoint, @slot, @version, 0, MAX([salt]), GETUTCDATE()
-    FROM {traffic} WHERE [endpoint] = @endpoint;
-"""
-
-
-def set_weight(target: SynapseTarget) -> str:
-    """Parameters: endpoint, slot, weight. Run for every slot of the endpoint in one transaction,
-    then ``refresh_active`` (which checks the sum)."""
-    traffic = qualified_traffic(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @weight int = ?;
-IF NOT EXISTS (SELECT 1 FROM {traffic} WHERE [endpoint] = @endpoint AND [slot] = @slot)
-    {_throw(50006)}
-UPDATE {traffic}
-SET [weight] = @weight, [updated_at] = GETUTCDATE()
-WHERE [endpoint] = @endpoint AND [slot] = @slot;
-"""
-
-
-def refresh_active(target: SynapseTarget) -> str:
-    """Parameter: endpoint. Refuses weights that do not add up to 100 (or 0); marks active the
-    versions that take traffic (a WHERE ... IN subquery: the pool's UPDATE takes no join)."""
-    models = qualified_table(target)
-    traffic = qualified_traffic(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?;
-DECLARE @total int;
-SET @total = (SELECT ISNULL(SUM([weight]), 0) FROM {traffic} WHERE [endpoint] = @endpoint);
-IF @total NOT IN (0, 100)
-    {_throw(50005)}
-UPDATE {models} SET [active] = 0 WHERE [endpoint] = @endpoint;
-UPDATE {models} SET [active] = 1
-WHERE [endpoint] = @endpoint
-    AND [version] IN (SELECT [version] FROM {traffic} WHERE [endpoint] = @endpoint AND [weight] > 0);
-"""
-
-
-def set_salt(target: SynapseTarget) -> str:
-    """Parameters: endpoint, salt. A new A/B experiment's id: the key hash starts afresh."""
-    traffic = qualified_traffic(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @salt nvarchar(64) = ?;
-UPDATE {traffic} SET [salt] = @salt WHERE [endpoint] = @endpoint;
-"""
-
-
-def delete_slots(target: SynapseTarget) -> str:
-    """Parameter: endpoint. Every slot of the endpoint (undo puts them back with restore_slot)."""
-    return f"DELETE FROM {qualified_traffic(target)} WHERE [endpoint] = ?;\n"
-
-
-def delete_slot(target: SynapseTarget) -> str:
-    """Parameters: endpoint, slot."""
-    return f"DELETE FROM {qualified_traffic(target)} WHERE [endpoint] = ? AND [slot] = ?;\n"
-
-
-def restore_slot(target: SynapseTarget) -> str:
-    """Parameters: RESTORE_PARAMETERS. A slot put back exactly as it was (undo)."""
-    traffic = qualified_traffic(target)
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @slot {SLOT_TYPE} = ?, @version nvarchar(64) = ?,
-    @weight int = ?, @salt nvarchar(64) = ?, @updated_at datetime2 = ?;
-INSERT INTO {traffic} ([endpoint], [slot], [version], [weight], [salt], [updated_at])
-SELECT @endpoint, @slot, @version, @weight, @salt, @updated_at;
-"""
-
-
 def create_request_log_table(target: SynapseTarget) -> str:
     """One row per row the procedure scored: when, which call (``request_id``), which slot and
     version, the status (500: the scoring query failed), the row's ``ab_key`` value (NULL without
     one), the call's time per row, and whether the call was pinned to a slot. A row per scored
     row rather than a JSON list per call: the pool has no JSON escaping (STRING_ESCAPE)."""
-    table = qualified_request_log(target)
+    table = tables(target).requests
     return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
 CREATE TABLE {table} (
     [endpoint] nvarchar(128) NOT NULL,
@@ -275,21 +167,8 @@ def list_requests(target: SynapseTarget) -> str:
     call order: (t, request_id, slot, version, status, row_key, latency_ms, pinned)."""
     return (
         "SELECT [t], [request_id], [slot], [version], [status], [row_key], [latency_ms], [pinned] "
-        f"FROM {qualified_request_log(target)} WHERE [endpoint] = ? AND [t] >= ? "
+        f"FROM {tables(target).requests} WHERE [endpoint] = ? AND [t] >= ? "
         "ORDER BY [t], [request_id];\n"
-    )
-
-
-def delete_requests(target: SynapseTarget) -> str:
-    """Parameter: endpoint."""
-    return f"DELETE FROM {qualified_request_log(target)} WHERE [endpoint] = ?;\n"
-
-
-def list_slots(target: SynapseTarget) -> str:
-    """Parameter: endpoint. Rows (slot, version, weight, salt, updated_at), by slot."""
-    return (
-        f"SELECT [slot], [version], [weight], [salt], [updated_at] FROM {qualified_traffic(target)} "
-        "WHERE [endpoint] = ? ORDER BY [slot];\n"
     )
 
 
@@ -307,7 +186,7 @@ def key_text(column: _Column, alias: str = "s") -> str:
     """A column's value as the text its key hash reads (sql_predict_local.key_text is the same
     in Python): whole numbers in digits, float and real in CONVERT style 2 (16 digits,
     scientific), text as it is; NULL as ''."""
-    name = f"{alias}.{_q(column.name)}"
+    name = f"{alias}.{q(column.name)}"
     kind = base_type(column.type)
     if kind in ("int", "bigint"):
         text = f"CONVERT(nvarchar(20), {name})"
@@ -357,14 +236,14 @@ def route_rows_query(target: SynapseTarget) -> str:
 def route_predict_query(target: SynapseTarget, endpoint: str, outputs: Sequence[_Column]) -> str:
     """The dynamic SELECT of route ``{k}``: PREDICT with that route's model on its rows, and the
     version and slot beside each answer."""
-    table = qualified_table(target)
-    columns = ", ".join(f"{_q(c.name)} {c.type}" for c in outputs)
+    table = tables(target).models
+    columns = ", ".join(f"{q(c.name)} {c.type}" for c in outputs)
     model = (
         f"SELECT m.[payload] FROM {table} AS m JOIN {ROUTES_TABLE} AS r ON m.[version] = r.[version]\n"
         f"    WHERE m.[endpoint] = {_literal(procedure(target, endpoint))} AND r.[n] = {{k}}"
     )
     return (
-        f"SELECT d.*, p.*, r.[version] AS {_q(VERSION_COLUMN)}, r.[slot] AS {_q(VARIANT_COLUMN)}\n"
+        f"SELECT d.*, p.*, r.[version] AS {q(VERSION_COLUMN)}, r.[slot] AS {q(VARIANT_COLUMN)}\n"
         f"FROM PREDICT(MODEL = ({model}),\n"
         f"             DATA = [tdsp_rows_{{k}}] AS d, RUNTIME = ONNX)\n"
         f"WITH ({columns}) AS p\n"
@@ -381,7 +260,7 @@ def request_log_query(target: SynapseTarget, endpoint: str) -> str:
     columns = [c for c in target.inputs if target.ab_key and c.name.lower() == target.ab_key.lower()]
     key = key_text(columns[0]) if columns else "CAST(NULL AS nvarchar(4000))"
     return (
-        f"INSERT INTO {qualified_request_log(target)} ([endpoint], [t], [request_id], [slot], [version], "
+        f"INSERT INTO {tables(target).requests} ([endpoint], [t], [request_id], [slot], [version], "
         "[status], [row_key], [latency_ms], [pinned])\n"
         f"SELECT {_literal(procedure(target, endpoint))}, GETUTCDATE(), @request_id, r.[slot], r.[version], "
         f"@status, {key} AS [row_key],\n"
@@ -405,7 +284,7 @@ def alter_procedure(target: SynapseTarget, endpoint: str, outputs: Sequence[_Col
 
     The table name is split with PARSENAME and each part QUOTENAMEd before it joins the dynamic
     query; the query's other variable parts are route numbers the procedure counts itself."""
-    traffic = qualified_traffic(target)
+    traffic = tables(target).traffic
     key = _literal(procedure(target, endpoint))
     rows = _dynamic(route_rows_query(target), k="@k", source="@source")
     scored = _dynamic(route_predict_query(target, endpoint, outputs), k="@k")
@@ -430,7 +309,7 @@ BEGIN
     IF @request_id IS NULL
         SET @request_id = CONVERT(nvarchar(64), NEWID());
     IF PARSENAME(@input_table, 1) IS NULL OR PARSENAME(@input_table, 3) IS NOT NULL
-        {_throw(50004)}
+        {throw(50006)}
     IF OBJECT_ID(N'tempdb..{ROUTES_TABLE}') IS NOT NULL
         DROP TABLE {ROUTES_TABLE};
     -- Who answers: the slot @slot pins, with every bucket; else each slot with a weight, with
@@ -444,7 +323,7 @@ BEGIN
     DECLARE @count int;
     SET @count = (SELECT COUNT(*) FROM {ROUTES_TABLE});
     IF @count = 0
-        {_throw(50003)}
+        {throw(50003)}
     DECLARE @source nvarchar(300) = CASE WHEN PARSENAME(@input_table, 2) IS NULL
         THEN QUOTENAME(PARSENAME(@input_table, 1))
         ELSE QUOTENAME(PARSENAME(@input_table, 2)) + N'.' + QUOTENAME(PARSENAME(@input_table, 1)) END;
@@ -486,29 +365,10 @@ def drop_procedure(target: SynapseTarget, endpoint: str) -> str:
 def drop_table_if_empty(target: SynapseTarget, table: str | None = None) -> str:
     """Undo of a table a failed first push created (the model table, or the one named):
     dropped only when no row of any endpoint is in it."""
-    table = table or qualified_table(target)
+    table = table or tables(target).models
     return (
         f"IF OBJECT_ID(N'{table}', N'U') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {table})\n"
         f"    DROP TABLE {table};\n"
-    )
-
-
-def delete_rows(target: SynapseTarget) -> str:
-    """Parameter: endpoint."""
-    return f"DELETE FROM {qualified_table(target)} WHERE [endpoint] = ?;\n"
-
-
-def delete_version(target: SynapseTarget) -> str:
-    """Parameters: endpoint, version. Undo of a row a failed push inserted."""
-    return f"DELETE FROM {qualified_table(target)} WHERE [endpoint] = ? AND [version] = ?;\n"
-
-
-def list_versions(target: SynapseTarget) -> str:
-    """Parameter: endpoint. Rows (version, sha256, active, manifest, created_at, created_by),
-    oldest first."""
-    return (
-        "SELECT [version], [sha256], [active], [manifest], [created_at], [created_by] "
-        f"FROM {qualified_table(target)} WHERE [endpoint] = ? ORDER BY [created_at], [version];\n"
     )
 
 
@@ -532,86 +392,21 @@ def failed_requests_parameters(target: SynapseTarget, endpoint: str) -> tuple[st
     return query_label(target, endpoint), f"%{name}%"
 
 
-# --- scoring rows from a caller ---------------------------------------------------------------------
-def scoring_batch(
-    target: SynapseTarget,
-    endpoint: str,
-    rows: Sequence[Sequence[Any]],
-    *,
-    slot: str | None = None,
-    request_id: str | None = None,
-) -> tuple[str, list[Any]]:
-    """One batch: the rows into a #temp table with their numbers (``tdsp_row``: the answer comes
-    back in no particular order), values bound as ``?`` (one SELECT per row joined by UNION ALL),
-    EXEC of the procedure on it (``@slot``: NULL lets the split decide; ``@request_id`` names the
-    call in the request log), and the table dropped.
-    No rows: an empty table (the health probe). A #temp table lives as long as the session, so
-    each caller has its own."""
-    names = ", ".join(_q(c.name) for c in target.inputs)
-    declared = ", ".join(f"{_q(c.name)} {c.type}" for c in target.inputs)
-    params: list[Any] = []
-    selects = []
-    for number, row in enumerate(rows):
-        selects.append(f"SELECT {number}, " + ", ".join(f"CAST(? AS {c.type})" for c in target.inputs))
-        params.extend(row)
-    lines = [
-        "SET NOCOUNT ON;",
-        f"IF OBJECT_ID(N'tempdb..{INPUT_TABLE}') IS NOT NULL DROP TABLE {INPUT_TABLE};",
-        f"CREATE TABLE {INPUT_TABLE} ({_q(ROW_COLUMN)} int, {declared})"
-        " WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);",
-    ]
-    if selects:
-        lines.append(
-            f"INSERT INTO {INPUT_TABLE} ({_q(ROW_COLUMN)}, {names})\n" + "\nUNION ALL ".join(selects) + ";"
-        )
-    lines += [
-        f"EXEC {qualified_procedure(target, endpoint)} @input_table = N'{INPUT_TABLE}',"
-        " @slot = ?, @request_id = ?;",
-        f"DROP TABLE {INPUT_TABLE};",
-    ]
-    return "\n".join(lines) + "\n", [*params, slot, request_id]
-
-
 # --- everything, in order -----------------------------------------------------------------------------
 def deployment_statements(
     target: SynapseTarget, endpoint: str, outputs: Sequence[_Column]
 ) -> list[Statement]:
     """The batches of a deployment in execution order; TRANSACTION names those run in one
     transaction, the others are DDL the pool runs outside any user transaction."""
-    tables = [
-        Statement("create_model_table", create_model_table(target)),
-        Statement("create_traffic_table", create_traffic_table(target)),
-    ]
-    if target.request_log:
-        tables.append(Statement("create_request_log_table", create_request_log_table(target)))
+    created = table_statements(target, create_model_table, create_traffic_table, create_request_log_table)
     return [
-        *tables,
+        *created,
         Statement("create_procedure_stub", create_procedure_stub(target, endpoint)),
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),
-        Statement("assign_slot", assign_slot(target), SLOT_PARAMETERS),
-        Statement("refresh_active", refresh_active(target), ("endpoint",)),
+        Statement("assign_slot", assign_slot(tables(target)), SLOT_PARAMETERS),
+        Statement("refresh_active", refresh_active(tables(target)), ("endpoint",)),
         Statement("alter_procedure", alter_procedure(target, endpoint, outputs)),
     ]
-
-
-def deployment_document(
-    target: SynapseTarget, manifest: ManifestBase, lock: PackageLock, *, source: str
-) -> str:
-    """The JSON in the row's ``manifest`` column: what runs, from what (and the outputs, so an
-    older version's procedure can be rebuilt on rollback)."""
-    doc = {
-        "endpoint": manifest.name,
-        "package_id": lock.package_id,
-        "model": lock.model.to_json(),
-        "flavor": manifest.model.flavor,
-        "payload": source,
-        "procedure": procedure(target, manifest.name),
-        "inputs": [c.model_dump() for c in target.inputs],
-        "outputs": [c.model_dump() for c in target.outputs],
-        "ab_key": target.ab_key,
-        "request_log": target.request_log,
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def parameter_values(
@@ -623,17 +418,10 @@ def parameter_values(
     source: str,
     slot: str = "blue",
 ) -> dict[str, Any]:
-    """The values of the named parameters; ``sha256`` is the ONNX payload's own hash."""
-    return {
-        "slot": slot,
-        "endpoint": procedure(target, manifest.name),
-        "name": manifest.model_name,
-        "version": lock.model.version,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "flavor": "onnx",
-        "payload": payload,
-        "manifest": deployment_document(target, manifest, lock, source=source),
-    }
+    """The values of the named parameters (sql/document.row_values), and the endpoint's key."""
+    document = deployment_document(target, manifest, lock, payload=source)
+    values = row_values(manifest, lock, payload, flavor="onnx", document=document, slot=slot)
+    return {**values, "endpoint": procedure(target, manifest.name)}
 
 
 def render_tsql(
@@ -652,18 +440,9 @@ def render_tsql(
     out.mkdir(parents=True, exist_ok=True)
     slot = manifest.rollout.deployment or "blue"  # a push takes the slot without traffic
     values = parameter_values(target, manifest, lock, payload, source=source, slot=slot)
-    written: list[Path] = []
-    listing: dict[str, Any] = {}
-    in_transaction = []
-    for number, statement in enumerate(deployment_statements(target, manifest.name, target.outputs), start=1):
-        path = out / f"{number:02d}-{statement.name}.sql"
-        path.write_text(statement.sql, encoding="utf-8", newline="\n")
-        written.append(path)
-        listing[path.name] = [
-            {"name": p, "value": "model.onnx" if p == "payload" else values[p]} for p in statement.parameters
-        ]
-        if statement.name in TRANSACTION:
-            in_transaction.append(path.name)
+    statements = deployment_statements(target, manifest.name, target.outputs)
+    written, listing = write_statements(out, statements, values, "model.onnx")
+    in_transaction = [p.name for p, s in zip(written, statements, strict=True) if s.name in TRANSACTION]
     model = out / "model.onnx"
     model.write_bytes(payload)
     parameters = out / "parameters.json"

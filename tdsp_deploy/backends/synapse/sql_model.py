@@ -45,7 +45,7 @@ def prepare_model(
         _require(module)
     import onnx
 
-    from tdsp_deploy.backends.sqlserver.script import model_payload
+    from tdsp_deploy.backends.sql.payload import model_payload
 
     check_columns(inputs, outputs)
     if flavor not in ("sklearn", "onnx"):

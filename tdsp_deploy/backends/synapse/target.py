@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tdsp_deploy.backends.sqlserver.target import Auth, Column, Identifier
+from tdsp_deploy.backends.sql import target as sql_target
+from tdsp_deploy.backends.sql.target import Auth, Column, Identifier, Port, SqlTargetBase
 from tdsp_deploy.manifest.model import Strict
 
 _WORKSPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -198,7 +199,7 @@ class Driver(Strict):
     size: NodeSize = Field(default="Small", description="Small | Medium | Large | XLarge | XXLarge.")
 
 
-class SynapseTarget(Strict):
+class SynapseTarget(SqlTargetBase):
     """Azure Synapse Analytics: a Spark batch-scoring job, or PREDICT in a dedicated SQL pool."""
 
     kind: Literal["synapse"]
@@ -236,25 +237,24 @@ class SynapseTarget(Strict):
     server: str | None = Field(
         default=None, description="Dedicated SQL endpoint, e.g. ws.sql.azuresynapse.net."
     )
-    port: int = Field(default=1433, ge=1, le=65535)
+    port: Port = 1433
     database: Identifier | None = Field(default=None, description="The dedicated SQL pool (database).")
     schema_: Identifier = Field(default="dbo", alias="schema", description="Schema of table and procedure.")
-    model_table: Identifier = Field(default="tdsp_models", description="Table that holds the ONNX models.")
+    model_table: Identifier = Field(
+        default=sql_target.MODEL_TABLE, description="Table that holds the ONNX models."
+    )
     traffic_table: Identifier = Field(
-        default="tdsp_traffic", description="Deployment slots: each one's model version and traffic weight."
+        default=sql_target.TRAFFIC_TABLE, description=sql_target.TRAFFIC_DESCRIPTION
     )
     request_log_table: Identifier = Field(
-        default="tdsp_requests", description="One row per scored row: slot, version, status, key (`ab`)."
+        default=sql_target.REQUEST_LOG_TABLE,
+        description="One row per scored row: slot, version, status, key (`ab`).",
     )
     request_log: bool = Field(
         default=True,
         description="Log every row the procedure scores (needed by `ab status` and `ab analyze`).",
     )
-    ab_key: Identifier | None = Field(
-        default=None,
-        description="Input column whose value picks a row's slot under a traffic split (default: all "
-        "input values); the same key always reaches the same slot while the split holds.",
-    )
+    ab_key: Identifier | None = Field(default=None, description=sql_target.AB_KEY_DESCRIPTION)
     procedure: Identifier | None = Field(
         default=None, description="Scoring procedure (default: score_<name>)."
     )
@@ -263,8 +263,6 @@ class SynapseTarget(Strict):
     )
     encrypt: bool = True
     trust_server_certificate: bool = False
-
-    model_config = Strict.model_config | {"populate_by_name": True, "hide_input_in_errors": True}
 
     @field_validator("workspace")
     @classmethod
@@ -315,16 +313,6 @@ class SynapseTarget(Strict):
             raise ValueError("must be a host name, e.g. myworkspace.sql.azuresynapse.net")
         return value
 
-    @field_validator("inputs", "outputs")
-    @classmethod
-    def _unique(cls, columns: list[Column]) -> list[Column]:
-        seen: set[str] = set()
-        for column in columns:
-            if column.name.lower() in seen:  # Spark and SQL both compare names without case
-                raise ValueError(f"column '{column.name}' is listed twice")
-            seen.add(column.name.lower())
-        return columns
-
     @model_validator(mode="after")
     def _fields_of_the_mode(self) -> SynapseTarget:
         other = SQL_FIELDS if self.mode == "spark" else SPARK_FIELDS
@@ -352,13 +340,7 @@ class SynapseTarget(Strict):
     def _sql_tables_and_key(self) -> SynapseTarget:
         if self.mode != "sql":
             return self
-        if self.ab_key is not None and self.ab_key.lower() not in {c.name.lower() for c in self.inputs}:
-            raise ValueError(f"ab_key: '{self.ab_key}' is not one of the inputs")
-        tables = {self.model_table.lower(), self.traffic_table.lower(), self.request_log_table.lower()}
-        if len(tables) != 3:
-            raise ValueError(
-                "model_table, traffic_table and request_log_table must be three different tables"
-            )
+        sql_target.check_tables_and_key(self)
         return self
 
     # -- derived --------------------------------------------------------------------------------
@@ -371,4 +353,4 @@ class SynapseTarget(Strict):
 
     def procedure_name(self, endpoint: str) -> str:
         """The scoring procedure's name (sql mode): ``procedure`` or ``score_<endpoint>``."""
-        return self.procedure or "score_" + endpoint.replace("-", "_")
+        return sql_target.procedure_name(self.procedure, endpoint)

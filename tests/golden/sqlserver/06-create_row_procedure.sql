@@ -24,7 +24,7 @@ BEGIN
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
-        THROW 50003, N'tdsp-50003: no slot of this model takes traffic (or @slot names none); push the model first', 1;
+        THROW 50003, N'tdsp-50003: no slot of this endpoint takes traffic (or @slot names none); push the model first', 1;
     -- Their models, in route order, as one bundle: each payload after its 8-byte length.
     WHILE @n <= @count
     BEGIN

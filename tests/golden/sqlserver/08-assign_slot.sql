@@ -7,5 +7,6 @@ IF EXISTS (SELECT 1 FROM [dbo].[tdsp_traffic] WHERE [name] = @name AND [slot] = 
     SET [version] = @version, [updated_at] = SYSUTCDATETIME()
     WHERE [name] = @name AND [slot] = @slot;
 ELSE
-    INSERT INTO [dbo].[tdsp_traffic] ([name], [slot], [version], [weight], [salt])
-    SELECT @name, @slot, @version, 0, MAX([salt]) FROM [dbo].[tdsp_traffic] WHERE [name] = @name;
+    INSERT INTO [dbo].[tdsp_traffic] ([name], [slot], [version], [weight], [salt], [updated_at])
+    SELECT @name, @slot, @version, 0, MAX([salt]), SYSUTCDATETIME()
+    FROM [dbo].[tdsp_traffic] WHERE [name] = @name;

@@ -1,3 +1,4 @@
+-- tdsp-deploy: assign_slot
 DECLARE @endpoint nvarchar(128) = ?, @slot nvarchar(64) = ?, @version nvarchar(64) = ?;
 IF NOT EXISTS (SELECT 1 FROM [dbo].[tdsp_models] WHERE [endpoint] = @endpoint AND [version] = @version)
     THROW 50002, N'tdsp-50002: this model version is not in the model table; insert it first', 1;

@@ -6,7 +6,7 @@ BEGIN
     IF @request_id IS NULL
         SET @request_id = CONVERT(nvarchar(64), NEWID());
     IF PARSENAME(@input_table, 1) IS NULL OR PARSENAME(@input_table, 3) IS NOT NULL
-        THROW 50004, N'tdsp-50004: @input_table must name a table or view: [schema.]name or #temp', 1;
+        THROW 50006, N'tdsp-50006: @input_table must name a table or view: [schema.]name or #temp', 1;
     IF OBJECT_ID(N'tempdb..#tdsp_routes') IS NOT NULL
         DROP TABLE #tdsp_routes;
     -- Who answers: the slot @slot pins, with every bucket; else each slot with a weight, with
@@ -20,7 +20,7 @@ BEGIN
     DECLARE @count int;
     SET @count = (SELECT COUNT(*) FROM #tdsp_routes);
     IF @count = 0
-        THROW 50003, N'tdsp-50003: no slot of this procedure takes traffic (or @slot names none); push the model first', 1;
+        THROW 50003, N'tdsp-50003: no slot of this endpoint takes traffic (or @slot names none); push the model first', 1;
     DECLARE @source nvarchar(300) = CASE WHEN PARSENAME(@input_table, 2) IS NULL
         THEN QUOTENAME(PARSENAME(@input_table, 1))
         ELSE QUOTENAME(PARSENAME(@input_table, 2)) + N'.' + QUOTENAME(PARSENAME(@input_table, 1)) END;

@@ -1,4 +1,6 @@
-"""What SQL Server and its driver say no with, as ``tdsp_deploy.errors``: the one place.
+"""What SQL Server, a dedicated SQL pool and their driver say no with, as ``tdsp_deploy.errors``:
+the one place. The engine's own words (its permission hint, a refusal only it makes) come from
+its ``Dialect``; the numbers the generated T-SQL THROWs are one table (``THROWS``) for both.
 
 How an error is identified, as mssql-python reports it: its exception's class and text are
 ``Driver Error: <the SQLSTATE's words>; DDBC Error: [Microsoft][SQL Server]<message>``. The
@@ -8,7 +10,7 @@ So:
 
 - the connection's own failures are told apart by SQLSTATE (08001, 08S01, HYT00: the server
   was not reached; 28000: the login was refused);
-- the procedures and batches tsql.py generates put a stable code at the start of every
+- the procedures and batches the targets generate put a stable code at the start of every
   message they THROW (``tdsp-50003: ...``), which survives any driver;
 - SQL Server's own refusals are recognized by their message text (the number only where a
   driver shows it, as pyodbc does: ``... (39004)``);
@@ -21,11 +23,19 @@ Secrets are scrubbed from every message that leaves this module, pieces of them 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from tdsp_deploy.backends.sql.dialect import SQL_SERVER
 from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.sql.dialect import Dialect
+
+PERMISSION_HINT = SQL_SERVER.permission_hint
 
 #: the exception class names DB-API 2.0 (PEP 249) prescribes; every driver (and the fake) has them
 DBAPI_ERRORS = frozenset(
@@ -46,10 +56,6 @@ ENABLE_HINT = (
     "ask the DBA to run: EXEC sp_configure 'external scripts enabled', 1; RECONFIGURE WITH OVERRIDE; "
     "(then restart the Launchpad service if the setting does not take)"
 )
-PERMISSION_HINT = (
-    "ask the DBA to run: GRANT EXECUTE ANY EXTERNAL SCRIPT TO [your user]; "
-    "creating the procedure and model table also needs CREATE PROCEDURE, CREATE TABLE and ALTER ON SCHEMA"
-)
 LOGIN_HINT = (
     "check target.server, target.port, target.database and target.auth "
     "(auth.method sql reads the password from the variable auth.password_env)"
@@ -58,16 +64,57 @@ SCRIPT_HINT = "fix the model or its scoring code (the traceback is the server's 
 MAX_MESSAGE = 1200
 #: a model's traceback is longer than a message; it is shown whole up to this length
 MAX_TRACEBACK = 4000
-#: the errors tsql.py THROWs, with what to do about them
-TSQL_REFUSALS = {
-    50001: "give the new model another model.version (or leave it out: derived from the content)",
-    50002: "push the model version before activating it",
-    50003: "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
-    50004: "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
-    50005: "give weights that add up to 100, e.g. blue=90 green=10",
+
+
+@dataclasses.dataclass(frozen=True)
+class Throw:
+    """A number the generated T-SQL THROWs: its message (after ``tdsp-<number>: ``) and what to
+    do about it."""
+
+    message: str
+    hint: str
+
+
+#: Every THROW of the generated T-SQL, SQL Server's and the pool's: one number, one meaning.
+THROWS = {
+    50001: Throw(
+        "this model version is already stored with other content; give the model a new version",
+        "give the new model another model.version (or leave it out: derived from the content)",
+    ),
+    50002: Throw(
+        "this model version is not in the model table; insert it first",
+        "push the model version before pointing a slot at it",
+    ),
+    50003: Throw(
+        "no slot of this endpoint takes traffic (or @slot names none); push the model first",
+        "push the model first (tdsp-deploy push MANIFEST), or name a slot that exists",
+    ),
+    50004: Throw(
+        "this endpoint has no such deployment slot",
+        "name a slot of this endpoint (tdsp-deploy status MANIFEST lists them)",
+    ),
+    50005: Throw(
+        "the traffic weights of this endpoint's slots must add up to 100 (or 0)",
+        "give weights that add up to 100, e.g. blue=90 green=10",
+    ),
+    50006: Throw(
+        "@input_table must name a table or view: [schema.]name or #temp",
+        "name a table, view or #temp table: [schema.]name",
+    ),
+    # re-thrown with the engine's own message after the code
+    50007: Throw(
+        "the scoring query failed",
+        "the pool's message says why PREDICT failed; `tdsp-deploy logs MANIFEST` lists such calls",
+    ),
+    # SQL Server's scoring procedures: the model's own failure, with its traceback
+    50010: Throw("the model failed:", SCRIPT_HINT),
 }
-#: the code of a model's own failure, THROWn by the scoring procedures with its traceback
+#: the code of a model's own failure, THROWn by SQL Server's scoring procedures with its traceback
 SCRIPT_FAILED = 50010
+#: the pool's procedure re-raises a failed scoring query under this number, with the pool's message
+SCORING_FAILED = 50007
+#: what to do about each THROW, by number
+TSQL_REFUSALS = {number: throw.hint for number, throw in THROWS.items()}
 #: the stable code every THROW of the generated T-SQL starts its message with
 CODE = re.compile(r"\btdsp-(5\d{4})\b")
 #: SQLSTATEs whose meaning the connection needs (ODBC's; the words are the driver's)
@@ -107,9 +154,11 @@ def _states_by_words() -> dict[str, str]:
     return found
 
 
-def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[str] = ()) -> TdspError | None:
-    """Our error for what the driver raised; None for an exception that is not the driver's
-    (a bug stays a bug)."""
+def translate_error(
+    exc: BaseException, doing: str = "", *, secrets: Sequence[str] = (), dialect: Dialect | None = None
+) -> TdspError | None:
+    """Our error for what the driver raised, in the words of ``dialect``'s engine (SQL Server's
+    when None); None for an exception that is not the driver's (a bug stays a bug)."""
     if isinstance(exc, TdspError):
         return exc
     if not is_driver_error(exc):
@@ -120,6 +169,9 @@ def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[st
     state = sqlstate(exc)
     codes = {int(n) for n in CODE.findall(text)}
     numbers = {int(n) for n in re.findall(r"\((\d{3,6})\)", text)} | codes
+    refusal = dialect.refusal(text, where) if dialect is not None and dialect.refusal else None
+    if refusal is not None:
+        return refusal
     if state in LOGIN_STATES or "login failed" in lowered or 18456 in numbers:
         return BackendError(f"{where}SQL Server refused the login: {_short(text)}", hint=LOGIN_HINT)
     if SCRIPT_FAILED in codes:
@@ -144,9 +196,9 @@ def translate_error(exc: BaseException, doing: str = "", *, secrets: Sequence[st
         and ("denied" in lowered or "does not have" in lowered)
         or numbers & {229, 262, 297, 300}
     ):
+        words = dialect or SQL_SERVER
         return BackendError(
-            f"{where}permission denied (the user needs EXECUTE ANY EXTERNAL SCRIPT to score): {_short(text)}",
-            hint=PERMISSION_HINT,
+            f"{where}permission denied{words.permission_needed}: {_short(text)}", hint=words.permission_hint
         )
     if numbers & {39004, 39019} or "external script error" in lowered or "script error occurred" in lowered:
         return DeploymentFailed(
