@@ -28,10 +28,11 @@ from tdsp_deploy.backends.base import (
     no_progress,
     refuse_unless_deletable,
 )
-from tdsp_deploy.backends.local import processes
+from tdsp_deploy.backends.local import container, processes
 from tdsp_deploy.backends.local.entry_script import takes_raw_requests
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_ENV, slot_secret
+from tdsp_deploy.backends.local.slot_log import entry_script_failure, read_tail
 from tdsp_deploy.backends.local.state import EndpointFiles, EndpointLock, EndpointRecord, SlotRecord
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.manifest.model import LocalTarget
@@ -46,6 +47,7 @@ PIN_HEADER = "azureml-model-deployment"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0
+LOG_LINES_READ = 400  # of a slot that failed to start: the server may list the model folder after the error
 MAX_DRAIN_S = 30.0  # a slot's in-flight requests get at most this long (or the request timeout)
 # All a deployment's process takes from the CLI's environment: what running at all needs.
 SYSTEM_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
@@ -154,7 +156,7 @@ class LocalBackend(Backend):
                 f"endpoint '{record.name}' has no deployment '{slot}'",
                 hint=f"deployments: {', '.join(record.slots) or 'none'}",
             )
-        return _read_tail(found.log_path, tail)
+        return read_tail(found.log_path, tail)
 
     def failed_logs(self, slot: str, *, tail: int | None = None) -> str:
         path = self.files.failed_log(slot)
@@ -167,7 +169,7 @@ class LocalBackend(Backend):
                 "has left a log",
                 hint="a push that fails keeps its deployment's log here until the next failure",
             )
-        return _read_tail(path, tail)
+        return read_tail(path, tail)
 
     def _keep_failed_log(self, slot: SlotRecord) -> Path:
         """Copy a failing revision's log where it outlives the revision's folder."""
@@ -251,15 +253,15 @@ class LocalBackend(Backend):
         lock = verify_extracted(directory / "package", slot.package_id)  # before the model loads again
         if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
             slot.port = processes.free_port()
-        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
+        layout = self._lay_out(directory, lock)
         python, runtime = _interpreter(slot.environment)
-        slot.command = self._slot_command(lock.scoring_script_name, model_dir, slot.port, python=python)
+        slot.command = self._slot_command(layout, slot.port, python=python)
         with interrupts.deferred():
             slot.process = self._spawn(
                 slot.command,
                 what="deployment",
-                cwd=directory / "package" / "code",
-                env=self._slot_environment(model_dir, directory, runtime),
+                cwd=layout.app_root,
+                env=self._slot_environment(layout, directory, runtime),
                 log_path=slot.log_path,
             )
             self.files.write(record)
@@ -342,14 +344,14 @@ class LocalBackend(Backend):
         built = self._environment()
 
         port = processes.free_port()
-        model_dir = azureml_model_dir(directory, lock.model.name, lock.model_version)
+        layout = self._lay_out(directory, lock)
         python, runtime = _interpreter(built)
-        command = self._slot_command(lock.scoring_script_name, model_dir, port, python=python)
+        command = self._slot_command(layout, port, python=python)
         process = self._spawn(
             command,
             what="deployment",
-            cwd=directory / "package" / "code",
-            env=self._slot_environment(model_dir, directory, runtime),
+            cwd=layout.app_root,
+            env=self._slot_environment(layout, directory, runtime),
             log_path=directory / "server.log",
         )
         previous = record.slots.get(slot)
@@ -370,7 +372,7 @@ class LocalBackend(Backend):
             traffic=previous.traffic if previous else 0,
             previous=previous,
             command=command,
-            raw_http=takes_raw_requests(directory / "package" / "code" / lock.scoring_script_name),
+            raw_http=takes_raw_requests(layout.app_root / layout.entry_script),
             liveness_probe=self.target.liveness_probe.model_dump(),
             pending=True,
             environment=_environment_json(built),
@@ -410,15 +412,28 @@ class LocalBackend(Backend):
                     in_use.add(str(slot.environment.get("hash")))
         venvs.collect(self.files.home, in_use)
 
-    def _slot_command(self, script_name: str, model_dir: Path, port: int, *, python: str = sys.executable) -> list[str]:
+    def _lay_out(self, directory: Path, lock: Any) -> container.Layout:
+        return container.lay_out(
+            directory, self._code_name(), lock.scoring_script_name, lock.model.name, lock.model_version
+        )
+
+    def _code_name(self) -> str:
+        scoring = self.manifest.scoring
+        return container.code_folder_name(scoring.code if scoring is not None else None)
+
+    def _slot_command(
+        self, layout: container.Layout, port: int, *, python: str = sys.executable
+    ) -> list[str]:
+        # run in layout.app_root, as the inference image starts the server: the entry script
+        # is named relative to it
         return [
             python,
             "-m",
             "tdsp_deploy.backends.local.slot_server",
             "--entry_script",
-            script_name,
+            layout.entry_script,
             "--model_dir",
-            str(model_dir),
+            str(layout.model_dir),
             "--port",
             str(port),
             "--worker_count",
@@ -427,12 +442,13 @@ class LocalBackend(Backend):
             self.target.http_server,
         ]
 
-    def _slot_environment(self, model_dir: Path, directory: Path, runtime: str | None = None) -> dict[str, str]:
+    def _slot_environment(
+        self, layout: container.Layout, directory: Path, runtime: str | None = None
+    ) -> dict[str, str]:
         """What the platform gives a deployment: the manifest's variables and the platform's
         own, never the CLI's environment (which may hold SQL_PASSWORD, AZURE_* credentials...);
         only what any process needs to run on this machine (PATH, locale, HOME, TMPDIR) is
         passed on from it."""
-        code = directory / "package" / "code"
         env = {
             name: value
             for name, value in os.environ.items()
@@ -441,8 +457,7 @@ class LocalBackend(Backend):
         env.update(self.manifest.environment.variables)
         env.update(
             {
-                "AZUREML_MODEL_DIR": str(model_dir),
-                "AML_APP_ROOT": str(code),
+                **layout.variables(),
                 "PYTHONUNBUFFERED": "1",
                 # the inference server's own time limit for run(); the router enforces ours
                 "SCORING_TIMEOUT_MS": str(self.target.request_timeout_ms),
@@ -466,12 +481,15 @@ class LocalBackend(Backend):
             elapsed = time.monotonic() - started
             if not processes.is_running(found.process):
                 code = processes.exit_code(found.process) if found.process else None
-                tail = _read_tail(found.log_path, 30)
+                tail = read_tail(found.log_path, 30)
+                failure = entry_script_failure(read_tail(found.log_path, LOG_LINES_READ))
                 raise DeploymentFailed(
                     f"deployment '{slot}' exited during start-up"
                     + (f" with code {code}" if code is not None else "")
-                    + "; init() failed or the server could not start",
-                    hint=self._missing_module_hint(found, tail) + self._failed_log_hint(found),
+                    + (f": {failure}" if failure else "; init() failed or the server could not start"),
+                    hint=self._missing_module_hint(found, tail)
+                    + ("fix the entry script; " if failure else "")
+                    + self._failed_log_hint(found),
                     details={"log_tail": tail},
                 )
             if _probe(found.port, timeout=1.0):
@@ -481,7 +499,7 @@ class LocalBackend(Backend):
                     f"deployment '{slot}' was not healthy after {timeout:g} s",
                     hint="raise target.startup_timeout if init() is slow, or read the log below; "
                     + self._failed_log_hint(found),
-                    details={"log_tail": _read_tail(found.log_path, 30)},
+                    details={"log_tail": read_tail(found.log_path, 30)},
                 )
             if elapsed - last_told >= 0.5:
                 self.progress(
@@ -639,7 +657,13 @@ class LocalBackend(Backend):
         slot = self.manifest.rollout.deployment or "blue"
         state = self.files.root
         lock = package.lock
-        planned_model_dir = _layout_model_dir(state / "slots" / slot / "rN", lock.model.name, lock.model_version)
+        layout = container.planned(
+            state / "slots" / slot / "rN",
+            self._code_name(),
+            lock.scoring_script_name,
+            lock.model.name,
+            lock.model_version,
+        )
         plan = {
             "target": "local",
             "endpoint": self.manifest.name,
@@ -663,13 +687,14 @@ class LocalBackend(Backend):
                 "name": slot
                 if self.manifest.rollout.deployment
                 else "blue or green (the one without traffic)",
-                "command": self._slot_command(package.lock.scoring_script_name, planned_model_dir, 0),
+                "command": self._slot_command(layout, 0),
+                "working_directory": str(layout.app_root),
                 "bind": "127.0.0.1 (loopback only; the router is the only door, and the slot answers "
                 "only requests with its secret, which the router adds)",
                 "workers": self.target.workers,
                 "environment": {
                     **redact_variables(self.manifest.environment.variables, self.manifest.secret_values),
-                    "AZUREML_MODEL_DIR": str(planned_model_dir),
+                    **layout.variables(),
                 },
                 "startup_timeout_s": self.target.startup_timeout,
             },
@@ -789,7 +814,7 @@ class LocalBackend(Backend):
             raise BackendError(
                 f"the router of endpoint '{record.name}' did not start",
                 hint=f"see {self.files.router_log}",
-                details={"log_tail": _read_tail(self.files.router_log, 20)},
+                details={"log_tail": read_tail(self.files.router_log, 20)},
             )
 
     def _start_supervisor(self, record: EndpointRecord) -> None:
@@ -870,24 +895,6 @@ def _interpreter(environment: Any) -> tuple[str, str | None]:
     return str(environment.python), str(environment.runtime)
 
 
-def _layout_model_dir(directory: Path, name: str, version: str) -> Path:
-    # Azure ML numbers a model's versions 1, 2, ...; a version derived from the content hash
-    # is not a number, and the inference server reads a model directory whose last part is not
-    # one as a folder of several models (and logs an error): such a model is version 1 here.
-    return directory / "azureml-models" / name / (version if version.isdigit() else "1")
-
-
-def azureml_model_dir(directory: Path, name: str, version: str) -> Path:
-    """The revision's AZUREML_MODEL_DIR, laid out as in Azure ML's container
-    (``.../azureml-models/<model name>/<version>/``, the model folder or file beneath): a link
-    to the unpacked package's model folder, which stays where its lock verifies it."""
-    model_dir = _layout_model_dir(directory, name, version)
-    if not model_dir.is_symlink():
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
-        model_dir.symlink_to(os.path.relpath(directory / "package" / "model", model_dir.parent))
-    return model_dir
-
-
 def _client_host(host: str) -> str:
     """Where a client on this machine reaches a server bound to ``host``."""
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
@@ -905,23 +912,3 @@ def _probe(port: int, *, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
         return ok
     except (OSError, http.client.HTTPException):
         return False
-
-
-def _read_tail(path: Path, lines: int | None) -> str:
-    try:
-        with open(path, "rb") as handle:
-            if lines is None:
-                return handle.read().decode("utf-8", "replace")
-            # Read from the end in blocks: logs can be large.
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            block = 8192
-            data = b""
-            while size > 0 and data.count(b"\n") <= lines:
-                step = min(block, size)
-                size -= step
-                handle.seek(size)
-                data = handle.read(step) + data
-            return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tdsp_deploy.backends.local import processes
+from tdsp_deploy.backends.local.container import app_root_of
 from tdsp_deploy.backends.local.processes import ProcessRef
 from tdsp_deploy.backends.local.state import EndpointFiles, SlotRecord
 from tdsp_deploy.errors import DeploymentFailed
@@ -237,7 +238,7 @@ class Supervisor:
             return
         process = processes.spawn(
             watched.command,
-            cwd=Path(watched.directory) / "package" / "code",
+            cwd=app_root_of(Path(watched.directory), watched.environment),
             env=watched.environment or {},
             log_path=watched.log_path,
         )
