@@ -109,6 +109,9 @@ def test_the_deployment_sees_azure_mls_layout_and_none_of_the_clis_environment(
         log = cli("logs", manifest, "--tail", "1000").stdout
         assert " E " not in log and " W " not in log and "Traceback" not in log, log
         assert "Found extra keys" not in log and "Error while fetching model IDs" not in log
+        # the log begins as azmlinfsrv's does on Azure ML: its settings and routes
+        assert f"Entry Script Name: {app_root / 'score.py'}" in log and "Server Routes" in log, log
+        assert f"Model Directory: {seen['model_dir']}" in log
         # print() in init() and in run() reaches the log, once each
         assert log.count("init printed this") == 1, log
         assert log.count("run printed this") >= 1
