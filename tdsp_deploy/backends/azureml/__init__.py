@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
 from tdsp_deploy.backends.base import (
+    PIN_HEADER,
     Backend,
     Caller,
     EndpointStatus,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
-PIN_HEADER = "azureml-model-deployment"
 LOG_TAIL_LINES = 30
 #: lines asked for when `logs` is given no tail (the service caps what it returns)
 ALL_LOG_LINES = 10_000

@@ -1,5 +1,5 @@
-"""A slot's log: its last lines, and what the inference server wrote there when the entry
-script stopped it from starting.
+"""A slot's log: its last lines, a copy kept when its deployment fails, and what the inference
+server wrote there when the entry script stopped it from starting.
 
 The server logs a failed start in one of a few shapes (``server/aml_blueprint.py`` and
 ``server/user_script.py`` of azureml-inference-server-http): the script could not be
@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.local.state import EndpointFiles, SlotRecord
 
 # What the server writes, and what it means for the user.
 _FAILURES = (
@@ -45,6 +50,18 @@ def read_tail(path: Path, lines: int | None) -> str:
             return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
+
+
+def keep_failed_log(files: EndpointFiles, slot: SlotRecord) -> Path:
+    """Copy a failing revision's log where it outlives the revision's folder
+    (``logs --failed``)."""
+    kept = files.failed_log(slot.name)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(slot.log_path, kept)
+    except FileNotFoundError:
+        kept.write_text("")
+    return kept
 
 
 def entry_script_failure(log: str) -> str | None:
