@@ -7,7 +7,7 @@ when something is shown to a person.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import EndpointStatus
@@ -119,9 +119,13 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
         where = f"{router.get('host')}:{router.get('port')}"
         console.print(f"router: {router.get('state')} (pid {router.get('pid')}, {where})", markup=False)
     table = _table(env)
+    environments = [_environment(slot.details) for slot in status.slots]
+    shown = any(cell != "-" for cell in environments)  # a target that reports environments
     for column in ("deployment", "state", "traffic", "mirror", "model version", "package", "pid", "port"):
         table.add_column(column)
-    for slot in status.slots:
+    if shown:
+        table.add_column("environment")
+    for slot, cell in zip(status.slots, environments, strict=True):
         table.add_row(
             slot.name,
             slot.state,
@@ -131,8 +135,17 @@ def status_table(env: Environment, status: EndpointStatus) -> None:
             (slot.package_id or "-")[:12],
             str(slot.details.get("pid") or "-"),
             str(slot.details.get("port") or "-"),
+            *([cell] if shown else []),
         )
     console.print(table)
+
+
+def _environment(details: dict[str, Any]) -> str:
+    """A deployment's environment: its hash (the first 8 characters) and its Python."""
+    found = details.get("environment") or {}
+    if not found.get("hash"):
+        return "-"
+    return f"{str(found['hash'])[:8]} py{found.get('python', '?')}"
 
 
 def error(env: Environment, failure: TdspError) -> None:

@@ -25,6 +25,10 @@ def init():
         "greeting": os.environ.get("GREETING"),
         "cwd": os.getcwd(),
         "app_root": os.environ.get("AML_APP_ROOT"),
+        "entry_script": os.environ.get("AZUREML_ENTRY_SCRIPT"),
+        "file": __file__,
+        "sibling": __import__("helper").WHAT,  # a module beside the script imports, as on Azure ML
+        "opened": open("notes.txt").read(),  # relative to the working directory: the code folder
     }
     print("init printed this")
 
@@ -39,6 +43,8 @@ def _manifest(root: Path, *, http_server: str, version: str | None = "3") -> Pat
     (root / "model" / "weights.txt").write_text("0.5 0.25")
     (root / "src").mkdir()
     (root / "src" / "score.py").write_text(SCRIPT)
+    (root / "src" / "helper.py").write_text("WHAT = 'beside the script'\n")
+    (root / "src" / "notes.txt").write_text("in the code folder")
     (root / "request.json").write_text("{}")
     model = {"path": "model/", "name": "iris-model"}
     if version:
@@ -52,7 +58,10 @@ def _manifest(root: Path, *, http_server: str, version: str | None = "3") -> Pat
                 "scoring": {"code": "src/", "script": "score.py"},
                 "environment": {"variables": {"GREETING": "hello"}},
                 "target": {"kind": "local", "http_server": http_server},
-                "smoke_test": {"request": "request.json", "latency": {"requests": 2, "concurrency": 1, "warmup": 0}},
+                "smoke_test": {
+                    "request": "request.json",
+                    "latency": {"requests": 2, "concurrency": 1, "warmup": 0},
+                },
             }
         )
     )
@@ -71,18 +80,38 @@ def test_the_deployment_sees_azure_mls_layout_and_none_of_the_clis_environment(
     try:
         pushed = cli("push", manifest, "--json")
         assert pushed.exit_code == 0, pushed.stderr
-        seen = cli("invoke", manifest, "--request", tmp_path / "app" / "request.json", "--json").json()["response"]
+        seen = cli("invoke", manifest, "--request", tmp_path / "app" / "request.json", "--json").json()[
+            "response"
+        ]
         assert re.search(r"/azureml-models/iris-model/3$", seen["model_dir"]), seen["model_dir"]
         assert seen["beneath"] == ["model"] and seen["weights"] == "0.5 0.25"
         assert seen["greeting"] == "hello"
         for planted in ("SQL_PASSWORD", "AZURE_CLIENT_SECRET", "AZURE_SUBSCRIPTION_ID", "TDSP_DEPLOY_HOME"):
             assert planted not in seen["variables"]
-        assert {"AZUREML_MODEL_DIR", "AML_APP_ROOT", "PATH"} <= set(seen["variables"])
+        assert {"AZUREML_MODEL_DIR", "AML_APP_ROOT", "AZUREML_ENTRY_SCRIPT", "PATH"} <= set(seen["variables"])
+        # Azure ML's container: /var/azureml-app/<code folder>/ holds the code and is AML_APP_ROOT
+        # and the working directory; the model sits beside it in azureml-models/<name>/<version>/;
+        # the server makes AZUREML_ENTRY_SCRIPT (the script's name in AML_APP_ROOT) absolute
+        app_root = Path(seen["app_root"])
+        assert app_root.parts[-2:] == ("azureml-app", "src"), app_root
         assert seen["cwd"] == seen["app_root"]
+        assert Path(seen["model_dir"]) == app_root.parent / "azureml-models" / "iris-model" / "3"
+        assert seen["entry_script"] == seen["file"] == str(app_root / "score.py")
+        assert seen["sibling"] == "beside the script" and seen["opened"] == "in the code folder"
+
+        # status: the deployment's environment (here the CLI's own, "shared") and its Python
+        details = cli("status", manifest, "--json").json()["slots"][0]["details"]
+        assert details["environment"]["hash"] == "shared" and details["environment"]["python"].startswith(
+            "3."
+        )
+        assert f"shared py{details['environment']['python']}" in cli("status", manifest).stderr
 
         log = cli("logs", manifest, "--tail", "1000").stdout
         assert " E " not in log and " W " not in log and "Traceback" not in log, log
         assert "Found extra keys" not in log and "Error while fetching model IDs" not in log
+        # the log begins as azmlinfsrv's does on Azure ML: its settings and routes
+        assert f"Entry Script Name: {app_root / 'score.py'}" in log and "Server Routes" in log, log
+        assert f"Model Directory: {seen['model_dir']}" in log
         # print() in init() and in run() reaches the log, once each
         assert log.count("init printed this") == 1, log
         assert log.count("run printed this") >= 1
@@ -207,3 +236,51 @@ def test_the_slot_behaves_as_azure_mls_server(cli, tmp_path, http_server):
         assert b"x-ms-server-version" not in head.lower()
     finally:
         cli("delete", manifest, "--yes")
+
+
+def test_the_package_is_laid_out_as_the_container_and_a_restart_keeps_the_layout(tmp_path):
+    """<revision>/azureml-app/<code folder>/ and azureml-models/<name>/<version>/ hold the real
+    files; the package keeps links to them, through which its lock still reads every file. A
+    script in a subfolder makes that subfolder AML_APP_ROOT (as ``az ml ... --local`` does)."""
+    from tdsp_deploy.backends.local import container
+
+    revision = tmp_path / "r1"
+    (revision / "package" / "code" / "sub").mkdir(parents=True)
+    (revision / "package" / "code" / "sub" / "score.py").write_text("def init(): pass\n")
+    (revision / "package" / "model" / "model").mkdir(parents=True)
+    (revision / "package" / "model" / "model" / "w.txt").write_text("1")
+
+    layout = container.lay_out(revision, "onlinescoring", "sub/score.py", "m", "7")
+    app = revision / "azureml-app"
+    assert layout == container.Layout(
+        app / "onlinescoring" / "sub", "score.py", app / "azureml-models" / "m" / "7"
+    )
+    assert layout.variables() == {
+        "AML_APP_ROOT": str(app / "onlinescoring" / "sub"),
+        "AZUREML_ENTRY_SCRIPT": "score.py",
+        "AZUREML_MODEL_DIR": str(app / "azureml-models" / "m" / "7"),
+    }
+    assert not (app / "onlinescoring").is_symlink() and (app / "onlinescoring" / "sub" / "score.py").is_file()
+    assert (layout.model_dir / "model" / "w.txt").read_text() == "1"
+    assert (revision / "package" / "code").is_symlink()
+    assert (revision / "package" / "code" / "sub" / "score.py").read_text() == "def init(): pass\n"
+
+    # again (a restart, by a CLI whose manifest now names the folder otherwise): the same
+    again = container.lay_out(revision, "renamed", "sub/score.py", "m", "7")
+    assert again == layout
+    # the supervisor restarts a process in the AML_APP_ROOT it copied from the live one
+    assert container.app_root_of(revision, layout.variables()) == layout.app_root
+    assert container.app_root_of(revision, {}) == revision / "package" / "code"  # an older revision
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [("onlinescoring", "onlinescoring"), (None, "code"), ("azureml-models", "code")]
+)
+def test_the_code_folder_keeps_its_name_unless_it_would_clash(tmp_path, code, expected):
+    from tdsp_deploy.backends.local import container
+
+    path = None
+    if code is not None:
+        path = tmp_path / code
+        path.mkdir()
+    assert container.code_folder_name(path) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import urllib.error
 import urllib.request
@@ -127,6 +128,11 @@ def test_status_invoke_logs_and_a_repeated_push(cli, deployed):
     logs = cli("logs", manifest, "--tail", "5", "--json")
     assert logs.exit_code == 0 and len(logs.json()["lines"]) == 5
     assert any("POST /score" in line for line in logs.json()["lines"])
+    # a healthy deployment's whole log: no error, no warning, no traceback (the server writes
+    # "<time> E [pid] ..." for an error and " W " for a warning)
+    whole = cli("logs", manifest, "--tail", "100000", "--json").json()["lines"]
+    assert any("Users's init has completed successfully" in line for line in whole)
+    assert [line for line in whole if re.search(r" [EWC] \[\d+\] |Traceback|rror while", line)] == []
 
     again = cli("push", manifest, "--json")
     assert again.exit_code == 0 and again.json()["unchanged"] is True

@@ -107,6 +107,38 @@ def test_the_table_and_the_plain_status_show_restarts_with_their_reason_and_time
     ]
 
 
+def test_the_endpoints_table_shows_each_deployments_environment_and_python():
+    import io
+
+    from tdsp_deploy.backends.base import EndpointStatus, SlotStatus
+    from tdsp_deploy.output import Environment
+    from tdsp_deploy.render_text import status_table
+
+    own = {"environment": {"hash": "0123456789abcdef", "python": "3.11.9"}}
+    shared = {"environment": {"hash": "shared", "python": "3.12.1"}}
+    status = EndpointStatus(
+        "iris",
+        "local",
+        True,
+        slots=[
+            SlotStatus("blue", "healthy", 50, details=own),
+            SlotStatus("green", "healthy", 50, details=shared),
+        ],
+    )
+    stderr = io.StringIO()
+    env = Environment(stdout=io.StringIO(), stderr=stderr, stderr_isatty=False, environ={})
+    status_table(env, status)
+    rows = {
+        line.split("|")[1].strip(): line for line in stderr.getvalue().splitlines() if line.count("|") > 3
+    }
+    assert "environment" in rows["deployment"]
+    assert "01234567 py3.11.9" in rows["blue"] and "shared py3.12.1" in rows["green"]
+    other = EndpointStatus("iris", "azureml", True, slots=[SlotStatus("blue", "healthy", 100, details={})])
+    stderr.truncate(0)
+    status_table(env, other)
+    assert "environment" not in stderr.getvalue()  # a target that reports none gets no column
+
+
 def _starter(cli, root: Path, name: str) -> Path:
     assert cli("init", root / name, "--name", name).exit_code == 0
     return root / name / "deploy.yaml"

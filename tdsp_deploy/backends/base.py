@@ -150,6 +150,9 @@ class EndpointStatus:
         }
 
 
+#: Azure ML's header that pins a request to a deployment, and names the one that answered.
+PIN_HEADER = "azureml-model-deployment"
+
 #: On an answer a batch target gives again from the job that already answered the same request
 #: (a smoke test's repeats): its value is that job's id, and the answer's elapsed_ms that job's time.
 REPLAYED_ANSWER_HEADER = "x-tdsp-answered-by-batch"
@@ -166,7 +169,7 @@ class InvokeResult:
 
     @property
     def deployment(self) -> str | None:
-        return self.headers.get("azureml-model-deployment")
+        return self.headers.get(PIN_HEADER)
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from tdsp_deploy.backends.azureml.translate import scoring_error
+from tdsp_deploy.backends.base import PIN_HEADER
 from tdsp_deploy.errors import BackendError
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.backends.azureml.target import AzureMLTarget
     from tdsp_deploy.backends.base import Caller, InvokeResult
 
-PIN_HEADER = "azureml-model-deployment"
 
 
 def scoring_callers(

@@ -137,29 +137,34 @@ class Measurements:
         """The counters in Prometheus' text exposition format (version 0.0.4), with the
         requests in flight to each deployment right now (a gauge) when given."""
         endpoint = _label(self.endpoint)
-        out = [
-            "# HELP tdsp_requests_total"
-            " Requests answered through the endpoint, by deployment and status code.",
-            "# TYPE tdsp_requests_total counter",
-        ]
-        for name, counters in sorted(self.slots.items()):
-            for code, count in sorted(counters.codes.items()):
-                labels = f'endpoint="{endpoint}",deployment="{_label(name)}",code="{code}"'
-                out.append(f"tdsp_requests_total{{{labels}}} {count}")
-        out += [
-            "# HELP tdsp_request_errors_total Requests answered with a status of 500 or more.",
-            "# TYPE tdsp_request_errors_total counter",
-        ]
-        for name, counters in sorted(self.slots.items()):
-            labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
-            out.append(f"tdsp_request_errors_total{{{labels}}} {counters.errors}")
-        out += [
-            "# HELP tdsp_request_duration_seconds"
-            " Time from the request's arrival to its answer, at the router.",
-            "# TYPE tdsp_request_duration_seconds histogram",
-        ]
-        for name, counters in sorted(self.slots.items()):
-            labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
+        slots = sorted(self.slots.items())
+        out: list[str] = []
+
+        def family(name: str, kind: str, text: str) -> None:
+            out.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+
+        def of(deployment: str) -> str:
+            return f'endpoint="{endpoint}",deployment="{_label(deployment)}"'
+
+        family(
+            "tdsp_requests_total",
+            "counter",
+            "Requests answered through the endpoint, by deployment and status code.",
+        )
+        for name, counters in slots:
+            out += [
+                f'tdsp_requests_total{{{of(name)},code="{code}"}} {n}'
+                for code, n in sorted(counters.codes.items())
+            ]
+        family("tdsp_request_errors_total", "counter", "Requests answered with a status of 500 or more.")
+        out += [f"tdsp_request_errors_total{{{of(name)}}} {counters.errors}" for name, counters in slots]
+        family(
+            "tdsp_request_duration_seconds",
+            "histogram",
+            "Time from the request's arrival to its answer, at the router.",
+        )
+        for name, counters in slots:
+            labels = of(name)
             cumulative = 0
             for bound, count in zip((*BUCKETS, float("inf")), counters.buckets, strict=True):
                 cumulative += count
@@ -167,35 +172,28 @@ class Measurements:
                 out.append(f'tdsp_request_duration_seconds_bucket{{{labels},le="{le}"}} {cumulative}')
             out.append(f"tdsp_request_duration_seconds_sum{{{labels}}} {counters.latency_sum:.6f}")
             out.append(f"tdsp_request_duration_seconds_count{{{labels}}} {counters.count}")
-        out += [
-            "# HELP tdsp_shadow_answers_total"
-            " Mirrored requests, by whether the shadow answered as the live slot did.",
-            "# TYPE tdsp_shadow_answers_total counter",
-        ]
-        for name, counters in sorted(self.slots.items()):
+        family(
+            "tdsp_shadow_answers_total",
+            "counter",
+            "Mirrored requests, by whether the shadow answered as the live slot did.",
+        )
+        for name, counters in slots:
             if counters.shadow_agreed or counters.shadow_disagreed:
-                labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
-                out.append(f'tdsp_shadow_answers_total{{{labels},agreed="true"}} {counters.shadow_agreed}')
+                out.append(f'tdsp_shadow_answers_total{{{of(name)},agreed="true"}} {counters.shadow_agreed}')
                 out.append(
-                    f'tdsp_shadow_answers_total{{{labels},agreed="false"}} {counters.shadow_disagreed}'
+                    f'tdsp_shadow_answers_total{{{of(name)},agreed="false"}} {counters.shadow_disagreed}'
                 )
-        out += [
-            "# HELP tdsp_requests_retried_total"
-            " Requests sent to another deployment: this one was unreachable.",
-            "# TYPE tdsp_requests_retried_total counter",
-        ]
-        for name, counters in sorted(self.slots.items()):
-            labels = f'endpoint="{endpoint}",deployment="{_label(name)}"'
-            out.append(f"tdsp_requests_retried_total{{{labels}}} {counters.retried}")
+        family(
+            "tdsp_requests_retried_total",
+            "counter",
+            "Requests sent to another deployment: this one was unreachable.",
+        )
+        out += [f"tdsp_requests_retried_total{{{of(name)}}} {counters.retried}" for name, counters in slots]
         if in_flight is not None:
+            family("tdsp_requests_in_flight", "gauge", "Requests sent to a deployment and not yet answered.")
             out += [
-                "# HELP tdsp_requests_in_flight Requests sent to a deployment and not yet answered.",
-                "# TYPE tdsp_requests_in_flight gauge",
+                f"tdsp_requests_in_flight{{{of(name)}}} {count}" for name, count in sorted(in_flight.items())
             ]
-            for name, count in sorted(in_flight.items()):
-                out.append(
-                    f'tdsp_requests_in_flight{{endpoint="{endpoint}",deployment="{_label(name)}"}} {count}'
-                )
         return ("\n".join(out) + "\n").encode()
 
 

@@ -39,7 +39,6 @@ import json
 import logging
 import resource
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -363,19 +362,15 @@ def connection_cap(configured: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tdsp_deploy.backends.local.router ROUTER_JSON", file=sys.stderr)
-        raise SystemExit(2)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s router: %(message)s", stream=sys.stderr
-    )
+    from tdsp_deploy.backends.local import daemon
+
+    config = daemon.start(argv, "router", "ROUTER_JSON")
     try:
         import uvloop
     except ImportError:  # Windows, or an install without it: asyncio's own loop works too
-        asyncio.run(serve(Path(args[0])))
+        asyncio.run(serve(config))
     else:
-        uvloop.run(serve(Path(args[0])))
+        uvloop.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -127,7 +127,11 @@ def main() -> None:
     amlserver.merge_configuration(args)
     amlserver.validate_environment_variables()
     amlserver.set_path_variable()
+    # what azmlinfsrv prints before it starts serving, so the log begins as on Azure ML
     amlserver.print_server_info()
+    amlserver.print_server_settings()
+    amlserver.print_routes()
+    amlserver.print_python_path()
     port, workers = int(os.environ[ENV_PORT]), int(os.environ[ENV_WORKER_COUNT])
     if http_server == "granian":
         serve_with_granian(port, workers)

@@ -134,6 +134,16 @@ class EndpointRecord:
         return found
 
 
+class _InRoot:
+    """One file of the endpoint's folder, read as an attribute: ``files.keys_path``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, files: EndpointFiles, owner: type | None = None) -> Path:
+        return files.root / self.name
+
+
 class EndpointFiles:
     """The paths of one endpoint's state, and reading and writing them."""
 
@@ -142,41 +152,15 @@ class EndpointFiles:
         self.root = self.home / "endpoints" / name
         self.name = name
 
-    @property
-    def record_path(self) -> Path:
-        return self.root / "endpoint.json"
-
-    @property
-    def keys_path(self) -> Path:
-        return self.root / "keys.json"
-
-    @property
-    def admin_path(self) -> Path:
-        return self.root / "admin.json"
-
-    @property
-    def router_config_path(self) -> Path:
-        return self.root / "router.json"
-
-    @property
-    def request_log(self) -> Path:
-        return self.root / "requests.jsonl"
-
-    @property
-    def router_log(self) -> Path:
-        return self.root / "router.log"
-
-    @property
-    def supervisor_state_path(self) -> Path:
-        return self.root / "supervisor.json"
-
-    @property
-    def supervisor_log(self) -> Path:
-        return self.root / "supervisor.log"
-
-    @property
-    def started_path(self) -> Path:
-        return self.root / "started.json"
+    record_path = _InRoot("endpoint.json")
+    keys_path = _InRoot("keys.json")
+    admin_path = _InRoot("admin.json")
+    router_config_path = _InRoot("router.json")
+    request_log = _InRoot("requests.jsonl")
+    router_log = _InRoot("router.log")
+    supervisor_state_path = _InRoot("supervisor.json")
+    supervisor_log = _InRoot("supervisor.log")
+    started_path = _InRoot("started.json")
 
     @property
     def lock_path(self) -> Path:

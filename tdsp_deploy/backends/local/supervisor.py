@@ -36,7 +36,6 @@ import fcntl
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tdsp_deploy.backends.local import processes
+from tdsp_deploy.backends.local.container import app_root_of
 from tdsp_deploy.backends.local.processes import ProcessRef
 from tdsp_deploy.backends.local.state import EndpointFiles, SlotRecord
 from tdsp_deploy.errors import DeploymentFailed
@@ -237,7 +237,7 @@ class Supervisor:
             return
         process = processes.spawn(
             watched.command,
-            cwd=Path(watched.directory) / "package" / "code",
+            cwd=app_root_of(Path(watched.directory), watched.environment),
             env=watched.environment or {},
             log_path=watched.log_path,
         )
@@ -405,17 +405,13 @@ def run(root: Path, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tdsp_deploy.backends.local.supervisor ENDPOINT_DIR", file=sys.stderr)
-        raise SystemExit(2)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s", stream=sys.stderr
-    )
+    from tdsp_deploy.backends.local import daemon
+
+    root = daemon.start(argv, "supervisor", "ENDPOINT_DIR")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(Path(args[0]), stop)
+    run(root, stop)
 
 
 if __name__ == "__main__":
