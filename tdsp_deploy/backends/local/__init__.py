@@ -720,7 +720,13 @@ class LocalBackend(Backend):
             if serving is not None:
                 routes.append(
                     SlotRoute(
-                        name, serving.port, slot.traffic, slot.mirror, serving.raw_http, serving.revision
+                        name,
+                        serving.port,
+                        slot.traffic,
+                        slot.mirror,
+                        serving.raw_http,
+                        serving.revision,
+                        _worker_count(serving.command),
                     )
                 )
         return tuple(routes)
@@ -891,6 +897,15 @@ def azureml_model_dir(directory: Path, name: str, version: str) -> Path:
 def _client_host(host: str) -> str:
     """Where a client on this machine reaches a server bound to ``host``."""
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _worker_count(command: list[str] | None) -> int:
+    """The worker processes a slot was started with (its command's --worker_count), 1 if unsaid."""
+    if command and "--worker_count" in command[:-1]:
+        value = command[command.index("--worker_count") + 1]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def _probe(port: int, *, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:

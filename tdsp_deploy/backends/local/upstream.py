@@ -45,7 +45,7 @@ class SlotClosed(Exception):
 class UpstreamAnswer:
     """A slot's final answer: its body whole, or (a chunked answer) ``stream`` as it comes."""
 
-    __slots__ = ("status", "reason", "headers", "body", "stream")
+    __slots__ = ("status", "reason", "headers", "body", "stream", "sent", "answered", "fresh")
 
     def __init__(
         self,
@@ -60,6 +60,11 @@ class UpstreamAnswer:
         self.headers = headers
         self.body = body
         self.stream = stream
+        # perf_counter() when the request was written to the slot and when its answer was read
+        # (0.0 for the router's own answers), and whether a new connection carried it: timing.py
+        self.sent = 0.0
+        self.answered = 0.0
+        self.fresh = False
 
 
 class BodyStream:
@@ -158,6 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.interim = False  # the message being parsed is a 1xx: the final answer follows it
         self.until_close = False  # the answer has no length: its end is the connection's
+        self.sent_at = 0.0  # perf_counter() once the current request was written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -177,6 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             transport.write(head)  # a large body is handed to the kernel as it is, not copied
             transport.write(body)
+        self.sent_at = time.perf_counter()
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:  # nothing asked: a slot talking out of turn is not to be trusted
@@ -257,7 +264,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.stream = BodyStream(self)
             answer, self.answer = self.answer, None
             if not answer.done():
-                answer.set_result(UpstreamAnswer(status, self.reason, self.headers, b"", self.stream))
+                result = UpstreamAnswer(status, self.reason, self.headers, b"", self.stream)
+                result.sent, result.answered = self.sent_at, time.perf_counter()
+                answer.set_result(result)
 
     def on_body(self, body: bytes) -> None:
         if self.stream is not None:
@@ -286,7 +295,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.answer = None
         if answer is not None and not answer.done():
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            answer.set_result(UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body))
+            result = UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body)
+            result.sent, result.answered = self.sent_at, time.perf_counter()
+            answer.set_result(result)
 
 
 class SlotPool:
@@ -363,10 +374,12 @@ class SlotPool:
         answer = loop.create_future()
         connection.send(head, body, answer)
         try:
-            return await self._finish(connection, answer)
+            result = await self._finish(connection, answer)
         except BaseException:
             connection.close()
             raise
+        result.fresh = True
+        return result
 
     async def _finish(
         self, connection: UpstreamConnection, answer: asyncio.Future[UpstreamAnswer]
