@@ -28,19 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import common
 import yaml
-from common import (
-    EXAMPLE_DIR,
-    cli,
-    deployed,
-    emit,
-    note,
-    result,
-    router_timing,
-    run_wrk,
-    timing_change,
-    wrk_script,
-)
+from common import EXAMPLE_DIR, cli, deployed, emit, note, result, run_wrk, wrk_script
 from router_overhead import breakdown_line
 
 CONCURRENCY = (1, 4, 16)
@@ -94,9 +84,9 @@ def main() -> None:
                 for name, concurrency in _order(args.quick):
                     if not args.quick or concurrency == CONCURRENCY[0]:
                         cli(["traffic", str(manifest), *SPLITS[name]], env)
-                    before = router_timing(endpoint)
+                    before = common.router_timing(endpoint)
                     run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
-                    run["router_timing"] = timing_change(before, router_timing(endpoint))
+                    run["router_timing"] = common.timing_change(before, common.router_timing(endpoint))
                     note(f"  the router's own timing: {breakdown_line(run['router_timing'])}")
                     note(
                         f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "

@@ -71,12 +71,13 @@ def test_two_requests_at_once_go_to_both_slots_of_a_50_50_split(make_router):
     slow_blue, slow_green = Upstream("blue", delay=0.3), Upstream("green", delay=0.3)
     try:
         router = make_router({"blue": (slow_blue.port, 50), "green": (slow_green.port, 50)})
+
+        def call(served: list[str]) -> None:
+            served.append(router.post()[1]["azureml-model-deployment"])
+
         for _ in range(6):
             served: list[str] = []
-            threads = [
-                threading.Thread(target=lambda: served.append(router.post()[1]["azureml-model-deployment"]))
-                for _ in range(2)
-            ]
+            threads = [threading.Thread(target=call, args=(served,)) for _ in range(2)]
             for thread in threads:
                 thread.start()
             for thread in threads:

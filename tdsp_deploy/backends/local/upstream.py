@@ -32,6 +32,7 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 MAX_DOUBLINGS = 16  # far past the ceiling
 STREAM_HIGH_WATER = 1024 * 1024  # bytes of a streamed answer held for a slow client at most
+HAS_LENGTH, CHUNKED = 1, 2  # an answer's framing, as its headers say
 
 
 class SlotUnavailable(Exception):
@@ -164,6 +165,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False  # the message being parsed is a 1xx: the final answer follows it
         self.until_close = False  # the answer has no length: its end is the connection's
         self.sent_at = 0.0  # perf_counter() once the current request was written
+        self.framing = 0  # HAS_LENGTH, CHUNKED: what the current message's headers said
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -175,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.reason = b""
         self.headers = []
+        self.framing = 0
         self.body = []
         transport = self.transport
         assert transport is not None
@@ -244,6 +247,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"content-length":
+            self.framing |= HAS_LENGTH
+        elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+            self.framing |= CHUNKED
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -252,13 +260,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = 100 <= status < 200
         if self.interim or self.answer is None:
             return
-        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
+        chunked = bool(self.framing & CHUNKED)
         # An answer with no length ends when the slot closes the connection (HTTP/1.0 style).
-        self.until_close = (
-            not chunked
-            and status not in (204, 304)
-            and not any(n.lower() == b"content-length" for n, _ in self.headers)
-        )
+        self.until_close = not chunked and status not in (204, 304) and not self.framing & HAS_LENGTH
         if chunked or self.until_close:
             # A chunked answer is a stream (a run() that yields): hand it on as it comes.
             self.stream = BodyStream(self)
@@ -283,6 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.reason = b""
             self.headers = []
+            self.framing = 0
             self.body = []
             return
         self.busy = False
