@@ -67,9 +67,10 @@ def main() -> None:
         manifest.write_text(yaml.safe_dump(doc))
         with deployed(manifest) as endpoint:
             env = endpoint["env"]
-            # A second version (green) that does the same work per request: a variable its
-            # script never reads. (A LOG_LEVEL of debug, as before, made green log more per
-            # request, so a split was compared with a slower second slot.)
+            # A second version (green) that runs the same code per request: a variable its
+            # script never reads (a LOG_LEVEL of debug, used before, could make a server log
+            # more per request; here it wrote the same one line per request, so that was not
+            # the split's cost at concurrency 1).
             doc["environment"]["variables"]["BENCH_VERSION"] = "2"
             manifest.write_text(yaml.safe_dump(doc))
             cli(["push", str(manifest)], env)
