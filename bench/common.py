@@ -264,3 +264,26 @@ def parse_wrk(text: str) -> dict[str, Any]:
         **latency,
         "errors": errors,
     }
+
+
+# -- the router's own timing ---------------------------------------------------------------
+def router_timing(endpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The router's running per-phase totals (``GET /-/timing``, with the admin key); None from
+    a router that does not serve them. Two readings around a load give its breakdown
+    (tdsp_deploy.backends.local.timing.difference)."""
+    from tdsp_deploy.backends.local.control import control_request
+    from tdsp_deploy.backends.local.state import EndpointFiles
+
+    status = endpoint["status"]
+    files = EndpointFiles(status["name"], Path(endpoint["env"]["TDSP_DEPLOY_HOME"]))
+    host, port = re.match(r"https?://([^:/]+):(\d+)", status["scoring_uri"]).groups()  # type: ignore[union-attr]
+    answer = control_request(files, host, int(port), "GET", "/-/timing", timeout=5)
+    if answer is None or answer[0] != 200:
+        return None
+    return json.loads(answer[1])
+
+
+def timing_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    from tdsp_deploy.backends.local.timing import difference
+
+    return difference(after, before) if before and after else None

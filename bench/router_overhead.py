@@ -8,11 +8,14 @@ sample request to:
 
 At concurrency 1, 4 and 16 (wrk threads: 1 for c=1, else 2), 10 s each (--quick: 2 s, one round),
 direct and router alternating so they share the machine's noise, 2 rounds; the run with
-more requests/s of each pair is kept. Goals per concurrency: router p50 - direct p50 <= 1 ms,
-router/direct requests/s >= 0.90, and no non-2xx answer or socket error on either side.
-The slot's inference server keeps connections alive (gunicorn's threaded worker, see
-slot_server.py), so both sides run on kept-alive connections: wrk's to the slot or the router,
-and the router's pooled ones to the slot.
+more requests/s of each pair is kept. Each router run also reads the router's own timing
+(``GET /-/timing`` before and after) and reports where its time went per request (parse,
+queue, pick, connect, slot, relay) and how many connections to the slot it opened and reused.
+Goals per concurrency: router p50 - direct p50 <= 1 ms, router/direct requests/s >= 0.90, and
+no non-2xx answer or socket error on either side. The slot's inference server keeps
+connections alive (granian, or gunicorn's threaded worker, see slot_server.py), so both sides
+run on kept-alive connections: wrk's to the slot or the router, and the router's pooled ones
+to the slot.
 
     python bench/router_overhead.py [--quick]      (needs wrk: apt-get install wrk)
 
@@ -28,7 +31,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import EXAMPLE, EXAMPLE_DIR, deployed, emit, note, result, run_wrk, wrk_script, wrk_threads
+from common import (
+    EXAMPLE,
+    EXAMPLE_DIR,
+    deployed,
+    emit,
+    note,
+    result,
+    router_timing,
+    run_wrk,
+    timing_change,
+    wrk_script,
+    wrk_threads,
+)
 
 CONCURRENCY = (1, 4, 16)
 ROUNDS = 2
@@ -84,7 +99,11 @@ def main() -> None:
         for round_ in range(1, rounds + 1):
             for concurrency in CONCURRENCY:
                 for side, (url, script) in targets.items():
+                    before = router_timing(endpoint) if side == "router" else None
                     run = run_wrk(wrk, url, script, concurrency=concurrency, duration=duration)
+                    if side == "router":
+                        run["router_timing"] = timing_change(before, router_timing(endpoint))
+                        note(f"  the router's own timing: {breakdown_line(run['router_timing'])}")
                     note(
                         f"round {round_} c={concurrency} {side}: {run['requests_per_s']:.0f} req/s, "
                         f"p50 {run['p50_ms']:.3f} ms, p99 {run['p99_ms']:.3f} ms, errors {run['errors']}"
@@ -96,6 +115,7 @@ def main() -> None:
     entries = []
     for c in CONCURRENCY:
         router, direct = best["router", c], best["direct", c]
+        timing = router.pop("router_timing", None)
         clean = sum(router["errors"].values()) + sum(direct["errors"].values()) == 0
         added = router["p50_ms"] - direct["p50_ms"]
         throughput = router["requests_per_s"] / direct["requests_per_s"]
@@ -105,6 +125,9 @@ def main() -> None:
             "router": router,
             "direct": direct,
             "errors_ok": clean,
+            # the router's own per-phase timing of the router run kept (timing.py): where the
+            # time it adds goes
+            "router_timing": timing,
             "peer_command": "wrk POST to the slot's inference server directly (no router, no key; "
             "the slot's secret header)",
             "notes": f"wrk --latency, {duration} s per run, direct/router alternating, "
@@ -135,6 +158,18 @@ def main() -> None:
             )
         )
     emit(entries)
+
+
+def breakdown_line(change: dict[str, Any] | None) -> str:
+    """The router's per-phase means in one line (us per request)."""
+    if not change or not change["requests"]:
+        return "not served by this router"
+    phases = ", ".join(f"{name} {p['mean_us']:.0f}" for name, p in change["phases"].items())
+    connections = change["slot_connections"]
+    return (
+        f"{phases} us per request; router's own {change['router_us_per_request']:.0f} us; "
+        f"slot connections opened {connections['opened']}, reused {connections['reused']}"
+    )
 
 
 if __name__ == "__main__":

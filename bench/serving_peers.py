@@ -20,6 +20,11 @@ and "one worker each" are the same runs; both goals are judged on them: our requ
 and our p99 below mlflow's best p99 at every concurrency. The full run also pushes ours
 with `target.workers: 2` and reports it against `mlflow models serve -w 2` (no goal).
 
+The ceiling: after the load, the user's run() is called in a loop in one process (the slot's
+own Python, the same init() and body), and ours is reported as a fraction of those calls per
+second (``serving_fraction_of_run_ceiling_c*``), with the time per request spent outside
+run() (the wall time per request at that concurrency minus one run() call).
+
 Concurrency 1, 4, 16 (wrk threads: 1 for c=1, else 2); targets interleaved at each
 concurrency so they share the machine's noise; 10 s per run and the better of 2 rounds.
 --quick: 2 s, 1 round, and only the runs the goals are judged on (ours and mlflow's two body
@@ -105,6 +110,50 @@ def save_model(folder: Path) -> list[int]:
     requirements = [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}"]
     mlflow.sklearn.save_model(model, str(folder), pip_requirements=requirements)
     return [int(v) for v in model.predict(np.asarray(ROWS))]
+
+
+# The user's run() alone: init() once, then run() on the request body as the inference server
+# hands it over (the body's text), in a loop, in one process on one core. Run by the slot's
+# own Python, so the libraries are those the slot serves with.
+CEILING_PY = """\
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import score
+score.init()
+raw = open(sys.argv[2]).read()
+seconds = float(sys.argv[3])
+for _ in range(200):
+    score.run(raw)
+calls, began = 0, time.perf_counter()
+while time.perf_counter() - began < seconds:
+    for _ in range(100):
+        score.run(raw)
+    calls += 100
+elapsed = time.perf_counter() - began
+print(json.dumps({"calls_per_s": calls / elapsed, "us_per_call": elapsed / calls * 1e6, "calls": calls}))
+"""
+
+
+def run_ceiling(project: Path, python: str, seconds: float) -> dict[str, Any]:
+    """Calls per second of the user's run() in-process: what no server around it can beat."""
+    done = subprocess.run(
+        [python, "-c", CEILING_PY, str(project / "src"), str(project / "request.json"), str(seconds)],
+        env=dict(os.environ, AZUREML_MODEL_DIR=str(project)),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the run() ceiling could not be measured: {done.stderr[-2000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["python"] = python
+    return figures
+
+
+def slot_python(endpoint: dict[str, Any]) -> str:
+    """The Python the endpoint's slot runs (its own environment's), else this one."""
+    details = endpoint["status"]["slots"][0].get("details", {})
+    return (details.get("environment") or {}).get("python_path") or sys.executable
 
 
 def write_project(root: Path) -> Path:
@@ -246,6 +295,12 @@ def main() -> None:
                 peer.wait_ready()
             note(f"peers ready after {time.monotonic() - began:.1f} s")
             figures = measure(wrk, tmp, endpoint, ports, duration, rounds, reported=reported)
+            # after the load, on the same machine: one core's worth of run() calls
+            figures["ceiling"] = run_ceiling(project, slot_python(endpoint), 2.0 if args.quick else 5.0)
+            note(
+                f"run() alone, in-process: {figures['ceiling']['calls_per_s']:.0f} calls/s "
+                f"({figures['ceiling']['us_per_call']:.0f} us per call)"
+            )
     emit(entries(figures, duration, rounds, reported=reported))
 
 
@@ -318,9 +373,26 @@ def entries(figures: dict[str, Any], duration: int, rounds: int, *, reported: bo
         "notes": f"wrk --latency, {duration} s per run, targets interleaved, better of {rounds} round(s) "
         "by requests/s; every tool at its defaults, which is one worker process for each",
     }
+    ceiling = figures["ceiling"]
     out = []
     for c in CONCURRENCY:
         ours = best["ours", c]
+        out.append(
+            result(
+                f"serving_fraction_of_run_ceiling_c{c}",
+                ours["requests_per_s"],
+                ceiling["calls_per_s"],
+                unit="req/s",
+                goal="(reported: our whole endpoint's requests/s against the user's run() called "
+                "in-process on one core, the ceiling of any server around it)",
+                met=None,
+                concurrency=c,
+                run_us_per_call=round(ceiling["us_per_call"], 1),
+                us_per_request_outside_run=round(1e6 / ours["requests_per_s"] - ceiling["us_per_call"], 1),
+                ceiling_command="init() once, then run(body) in a loop, in the slot's own Python",
+                **common,
+            )
+        )
         peers = {name: best[name, c] for name in ("mlflow_inputs", "mlflow_dataframe_split")}
         top_name, top = max(peers.items(), key=lambda item: item[1]["requests_per_s"])
         lowest_p99 = min(run["p99_ms"] for run in peers.values())

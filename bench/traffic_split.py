@@ -5,8 +5,11 @@ sample request through the router with the key, at concurrency 1, 4 and 16, with
 in turn, alternating, best of 2 rounds each:
 
 - peer: blue=100 (one slot serves every request);
-- ours: blue=50 green=50 (goal: >= 90% of the single slot's throughput);
+- ours: blue=50 green=50 (goal: >= 90% of the single slot's throughput; green is the same
+  model and script, one variable apart, so both slots do the same work per request);
 - ours: blue=100 with 10% mirrored to green (goal: the caller's p99 grows by < 1 ms).
+
+Each run also reads the router's own per-phase timing (see router_overhead.py).
 
 --quick: 2 s per run and one round, each split set once and run at every concurrency in turn
 (three `traffic` commands instead of nine), so the splits are interleaved less finely.
@@ -25,8 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import common
 import yaml
 from common import EXAMPLE_DIR, cli, deployed, emit, note, result, run_wrk, wrk_script
+from router_overhead import breakdown_line
 
 CONCURRENCY = (1, 4, 16)
 ROUNDS = 2
@@ -62,7 +67,11 @@ def main() -> None:
         manifest.write_text(yaml.safe_dump(doc))
         with deployed(manifest) as endpoint:
             env = endpoint["env"]
-            doc["environment"]["variables"]["LOG_LEVEL"] = "debug"  # a second version: green
+            # A second version (green) that runs the same code per request: a variable its
+            # script never reads (a LOG_LEVEL of debug, used before, could make a server log
+            # more per request; here it wrote the same one line per request, so that was not
+            # the split's cost at concurrency 1).
+            doc["environment"]["variables"]["BENCH_VERSION"] = "2"
             manifest.write_text(yaml.safe_dump(doc))
             cli(["push", str(manifest)], env)
             script = wrk_script(
@@ -76,7 +85,10 @@ def main() -> None:
                 for name, concurrency in _order(args.quick):
                     if not args.quick or concurrency == CONCURRENCY[0]:
                         cli(["traffic", str(manifest), *SPLITS[name]], env)
+                    before = common.router_timing(endpoint)
                     run = run_wrk(wrk, uri, script, concurrency=concurrency, duration=duration)
+                    run["router_timing"] = common.timing_change(before, common.router_timing(endpoint))
+                    note(f"  the router's own timing: {breakdown_line(run['router_timing'])}")
                     note(
                         f"round {round_} c={concurrency} {name}: {run['requests_per_s']:.0f} req/s, "
                         f"p99 {run['p99_ms']:.2f} ms, errors {run['errors']}"
@@ -111,6 +123,8 @@ def _entries(best: dict[tuple[str, int], dict[str, Any]], duration: int, rounds:
                 concurrency=c,
                 ours_p99_ms=split["p99_ms"],
                 peer_p99_ms=single["p99_ms"],
+                ours_router_timing=split.get("router_timing"),
+                peer_router_timing=single.get("router_timing"),
                 peer_command="the same load with blue=100",
                 notes=notes,
             )

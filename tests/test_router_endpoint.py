@@ -88,6 +88,7 @@ def test_the_scoring_key_cannot_use_any_control_route(endpoint):
     scoring = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     routes = [
         ("GET", "/-/state", None),
+        ("GET", "/-/timing", None),
         ("POST", "/-/drain", json.dumps({"deployment": "blue", "timeout_s": 0}).encode()),
         ("POST", "/-/resume", json.dumps({"deployment": "blue"}).encode()),
         ("GET", "/-/anything", None),
@@ -107,6 +108,8 @@ def test_the_scoring_key_cannot_use_any_control_route(endpoint):
     admin = {"Authorization": f"Bearer {json.loads(admin_file.read_text())['admin_key']}"}
     status, answer = _call(uri, "GET", "/-/state", None, admin)
     assert status == 200 and json.loads(answer)["endpoint"] == "echo"
+    status, answer = _call(uri, "GET", "/-/timing", None, admin)
+    assert status == 200 and json.loads(answer)["requests"] >= 1  # the scoring request above
     status, _ = _call(uri, "POST", "/score", body_for("admin"), {**admin, "Content-Type": "application/json"})
     assert status == 401  # and the admin key does not score
 

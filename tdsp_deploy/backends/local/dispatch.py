@@ -99,6 +99,8 @@ class Dispatch:
         if path == b"/-/state":
             router.measurements.flush()  # readers of the request log see every answered request
             return parts(200, [JSON_TYPE], router.state_document(), keep_alive=keep)
+        if path == b"/-/timing" and request.method == b"GET":
+            return parts(200, [JSON_TYPE], json.dumps(router.timing.document()).encode(), keep_alive=keep)
         if path == b"/metrics" and request.method == b"GET":
             router.measurements.flush()
             text = router.measurements.prometheus(router.in_flight_by_slot())
@@ -222,6 +224,7 @@ class Dispatch:
     ) -> UpstreamAnswer:
         """The slot's answer, or the router's own 502/504; SlotUnavailable when it was never sent."""
         router = self.router
+        request.picked = time.perf_counter()
         loop = asyncio.get_running_loop()
         timeout_s = router.config.request_timeout_s
         live: asyncio.Future[UpstreamAnswer] | None = None
@@ -244,6 +247,7 @@ class Dispatch:
         streaming = False
         try:
             answer = await pool.exchange(upstream_head(request, pool.secret_line), request.body)
+            request.answer_times = (answer.sent, answer.answered, answer.fresh)
             if answer.stream is not None:  # in flight until its last chunk
                 streaming = True
                 answer.stream.on_done(pool.finished)

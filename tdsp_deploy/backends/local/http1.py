@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import time
@@ -44,6 +45,10 @@ SMALL_BODY = 65536  # bodies up to this size are joined to their head; larger on
 LINGER_BYTES = 4 * 1024 * 1024
 LINGER_S = 2.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Request ids the router makes: 32 hex digits, a random half drawn once per process and a
+# counting half, so they never repeat and cost no system call each (os.urandom did).
+_ID_PREFIX = os.urandom(8).hex().encode()
+_id_numbers = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 class Refused(Exception):
@@ -70,6 +75,10 @@ class Request:
         "started",
         "expect",
         "connection_tokens",
+        "begun",
+        "served",
+        "picked",
+        "answer_times",
     )
 
     def __init__(self) -> None:
@@ -91,6 +100,12 @@ class Request:
         self.started = 0.0
         self.expect: bytes | None = None  # the Expect header; b"" once 100 Continue is sent or moot
         self.connection_tokens: frozenset[bytes] = frozenset()  # headers named in Connection:
+        # perf_counter() stamps for timing.py: first byte parsed, task started, slot being
+        # picked; and the slot's (sent, answered, fresh) once one answered
+        self.begun = 0.0
+        self.served = 0.0
+        self.picked = 0.0
+        self.answer_times: tuple[float, float, bool] | None = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -114,10 +129,12 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.writable = asyncio.Event()
         self.writable.set()
+        self.accepted_at = 0.0  # perf_counter() at accept, until the first request begins
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.accepted_at = time.perf_counter()
         if not self.router.connection_opened(self):
             self.closing = True
             transport.close()
@@ -207,7 +224,11 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.stopped:  # pipelined after a request that closes the connection: never read
             raise Refused
-        self.current = Request()
+        self.current = request = Request()
+        request.begun = time.perf_counter()
+        if self.accepted_at:
+            self.router.timing.first_byte(request.begun - self.accepted_at)
+            self.accepted_at = 0.0
         self.body_size = 0
         self.router.connection_busy(self)
         self._arm_timer(self.router.config.head_timeout_s)
@@ -331,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
         request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request.chunks = []
         if request.request_id is None:
-            request.request_id = os.urandom(16).hex().encode()
+            request.request_id = b"%s%016x" % (_ID_PREFIX, next(_id_numbers))
         self.current = None
         self.queue.append(request)
         if not request.keep_alive:  # the last one on this connection (RFC 9112 9.6)
@@ -375,6 +396,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _serve(self, request: Request) -> None:
         router = self.router
+        request.served = time.perf_counter()
         router.request_started()
         try:
             try:
@@ -399,6 +421,19 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     transport.write(head)
                     transport.write(body)
+            times = request.answer_times
+            if times is not None:
+                sent, answered, fresh = times
+                router.timing.add(
+                    request.begun,
+                    request.started,
+                    request.served,
+                    request.picked,
+                    sent,
+                    answered,
+                    time.perf_counter(),
+                    fresh,
+                )
             if not request.keep_alive and transport and not transport.is_closing():
                 transport.close()
                 self.closing = True

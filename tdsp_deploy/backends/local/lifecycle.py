@@ -214,9 +214,26 @@ def routes(record: EndpointRecord) -> tuple[SlotRoute, ...]:
         serving = slot if slot.supervised or probe(slot.port, timeout=1.0) else slot.previous
         if serving is not None:
             found.append(
-                SlotRoute(name, serving.port, slot.traffic, slot.mirror, serving.raw_http, serving.revision)
+                SlotRoute(
+                    name,
+                    serving.port,
+                    slot.traffic,
+                    slot.mirror,
+                    serving.raw_http,
+                    serving.revision,
+                    worker_count(serving.command),
+                )
             )
     return tuple(found)
+
+
+def worker_count(command: list[str] | None) -> int:
+    """The worker processes a slot was started with (its command's --worker_count), 1 if unsaid."""
+    if command and "--worker_count" in command[:-1]:
+        value = command[command.index("--worker_count") + 1]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def client_host(host: str) -> str:

@@ -19,9 +19,14 @@ The parts, each in its module:
 - this module: the shared state (routes, keys, pools, client connections, drains) and the
   process (signals, start, stop).
 
+Unpinned requests without a sticky key go where the split says and a worker is free
+(balance.py); each request's time in the router is measured by phase (timing.py, served at
+``GET /-/timing``).
+
 Each slot's requests in flight are counted (``GET /-/state``, ``/metrics``), and
 ``POST /-/drain`` stops new requests to a slot and answers once the ones it has are done; the
-control routes take the admin key only (admin.json), never the scoring key.
+control routes (``/-/state``, ``/-/timing``, ``/-/drain``, ``/-/resume``) take the admin key
+only (admin.json), never the scoring key.
 
 The number of client connections is capped below what the process's file descriptors allow;
 at the cap, the connection idle longest is closed to make room, and when none is idle the new
@@ -43,11 +48,13 @@ import time
 from pathlib import Path
 
 from tdsp_deploy.backends.local.admission import Credentials
+from tdsp_deploy.backends.local.balance import Balancer
 from tdsp_deploy.backends.local.dispatch import Dispatch
 from tdsp_deploy.backends.local.http1 import ClientConnection
 from tdsp_deploy.backends.local.metrics import Measurements
 from tdsp_deploy.backends.local.routes import RouterConfig, RouteTable, SlotRoute
 from tdsp_deploy.backends.local.slot_guard import slot_secret
+from tdsp_deploy.backends.local.timing import RouterTiming
 from tdsp_deploy.backends.local.upstream import IDLE_TIMEOUT_S, SlotPool
 
 log = logging.getLogger("tdsp_deploy.router")
@@ -67,6 +74,7 @@ class Router:
         self.config_path = config_path
         self.config = RouterConfig.read(config_path)
         self.routes = RouteTable(())
+        self.balancer = Balancer()
         self.pools: dict[int, SlotPool] = {}  # by port: one pool per slot process
         self.draining: set[str] = set()
         self.down_until = 0.0  # the latest back-off of any pool: before it, look for down slots
@@ -80,6 +88,7 @@ class Router:
         self.cap_closed = 0  # connections closed or refused at the cap since it was last logged
         self.cap_logged = 0.0
         self.measurements = Measurements(self.config.endpoint, None)
+        self.timing = RouterTiming()
         self.sticky_header: bytes | None = None
         self.credentials = Credentials((), None)
         self.slot_key: str | None = None
@@ -97,6 +106,7 @@ class Router:
         self.slot_key = admin.get("slot_key") or None
         self.max_connections = connection_cap(config.max_connections)
         self.routes = RouteTable(config.slots, salt=config.experiment_id or config.endpoint)
+        self.balancer = Balancer()  # a new split starts even
         self._sync_pools(config.slots)
         self.measurements.log_to(config.request_log)
         self.sticky_header = config.sticky_header.lower().encode() if config.sticky_header else None
@@ -162,17 +172,35 @@ class Router:
         return down | self.draining
 
     def choose(self, sticky: bytes | None, tried: set[str] | None = None) -> SlotRoute | None:
+        """A slot for a weighted request: by its sticky key's hash when it has one (the same key,
+        the same slot), else by the balancer (balance.py), leaving out draining slots, those in
+        a back-off and those already ``tried``."""
         avoid = self.avoided()
         if tried:
             avoid |= tried
-        if not avoid:
-            return self.routes.choose(sticky)
-        slot = self.routes.choose(sticky, avoid)
-        if slot is None and not tried:
-            # Every slot with traffic is in a back-off: try one anyway rather than refuse
-            # (never a draining one).
-            slot = self.routes.choose(sticky, self.draining)
-        return slot
+        if sticky is not None:
+            if not avoid:
+                return self.routes.choose(sticky)
+            slot = self.routes.choose(sticky, avoid)
+            if slot is None and not tried:
+                # Every slot with traffic is in a back-off: try one anyway rather than refuse
+                # (never a draining one).
+                slot = self.routes.choose(sticky, self.draining)
+            return slot
+        weighted = self.routes.weighted
+        if avoid:
+            candidates = [s for s in weighted if s.name not in avoid]
+            if not candidates and not tried:  # as above: a slot in a back-off rather than none
+                candidates = [s for s in weighted if s.name not in self.draining]
+        else:
+            candidates = weighted
+        if not candidates:
+            return None
+        return self.balancer.pick(candidates, self._in_flight)
+
+    def _in_flight(self, slot: SlotRoute) -> int:
+        pool = self.pools.get(slot.port)
+        return pool.in_flight if pool is not None else 0
 
     def slot_refused(self, pool: SlotPool, reason: str) -> None:
         pool.refused()

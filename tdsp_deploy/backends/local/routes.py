@@ -26,6 +26,7 @@ class SlotRoute:
     mirror: int = 0  # percent of live requests copied to this slot (its answers are dropped)
     raw_http: bool = False  # its run() takes the raw request (@rawhttp): the router checks no body
     revision: str = ""  # the slot's revision (r1, r2...): with admin.json's slot key, its secret
+    workers: int = 1  # its server's worker processes: how many requests it serves at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RouterConfig:
                 "mirror": s.mirror,
                 "raw_http": s.raw_http,
                 "revision": s.revision,
+                "workers": s.workers,
             }
             for s in self.slots
         }
@@ -69,6 +71,7 @@ class RouterConfig:
                 int(s.get("mirror", 0)),
                 bool(s.get("raw_http", False)),
                 str(s.get("revision", "")),
+                max(1, int(s.get("workers", 1))),
             )
             for name, s in sorted(doc.get("slots", {}).items())
         )
@@ -109,7 +112,7 @@ class RouteTable:
     def __init__(self, slots: tuple[SlotRoute, ...], rng: random.Random | None = None, salt: str = ""):
         self.by_name = {s.name: s for s in slots}
         weighted = [s for s in slots if s.weight > 0]
-        self._weighted = weighted
+        self._weighted = self.weighted = weighted
         self._cumulative: list[int] = []
         total = 0
         for s in weighted:

@@ -28,6 +28,8 @@ from tdsp_deploy.backends.local.slot_guard import guarded
 from tdsp_deploy.backends.local.slot_hooks import Watchdog, start_watchdog
 from tdsp_deploy.backends.local.slot_server import BOOT_EXIT_FILE
 
+WHOLE_BODY_MAX = 1024 * 1024  # bytes: answers up to this length go to granian in one piece
+
 
 def _load_server_app() -> Callable[..., Iterable[bytes]]:
     try:
@@ -65,11 +67,31 @@ class ScoringTimeLimit:
         self.watchdog = watchdog
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        lengths: list[int] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "content-length" and value.isdigit():
+                    lengths.append(int(value))
+            return start_response(status, headers, exc_info)
+
         self.watchdog.begin()
         try:
             # Flask runs the view, and so run(), inside this call; the body it returns is
             # already built.
-            return self.app(environ, start_response)
+            body = self.app(environ, start)
+            if lengths and lengths[-1] <= WHOLE_BODY_MAX:
+                # A body of known length is handed to granian whole: given an iterator,
+                # granian passes it over chunk by chunk, which held the worker about as long
+                # as reading the request (see BENCHMARKS.md). A streamed answer (no length)
+                # is still an iterator, sent as it is produced.
+                try:
+                    return [b"".join(body)]
+                finally:
+                    close = getattr(body, "close", None)
+                    if close is not None:
+                        close()
+            return body
         finally:
             self.watchdog.end()
 

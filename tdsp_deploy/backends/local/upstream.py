@@ -32,6 +32,7 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
 MAX_DOUBLINGS = 16  # far past the ceiling
 STREAM_HIGH_WATER = 1024 * 1024  # bytes of a streamed answer held for a slow client at most
+HAS_LENGTH, CHUNKED = 1, 2  # an answer's framing, as its headers say
 
 
 class SlotUnavailable(Exception):
@@ -45,7 +46,7 @@ class SlotClosed(Exception):
 class UpstreamAnswer:
     """A slot's final answer: its body whole, or (a chunked answer) ``stream`` as it comes."""
 
-    __slots__ = ("status", "reason", "headers", "body", "stream")
+    __slots__ = ("status", "reason", "headers", "body", "stream", "sent", "answered", "fresh")
 
     def __init__(
         self,
@@ -60,6 +61,11 @@ class UpstreamAnswer:
         self.headers = headers
         self.body = body
         self.stream = stream
+        # perf_counter() when the request was written to the slot and when its answer was read
+        # (0.0 for the router's own answers), and whether a new connection carried it: timing.py
+        self.sent = 0.0
+        self.answered = 0.0
+        self.fresh = False
 
 
 class BodyStream:
@@ -158,6 +164,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.interim = False  # the message being parsed is a 1xx: the final answer follows it
         self.until_close = False  # the answer has no length: its end is the connection's
+        self.sent_at = 0.0  # perf_counter() once the current request was written
+        self.framing = 0  # HAS_LENGTH, CHUNKED: what the current message's headers said
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -169,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.reason = b""
         self.headers = []
+        self.framing = 0
         self.body = []
         transport = self.transport
         assert transport is not None
@@ -177,6 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             transport.write(head)  # a large body is handed to the kernel as it is, not copied
             transport.write(body)
+        self.sent_at = time.perf_counter()
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:  # nothing asked: a slot talking out of turn is not to be trusted
@@ -237,6 +247,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"content-length":
+            self.framing |= HAS_LENGTH
+        elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+            self.framing |= CHUNKED
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -245,19 +260,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = 100 <= status < 200
         if self.interim or self.answer is None:
             return
-        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
+        chunked = bool(self.framing & CHUNKED)
         # An answer with no length ends when the slot closes the connection (HTTP/1.0 style).
-        self.until_close = (
-            not chunked
-            and status not in (204, 304)
-            and not any(n.lower() == b"content-length" for n, _ in self.headers)
-        )
+        self.until_close = not chunked and status not in (204, 304) and not self.framing & HAS_LENGTH
         if chunked or self.until_close:
             # A chunked answer is a stream (a run() that yields): hand it on as it comes.
             self.stream = BodyStream(self)
             answer, self.answer = self.answer, None
             if not answer.done():
-                answer.set_result(UpstreamAnswer(status, self.reason, self.headers, b"", self.stream))
+                result = UpstreamAnswer(status, self.reason, self.headers, b"", self.stream)
+                result.sent, result.answered = self.sent_at, time.perf_counter()
+                answer.set_result(result)
 
     def on_body(self, body: bytes) -> None:
         if self.stream is not None:
@@ -274,6 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.reason = b""
             self.headers = []
+            self.framing = 0
             self.body = []
             return
         self.busy = False
@@ -286,7 +300,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.answer = None
         if answer is not None and not answer.done():
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            answer.set_result(UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body))
+            result = UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body)
+            result.sent, result.answered = self.sent_at, time.perf_counter()
+            answer.set_result(result)
 
 
 class SlotPool:
@@ -363,10 +379,12 @@ class SlotPool:
         answer = loop.create_future()
         connection.send(head, body, answer)
         try:
-            return await self._finish(connection, answer)
+            result = await self._finish(connection, answer)
         except BaseException:
             connection.close()
             raise
+        result.fresh = True
+        return result
 
     async def _finish(
         self, connection: UpstreamConnection, answer: asyncio.Future[UpstreamAnswer]
