@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     previous_sigterm = _sigterm_interrupts()
     held: dict[int, Any] = {}
     try:
+        if args and not any(a in build.HELP_FLAGS for a in args):
+            # typer parses options with pydantic, before any command reads the plugin listing
+            from tdsp_deploy.entry_point_cache import START_GROUPS, skip_pydantic_plugin_scan
+
+            skip_pydantic_plugin_scan(START_GROUPS)
         command = build.click_command(app, args, "tdsp-deploy")
         with _streams(env):
             result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
