@@ -1,3 +1,3 @@
-from tdsp_deploy.cli.console import run
+from tdsp_deploy.cli import run
 
 run()

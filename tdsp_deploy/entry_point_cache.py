@@ -27,6 +27,7 @@ from typing import Any
 
 FORMAT = 1
 PYDANTIC_GROUP = "pydantic"
+PYDANTIC_LOADER = "pydantic.plugin._loader"
 # What a start reads in one go: the backends' group (backends.registry.GROUPS is the same) and
 # pydantic's, which pydantic would otherwise read itself.
 START_GROUPS = ("tdsp_deploy.backends", PYDANTIC_GROUP)
@@ -94,9 +95,6 @@ def skip_pydantic_plugin_scan(groups: tuple[str, ...]) -> None:
     with contextlib.suppress(Exception):
         if getattr(loader, "_plugins", 0) is None and not getattr(loader, "_loading_plugins", True):
             loader._plugins = {}  # type: ignore[attr-defined]
-
-
-PYDANTIC_LOADER = "pydantic.plugin._loader"
 
 
 def _no_plugins_loader() -> types.ModuleType:
