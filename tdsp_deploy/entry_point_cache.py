@@ -21,11 +21,16 @@ import importlib
 import json
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
 PYDANTIC_GROUP = "pydantic"
+PYDANTIC_LOADER = "pydantic.plugin._loader"
+# What a start reads in one go: the backends' group (backends.registry.GROUPS is the same) and
+# pydantic's, which pydantic would otherwise read itself.
+START_GROUPS = ("tdsp_deploy.backends", PYDANTIC_GROUP)
 CACHE_VARIABLE = "TDSP_DEPLOY_HOME"
 
 # This process's reading: ((groups, state), listing, whether it came from the cache file); a
@@ -74,19 +79,48 @@ def entry_points(
 
 def skip_pydantic_plugin_scan(groups: tuple[str, ...]) -> None:
     """Tell pydantic that no installed distribution declares a plugin for it, when the cached
-    listing (which must include the ``pydantic`` group) says so: pydantic then does not read
-    every distribution's metadata itself. Its result would have been the same empty set; with
+    listing (which must include the ``pydantic`` group) says so: pydantic then neither reads
+    every distribution's metadata itself nor, when its plugin loader is not imported yet,
+    imports ``importlib.metadata`` for it. Its answer would have been the same empty set; with
     a plugin installed, or a pydantic that keeps this elsewhere, nothing changes."""
     if os.environ.get("PYDANTIC_DISABLE_PLUGINS") is not None:
         return  # the user chose; pydantic reads that variable itself
     plugins, _ = entry_points(PYDANTIC_GROUP, groups)
     if plugins:
         return
+    loader = sys.modules.get(PYDANTIC_LOADER)
+    if loader is None:
+        sys.modules[PYDANTIC_LOADER] = _no_plugins_loader()
+        return
     with contextlib.suppress(Exception):
-        from pydantic.plugin import _loader
+        if getattr(loader, "_plugins", 0) is None and not getattr(loader, "_loading_plugins", True):
+            loader._plugins = {}  # type: ignore[attr-defined]
 
-        if getattr(_loader, "_plugins", 0) is None and not getattr(_loader, "_loading_plugins", True):
-            _loader._plugins = {}
+
+def _no_plugins_loader() -> types.ModuleType:
+    """Stands for pydantic's plugin loader while no plugin is installed: ``get_plugins`` is what
+    pydantic asks it for, and the answer is the real loader's, none. Any other name imports the
+    real loader (told that there are none) in its place."""
+    stand_in = types.ModuleType(PYDANTIC_LOADER)
+
+    def get_plugins(*args: Any, **kwargs: Any) -> tuple[()]:
+        return ()
+
+    def real(name: str) -> Any:
+        if name.startswith("__"):  # the import system asking what kind of module this is
+            raise AttributeError(name)
+        if sys.modules.get(PYDANTIC_LOADER) is stand_in:
+            del sys.modules[PYDANTIC_LOADER]
+        loader = importlib.import_module(PYDANTIC_LOADER)
+        if getattr(loader, "_plugins", 0) is None:
+            loader._plugins = {}
+        return getattr(loader, name)
+
+    stand_in.get_plugins = get_plugins  # type: ignore[attr-defined]
+    stand_in._plugins = {}  # type: ignore[attr-defined]  # as the real one holds them once read
+    stand_in._loading_plugins = False  # type: ignore[attr-defined]
+    stand_in.__getattr__ = real  # type: ignore[attr-defined]
+    return stand_in
 
 
 # -- the cache file ---------------------------------------------------------------------------

@@ -7,14 +7,17 @@ that names a missing package, or another version than the installed one, earns a
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from packaging.requirements import InvalidRequirement, Requirement
 
-from tdsp_deploy.manifest.model import EnvironmentSection
+if TYPE_CHECKING:  # packaging and importlib.metadata load when a file is checked, not on import:
+    # `validate` imports this module through the local backend and rarely checks one
+    from packaging.requirements import Requirement
+
+    from tdsp_deploy.manifest.model import EnvironmentSection
 
 # conda packages that are not Python distributions (or are the interpreter itself)
 NOT_DISTRIBUTIONS = frozenset({"python", "pip", "setuptools", "wheel"})
@@ -59,6 +62,8 @@ def declared_requirements(environment: EnvironmentSection) -> list[Requirement]:
 
 
 def _parse(lines: Iterable[str]) -> Iterable[Requirement]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
     for line in lines:
         try:
             yield Requirement(line)
@@ -68,6 +73,8 @@ def _parse(lines: Iterable[str]) -> Iterable[Requirement]:
 
 def check_environment(environment: EnvironmentSection) -> list[str]:
     """Warnings for each declared requirement the current environment does not satisfy."""
+    import importlib.metadata
+
     warnings = []
     for requirement in declared_requirements(environment):
         if requirement.marker is not None and not requirement.marker.evaluate():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from tdsp_deploy import cli_build
 from tdsp_deploy.cli import app
+from tdsp_deploy.cli import build as cli_build
 
 INVOCATIONS = [
     ["--help"],

@@ -154,3 +154,42 @@ def test_pydantic_is_spared_its_own_scan_only_when_it_has_no_plugin(tmp_path: Pa
     )
     _plugin(site, "a-pydantic-plugin", "observe = a_pydantic_plugin:plugin", group="pydantic")
     assert _probe(site, tmp_path / "home").startswith("LEFT None")  # pydantic loads it itself
+
+
+WARM_START = textwrap.dedent(
+    """
+    import sys
+    from tdsp_deploy.cli import main
+    code = main(sys.argv[1:])
+    print("CODE", code, "METADATA", "importlib.metadata" in sys.modules, file=sys.stderr)
+    from pydantic.plugin._loader import PYDANTIC_ENTRY_POINT_GROUP, _plugins, get_plugins
+    print("LOADER", PYDANTIC_ENTRY_POINT_GROUP, _plugins, list(get_plugins()), file=sys.stderr)
+    """
+)
+
+
+def test_a_warm_start_spares_pydantic_its_loader_while_it_has_no_plugin(iris: Path, tmp_path: Path) -> None:
+    # pydantic's plugin loader imports importlib.metadata (email, zipfile, csv ...) to read
+    # every distribution; with the listing cached and no plugin in it, a command runs without it
+    environment = {"TDSP_DEPLOY_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+
+    def start() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", WARM_START, "validate", str(iris)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+        )
+        return done.stderr
+
+    start()  # the cold start reads the environment (and so imports importlib.metadata)
+    warm = start()
+    assert "CODE 0 METADATA False" in warm, warm
+    assert "LOADER pydantic {} []" in warm, warm  # any other name: the real loader, told none
+
+
+def test_the_start_reads_the_groups_the_registry_reads() -> None:
+    from tdsp_deploy.backends.registry import GROUPS
+
+    assert entry_point_cache.START_GROUPS == GROUPS  # one reading of the environment per start

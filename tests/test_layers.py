@@ -66,6 +66,7 @@ def test_the_package_keeps_its_layers() -> None:
             "outside the backends, a concrete backend is reached only through the registry",
         ),
         ("smoke.py", "import pyspark", "platform SDKs only inside their backend"),
+        ("cli/traffic.py", "import tdsp_deploy.cli.ab", "cli: no command group imports another"),
     ],
 )
 def test_a_planted_import_breaks_its_contract(

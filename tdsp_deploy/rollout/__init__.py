@@ -62,11 +62,11 @@ def check_supported(backend: Backend, rollout: RolloutSection) -> None:
 
 def validation_warnings(manifest: Any) -> list[str]:
     """What ``validate`` says about a staged rollout on the manifest's target."""
-    from tdsp_deploy.rollout.sources import REPORTED_METRICS, unreported
-
     rollout = manifest.rollout
     if not staged(rollout):
         return []
+    from tdsp_deploy.rollout.sources import REPORTED_METRICS, unreported  # not for the common case
+
     kind = manifest.target.kind
     if kind not in REPORTED_METRICS:
         return [

@@ -1,4 +1,4 @@
-"""Options and arguments every command group shares, defined once."""
+"""Options and arguments that several commands share, defined once."""
 
 from __future__ import annotations
 
@@ -15,4 +15,16 @@ DeploymentOption = Annotated[
 ]
 LockTimeoutOption = Annotated[
     float, typer.Option("--lock-timeout", help="Seconds to wait for another command changing this endpoint.")
+]
+CiOption = Annotated[
+    bool,
+    typer.Option("--ci", help="Write a Markdown summary for the CI page (automatic when CI=true)."),
+]
+SummaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary",
+        help="Write the Markdown summary to this file (default in CI mode: $GITHUB_STEP_SUMMARY).",
+        show_default=False,
+    ),
 ]

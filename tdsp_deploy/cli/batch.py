@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tdsp_deploy.cli_options import DebugOption, DeploymentOption, JsonOption, ManifestArgument
+from tdsp_deploy.cli.context import Command
+from tdsp_deploy.cli.options import DebugOption, DeploymentOption, JsonOption, ManifestArgument
 from tdsp_deploy.errors import UsageError
 
 FormatOption = Annotated[
@@ -51,14 +52,12 @@ def run_command(
     debug: DebugOption = False,
 ) -> None:
     """Run a batch-scoring job: read the input, score every row, write the output."""
-    from tdsp_deploy import cli
-
-    env = cli._env(json_out, debug)
-    loaded = cli._load(manifest, env)
+    ctx = Command.start(manifest, json_out, debug)
+    loaded = ctx.loaded
     source = _location(input, input_format, "--input")
     sink = _location(output, output_format, "--output")
-    with env.progress() as progress:
-        backend = cli._backend(loaded, progress)
+    with ctx.env.progress() as progress:
+        backend = ctx.backend(progress)
         if not backend.capabilities.batch_jobs:
             raise UsageError(
                 f"`run` is for batch targets; the {backend.kind} target serves requests",
@@ -67,10 +66,10 @@ def run_command(
         if local and deployment:
             raise UsageError("--deployment names a deployed slot; --local runs the manifest's own model")
         result: dict[str, Any] = backend.run_job(source, sink, local=local, slot=deployment, master=master)
-    if env.json_mode:
-        env.emit_json({"endpoint": loaded.manifest.name, "local": local, **result})
-        return
-    env.say(f"scored {result.get('rows', '?')} rows into {result.get('output', '?')}")
+    ctx.answer(
+        {"endpoint": loaded.manifest.name, "local": local, **result},
+        f"scored {result.get('rows', '?')} rows into {result.get('output', '?')}",
+    )
 
 
 def _location(text: str | None, format: str | None, option: str) -> Any:
@@ -93,7 +92,3 @@ def _location(text: str | None, format: str | None, option: str) -> Any:
     except ValidationError as exc:
         problems = "; ".join(error["msg"] for error in exc.errors())
         raise UsageError(f"{option} {text}: {problems}") from None
-
-
-def register(app: typer.Typer) -> None:
-    app.command("run")(run_command)

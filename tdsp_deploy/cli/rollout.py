@@ -9,19 +9,19 @@ next look; one whose walker died is acted on here, under the endpoint lock.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tdsp_deploy.cli_options import DebugOption, JsonOption, LockTimeoutOption, ManifestArgument
+from tdsp_deploy.cli.context import Command
+from tdsp_deploy.cli.options import DebugOption, JsonOption, LockTimeoutOption, ManifestArgument
+from tdsp_deploy.cli.rollout_events import event_printer, write_json_line
 from tdsp_deploy.errors import UsageError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Backend
-    from tdsp_deploy.output import Environment
     from tdsp_deploy.rollout.state import RolloutState, RolloutStore
 
 rollout_app = typer.Typer(
@@ -33,12 +33,12 @@ JsonLinesOption = Annotated[
 ]
 
 
-def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Environment, Backend, RolloutStore]:
-    from tdsp_deploy import cli
+def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Command, Backend, RolloutStore]:
     from tdsp_deploy.rollout import store_for
 
-    env, _, backend, _ = cli._deployed(manifest, json_out, debug)
-    return env, backend, store_for(backend)
+    ctx = Command.start(manifest, json_out, debug)
+    backend, _ = ctx.deployed()
+    return ctx, backend, store_for(backend)
 
 
 def _current(store: RolloutStore) -> RolloutState:
@@ -51,33 +51,18 @@ def _current(store: RolloutStore) -> RolloutState:
     return state
 
 
-def event_printer(env: Environment, json_lines: bool, progress: Any = None):  # type: ignore[no-untyped-def]
-    """What a walker's events become: JSON lines on stdout, or the progress display's
-    (a live line on a terminal, one line per look off one)."""
-    from tdsp_deploy.backends.base import ProgressEvent
-
-    def show(event: dict[str, Any]) -> None:
-        if json_lines:
-            env.stdout.write(json.dumps(event, default=str, sort_keys=True) + "\n")
-            env.stdout.flush()
-        elif progress is not None:
-            progress(ProgressEvent(step="rollout", message=str(event.get("message", event["event"]))))
-
-    return show
-
-
-def _show(env: Environment, state: RolloutState, *, json_lines: bool = False) -> None:
+def _show(ctx: Command, state: RolloutState, *, json_lines: bool = False) -> None:
     summary = state.summary()
     if json_lines:
-        env.stdout.write(json.dumps({"event": "result", **summary}, default=str, sort_keys=True) + "\n")
-        env.stdout.flush()
-    elif env.json_mode:
-        env.emit_json(summary)
-    else:
+        write_json_line(ctx.env, {"event": "result", **summary})
+        return
+
+    def human() -> list[str]:
         from tdsp_deploy.rollout.report import status_lines
 
-        for line in status_lines(state):
-            env.say(line)
+        return list(status_lines(state))
+
+    ctx.answer(summary, human)
 
 
 @rollout_app.command()
@@ -91,7 +76,7 @@ def status(
     debug: DebugOption = False,
 ) -> None:
     """Where the rollout is: its step, the last look at the guardrails, and how it ended."""
-    env, _, store = _context(manifest, json_out, debug)
+    ctx, _, store = _context(manifest, json_out, debug)
     remote = store.read_remote() if store.read() is None and hasattr(store, "read_remote") else None
     # a rollout walked from another machine: what the endpoint's tag says (status only; the
     # other commands need the whole state, which stays with the machine that walks it)
@@ -100,9 +85,9 @@ def status(
         from tdsp_deploy.rollout.report import write_report
 
         write_report(state, report)
-        if not env.json_mode:
-            env.say(f"report written to {report}")
-    _show(env, state)
+        if not ctx.env.json_mode:
+            ctx.env.say(f"report written to {report}")
+    _show(ctx, state)
 
 
 @rollout_app.command()
@@ -116,22 +101,22 @@ def resume(
     """Continue a paused rollout, or one whose command was killed, from the step it was in."""
     from tdsp_deploy.rollout import walk
 
-    env, backend, store = _context(manifest, json_out, debug)
-    with backend.lock(timeout=lock_timeout), env.progress() as progress:
+    ctx, backend, store = _context(manifest, json_out, debug)
+    with backend.lock(timeout=lock_timeout), ctx.env.progress() as progress:
         state = _current(store)
         if state.finished:
             raise UsageError(
                 f"the rollout of '{state.deployment}' has ended ({state.status})", hint="push a new version"
             )
         store.take_request()  # a request left for a walker that is gone is stale
-        state = walk(backend, state, on_event=event_printer(env, json_lines, progress))
-    _show(env, state, json_lines=json_lines)
+        state = walk(backend, state, on_event=event_printer(ctx.env, json_lines, progress))
+    _show(ctx, state, json_lines=json_lines)
 
 
 def _ask(manifest: Path, request: str, json_out: bool, debug: bool, lock_timeout: float) -> None:
     from tdsp_deploy.rollout.machine import Walker
 
-    env, backend, store = _context(manifest, json_out, debug)
+    ctx, backend, store = _context(manifest, json_out, debug)
     state = _current(store)
     if state.finished:
         raise UsageError(f"the rollout of '{state.deployment}' has ended ({state.status})")
@@ -143,7 +128,7 @@ def _ask(manifest: Path, request: str, json_out: bool, debug: bool, lock_timeout
             state = _current(store)
             if not state.finished:
                 Walker(backend, store, source=None)._act_on(state, request)  # type: ignore[arg-type]
-    _show(env, state)
+    _show(ctx, state)
 
 
 def _wait_for_walker(store: RolloutStore, asked: RolloutState) -> RolloutState:
@@ -191,7 +176,3 @@ def promote(
 ) -> None:
     """End the rollout now: the new deployment takes all the traffic."""
     _ask(manifest, "promote", json_out, debug, lock_timeout)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(rollout_app, name="rollout")

@@ -1,0 +1,108 @@
+"""What a command costs before it does anything: its manifest is read once, the backends are
+discovered once (from the entry-point cache: a warm start reads no distribution's metadata),
+and `validate` and `--help` import only what they use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tdsp_deploy import manifest
+from tdsp_deploy.backends.registry import Registry
+from tdsp_deploy.errors import ExitCode
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often a command reads a manifest and discovers the registry."""
+    calls = {"load_manifest": 0, "discover": 0}
+    load, discover = manifest.load_manifest, Registry.discover.__func__  # type: ignore[attr-defined]
+
+    def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["load_manifest"] += 1
+        return load(*args, **kwargs)
+
+    def counting_discover(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["discover"] += 1
+        return discover(cls, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "load_manifest", counting_load)
+    monkeypatch.setattr(Registry, "discover", classmethod(counting_discover))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code"),
+    [
+        (["validate"], 0),
+        (["status"], ExitCode.BACKEND),  # not deployed: the backend was built and asked
+        (["traffic"], ExitCode.BACKEND),
+        (["logs"], ExitCode.BACKEND),
+        (["ab", "status"], ExitCode.BACKEND),
+        (["rollout", "status"], ExitCode.BACKEND),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(int(value)),
+)
+def test_a_command_reads_its_manifest_once_and_discovers_the_backends_once(
+    cli, iris: Path, counted: dict[str, int], command: list[str], exit_code: int
+) -> None:
+    result = cli(*command, iris, "--json")
+    assert result.exit_code == exit_code, result.stderr
+    assert counted == {"load_manifest": 1, "discover": 1}
+
+
+PROBE = textwrap.dedent(
+    """
+    import importlib.metadata, json, sys
+    scans = []
+    for name in ("entry_points", "distributions"):
+        real = getattr(importlib.metadata, name)
+        def counting(*args, _real=real, _name=name, **kwargs):
+            scans.append(_name)
+            return _real(*args, **kwargs)
+        setattr(importlib.metadata, name, counting)
+    from tdsp_deploy.cli import main
+    code = main(sys.argv[1:])
+    heavy = ["packaging.requirements", "tdsp_deploy.rollout", "http.client", "ssl", "rich.markdown",
+             "pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
+    print(json.dumps({"code": code, "scans": scans, "loaded": [m for m in heavy if m in sys.modules]}),
+          file=sys.stderr)
+    """
+)
+
+
+def _start(home: Path, *args: object) -> dict:  # type: ignore[type-arg]
+    import json
+
+    environment = {**os.environ, "TDSP_DEPLOY_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+    return json.loads(done.stderr.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_warm_start_reads_no_distribution_metadata(iris: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = _start(home, "validate", iris)
+    assert first["code"] == 0 and first["scans"]  # a cold start reads the environment once...
+    again = _start(home, "validate", iris)
+    assert again["code"] == 0 and again["scans"] == []  # ...and the next ones read the cache
+
+
+def test_validate_and_help_import_only_what_they_use(iris: Path, tmp_path: Path) -> None:
+    validate = _start(tmp_path, "validate", iris)
+    assert validate["code"] == 0
+    # a manifest without rollout.steps needs no rollout package; the local backend checks an
+    # environment file only when its slots share this environment
+    assert validate["loaded"] == ["pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
+    helped = _start(tmp_path, "--help")
+    assert helped["code"] == 0 and helped["loaded"] == []
