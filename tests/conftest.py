@@ -66,11 +66,21 @@ def cli() -> CliRunner:
 
 @pytest.fixture(autouse=True, scope="session")
 def environment_cache(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Deployments' environments (built with uv) are shared by the whole session, so each
+    """Deployments' environments (built with uv) are shared by the whole run, so each
     distinct one is built once per run, not once per test; a test that is about building
-    them points TDSP_DEPLOY_ENV_CACHE elsewhere itself."""
+    them points TDSP_DEPLOY_ENV_CACHE elsewhere itself.
+
+    Under pytest-xdist the workers of one run share one cache in the run's own temporary
+    root (numbered per run, so another copy of the suite on this machine has its own): the
+    backend builds each environment under a file lock and marks it ready last, so two
+    workers asking for the same one build it once."""
     previous = os.environ.get("TDSP_DEPLOY_ENV_CACHE")
-    os.environ["TDSP_DEPLOY_ENV_CACHE"] = str(tmp_path_factory.mktemp("envs"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "envs"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("envs")
+    os.environ["TDSP_DEPLOY_ENV_CACHE"] = str(cache)
     yield
     if previous is None:
         os.environ.pop("TDSP_DEPLOY_ENV_CACHE", None)
