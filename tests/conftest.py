@@ -113,20 +113,25 @@ def no_process_left(state_home: Path):  # type: ignore[no-untyped-def]
 
 
 def _project_processes(home: Path) -> list[psutil.Process]:
+    """The local target's processes started for ``home`` (its path on their command line or in
+    their environment). Only command lines are read for every process on the machine,
+    which other test runs share: environments just for the few that run our backend."""
     found = []
-    for process in psutil.process_iter(["cmdline", "environ"]):
+    for process in psutil.process_iter(["cmdline"]):
         try:
             cmdline = " ".join(process.info.get("cmdline") or [])
-            if (
-                "tdsp_deploy.backends.local" in cmdline
-                and str(home) in " ".join(f"{k}={v}" for k, v in (process.info.get("environ") or {}).items())
-                or "tdsp_deploy.backends.local" in cmdline
-                and str(home) in cmdline
-            ):
+            if "tdsp_deploy.backends.local" not in cmdline:
+                continue
+            if _names(home, cmdline) or any(_names(home, value) for value in process.environ().values()):
                 found.append(process)
         except psutil.Error:
             continue
     return found
+
+
+def _names(home: Path, text: str) -> bool:
+    """Whether ``text`` names ``home`` or a path under it (not home10 for home1)."""
+    return any(rest == "" or rest[0] in (os.sep, " ") for rest in text.split(str(home))[1:])
 
 
 @pytest.fixture
