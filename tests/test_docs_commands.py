@@ -164,3 +164,12 @@ def test_the_readme_manifest_is_one_validate_accepts(cli, tmp_path):
     (project / "deploy.yaml").write_text(manifest)
     result = cli("validate", project / "deploy.yaml")
     assert result.exit_code == 0, result.stderr
+
+
+def test_ci_runs_the_readmes_test_command():
+    """The quick start's second command is the one CI runs, word for word."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shell_lines = [line for block in re.findall(r"```bash\n(.*?)```", readme, re.S) for line in block.splitlines()]
+    (test_command,) = [line for line in shell_lines if "[test]" in line and "pytest" in line]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert ci[-1] == test_command, "README.md's test command and the last line of .ci/run differ"
