@@ -173,3 +173,27 @@ def test_ci_runs_the_readmes_test_command():
     (test_command,) = [line for line in shell_lines if "[test]" in line and "pytest" in line]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert ci[-1] == test_command, "README.md's test command and the last line of .ci/run differ"
+
+
+def test_every_relative_link_of_the_documents_leads_somewhere():
+    """Links between README.md and the docs/ pages (and into the tree) name files that exist,
+    and an `#anchor` names one of the target's headings (as GitHub makes their slugs)."""
+    broken = []
+    for document in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", document.read_text(encoding="utf-8"), flags=re.S)
+        text = re.sub(r"`[^`]*`", "", text)  # code, such as a pattern's `(?:...)`, is no link
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (document.parent / path).resolve() if path else document
+            if not linked.exists():
+                broken.append(f"{document.name}: {target}")
+            elif anchor and anchor not in _slugs(linked):
+                broken.append(f"{document.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def _slugs(markdown: Path) -> set[str]:
+    headings = re.findall(r"^#+ (.+)$", markdown.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
