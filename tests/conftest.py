@@ -66,11 +66,21 @@ def cli() -> CliRunner:
 
 @pytest.fixture(autouse=True, scope="session")
 def environment_cache(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Deployments' environments (built with uv) are shared by the whole session, so each
+    """Deployments' environments (built with uv) are shared by the whole run, so each
     distinct one is built once per run, not once per test; a test that is about building
-    them points TDSP_DEPLOY_ENV_CACHE elsewhere itself."""
+    them points TDSP_DEPLOY_ENV_CACHE elsewhere itself.
+
+    Under pytest-xdist the workers of one run share one cache in the run's own temporary
+    root (numbered per run, so another copy of the suite on this machine has its own): the
+    backend builds each environment under a file lock and marks it ready last, so two
+    workers asking for the same one build it once."""
     previous = os.environ.get("TDSP_DEPLOY_ENV_CACHE")
-    os.environ["TDSP_DEPLOY_ENV_CACHE"] = str(tmp_path_factory.mktemp("envs"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "envs"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("envs")
+    os.environ["TDSP_DEPLOY_ENV_CACHE"] = str(cache)
     yield
     if previous is None:
         os.environ.pop("TDSP_DEPLOY_ENV_CACHE", None)
@@ -103,20 +113,25 @@ def no_process_left(state_home: Path):  # type: ignore[no-untyped-def]
 
 
 def _project_processes(home: Path) -> list[psutil.Process]:
+    """The local target's processes started for ``home`` (its path on their command line or in
+    their environment). Only command lines are read for every process on the machine,
+    which other test runs share: environments just for the few that run our backend."""
     found = []
-    for process in psutil.process_iter(["cmdline", "environ"]):
+    for process in psutil.process_iter(["cmdline"]):
         try:
             cmdline = " ".join(process.info.get("cmdline") or [])
-            if (
-                "tdsp_deploy.backends.local" in cmdline
-                and str(home) in " ".join(f"{k}={v}" for k, v in (process.info.get("environ") or {}).items())
-                or "tdsp_deploy.backends.local" in cmdline
-                and str(home) in cmdline
-            ):
+            if "tdsp_deploy.backends.local" not in cmdline:
+                continue
+            if _names(home, cmdline) or any(_names(home, value) for value in process.environ().values()):
                 found.append(process)
         except psutil.Error:
             continue
     return found
+
+
+def _names(home: Path, text: str) -> bool:
+    """Whether ``text`` names ``home`` or a path under it (not home10 for home1)."""
+    return any(rest == "" or rest[0] in (os.sep, " ") for rest in text.split(str(home))[1:])
 
 
 @pytest.fixture

@@ -233,10 +233,10 @@ def test_plain_http_caller_reconnects_after_an_idle_close_and_reports_a_dead_end
     assert caller(b"2").json()["got"] == "2"
     caller.close()
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other process takes it
         dead = sock.getsockname()[1]
-    with pytest.raises(BackendError, match="cannot reach"):
-        PlainHttpCaller(f"http://127.0.0.1:{dead}/score", {})(b"{}")
+        with pytest.raises(BackendError, match="cannot reach"):
+            PlainHttpCaller(f"http://127.0.0.1:{dead}/score", {})(b"{}")
 
 
 @pytest.mark.timeout(300)

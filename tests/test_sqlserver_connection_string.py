@@ -43,11 +43,16 @@ HOSTILE = [
 ]
 
 
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on: bound and never listening, so connections to it are
+    refused and no other process (another test worker, another run) can take it meanwhile."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
 
 
 def target(**overrides: Any) -> SqlServerTarget:
