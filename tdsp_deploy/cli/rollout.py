@@ -145,34 +145,21 @@ def _wait_for_walker(store: RolloutStore, asked: RolloutState) -> RolloutState:
     )
 
 
-@rollout_app.command()
-def pause(
-    manifest: ManifestArgument,
-    lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
-) -> None:
-    """Stop moving traffic; the split stays as it is until `rollout resume`."""
-    _ask(manifest, "pause", json_out, debug, lock_timeout)
+def _request_command(request: str, help_text: str) -> None:
+    """Register `rollout <request>`: the three requests to a rollout share their options."""
+
+    def command(
+        manifest: ManifestArgument,
+        lock_timeout: LockTimeoutOption = 600.0,
+        json_out: JsonOption = False,
+        debug: DebugOption = False,
+    ) -> None:
+        _ask(manifest, request, json_out, debug, lock_timeout)
+
+    command.__doc__ = help_text
+    rollout_app.command(name=request)(command)
 
 
-@rollout_app.command()
-def abort(
-    manifest: ManifestArgument,
-    lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
-) -> None:
-    """End the rollout: traffic back to the split it started from (the control at 100%)."""
-    _ask(manifest, "abort", json_out, debug, lock_timeout)
-
-
-@rollout_app.command()
-def promote(
-    manifest: ManifestArgument,
-    lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
-) -> None:
-    """End the rollout now: the new deployment takes all the traffic."""
-    _ask(manifest, "promote", json_out, debug, lock_timeout)
+_request_command("pause", "Stop moving traffic; the split stays as it is until `rollout resume`.")
+_request_command("abort", "End the rollout: traffic back to the split it started from (the control at 100%).")
+_request_command("promote", "End the rollout now: the new deployment takes all the traffic.")
