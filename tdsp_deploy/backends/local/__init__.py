@@ -271,6 +271,7 @@ class LocalBackend(Backend):
             self._publish(record)  # the router re-reads the keys; old ones fail from now on
 
     def preflight(self) -> list[str]:
+        from tdsp_deploy.backends.local.venvs import declared as venvs_declared
         from tdsp_deploy.environment import check_environment
 
         warnings = []
@@ -291,7 +292,7 @@ class LocalBackend(Backend):
         if environment.isolation == "shared":
             # Slots run in this Python environment: say where it differs from the manifest's.
             return warnings + check_environment(environment)
-        if not (environment.requirements or environment.conda_file):
+        if venvs_declared(environment, self.manifest.model.path) is None:
             warnings.append(
                 "the manifest declares no environment (environment.requirements or conda_file): the "
                 "deployment runs in this CLI's Python environment, and Azure ML will need one"
@@ -390,10 +391,11 @@ class LocalBackend(Backend):
         def told(message: str) -> None:
             self.progress(ProgressEvent(step="environment", message=message))
 
-        plan = venvs.plan(self.manifest.environment, self.target.http_server, warn=lambda w: told(f"warning: {w}"))
+        plan = venvs.plan(self.manifest.environment, self.target.http_server, model_path=self.manifest.model.path,
+                          warn=lambda w: told(f"warning: {w}"))  # fmt: skip
         if plan is None:
             return None
-        return venvs.ensure(plan, self.files.home, told)
+        return venvs.ensure(plan, self.files.home, self.progress)
 
     def _collect_environments(self) -> None:
         from tdsp_deploy.backends.local import venvs
@@ -508,7 +510,7 @@ class LocalBackend(Backend):
         if module is None or not found.environment:
             return ""
         environment = self.manifest.environment
-        declared = environment.requirements or environment.conda_file
+        declared = found.environment.get("declared_in") or environment.requirements or environment.conda_file
         package = DISTRIBUTION_OF.get(module, module)
         where = f"add '{package}' to {declared}" if declared else "declare it in environment.requirements"
         return (
