@@ -99,15 +99,22 @@ def test_blue_and_green_import_and_push_locally_with_no_hand_edit(cli, samples):
         cli("delete", blue, "--yes")
 
 
-def test_an_mlflow_no_code_deployment_becomes_the_mlflow_flavor(cli, samples):
-    sample = samples / "managed" / "sample"
-    mlflow_model = samples / "ncd" / "model"
-    mlflow_model.mkdir(parents=True)
-    (mlflow_model / "MLmodel").write_text(
-        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n    python_version: 3.11.7\n"
+def _mlflow_model_folder(folder: Path, *, conda: str | None = None) -> None:
+    """An MLflow model's files as a no-code sample has them (MLmodel, the pickle, its conda file)."""
+    folder.mkdir(parents=True)
+    env = "    env: conda.yaml\n" if conda else ""
+    (folder / "MLmodel").write_text(
+        f"flavors:\n  python_function:\n{env}    loader_module: mlflow.sklearn\n    python_version: 3.11.7\n"
         "  sklearn:\n    pickled_model: model.pkl\n    serialization_format: cloudpickle\n"
     )
-    (mlflow_model / "model.pkl").write_bytes(pickle.dumps([1.0]))
+    (folder / "model.pkl").write_bytes(pickle.dumps([1.0]))
+    if conda:
+        (folder / "conda.yaml").write_text(conda)
+
+
+def test_an_mlflow_no_code_deployment_becomes_the_mlflow_flavor(cli, samples):
+    sample = samples / "managed" / "sample"
+    _mlflow_model_folder(samples / "ncd" / "model")
     (samples / "ncd" / "deployment.yml").write_text(
         yaml.safe_dump(
             {
@@ -217,14 +224,7 @@ def test_a_no_code_sample_finds_its_own_sample_request_and_validates_with_the_mo
     """The shape of ncd/: create-endpoint.yaml, <flavor>-deployment.yaml per model, and one
     sample-request-<flavor>.json per model beside them; the MLflow model carries its conda file."""
     ncd = tmp_path / "ncd"
-    model = ncd / "regression" / "model"
-    model.mkdir(parents=True)
-    (model / "MLmodel").write_text(
-        "flavors:\n  python_function:\n    env: conda.yaml\n    loader_module: mlflow.sklearn\n"
-        "    model_path: model.pkl\n    python_version: 3.11.7\n"
-    )
-    (model / "model.pkl").write_bytes(pickle.dumps([1.0]))
-    (model / "conda.yaml").write_text("dependencies:\n- python=3.11\n- pip\n- pip:\n  - mlflow-skinny\n")
+    _mlflow_model_folder(ncd / "regression" / "model", conda="dependencies:\n- python=3.11\n- pip:\n  - mlflow-skinny\n")
     (ncd / "create-endpoint.yaml").write_text("name: ncd-endpoint\nauth_mode: key\n")
     (ncd / "sklearn-deployment.yaml").write_text(
         "name: sklearn-deployment\nendpoint_name: ncd-endpoint\nmodel:\n  name: regression-model\n  version: 2\n"
