@@ -67,8 +67,16 @@ _CONDA_SPEC = re.compile(r"^([A-Za-z0-9_.\-]+)(.*)$")
 # package index), so a conda file pinning, say, scikit-learn=1.2.2 gets numpy 1.26 on Azure ML.
 # PyPI's wheels of those releases say nothing of the kind: a resolver takes numpy 2 and the
 # import fails ("numpy.dtype size changed"). The first release of each built for numpy 2:
-NUMPY_2_SINCE = {"scikit-learn": (1, 4, 2), "scipy": (1, 13, 0), "pandas": (2, 2, 2), "matplotlib": (3, 8, 4),
-                 "pyarrow": (16, 0, 0), "statsmodels": (0, 14, 2), "numba": (0, 60, 0), "h5py": (3, 11, 0)}  # fmt: skip
+NUMPY_2_SINCE = {
+    "scikit-learn": (1, 4, 2),
+    "scipy": (1, 13, 0),
+    "pandas": (2, 2, 2),
+    "matplotlib": (3, 8, 4),
+    "pyarrow": (16, 0, 0),
+    "statsmodels": (0, 14, 2),
+    "numba": (0, 60, 0),
+    "h5py": (3, 11, 0),
+}
 
 
 def _needs_numpy_1(conda_pins: dict[str, str]) -> bool:

@@ -140,7 +140,9 @@ def model_environment(model_path: Path) -> ModelEnvironment | None:
     conda_name = named.get("conda") if isinstance(named, dict) else named
     conda = _inside(path, str(conda_name or "conda.yaml"))
     requirements = _inside(path, "requirements.txt")
-    python = _python_env_version(path) or (str(pyfunc["python_version"]) if pyfunc.get("python_version") else None)
+    python = _python_env_version(path) or (
+        str(pyfunc["python_version"]) if pyfunc.get("python_version") else None
+    )
     if conda is not None:
         return ModelEnvironment(conda, None, python)
     if requirements is not None:

@@ -53,7 +53,10 @@ def samples(tmp_path: Path) -> Path:
                     "name": slot,
                     "endpoint_name": "my-endpoint",
                     "model": {"path": f"../../model-{number}/model/"},
-                    "code_configuration": {"code": f"../../model-{number}/onlinescoring/", "scoring_script": "score.py"},
+                    "code_configuration": {
+                        "code": f"../../model-{number}/onlinescoring/",
+                        "scoring_script": "score.py",
+                    },
                     "environment": {
                         "conda_file": f"../../model-{number}/environment/conda.yaml",
                         "image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
@@ -70,9 +73,16 @@ def samples(tmp_path: Path) -> Path:
 def test_blue_and_green_import_and_push_locally_with_no_hand_edit(cli, samples):
     sample = samples / "managed" / "sample"
     imported = cli(
-        "import", sample / "endpoint.yml", sample / "blue-deployment.yml", sample / "green-deployment.yml",
-        "--target", "local", "-o", samples, "--json",
-    )  # fmt: skip
+        "import",
+        sample / "endpoint.yml",
+        sample / "blue-deployment.yml",
+        sample / "green-deployment.yml",
+        "--target",
+        "local",
+        "-o",
+        samples,
+        "--json",
+    )
     assert imported.exit_code == 0, imported.stdout + imported.stderr
     blue, green = (samples / "deploy-blue.yaml", samples / "deploy-green.yaml")
     assert imported.json()["manifests"] == [str(blue), str(green)]
@@ -90,8 +100,15 @@ def test_blue_and_green_import_and_push_locally_with_no_hand_edit(cli, samples):
         second = cli("push", green, "--json")
         assert second.exit_code == 0, second.stdout + second.stderr
         assert second.json()["traffic"] == {"blue": 100, "green": 0}
-        pinned = cli("invoke", green, "--request", samples / "managed/sample/sample-request.json",
-                     "--deployment", "green", "--json")  # fmt: skip
+        pinned = cli(
+            "invoke",
+            green,
+            "--request",
+            samples / "managed/sample/sample-request.json",
+            "--deployment",
+            "green",
+            "--json",
+        )
         assert pinned.json()["response"] == [7.0, 6.0]
         live = cli("invoke", blue, "--request", samples / "managed/sample/sample-request.json", "--json")
         assert live.json()["response"] == [3.0, 2.0]
@@ -126,8 +143,17 @@ def test_an_mlflow_no_code_deployment_becomes_the_mlflow_flavor(cli, samples):
             }
         )
     )
-    written = cli("import", sample / "endpoint.yml", samples / "ncd" / "deployment.yml", "--target", "local",
-                  "--request", sample / "sample-request.json", "-o", "-")  # fmt: skip
+    written = cli(
+        "import",
+        sample / "endpoint.yml",
+        samples / "ncd" / "deployment.yml",
+        "--target",
+        "local",
+        "--request",
+        sample / "sample-request.json",
+        "-o",
+        "-",
+    )
     assert written.exit_code == 0, written.stderr
     assert not Path("-").exists()
     doc = yaml.safe_load(written.stdout)
@@ -139,7 +165,9 @@ def test_an_mlflow_no_code_deployment_becomes_the_mlflow_flavor(cli, samples):
 def test_a_placeholder_of_the_sample_gets_a_precise_message(cli, samples):
     sample = samples / "managed" / "sample"
     (sample / "endpoint.yml").write_text("name: <endpoint_name>\nauth_mode: key\n")
-    result = cli("import", sample / "endpoint.yml", sample / "blue-deployment.yml", "--target", "local", "--json")
+    result = cli(
+        "import", sample / "endpoint.yml", sample / "blue-deployment.yml", "--target", "local", "--json"
+    )
     assert result.exit_code == ExitCode.USAGE
     doc = result.json()
     assert "endpoint.yml:1: name: '<endpoint_name>' is a placeholder" in doc["message"]
@@ -181,20 +209,41 @@ def test_an_inference_schema_sample_with_a_registered_model_and_placeholders_pus
     (sample / "model.yml").write_text("name: schema-sample-model\nversion: 1\npath: weights\n")
     here = ".".join(map(str, sys.version_info[:2]))
     (sample / "env.yml").write_text(
-        yaml.safe_dump({"name": "schema-env", "dependencies": [f"python={here}", "pip",
-                                                               {"pip": ["azureml-inference-server-http", "inference-schema"]}]})
-    )  # fmt: skip
+        yaml.safe_dump(
+            {
+                "name": "schema-env",
+                "dependencies": [
+                    f"python={here}",
+                    "pip",
+                    {"pip": ["azureml-inference-server-http", "inference-schema"]},
+                ],
+            }
+        )
+    )
     (sample / "deployment-standard.yml").write_text(
         "name: schema-standard\nendpoint_name: <endpoint_name>\nmodel: azureml:schema-sample-model:1\n"
         "code_configuration:\n  code: code\n  scoring_script: score-standard.py\n"
-        "environment:\n  image: mcr.microsoft.com/azureml/minimal-py312-inference:latest\n  conda_file: env.yml\n"
+        "environment:\n  image: mcr.microsoft.com/azureml/minimal-py312-inference:latest\n"
+        "  conda_file: env.yml\n"
         "instance_type: Standard_DS3_v2\ninstance_count: 1\n"
     )
     (sample / "sample-inputs").mkdir()
-    (sample / "sample-inputs" / "standard.json").write_text(json.dumps({"width": [2.0, 3.0], "height": [4.0, 1.0]}))
+    (sample / "sample-inputs" / "standard.json").write_text(
+        json.dumps({"width": [2.0, 3.0], "height": [4.0, 1.0]})
+    )
     manifest = sample / "deploy.yaml"
-    imported = cli("import", "schema-demo", sample / "deployment-standard.yml", "--target", "local",
-                   "--request", sample / "sample-inputs" / "standard.json", "-o", manifest, "--json")  # fmt: skip
+    imported = cli(
+        "import",
+        "schema-demo",
+        sample / "deployment-standard.yml",
+        "--target",
+        "local",
+        "--request",
+        sample / "sample-inputs" / "standard.json",
+        "-o",
+        manifest,
+        "--json",
+    )
     assert imported.exit_code == 0, imported.stdout + imported.stderr
     doc = yaml.safe_load(manifest.read_text())
     assert doc["name"] == "schema-demo"
@@ -213,28 +262,49 @@ def test_an_inference_schema_sample_with_a_registered_model_and_placeholders_pus
 
 def test_a_placeholder_other_than_the_endpoint_name_is_still_refused(cli, samples):
     sample = samples / "managed" / "sample"
-    text = (sample / "blue-deployment.yml").read_text().replace("scoring_script: score.py", "scoring_script: <SCRIPT>")
-    (sample / "blue-deployment.yml").write_text(text.replace("endpoint_name: my-endpoint", "endpoint_name: <name>"))
-    result = cli("import", sample / "endpoint.yml", sample / "blue-deployment.yml", "--target", "local", "--json")
+    text = (
+        (sample / "blue-deployment.yml")
+        .read_text()
+        .replace("scoring_script: score.py", "scoring_script: <SCRIPT>")
+    )
+    (sample / "blue-deployment.yml").write_text(
+        text.replace("endpoint_name: my-endpoint", "endpoint_name: <name>")
+    )
+    result = cli(
+        "import", sample / "endpoint.yml", sample / "blue-deployment.yml", "--target", "local", "--json"
+    )
     assert result.exit_code == ExitCode.USAGE
     assert "scoring_script: '<SCRIPT>' is a placeholder" in result.json()["message"]
 
 
-def test_a_no_code_sample_finds_its_own_sample_request_and_validates_with_the_models_environment(cli, tmp_path):
+def test_a_no_code_sample_finds_its_own_sample_request_and_validates_with_the_models_environment(
+    cli, tmp_path
+):
     """The shape of ncd/: create-endpoint.yaml, <flavor>-deployment.yaml per model, and one
     sample-request-<flavor>.json per model beside them; the MLflow model carries its conda file."""
     ncd = tmp_path / "ncd"
-    _mlflow_model_folder(ncd / "regression" / "model", conda="dependencies:\n- python=3.11\n- pip:\n  - mlflow-skinny\n")
+    _mlflow_model_folder(
+        ncd / "regression" / "model", conda="dependencies:\n- python=3.11\n- pip:\n  - mlflow-skinny\n"
+    )
     (ncd / "create-endpoint.yaml").write_text("name: ncd-endpoint\nauth_mode: key\n")
     (ncd / "sklearn-deployment.yaml").write_text(
-        "name: sklearn-deployment\nendpoint_name: ncd-endpoint\nmodel:\n  name: regression-model\n  version: 2\n"
+        "name: sklearn-deployment\nendpoint_name: ncd-endpoint\n"
+        "model:\n  name: regression-model\n  version: 2\n"
         "  path: regression/model\n  type: mlflow_model\ninstance_type: Standard_DS3_v2\ninstance_count: 1\n"
     )
     for flavor in ("lightgbm", "sklearn"):
         (ncd / f"sample-request-{flavor}.json").write_text(json.dumps({"input_data": [[1.0]]}))
     manifest = ncd / "deploy.yaml"
-    imported = cli("import", ncd / "create-endpoint.yaml", ncd / "sklearn-deployment.yaml", "--target", "local",
-                   "-o", manifest, "--json")  # fmt: skip
+    imported = cli(
+        "import",
+        ncd / "create-endpoint.yaml",
+        ncd / "sklearn-deployment.yaml",
+        "--target",
+        "local",
+        "-o",
+        manifest,
+        "--json",
+    )
     assert imported.exit_code == 0, imported.stdout + imported.stderr
     doc = yaml.safe_load(manifest.read_text())
     assert doc["smoke_test"] == {"request": "sample-request-sklearn.json"}

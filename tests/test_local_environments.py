@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from tdsp_deploy.backends.local import venvs
@@ -43,7 +42,10 @@ def _manifest(root: Path, requirements: str, **environment: str) -> Path:
                 "model": {"path": "model/"},
                 "scoring": {"script": "score.py"},
                 "environment": {"requirements": "requirements.txt", **environment},
-                "smoke_test": {"request": "request.json", "latency": {"requests": 2, "concurrency": 1, "warmup": 0}},
+                "smoke_test": {
+                    "request": "request.json",
+                    "latency": {"requests": 2, "concurrency": 1, "warmup": 0},
+                },
             }
         )
     )
@@ -98,12 +100,17 @@ def test_pip_configuration_becomes_uvs_options():
         "global.index-url='https://mirror.example/simple'\n"
     )
     assert venvs.uv_options_from_pip_config(listed) == [
-        "--find-links", "/opt/wheels",
-        "--constraint", "/etc/xdg/pip/constraints.txt",
-        "--extra-index-url", "file:///opt/pypi/simple",
-        "--extra-index-url", "file:///opt/pypi-more/simple",
-        "--index-url", "https://mirror.example/simple",
-    ]  # fmt: skip
+        "--find-links",
+        "/opt/wheels",
+        "--constraint",
+        "/etc/xdg/pip/constraints.txt",
+        "--extra-index-url",
+        "file:///opt/pypi/simple",
+        "--extra-index-url",
+        "file:///opt/pypi-more/simple",
+        "--index-url",
+        "https://mirror.example/simple",
+    ]
 
 
 def test_the_conda_files_python_pin_and_the_hash_of_the_inputs(tmp_path):
@@ -112,19 +119,32 @@ def test_the_conda_files_python_pin_and_the_hash_of_the_inputs(tmp_path):
     assert venvs.conda_python(conda) == "3.11"
     from tdsp_deploy.manifest.model import EnvironmentSection
 
-    environment = EnvironmentSection.model_validate({"conda_file": str(conda)}, context={"base_dir": tmp_path})
+    environment = EnvironmentSection.model_validate(
+        {"conda_file": str(conda)}, context={"base_dir": tmp_path}
+    )
     first = venvs.plan(environment, "granian")
-    assert first is not None and "numpy==2.3.1" in first.requirement_lines and "joblib" in first.requirement_lines
+    assert (
+        first is not None
+        and "numpy==2.3.1" in first.requirement_lines
+        and "joblib" in first.requirement_lines
+    )
     assert venvs.plan(environment, "granian").key == first.key  # same inputs, same environment
     assert venvs.plan(environment, "gunicorn").key != first.key
     warned: list[str] = []
-    missing = EnvironmentSection.model_validate({"conda_file": str(conda), "python": "3.99"}, context={"base_dir": tmp_path})
+    missing = EnvironmentSection.model_validate(
+        {"conda_file": str(conda), "python": "3.99"}, context={"base_dir": tmp_path}
+    )
     assert venvs.plan(missing, "granian", warn=warned.append).python_version.startswith("3.")
     assert any("3.99" in w and "nearest" in w for w in warned)
 
 
 def test_the_declared_python_or_else_the_nearest_installed_one_is_chosen():
-    installed = [("3.11.7", "/a/3.11.7"), ("3.11.2", "/b/3.11.2"), ("3.9.18", "/c/3.9"), ("3.13.0", "/d/3.13")]
+    installed = [
+        ("3.11.7", "/a/3.11.7"),
+        ("3.11.2", "/b/3.11.2"),
+        ("3.9.18", "/c/3.9"),
+        ("3.13.0", "/d/3.13"),
+    ]
     assert venvs.nearest_python("3.11", installed) == ("3.11.7", "/a/3.11.7")  # the newest of that minor
     assert venvs.nearest_python("3.11.2", installed) == ("3.11.2", "/b/3.11.2")  # the same patch first
     assert venvs.nearest_python("3.12", installed) == ("3.13.0", "/d/3.13")  # one minor off: newer wins
@@ -147,8 +167,12 @@ def test_an_installed_interpreter_of_the_declared_version_is_the_one_used():
     # the interpreter chosen is the version it says it is
     import subprocess
 
-    said = subprocess.run([chosen_path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    said = subprocess.run(
+        [chosen_path, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert said == str(tuple(map(int, minor.split("."))))
 
 
@@ -156,7 +180,9 @@ def test_a_conda_pin_built_before_numpy_2_keeps_numpy_1_as_conda_would(tmp_path)
     from tdsp_deploy.environment import conda_requirement_lines
 
     old = tmp_path / "old.yml"
-    old.write_text("dependencies:\n  - python=3.10\n  - scikit-learn=1.2.2\n  - numpy\n  - pip:\n    - joblib\n")
+    old.write_text(
+        "dependencies:\n  - python=3.10\n  - scikit-learn=1.2.2\n  - numpy\n  - pip:\n    - joblib\n"
+    )
     assert conda_requirement_lines(old) == ["scikit-learn==1.2.2", "numpy", "joblib", "numpy<2"]
     recent = tmp_path / "recent.yml"
     recent.write_text("dependencies:\n  - scikit-learn=1.7.0\n  - numpy\n")
@@ -165,7 +191,9 @@ def test_a_conda_pin_built_before_numpy_2_keeps_numpy_1_as_conda_would(tmp_path)
     pinned.write_text("dependencies:\n  - scipy=1.10\n  - numpy=1.24.4\n")
     assert conda_requirement_lines(pinned) == ["scipy==1.10", "numpy==1.24.4"]  # numpy pinned: its own choice
     ranges = tmp_path / "ranges.yml"  # as MLflow writes them: a range on pip, a build string
-    ranges.write_text("dependencies:\n  - pip<=23.2.1\n  - conda-forge::pandas=2.1.4=py311h\n  - numpy>=1.2,<2\n")
+    ranges.write_text(
+        "dependencies:\n  - pip<=23.2.1\n  - conda-forge::pandas=2.1.4=py311h\n  - numpy>=1.2,<2\n"
+    )
     assert conda_requirement_lines(ranges) == ["pandas==2.1.4", "numpy>=1.2,<2"]
 
 

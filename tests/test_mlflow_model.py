@@ -260,10 +260,14 @@ def test_the_model_environment_prefers_the_conda_file_azure_ml_reads(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     assert model_environment(model) is None  # no MLmodel: not an MLflow model
-    (model / "MLmodel").write_text("flavors:\n  python_function:\n    env: env.yaml\n    python_version: 3.10.4\n")
+    (model / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    env: env.yaml\n    python_version: 3.10.4\n"
+    )
     assert model_environment(model) is None  # it names a file it does not carry
     (model / "requirements.txt").write_text("mlflow\n")
-    assert model_environment(model) == type(model_environment(model))(None, model / "requirements.txt", "3.10.4")
+    assert model_environment(model) == type(model_environment(model))(
+        None, model / "requirements.txt", "3.10.4"
+    )
     (model / "env.yaml").write_text("dependencies: [python=3.12]\n")
     (model / "python_env.yaml").write_text("python: 3.12.3\n")
     found = model_environment(model)

@@ -436,7 +436,9 @@ def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
     # eight files, that a file "costing" 64 MiB to open keeps from sharing one task, so several
     # tasks on local[2]'s two Python workers: a worker that was not reused, or a model loaded
     # per batch, would show as more model loads than workers
-    project = make_project(tmp_path / "p", target={"conf": {"spark.sql.files.openCostInBytes": str(64 << 20)}})
+    project = make_project(
+        tmp_path / "p", target={"conf": {"spark.sql.files.openCostInBytes": str(64 << 20)}}
+    )
     frame = rows(1500)
     source = tmp_path / "rows.parquet"
     source.mkdir()
@@ -640,4 +642,3 @@ def test_a_worker_that_loses_the_extraction_race_uses_the_winners_folder_and_lea
         assert extracting_folders() == before  # the loser's copy is gone
     finally:
         shutil.rmtree(root, ignore_errors=True)
-

@@ -65,7 +65,9 @@ def is_endpoint_name(argument: Path) -> bool:
     """An endpoint given by name (as ``az ml online-endpoint create -n NAME``), not by YAML."""
     from tdsp_deploy.manifest.model import ENDPOINT_NAME
 
-    return not argument.exists() and argument.suffix == "" and bool(re.fullmatch(ENDPOINT_NAME, str(argument)))
+    return (
+        not argument.exists() and argument.suffix == "" and bool(re.fullmatch(ENDPOINT_NAME, str(argument)))
+    )
 
 
 def registered_model_beside(reference: str, folder: Path, warnings: list[str]) -> dict[str, str] | None:

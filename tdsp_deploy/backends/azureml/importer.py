@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tdsp_deploy.backends.azureml.entities import sdk_error_text
 from tdsp_deploy.backends.azureml import import_rehearsal
+from tdsp_deploy.backends.azureml.entities import sdk_error_text
 from tdsp_deploy.backends.azureml.target import TAG_PREFIX, AzureMLTarget
 from tdsp_deploy.errors import UsageError
 from tdsp_deploy.manifest.model import DEPLOYMENT_NAME, ENDPOINT_NAME, ENV_VAR_NAME, MODEL_NAME

@@ -130,7 +130,9 @@ def plan(
     )
 
 
-def declared(environment: object, model_path: Path | None) -> tuple[Path | None, Path | None, str | None] | None:
+def declared(
+    environment: object, model_path: Path | None
+) -> tuple[Path | None, Path | None, str | None] | None:
     """(requirements file, conda file, Python version) the deployment's environment is built
     from: the manifest's, else, for an MLflow model, the model's own (as Azure ML's no-code
     deployments do); None when neither declares one. Reads no package index (validate uses it)."""
@@ -138,7 +140,11 @@ def declared(environment: object, model_path: Path | None) -> tuple[Path | None,
     conda_file = getattr(environment, "conda_file", None)
     python = getattr(environment, "python", None)
     if requirements or conda_file:
-        return (Path(requirements) if requirements else None, Path(conda_file) if conda_file else None, python)
+        return (
+            Path(requirements) if requirements else None,
+            Path(conda_file) if conda_file else None,
+            python,
+        )
     if model_path is None:
         return None
     from tdsp_deploy.mlflow_model import model_environment
@@ -175,8 +181,10 @@ def choose_python(declared: str | None, warn: Callable[[str], None]) -> tuple[st
     if found is not None:
         return found
     version, path = nearest_python(declared, [*pyenv, *_uv_pythons()])
-    warn(f"Python {declared} is declared but not installed here; the deployment runs on Python {version}, "
-         "the nearest installed")  # fmt: skip
+    warn(
+        f"Python {declared} is declared but not installed here; the deployment runs on Python {version}, "
+        "the nearest installed"
+    )
     return path, version
 
 
@@ -205,8 +213,11 @@ def _uv_pythons() -> list[tuple[str, str]]:
     try:
         listed = subprocess.run(
             [_uv(), "python", "list", "--only-installed", "--no-python-downloads", "--output-format", "json"],
-            capture_output=True, text=True, timeout=60, check=False,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
         items = json.loads(listed or "[]")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return []
@@ -229,13 +240,23 @@ def _pyenv_pythons() -> list[tuple[str, str]]:
 
 def _uv_python_find(declared: str) -> tuple[str, str] | None:
     try:
-        found = subprocess.run([_uv(), "python", "find", declared, "--no-python-downloads"], capture_output=True,
-                               text=True, timeout=60, check=False)  # fmt: skip
+        found = subprocess.run(
+            [_uv(), "python", "find", declared, "--no-python-downloads"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         path = found.stdout.strip()
         if found.returncode != 0 or not path:
             return None
-        version = subprocess.run([path, "-c", "import sys; print('.'.join(map(str, sys.version_info[:3])))"],
-                                 capture_output=True, text=True, timeout=60, check=False).stdout.strip()  # fmt: skip
+        version = subprocess.run(
+            [path, "-c", "import sys; print('.'.join(map(str, sys.version_info[:3])))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return path, version or declared
@@ -248,7 +269,9 @@ def _release(version: str) -> tuple[int, ...]:
 def _slot_needs(lines: Iterable[str], http_server: str) -> list[str]:
     """The inference server and the HTTP server, at the versions this CLI runs with, unless
     the user declares them (their pin wins, as it would on Azure ML)."""
-    declared = {re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines}
+    declared = {
+        re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines
+    }
     needs = []
     for name in (SERVER_DISTRIBUTION, http_server):
         if name in declared:
@@ -297,11 +320,25 @@ def _tell(progress: Progress, message: str, **figures: float) -> None:
 def _build(plan: EnvironmentPlan, path: Path, progress: Progress) -> None:
     uv = _uv()
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(path), "NO_COLOR": "1"}
-    _run([uv, "venv", "--quiet", "--python", plan.python, str(path)], env, plan, progress, "creating the environment")
+    _run(
+        [uv, "venv", "--quiet", "--python", plan.python, str(path)],
+        env,
+        plan,
+        progress,
+        "creating the environment",
+    )
     # pip takes the best version from all its indexes alike; uv, by default, only from the
     # first index that has the package: do as pip does, since pip's indexes are the ones used.
-    install = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--index-strategy",
-               "unsafe-best-match", *pip_index_options()]  # fmt: skip
+    install = [
+        uv,
+        "pip",
+        "install",
+        "--python",
+        str(path / "bin" / "python"),
+        "--index-strategy",
+        "unsafe-best-match",
+        *pip_index_options(),
+    ]
     if plan.requirements_file is not None:
         install += ["-r", str(plan.requirements_file)]
     extra = path / "tdsp-requirements.txt"
@@ -318,7 +355,9 @@ def _build(plan: EnvironmentPlan, path: Path, progress: Progress) -> None:
 
 
 def _count(plan: EnvironmentPlan) -> int:
-    lines = plan.requirements_file.read_text().splitlines() if plan.requirements_file else plan.requirement_lines
+    lines = (
+        plan.requirements_file.read_text().splitlines() if plan.requirements_file else plan.requirement_lines
+    )
     return sum(1 for line in lines if line.strip() and not line.strip().startswith(("#", "-")))
 
 
@@ -331,7 +370,9 @@ _UV_PHASES = (
 TICK_S = 0.5
 
 
-def _run(command: list[str], env: dict[str, str], plan: EnvironmentPlan, progress: Progress, doing: str) -> None:
+def _run(
+    command: list[str], env: dict[str, str], plan: EnvironmentPlan, progress: Progress, doing: str
+) -> None:
     """Run one uv step, telling ``progress`` what it does (its phases as uv reports them, and
     the time spent against the limit every ``TICK_S``)."""
     started = time.monotonic()
@@ -339,10 +380,19 @@ def _run(command: list[str], env: dict[str, str], plan: EnvironmentPlan, progres
     state = {"doing": doing}
     _tell(progress, doing)
     try:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace", stdin=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            stdin=subprocess.DEVNULL,
+        )
     except OSError as exc:
-        raise DeploymentFailed(f"uv could not be started to build the deployment's environment: {exc}") from None
+        raise DeploymentFailed(
+            f"uv could not be started to build the deployment's environment: {exc}"
+        ) from None
 
     def read() -> None:
         assert process.stdout is not None
@@ -382,7 +432,11 @@ def pip_index_options() -> list[str]:
     """pip's configured index, find-links and constraints (``pip config list``), as uv options."""
     try:
         listed = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
