@@ -37,12 +37,6 @@ LOCK_NAME = "package.json"
 BUCKETS = 10000
 VARIANT_INDEX = "_tdsp_variant_index"
 ERROR_LINES = 60  # of a failure's traceback, kept in result.json
-# Rows per Arrow batch handed to the model, unless the Spark configuration says otherwise:
-# Spark's default (10,000) pays the per-batch costs (a pandas frame, a predict call, Arrow both
-# ways) ten times as often for the same rows; a batch of 4 features and a few outputs at this
-# size is a few MiB per worker.
-ARROW_BATCH_ROWS = 100000
-ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _MODELS = {}  # package file name -> (model, predict function or None), per Python worker
 _MESSAGES = []  # what the driver said, kept in result.json
 
@@ -592,8 +586,6 @@ def main(argv):
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.appName("tdsp-" + spec.get("endpoint", "score")).getOrCreate()
-    if not spark.sparkContext.getConf().contains(ARROW_BATCH_KEY):  # the pool's or target.conf's wins
-        spark.conf.set(ARROW_BATCH_KEY, str(ARROW_BATCH_ROWS))
     # Workers import this file as a module, so that the scoring functions (and the model cache
     # they fill) live there rather than being pickled with every task.
     spark.sparkContext.addPyFile(os.path.abspath(__file__))
