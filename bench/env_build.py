@@ -51,7 +51,7 @@ def uv_cold(plan: venvs.EnvironmentPlan) -> float:
         os.environ["UV_CACHE_DIR"] = str(Path(scratch) / "uv-cache")  # empty: nothing reused
         try:
             started = time.perf_counter()
-            venvs.ensure(plan, Path(scratch), note)
+            venvs.ensure(plan, Path(scratch), lambda event: note(f"{event.step}: {event.message}"))
             return time.perf_counter() - started
         finally:
             if env_before is None:

@@ -1,32 +1,38 @@
 """Benchmark: the synapse target's Spark job on a local Spark (local[2]) vs the same model's
 predict in one pandas process, same rows, same run.
 
-Ours: ``tdsp-deploy run MANIFEST --local --master local[2]`` on a parquet of N rows (1,000,000;
---quick: 100,000 and the random forest only): the generated job reads it, scores it with
-mapInPandas over Arrow batches (model loaded once per Python worker) and writes every row with
-its predictions and model version as parquet. The input is written in row groups of 50,000
-rows (a parquet split is a row group: a file of one huge row group is read by one task).
+Ours: ``tdsp-deploy run MANIFEST --local --master local[2]`` on a parquet of N rows: the
+generated job reads it, scores it with mapInPandas over Arrow batches (model loaded once per
+Python worker) and writes every row with its predictions and model version as parquet. The
+input is written in row groups of 50,000 rows (a parquet split is a row group: a file of one
+huge row group is read by one task).
 Peer: one Python process that reads the same parquet with pandas, calls the same model's predict
 and predict_proba, and writes the same columns as parquet.
 
 Two models, so that the figure is not one model's accident: a logistic regression (cheap to
 score: the run is mostly reading, converting and writing) and a random forest of 100 trees
-(scoring dominates). Reported per model:
+(scoring dominates).
 
-- ``job``: rows/s of the job itself (read + score + write, as the job times it) vs the peer's
-  rows/s for the same work; the goal is a ratio >= 0.5 on 2 cores, so that N cores are a gain;
-- ``end_to_end``: rows/s of the whole command (JVM and Spark start, packaging included), for
-  what a user waits for; no goal;
-- peak memory (RSS) of each side: the Spark process tree (JVM + Python workers) and the peer.
+Every run measures both sides at several sizes (--quick: 100,000 and 300,000 rows; full:
+300,000, 1,000,000 and 3,000,000) and fits a straight line through each side's times (least
+squares), which splits them into a fixed cost (the JVM's first query, the Python workers'
+start, the model load) and a marginal rate (what each further row costs once all that is up,
+which is what a bigger cluster multiplies). Reported per model:
+
+- ``marginal``: the job's marginal rows/s vs the peer's; the goal is a ratio >= 1.0 on 2
+  cores (two cores pay off), with the job's fixed seconds beside it;
+- ``job``: rows/s of the job itself at the largest size (read + score + write, as the job
+  times it, fixed cost included) vs the peer's; reported, no goal;
+- ``end_to_end``: rows/s of the whole command at the largest size (JVM and Spark start,
+  packaging included); reported, no goal;
+- peak memory (RSS) of each side: the Spark process tree (JVM + Python workers) and the peer,
+  and how many times the workers loaded the model (once per worker when they are reused).
 
     python bench/spark_batch.py [--quick]
     python bench/spark_batch.py --scale [--quick]
 
-``--scale`` runs both sides at 100,000, 300,000, 1,000,000 and 3,000,000 rows and reports the
-marginal rate of a straight line fitted through each side's times (what each further row costs
-once the JVM, the workers and the model are up, which is what a bigger cluster multiplies)
-and the job's fixed seconds, with the plot in
-``bench/scale_spark.png`` and its points in ``bench/scale_spark.json``.
+``--scale`` runs 100,000, 300,000, 1,000,000 and 3,000,000 rows (--quick: to 1,000,000) and
+plots them in ``bench/scale_spark.png`` with its points in ``bench/scale_spark.json``.
 
 Prints one JSON document on stdout; progress notes go to stderr.
 """
@@ -57,7 +63,8 @@ import psutil  # noqa: E402
 from common import emit, note, result, tdsp_deploy  # noqa: E402
 from test_synapse_spark import FEATURES, make_project  # noqa: E402
 
-GOAL = 0.5
+GOAL = 1.0  # on the marginal rate: two cores must pay off
+ROWS = {"quick": (100_000, 300_000), "full": (300_000, 1_000_000, 3_000_000)}
 
 PEER = """
 import pickle, sys, time
@@ -182,6 +189,7 @@ def measure_pair(work: Path, name: str, model: Any, source: Path, count: int, en
         "command_s": ours_wall,
         "peer_command_s": peer_wall,
         "ours_peak_rss_mib": round(ours_peak / 2**20, 1),
+        "model_loads": summary.get("model_loads"),
         "peer_peak_rss_mib": round(peer_peak / 2**20, 1),
     }
     note(
@@ -200,10 +208,11 @@ def ratio_entries(name: str, pair: dict[str, Any]) -> list[dict[str, Any]]:
             job_rate,
             peer_rate,
             unit="rows/s",
-            goal=f"ratio >= {GOAL}",
-            met=job_rate / peer_rate >= GOAL,
+            goal="reported (the job's fixed cost included; the goal is on the marginal rate)",
+            met=None,
             rows=count,
             job_seconds=pair["job_s"],
+            model_loads=pair.get("model_loads"),
             peer_seconds=round(pair["peer_s"], 3),
             ours_peak_rss_mib=pair["ours_peak_rss_mib"],
             peer_peak_rss_mib=pair["peer_peak_rss_mib"],
@@ -231,15 +240,24 @@ def scale_entries(name: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]
     rows = np.array([p["rows"] for p in pairs], dtype=float)
     job_slope, job_fixed = np.polyfit(rows, [p["job_s"] for p in pairs], 1)
     peer_slope, peer_fixed = np.polyfit(rows, [p["peer_s"] for p in pairs], 1)
+    if job_slope <= 0 or peer_slope <= 0:
+        # more rows took no longer: the noise of a busy machine is larger than the rows' cost,
+        # and no rate can be read from these points (a failed measurement, not a met goal)
+        note(f"{name}: time did not grow with rows (job slope {job_slope:.3g}, peer {peer_slope:.3g})")
+        return [
+            result(f"spark_batch_marginal_{name}", 0.0, None, unit="rows/s", met=False,
+                   goal=f"ratio >= {GOAL} (what a further row costs, on local[2])",
+                   error="time did not grow with rows: no marginal rate can be read", points=pairs)
+        ]  # fmt: skip
     # plain floats: numpy's would make `met` a numpy bool, which json cannot write
-    job_rate, peer_rate = 1 / max(float(job_slope), 1e-12), 1 / max(float(peer_slope), 1e-12)
+    job_rate, peer_rate = 1 / float(job_slope), 1 / float(peer_slope)
     return [
         result(
             f"spark_batch_marginal_{name}",
             job_rate,
             peer_rate,
             unit="rows/s",
-            goal=f"ratio >= {GOAL} (what a further row costs)",
+            goal=f"ratio >= {GOAL} (what a further row costs, on local[2])",
             met=job_rate / peer_rate >= GOAL,
             job_fixed_seconds=round(float(job_fixed), 2),
             peer_fixed_seconds=round(float(peer_fixed), 2),
@@ -280,7 +298,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="100,000 rows instead of 1,000,000, the random forest only"
+        "--quick", action="store_true", help="100,000 and 300,000 rows instead of 300,000 to 3,000,000"
     )
     parser.add_argument(
         "--scale",
@@ -296,13 +314,15 @@ def main() -> None:
             os.environ, TDSP_DEPLOY_HOME=str(work / "home"), NO_COLOR="1", PYSPARK_PYTHON=sys.executable
         )
         if not args.scale:
-            count = 100_000 if args.quick else 1_000_000
-            source = work / "rows.parquet"
-            write_rows(source, count)
+            counts = ROWS["quick" if args.quick else "full"]
+            sources = {}
+            for count in counts:
+                sources[count] = work / f"rows-{count}.parquet"
+                write_rows(sources[count], count)
             for name, model in models().items():
-                if args.quick and name != "random_forest_100":
-                    continue  # quick: the model whose scoring the cores share; one Spark start
-                entries += ratio_entries(name, measure_pair(work, name, model, source, count, env))
+                pairs = [measure_pair(work, name, model, sources[c], c, env) for c in counts]
+                entries += scale_entries(name, pairs)
+                entries += ratio_entries(name, pairs[-1])
             emit(entries)
             return
         counts = (100_000, 300_000, 1_000_000) if args.quick else (100_000, 300_000, 1_000_000, 3_000_000)

@@ -7,6 +7,7 @@ that names a missing package, or another version than the installed one, earns a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,20 +36,62 @@ def requirement_lines(path: Path) -> list[str]:
 
 
 def conda_requirement_lines(path: Path) -> list[str]:
-    """Pip-style specifiers from a conda file: its pip section as is, conda pins translated."""
+    """Pip-style specifiers from a conda file: its pip section as is, conda pins translated,
+    and numpy held below 2 where conda would hold it (``NUMPY_2_SINCE``)."""
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     lines: list[str] = []
+    conda_pins: dict[str, str] = {}
     for dependency in doc.get("dependencies", []) or []:
         if isinstance(dependency, dict):
             lines += [str(d) for d in dependency.get("pip", []) or [] if not str(d).startswith("-")]
         else:
-            spec = str(dependency).split("::")[-1]
-            name, _, version = spec.partition("=")
-            version = version.lstrip("=").split("=")[0]
-            if name.strip().lower() in NOT_DISTRIBUTIONS:
+            # conda's match specs: name, name=1.2 (1.2.*), name==1.2.3, name=1.2.3=build, name>=1.2
+            found = _CONDA_SPEC.match(str(dependency).split("::")[-1].strip())
+            if found is None or found.group(1).lower() in NOT_DISTRIBUTIONS:
                 continue
-            lines.append(f"{name.strip()}=={version}" if version and "*" not in version else name.strip())
+            name, rest = found.group(1), found.group(2).strip()
+            if rest[:1] in ("<", ">", "!", "~"):
+                lines.append(name + rest.replace(" ", ""))
+                if name.lower() == "numpy":
+                    conda_pins["numpy"] = rest  # a range of the user's own: no cap added
+                continue
+            version = rest.lstrip("=").split("=")[0].strip()
+            pinned = bool(version) and "*" not in version
+            lines.append(f"{name}=={version}" if pinned else name)
+            conda_pins[name.lower()] = version if pinned else ""
+    if _needs_numpy_1(conda_pins):
+        lines.append("numpy<2")
     return lines
+
+
+_CONDA_SPEC = re.compile(r"^([A-Za-z0-9_.\-]+)(.*)$")
+
+# conda-forge marked every build made before numpy 2 as needing numpy<2 (it patched its
+# package index), so a conda file pinning, say, scikit-learn=1.2.2 gets numpy 1.26 on Azure ML.
+# PyPI's wheels of those releases say nothing of the kind: a resolver takes numpy 2 and the
+# import fails ("numpy.dtype size changed"). The first release of each built for numpy 2:
+NUMPY_2_SINCE = {
+    "scikit-learn": (1, 4, 2),
+    "scipy": (1, 13, 0),
+    "pandas": (2, 2, 2),
+    "matplotlib": (3, 8, 4),
+    "pyarrow": (16, 0, 0),
+    "statsmodels": (0, 14, 2),
+    "numba": (0, 60, 0),
+    "h5py": (3, 11, 0),
+}
+
+
+def _needs_numpy_1(conda_pins: dict[str, str]) -> bool:
+    """A conda pin older than its numpy-2 release, and numpy itself not pinned."""
+    if conda_pins.get("numpy"):
+        return False
+    for name, version in conda_pins.items():
+        since = NUMPY_2_SINCE.get(name)
+        parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+        if since and parts and parts < since[: len(parts)]:
+            return True
+    return False
 
 
 def declared_requirements(environment: EnvironmentSection) -> list[Requirement]:

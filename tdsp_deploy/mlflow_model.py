@@ -110,6 +110,63 @@ def _spec(text: Any, file: Path, which: str) -> tuple[tuple[Column, ...] | None,
     return tuple(columns), tensor
 
 
+# -- the model's own environment ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelEnvironment:
+    """What an MLflow model says it needs: a conda file or a pip requirements file, and the
+    Python version it was saved with (None when it names none)."""
+
+    conda_file: Path | None
+    requirements: Path | None
+    python: str | None
+
+
+def model_environment(model_path: Path) -> ModelEnvironment | None:
+    """The environment an MLflow model folder carries, as Azure ML's no-code deployments use
+    it: the conda file the pyfunc flavor names (``env``, by default ``conda.yaml``), else its
+    ``requirements.txt``; None when ``model_path`` is no MLflow model or carries neither."""
+    path = Path(model_path)
+    file = path / MLMODEL
+    if not path.is_dir() or not file.is_file():
+        return None
+    try:
+        document = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    pyfunc = (document.get("flavors") or {}).get("python_function") if isinstance(document, dict) else None
+    if not isinstance(pyfunc, dict):
+        return None
+    named = pyfunc.get("env")
+    conda_name = named.get("conda") if isinstance(named, dict) else named
+    conda = _inside(path, str(conda_name or "conda.yaml"))
+    requirements = _inside(path, "requirements.txt")
+    python = _python_env_version(path) or (
+        str(pyfunc["python_version"]) if pyfunc.get("python_version") else None
+    )
+    if conda is not None:
+        return ModelEnvironment(conda, None, python)
+    if requirements is not None:
+        return ModelEnvironment(None, requirements, python)
+    return None
+
+
+def _inside(folder: Path, name: str) -> Path | None:
+    candidate = (folder / name).resolve()
+    if not candidate.is_file() or not candidate.is_relative_to(folder.resolve()):
+        return None  # the MLmodel may not send us outside the model's own folder
+    return candidate
+
+
+def _python_env_version(folder: Path) -> str | None:
+    """``python:`` of the model's python_env.yaml (what MLflow's virtualenv manager uses)."""
+    try:
+        document = yaml.safe_load((folder / "python_env.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    version = document.get("python") if isinstance(document, dict) else None
+    return str(version) if version else None
+
+
 # -- the smoke-test request against the signature ---------------------------------------------------
 def request_problems(model: MLflowModel, request: Any) -> list[str]:
     """What is wrong with ``request`` (parsed JSON) for this model, in Azure ML's format."""

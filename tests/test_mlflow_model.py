@@ -222,3 +222,56 @@ def test_the_signature_fills_the_columns_of_a_tabular_target(cli, mlflow_project
     )
     target = load_manifest(manifest, targets=(LocalTarget, SqlServerTarget)).manifest.target
     assert [c.name for c in target.inputs] == ["a"] and [c.name for c in target.outputs] == ["prediction"]
+
+
+def test_an_mlflow_model_without_an_environment_section_gets_the_models_own(cli, mlflow_project, tmp_path):
+    import yaml
+
+    from tdsp_deploy.mlflow_model import model_environment
+
+    manifest = _copy(mlflow_project, tmp_path)
+    doc = yaml.safe_load(manifest.read_text())
+    doc.pop("environment", None)  # as a no-code deployment on Azure ML: the model says what it needs
+    doc.setdefault("smoke_test", {})["latency"] = {"requests": 4, "concurrency": 1, "warmup": 0}
+    manifest.write_text(yaml.safe_dump(doc))
+    carried = model_environment(manifest.parent / "model")
+    assert carried is not None and carried.conda_file == (manifest.parent / "model" / "conda.yaml").resolve()
+    assert "mlflow-skinny" in carried.conda_file.read_text()  # what the starter saved it with
+    validated = cli("validate", manifest)
+    assert validated.exit_code == 0 and "declares no environment" not in validated.stderr
+    try:
+        pushed = cli("push", manifest, "--json")
+        assert pushed.exit_code == 0, pushed.stdout + pushed.stderr
+        slot = cli("status", manifest, "--json").json()["slots"][0]
+        environment = slot["details"]["environment"]
+        assert environment["hash"] != "shared" and environment["declared_in"] == str(carried.conda_file)
+        body = tmp_path / "rows.json"
+        body.write_text(json.dumps({"input_data": [[1, 2, 3], [0, 0, 0]]}))
+        answer = cli("invoke", manifest, "--request", body, "--json")
+        assert answer.exit_code == 0, answer.stdout
+        assert answer.json()["response"] == pytest.approx([4.1, 0.1])
+    finally:
+        cli("delete", manifest, "--yes")
+
+
+def test_the_model_environment_prefers_the_conda_file_azure_ml_reads(tmp_path):
+    from tdsp_deploy.mlflow_model import model_environment
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert model_environment(model) is None  # no MLmodel: not an MLflow model
+    (model / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    env: env.yaml\n    python_version: 3.10.4\n"
+    )
+    assert model_environment(model) is None  # it names a file it does not carry
+    (model / "requirements.txt").write_text("mlflow\n")
+    assert model_environment(model) == type(model_environment(model))(
+        None, model / "requirements.txt", "3.10.4"
+    )
+    (model / "env.yaml").write_text("dependencies: [python=3.12]\n")
+    (model / "python_env.yaml").write_text("python: 3.12.3\n")
+    found = model_environment(model)
+    assert found is not None and found.conda_file == model / "env.yaml" and found.python == "3.12.3"
+    (model / "MLmodel").write_text("flavors:\n  python_function:\n    env: ../outside.yaml\n")
+    (tmp_path / "outside.yaml").write_text("dependencies: []\n")
+    assert model_environment(model).conda_file is None  # type: ignore[union-attr]

@@ -433,10 +433,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p")
+    # eight files, that a file "costing" 64 MiB to open keeps from sharing one task, so several
+    # tasks on local[2]'s two Python workers: a worker that was not reused, or a model loaded
+    # per batch, would show as more model loads than workers
+    project = make_project(
+        tmp_path / "p", target={"conf": {"spark.sql.files.openCostInBytes": str(64 << 20)}}
+    )
     frame = rows(1500)
     source = tmp_path / "rows.parquet"
-    frame.to_parquet(source, index=False)
+    source.mkdir()
+    for part in range(8):
+        frame.iloc[part * 200 : (part + 1) * 200].to_parquet(source / f"part-{part}.parquet", index=False)
     sink = tmp_path / "scored.parquet"
 
     result = run_cli(
@@ -445,6 +452,8 @@ def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["rows"] == 1500 and summary["local"] is True
+    assert len(list(sink.glob("part-*.parquet"))) >= 3  # more tasks wrote than there are workers
+    assert 1 <= summary["model_loads"] <= 2, summary  # and no more than the two workers loaded it
     assert "local Spark" in result.stderr  # progress goes to stderr
     out = pd.read_parquet(sink).sort_values("customer_id").reset_index(drop=True)
     model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())

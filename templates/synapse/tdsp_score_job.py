@@ -243,19 +243,23 @@ def _user_predict(root, script):
     return getattr(module, "predict", None)
 
 
-def _model(variant):
+def _model(variant, loads=None):
+    """The variant's model, loaded once per Python worker (``loads`` counts the loads, so the
+    summary shows whether workers were reused)."""
     key = os.path.basename(variant["package"])
     if key not in _MODELS:
         _MODELS[key] = _load(variant)
+        if loads is not None:
+            loads.add(1)
     return _MODELS[key]
 
 
-def _predict(variant, features, output_names):
+def _predict(variant, features, output_names, loads=None):
     """The predictions of one batch as {output name: column}."""
     import numpy
     import pandas
 
-    model, user_predict = _model(variant)
+    model, user_predict = _model(variant, loads)
     if user_predict is not None:
         result = pandas.DataFrame(user_predict(model, features))
         if all(name in result.columns for name in output_names):
@@ -335,7 +339,7 @@ def _onnx_block(output, rows):
     return numpy.asarray(output).reshape(rows, -1)
 
 
-def score_batches(batches, spec, counters=None):
+def score_batches(batches, spec, counters=None, loads=None):
     """mapInPandas: each Arrow batch scored by the model of its rows' variant. The batch keeps
     its rows and their order; predictions are placed by position (no concat, which would turn
     Arrow-backed columns into chunked ones). The model version and variant are added by Spark
@@ -359,7 +363,7 @@ def score_batches(batches, spec, counters=None):
             if positions is not None and len(positions) == 0:
                 continue
             rows = batch if positions is None else batch.iloc[positions]
-            predictions = _predict(variants[number], rows[input_names].reset_index(drop=True), output_names)
+            predictions = _predict(variants[number], rows[input_names].reset_index(drop=True), output_names, loads)
             for name in output_names:
                 values = numpy.asarray(predictions[name])
                 if positions is None:
@@ -449,8 +453,9 @@ def assign_variants(frame, spec):
     return frame.withColumn(VARIANT_INDEX, choice.cast("int"))
 
 
-def scored_frame(spark, frame, spec, counters=None):
-    """``counters``: one accumulator per variant, counting the rows it scored."""
+def scored_frame(spark, frame, spec, counters=None, loads=None):
+    """``counters``: one accumulator per variant, counting the rows it scored; ``loads``: one
+    counting the model loads in the workers."""
     # The input frame with its predictions (lazy): the heart of the job, shared with the tests.
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType, _parse_datatype_string
@@ -479,7 +484,7 @@ def scored_frame(spark, frame, spec, counters=None):
         frame = assign_variants(frame, spec)
     fields = list(frame.schema.fields)
     fields += [StructField(c["name"], _parse_datatype_string(c["type"])) for c in spec["outputs"]]
-    scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counters), StructType(fields))
+    scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counters, loads), StructType(fields))
     if not ab:
         return scored.withColumn("model_version", F.lit(str(variants[0]["model_version"])).cast(StringType()))
     by_index = F.col(VARIANT_INDEX) + 1  # element_at counts from 1
@@ -518,7 +523,8 @@ def run(spark, spec):
         require_format(spark, fmt)
     say(f"reading {spec['input'].get('path') or spec['input'].get('table')} ({spec['input']['format']})")
     counters = [spark.sparkContext.accumulator(0) for _ in spec["variants"]]
-    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counters)
+    loads = spark.sparkContext.accumulator(0)
+    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counters, loads)
     target = spec["output"]
     say(f"scoring with {', '.join(v['name'] + ':' + str(v['model_version']) for v in spec['variants'])}")
     write_output(frame, target)
@@ -533,6 +539,7 @@ def run(spark, spec):
         "format": target["format"],
         "variants": variants,
         "seconds": round(time.time() - started, 3),
+        "model_loads": loads.value,  # one per Python worker and variant when workers are reused
     }
     say(f"wrote {summary['rows']} rows to {summary['output']}")
     if spec.get("request_log"):

@@ -17,8 +17,9 @@ _PLACEHOLDER = re.compile(r"<([A-Za-z_][A-Za-z0-9_ -]{0,40})>")
 _LOCAL_PROBE_KEYS = ("initial_delay", "period", "timeout", "failure_threshold")
 
 
-def check_placeholders(path: Path) -> None:
-    """Refuse YAML that still holds a sample's ``<endpoint_name>``-style placeholder."""
+def check_placeholders(path: Path, *, given: tuple[str, ...] = ()) -> None:
+    """Refuse YAML that still holds a sample's ``<endpoint_name>``-style placeholder, except in
+    the keys ``given`` otherwise (a deployment's endpoint_name, when the endpoint is given)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -28,6 +29,8 @@ def check_placeholders(path: Path) -> None:
         found = _PLACEHOLDER.search(value)
         if found and ":" in value:
             key = value.split(":", 1)[0].strip() or "a value"
+            if key in given:
+                continue
             raise UsageError(
                 f"{path}:{number}: {key}: '{found.group(0)}' is a placeholder of the sample",
                 hint=f"replace {found.group(0)} with a real value (e.g. a name of 3-32 characters of a-z, 0-9, '-')",
@@ -58,17 +61,62 @@ def local_target(azure_target: dict[str, Any], warnings: list[str]) -> dict[str,
     return target
 
 
+def is_endpoint_name(argument: Path) -> bool:
+    """An endpoint given by name (as ``az ml online-endpoint create -n NAME``), not by YAML."""
+    from tdsp_deploy.manifest.model import ENDPOINT_NAME
+
+    return (
+        not argument.exists() and argument.suffix == "" and bool(re.fullmatch(ENDPOINT_NAME, str(argument)))
+    )
+
+
+def registered_model_beside(reference: str, folder: Path, warnings: list[str]) -> dict[str, str] | None:
+    """A registered model (``azureml:NAME:VERSION``) that a model YAML beside the deployment
+    defines (as a sample registers it with ``az ml model create -f model.yml`` first): its
+    local path (absolute), name and version, as the manifest's model section."""
+    import yaml
+
+    match = re.fullmatch(r"(?:azureml:)?([A-Za-z0-9_.-]+)[:@]([A-Za-z0-9_.-]+)", reference)
+    if match is None:
+        return None
+    name, version = match.groups()
+    for candidate in sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")]):
+        try:
+            document = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(document, dict) or document.get("name") != name or not document.get("path"):
+            continue
+        if "endpoint_name" in document or "model" in document:
+            continue  # a deployment, not a model
+        path = str(document["path"]).strip()
+        warnings.append(
+            f"model: 'azureml:{name}:{version}' is the model {candidate.name} defines (path: {path}); "
+            "its local files are deployed"
+        )
+        return {"path": str(candidate.parent / path), "name": name, "version": version}
+    return None
+
+
 def smoke_test(
-    request: Path | None, beside: list[Path], out_dir: Path, warnings: list[str]
+    request: Path | None, beside: list[Path], out_dir: Path, warnings: list[str], names: tuple[str, ...] = ()
 ) -> dict[str, Any] | None:
-    """A smoke test from ``request`` or a sample request found beside the YAML files."""
+    """A smoke test from ``request`` or a sample request found beside the YAML files: one of
+    ``SAMPLE_REQUESTS``, else ``sample-request-<word>.json`` for a word of ``names`` (the
+    deployment's name and file name: sklearn-deployment.yaml takes sample-request-sklearn.json)."""
     found = request
+    words = {w for name in names for w in re.split(r"[-_.]", name.lower()) if w}
     if found is None:
         for folder in beside:
             for name in SAMPLE_REQUESTS:
                 if (folder / name).is_file():
                     found = folder / name
                     break
+            else:
+                for candidate in sorted(folder.glob("sample-request-*.json")):
+                    if candidate.stem.removeprefix("sample-request-").lower() in words:
+                        found = candidate
+                        break
             if found is not None:
                 break
     if found is None:

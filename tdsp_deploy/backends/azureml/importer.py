@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tdsp_deploy.backends.azureml import import_rehearsal
 from tdsp_deploy.backends.azureml.entities import sdk_error_text
 from tdsp_deploy.backends.azureml.target import TAG_PREFIX, AzureMLTarget
 from tdsp_deploy.errors import UsageError
@@ -57,13 +58,13 @@ def import_az_ml(
     ``${AZURE_ML_WORKSPACE}``. Raises UsageError for YAML that azure-ai-ml refuses and for
     deployments a manifest cannot describe.
     """
-    from tdsp_deploy.backends.azureml import import_rehearsal
-
     endpoint_yml, deployment_yml = Path(endpoint_yml), Path(deployment_yml)
     out_dir = Path(out_dir).absolute()
-    for source in (endpoint_yml, deployment_yml):
-        import_rehearsal.check_placeholders(source)
-    endpoint = _load(endpoint_yml, "endpoint")
+    by_name = import_rehearsal.is_endpoint_name(endpoint_yml)
+    if not by_name:
+        import_rehearsal.check_placeholders(endpoint_yml)
+    import_rehearsal.check_placeholders(deployment_yml, given=("endpoint_name",))
+    endpoint = _named_endpoint(str(endpoint_yml)) if by_name else _load(endpoint_yml, "endpoint")
     deployment = _load(deployment_yml, "deployment")
     _check_kinds(endpoint, deployment, endpoint_yml, deployment_yml)
     warnings: list[str] = []
@@ -92,7 +93,11 @@ def import_az_ml(
         manifest["target"] = import_rehearsal.local_target(azure_target, warnings)
         manifest.get("environment", {}).pop("image", None)  # a local deployment runs no image
     smoke = import_rehearsal.smoke_test(
-        request, [deployment_yml.absolute().parent, endpoint_yml.absolute().parent], out_dir, warnings
+        request,
+        [deployment_yml.absolute().parent, *([] if by_name else [endpoint_yml.absolute().parent])],
+        out_dir,
+        warnings,
+        names=(str(deployment.name), deployment_yml.stem),
     )
     if smoke:
         manifest["smoke_test"] = smoke
@@ -126,6 +131,13 @@ def _load(path: Path, what: str) -> Any:
         ) from None
 
 
+def _named_endpoint(name: str) -> Any:
+    """The endpoint ``az ml online-endpoint create -n NAME`` makes: managed, key auth."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(name=name, auth_mode="key")
+
+
 def _check_kinds(endpoint: Any, deployment: Any, endpoint_yml: Path, deployment_yml: Path) -> None:
     from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
 
@@ -140,6 +152,9 @@ def _check_kinds(endpoint: Any, deployment: Any, endpoint_yml: Path, deployment_
             f"{deployment_yml}: a Kubernetes online deployment; the azureml target deploys managed ones",
             hint="remove `type: kubernetes` and give instance_type as a VM size",
         )
+    placeholder = re.fullmatch(r"<[^>]*>|\{\{[^}]*\}\}", str(deployment.endpoint_name or "").strip())
+    if placeholder:  # the endpoint given names it, as `az ml ... --set endpoint_name=` would
+        deployment.endpoint_name = endpoint.name
     if deployment.endpoint_name and deployment.endpoint_name.lower() != (endpoint.name or "").lower():
         raise UsageError(
             f"{deployment_yml}: endpoint_name '{deployment.endpoint_name}' is not the endpoint "
@@ -168,6 +183,12 @@ def _model(deployment: Any, base: Path, out_dir: Path, source: Path, warnings: l
             hint="add `model: {path: ...}` with the local model file or folder",
         )
     if isinstance(model, str):
+        beside = import_rehearsal.registered_model_beside(model, base, warnings)
+        if beside is not None:
+            beside["path"] = _manifest_path(beside["path"], base, out_dir, source, "model.path")
+            if not re.fullmatch(MODEL_NAME, beside["name"]):
+                del beside["name"]
+            return beside
         raise UsageError(
             f"{source}: model '{_reference(model)}' is registered in a workspace; "
             "a manifest deploys a local model",

@@ -214,6 +214,7 @@ class LocalBackend(Backend):
             self.lifecycle.publish(record)  # the router re-reads the keys; old ones fail from now on
 
     def preflight(self) -> list[str]:
+        from tdsp_deploy.backends.local.venvs import declared as venvs_declared
         from tdsp_deploy.environment import check_environment
 
         warnings = []
@@ -234,7 +235,7 @@ class LocalBackend(Backend):
         if environment.isolation == "shared":
             # Slots run in this Python environment: say where it differs from the manifest's.
             return warnings + check_environment(environment)
-        if not (environment.requirements or environment.conda_file):
+        if venvs_declared(environment, self.manifest.model.path) is None:
             warnings.append(
                 "the manifest declares no environment (environment.requirements or conda_file): the "
                 "deployment runs in this CLI's Python environment, and Azure ML will need one"

@@ -133,11 +133,14 @@ class SlotStarter:
             self.progress(ProgressEvent(step="environment", message=message))
 
         plan = venvs.plan(
-            self.manifest.environment, self.target.http_server, warn=lambda w: told(f"warning: {w}")
+            self.manifest.environment,
+            self.target.http_server,
+            model_path=self.manifest.model.path,
+            warn=lambda w: told(f"warning: {w}"),
         )
         if plan is None:
             return None
-        return venvs.ensure(plan, self.files.home, told)
+        return venvs.ensure(plan, self.files.home, self.progress)
 
     def collect_environments(self) -> None:
         """Remove the environments no deployment of any endpoint uses any more."""
@@ -178,7 +181,7 @@ class SlotStarter:
         if module is None or not found.environment:
             return ""
         environment = self.manifest.environment
-        declared = environment.requirements or environment.conda_file
+        declared = found.environment.get("declared_in") or environment.requirements or environment.conda_file
         package = DISTRIBUTION_OF.get(module, module)
         where = f"add '{package}' to {declared}" if declared else "declare it in environment.requirements"
         return (

@@ -34,12 +34,14 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tdsp_deploy.environment import conda_requirement_lines
 from tdsp_deploy.errors import DeploymentFailed
+from tdsp_deploy.progress import Progress, ProgressEvent, no_progress
 
 CACHE_VARIABLE = "TDSP_DEPLOY_ENV_CACHE"
 READY = "tdsp-environment.json"  # written last: a folder without it is not (yet) usable
@@ -64,7 +66,7 @@ class EnvironmentPlan:
     key: str
 
     def to_json(self) -> dict[str, str]:
-        return {"hash": self.key[:16], "python": self.python_version}
+        return {"hash": self.key[:16], "python": self.python_version, "declared_in": self.declared_in}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,28 +89,32 @@ def cache_root(home: Path) -> Path:
 
 
 def plan(
-    environment: object, http_server: str, *, warn: Callable[[str], None] = lambda _: None
+    environment: object,
+    http_server: str,
+    *,
+    model_path: Path | None = None,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> EnvironmentPlan | None:
     """The environment a slot of this manifest runs in; None to run in the CLI's own one
-    (``environment.isolation: shared``, or no environment file at all)."""
+    (``environment.isolation: shared``, or no environment declared at all)."""
     if getattr(environment, "isolation", "isolated") == "shared":
         return None
-    requirements = getattr(environment, "requirements", None)
-    conda_file = getattr(environment, "conda_file", None)
-    declared_python = getattr(environment, "python", None)
-    if requirements:
-        lines = tuple(Path(requirements).read_text(encoding="utf-8").splitlines())
-        declared_in = str(requirements)
-    elif conda_file:
-        lines = tuple(conda_requirement_lines(Path(conda_file)))
-        declared_python = declared_python or conda_python(Path(conda_file))
-        declared_in = str(conda_file)
-    else:
+    source = declared(environment, model_path)
+    if source is None:
         warn(
             "the manifest declares no environment (environment.requirements or conda_file): the "
             "deployment runs in this CLI's Python environment, and Azure ML will need one"
         )
         return None
+    requirements, conda_file, declared_python = source
+    if requirements:
+        lines = tuple(requirements.read_text(encoding="utf-8").splitlines())
+        declared_in = str(requirements)
+    else:
+        assert conda_file is not None
+        lines = tuple(conda_requirement_lines(conda_file))
+        declared_python = getattr(environment, "python", None) or conda_python(conda_file) or declared_python
+        declared_in = str(conda_file)
     python, version = choose_python(declared_python, warn)
     slot_needs = _slot_needs(lines, http_server)
     digest = hashlib.sha256()
@@ -116,12 +122,37 @@ def plan(
         digest.update(part.encode() + b"\0")
     return EnvironmentPlan(
         requirement_lines=(*lines, *slot_needs) if not requirements else tuple(slot_needs),
-        requirements_file=Path(requirements) if requirements else None,
+        requirements_file=requirements,
         python=python,
         python_version=version,
         declared_in=declared_in,
         key=digest.hexdigest(),
     )
+
+
+def declared(
+    environment: object, model_path: Path | None
+) -> tuple[Path | None, Path | None, str | None] | None:
+    """(requirements file, conda file, Python version) the deployment's environment is built
+    from: the manifest's, else, for an MLflow model, the model's own (as Azure ML's no-code
+    deployments do); None when neither declares one. Reads no package index (validate uses it)."""
+    requirements = getattr(environment, "requirements", None)
+    conda_file = getattr(environment, "conda_file", None)
+    python = getattr(environment, "python", None)
+    if requirements or conda_file:
+        return (
+            Path(requirements) if requirements else None,
+            Path(conda_file) if conda_file else None,
+            python,
+        )
+    if model_path is None:
+        return None
+    from tdsp_deploy.mlflow_model import model_environment
+
+    carried = model_environment(Path(model_path))
+    if carried is None:
+        return None
+    return carried.requirements, carried.conda_file, python or carried.python
 
 
 def conda_python(conda_file: Path) -> str | None:
@@ -136,33 +167,111 @@ def conda_python(conda_file: Path) -> str | None:
 
 
 def choose_python(declared: str | None, warn: Callable[[str], None]) -> tuple[str, str]:
-    """The interpreter of the declared version when one is installed here, else this one."""
+    """The interpreter of the declared version when one is installed here (this one, one
+    pyenv installed, or one uv finds), else the nearest installed version, with a warning.
+    The cheap places are asked first: asking uv probes every interpreter on the PATH."""
     here = ".".join(map(str, sys.version_info[:3]))
-    if not declared or here.startswith(declared.rstrip(".") + ".") or here == declared:
+    if not declared or _release(here)[:2] == _release(declared)[:2]:
         return sys.executable, here
-    found = subprocess.run(
-        [_uv(), "python", "find", declared, "--no-python-downloads"],
-        capture_output=True,
-        text=True,
-        check=False,
+    pyenv = [(here, sys.executable), *_pyenv_pythons()]
+    version, path = nearest_python(declared, pyenv)
+    if _release(version)[:2] == _release(declared)[:2]:
+        return path, version
+    found = _uv_python_find(declared)
+    if found is not None:
+        return found
+    version, path = nearest_python(declared, [*pyenv, *_uv_pythons()])
+    warn(
+        f"Python {declared} is declared but not installed here; the deployment runs on Python {version}, "
+        "the nearest installed"
     )
-    path = found.stdout.strip()
-    if found.returncode == 0 and path:
+    return path, version
+
+
+def nearest_python(declared: str, candidates: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """The (version, path) of ``candidates`` nearest to ``declared``: the same minor version
+    (the same patch first, else the newest), else the closest minor, newer on a tie."""
+    wanted = _release(declared)
+
+    def distance(candidate: tuple[str, str]) -> tuple[int, int, int, tuple[int, ...]]:
+        have = _release(candidate[0])
+        minor_gap = abs(have[1] - wanted[1]) if have[0] == wanted[0] else 1000
+        newer_first = 0 if have[:2] >= wanted[:2] else 1
+        patch_miss = 0 if len(wanted) < 3 or have[:3] == wanted[:3] else 1
+        return (minor_gap, newer_first, patch_miss, tuple(-p for p in have))
+
+    return min(candidates, key=distance)
+
+
+def installed_pythons() -> list[tuple[str, str]]:
+    """(version, path) of the CPython 3 interpreters on this machine: what uv finds (PATH,
+    uv's own) and pyenv's versions, whose shims uv cannot run unless selected."""
+    return [*_uv_pythons(), *_pyenv_pythons()]
+
+
+def _uv_pythons() -> list[tuple[str, str]]:
+    try:
+        listed = subprocess.run(
+            [_uv(), "python", "list", "--only-installed", "--no-python-downloads", "--output-format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+        items = json.loads(listed or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
+    return [
+        (str(item["version"]), str(item["path"]))
+        for item in items
+        if item.get("implementation") == "cpython" and item.get("path") and "/shims/" not in item["path"]
+    ]
+
+
+def _pyenv_pythons() -> list[tuple[str, str]]:
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    found = []
+    for folder in sorted(root.glob("3.*")) if root.is_dir() else []:
+        python = folder / "bin" / "python3"
+        if re.fullmatch(r"3\.\d+\.\d+", folder.name) and python.is_file():
+            found.append((folder.name, str(python)))
+    return found
+
+
+def _uv_python_find(declared: str) -> tuple[str, str] | None:
+    try:
+        found = subprocess.run(
+            [_uv(), "python", "find", declared, "--no-python-downloads"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        path = found.stdout.strip()
+        if found.returncode != 0 or not path:
+            return None
         version = subprocess.run(
             [path, "-c", "import sys; print('.'.join(map(str, sys.version_info[:3])))"],
             capture_output=True,
             text=True,
+            timeout=60,
             check=False,
         ).stdout.strip()
-        return path, version or declared
-    warn(f"Python {declared} is declared but not installed here; the deployment runs on Python {here}")
-    return sys.executable, here
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path, version or declared
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3]) or (0,)
 
 
 def _slot_needs(lines: Iterable[str], http_server: str) -> list[str]:
     """The inference server and the HTTP server, at the versions this CLI runs with, unless
     the user declares them (their pin wins, as it would on Azure ML)."""
-    declared = {re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines}
+    declared = {
+        re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-") for line in lines
+    }
     needs = []
     for name in (SERVER_DISTRIBUTION, http_server):
         if name in declared:
@@ -179,13 +288,13 @@ def _runtime_digests() -> list[str]:
     return [hashlib.sha256((here / name).read_bytes()).hexdigest() for name in SLOT_MODULES]
 
 
-def ensure(plan: EnvironmentPlan, home: Path, progress: Callable[[str], None]) -> BuiltEnvironment:
+def ensure(plan: EnvironmentPlan, home: Path, progress: Progress = no_progress) -> BuiltEnvironment:
     """The environment of ``plan``, built now unless it exists (one builder at a time)."""
     root = cache_root(home)
     path = root / plan.key[:16]
     built = BuiltEnvironment(path, plan)
     if (path / READY).exists():
-        progress(f"environment {plan.key[:12]} (Python {plan.python_version}) is ready")
+        _tell(progress, f"environment {plan.key[:12]} (Python {plan.python_version}) is ready")
         _touch(path)
         return built
     root.mkdir(parents=True, exist_ok=True)
@@ -195,30 +304,47 @@ def ensure(plan: EnvironmentPlan, home: Path, progress: Callable[[str], None]) -
             return built
         shutil.rmtree(path, ignore_errors=True)  # a build that did not finish
         started = time.monotonic()
-        progress(f"building environment {plan.key[:12]} with uv (Python {plan.python_version})")
+        _tell(progress, f"building environment {plan.key[:12]} with uv (Python {plan.python_version})")
         _build(plan, path, progress)
         (path / READY).write_text(
             json.dumps({"key": plan.key, "python": plan.python_version, "built_at": time.time()}) + "\n"
         )
-        progress(f"built environment {plan.key[:12]} in {time.monotonic() - started:.1f} s")
+        _tell(progress, f"built environment {plan.key[:12]} in {time.monotonic() - started:.1f} s")
     return built
 
 
-def _build(plan: EnvironmentPlan, path: Path, progress: Callable[[str], None]) -> None:
+def _tell(progress: Progress, message: str, **figures: float) -> None:
+    progress(ProgressEvent(step="environment", message=message, **figures))  # type: ignore[arg-type]
+
+
+def _build(plan: EnvironmentPlan, path: Path, progress: Progress) -> None:
     uv = _uv()
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(path)}
-    _run([uv, "venv", "--quiet", "--python", plan.python, str(path)], env, plan)
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": str(path), "NO_COLOR": "1"}
+    _run(
+        [uv, "venv", "--quiet", "--python", plan.python, str(path)],
+        env,
+        plan,
+        progress,
+        "creating the environment",
+    )
     # pip takes the best version from all its indexes alike; uv, by default, only from the
     # first index that has the package: do as pip does, since pip's indexes are the ones used.
-    install = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "--index-strategy",
-               "unsafe-best-match", *pip_index_options()]  # fmt: skip
+    install = [
+        uv,
+        "pip",
+        "install",
+        "--python",
+        str(path / "bin" / "python"),
+        "--index-strategy",
+        "unsafe-best-match",
+        *pip_index_options(),
+    ]
     if plan.requirements_file is not None:
         install += ["-r", str(plan.requirements_file)]
     extra = path / "tdsp-requirements.txt"
     extra.write_text("\n".join(plan.requirement_lines) + "\n")
     install += ["-r", str(extra)]
-    progress(f"installing {_count(plan)} declared packages and the inference server")
-    _run(install, env, plan)
+    _run(install, env, plan, progress, f"resolving {_count(plan)} declared packages and the inference server")
     runtime = path / RUNTIME / "tdsp_deploy" / "backends" / "local"
     runtime.mkdir(parents=True)
     for package in (runtime, runtime.parent, runtime.parent.parent):
@@ -229,20 +355,71 @@ def _build(plan: EnvironmentPlan, path: Path, progress: Callable[[str], None]) -
 
 
 def _count(plan: EnvironmentPlan) -> int:
-    lines = plan.requirements_file.read_text().splitlines() if plan.requirements_file else plan.requirement_lines
+    lines = (
+        plan.requirements_file.read_text().splitlines() if plan.requirements_file else plan.requirement_lines
+    )
     return sum(1 for line in lines if line.strip() and not line.strip().startswith(("#", "-")))
 
 
-def _run(command: list[str], env: dict[str, str], plan: EnvironmentPlan) -> None:
+# uv's summary lines (its output off a terminal), as what the user is told while it works on
+_UV_PHASES = (
+    (re.compile(r"^Resolved (\d+) packages?"), "resolved {0} packages; downloading and preparing them"),
+    (re.compile(r"^Prepared (\d+) packages?"), "prepared {0} packages; installing"),
+    (re.compile(r"^Installed (\d+) packages?"), "installed {0} packages"),
+)
+TICK_S = 0.5
+
+
+def _run(
+    command: list[str], env: dict[str, str], plan: EnvironmentPlan, progress: Progress, doing: str
+) -> None:
+    """Run one uv step, telling ``progress`` what it does (its phases as uv reports them, and
+    the time spent against the limit every ``TICK_S``)."""
+    started = time.monotonic()
+    output: list[str] = []
+    state = {"doing": doing}
+    _tell(progress, doing)
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:
         raise DeploymentFailed(
-            f"building the deployment's environment took more than {BUILD_TIMEOUT_S} s",
-            hint="check the package index is reachable",
+            f"uv could not be started to build the deployment's environment: {exc}"
         ) from None
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line.rstrip("\n"))
+            for pattern, message in _UV_PHASES:
+                found = pattern.match(line.strip())
+                if found:
+                    state["doing"] = message.format(found.group(1))
+                    _tell(progress, state["doing"])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while reader.is_alive():
+        reader.join(TICK_S)
+        elapsed = time.monotonic() - started
+        if elapsed > BUILD_TIMEOUT_S:
+            process.kill()
+            process.wait()
+            raise DeploymentFailed(
+                f"building the deployment's environment took more than {BUILD_TIMEOUT_S} s",
+                hint="check the package index is reachable",
+            )
+        if reader.is_alive():
+            _tell(progress, state["doing"], elapsed=elapsed, timeout=BUILD_TIMEOUT_S)
+    if process.wait() != 0:
+        tail = "\n".join(output[-15:])
         raise DeploymentFailed(
             f"the deployment's environment could not be built from {plan.declared_in}",
             hint=f"fix the requirement uv names below in {plan.declared_in}, or set "
@@ -255,7 +432,11 @@ def pip_index_options() -> list[str]:
     """pip's configured index, find-links and constraints (``pip config list``), as uv options."""
     try:
         listed = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
