@@ -31,6 +31,14 @@ class TdspError(Exception):
     exit_code: ExitCode = ExitCode.UNEXPECTED
     kind: str = "error"
 
+    def __init_subclass__(cls, *, exit_code: ExitCode | None = None, kind: str | None = None, **kw: Any):
+        # an error class names its exit code and kind in its header; the others inherit them
+        super().__init_subclass__(**kw)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+        if kind is not None:
+            cls.kind = kind
+
     def __init__(self, message: str, *, hint: str | None = None, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
@@ -53,9 +61,7 @@ class TdspError(Exception):
         return doc
 
 
-class UsageError(TdspError):
-    exit_code = ExitCode.USAGE
-    kind = "usage"
+class UsageError(TdspError, exit_code=ExitCode.USAGE, kind="usage"): ...
 
 
 class ManifestError(TdspError):
@@ -99,41 +105,28 @@ class ManifestProblem:
         return f"ManifestProblem({self.render()!r})"
 
 
-class BackendError(TdspError):
+class BackendError(TdspError, exit_code=ExitCode.BACKEND, kind="backend"):
     """The platform refused, could not be reached, or said something we cannot use."""
 
-    exit_code = ExitCode.BACKEND
-    kind = "backend"
+
+class EndpointNotFound(BackendError, kind="not_found"): ...
 
 
-class EndpointNotFound(BackendError):
-    kind = "not_found"
+class DeploymentFailed(TdspError, exit_code=ExitCode.DEPLOYMENT_FAILED, kind="deployment_failed"): ...
 
 
-class DeploymentFailed(TdspError):
-    exit_code = ExitCode.DEPLOYMENT_FAILED
-    kind = "deployment_failed"
+class DeploymentTimeout(DeploymentFailed, kind="deployment_timeout"): ...
 
 
-class DeploymentTimeout(DeploymentFailed):
-    kind = "deployment_timeout"
+class SmokeFailed(TdspError, exit_code=ExitCode.SMOKE_FAILED, kind="smoke_failed"): ...
 
 
-class SmokeFailed(TdspError):
-    exit_code = ExitCode.SMOKE_FAILED
-    kind = "smoke_failed"
+class LatencyObjectiveMissed(
+    TdspError, exit_code=ExitCode.LATENCY_MISSED, kind="latency_objective_missed"
+): ...
 
 
-class LatencyObjectiveMissed(TdspError):
-    exit_code = ExitCode.LATENCY_MISSED
-    kind = "latency_objective_missed"
+class PluginError(TdspError, exit_code=ExitCode.PLUGIN, kind="plugin"): ...
 
 
-class PluginError(TdspError):
-    exit_code = ExitCode.PLUGIN
-    kind = "plugin"
-
-
-class Interrupted(TdspError):
-    exit_code = ExitCode.INTERRUPTED
-    kind = "interrupted"
+class Interrupted(TdspError, exit_code=ExitCode.INTERRUPTED, kind="interrupted"): ...

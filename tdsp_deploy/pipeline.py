@@ -40,19 +40,13 @@ class PushResult:
     rollout: dict[str, Any] | None = None  # a staged rollout's state (rollout.steps)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.endpoint,
-            "kind": self.kind,
-            "deployment": self.deployment,
-            "scoring_uri": self.scoring_uri,
-            "package_id": self.package_id,
-            "model_version": self.model_version,
-            "unchanged": self.unchanged,
-            "traffic": self.traffic,
-            "smoke": self.smoke.to_json() if self.smoke else None,
-            "warnings": self.warnings,
-            **({"rollout": self.rollout} if self.rollout is not None else {}),
-        }
+        # every field as it is, in declaration order; the smoke report as its own JSON, and no
+        # "rollout" key at all unless a staged rollout ran
+        doc = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        doc["smoke"] = self.smoke.to_json() if self.smoke else None
+        if self.rollout is None:
+            del doc["rollout"]
+        return doc
 
 
 def choose_slot(status: EndpointStatus, rollout: RolloutSection) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from tdsp_deploy.cli.context import Command
-from tdsp_deploy.cli.options import DebugOption, JsonOption, ManifestArgument
+from tdsp_deploy.cli.options import ManifestArgument, with_context
 from tdsp_deploy.errors import ExitCode, UsageError
 
 ab_app = typer.Typer(
@@ -25,7 +25,9 @@ ab_app = typer.Typer(
 
 
 @ab_app.command()
+@with_context
 def start(
+    ctx: Command,
     manifest: ManifestArgument,
     control: Annotated[str, typer.Option(help="The deployment now serving (e.g. blue).")],
     treatment: Annotated[str, typer.Option(help="The deployment to compare (e.g. green).")],
@@ -33,15 +35,12 @@ def start(
     mirror: Annotated[
         int | None, typer.Option(help="Percent of live traffic copied to the treatment (it answers no one).")
     ] = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Start an experiment: set the split (or the mirror) and record when it began."""
     from tdsp_deploy.ab import lifecycle
     from tdsp_deploy.cli.splits import check_capabilities
     from tdsp_deploy.traffic import TrafficSplit, validate
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, current = ctx.deployed()
     spec = lifecycle.spec_of(ctx.loaded)
     if (split is None) == (mirror is None):
@@ -83,11 +82,11 @@ def start(
 
 
 @ab_app.command()
-def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+@with_context
+def status(ctx: Command, manifest: ManifestArgument) -> None:
     """Progress of the running experiment towards its sample size."""
     from tdsp_deploy.ab import lifecycle
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, _ = ctx.deployed()
     experiment = lifecycle.store_for(backend).latest()
     document = lifecycle.progress(backend, experiment)
@@ -107,22 +106,21 @@ def status(manifest: ManifestArgument, json_out: JsonOption = False, debug: Debu
 
 
 @ab_app.command()
+@with_context
 def analyze(
+    ctx: Command,
     manifest: ManifestArgument,
     outcomes: Annotated[Path | None, typer.Option(help="CSV or parquet with request_id, outcome.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="Act on the verdict: promote, or roll back.")
     ] = False,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> int:
     """Compare the variants and give a verdict: promote, keep control, inconclusive (exit 8),
     or roll back (exit 9 with --apply, which also acts on it)."""
     from tdsp_deploy.ab import lifecycle
     from tdsp_deploy.ab.analysis import analyze as run_analysis
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, _ = ctx.deployed()
     loaded = ctx.loaded
     experiment = lifecycle.store_for(backend).latest()
@@ -172,10 +170,9 @@ def analyze(
     return 0
 
 
-def _finish(manifest: Path, decision: str, json_out: bool, debug: bool) -> None:
+def _finish(ctx: Command, decision: str) -> None:
     from tdsp_deploy.ab import lifecycle
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, _ = ctx.deployed()
     experiment = lifecycle.store_for(backend).running()
     if experiment is None:
@@ -189,19 +186,23 @@ def _finish(manifest: Path, decision: str, json_out: bool, debug: bool) -> None:
 
 
 @ab_app.command()
-def promote(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+@with_context
+def promote(ctx: Command, manifest: ManifestArgument) -> None:
     """End the experiment: the treatment takes all traffic."""
-    _finish(manifest, "promote", json_out, debug)
+    _finish(ctx, "promote")
 
 
 @ab_app.command()
-def rollback(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+@with_context
+def rollback(ctx: Command, manifest: ManifestArgument) -> None:
     """End the experiment: the control takes all traffic back."""
-    _finish(manifest, "rollback", json_out, debug)
+    _finish(ctx, "rollback")
 
 
 @ab_app.command()
+@with_context
 def replay(
+    ctx: Command,
     manifest: ManifestArgument,
     data: Annotated[Path, typer.Option(help="CSV of labelled rows: feature columns and the label.")],
     label: Annotated[str, typer.Option(help="The label's column.")],
@@ -209,8 +210,6 @@ def replay(
     treatment: Annotated[str | None, typer.Option(help="Default: the latest experiment's treatment.")] = None,
     id_column: Annotated[str | None, typer.Option(help="A column to leave out of the features.")] = None,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per request.")] = 32,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> int:
     """Send the same labelled rows to both variants (pinned) and compare them with a paired
     test: McNemar for classes, paired t-test and Wilcoxon for numbers. Exit 8 when the
@@ -218,7 +217,6 @@ def replay(
     from tdsp_deploy.ab import lifecycle
     from tdsp_deploy.replay import collect_predictions, compare, read_rows
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, _ = ctx.deployed()
     loaded = ctx.loaded
     if control is None or treatment is None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from tdsp_deploy.cli.context import Command
-from tdsp_deploy.cli.options import DebugOption, DeploymentOption, JsonOption, ManifestArgument
+from tdsp_deploy.cli.options import DeploymentOption, ManifestArgument, with_context
 from tdsp_deploy.errors import UsageError
 
 FormatOption = Annotated[
@@ -24,7 +24,9 @@ FormatOption = Annotated[
 ]
 
 
+@with_context
 def run_command(
+    ctx: Command,
     manifest: ManifestArgument,
     input: Annotated[
         str | None,
@@ -48,11 +50,8 @@ def run_command(
     output_format: FormatOption = None,
     deployment: DeploymentOption = None,
     master: Annotated[str, typer.Option(help="Spark master for --local.")] = "local[*]",
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Run a batch-scoring job: read the input, score every row, write the output."""
-    ctx = Command.start(manifest, json_out, debug)
     loaded = ctx.loaded
     source = _location(input, input_format, "--input")
     sink = _location(output, output_format, "--output")

@@ -1,9 +1,9 @@
 """What a command starts from: its Environment, and the manifest, registry and backend it works
 on, each made once per invocation and only when the command first asks for it.
 
-``main`` binds the invocation's Environment; a command opens with
-``Command.start(manifest, json_out, debug)`` and answers with ``answer``, which is the one
-place that chooses between the JSON document and the human lines.
+``main`` binds the invocation's Environment; a command is handed its Command, started by
+``options.with_context`` from its MANIFEST, --json and --debug, and answers with ``answer``,
+which is the one place that chooses between the JSON document and the human lines.
 """
 
 from __future__ import annotations

@@ -11,24 +11,22 @@ import typer
 from tdsp_deploy.cli.context import Command
 from tdsp_deploy.cli.options import (
     CiOption,
-    DebugOption,
-    JsonOption,
     LockTimeoutOption,
     ManifestArgument,
     SummaryOption,
+    with_context,
 )
 
 
+@with_context
 def package(
+    ctx: Command,
     manifest: ManifestArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the archive.")] = Path("dist"),
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Build the deterministic package (archive + sha256 lock) that a push deploys."""
     from tdsp_deploy.packaging import build_package
 
-    ctx = Command.start(manifest, json_out, debug)
     loaded = ctx.checked()
     with ctx.env.progress() as progress:
         built = build_package(loaded.manifest, output, progress=progress)
@@ -46,20 +44,19 @@ def package(
     )
 
 
+@with_context
 def render(
+    ctx: Command,
     manifest: ManifestArgument,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.", show_default=False)],
     ci: CiOption = False,
     summary: SummaryOption = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Write, offline, exactly what a push would send or start: reviewable in a pull request."""
     from tdsp_deploy import ci_summary, paths
     from tdsp_deploy.packaging import build_package
     from tdsp_deploy.secrets import redact_files
 
-    ctx = Command.start(manifest, json_out, debug)
     loaded = ctx.checked()
     with ctx.env.progress() as progress:
         built = build_package(loaded.manifest, paths.package_store(), progress=progress)
@@ -79,7 +76,9 @@ def render(
     )
 
 
+@with_context
 def push(
+    ctx: Command,
     manifest: ManifestArgument,
     keep_failed: Annotated[
         bool,
@@ -104,15 +103,12 @@ def push(
     json_lines: Annotated[
         bool, typer.Option("--json-lines", help="A staged rollout's looks as JSON lines on stdout.")
     ] = False,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Package, deploy, smoke-test and shift traffic; roll back on any failure."""
     from tdsp_deploy.ci_summary import PushRecorder, summary_target
     from tdsp_deploy.cli.rollout_events import event_printer
     from tdsp_deploy.pipeline import push as run_push
 
-    ctx = Command.start(manifest, json_out, debug)
     env = ctx.env
     with PushRecorder(summary_target(summary, ci, env.environ), str(manifest), env.redact) as recorder:
         loaded = ctx.loaded

@@ -11,11 +11,10 @@ import typer
 
 from tdsp_deploy.cli.context import Command, existing
 from tdsp_deploy.cli.options import (
-    DebugOption,
     DeploymentOption,
-    JsonOption,
     LockTimeoutOption,
     ManifestArgument,
+    with_context,
 )
 from tdsp_deploy.errors import EndpointNotFound, ExitCode, UsageError
 
@@ -24,7 +23,9 @@ if TYPE_CHECKING:
     from tdsp_deploy.output import Environment
 
 
+@with_context
 def status(
+    ctx: Command,
     manifest: Annotated[
         Path | None,
         typer.Argument(help="The manifest, e.g. deploy.yaml (not with --all).", show_default=False),
@@ -44,14 +45,11 @@ def status(
         float, typer.Option("--interval", min=0.1, help="Seconds between refreshes with --watch.")
     ] = 2.0,
     count: Annotated[int | None, typer.Option("--count", min=1, hidden=True)] = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> int:
     """Show slots, health, versions, traffic and the scoring URI. Exit 4 when a slot with
     traffic is not healthy, 3 when the endpoint does not exist."""
     from tdsp_deploy import status_view
 
-    ctx = Command.start(manifest, json_out, debug)
     env = ctx.env
     if all_endpoints == (manifest is not None):
         raise UsageError("give a manifest or --all (not both)", hint="e.g. tdsp-deploy status deploy.yaml")
@@ -105,17 +103,16 @@ def _health_exit_code(env: Environment, current: EndpointStatus) -> int:
     return 0
 
 
+@with_context
 def invoke(
+    ctx: Command,
     manifest: ManifestArgument,
     request: Annotated[Path, typer.Option("--request", "-r", help="Request body file ('-' for stdin).")],
     deployment: DeploymentOption = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Send one request to the endpoint and print the answer."""
     from tdsp_deploy.errors import BackendError
 
-    ctx = Command.start(manifest, json_out, debug)
     ctx.loaded  # noqa: B018 - a bad manifest is reported before the request file
     body = _read_request(request)
     result = ctx.backend().invoke(body, slot=deployment)
@@ -155,16 +152,15 @@ def _read_request(path: Path) -> bytes:
         raise UsageError(f"cannot read the request file {path}: {exc.strerror}") from exc
 
 
+@with_context
 def test_command(
+    ctx: Command,
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Re-run the manifest's smoke test (answers + latency) against what is deployed."""
     from tdsp_deploy.pipeline import test_deployment
 
-    ctx = Command.start(manifest, json_out, debug)
     with ctx.env.progress() as progress:
         report = test_deployment(ctx.loaded, ctx.backend(progress), deployment=deployment, progress=progress)
 
@@ -176,18 +172,17 @@ def test_command(
     ctx.answer(report.to_json(), human)
 
 
+@with_context
 def logs(
+    ctx: Command,
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
     tail: Annotated[int | None, typer.Option("--tail", "--lines", help="Only the last N lines.")] = 200,
     failed: Annotated[
         bool, typer.Option("--failed", help="The log of the latest failed (rolled back) deployment.")
     ] = False,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Show a deployment's server log (default: the one with the most traffic)."""
-    ctx = Command.start(manifest, json_out, debug)
     backend = ctx.backend()
     if failed:
         slot = deployment or ""  # "": the latest failure, whichever deployment it was
@@ -214,16 +209,15 @@ def _default_slot(current: EndpointStatus) -> str:
     )
 
 
+@with_context
 def credentials(
+    ctx: Command,
     manifest: ManifestArgument,
     regenerate: Annotated[
         bool, typer.Option("--regenerate", help="Replace both keys; the old ones are refused from then on.")
     ] = False,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Print the endpoint's keys (the one command that shows a secret, because you asked)."""
-    ctx = Command.start(manifest, json_out, debug)
     backend = ctx.backend()
     if regenerate:
         with backend.lock():
@@ -237,16 +231,15 @@ def credentials(
     )
 
 
+@with_context
 def delete(
+    ctx: Command,
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Stop and remove the endpoint (or one deployment with --deployment) and its state."""
-    ctx = Command.start(manifest, json_out, debug)
     name = ctx.loaded.manifest.name
     backend = ctx.backend()
     what = (

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from tdsp_deploy.cli.context import Command
-from tdsp_deploy.cli.options import DebugOption, JsonOption, ManifestArgument
+from tdsp_deploy.cli.options import ManifestArgument, with_context
 from tdsp_deploy.errors import UsageError
 
 # What `import` writes as placeholders when it is not told the workspace, with stand-ins that
@@ -28,7 +28,9 @@ def _kinds() -> list[str]:
     return Registry.discover().kinds
 
 
+@with_context
 def init(
+    ctx: Command,
     directory: Annotated[Path, typer.Argument(help="Where to write the starter project.")] = Path("."),
     name: Annotated[str | None, typer.Option(help="Endpoint name (default: from the folder name).")] = None,
     target: Annotated[
@@ -48,14 +50,11 @@ def init(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Write a commented starter manifest, score.py, model and sample request for a target."""
     from tdsp_deploy.manifest.schema import manifest_json_schema
     from tdsp_deploy.starter import write_starter
 
-    ctx = Command.start(None, json_out, debug)
     models, _ = ctx.registry.target_models()
     schema_text = json.dumps(manifest_json_schema(models), indent=2, sort_keys=True) + "\n"
     created, endpoint = write_starter(
@@ -83,12 +82,12 @@ def _templates_dir() -> Path:
     return packaged if packaged.is_dir() else package.parent / "templates"
 
 
-def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: DebugOption = False) -> None:
+@with_context
+def validate(ctx: Command, manifest: ManifestArgument) -> None:
     """Check a manifest without deploying anything (and without importing your code)."""
     from tdsp_deploy.errors import PluginError
     from tdsp_deploy.manifest import check_manifest
 
-    ctx = Command.start(manifest, json_out, debug)
     loaded = ctx.loaded
     warnings = check_manifest(loaded)
     try:
@@ -118,21 +117,20 @@ def validate(manifest: ManifestArgument, json_out: JsonOption = False, debug: De
     )
 
 
+@with_context
 def schema(
+    ctx: Command,
     reference: Annotated[
         bool, typer.Option("--reference", help="The Markdown manifest reference instead of the JSON Schema.")
     ] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
     ] = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Print the manifest's JSON Schema (for editors: yaml-language-server), or its reference."""
     from tdsp_deploy.manifest.reference import markdown_reference
     from tdsp_deploy.manifest.schema import manifest_json_schema
 
-    ctx = Command.start(None, json_out, debug)
     models, warnings = ctx.registry.target_models()
     ctx.warn(warnings)
     document = manifest_json_schema(models)
@@ -157,7 +155,9 @@ def _write_text(path: Path, text: str) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+@with_context
 def import_command(
+    ctx: Command,
     endpoint: Annotated[
         Path, typer.Argument(help="az ml endpoint YAML (managedOnlineEndpoint).", show_default=False)
     ],
@@ -185,13 +185,10 @@ def import_command(
     subscription_id: Annotated[str | None, typer.Option(help="Default: ${AZURE_SUBSCRIPTION_ID}.")] = None,
     resource_group: Annotated[str | None, typer.Option(help="Default: ${AZURE_RESOURCE_GROUP}.")] = None,
     workspace: Annotated[str | None, typer.Option(help="Default: ${AZURE_ML_WORKSPACE}.")] = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Turn an existing az ml endpoint + deployment YAML pair (or several deployments) into manifests."""
     from tdsp_deploy.backends.azureml.import_command import run_import
 
-    ctx = Command.start(None, json_out, debug)
     run_import(
         ctx.env,
         endpoint,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tdsp_deploy.cli.context import Command
-from tdsp_deploy.cli.options import DebugOption, JsonOption, LockTimeoutOption, ManifestArgument
+from tdsp_deploy.cli.options import LockTimeoutOption, ManifestArgument, with_context
 from tdsp_deploy.cli.rollout_events import event_printer, write_json_line
 from tdsp_deploy.errors import UsageError
 
@@ -33,12 +33,11 @@ JsonLinesOption = Annotated[
 ]
 
 
-def _context(manifest: Path, json_out: bool, debug: bool) -> tuple[Command, Backend, RolloutStore]:
+def _deployed(ctx: Command) -> tuple[Backend, RolloutStore]:
     from tdsp_deploy.rollout import store_for
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, _ = ctx.deployed()
-    return ctx, backend, store_for(backend)
+    return backend, store_for(backend)
 
 
 def _current(store: RolloutStore) -> RolloutState:
@@ -66,17 +65,17 @@ def _show(ctx: Command, state: RolloutState, *, json_lines: bool = False) -> Non
 
 
 @rollout_app.command()
+@with_context
 def status(
+    ctx: Command,
     manifest: ManifestArgument,
     report: Annotated[
         Path | None,
         typer.Option("--report", help="Write the rollout's HTML report there.", show_default=False),
     ] = None,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Where the rollout is: its step, the last look at the guardrails, and how it ended."""
-    ctx, _, store = _context(manifest, json_out, debug)
+    _, store = _deployed(ctx)
     remote = store.read_remote() if store.read() is None and hasattr(store, "read_remote") else None
     # a rollout walked from another machine: what the endpoint's tag says (status only; the
     # other commands need the whole state, which stays with the machine that walks it)
@@ -91,17 +90,17 @@ def status(
 
 
 @rollout_app.command()
+@with_context
 def resume(
+    ctx: Command,
     manifest: ManifestArgument,
     json_lines: JsonLinesOption = False,
     lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Continue a paused rollout, or one whose command was killed, from the step it was in."""
     from tdsp_deploy.rollout import walk
 
-    ctx, backend, store = _context(manifest, json_out, debug)
+    backend, store = _deployed(ctx)
     with backend.lock(timeout=lock_timeout), ctx.env.progress() as progress:
         state = _current(store)
         if state.finished:
@@ -113,10 +112,10 @@ def resume(
     _show(ctx, state, json_lines=json_lines)
 
 
-def _ask(manifest: Path, request: str, json_out: bool, debug: bool, lock_timeout: float) -> None:
+def _ask(ctx: Command, request: str, lock_timeout: float) -> None:
     from tdsp_deploy.rollout.machine import Walker
 
-    ctx, backend, store = _context(manifest, json_out, debug)
+    backend, store = _deployed(ctx)
     state = _current(store)
     if state.finished:
         raise UsageError(f"the rollout of '{state.deployment}' has ended ({state.status})")
@@ -148,13 +147,9 @@ def _wait_for_walker(store: RolloutStore, asked: RolloutState) -> RolloutState:
 def _request_command(request: str, help_text: str) -> None:
     """Register `rollout <request>`: the three requests to a rollout share their options."""
 
-    def command(
-        manifest: ManifestArgument,
-        lock_timeout: LockTimeoutOption = 600.0,
-        json_out: JsonOption = False,
-        debug: DebugOption = False,
-    ) -> None:
-        _ask(manifest, request, json_out, debug, lock_timeout)
+    @with_context
+    def command(ctx: Command, manifest: ManifestArgument, lock_timeout: LockTimeoutOption = 600.0) -> None:
+        _ask(ctx, request, lock_timeout)
 
     command.__doc__ = help_text
     rollout_app.command(name=request)(command)

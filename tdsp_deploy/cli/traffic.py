@@ -7,12 +7,14 @@ from typing import Annotated
 import typer
 
 from tdsp_deploy.cli.context import Command
-from tdsp_deploy.cli.options import DebugOption, JsonOption, LockTimeoutOption, ManifestArgument
+from tdsp_deploy.cli.options import LockTimeoutOption, ManifestArgument, with_context
 from tdsp_deploy.cli.splits import check_capabilities, show_split
 from tdsp_deploy.errors import UsageError
 
 
+@with_context
 def traffic(
+    ctx: Command,
     manifest: ManifestArgument,
     assignments: Annotated[
         list[str] | None,
@@ -23,14 +25,11 @@ def traffic(
         typer.Option("--mirror", help="Copy a share of live traffic, e.g. green=10 (0 stops)."),
     ] = None,
     lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Show or set the traffic split and the mirrored share; every change is kept for rollback."""
     from tdsp_deploy.pipeline import change_traffic, current_split
     from tdsp_deploy.traffic import TrafficSplit, parse_assignments, validate
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, current = ctx.deployed()
     split = current_split(current)
     if assignments or mirror is not None:
@@ -45,17 +44,16 @@ def traffic(
     show_split(ctx, split, changed=bool(assignments or mirror is not None))
 
 
+@with_context
 def rollback(
+    ctx: Command,
     manifest: ManifestArgument,
     lock_timeout: LockTimeoutOption = 600.0,
-    json_out: JsonOption = False,
-    debug: DebugOption = False,
 ) -> None:
     """Return traffic to the split it had before the last change."""
     from tdsp_deploy.pipeline import change_traffic, current_split
     from tdsp_deploy.traffic import TrafficHistory, validate
 
-    ctx = Command.start(manifest, json_out, debug)
     backend, current = ctx.deployed()
     previous = TrafficHistory(backend.kind, current.name).previous()
     if previous is None:

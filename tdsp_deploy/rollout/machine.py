@@ -43,14 +43,10 @@ Event = dict[str, Any]
 MIN_MAX_BAKE_S = 600.0
 
 
-class RolledBack(TdspError):
-    exit_code = ExitCode.ROLLED_BACK
-    kind = "rolled_back"
+class RolledBack(TdspError, exit_code=ExitCode.ROLLED_BACK, kind="rolled_back"): ...
 
 
-class NotEnoughEvidence(TdspError):
-    exit_code = ExitCode.AB_INCONCLUSIVE
-    kind = "not_enough_evidence"
+class NotEnoughEvidence(TdspError, exit_code=ExitCode.AB_INCONCLUSIVE, kind="not_enough_evidence"): ...
 
 
 def max_bake(state: RolloutState, step: dict[str, Any]) -> float:

@@ -397,7 +397,7 @@ class ClientConnection(asyncio.Protocol):
     async def _serve(self, request: Request) -> None:
         router = self.router
         request.served = time.perf_counter()
-        router.request_started()
+        router.started()
         try:
             try:
                 head, body = await router.dispatch.answer(request)
@@ -438,7 +438,7 @@ class ClientConnection(asyncio.Protocol):
                 transport.close()
                 self.closing = True
         finally:
-            router.request_finished()
+            router.finished()
             self._next()
 
     async def _write_stream(self, head: bytes, stream: BodyStream, request: Request) -> None:

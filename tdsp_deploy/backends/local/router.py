@@ -55,7 +55,7 @@ from tdsp_deploy.backends.local.metrics import Measurements
 from tdsp_deploy.backends.local.routes import RouterConfig, RouteTable, SlotRoute
 from tdsp_deploy.backends.local.slot_guard import slot_secret
 from tdsp_deploy.backends.local.timing import RouterTiming
-from tdsp_deploy.backends.local.upstream import IDLE_TIMEOUT_S, SlotPool
+from tdsp_deploy.backends.local.upstream import IDLE_TIMEOUT_S, InFlightCount, SlotPool
 
 log = logging.getLogger("tdsp_deploy.router")
 
@@ -67,10 +67,11 @@ RESERVED_FDS = 64
 CAP_LOG_EVERY_S = 10.0
 
 
-class Router:
+class Router(InFlightCount):
     """Shared state of the router process: routes, keys, slot pools and in-flight accounting."""
 
     def __init__(self, config_path: Path):
+        super().__init__()
         self.config_path = config_path
         self.config = RouterConfig.read(config_path)
         self.routes = RouteTable(())
@@ -78,9 +79,6 @@ class Router:
         self.pools: dict[int, SlotPool] = {}  # by port: one pool per slot process
         self.draining: set[str] = set()
         self.down_until = 0.0  # the latest back-off of any pool: before it, look for down slots
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.connections: set[ClientConnection] = set()
         # Idle client connections, longest idle first: the first to close when the cap is reached.
         self.idle_connections: dict[ClientConnection, None] = {}
@@ -270,16 +268,6 @@ class Router:
         }
         return json.dumps(doc).encode()
 
-    # -- whole router ----------------------------------------------------------------------
-    def request_started(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def request_finished(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
-
     # -- client connections ----------------------------------------------------------------
     def connection_opened(self, connection: ClientConnection) -> bool:
         """Take a new client connection, or not (False) when the cap is reached and no open
@@ -360,7 +348,7 @@ async def serve(config_path: Path) -> None:
     server.close()
     started = time.monotonic()
     try:
-        await asyncio.wait_for(router.idle.wait(), DRAIN_TIMEOUT_S)
+        await asyncio.wait_for(router.quiet.wait(), DRAIN_TIMEOUT_S)
     except TimeoutError:
         log.warning("stopping with %s requests still in flight", router.in_flight)
     for connection in list(router.connections):

@@ -305,24 +305,15 @@ class UpstreamConnection(asyncio.Protocol):
             answer.set_result(result)
 
 
-class SlotPool:
-    """Connections to one slot process (one port), its requests in flight, and its health."""
+class InFlightCount:
+    """Requests begun and not yet answered, and ``quiet``: an event set while there are none,
+    which a drain waits for (the whole router's, or one slot pool's)."""
 
-    def __init__(self, name: str, port: int, secret: bytes = b""):
-        self.name = name
-        self.port = port
-        # The header line that tells the slot a request comes from the router (slot_guard.py).
-        self.secret_line = SLOT_SECRET_HEADER + b": " + secret + b"\r\n" if secret else b""
-        self.secret = secret
-        self.idle: list[UpstreamConnection] = []
+    def __init__(self) -> None:
         self.in_flight = 0
-        self.failures = 0
-        self.down_until = 0.0
-        self.retired = False  # no longer in the routes; closed once its last request is done
-        self.quiet = asyncio.Event()  # set while nothing is in flight
+        self.quiet = asyncio.Event()
         self.quiet.set()
 
-    # -- accounting ----------------------------------------------------------------------
     def started(self) -> None:
         self.in_flight += 1
         self.quiet.clear()
@@ -331,8 +322,27 @@ class SlotPool:
         self.in_flight -= 1
         if self.in_flight == 0:
             self.quiet.set()
-            if self.retired:
-                self.close_idle()
+
+
+class SlotPool(InFlightCount):
+    """Connections to one slot process (one port), its requests in flight, and its health."""
+
+    def __init__(self, name: str, port: int, secret: bytes = b""):
+        super().__init__()
+        self.name = name
+        self.port = port
+        # The header line that tells the slot a request comes from the router (slot_guard.py).
+        self.secret_line = SLOT_SECRET_HEADER + b": " + secret + b"\r\n" if secret else b""
+        self.secret = secret
+        self.idle: list[UpstreamConnection] = []
+        self.failures = 0
+        self.down_until = 0.0
+        self.retired = False  # no longer in the routes; closed once its last request is done
+
+    def finished(self) -> None:
+        super().finished()
+        if self.in_flight == 0 and self.retired:
+            self.close_idle()
 
     def is_down(self, now: float) -> bool:
         return now < self.down_until

@@ -34,12 +34,8 @@ class Difference:
         return f"row {self.row} {list(self.inputs)}: {self.column}: model {self.model!r}, onnx {self.onnx!r}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "row": self.row,
-            "column": self.column,
-            "model": self.model,
-            "onnx": self.onnx,
-            "inputs": list(self.inputs),
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)} | {
+            "inputs": list(self.inputs)
         }
 
 
