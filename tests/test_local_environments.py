@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tdsp_deploy.backends.local import venvs
+from tdsp_deploy.backends.local import interpreters, venvs
 from tdsp_deploy.errors import ExitCode
 
 # pyyaml is installed beside the CLI (it is one of its dependencies) and is no dependency of
@@ -116,7 +116,7 @@ def test_pip_configuration_becomes_uvs_options():
 def test_the_conda_files_python_pin_and_the_hash_of_the_inputs(tmp_path):
     conda = tmp_path / "conda.yaml"
     conda.write_text("dependencies:\n  - python=3.11\n  - numpy=2.3.1\n  - pip:\n    - joblib\n")
-    assert venvs.conda_python(conda) == "3.11"
+    assert interpreters.conda_python(conda) == "3.11"
     from tdsp_deploy.manifest.model import EnvironmentSection
 
     environment = EnvironmentSection.model_validate(
@@ -145,23 +145,23 @@ def test_the_declared_python_or_else_the_nearest_installed_one_is_chosen():
         ("3.9.18", "/c/3.9"),
         ("3.13.0", "/d/3.13"),
     ]
-    assert venvs.nearest_python("3.11", installed) == ("3.11.7", "/a/3.11.7")  # the newest of that minor
-    assert venvs.nearest_python("3.11.2", installed) == ("3.11.2", "/b/3.11.2")  # the same patch first
-    assert venvs.nearest_python("3.12", installed) == ("3.13.0", "/d/3.13")  # one minor off: newer wins
-    assert venvs.nearest_python("3.10", installed) == ("3.11.7", "/a/3.11.7")
-    assert venvs.nearest_python("3.7", installed) == ("3.9.18", "/c/3.9")
-    assert venvs.nearest_python("3.99", installed) == ("3.13.0", "/d/3.13")
+    assert interpreters.nearest_python("3.11", installed) == ("3.11.7", "/a/3.11.7")  # the newest of that minor
+    assert interpreters.nearest_python("3.11.2", installed) == ("3.11.2", "/b/3.11.2")  # the same patch first
+    assert interpreters.nearest_python("3.12", installed) == ("3.13.0", "/d/3.13")  # one minor off: newer wins
+    assert interpreters.nearest_python("3.10", installed) == ("3.11.7", "/a/3.11.7")
+    assert interpreters.nearest_python("3.7", installed) == ("3.9.18", "/c/3.9")
+    assert interpreters.nearest_python("3.99", installed) == ("3.13.0", "/d/3.13")
 
 
 def test_an_installed_interpreter_of_the_declared_version_is_the_one_used():
     here = sys.version_info[:2]
-    others = [(v, p) for v, p in venvs.installed_pythons() if tuple(map(int, v.split(".")[:2])) != here]
+    others = [(v, p) for v, p in interpreters.installed_pythons() if tuple(map(int, v.split(".")[:2])) != here]
     if not others:
         pytest.skip("no Python of another minor version is installed here")
     version, path = others[0]
     minor = ".".join(version.split(".")[:2])
     warned: list[str] = []
-    chosen_path, chosen_version = venvs.choose_python(minor, warned.append)
+    chosen_path, chosen_version = interpreters.choose_python(minor, warned.append)
     assert chosen_version.startswith(minor + ".") and not warned
     assert Path(chosen_path).is_file()
     # the interpreter chosen is the version it says it is
