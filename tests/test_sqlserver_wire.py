@@ -108,7 +108,7 @@ def test_a_push_runs_every_step_through_the_real_driver(cli, tmp_path, server, r
         "create_model_table",
         "create_traffic_table",
         "insert_model",  # the model's bytes as a bound varbinary(max)
-        "bind_model_name",
+        "probe_schema",  # the check for an earlier schema (migrate.py)
         "assign_slot",
         "set_weight",  # traffic
         "refresh_active",
