@@ -2,13 +2,15 @@
 to it by the extended property ``tdsp_model_name``) brought to the one schema by a push.
 
 The earlier version's T-SQL is kept as it wrote it, in tests/golden/sqlserver-earlier/ (the
-golden files of that version): its tables are created from that text, and its procedures are
-the current ones with the earlier lines put back, which the first test proves equal to what
-the earlier version wrote.
+golden files of that version; the procedures' generated Python script, which the migration
+does not touch, left out): its tables are created from that text, and its procedures are the
+current ones with the earlier lines put back, which the first test proves equal to what the
+earlier version wrote.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,10 +41,16 @@ def earlier_definition(current: str, endpoint: str) -> str:
     return text.replace(marker, lookup + marker, 1)
 
 
+def without_script(definition: str) -> str:
+    text, found = re.subn(r"@script = N'(?:[^']|'')*'", "@script = N'<the generated script>'", definition)
+    assert found == 1
+    return text
+
+
 @pytest.mark.parametrize("name", ["05-create_procedure.sql", "06-create_row_procedure.sql"])
 def test_the_earlier_procedures_are_rewritten_exactly_as_the_current_version_writes_them(name):
     earlier = (EARLIER / name).read_text()
-    current = (GOLDEN / "sqlserver" / name).read_text()
+    current = without_script((GOLDEN / "sqlserver" / name).read_text())
 
     assert migrate.rewrite_procedure(earlier, "score_iris") == current
     assert earlier_definition(current, "score_iris") == earlier  # the fixture below is faithful

@@ -5,9 +5,9 @@ What it adds to the SQL core (backends/sql/): the model runs in Python through
 first checks the server (external scripts enabled, EXECUTE ANY EXTERNAL SCRIPT, and the server's
 Python libraries against the package lock; ``force`` lets a mismatch through with a warning),
 then runs everything in ONE transaction (SQL Server runs DDL inside one): the tables, the model
-row, both procedures (batch and single row) and the slot, with no traffic; a database made
-when the rows were keyed by the model's name is migrated first (migrate.py). Undo puts back the procedures' previous definitions and the traffic table's rows. The
-endpoint lock is an application lock on the server (applock.py); the request log keeps a row per
+row, both procedures (batch and single row) and the slot, with no traffic. A database made when
+the rows were keyed by the model's name is migrated on first use (migrate.py). Undo puts back
+the procedures' previous definitions and the traffic table's rows. The endpoint lock is an application lock on the server (applock.py); the request log keeps a row per
 call and slot.
 """
 
