@@ -148,4 +148,5 @@ def test_a_migration_that_fails_leaves_the_earlier_database_as_it_was(tmp_path, 
     pushed = cli("push", make_project(tmp_path / "v2", version="2", max_depth=1), "--json")
 
     assert pushed.exit_code != 0
+    assert server.fail_matching is None and "injected failure" in pushed.stdout  # it failed there
     assert server.state() == before
