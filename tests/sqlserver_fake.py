@@ -16,8 +16,13 @@ What it enforces, as the server does:
 - the batches tsql.py tags (``-- tdsp-deploy: <name>``) are carried out as their T-SQL says,
   THROWs included: a slot for a version not stored (50002), weights for a slot that does not
   exist (50004) or that do not add up to 100 (50005), the CHECK on a weight;
-- EXEC of a scoring procedure does what its T-SQL does: it finds its model through the
-  procedure's extended property, the routes in the traffic table (the pinned ``@slot``, else
+- the tables' columns, as each CREATE TABLE (or the migration) made them: a batch that names
+  a column the table lacks fails with 207, so a database made by an earlier version's DDL
+  refuses the new key ``[endpoint]`` until ``migrate_tables`` has run (which it carries out as
+  its T-SQL says: the column added and filled, ``[name]`` dropped from traffic and log);
+- EXEC of a scoring procedure does what its T-SQL does: it finds its rows by the endpoint its
+  text names (or, for a procedure an earlier version made, by the model name in its extended
+  property ``tdsp_model_name``, on ``[name]``), the routes in the traffic table (the pinned ``@slot``, else
   the slots with a weight; none: THROW 50003), bundles their payloads, runs the Python script
   stored in its definition through tests/sqlserver_harness with ``model_bundle`` and ``routes``
   bound, returns its result set typed by WITH RESULT SETS (a script error outside the
@@ -61,6 +66,8 @@ class Database:
     procedures: dict[str, str] = dataclasses.field(default_factory=dict)
     #: procedure -> the model name in its extended property tdsp_model_name
     bindings: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: table -> its columns, as CREATE TABLE (or ALTER TABLE) left them
+    columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     identity: int = 0  # the last IDENTITY value handed out
 
 
@@ -139,9 +146,11 @@ class FakeSqlServer:
         flat = " ".join(text.split())
         upper = flat.upper()
         if tag and tag.group(1) in _TAGGED:
-            variables = _declared(flat, params)
+            variables = _declared(flat, params) if tag.group(1) not in _UNDECLARED else {}
             # every table tsql.py names is [schema].[table]; in order of first mention
             tables = list(dict.fromkeys(_name(t) for t in re.findall(r"\[\w+\]\.\[\w+\]", flat)))
+            if tag.group(1).startswith("create_") and tables[0] not in self.db.tables:
+                self.db.columns[tables[0]] = re.findall(r"^\s+\[(\w+)\] \w", text, re.M)
             return getattr(self, "_" + tag.group(1))(variables, tables)
         create = re.match(
             r"^(?:SET \w+ ON;\s*)*CREATE\s+(?:OR\s+ALTER\s+)?PROC(?:EDURE)?\s+" + _NAME, flat, re.I
@@ -150,6 +159,8 @@ class FakeSqlServer:
             return self._create_procedure(_name(create.group(1)), sql)
         if "CREATE PROCEDURE" in upper or "ALTER PROCEDURE" in upper:
             raise server_error(111, "'CREATE/ALTER PROCEDURE' must be the first statement in a query batch.")
+        if "SP_DROPEXTENDEDPROPERTY" in upper:
+            return self._unbind(flat)
         if "SP_ADDEXTENDEDPROPERTY" in upper:
             return self._bind(flat, params)
         if tag:
@@ -180,6 +191,8 @@ class FakeSqlServer:
             top = params[0] if flat.upper().startswith("SELECT TOP (?)") else None
             table = self._table(_name(match.group(2)))
             columns = [c.strip(" []") for c in match.group(1).split(",")]
+            named = re.findall(r"\[(\w+)\]", " ".join(filter(None, match.group(1, 3, 4))))
+            self._has(_name(match.group(2)), *named)
             rows = _where(table, match.group(3), list(params[1:] if top is not None else params))
             rows = _ordered(rows, match.group(4))
             if top is not None:
@@ -198,6 +211,7 @@ class FakeSqlServer:
         match = re.match(r"^DELETE FROM\s+" + _NAME + r" WHERE (.+?);?$", flat, re.I)
         if match:
             table = self._table(_name(match.group(1)))
+            self._has(_name(match.group(1)), *re.findall(r"\[(\w+)\]", match.group(2)))
             doomed = {id(r) for r in _where(table, match.group(2), list(params))}
             table[:] = [r for r in table if id(r) not in doomed]
             return [], []
@@ -210,6 +224,20 @@ class FakeSqlServer:
         if name not in self.db.tables:
             raise server_error(208, f"Invalid object name '{name}'.")
         return self.db.tables[name]
+
+    def _has(self, table: str, *columns: str) -> None:
+        """Msg 207 for a column the table lacks (tables the fake knows the columns of)."""
+        known = self.db.columns.get(table)
+        for column in columns:
+            if known is not None and column not in known:
+                raise server_error(207, f"Invalid column name '{column}'.")
+
+    def _keyed(self, *tables: str) -> list[list[dict[str, Any]]]:
+        """The tables a row batch names, each checked to have the key column [endpoint]."""
+        for table in tables:
+            self._table(table)
+            self._has(table, "endpoint")
+        return [self.db.tables[t] for t in tables]
 
     # -- the tagged batches of tsql.py, as their T-SQL says ---------------------------------
     def _create_model_table(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
@@ -236,8 +264,10 @@ class FakeSqlServer:
 
     def _insert_model(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
         """THROW 50001 for a stored version with other content; else insert once."""
-        table = self._table(tables[0])
-        same = [r for r in table if r["name"] == variables["name"] and r["version"] == variables["version"]]
+        (table,) = self._keyed(tables[0])
+        same = [
+            r for r in table if r["endpoint"] == variables["endpoint"] and r["version"] == variables["version"]
+        ]
         if same and same[0]["sha256"] != variables["sha256"]:
             raise server_error(
                 50001, "this model version is already stored with other content; give the model a new version"
@@ -247,18 +277,18 @@ class FakeSqlServer:
         return [], []
 
     def _assign_slot(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
-        models, traffic = self._table(tables[0]), self._table(tables[1])
-        name, slot, version = variables["name"], variables["slot"], variables["version"]
-        if not any(r["name"] == name and r["version"] == version for r in models):
+        models, traffic = self._keyed(tables[0], tables[1])
+        name, slot, version = variables["endpoint"], variables["slot"], variables["version"]
+        if not any(r["endpoint"] == name and r["version"] == version for r in models):
             raise server_error(50002, "this model version is not in the model table; insert it first")
-        found = [r for r in traffic if r["name"] == name and r["slot"] == slot]
+        found = [r for r in traffic if r["endpoint"] == name and r["slot"] == slot]
         if found:
             found[0].update(version=version, updated_at=self.now())
         else:
-            salts = [r["salt"] for r in traffic if r["name"] == name and r["salt"] is not None]
+            salts = [r["salt"] for r in traffic if r["endpoint"] == name and r["salt"] is not None]
             traffic.append(
                 {
-                    "name": name,
+                    "endpoint": name,
                     "slot": slot,
                     "version": version,
                     "weight": 0,
@@ -269,8 +299,8 @@ class FakeSqlServer:
         return [], []
 
     def _set_weight(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
-        traffic = self._table(tables[0])
-        found = [r for r in traffic if r["name"] == variables["name"] and r["slot"] == variables["slot"]]
+        (traffic,) = self._keyed(tables[0])
+        found = [r for r in traffic if r["endpoint"] == variables["endpoint"] and r["slot"] == variables["slot"]]
         if not found:
             raise server_error(50004, "this endpoint has no such deployment slot")
         if not 0 <= int(variables["weight"]) <= 100:
@@ -279,31 +309,30 @@ class FakeSqlServer:
         return [], []
 
     def _refresh_active(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
-        traffic = self._table(tables[0])
-        models = self._table(next(t for t in tables if t != tables[0]))
-        name = variables["name"]
-        mine = [r for r in traffic if r["name"] == name]
+        traffic, models = self._keyed(tables[0], next(t for t in tables if t != tables[0]))
+        name = variables["endpoint"]
+        mine = [r for r in traffic if r["endpoint"] == name]
         if sum(r["weight"] for r in mine) not in (0, 100):
             raise server_error(
                 50005, "the traffic weights of this endpoint's slots must add up to 100 (or 0)"
             )
         serving = {r["version"] for r in mine if r["weight"] > 0}
         for row in models:
-            if row["name"] == name:
+            if row["endpoint"] == name:
                 row["active"] = 1 if row["version"] in serving else 0
         return [], []
 
     def _set_salt(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
-        for row in self._table(tables[0]):
-            if row["name"] == variables["name"]:
+        for row in self._keyed(tables[0])[0]:
+            if row["endpoint"] == variables["endpoint"]:
                 row["salt"] = variables["salt"]
         return [], []
 
     def _restore_slot(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
-        traffic = self._table(tables[0])
-        if any(r["name"] == variables["name"] and r["slot"] == variables["slot"] for r in traffic):
+        (traffic,) = self._keyed(tables[0])
+        if any(r["endpoint"] == variables["endpoint"] and r["slot"] == variables["slot"] for r in traffic):
             raise server_error(2627, "Violation of PRIMARY KEY constraint. Cannot insert duplicate key.")
-        traffic.append({k: variables[k] for k in ("name", "slot", "version", "weight", "salt", "updated_at")})
+        traffic.append({k: variables[k] for k in ("endpoint", "slot", "version", "weight", "salt", "updated_at")})
         return [], []
 
     # sp_getapplock / sp_releaseapplock with @LockOwner = 'Session': the lock is the session's
@@ -343,6 +372,63 @@ class FakeSqlServer:
 
     def _bind_model_name(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
         raise AssertionError("handled by _bind")
+
+    # -- migrate.py's batches, as their T-SQL says ---------------------------------------------
+    def _probe_schema(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        earlier = tables[0] in self.db.tables and "endpoint" not in self.db.columns.get(tables[0], [])
+        return ["earlier"], [(1 if earlier else 0,)]
+
+    def _migrate_tables(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        """[endpoint] added to the tables that lack it: on the model table from the deployment
+        document's procedure, elsewhere from the model rows of the same name; [name] dropped
+        from traffic and log; the keys rebuilt on [endpoint] (duplicates fail, as with SQL Server)."""
+        for index, table in enumerate(tables):
+            columns = self.db.columns.get(table)
+            if table not in self.db.tables or columns is None or "endpoint" in columns:
+                continue
+            rows = self.db.tables[table]
+            if index == 0:
+                for row in rows:
+                    document = json.loads(row["manifest"]) if row.get("manifest") else {}
+                    row["endpoint"] = document.get("procedure") or row["name"]
+                self._check_unique(rows, ("endpoint", "version"))
+            else:
+                models = self.db.tables.get(tables[0], [])
+                for row in rows:
+                    found = [m["endpoint"] for m in models if m.get("name") == row["name"] and "endpoint" in m]
+                    row["endpoint"] = min(found, default=row.pop("name"))
+                    row.pop("name", None)
+                columns.remove("name")
+                if index == 1:
+                    self._check_unique(rows, ("endpoint", "slot"))
+            columns.append("endpoint")
+        return [], []
+
+    @staticmethod
+    def _check_unique(rows: list[dict[str, Any]], key: tuple[str, ...]) -> None:
+        seen = [tuple(r[k] for k in key) for r in rows]
+        if len(seen) != len(set(seen)):
+            raise server_error(
+                1505,
+                "The CREATE UNIQUE INDEX statement terminated because a duplicate key was found.",
+            )
+
+    def _bound_procedures(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        rows = [tuple(name.split(".", 1)) for name in sorted(self.db.bindings)]
+        return ["schema_name", "procedure_name"], rows
+
+    def _unbind_model_name(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        raise AssertionError("handled by _unbind")
+
+    def _unbind(self, flat: str) -> tuple[list[str], list]:
+        schema = re.search(r"@level0name = N'(\w+)'", flat)
+        procedure = re.search(r"@level1name = N'(\w+)'", flat)
+        assert schema is not None and procedure is not None
+        key = f"{schema.group(1)}.{procedure.group(1)}".lower()
+        if key not in self.db.bindings:
+            raise server_error(15217, f"Property cannot be updated or deleted. Property '{key}' does not exist.")
+        del self.db.bindings[key]
+        return [], []
 
     def _bind(self, flat: str, params: tuple[Any, ...]) -> tuple[list[str], list]:
         schema = re.search(r"@level0name = N'(\w+)'", flat)
@@ -406,8 +492,8 @@ class FakeSqlServer:
             raise _denied()
         call = dict(call or {})
         definition = self.db.procedures[name]
-        model_name = self.db.bindings.get(name)
-        routes = self._routes(definition, model_name, call.get("slot"))
+        key, model_name = self._key_of(name, definition)
+        routes = self._routes(definition, key, model_name, call.get("slot"))
         if not routes:
             raise server_error(
                 50003, "no slot of this endpoint takes traffic (or @slot names none); push the model first"
@@ -419,7 +505,7 @@ class FakeSqlServer:
                 (
                     r["payload"]
                     for r in models
-                    if r["name"] == model_name and r["version"] == route["version"]
+                    if r.get(key) == model_name and r["version"] == route["version"]
                 ),
                 b"",
             )
@@ -441,17 +527,30 @@ class FakeSqlServer:
             raise server_error(exc.number, str(exc).split("\n", 1)[-1]) from None
         if outputs.get("script_error") is not None:  # the procedure's THROW of the script's failure
             raise server_error(50010, "tdsp-50010: the model failed:\n" + outputs["script_error"][-2000:])
-        self._log_requests(definition, model_name, call, outputs.get("request_log"))
+        self._log_requests(definition, key, model_name, call, outputs.get("request_log"))
         rows = [tuple(_plain(v) for v in row) for row in result.itertuples(index=False, name=None)]
         return list(result.columns), rows
 
-    def _routes(self, definition: str, model_name: str | None, slot: str | None) -> list[dict[str, Any]]:
+    def _key_of(self, name: str, definition: str) -> tuple[str, str | None]:
+        """(column, value) the procedure finds its rows by: the endpoint its text names, or an
+        earlier version's extended property on [name]; each table it reads must have the column."""
+        named = re.search(r"DECLARE @endpoint nvarchar\(128\) = N'(\w+)';", definition)
+        key, value = ("endpoint", named.group(1)) if named else ("name", self.db.bindings.get(name))
+        if named is None and "sys.extended_properties" not in definition:
+            raise server_error(137, 'Must declare the scalar variable "@endpoint".')
+        for table in _tables_of(definition)[:2]:
+            self._has(table, key)
+        return key, value
+
+    def _routes(
+        self, definition: str, key: str, model_name: str | None, slot: str | None
+    ) -> list[dict[str, Any]]:
         """The procedure's @route table: the pinned slot, else the slots with a weight, by slot."""
         traffic = self._table(_tables_of(definition)[1])
         chosen = [
             r
             for r in traffic
-            if r["name"] == model_name and (r["slot"] == slot or (slot is None and r["weight"] > 0))
+            if r.get(key) == model_name and (r["slot"] == slot or (slot is None and r["weight"] > 0))
         ]
         return [
             {"slot": r["slot"], "version": r["version"], "weight": r["weight"], "salt": r["salt"]}
@@ -459,7 +558,7 @@ class FakeSqlServer:
         ]
 
     def _log_requests(
-        self, definition: str, model_name: str | None, call: dict[str, Any], request_log: Any
+        self, definition: str, key: str, model_name: str | None, call: dict[str, Any], request_log: Any
     ) -> None:
         tables = _tables_of(definition)
         if len(tables) < 3:  # target.request_log off: the procedure inserts nothing
@@ -467,13 +566,14 @@ class FakeSqlServer:
         if not isinstance(request_log, str):
             raise server_error(13609, "JSON text is not properly formatted.")
         log = self._table(tables[2])
+        self._has(tables[2], key)
         for entry in json.loads(request_log):
             self.db.identity += 1
             keys = entry.get("row_keys")
             log.append(
                 {
                     "id": self.db.identity,
-                    "name": model_name,
+                    key: model_name,
                     "t": self.now(),
                     "request_id": call.get("request_id") or f"fake-{self.db.identity}",
                     "slot": entry["slot"],
@@ -511,8 +611,13 @@ _TAGGED = frozenset(
         "probe_configuration",
         "probe_permission",
         "probe_python",
+        "probe_schema",
+        "migrate_tables",
+        "bound_procedures",
     }
 )
+#: tagged batches whose variables are not ``?`` parameters
+_UNDECLARED = frozenset({"migrate_tables"})
 
 
 def _declared(flat: str, params: tuple[Any, ...]) -> dict[str, Any]:

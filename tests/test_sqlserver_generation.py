@@ -598,9 +598,8 @@ def test_render_writes_numbered_files_and_the_payload(tmp_path):
         "04-insert_model.sql",
         "05-create_procedure.sql",
         "06-create_row_procedure.sql",
-        "07-bind_model_name.sql",
-        "08-assign_slot.sql",
-        "09-refresh_active.sql",
+        "07-assign_slot.sql",
+        "08-refresh_active.sql",
         "model.bin",
         "parameters.json",
     ]
@@ -642,15 +641,18 @@ def test_manifest_values_are_parameters_not_text(tmp_path):
             assert PLANTED_MODEL_NAME not in text, path.name
             assert "sql.example.com" not in text and "deployer" not in text
     parameters = json.loads((tmp_path / "parameters.json").read_text())
-    assert parameters["04-insert_model.sql"][0] == {"name": "name", "value": PLANTED_MODEL_NAME}
-    assert parameters["07-bind_model_name.sql"] == [{"name": "name", "value": PLANTED_MODEL_NAME}]
-    assert parameters["08-assign_slot.sql"] == [
+    # the rows' key is the procedure's name; the model's name is a parameter of the insert only
+    assert parameters["04-insert_model.sql"][:2] == [
+        {"name": "endpoint", "value": manifest.target.procedure_name(manifest.name)},
         {"name": "name", "value": PLANTED_MODEL_NAME},
+    ]
+    assert parameters["07-assign_slot.sql"] == [
+        {"name": "endpoint", "value": manifest.target.procedure_name(manifest.name)},
         {"name": "slot", "value": "blue"},
         {"name": "version", "value": "3"},
     ]
     assert [p["name"] for p in parameters["04-insert_model.sql"]] == list(tsql.INSERT_PARAMETERS)
-    assert tsql.insert_model(manifest.target).count("?") == 6
+    assert tsql.insert_model(manifest.target).count("?") == 7
 
 
 def test_script_literal_doubles_quotes():
@@ -676,7 +678,6 @@ SQLGLOT_PARSES = {
     "insert_model": True,
     "create_procedure": False,
     "create_row_procedure": False,
-    "bind_model_name": True,
     "assign_slot": True,
     "refresh_active": True,
     "set_weight": True,
@@ -720,7 +721,7 @@ def test_sqlglot_parses_what_it_supports(name):
 def test_sqlglot_parses_the_procedures_around_the_script_call():
     pytest.importorskip("sqlglot")
     target = make_target()
-    assert {"dbo.tdsp_traffic", "dbo.tdsp_models"} <= _parsed_tables(tsql._route(target))
+    assert {"dbo.tdsp_traffic", "dbo.tdsp_models"} <= _parsed_tables(tsql._route(target, "iris"))
     assert "dbo.tdsp_requests" in _parsed_tables(tsql._log_requests(target))
 
 

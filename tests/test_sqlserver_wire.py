@@ -108,7 +108,7 @@ def test_a_push_runs_every_step_through_the_real_driver(cli, tmp_path, server, r
         "create_model_table",
         "create_traffic_table",
         "insert_model",  # the model's bytes as a bound varbinary(max)
-        "bind_model_name",
+        "probe_schema",  # the check for an earlier schema (migrate.py)
         "assign_slot",
         "set_weight",  # traffic
         "refresh_active",
@@ -274,3 +274,25 @@ def test_the_driver_keeps_only_the_first_of_several_records(monkeypatch):
         assert responder.failures == []
     error = translate_error(raised.value, "score")
     assert type(error) is DeploymentFailed and "failed inside SQL Server" in error.message
+
+
+def test_a_database_of_the_earlier_version_is_migrated_through_the_real_driver(cli, tmp_path, monkeypatch):
+    """The migration's batches (dynamic SQL with quotes inside quotes, the primary keys looked
+    up by name) go through mssql-python as they would to SQL Server."""
+    from test_sqlserver_migration import ENDPOINT, MODEL, earlier_database
+
+    earlier, _ = earlier_database(tmp_path)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with Responder(earlier, password=PASSWORD) as listening:
+        manifest = on_the_wire(make_project(tmp_path / "v2", version="2", max_depth=1), listening.port)
+        pushed = cli("push", manifest, "--json")
+        sent = tags(listening)
+    assert listening.failures == []
+
+    assert pushed.exit_code == 0, pushed.stdout + pushed.stderr
+    assert sent.index("probe_schema") < sent.index("migrate_tables") < sent.index("bound_procedures")
+    assert sent.count("unbind_model_name") == 2  # both procedures of the endpoint
+    models = [(r["endpoint"], r["name"], r["version"]) for r in earlier.db.tables["dbo.tdsp_models"]]
+    assert models == [(ENDPOINT, MODEL, "1"), (ENDPOINT, MODEL, "2")]
+    assert {r["slot"]: r["weight"] for r in earlier.db.tables["dbo.tdsp_traffic"]} == {"blue": 0, "green": 100}
+    assert earlier.db.bindings == {}

@@ -32,7 +32,7 @@ from tdsp_deploy.backends.sql.requests import (
     first_value_true,
     request_rows,
 )
-from tdsp_deploy.backends.sql.target import quote_identifier
+from tdsp_deploy.backends.sql.target import check_identifier, quote_identifier
 from tdsp_deploy.errors import DeploymentFailed, EndpointNotFound, UsageError
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ class SqlBackend(Backend):
     #: the connection class (its DIALECT is the engine's)
     CONNECTION: ClassVar[type[SqlConnection]]
     #: the column of the three tables that keys an endpoint's rows, and who the target is in messages
-    KEY: ClassVar[str]
+    #: the column that keys an endpoint's rows (sql/schema.py): the procedure's name
+    KEY: ClassVar[str] = "endpoint"
     WHO: ClassVar[str]
     #: how callers get the right to call the procedure (credentials' hint)
     GRANT_HINT: ClassVar[str]
@@ -94,8 +95,8 @@ class SqlBackend(Backend):
 
     # -- what a subclass says ---------------------------------------------------------------
     def _key(self) -> str:
-        """The value of the KEY column for this endpoint's rows."""
-        raise NotImplementedError
+        """The value of the KEY column for this endpoint's rows: the scoring procedure's name."""
+        return check_identifier(self.target.procedure_name(self.manifest.name))
 
     def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         """The batch that scores ``rows`` through the procedure, and its parameters."""

@@ -24,6 +24,8 @@ class Dialect:
     now: str
     #: what follows a CREATE TABLE's column list ("" when nothing)
     table_options: str
+    #: the engine enforces PRIMARY KEY and CHECK constraints, so the tables declare them
+    constraints: bool
     create_or_alter: bool
     #: DDL may run inside a user transaction (else the connection is in autocommit and
     #: ``transaction()`` sends BEGIN/COMMIT TRANSACTION itself)
@@ -41,6 +43,7 @@ SQL_SERVER = Dialect(
     name="SQL Server",
     now="SYSUTCDATETIME()",
     table_options="",
+    constraints=True,
     create_or_alter=True,
     ddl_in_transaction=True,
     application_locks=True,

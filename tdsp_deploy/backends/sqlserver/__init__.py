@@ -5,9 +5,9 @@ What it adds to the SQL core (backends/sql/): the model runs in Python through
 first checks the server (external scripts enabled, EXECUTE ANY EXTERNAL SCRIPT, and the server's
 Python libraries against the package lock; ``force`` lets a mismatch through with a warning),
 then runs everything in ONE transaction (SQL Server runs DDL inside one): the tables, the model
-row, both procedures (batch and single row), the model-name binding and the slot, with no
-traffic. Undo puts back the procedures' previous definitions and the traffic table's rows. The
-endpoint lock is an application lock on the server (applock.py); the request log keeps a row per
+row, both procedures (batch and single row) and the slot, with no traffic. A database made when
+the rows were keyed by the model's name is migrated on first use (migrate.py). Undo puts back
+the procedures' previous definitions and the traffic table's rows. The endpoint lock is an application lock on the server (applock.py); the request log keeps a row per
 call and slot.
 """
 
@@ -38,6 +38,7 @@ from tdsp_deploy.errors import BackendError, DeploymentFailed, UsageError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
+    from tdsp_deploy.backends.sql.connection import SqlConnection
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
     from tdsp_deploy.packaging.lock import PackageLock
@@ -52,7 +53,6 @@ STEP_MESSAGES = {
     "insert_model": "storing model {model} ({size} bytes) unless that version is there",
     "create_procedure": "creating or altering procedure {procedure}",
     "create_row_procedure": "creating or altering its single-row twin",
-    "bind_model_name": "binding the procedures to model {model}",
     "assign_slot": "slot {slot} serves {model} (no traffic yet)",
     "refresh_active": "marking the versions that take traffic",
 }
@@ -79,8 +79,6 @@ class SqlServerBackend(SqlBackend):
     #: a library mismatch that may break unpickling is refused unless --force
     capabilities = Capabilities(weighted_traffic=True, forceable_preflight=True)
     CONNECTION = SqlServerConnection
-    # rows are keyed by the model's name: the procedures find it in their extended property
-    KEY = "name"
     WHO = "the sqlserver target"
     GRANT_HINT = "GRANT EXECUTE ON the procedure to the callers' database users"
     STATE_FOLDER = "sqlserver"
@@ -97,6 +95,19 @@ class SqlServerBackend(SqlBackend):
         super().__init__(manifest, progress=progress, connection=connection)
         self.target: SqlServerTarget
         self.force = force
+        self._schema_checked = False
+
+    @property
+    def connection(self) -> SqlConnection:
+        """The connection; on its first use, a database of an earlier version is migrated to
+        the one schema (migrate.py) before anything reads its tables."""
+        conn = super().connection
+        if not self._schema_checked:
+            from tdsp_deploy.backends.sqlserver import migrate
+
+            self._schema_checked = True
+            migrate.migrate(conn, self.tables, _create_or_alter, self.tell)
+        return conn
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """An application lock on the server, owned by this session (see applock.py)."""
@@ -117,7 +128,7 @@ class SqlServerBackend(SqlBackend):
     def deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
         """Pre-flight probes, then tsql.deployment_statements in one transaction: the tables,
         the model row (skipped when that version with that sha256 is stored), both procedures,
-        the model-name binding, the slot pointed at the version (no traffic when new). Nothing
+        the slot pointed at the version (no traffic when new). Nothing
         is written when any of it fails."""
         from tdsp_deploy.backends.sqlserver import tsql
 
@@ -197,8 +208,8 @@ class SqlServerBackend(SqlBackend):
             rows = self.connection.execute(
                 "SELECT TOP (?) [id], [t], [request_id], [slot], [version], [status], [row_count], "
                 f"[latency_ms], [row_keys], [pinned] FROM {self.tables.requests} "
-                "WHERE [name] = ? AND [t] >= ? AND [id] > ? ORDER BY [id]",
-                (LOG_PAGE, self.manifest.model_name, started, last),
+                "WHERE [endpoint] = ? AND [t] >= ? AND [id] > ? ORDER BY [id]",
+                (LOG_PAGE, self._key(), started, last),
                 doing="read the request log",
             )
             for row in rows:
@@ -216,9 +227,6 @@ class SqlServerBackend(SqlBackend):
         return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir, payload=payload)
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _key(self) -> str:
-        return self.manifest.model_name
-
     def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
 
@@ -233,9 +241,9 @@ class SqlServerBackend(SqlBackend):
             return []
         rows = self.connection.execute(
             "SELECT TOP (?) [t], [request_id], [version], [row_count], [message] "
-            f"FROM {self.tables.requests} WHERE [name] = ? AND [slot] = ? AND [status] >= 500 "
+            f"FROM {self.tables.requests} WHERE [endpoint] = ? AND [slot] = ? AND [status] >= 500 "
             "ORDER BY [id] DESC",
-            (limit, self.manifest.model_name, slot),
+            (limit, self._key(), slot),
             doing="read the failed calls",
         )
         return [

@@ -1,20 +1,19 @@
 """The T-SQL of the sqlserver target, as text for a DB-API driver (qmark style, ``?``).
 
-What it adds to the SQL core's T-SQL (sql/rows.py: slots, weights, salts, active flags, reading
-rows back): SQL Server's tables (keys, DEFAULTs, an IDENTITY request log), the model insert,
-the two scoring procedures around ``sp_execute_external_script``, their model-name binding and
-the server probes.
+What it adds to the SQL core's T-SQL (sql/schema.py: the model and traffic tables and the model
+insert; sql/rows.py: slots, weights, salts, active flags, reading rows back): the request log
+table (an IDENTITY, one row per call and slot), the two scoring procedures around
+``sp_execute_external_script`` and the server probes.
 
 The only things built into the text are identifiers that ``target.py`` checked (and that are
 bracket-quoted here), SQL types from its allow-list, and the generated Python script (as an
 ``N'...'`` literal with its quotes doubled). Every other value -- model name, version, hash,
 payload, the deployment document -- is a ``?`` parameter, listed by ``Statement.parameters``.
 
-How a procedure finds its model: the model table is keyed by (model name, version) and the
-model name is a manifest value, so it may not be written into the procedure's text. It is
-kept instead in the procedure's extended property ``tdsp_model_name``, set with a parameter
-(``bind_model_name``); the procedure reads it through ``@@PROCID``. ``CREATE OR ALTER`` keeps
-extended properties, so re-deploying does not lose the binding.
+How a procedure finds its model: the tables are the SQL core's (sql/schema.py), keyed by
+endpoint -- the procedure's own name, a checked identifier -- so the procedure's text names its
+rows itself. (Databases made when the rows were keyed by the model's name, found through an
+extended property, are brought to this schema by migrate.py.)
 
 Slots and traffic: the traffic table holds, per model, each deployment slot's version and
 traffic weight (percent). The scoring procedures route: a call pinned with ``@slot`` goes to
@@ -23,7 +22,7 @@ of each row's key (script.py). What answered goes into the request log table, on
 call and slot, which ``ab analyze`` and ``logs`` read.
 
 Order of execution (``deployment_statements``): the tables, the model row, the two
-procedures, the binding, then the slot (with no traffic) and the active flags -- so a
+procedures, then the slot (with no traffic) and the active flags -- so a
 procedure never points at a version that is not there.
 
 Batches other than CREATE PROCEDURE start with a ``-- tdsp-deploy: <statement>`` line, so
@@ -37,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.sql import schema
 from tdsp_deploy.backends.sql.dialect import SQL_SERVER
 from tdsp_deploy.backends.sql.document import (
     Statement,
@@ -47,6 +47,7 @@ from tdsp_deploy.backends.sql.document import (
 )
 from tdsp_deploy.backends.sql.errors import SCRIPT_FAILED
 from tdsp_deploy.backends.sql.rows import (
+    KEY_TYPE,
     SLOT_TYPE,
     VERSION_TYPE,
     Tables,
@@ -55,7 +56,8 @@ from tdsp_deploy.backends.sql.rows import (
     refresh_active,
     throw,
 )
-from tdsp_deploy.backends.sql.target import Column, check_identifier
+from tdsp_deploy.backends.sql.schema import INSERT_PARAMETERS
+from tdsp_deploy.backends.sql.target import Column
 from tdsp_deploy.backends.sqlserver.script import model_payload, row_prelude
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 
@@ -63,7 +65,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging.lock import PackageLock
 
-MODEL_NAME_PROPERTY = "tdsp_model_name"
 #: The ``@params`` declaration every scoring call starts with.
 MODEL_PARAMS = (
     "@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, "
@@ -75,8 +76,8 @@ MODEL_PARAMS = (
 
 
 def tables(target: SqlServerTarget) -> Tables:
-    """The target's tables, keyed by the model's name, in SQL Server's dialect."""
-    return Tables.of(target, key="name", dialect=SQL_SERVER)
+    """The target's tables, keyed by the procedure's name, in SQL Server's dialect."""
+    return Tables.of(target, key="endpoint", dialect=SQL_SERVER)
 
 
 def _qualified(target: SqlServerTarget, name: str) -> str:
@@ -113,44 +114,11 @@ def _tagged(name: str, sql: str) -> str:
 
 
 def create_model_table(target: SqlServerTarget) -> str:
-    table = _qualified(target, target.model_table)
-    return _tagged(
-        "create_model_table",
-        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
-CREATE TABLE {table} (
-    [name] nvarchar(128) NOT NULL,
-    [version] nvarchar(64) NOT NULL,
-    [sha256] char(64) NOT NULL,
-    [flavor] nvarchar(16) NOT NULL,
-    [payload] varbinary(max) NOT NULL,
-    [created_at] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
-    [created_by] nvarchar(128) NOT NULL DEFAULT SUSER_SNAME(),
-    [manifest] nvarchar(max) NULL,
-    [active] bit NOT NULL DEFAULT 0,
-    PRIMARY KEY ([name], [version])
-);
-""",
-    )
+    return _tagged("create_model_table", schema.create_model_table(tables(target)))
 
 
 def create_traffic_table(target: SqlServerTarget) -> str:
-    """Per model and slot: the version it serves, its traffic weight (percent) and the salt of
-    the key hash (a new A/B experiment gets a new one, which reshuffles the keys)."""
-    table = _qualified(target, target.traffic_table)
-    return _tagged(
-        "create_traffic_table",
-        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
-CREATE TABLE {table} (
-    [name] nvarchar(128) NOT NULL,
-    [slot] {SLOT_TYPE} NOT NULL,
-    [version] {VERSION_TYPE} NOT NULL,
-    [weight] int NOT NULL DEFAULT 0 CHECK ([weight] BETWEEN 0 AND 100),
-    [salt] nvarchar(64) NULL,
-    [updated_at] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
-    PRIMARY KEY ([name], [slot])
-);
-""",
-    )
+    return _tagged("create_traffic_table", schema.create_traffic_table(tables(target)))
 
 
 def create_request_log_table(target: SqlServerTarget) -> str:
@@ -163,7 +131,7 @@ def create_request_log_table(target: SqlServerTarget) -> str:
         f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
 CREATE TABLE {table} (
     [id] bigint IDENTITY(1, 1) PRIMARY KEY,
-    [name] nvarchar(128) NOT NULL,
+    [endpoint] nvarchar(128) NOT NULL,
     [t] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
     [request_id] nvarchar(64) NOT NULL,
     [slot] {SLOT_TYPE} NOT NULL,
@@ -179,48 +147,28 @@ CREATE TABLE {table} (
     )
 
 
-INSERT_PARAMETERS = ("name", "version", "sha256", "flavor", "payload", "manifest")
-
-
 def insert_model(target: SqlServerTarget) -> str:
-    """Parameters: name, version, sha256, flavor, payload, manifest. A version already there
-    with the same sha256 is left alone (re-running a push is a no-op); with another sha256 the
-    batch fails (error 50001): a version's content never changes."""
-    table = _qualified(target, target.model_table)
-    return _tagged(
-        "insert_model",
-        f"""DECLARE @name nvarchar(128) = ?, @version nvarchar(64) = ?, @sha256 char(64) = ?,
-    @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
-IF EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version AND [sha256] <> @sha256)
-    {throw(50001)}
-IF NOT EXISTS (SELECT 1 FROM {table} WHERE [name] = @name AND [version] = @version)
-    INSERT INTO {table} ([name], [version], [sha256], [flavor], [payload], [manifest], [active])
-    VALUES (@name, @version, @sha256, @flavor, @payload, @manifest, 0);
-""",
-    )
+    return _tagged("insert_model", schema.insert_model(tables(target)))
 
 
 # --- the scoring procedures -----------------------------------------------------------------
 
 
-def _route(target: SqlServerTarget) -> str:
+def _route(target: SqlServerTarget, endpoint: str) -> str:
     """The procedures' common start: which slots answer, and their models as one bundle."""
     models = _qualified(target, target.model_table)
     traffic = _qualified(target, target.traffic_table)
     return f"""    SET NOCOUNT ON;
-    DECLARE @model_name nvarchar(128), @routes nvarchar(max), @bundle varbinary(max) = 0x,
+    DECLARE @endpoint {KEY_TYPE} = {_name_literal(target.procedure_name(endpoint))};
+    DECLARE @routes nvarchar(max), @bundle varbinary(max) = 0x,
         @request_log nvarchar(max), @script_error nvarchar(max), @n int = 1, @count int;
     DECLARE @route TABLE ([n] int IDENTITY(1, 1) PRIMARY KEY, [slot] {SLOT_TYPE} NOT NULL,
         [version] {VERSION_TYPE} NOT NULL, [weight] int NOT NULL, [salt] nvarchar(64) NULL);
-    -- The model this procedure serves: its extended property {MODEL_NAME_PROPERTY}.
-    SELECT @model_name = CAST([value] AS nvarchar(128))
-    FROM sys.extended_properties
-    WHERE [class] = 1 AND [major_id] = @@PROCID AND [minor_id] = 0 AND [name] = {_name_literal(MODEL_NAME_PROPERTY)};
     -- Who answers: the slot that @slot pins, else every slot with a traffic weight.
     INSERT INTO @route ([slot], [version], [weight], [salt])
     SELECT [slot], [version], [weight], [salt]
     FROM {traffic}
-    WHERE [name] = @model_name AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0))
+    WHERE [endpoint] = @endpoint AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0))
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
@@ -230,7 +178,7 @@ def _route(target: SqlServerTarget) -> str:
     BEGIN
         SELECT @bundle = @bundle + CAST(DATALENGTH(m.[payload]) AS binary(8)) + m.[payload]
         FROM @route AS r
-        JOIN {models} AS m ON m.[name] = @model_name AND m.[version] = r.[version]
+        JOIN {models} AS m ON m.[endpoint] = @endpoint AND m.[version] = r.[version]
         WHERE r.[n] = @n;
         SET @n = @n + 1;
     END;
@@ -258,8 +206,8 @@ def _log_requests(target: SqlServerTarget) -> str:
     log = _qualified(target, target.request_log_table)
     return f"""    -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
     INSERT INTO {log}
-        ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
-    SELECT @model_name, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
+        ([endpoint], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
+    SELECT @endpoint, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
         CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
     FROM OPENJSON(@request_log)
     WITH ([slot] {SLOT_TYPE}, [version] {VERSION_TYPE}, [status] int, [row_count] int, [latency_ms] float,
@@ -288,7 +236,7 @@ def create_or_alter_procedure(target: SqlServerTarget, manifest: ManifestBase, s
 {_CALL_PARAMETERS}
 AS
 BEGIN
-{_route(target)}    EXEC sp_execute_external_script
+{_route(target, _endpoint(manifest))}    EXEC sp_execute_external_script
         @language = N'Python',
         @script = {script_literal(script)},
         @input_data_1 = @input_query,
@@ -309,7 +257,7 @@ def create_or_alter_row_procedure(target: SqlServerTarget, manifest: ManifestBas
 {parameters}{_CALL_PARAMETERS}
 AS
 BEGIN
-{_route(target)}    EXEC sp_execute_external_script
+{_route(target, _endpoint(manifest))}    EXEC sp_execute_external_script
         @language = N'Python',
         @script = {script_literal(row_prelude(target.inputs) + script)},
         @params = N'{MODEL_PARAMS}, {declared}',
@@ -317,29 +265,6 @@ BEGIN
     {_result_sets(target)};
 {_script_failed()}{_log_requests(target)}END;
 """
-
-
-def bind_model_name(target: SqlServerTarget, manifest: ManifestBase) -> str:
-    """Parameter: the model name. Sets ``tdsp_model_name`` on both scoring procedures."""
-    schema = target.schema_
-    parts = ["-- tdsp-deploy: bind_model_name", "DECLARE @model_name sql_variant = CAST(? AS nvarchar(128));"]
-    for name in (target.procedure_name(_endpoint(manifest)), target.row_procedure_name(_endpoint(manifest))):
-        where = (
-            f"[class] = 1 AND [major_id] = OBJECT_ID({_name_literal(_qualified(target, name))}) "
-            f"AND [minor_id] = 0 AND [name] = {_name_literal(MODEL_NAME_PROPERTY)}"
-        )
-        arguments = (
-            f"@name = {_name_literal(MODEL_NAME_PROPERTY)}, @value = @model_name, "
-            f"@level0type = N'SCHEMA', @level0name = {_name_literal(check_identifier(schema))}, "
-            f"@level1type = N'PROCEDURE', @level1name = {_name_literal(check_identifier(name))}"
-        )
-        parts.append(
-            f"IF EXISTS (SELECT 1 FROM sys.extended_properties WHERE {where})\n"
-            f"    EXEC sys.sp_updateextendedproperty {arguments};\n"
-            f"ELSE\n"
-            f"    EXEC sys.sp_addextendedproperty {arguments};"
-        )
-    return "\n".join(parts) + "\n"
 
 
 # --- probes ---------------------------------------------------------------------------------
@@ -402,9 +327,8 @@ def deployment_statements(target: SqlServerTarget, manifest: ManifestBase, scrip
         Statement("insert_model", insert_model(target), INSERT_PARAMETERS),
         Statement("create_procedure", create_or_alter_procedure(target, manifest, script)),
         Statement("create_row_procedure", create_or_alter_row_procedure(target, manifest, script)),
-        Statement("bind_model_name", bind_model_name(target, manifest), ("name",)),
-        Statement("assign_slot", assign_slot(tables(target)), ("name", "slot", "version")),
-        Statement("refresh_active", refresh_active(tables(target)), ("name",)),
+        Statement("assign_slot", assign_slot(tables(target)), ("endpoint", "slot", "version")),
+        Statement("refresh_active", refresh_active(tables(target)), ("endpoint",)),
     ]
 
 
@@ -416,7 +340,8 @@ def parameter_values(
     if flavor is None:
         raise ValueError("model.flavor is required on the sqlserver target (sklearn, onnx or mlflow)")
     document = deployment_document(target, manifest, lock)
-    return row_values(manifest, lock, payload, flavor=flavor, document=document, slot=slot)
+    values = row_values(manifest, lock, payload, flavor=flavor, document=document, slot=slot)
+    return {**values, "endpoint": target.procedure_name(manifest.name)}
 
 
 def render_tsql(

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.sql import schema
 from tdsp_deploy.backends.sql.document import (
     Statement,
     deployment_document,
@@ -38,6 +39,7 @@ from tdsp_deploy.backends.sql.document import (
 )
 from tdsp_deploy.backends.sql.errors import SCORING_FAILED
 from tdsp_deploy.backends.sql.rows import SLOT_TYPE, Tables, assign_slot, q, refresh_active, throw
+from tdsp_deploy.backends.sql.schema import INSERT_PARAMETERS
 from tdsp_deploy.backends.sql.target import check_identifier
 from tdsp_deploy.backends.synapse.sql_connection import SQL_POOL
 from tdsp_deploy.backends.synapse.sql_predict_rules import VERSION_COLUMN, _Column, base_type
@@ -64,7 +66,6 @@ VARIANT_COLUMN = "variant"
 BUCKETS = 100
 #: The statements run inside the one transaction of a deployment (rows only).
 TRANSACTION = ("insert_model", "assign_slot", "refresh_active")
-INSERT_PARAMETERS = ("endpoint", "name", "version", "sha256", "flavor", "payload", "manifest")
 SLOT_PARAMETERS = ("endpoint", "slot", "version")
 
 
@@ -87,57 +88,17 @@ def qualified_procedure(target: SynapseTarget, endpoint: str) -> str:
     return f"{q(target.schema_)}.{q(procedure(target, endpoint))}"
 
 
-# --- the model table ------------------------------------------------------------------------------
+# --- the tables (sql/schema.py, in the pool's dialect) ---------------------------------------------
 def create_model_table(target: SynapseTarget) -> str:
-    table = tables(target).models
-    return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
-CREATE TABLE {table} (
-    [endpoint] nvarchar(128) NOT NULL,
-    [name] nvarchar(128) NOT NULL,
-    [version] nvarchar(64) NOT NULL,
-    [sha256] char(64) NOT NULL,
-    [flavor] nvarchar(16) NOT NULL,
-    [payload] varbinary(max) NOT NULL,
-    [created_at] datetime2 NOT NULL,
-    [created_by] nvarchar(128) NOT NULL,
-    [manifest] nvarchar(max) NULL,
-    [active] bit NOT NULL
-)
-WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
-"""
+    return schema.create_model_table(tables(target))
 
 
 def insert_model(target: SynapseTarget) -> str:
-    """Parameters: INSERT_PARAMETERS. A version already stored with the same sha256 is left
-    alone (a re-run is a no-op); with another sha256 the batch fails (50001)."""
-    table = tables(target).models
-    return f"""DECLARE @endpoint nvarchar(128) = ?, @name nvarchar(128) = ?, @version nvarchar(64) = ?,
-    @sha256 char(64) = ?, @flavor nvarchar(16) = ?, @payload varbinary(max) = ?, @manifest nvarchar(max) = ?;
-IF EXISTS (SELECT 1 FROM {table}
-    WHERE [endpoint] = @endpoint AND [version] = @version AND [sha256] <> @sha256)
-    {throw(50001)}
-IF NOT EXISTS (SELECT 1 FROM {table} WHERE [endpoint] = @endpoint AND [version] = @version)
-    INSERT INTO {table} ([endpoint], [name], [version], [sha256], [flavor], [payload],
-        [created_at], [created_by], [manifest], [active])
-    SELECT @endpoint, @name, @version, @sha256, @flavor, @payload, GETUTCDATE(), SUSER_SNAME(), @manifest, 0;
-"""
+    return schema.insert_model(tables(target))
 
 
 def create_traffic_table(target: SynapseTarget) -> str:
-    """Per endpoint and slot: the version it serves, its weight (percent) and the salt of the key
-    hash (a new A/B experiment gets a new one, which reshuffles the keys)."""
-    table = tables(target).traffic
-    return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
-CREATE TABLE {table} (
-    [endpoint] nvarchar(128) NOT NULL,
-    [slot] {SLOT_TYPE} NOT NULL,
-    [version] nvarchar(64) NOT NULL,
-    [weight] int NOT NULL,
-    [salt] nvarchar(64) NULL,
-    [updated_at] datetime2 NOT NULL
-)
-WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
-"""
+    return schema.create_traffic_table(tables(target))
 
 
 def create_request_log_table(target: SynapseTarget) -> str:

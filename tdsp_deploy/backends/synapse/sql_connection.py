@@ -38,6 +38,7 @@ POOL_DIFFERENCES: dict[str, Any] = {
     "name": "dedicated SQL pool",
     "now": "GETUTCDATE()",
     "table_options": "WITH (DISTRIBUTION = ROUND_ROBIN, HEAP)",
+    "constraints": False,
     "create_or_alter": False,
     "ddl_in_transaction": False,
     "application_locks": False,

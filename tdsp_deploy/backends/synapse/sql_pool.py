@@ -76,8 +76,6 @@ class SqlPoolBackend(SqlBackend):
     #: PREDICT routes rows by weight (traffic table); nothing copies them
     capabilities = Capabilities(weighted_traffic=True)
     CONNECTION = SqlPoolConnection
-    # rows are keyed by the procedure's own name, so its text can name them
-    KEY = "endpoint"
     WHO = "the synapse target's sql mode"
     GRANT_HINT = "GRANT EXECUTE ON the procedure (and SELECT on the model table) to the callers"
     STATE_FOLDER = "synapse-sql"
@@ -294,11 +292,6 @@ class SqlPoolBackend(SqlBackend):
         return prepared
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _key(self) -> str:
-        from tdsp_deploy.backends.synapse import predict_tsql
-
-        return predict_tsql.procedure(self.target, self.manifest.name)
-
     def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
 

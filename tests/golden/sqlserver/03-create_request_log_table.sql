@@ -2,7 +2,7 @@
 IF OBJECT_ID(N'[dbo].[tdsp_requests]', N'U') IS NULL
 CREATE TABLE [dbo].[tdsp_requests] (
     [id] bigint IDENTITY(1, 1) PRIMARY KEY,
-    [name] nvarchar(128) NOT NULL,
+    [endpoint] nvarchar(128) NOT NULL,
     [t] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
     [request_id] nvarchar(64) NOT NULL,
     [slot] nvarchar(64) NOT NULL,

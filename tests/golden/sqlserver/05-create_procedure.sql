@@ -5,19 +5,16 @@ CREATE OR ALTER PROCEDURE [dbo].[score_iris]
 AS
 BEGIN
     SET NOCOUNT ON;
-    DECLARE @model_name nvarchar(128), @routes nvarchar(max), @bundle varbinary(max) = 0x,
+    DECLARE @endpoint nvarchar(128) = N'score_iris';
+    DECLARE @routes nvarchar(max), @bundle varbinary(max) = 0x,
         @request_log nvarchar(max), @script_error nvarchar(max), @n int = 1, @count int;
     DECLARE @route TABLE ([n] int IDENTITY(1, 1) PRIMARY KEY, [slot] nvarchar(64) NOT NULL,
         [version] nvarchar(64) NOT NULL, [weight] int NOT NULL, [salt] nvarchar(64) NULL);
-    -- The model this procedure serves: its extended property tdsp_model_name.
-    SELECT @model_name = CAST([value] AS nvarchar(128))
-    FROM sys.extended_properties
-    WHERE [class] = 1 AND [major_id] = @@PROCID AND [minor_id] = 0 AND [name] = N'tdsp_model_name';
     -- Who answers: the slot that @slot pins, else every slot with a traffic weight.
     INSERT INTO @route ([slot], [version], [weight], [salt])
     SELECT [slot], [version], [weight], [salt]
     FROM [dbo].[tdsp_traffic]
-    WHERE [name] = @model_name AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0))
+    WHERE [endpoint] = @endpoint AND ([slot] = @slot OR (@slot IS NULL AND [weight] > 0))
     ORDER BY [slot];
     SET @count = @@ROWCOUNT;
     IF @count = 0
@@ -27,7 +24,7 @@ BEGIN
     BEGIN
         SELECT @bundle = @bundle + CAST(DATALENGTH(m.[payload]) AS binary(8)) + m.[payload]
         FROM @route AS r
-        JOIN [dbo].[tdsp_models] AS m ON m.[name] = @model_name AND m.[version] = r.[version]
+        JOIN [dbo].[tdsp_models] AS m ON m.[endpoint] = @endpoint AND m.[version] = r.[version]
         WHERE r.[n] = @n;
         SET @n = @n + 1;
     END;
@@ -201,8 +198,8 @@ except Exception:
     END;
     -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
     INSERT INTO [dbo].[tdsp_requests]
-        ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
-    SELECT @model_name, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
+        ([endpoint], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
+    SELECT @endpoint, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
         CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
     FROM OPENJSON(@request_log)
     WITH ([slot] nvarchar(64), [version] nvarchar(64), [status] int, [row_count] int, [latency_ms] float,
