@@ -194,18 +194,15 @@ def signature_problems(
                 + (f" (names must match exactly: {near})" if near else "")
             )
             continue
-        expected = TENSOR_TYPE.get(base_type(column.type))
-        if expected is not None and slot.elem_type != expected:
+        expected = _passed_as(column, slot)
+        if expected is not None:
             problems.append(
                 f"model input {slot.describe()} is fed from {column.name} {column.type}, which PREDICT "
                 f"passes as {TENSOR_TYPE_NAMES[expected]}; declare the column as {_sql_for(slot.elem_type)} "
                 "or re-export the "
                 f"input as {TENSOR_TYPE_NAMES[expected]}"
             )
-    taken = {s.name for s in signature.inputs}
-    for column in inputs:
-        if column.name not in taken:
-            problems.append(f"target.inputs: {column.name} is not an input of the model")
+    problems += _not_in_model(inputs, signature.inputs, "target.inputs", "an input")
     declared = {c.name: c for c in outputs}
     for slot in signature.outputs:
         column = declared.get(slot.name)
@@ -226,17 +223,26 @@ def signature_problems(
                 f"model output {slot.name} is not listed in target.outputs (WITH names every output)"
             )
             continue
-        expected = TENSOR_TYPE.get(base_type(column.type))
-        if expected is not None and slot.elem_type != expected:
+        if _passed_as(column, slot) is not None:
             problems.append(
                 f"model output {slot.describe()} does not match target.outputs {column.name} {column.type}; "
                 f"declare it as {_sql_for(slot.elem_type)}"
             )
-    given = {s.name for s in signature.outputs}
-    for column in outputs:
-        if column.name not in given:
-            problems.append(f"target.outputs: {column.name} is not an output of the model")
+    problems += _not_in_model(outputs, signature.outputs, "target.outputs", "an output")
     return problems
+
+
+def _passed_as(column: _Column, slot: TensorSlot) -> int | None:
+    """The tensor type PREDICT uses for ``column`` when the model's ``slot`` expects another."""
+    expected = TENSOR_TYPE.get(base_type(column.type))
+    return expected if expected is not None and slot.elem_type != expected else None
+
+
+def _not_in_model(
+    columns: Sequence[_Column], slots: Sequence[TensorSlot], section: str, what: str
+) -> list[str]:
+    names = {s.name for s in slots}
+    return [f"{section}: {c.name} is not {what} of the model" for c in columns if c.name not in names]
 
 
 def _sql_for(elem_type: int | None) -> str:
