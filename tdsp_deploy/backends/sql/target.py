@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -62,6 +62,16 @@ def check_identifier(name: str) -> str:
             f"must be an identifier of 1-{MAX_IDENTIFIER} letters, digits and '_', not a digit first"
         )
     return name
+
+
+_Text = TypeVar("_Text", str, None)
+
+
+def matching(pattern: re.Pattern[str], value: _Text, message: str) -> _Text:
+    """``value`` if it is None or ``pattern`` matches all of it; ValueError(``message``) otherwise."""
+    if value is not None and not pattern.fullmatch(value):
+        raise ValueError(message)
+    return value
 
 
 def quote_identifier(name: str) -> str:
@@ -142,12 +152,12 @@ class SqlAuth(Strict):
     @field_validator("password_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not ENV_VAR_NAME.fullmatch(value):
-            raise ValueError(
-                "must name an environment variable (letters, digits, '_', not a digit first), "
-                "e.g. password_env: SQL_PASSWORD"
-            )
-        return value
+        return matching(
+            ENV_VAR_NAME,
+            value,
+            "must name an environment variable (letters, digits, '_', not a digit first), "
+            "e.g. password_env: SQL_PASSWORD",
+        )
 
 
 class EntraAuth(Strict):

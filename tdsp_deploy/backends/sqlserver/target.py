@@ -27,6 +27,7 @@ from tdsp_deploy.backends.sql.target import (  # noqa: F401 (the schema's names,
     SqlTargetBase,
     check_identifier,
     check_tables_and_key,
+    matching,
     procedure_name,
     quote_identifier,
     sql_type,
@@ -66,9 +67,7 @@ class SqlServerTarget(SqlTargetBase):
     @field_validator("server")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not _HOST.fullmatch(value):
-            raise ValueError("must be a host name or address, optionally host\\instance")
-        return value
+        return matching(_HOST, value, "must be a host name or address, optionally host\\instance")
 
     @model_validator(mode="after")
     def _ab_key_is_an_input(self) -> SqlServerTarget:

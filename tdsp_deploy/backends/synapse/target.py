@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tdsp_deploy.backends.sql import target as sql_target
-from tdsp_deploy.backends.sql.target import Auth, Column, Identifier, Port, SqlTargetBase
+from tdsp_deploy.backends.sql.target import Auth, Column, Identifier, Port, SqlTargetBase, matching
 from tdsp_deploy.manifest.model import Strict
 
 _WORKSPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -152,9 +152,7 @@ class DataLocation(Strict):
     @field_validator("table")
     @classmethod
     def _table(cls, value: str | None) -> str | None:
-        if value is not None and not _TABLE.fullmatch(value):
-            raise ValueError("must be a table name: [database.]table, letters, digits and '_'")
-        return value
+        return matching(_TABLE, value, "must be a table name: [database.]table, letters, digits and '_'")
 
     @model_validator(mode="after")
     def _one_of(self) -> DataLocation:
@@ -267,11 +265,12 @@ class SynapseTarget(SqlTargetBase):
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
-        if not _WORKSPACE.fullmatch(value):
-            raise ValueError(
-                "must be the workspace name: 1-50 lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit"
-            )
+        matching(
+            _WORKSPACE,
+            value,
+            "must be the workspace name: 1-50 lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        )
         if "-ondemand" in value:
             raise ValueError("may not contain '-ondemand' (Azure reserves it)")
         return value
@@ -279,9 +278,9 @@ class SynapseTarget(SqlTargetBase):
     @field_validator("spark_pool")
     @classmethod
     def _pool(cls, value: str | None) -> str | None:
-        if value is not None and not _SPARK_POOL.fullmatch(value):
-            raise ValueError("must be a Spark pool name: 1-15 letters and digits, a letter first")
-        return value
+        return matching(
+            _SPARK_POOL, value, "must be a Spark pool name: 1-15 letters and digits, a letter first"
+        )
 
     @field_validator("storage")
     @classmethod
@@ -309,9 +308,7 @@ class SynapseTarget(SqlTargetBase):
     @field_validator("server")
     @classmethod
     def _server(cls, value: str | None) -> str | None:
-        if value is not None and not _HOST.fullmatch(value):
-            raise ValueError("must be a host name, e.g. myworkspace.sql.azuresynapse.net")
-        return value
+        return matching(_HOST, value, "must be a host name, e.g. myworkspace.sql.azuresynapse.net")
 
     @model_validator(mode="after")
     def _fields_of_the_mode(self) -> SynapseTarget:
