@@ -149,7 +149,8 @@ def _settle() -> None:
 
 def _child(project: Path, out_dir: Path) -> None:
     """One packaging run: its wall time and this process's peak RSS, as JSON."""
-    from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest.model import manifest_class
     from tdsp_deploy.packaging import build_package
 
     manifest = manifest_class((LocalTarget,)).model_validate(

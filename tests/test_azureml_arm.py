@@ -20,8 +20,9 @@ from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, LatencyObjectiveMissed, TdspError, UsageError
-from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.pipeline import PushResult, change_traffic, current_split, push
 from tdsp_deploy.traffic import TrafficHistory, TrafficSplit
 

@@ -24,6 +24,7 @@ from tdsp_deploy.backends.azureml.operations import wait_for
 from tdsp_deploy.backends.azureml.records import CONFIG_TAG
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
 from tdsp_deploy.backends.azureml.translate import Doing, scoring_error, translate_error
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import (
     BackendError,
     DeploymentFailed,
@@ -32,7 +33,7 @@ from tdsp_deploy.errors import (
     ExitCode,
     TdspError,
 )
-from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.pipeline import PushResult, push
 
 NAME = "irisaz"

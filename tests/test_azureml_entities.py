@@ -27,9 +27,10 @@ from tdsp_deploy.backends.azureml.target import (
     azureml_warnings,
     check_manifest_for_azureml,
 )
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import BackendError, ExitCode, ManifestError, UsageError
 from tdsp_deploy.manifest.loader import load_manifest
-from tdsp_deploy.manifest.model import ENDPOINT_NAME, LocalTarget, manifest_class
+from tdsp_deploy.manifest.model import ENDPOINT_NAME, manifest_class
 from tdsp_deploy.packaging import build_package, extract_package
 
 TARGETS = (LocalTarget, AzureMLTarget)

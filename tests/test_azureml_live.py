@@ -57,7 +57,8 @@ def iris_on_azureml(root: Path, endpoint: str) -> Path:
 def test_iris_push_invoke_canary_delete(tmp_path: Path) -> None:
     from tdsp_deploy.backends.azureml import AzureMLBackend
     from tdsp_deploy.backends.azureml.target import AzureMLTarget
-    from tdsp_deploy.manifest import LocalTarget, load_manifest
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest import load_manifest
     from tdsp_deploy.pipeline import push
     from tdsp_deploy.smoke import json_differences
 

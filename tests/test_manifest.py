@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import Field
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import ExitCode, ManifestError
 from tdsp_deploy.manifest import (
     LoadedManifest,
-    LocalTarget,
     ManifestBase,
     check_manifest,
     load_manifest,
@@ -389,6 +389,21 @@ def test_several_targets_errors_are_located_without_the_union_tag(tmp_path: Path
     path = project(tmp_path, MINIMAL + "target:\n  kind: fake\n  region: westeurope\n")
     assert load_manifest(path, targets=targets).manifest.target.region == "westeurope"
     assert issubclass(manifest_class(targets), ManifestBase)
+
+
+class PlainLocal(Strict):
+    """A local target's schema other than the built-in one: the default comes from what is handed in."""
+
+    kind: Literal["local"] = "local"
+    host: str = "0.0.0.0"
+
+
+def test_the_default_target_is_the_handed_in_schema_of_kind_local(tmp_path: Path) -> None:
+    path = project(tmp_path)  # no target section
+    assert load_manifest(path, targets=(PlainLocal, FakeTarget)).manifest.target == PlainLocal()
+    assert load_manifest(path).manifest.target == LocalTarget()  # none handed in: the installed local one
+    # Without a local schema there is no default: the section must be written.
+    assert problems_of(path, targets=(FakeTarget,)) == [(1, "target", "required")]
 
 
 def test_missing_required_fields_point_at_their_parent() -> None:

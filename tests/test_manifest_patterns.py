@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sqlserver.target import Column, SqlServerTarget, check_identifier
 from tdsp_deploy.backends.synapse.target import DataLocation, SynapseTarget, location_from_text
 from tdsp_deploy.errors import ExitCode, ManifestError
 from tdsp_deploy.manifest import load_manifest
-from tdsp_deploy.manifest.model import LocalTarget
 
 SQLSERVER = {
     "kind": "sqlserver",

@@ -147,7 +147,8 @@ def test_an_mlflow_model_deploys_without_a_script_and_takes_azure_mls_request_fo
 def test_azure_ml_serves_an_mlflow_model_with_a_no_code_deployment(mlflow_project, tmp_path):
     from tdsp_deploy.backends.azureml import AzureMLBackend
     from tdsp_deploy.backends.azureml.target import AzureMLTarget
-    from tdsp_deploy.manifest import LocalTarget, load_manifest
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest import load_manifest
     from tdsp_deploy.pipeline import push
     from tests.azureml_fake import FakeAzureML
 
@@ -200,8 +201,9 @@ def test_the_fake_refuses_a_custom_model_without_code(tmp_path):
 
 
 def test_the_signature_fills_the_columns_of_a_tabular_target(cli, mlflow_project, tmp_path):
+    from tdsp_deploy.backends.local.target import LocalTarget
     from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
-    from tdsp_deploy.manifest import LocalTarget, load_manifest
+    from tdsp_deploy.manifest import load_manifest
 
     manifest = _copy(mlflow_project, tmp_path)
     manifest.write_text(

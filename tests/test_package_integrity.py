@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import DeploymentFailed
-from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging import (
     LockedFile,
     LockedModel,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+from tdsp_deploy.backends.local.target import LocalTarget
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging import build_package
 from tdsp_deploy.packaging.hash_cache import CACHE_NAME, HashCache
 

@@ -18,8 +18,9 @@ import pytest
 
 import tdsp_deploy
 from tdsp_deploy.backends.base import ProgressEvent
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
-from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging import (
     LockedFile,
     LockedModel,

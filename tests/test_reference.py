@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tdsp_deploy.manifest.model import LocalTarget, target_kind
+from tdsp_deploy.backends.local.target import LocalTarget
+from tdsp_deploy.manifest.model import target_kind
 from tdsp_deploy.manifest.reference import (
     REFERENCE_PATH,
     REGENERATE,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from test_manifest import project
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import ExitCode, ManifestError
-from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.rollout import validation_warnings
 
 BASE = """\

@@ -19,12 +19,13 @@ import pytest
 import yaml
 from sqlserver_fake import FakeSqlServer, server_error
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql.connection import connection_string, translate_error
 from tdsp_deploy.backends.sqlserver import SqlServerBackend, request_rows, scoring_batch
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode, TdspError, UsageError
-from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.packaging.libraries import installed_version
 from tdsp_deploy.pipeline import PushResult, push
 

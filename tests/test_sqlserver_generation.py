@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sqlserver import tsql
 from tdsp_deploy.backends.sqlserver.script import generate_script, model_payload, row_prelude
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget, quote_identifier, sql_type
-from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging.lock import LockedModel, PackageLock
 from tests.sqlserver_harness import ExternalScriptError, run_external_script, run_external_script_with_outputs
 

@@ -15,11 +15,12 @@ import pytest
 import yaml
 from synapse_sql_fake import FakeSqlPool
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql.connection import SqlConnection as SqlServerConnection
 from tdsp_deploy.backends.synapse.sql_pool import SqlPoolBackend
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, ExitCode, TdspError
-from tdsp_deploy.manifest import LocalTarget, load_manifest
+from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.pipeline import PushResult, push
 from tdsp_deploy.smoke import json_differences
 

@@ -60,10 +60,11 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     import numpy as np
     from test_synapse_sql_backend import FEATURES
 
+    from tdsp_deploy.backends.local.target import LocalTarget
     from tdsp_deploy.backends.synapse import make_backend
     from tdsp_deploy.backends.synapse.sql_predict_local import split_rows
     from tdsp_deploy.backends.synapse.target import SynapseTarget
-    from tdsp_deploy.manifest import LocalTarget, load_manifest
+    from tdsp_deploy.manifest import load_manifest
     from tdsp_deploy.pipeline import push
 
     name = "tdsplive" + secrets.token_hex(3)

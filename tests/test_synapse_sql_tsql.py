@@ -13,11 +13,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.synapse import predict_tsql, sql_calls
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
 from tdsp_deploy.backends.synapse.target import SynapseTarget
-from tdsp_deploy.manifest.model import LocalTarget, manifest_class
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging.lock import LockedModel, PackageLock
 
 GOLDEN = Path(__file__).parent / "golden" / "synapse"

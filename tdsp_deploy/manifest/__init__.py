@@ -2,11 +2,10 @@
 
 from tdsp_deploy.manifest.checks import check_manifest
 from tdsp_deploy.manifest.loader import LoadedManifest, load_manifest
-from tdsp_deploy.manifest.model import LocalTarget, ManifestBase, manifest_class
+from tdsp_deploy.manifest.model import ManifestBase, manifest_class
 
 __all__ = [
     "LoadedManifest",
-    "LocalTarget",
     "ManifestBase",
     "check_manifest",
     "load_manifest",

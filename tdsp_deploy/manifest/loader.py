@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tdsp_deploy.errors import ManifestError, ManifestProblem
+from tdsp_deploy.errors import ManifestError, ManifestProblem, PluginError
 from tdsp_deploy.manifest.interpolation import interpolate_tree, secret_sources
-from tdsp_deploy.manifest.model import LocalTarget, ManifestBase, manifest_class
+from tdsp_deploy.manifest.model import ManifestBase, manifest_class
 from tdsp_deploy.manifest.problems import validation_problems
 from tdsp_deploy.manifest.yaml_lines import FieldPath, LinedTree, dotted, line_of, read_text
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues
@@ -65,7 +65,9 @@ def load_manifest(
 
     ``targets`` are the target schemas to validate against, or a function that returns them
     for the target kind the manifest names (None when it does not say plainly), so that a
-    caller loads only the schema it needs, from the file as read once."""
+    caller loads only the schema it needs, from the file as read once. Without them (or when
+    none could be loaded) the manifest is validated as a local one. The schema of kind
+    ``local`` among them is the default target."""
     shown = str(path)
     file = Path(path).absolute()
     text = read_text(file, shown)
@@ -81,7 +83,7 @@ def load_manifest(
     _columns_from_mlflow_signature(raw, file.parent)
     if callable(targets):
         targets = targets(_target_kind(raw))
-    targets = targets or (LocalTarget,)
+    targets = targets or _local_target()
     cls = manifest_class(targets)
     problems = tree.problems
     try:
@@ -117,6 +119,17 @@ def _error(
     unique = {(p.line, p.field, p.message): p for p in problems}
     ordered = sorted(unique.values(), key=lambda p: (p.line or 0, p.field or "", p.message))
     return ManifestError(ordered, hint=hint)
+
+
+def _local_target() -> TargetSchemas:
+    """The installed local target's schema, for a caller that hands none in: such a manifest
+    is validated as a local one, as it always was."""
+    from tdsp_deploy.backends.registry import Registry  # the recorded debt (pyproject.toml)
+
+    models, warnings = Registry.discover().target_models(only="local")
+    if not models:
+        raise PluginError("no target schema could be loaded: " + "; ".join(warnings))
+    return models
 
 
 def _target_kind(raw: dict[str, Any]) -> str | None:

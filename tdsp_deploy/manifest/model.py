@@ -1,7 +1,7 @@
 """The manifest schema (v1), as pydantic v2 models.
 
-Target schemas are a discriminated union on ``target.kind``. The built-in local target is
-defined here; other kinds come from their backends (see ``manifest_class``). After validation
+Target schemas are a discriminated union on ``target.kind``; every kind, the local one too,
+comes from its backend and is handed in (see ``manifest_class``). After validation
 every path field holds an absolute ``Path`` that exists (fields.py).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -54,8 +54,6 @@ __all__ = [
     "EnvironmentSection",
     "Guardrails",
     "LatencyObjective",
-    "LivenessProbe",
-    "LocalTarget",
     "ManifestBase",
     "ModelSection",
     "PrimaryMetric",
@@ -196,56 +194,6 @@ class SmokeTestSection(Strict):
     latency: LatencyObjective = Field(default_factory=LatencyObjective)
 
 
-class LivenessProbe(Strict):
-    """How the local target's supervisor checks that a slot still answers (``GET /``): Azure ML's
-    ``liveness_probe`` settings and defaults. After ``failure_threshold`` failed probes in a row
-    the slot process is killed and restarted. A slot's worker answers one request at a time, so
-    a probe waits behind a long request: keep period x failure_threshold above the longest one."""
-
-    initial_delay: int = Field(
-        default=10, ge=1, le=3600, description="Seconds after a slot starts before the first probe."
-    )
-    period: int = Field(default=10, ge=1, le=3600, description="Seconds between probes.")
-    timeout: int = Field(default=2, ge=1, le=3600, description="Seconds a probe waits for its answer.")
-    failure_threshold: int = Field(
-        default=30, ge=1, le=10_000, description="Failed probes in a row before the slot is restarted."
-    )
-    success_threshold: int = Field(
-        default=1,
-        ge=1,
-        le=1,
-        description="Fixed at 1 for a liveness probe, as on Azure ML: one answer clears the failures.",
-    )
-
-
-class LocalTarget(Strict):
-    """The embedded target: inference-server processes behind a router on loopback."""
-
-    kind: Literal["local"] = "local"
-    host: str = Field(
-        default="127.0.0.1", description="Address the router binds; loopback unless you mean it."
-    )
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="Router port (default: a free port, kept)."
-    )
-    workers: int = Field(default=1, ge=1, le=64, description="Inference-server workers per slot.")
-    http_server: Literal["granian", "gunicorn"] = Field(
-        default="granian",
-        description=(
-            "HTTP server of each slot's inference-server app: granian (faster) or gunicorn "
-            "(the server Azure ML's containers run, for exact parity)."
-        ),
-    )
-    startup_timeout: float = Field(
-        default=120, gt=0, le=3600, description="Seconds to wait for a slot to be healthy."
-    )
-    request_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
-    max_request_mb: float = Field(default=100, gt=0, le=2048, description="Bodies above this get 413.")
-    liveness_probe: LivenessProbe = Field(
-        default_factory=LivenessProbe, description="When a slot that stopped answering is restarted."
-    )
-
-
 class ManifestBase(Strict):
     name: str = Field(
         pattern=ENDPOINT_NAME, description="Endpoint name: 3-32 chars, letter first, [a-z0-9-]."
@@ -292,16 +240,23 @@ class ManifestBase(Strict):
 
 @functools.lru_cache(maxsize=8)
 def manifest_class(targets: tuple[type[BaseModel], ...]) -> type[ManifestBase]:
-    """The manifest model whose ``target`` is a union of the given target schemas."""
+    """The manifest model whose ``target`` is a union of the given target schemas.
+
+    A manifest without ``target:`` deploys locally: the default is the given schema of kind
+    ``local``; without one among ``targets`` the section is required."""
     if len(targets) == 1:
         target_type: Any = targets[0]
     else:
         target_type = Annotated[Union[targets], Field(discriminator="kind")]  # noqa: UP007
-    return create_model(
-        "Manifest",
-        __base__=ManifestBase,
-        target=(target_type, Field(default_factory=LocalTarget)),
-    )
+    local = next((model for model in targets if _kinds_of(model) == ("local",)), None)
+    default = Field() if local is None else Field(default_factory=local)
+    return create_model("Manifest", __base__=ManifestBase, target=(target_type, default))
+
+
+def _kinds_of(target_model: type[BaseModel]) -> tuple[Any, ...]:
+    # A plugin's schema may lack a Literal `kind`; such a model is simply not the local one.
+    field = target_model.model_fields.get("kind")
+    return get_args(field.annotation) if field is not None else ()
 
 
 def target_kind(target_model: type[BaseModel]) -> str:

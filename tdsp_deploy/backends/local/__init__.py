@@ -39,9 +39,9 @@ from tdsp_deploy.backends.local.slot_log import keep_failed_log, read_tail
 from tdsp_deploy.backends.local.slots import SlotStarter, environment_json
 from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord, SlotRecord
 from tdsp_deploy.backends.local.status import endpoint_status, scoring_uri, slot_status
+from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.locks import FileLock
-from tdsp_deploy.manifest.model import LocalTarget
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress

@@ -28,7 +28,8 @@ from tdsp_deploy.errors import BackendError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
-    from tdsp_deploy.manifest.model import LocalTarget, ManifestBase
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest.model import ManifestBase
 
 ROUTER_START_TIMEOUT_S = 15.0
 RELOAD_TIMEOUT_S = 10.0

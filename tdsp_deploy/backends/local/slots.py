@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from tdsp_deploy.backends.base import Progress
     from tdsp_deploy.backends.local.processes import ProcessRef
-    from tdsp_deploy.manifest.model import LocalTarget, ManifestBase
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging.lock import PackageLock
 
 # All a deployment's process takes from the CLI's environment: what running at all needs.

@@ -46,8 +46,8 @@ from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.container import app_root_of
 from tdsp_deploy.backends.local.processes import ProcessRef
 from tdsp_deploy.backends.local.state import EndpointFiles, SlotRecord
+from tdsp_deploy.backends.local.target import LivenessProbe
 from tdsp_deploy.errors import DeploymentFailed
-from tdsp_deploy.manifest.model import LivenessProbe
 from tdsp_deploy.packaging.extract import verify_extracted
 
 log = logging.getLogger("tdsp_deploy.supervisor")
