@@ -63,8 +63,6 @@ class SqlBackend(Backend):
     WHO: ClassVar[str]
     #: how callers get the right to call the procedure (credentials' hint)
     GRANT_HINT: ClassVar[str]
-    #: the folder under the state home where packages are unpacked
-    STATE_FOLDER: ClassVar[str]
     #: what a caller answers with status 500 instead of raising
     CALL_REFUSALS: ClassVar[tuple[type[Exception], ...]] = (DeploymentFailed,)
     #: what the smoke request's rows are read for, in the message when they cannot be

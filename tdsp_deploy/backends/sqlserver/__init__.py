@@ -81,7 +81,6 @@ class SqlServerBackend(SqlBackend):
     CONNECTION = SqlServerConnection
     WHO = "the sqlserver target"
     GRANT_HINT = "GRANT EXECUTE ON the procedure to the callers' database users"
-    STATE_FOLDER = "sqlserver"
     LOGGED = "the procedures log no requests"
 
     def __init__(

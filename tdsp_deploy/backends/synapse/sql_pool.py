@@ -78,7 +78,6 @@ class SqlPoolBackend(SqlBackend):
     CONNECTION = SqlPoolConnection
     WHO = "the synapse target's sql mode"
     GRANT_HINT = "GRANT EXECUTE ON the procedure (and SELECT on the model table) to the callers"
-    STATE_FOLDER = "synapse-sql"
     # the pool refusing a call (PREDICT failing, a permission) is an answer, not a crash
     CALL_REFUSALS = (DeploymentFailed, BackendError)
     SAMPLE_PURPOSE = " for the ONNX checks"
