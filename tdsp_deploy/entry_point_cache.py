@@ -28,9 +28,12 @@ from typing import Any
 FORMAT = 1
 PYDANTIC_GROUP = "pydantic"
 PYDANTIC_LOADER = "pydantic.plugin._loader"
+# The group where targets register (backends.registry reads it; the manifest reads the target
+# schemas from it).
+BACKENDS_GROUP = "tdsp_deploy.backends"
 # What a start reads in one go: the backends' group (backends.registry.GROUPS is the same) and
 # pydantic's, which pydantic would otherwise read itself.
-START_GROUPS = ("tdsp_deploy.backends", PYDANTIC_GROUP)
+START_GROUPS = (BACKENDS_GROUP, PYDANTIC_GROUP)
 CACHE_VARIABLE = "TDSP_DEPLOY_HOME"
 
 # This process's reading: ((groups, state), listing, whether it came from the cache file); a

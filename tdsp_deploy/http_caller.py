@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from tdsp_deploy.backends.base import InvokeResult
+from tdsp_deploy.answers import InvokeResult
 from tdsp_deploy.errors import BackendError
 
 

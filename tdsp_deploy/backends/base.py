@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -28,7 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-# Progress lives in the core (packaging reports through it too); named here for the backends.
+# Answers and progress live in the core (the HTTP callers answer, packaging reports, too);
+# named here for the backends.
+from tdsp_deploy.answers import PIN_HEADER, Caller, InvokeResult, json_answer  # noqa: F401
 from tdsp_deploy.progress import Progress, ProgressEvent, no_progress  # noqa: F401
 
 if TYPE_CHECKING:
@@ -150,45 +151,9 @@ class EndpointStatus:
         }
 
 
-#: Azure ML's header that pins a request to a deployment, and names the one that answered.
-PIN_HEADER = "azureml-model-deployment"
-
 #: On an answer a batch target gives again from the job that already answered the same request
 #: (a smoke test's repeats): its value is that job's id, and the answer's elapsed_ms that job's time.
 REPLAYED_ANSWER_HEADER = "x-tdsp-answered-by-batch"
-
-
-@dataclasses.dataclass
-class InvokeResult:
-    """One answer of the endpoint."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    elapsed_ms: float
-
-    @property
-    def deployment(self) -> str | None:
-        return self.headers.get(PIN_HEADER)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def json_answer(status: int, doc: Any, started: float, headers: dict[str, str] | None = None) -> InvokeResult:
-    """An answer made here rather than received (a target scored by a query, not over HTTP):
-    ``doc`` as JSON, timed from ``started`` (time.perf_counter())."""
-    return InvokeResult(
-        status=status,
-        body=json.dumps(doc, default=str).encode(),
-        headers={"content-type": "application/json", **(headers or {})},
-        elapsed_ms=(time.perf_counter() - started) * 1000.0,
-    )
-
-
-# A caller sends one request body and returns the answer. The latency run gives each of its
-# worker threads its own caller, so a backend can keep one connection per caller.
-Caller = Callable[[bytes], InvokeResult]
 
 
 class Backend(abc.ABC):
@@ -202,6 +167,9 @@ class Backend(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     #: what the target can do beyond the required methods
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: `tdsp-deploy import` for a platform whose own files describe deployments (see
+    #: ``Importer``); None: the target has none
+    importer: ClassVar[Importer | None] = None
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress):
         self.manifest = manifest
@@ -351,6 +319,23 @@ class Backend(abc.ABC):
 
         raise UsageError(f"the {self.kind} target runs no batch jobs")
 
+    def job_location(self, text: str, format: str | None = None) -> Any:
+        """``text`` (a path or a table, as `run --input/--output` give it) as the location
+        ``run_job`` takes (capabilities.batch_jobs); ValueError saying what is wrong with it."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target runs no batch jobs")
+
+    def minute_metrics(self) -> Any:
+        """A reader of the platform's per-minute metrics of each deployment, for a staged
+        rollout: ``read(start, end)`` gives, by deployment, an object with ``requests``,
+        ``errors`` and ``quantiles`` (per-minute latencies by "p95"...). For targets whose
+        platform keeps the metrics (Azure Monitor), not the request log; BackendError when it
+        cannot be reached."""
+        from tdsp_deploy.errors import UsageError
+
+        raise UsageError(f"the {self.kind} target keeps no per-minute metrics")
+
     # -- experiments ---------------------------------------------------------------------
     def set_experiment(self, experiment_id: str) -> None:  # noqa: B027 (optional hook: most targets need nothing)
         """A new A/B experiment starts: targets that hash sticky keys salt them with its id."""
@@ -368,6 +353,13 @@ class Backend(abc.ABC):
         """Write, offline, exactly what a push would send or start; return the files."""
 
 
+#: `tdsp-deploy import`: writes a manifest for each deployment the platform's own files describe
+#: (Azure ML: an az ml endpoint YAML and its deployments' YAML), each checked by loading it as a
+#: push would. Called as ``(env, endpoint, deployments, output, *, target, request, force,
+#: workspace_settings, check)``; the Azure ML backend's ``import_command.run_import`` is one.
+Importer = Callable[..., None]
+
+
 @dataclasses.dataclass(frozen=True)
 class TargetPlugin:
     """What an entry point may name instead of a Backend class: a kind with more than one
@@ -379,6 +371,7 @@ class TargetPlugin:
     make_backend: Callable[..., Backend]  # (manifest, progress=no_progress, **seams)
     extra: str | None = None
     requires: tuple[str, ...] = ()
+    importer: Importer | None = None
 
     def endpoints_on_this_machine(self, *, home: Path | None = None) -> list[Backend]:
         return []

@@ -25,6 +25,7 @@ from tdsp_deploy import entry_point_cache
 from tdsp_deploy.backends.base import (
     Backend,
     BackendFactory,
+    Importer,
     Progress,
     TargetPlugin,
     check_requirements,
@@ -38,9 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GROUP", "Registry", "check_requirements"]
 
-GROUP = "tdsp_deploy.backends"
+GROUP = entry_point_cache.BACKENDS_GROUP
 # Read together: ours, and pydantic's plugins (which pydantic would otherwise look for itself).
-GROUPS = (GROUP, entry_point_cache.PYDANTIC_GROUP)
+GROUPS = entry_point_cache.START_GROUPS
 
 
 @dataclasses.dataclass
@@ -99,6 +100,14 @@ class Registry:
             )
         self.loaded[kind] = backend
         return backend
+
+    def importer(self, kind: str) -> Importer:
+        """`tdsp-deploy import` from the ``kind`` platform's own files; PluginError when the
+        target has none."""
+        importer = self.factory(kind).importer
+        if importer is None:
+            raise PluginError(f"the {kind} target imports no files of its platform")
+        return importer
 
     def make_backend(self, manifest: ManifestBase, progress: Progress = no_progress, **seams: Any) -> Backend:
         """The backend for the manifest's target, its SDK checked first; ``seams`` go to the

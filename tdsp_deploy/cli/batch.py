@@ -7,14 +7,16 @@ deployed model versions, split by the endpoint's traffic. Batch targets only.
 
 from __future__ import annotations
 
-import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tdsp_deploy.cli.context import Command
 from tdsp_deploy.cli.options import DeploymentOption, ManifestArgument, with_context
 from tdsp_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.base import Backend
 
 FormatOption = Annotated[
     str | None,
@@ -53,8 +55,9 @@ def run_command(
 ) -> None:
     """Run a batch-scoring job: read the input, score every row, write the output."""
     loaded = ctx.loaded
-    source = _location(input, input_format, "--input")
-    sink = _location(output, output_format, "--output")
+    for text, format, option in ((input, input_format, "--input"), (output, output_format, "--output")):
+        if text is None and format is not None:
+            raise UsageError(f"{option}-format needs {option}")
     with ctx.env.progress() as progress:
         backend = ctx.backend(progress)
         if not backend.capabilities.batch_jobs:
@@ -62,6 +65,8 @@ def run_command(
                 f"`run` is for batch targets; the {backend.kind} target serves requests",
                 hint="use `tdsp-deploy invoke` to score with it",
             )
+        source = _location(backend, input, input_format, "--input")
+        sink = _location(backend, output, output_format, "--output")
         if local and deployment:
             raise UsageError("--deployment names a deployed slot; --local runs the manifest's own model")
         result: dict[str, Any] = backend.run_job(source, sink, local=local, slot=deployment, master=master)
@@ -71,23 +76,11 @@ def run_command(
     )
 
 
-def _location(text: str | None, format: str | None, option: str) -> Any:
-    """The option as a DataLocation: a local path is taken from the current folder."""
+def _location(backend: Backend, text: str | None, format: str | None, option: str) -> Any:
+    """The option as the location the target's jobs take (none when it is not given)."""
     if text is None:
-        if format is not None:
-            raise UsageError(f"{option}-format needs {option}")
         return None
-    from pydantic import ValidationError
-
-    from tdsp_deploy.backends.synapse.target import DataLocation, location_from_text
-
-    place: dict[str, Any] = location_from_text(text)
-    if "path" in place and not text.startswith("abfss://"):
-        place["path"] = os.path.abspath(text)
-    if format is not None:
-        place["format"] = format
     try:
-        return DataLocation.model_validate(place)
-    except ValidationError as exc:
-        problems = "; ".join(error["msg"] for error in exc.errors())
-        raise UsageError(f"{option} {text}: {problems}") from None
+        return backend.job_location(text, format)
+    except ValueError as exc:
+        raise UsageError(f"{option} {text}: {exc}") from None

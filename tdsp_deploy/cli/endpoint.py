@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from tdsp_deploy.backends.base import EndpointStatus
     from tdsp_deploy.output import Environment
 
+FailedOption = Annotated[
+    bool, typer.Option("--failed", help="The log of the latest failed (rolled back) deployment.")
+]
+RegenerateOption = Annotated[
+    bool, typer.Option("--regenerate", help="Replace both keys; the old ones are refused from then on.")
+]
+
 
 @with_context
 def status(
@@ -178,9 +185,7 @@ def logs(
     manifest: ManifestArgument,
     deployment: DeploymentOption = None,
     tail: Annotated[int | None, typer.Option("--tail", "--lines", help="Only the last N lines.")] = 200,
-    failed: Annotated[
-        bool, typer.Option("--failed", help="The log of the latest failed (rolled back) deployment.")
-    ] = False,
+    failed: FailedOption = False,
 ) -> None:
     """Show a deployment's server log (default: the one with the most traffic)."""
     backend = ctx.backend()
@@ -213,9 +218,7 @@ def _default_slot(current: EndpointStatus) -> str:
 def credentials(
     ctx: Command,
     manifest: ManifestArgument,
-    regenerate: Annotated[
-        bool, typer.Option("--regenerate", help="Replace both keys; the old ones are refused from then on.")
-    ] = False,
+    regenerate: RegenerateOption = False,
 ) -> None:
     """Print the endpoint's keys (the one command that shows a secret, because you asked)."""
     backend = ctx.backend()

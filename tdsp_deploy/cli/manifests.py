@@ -187,8 +187,7 @@ def import_command(
     workspace: Annotated[str | None, typer.Option(help="Default: ${AZURE_ML_WORKSPACE}.")] = None,
 ) -> None:
     """Turn an existing az ml endpoint + deployment YAML pair (or several deployments) into manifests."""
-    from tdsp_deploy.backends.azureml.import_command import run_import
-
+    run_import = ctx.registry.importer("azureml")
     run_import(
         ctx.env,
         endpoint,

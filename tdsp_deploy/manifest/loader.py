@@ -124,11 +124,11 @@ def _error(
 def _local_target() -> TargetSchemas:
     """The installed local target's schema, for a caller that hands none in: such a manifest
     is validated as a local one, as it always was."""
-    from tdsp_deploy.backends.registry import Registry  # the recorded debt (pyproject.toml)
+    from tdsp_deploy.manifest.installed import target_models
 
-    models, warnings = Registry.discover().target_models(only="local")
+    models, failures = target_models(lambda ref: ref.name == "local")
     if not models:
-        raise PluginError("no target schema could be loaded: " + "; ".join(warnings))
+        raise PluginError("no target schema could be loaded: " + "; ".join(failures))
     return models
 
 

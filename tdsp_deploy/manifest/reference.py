@@ -30,13 +30,13 @@ BUILTIN_MODULE = "tdsp_deploy."
 
 def builtin_target_models() -> tuple[Any, ...]:
     """The target schemas of the targets tdsp-deploy itself registers, in kind order."""
-    from tdsp_deploy.backends.registry import Registry
+    from tdsp_deploy.errors import PluginError
+    from tdsp_deploy.manifest.installed import target_models
 
-    registry = Registry.discover()
-    kinds = [
-        kind for kind, ep in sorted(registry.entry_points.items()) if ep.value.startswith(BUILTIN_MODULE)
-    ]
-    return tuple(registry.factory(kind).target_model for kind in kinds)
+    models, failures = target_models(lambda ref: ref.value.startswith(BUILTIN_MODULE))
+    if failures:
+        raise PluginError("; ".join(failures))
+    return models
 
 
 def published_files(targets: tuple[Any, ...] | None = None) -> dict[Path, str]:

@@ -92,9 +92,7 @@ def metric_source(backend: Backend) -> MetricSource:
     if backend.kind == "local":
         return LocalMetricSource(backend)
     if backend.kind == "azureml":
-        from tdsp_deploy.backends.azureml.monitor import EndpointMetrics
-
-        return AzureMonitorSource(EndpointMetrics.connect(backend.target, backend.manifest.name))
+        return AzureMonitorSource(backend.minute_metrics())
     if backend.kind in ("sqlserver", "synapse"):
         return RequestLogSource(backend)
     raise UsageError(

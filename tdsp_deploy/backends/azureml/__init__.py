@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.azureml.import_command import run_import
 from tdsp_deploy.backends.azureml.target import AzureMLTarget
 from tdsp_deploy.backends.base import (
     Backend,
@@ -52,6 +53,7 @@ class AzureMLBackend(Backend):
     extra = "azureml"
     requires = ("azure.ai.ml", "azure.identity")
     capabilities = Capabilities(weighted_traffic=True, mirror=True)
+    importer = staticmethod(run_import)  # az ml endpoint and deployment YAML to manifests
 
     def __init__(
         self,
@@ -143,6 +145,12 @@ class AzureMLBackend(Backend):
                 "rollout.sticky_header is ignored on Azure ML: the endpoint splits traffic per request"
             )
         return warnings
+
+    def minute_metrics(self) -> Any:
+        """Azure Monitor's per-minute metrics of the endpoint's deployments."""
+        from tdsp_deploy.backends.azureml.monitor import EndpointMetrics
+
+        return EndpointMetrics.connect(self.target, self.manifest.name)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """A lock file per workspace and endpoint on this machine. Across machines, Azure itself

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.synapse import job as jobs
-from tdsp_deploy.backends.synapse.target import NODE_SIZES, DataLocation
+from tdsp_deploy.backends.synapse.target import NODE_SIZES, DataLocation, location_from_option
 from tdsp_deploy.errors import BackendError, DeploymentFailed, EndpointNotFound, UsageError
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ class SparkJobs:
         def tell(self, step: str, message: str, **numbers: Any) -> None: ...
 
     # -- running jobs ------------------------------------------------------------------------------
+    def job_location(self, text: str, format: str | None = None) -> DataLocation:
+        """`run --input/--output` as a DataLocation; a local path from the current folder."""
+        return location_from_option(text, format)
+
     def run_job(
         self,
         source: DataLocation | None = None,

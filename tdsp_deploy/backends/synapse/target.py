@@ -23,7 +23,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tdsp_deploy.backends.sql import target as sql_target
 from tdsp_deploy.backends.sql.target import Auth, Column, Identifier, Port, SqlTargetBase, matching
@@ -177,6 +177,20 @@ class DataLocation(Strict):
         """What the job is given: ``path`` or ``table``, and the format."""
         place = {"path": self.path} if self.path is not None else {"table": self.table}
         return {**place, "format": self.resolved_format}  # type: ignore[dict-item]
+
+
+def location_from_option(text: str, format: str | None = None) -> DataLocation:
+    """A location given on the command line (`run --input/--output`): a local path is taken
+    from the current folder. ValueError saying what is wrong with it."""
+    place: dict[str, Any] = location_from_text(text)
+    if "path" in place and not is_abfss(text):
+        place["path"] = os.path.abspath(text)
+    if format is not None:
+        place["format"] = format
+    try:
+        return DataLocation.model_validate(place)
+    except ValidationError as exc:
+        raise ValueError("; ".join(error["msg"] for error in exc.errors())) from None
 
 
 def location_from_text(text: str) -> dict[str, str]:
