@@ -40,7 +40,9 @@ def test_a_staged_rollout_reads_azure_monitor_through_the_backend(tmp_path: Path
 def test_targets_without_the_hooks_refuse_them(tmp_path: Path) -> None:
     (tmp_path / "model.pkl").write_bytes(b"model")
     (tmp_path / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
-    (tmp_path / "deploy.yaml").write_text("name: hooks\nmodel: {path: model.pkl}\nscoring: {script: score.py}\n")
+    (tmp_path / "deploy.yaml").write_text(
+        "name: hooks\nmodel: {path: model.pkl}\nscoring: {script: score.py}\n"
+    )
     backend = LocalBackend(load_manifest(tmp_path / "deploy.yaml").manifest, home=tmp_path / "home")
     with pytest.raises(UsageError, match="keeps no per-minute metrics"):
         backend.minute_metrics()

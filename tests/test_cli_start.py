@@ -69,7 +69,8 @@ PROBE = textwrap.dedent(
     from tdsp_deploy.cli import main
     code = main(sys.argv[1:])
     heavy = ["packaging.requirements", "tdsp_deploy.rollout", "http.client", "ssl", "rich.markdown",
-             "pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
+             "pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends", "typer", "click",
+             "psutil", "tdsp_deploy.cli.commands"]
     print(json.dumps({"code": code, "scans": scans, "loaded": [m for m in heavy if m in sys.modules]}),
           file=sys.stderr)
     """
@@ -102,7 +103,39 @@ def test_validate_and_help_import_only_what_they_use(iris: Path, tmp_path: Path)
     validate = _start(tmp_path, "validate", iris)
     assert validate["code"] == 0
     # a manifest without rollout.steps needs no rollout package; the local backend checks an
-    # environment file only when its slots share this environment
+    # environment file only when its slots share this environment; the plain form of validate
+    # needs no command-line parser, and no process is looked at
     assert validate["loaded"] == ["pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
     helped = _start(tmp_path, "--help")
-    assert helped["code"] == 0 and helped["loaded"] == []
+    assert helped["code"] == 0 and helped["loaded"] == ["typer", "tdsp_deploy.cli.commands"]
+
+
+def _problems(folder: Path) -> list[Path]:
+    """Manifests that validate fails on, each in its own way."""
+    (folder / "model.pkl").write_bytes(b"model")
+    (folder / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n")
+    cases = {
+        "typo.yaml": "name: typo\nmodle: {path: model.pkl}\nscoring: {script: score.py}\n",
+        "not-yaml.yaml": "name: [unclosed\n",
+        "no-kind.yaml": "name: k8s\nmodel: {path: model.pkl}\nscoring: {script: score.py}\n"
+        "target: {kind: k8s}\n",
+        "missing-file.yaml": "name: gone\nmodel: {path: gone.pkl}\nscoring: {script: score.py}\n",
+    }
+    for name, text in cases.items():
+        (folder / name).write_text(text)
+    return [folder / name for name in cases] + [folder / "absent.yaml"]
+
+
+@pytest.mark.parametrize("flags", [(), ("--json",), ("--debug", "--json")], ids=" ".join)
+def test_validate_answers_alike_with_and_without_the_parser(
+    cli, iris: Path, tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    """`validate MANIFEST` runs without typer; `validate -- MANIFEST` is parsed by it: the same
+    answer, exit code and streams for a valid manifest and for each kind of broken one."""
+    for path in [iris, *_problems(tmp_path)]:
+        plain = cli("validate", path, *flags)
+        parsed = cli("validate", *flags, "--", path)
+        assert (plain.exit_code, plain.stdout, plain.stderr) == (
+            parsed.exit_code, parsed.stdout, parsed.stderr
+        ), path  # fmt: skip
+        assert plain.exit_code == (0 if path == iris else ExitCode.USAGE), plain.stderr

@@ -7,7 +7,18 @@ manifest, registry and backend, each made once); one module per command group
 ``build`` builds only the part of the tree an invocation uses.
 """
 
-from tdsp_deploy.cli.commands import app
+from typing import Any
+
 from tdsp_deploy.cli.console import main, run
 
 __all__ = ["app", "main", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # The command tree imports typer and every command group: built when it is asked for,
+    # not by `tdsp-deploy validate`, which runs without it (validation.py).
+    if name == "app":
+        from tdsp_deploy.cli.commands import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,15 +12,14 @@ import contextlib
 import signal
 import sys
 import threading
-import traceback
 from typing import Any
 
-import typer
-
-from tdsp_deploy.cli import build, context
-from tdsp_deploy.cli.commands import app
+from tdsp_deploy.cli import context, validation
 from tdsp_deploy.errors import ExitCode, TdspError, UsageError
 from tdsp_deploy.output import Environment
+
+# The same as build.HELP_FLAGS, which is not imported here: it imports typer.
+HELP_FLAGS = ("--help", "-h")
 
 
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
@@ -34,28 +33,16 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     previous_sigterm = _sigterm_interrupts()
     held: dict[int, Any] = {}
     try:
-        if args and not any(a in build.HELP_FLAGS for a in args):
+        if args and not any(a in HELP_FLAGS for a in args):
             # typer parses options with pydantic, before any command reads the plugin listing
             from tdsp_deploy.entry_point_cache import START_GROUPS, skip_pydantic_plugin_scan
 
             skip_pydantic_plugin_scan(START_GROUPS)
-        command = build.click_command(app, args, "tdsp-deploy")
-        with _streams(env):
-            result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
-        return int(result) if isinstance(result, int) else 0
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        held = _hold_interrupts()
-        return _render_error(env, _interrupted())
-    except typer.TyperException as exc:  # the command line itself is wrong
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tdsp-deploy`: help was the answer
-            env.write_data(exc.format_message())
+        manifest = validation.plain_validate(args)
+        if manifest is not None:  # the parser would call the same function with the same values
+            validation.validate(context.Command.start(manifest, env.json_mode, env.debug), manifest)
             return 0
-        error = UsageError(
-            exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`"
-        )
-        return _render_error(env, error)
+        return _parsed(args, env)
     except TdspError as exc:
         return _render_error(env, exc)
     except KeyboardInterrupt:
@@ -63,6 +50,8 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         return _render_error(env, _interrupted())
     except Exception as exc:  # the last line of defence: no traceback unless asked
         if env.debug:
+            import traceback  # here: on every start it would cost more than validate's own work
+
             env.write_error_text(traceback.format_exc())
         error = TdspError(
             f"unexpected error: {type(exc).__name__}: {exc}",
@@ -75,6 +64,32 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
             signal.signal(signum, handler)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _parsed(args: list[str], env: Environment) -> int:
+    """The command line parsed and run by typer (only the part of it ``args`` use)."""
+    import typer
+
+    from tdsp_deploy.cli import build
+    from tdsp_deploy.cli.commands import app
+
+    try:
+        command = build.click_command(app, args, "tdsp-deploy")
+        with _streams(env):
+            result = command.main(args=args, prog_name="tdsp-deploy", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:  # click's word for an interrupt
+        raise KeyboardInterrupt from None
+    except typer.TyperException as exc:  # the command line itself is wrong
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tdsp-deploy`: help was the answer
+            env.write_data(exc.format_message())
+            return 0
+        error = UsageError(
+            exc.format_message(), hint="see `tdsp-deploy --help` or `tdsp-deploy COMMAND --help`"
+        )
+        return _render_error(env, error)
 
 
 def _sigterm_interrupts() -> Any:
@@ -118,6 +133,8 @@ def _interrupted() -> TdspError:
 
 def _render_error(env: Environment, error: TdspError) -> int:
     if env.debug and error.__cause__ is not None:
+        import traceback
+
         env.write_error_text("".join(traceback.format_exception(error)))
     if env.json_mode:
         env.emit_json(error.to_json())

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from tdsp_deploy.cli import validation
 from tdsp_deploy.cli.context import Command
 from tdsp_deploy.cli.options import ManifestArgument, with_context
 from tdsp_deploy.errors import UsageError
@@ -85,36 +86,7 @@ def _templates_dir() -> Path:
 @with_context
 def validate(ctx: Command, manifest: ManifestArgument) -> None:
     """Check a manifest without deploying anything (and without importing your code)."""
-    from tdsp_deploy.errors import PluginError
-    from tdsp_deploy.manifest import check_manifest
-
-    loaded = ctx.loaded
-    warnings = check_manifest(loaded)
-    try:
-        warnings += ctx.backend().preflight()
-        if loaded.manifest.rollout.staged_steps():  # only then is the rollout package worth loading
-            from tdsp_deploy.rollout import validation_warnings
-
-            warnings += validation_warnings(loaded.manifest)
-    except PluginError as exc:
-        warnings.append(f"{exc.message}; {exc.hint}")
-
-    def human() -> None:
-        ctx.warn(warnings)
-        ctx.env.say(
-            f"{manifest} is valid: endpoint '{loaded.manifest.name}', target {ctx.kind}", style="green"
-        )
-
-    ctx.answer(
-        {
-            "valid": True,
-            "manifest": str(manifest),
-            "name": loaded.manifest.name,
-            "target": ctx.kind,
-            "warnings": warnings,
-        },
-        human,
-    )
+    validation.validate(ctx, manifest)
 
 
 @with_context

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -129,6 +128,8 @@ def _unknown_key(cls: type[ManifestBase], raw: Any, path: FieldPath) -> str:
     if model is None:
         return "unknown key"
     allowed = [field.alias or name for name, field in model.model_fields.items()]
+    import difflib  # only for a key that is not allowed
+
     close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
     if close:
         return f"unknown key; did you mean '{close[0]}'?"

@@ -11,6 +11,7 @@ router, the supervisor and a revision's end, status.py and plan.py report and re
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -33,18 +34,15 @@ from tdsp_deploy.backends.base import (
     refuse_unless_deletable,
 )
 from tdsp_deploy.backends.local import processes
-from tdsp_deploy.backends.local.entry_script import takes_raw_requests
-from tdsp_deploy.backends.local.lifecycle import EndpointProcesses, probe
-from tdsp_deploy.backends.local.slot_log import keep_failed_log, read_tail
-from tdsp_deploy.backends.local.slots import SlotStarter, environment_json
-from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord, SlotRecord
-from tdsp_deploy.backends.local.status import endpoint_status, scoring_uri, slot_status
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.locks import FileLock
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
+    from tdsp_deploy.backends.local.lifecycle import EndpointProcesses
+    from tdsp_deploy.backends.local.slots import SlotStarter
+    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord, SlotRecord
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
@@ -59,9 +57,27 @@ class LocalBackend(Backend):
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, home: Path | None = None):
         super().__init__(manifest, progress=progress)
         self.target: LocalTarget
-        self.files = EndpointFiles(manifest.name, home)
-        self.lifecycle = EndpointProcesses(self.files, manifest, progress)
-        self.starter = SlotStarter(manifest, self.target, self.files, progress)
+        self.home = home
+
+    # Made on first use: `validate` builds a backend for its pre-flight checks only, and the
+    # modules behind these (processes, routes, state files) would be most of its start.
+    @functools.cached_property
+    def files(self) -> EndpointFiles:
+        from tdsp_deploy.backends.local.state import EndpointFiles
+
+        return EndpointFiles(self.manifest.name, self.home)
+
+    @functools.cached_property
+    def lifecycle(self) -> EndpointProcesses:
+        from tdsp_deploy.backends.local.lifecycle import EndpointProcesses
+
+        return EndpointProcesses(self.files, self.manifest, self.progress)
+
+    @functools.cached_property
+    def starter(self) -> SlotStarter:
+        from tdsp_deploy.backends.local.slots import SlotStarter
+
+        return SlotStarter(self.manifest, self.target, self.files, self.progress)
 
     @classmethod
     def endpoints_on_this_machine(cls, *, home: Path | None = None) -> list[Backend]:
@@ -93,12 +109,16 @@ class LocalBackend(Backend):
         return record
 
     def scoring_uri(self, record: EndpointRecord) -> str:
+        from tdsp_deploy.backends.local.status import scoring_uri
+
         return scoring_uri(record)
 
     def status(self) -> EndpointStatus:
         record = self.files.read()
         if record is None:
             return EndpointStatus(name=self.manifest.name, kind=self.kind, exists=False)
+        from tdsp_deploy.backends.local.status import endpoint_status
+
         return endpoint_status(
             self.kind, self.files, record, [ref for ref, _ in self.lifecycle.strays(record)]
         )
@@ -111,6 +131,8 @@ class LocalBackend(Backend):
                 f"endpoint '{record.name}' has no deployment '{slot}'",
                 hint=f"deployments: {', '.join(record.slots) or 'none'}",
             )
+        from tdsp_deploy.backends.local.slot_log import read_tail
+
         return read_tail(found.log_path, tail)
 
     def failed_logs(self, slot: str, *, tail: int | None = None) -> str:
@@ -124,6 +146,8 @@ class LocalBackend(Backend):
                 "has left a log",
                 hint="a push that fails keeps its deployment's log here until the next failure",
             )
+        from tdsp_deploy.backends.local.slot_log import read_tail
+
         return read_tail(path, tail)
 
     def credentials(self) -> dict[str, str]:
@@ -260,6 +284,10 @@ class LocalBackend(Backend):
             raise
 
     def _deploy_slot(self, slot: str, package: BuiltPackage) -> SlotStatus:
+        from tdsp_deploy.backends.local.entry_script import takes_raw_requests
+        from tdsp_deploy.backends.local.slots import environment_json
+        from tdsp_deploy.backends.local.state import SlotRecord
+        from tdsp_deploy.backends.local.status import slot_status
         from tdsp_deploy.packaging import extract_package
 
         existing = self.files.read()
@@ -321,6 +349,10 @@ class LocalBackend(Backend):
         return slot_status(record.slots[slot])
 
     def wait_healthy(self, slot: str) -> SlotStatus:
+        from tdsp_deploy.backends.local.lifecycle import probe
+        from tdsp_deploy.backends.local.slot_log import read_tail
+        from tdsp_deploy.backends.local.status import slot_status
+
         record = self._record()
         found = record.slots[slot]
         timeout = self.target.startup_timeout
@@ -372,6 +404,8 @@ class LocalBackend(Backend):
             self.starter.collect_environments()
 
     def discard_slot(self, slot: str) -> None:
+        from tdsp_deploy.backends.local.slot_log import keep_failed_log
+
         record = self.files.read()
         if record is None or slot not in record.slots:
             return
@@ -478,6 +512,8 @@ class LocalBackend(Backend):
 
     # -- internals -----------------------------------------------------------------------
     def _new_record(self) -> EndpointRecord:
+        from tdsp_deploy.backends.local.state import EndpointRecord
+
         host = self.target.host
         port = self.target.port or processes.free_port(host)
         return EndpointRecord(name=self.manifest.name, host=host, port=port, created_at=time.time())

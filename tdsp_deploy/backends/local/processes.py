@@ -15,9 +15,12 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    # imported where a process is looked at: `validate` and `schema` load this module, never
+    # look at a process, and would pay for psutil's import on every start
+    import psutil
 
 # Popen objects of children this very process started, so that stopping them also reaps them
 # (a child that exits before its parent is a zombie until waited for).
@@ -42,6 +45,8 @@ class ProcessRef:
 def spawn(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path) -> ProcessRef:
     """Start a process in a session of its own (Ctrl-C in the terminal does not reach it),
     with output appended to ``log_path``."""
+    import psutil
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
@@ -63,6 +68,8 @@ def spawn(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path
 
 
 def _process(ref: ProcessRef | None) -> psutil.Process | None:
+    import psutil
+
     if ref is None:
         return None
     try:
@@ -137,6 +144,8 @@ def kill(ref: ProcessRef | None, *, timeout: float = 5.0) -> None:
 
 
 def _alive(process: psutil.Process) -> bool:
+    import psutil
+
     try:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -144,6 +153,8 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def _group_members(process: psutil.Process) -> list[psutil.Process]:
+    import psutil
+
     members = [process]
     with contextlib.suppress(psutil.Error):
         members += process.children(recursive=True)
@@ -151,6 +162,8 @@ def _group_members(process: psutil.Process) -> list[psutil.Process]:
 
 
 def _signal_group(pgid: int, members: list[psutil.Process], signum: int) -> None:
+    import psutil
+
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
@@ -171,6 +184,8 @@ def end_leftovers(ref: ProcessRef | None, directory: Path) -> None:
     """Kill what is left of a dead process's group: a killed gunicorn master leaves its workers
     running, and they keep the port. Only members whose working directory lies in
     ``directory`` are touched, so a pid reused by someone else is never hit."""
+    import psutil
+
     if ref is None or _process(ref) is not None:
         return
     for process in psutil.process_iter():
@@ -184,6 +199,8 @@ def end_leftovers(ref: ProcessRef | None, directory: Path) -> None:
 def upstream_connections(holder: ProcessRef | None, port: int) -> int:
     """How many of ``holder``'s TCP connections to 127.0.0.1:``port`` are open or opening:
     the kernel's count of the requests a router still has in flight to that slot."""
+    import psutil
+
     process = _process(holder)
     if process is None:
         return 0
@@ -197,10 +214,12 @@ def upstream_connections(holder: ProcessRef | None, port: int) -> int:
         return 0
 
 
-_OPEN_STATES = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_SYN_SENT})
+_OPEN_STATES = frozenset({"ESTABLISHED", "SYN_SENT"})  # psutil.CONN_ESTABLISHED, CONN_SYN_SENT
 
 
 def memory_rss(ref: ProcessRef | None) -> int | None:
+    import psutil
+
     process = _process(ref)
     if process is None:
         return None
