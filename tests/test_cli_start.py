@@ -139,3 +139,23 @@ def test_validate_answers_alike_with_and_without_the_parser(
             parsed.exit_code, parsed.stdout, parsed.stderr
         ), path  # fmt: skip
         assert plain.exit_code == (0 if path == iris else ExitCode.USAGE), plain.stderr
+
+
+def test_a_shell_asking_for_completions_is_answered_by_the_parser(iris: Path) -> None:
+    """Completion runs the program with the words in the environment; whatever its arguments,
+    the answer is completions, not a validation."""
+    environ = {
+        **os.environ,
+        "COMP_WORDS": "tdsp-deploy validate --js",
+        "COMP_CWORD": "2",
+        "_TDSP_DEPLOY_COMPLETE": "complete_bash",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tdsp_deploy", "validate", str(iris)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["--json"] and "is valid" not in done.stderr

@@ -9,6 +9,7 @@ appears only with ``--debug``.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -18,8 +19,9 @@ from tdsp_deploy.cli import context, validation
 from tdsp_deploy.errors import ExitCode, TdspError, UsageError
 from tdsp_deploy.output import Environment
 
-# The same as build.HELP_FLAGS, which is not imported here: it imports typer.
+# The same as build.HELP_FLAGS and the variable build._completing reads; build imports typer.
 HELP_FLAGS = ("--help", "-h")
+COMPLETE_VARIABLE = "_TDSP_DEPLOY_COMPLETE"
 
 
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
 
             skip_pydantic_plugin_scan(START_GROUPS)
         manifest = validation.plain_validate(args)
-        if manifest is not None:  # the parser would call the same function with the same values
+        # the parser would call the same function with the same values (unless the shell asks
+        # it for completions, which it answers whatever the arguments)
+        if manifest is not None and COMPLETE_VARIABLE not in os.environ:
             validation.validate(context.Command.start(manifest, env.json_mode, env.debug), manifest)
             return 0
         return _parsed(args, env)
