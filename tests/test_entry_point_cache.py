@@ -95,6 +95,25 @@ def test_a_stale_entry_that_fails_to_load_is_read_again(tmp_path: Path) -> None:
     assert not registry.from_cache
 
 
+def test_the_manifest_rereads_a_stale_entry_too(tmp_path: Path) -> None:
+    # The manifest reads the installed local target's schema from the same listing (manifest/
+    # installed.py) without the registry: a stale cached entry makes it read the environment.
+    from tdsp_deploy.backends.local.target import LocalTarget
+    from tdsp_deploy.manifest.installed import target_models
+
+    Registry.discover()
+    (file,) = entry_point_cache._cache_folder().glob("entry-points-*.json")
+    listing = json.loads(file.read_text())
+    listing["groups"][GROUP] = [
+        [n, "no_such_module_anywhere:Gone" if n == "local" else v] for n, v in listing["groups"][GROUP]
+    ]
+    file.write_text(json.dumps(listing))
+    _new_start()
+    assert target_models(lambda ref: ref.name == "local") == ((LocalTarget,), [])
+    _new_start()
+    assert Registry.discover().entry_points["local"].value != "no_such_module_anywhere:Gone"
+
+
 def test_a_plugin_that_is_really_broken_still_says_so(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     _plugin(tmp_path, "broken-plugin", "broken = no_such_module_anywhere:Backend")
