@@ -9,7 +9,8 @@ transaction, and the engine refuses weights that do not add up to 100.
 
 Everything goes through one ``SqlConnection`` (connection.py), the one door to the engine; tests
 hand in a fake DB-API connection. This module imports no driver. A subclass says how its engine
-stores a model, scores rows, keeps its request log and undoes a push.
+stores a model, scores rows and undoes a push; both write the one request log (sql/schema.py),
+which is read here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tdsp_deploy.backends import base
 from tdsp_deploy.backends.base import Backend, EndpointStatus, SlotStatus, json_answer
 from tdsp_deploy.backends.sql import rows as sql_rows
+from tdsp_deploy.backends.sql import schema
 from tdsp_deploy.backends.sql.document import document_id
 from tdsp_deploy.backends.sql.requests import (
     check_traffic_request,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 #: failed calls (or requests) ``logs`` reads when no tail is asked for
 FAILED_CALLS = 200
+#: request log rows read per query by request_records
+LOG_PAGE = 5000
 #: a result set's rows; a batch and its parameters; an answer and the slots that served it
 Rows = list[tuple[Any, ...]]
 Batch = tuple[str, list[Any]]
@@ -79,12 +83,18 @@ class SqlBackend(Backend):
             self._connection = connection if wrapped else self.CONNECTION(connection)
         # slot -> what deploy_slot changed, for discard_slot
         self._replaced: dict[str, Any] = {}
+        self._schema_checked = False
 
     @property
     def connection(self) -> SqlConnection:
-        """The connection, opened on first use (never when a test handed one in)."""
+        """The connection, opened on first use (never when a test handed one in); on its first
+        use a database of an earlier version is brought to the one schema (``_migrate``)
+        before anything reads its tables."""
         if self._connection is None:
             self._connection = self.CONNECTION.connect(self.target)
+        if not self._schema_checked:
+            self._schema_checked = True
+            self._migrate(self._connection)
         return self._connection
 
     @property
@@ -111,8 +121,17 @@ class SqlBackend(Backend):
         raise NotImplementedError
 
     def _failure_events(self, slot: str, limit: int) -> list[tuple[Any, str]]:
-        """(time, line) of the failed calls ``logs`` shows for ``slot``."""
-        raise NotImplementedError
+        """(time, line) of the failed calls ``logs`` shows for ``slot``: status 500 in the
+        request log, with the engine's error."""
+        if not self.target.request_log or not self._exists(self.tables.requests, "U"):
+            return []
+        rows = self.connection.execute(
+            schema.read_failed_calls(self.tables, limit), (self._key(), slot), doing="read the failed calls"
+        )
+        return [
+            (t, f"{slot}: error: {count} row(s) of call {request_id} failed on version {version}: {message}")
+            for t, request_id, version, count, message in rows
+        ]
 
     def _endpoint_details(self) -> dict[str, Any]:
         """The status details of an endpoint that exists (its versions are added after them)."""
@@ -146,7 +165,35 @@ class SqlBackend(Backend):
             return None
         return datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
 
+    def _migrate(self, conn: SqlConnection) -> None:
+        """Bring a database an earlier version made to the one schema (run once, on the
+        connection's first use)."""
+
     # -- reading -------------------------------------------------------------------------
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """The request log from ``since``: one record per scored row, as the A/B analysis reads
+        them (``id``: the row's ab_key value, else ``<request id>:<row>`` when the log numbers
+        the call's rows, else ``<request id>:<slot>:<n>``), in call order. Paged by time: each
+        page starts at the last one's time, leaving out the rows it already gave."""
+        started = self._log_start(since)
+        if started is None:
+            return
+        page, seen = LOG_PAGE, set[tuple[Any, ...]]()
+        while True:
+            rows = self.connection.execute(
+                schema.read_requests(self.tables, page), (self._key(), started), doing="read the request log"
+            )
+            fresh = [row for row in rows if (row[1], row[2], row[3]) not in seen]
+            for row in fresh:
+                yield from call_records(*row[1:])
+            if len(rows) < page:
+                return
+            if not fresh:  # a whole page at one time: read more at once
+                page *= 2
+                continue
+            started = rows[-1][1]
+            seen = {(r[1], r[2], r[3]) for r in rows if r[1] == started}
+
     def status(self) -> EndpointStatus:
         """The procedure, the model versions, and the slots of the traffic table."""
         procedure = self._procedure_exists()
@@ -462,3 +509,36 @@ def iso(t: Any) -> str:
     if isinstance(t, datetime.datetime):
         return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
     return str(t)
+
+
+def call_records(
+    t: Any,
+    request_id: str,
+    slot: str,
+    version: str,
+    status: int,
+    row_count: int,
+    latency_ms: float | None,
+    row_keys: str | None,
+    pinned: Any,
+    message: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One request log row (a call's rows one slot served) as one record per scored row."""
+    # the pool's keys escape only quotes and backslashes (it has no STRING_ESCAPE): control
+    # characters are taken as they are
+    keys = json.loads(row_keys, strict=False) if row_keys else None
+    if keys is None:
+        ids = [f"{request_id}:{slot}:{n}" for n in range(int(row_count))]
+    else:  # ab_key values (text), or the rows' numbers within the call
+        ids = [k if isinstance(k, str) else f"{request_id}:{k}" for k in keys]
+    record = {
+        "kind": "live",
+        "t": timestamp(t),
+        "deployment": str(slot),
+        "version": str(version),
+        "status": int(status),
+        "latency_ms": latency_ms,
+        "pinned": bool(pinned),
+    }
+    for row_id in ids:
+        yield {**record, "id": row_id}

@@ -16,6 +16,13 @@ transaction (SQL Server runs DDL inside one, so a failure leaves the database as
    shared) is rewritten as the current generator writes it, naming its rows by its endpoint, and
    the property is dropped. The rewrite replaces the earlier generator's exact lines; a
    definition that does not hold them is refused rather than guessed at.
+
+Earlier versions also gave the request log an ``[id]`` (IDENTITY, the primary key), which the
+one log of both engines (sql/schema.py) does not have: its rows were already one per call and
+slot, with the same columns and meaning otherwise, so ``migrate_request_log`` converts the table
+in place, in its own transaction: the key and ``[id]`` go, the rows stay. The DEFAULT on
+``[t]`` stays, so that the procedures of endpoints not pushed since, which leave the time to
+it, keep logging.
 """
 
 from __future__ import annotations
@@ -139,10 +146,18 @@ _EARLIER_LINES = (
     ("    WHERE [name] = @model_name AND ([slot]", "    WHERE [endpoint] = @endpoint AND ([slot]"),
     (" AS m ON m.[name] = @model_name AND ", " AS m ON m.[endpoint] = @endpoint AND "),
 )
-#: the request log's lines (only when the procedure logs requests)
+#: the request log's lines (only when the procedure logs requests): the current ones name the
+#: time, which the log table no longer defaults
 _EARLIER_LOG = (
-    ("\n        ([name], [request_id],", "\n        ([endpoint], [request_id],"),
-    ("\n    SELECT @model_name, @request_id,", "\n    SELECT @endpoint, @request_id,"),
+    (
+        "\n        ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], "
+        "[pinned], [message])\n    SELECT @model_name, @request_id, [slot], [version], [status], [row_count], "
+        "[latency_ms], [row_keys],\n        CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]",
+        "\n        ([endpoint], [t], [request_id], [slot], [version], [status], [row_count], [latency_ms], "
+        "[row_keys], [pinned], [message])\n    SELECT @endpoint, SYSUTCDATETIME(), @request_id, [slot], "
+        "[version], [status], [row_count], [latency_ms],\n        [row_keys], CASE WHEN @slot IS NULL THEN 0 "
+        "ELSE 1 END, [message]",
+    ),
 )
 
 
@@ -177,10 +192,51 @@ def endpoint_of(procedure: str, bound: set[str]) -> str:
     return procedure
 
 
+def probe_request_log(t: Tables) -> str:
+    """1 when the request log exists with the earlier versions' ``[id]``."""
+    log = _text(t.requests)
+    return tagged(
+        "probe_request_log",
+        f"SELECT CASE WHEN OBJECT_ID({log}, N'U') IS NOT NULL "
+        f"AND COL_LENGTH({log}, N'id') IS NOT NULL THEN 1 ELSE 0 END AS [earlier];\n",
+    )
+
+
+def migrate_request_log(t: Tables) -> str:
+    """The request log without its primary key and ``[id]`` (dynamic SQL: the key's name is
+    the server's own)."""
+    log = t.requests
+    body = "\n    ".join(
+        [
+            f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
+            f"AND [parent_object_id] = OBJECT_ID({_text(log)}));",
+            f"SET @sql = N'ALTER TABLE {log.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
+            "IF @pk IS NOT NULL EXEC(@sql);",
+            _in_exec(f"ALTER TABLE {log} DROP COLUMN [id];"),
+        ]
+    )
+    return tagged(
+        "migrate_request_log",
+        f"DECLARE @pk sysname, @sql nvarchar(max);\nIF COL_LENGTH({_text(log)}, N'id') IS NOT NULL\n"
+        f"BEGIN\n    {body}\nEND;\n",
+    )
+
+
 def migrate(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
     """Migrate when the database is an earlier version's; True when it did. ``conn`` is the
     backend's SqlConnection; ``create_or_alter`` turns a stored definition into its CREATE OR
     ALTER form."""
+    keyed = _key_by_endpoint(conn, t, create_or_alter, tell)
+    earlier = conn.execute(probe_request_log(t), doing="check the request log's schema")
+    if not earlier or not earlier[0][0]:
+        return keyed
+    tell("migrate", "converting the request log to the one shape of both SQL targets (its [id] goes)")
+    with conn.transaction():
+        conn.execute(migrate_request_log(t), doing="migrate the request log")
+    return True
+
+
+def _key_by_endpoint(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
     earlier = conn.execute(probe_schema(t), doing="check the tables' schema")
     if not earlier or not earlier[0][0]:
         return False

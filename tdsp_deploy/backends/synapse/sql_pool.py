@@ -6,7 +6,8 @@ checked before any statement is sent. A dedicated SQL pool runs no DDL inside a 
 transaction, so a push creates the tables and a procedure stub outside one, inserts the model
 row and points the slot inside ONE transaction, then alters the procedure to the new outputs;
 a failure at any step undoes the earlier ones. Slots under one split answer the same outputs
-(one WITH clause). ``logs`` reads the pool's failed requests (sys.dm_pdw_exec_requests and
+(one WITH clause). The request log is the core's (a row per call and slot; a pool an earlier
+version logged per scored row is converted, sql_migrate.py). ``logs`` reads the pool's failed requests (sys.dm_pdw_exec_requests and
 sys.dm_pdw_errors: the last 10,000 requests); the lock is a file on this machine (the pool has
 no application locks).
 """
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import Capabilities, SlotStatus, no_progress
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend, timestamp
+from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import deployment_document, document_id, with_slot
 from tdsp_deploy.backends.sql.requests import check_traffic_request, request_rows
 from tdsp_deploy.backends.sql.target import Column
@@ -86,6 +87,13 @@ class SqlPoolBackend(SqlBackend):
         super().__init__(manifest, progress=progress, connection=connection)
         self.target: SynapseTarget
         self._prepared: dict[str, PreparedModel] = {}
+
+    def _migrate(self, conn: Any) -> None:
+        """A pool whose request log an earlier version made (a row per scored row), brought to
+        the one shape (sql_migrate.py)."""
+        from tdsp_deploy.backends.synapse import sql_migrate
+
+        sql_migrate.migrate(conn, self.tables, self.tell)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """A lock file per pool and endpoint on this machine: a dedicated SQL pool has no
@@ -195,35 +203,6 @@ class SqlPoolBackend(SqlBackend):
                 predict_tsql.alter_procedure(self.target, self.manifest.name, [Column(**c) for c in outputs]),
                 doing="alter the procedure to the serving version's outputs",
             )
-
-    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        """The request log from ``since``: one record per scored row, as the A/B analysis reads
-        them (``id``: the row's ab_key value, else ``<request id>:<slot>:<n>``, n counting the
-        call's rows of that slot)."""
-        from tdsp_deploy.backends.synapse import predict_tsql
-
-        started = self._log_start(since)
-        if started is None:
-            return
-        rows = self.connection.execute(
-            predict_tsql.list_requests(self.target),
-            (self._key(), started),
-            doing="read the request log",
-        )
-        counted: dict[tuple[str, str], int] = {}
-        for t, request_id, slot, version, status, row_key, latency_ms, pinned in rows:
-            number = counted.get((request_id, slot), 0)
-            counted[(request_id, slot)] = number + 1
-            yield {
-                "kind": "live",
-                "t": timestamp(t),
-                "id": str(row_key) if row_key is not None else f"{request_id}:{slot}:{number}",
-                "deployment": str(slot),
-                "version": str(version),
-                "status": int(status),
-                "latency_ms": latency_ms,
-                "pinned": bool(pinned),
-            }
 
     def _remove_endpoint(self) -> None:
         """The procedure and its rows (and the tables when no other endpoint's rows are left in them)."""
