@@ -728,12 +728,11 @@ class FakeSqlPool:
             return [], []
         match = re.match(
             r"^DELETE FROM " + _NAME + r" WHERE \[endpoint\] IS NOT NULL; INSERT INTO " + _NAME + r" \(([^)]*)\) "
-            r"SELECT \[endpoint\], MIN\(\[t\]\), \[request_id\], \[slot\], \[version\], \[status\], COUNT\(\*\), "
-            r"AVG\(\[latency_ms\]\), CASE WHEN COUNT\(\[row_key\]\) = COUNT\(\*\) THEN N'\[' \+ STRING_AGG\("
-            r"CAST\(N'\"' \+ REPLACE\(REPLACE\(\[row_key\], N'\\\\', N'\\\\\\\\'\), N'\"', N'\\\\\"'\) \+ N'\"' AS "
-            r"nvarchar\(max\)\), N','\) \+ N'\]' END, \[pinned\], CAST\(NULL AS nvarchar\(2000\)\) FROM "
+            + re.escape(_CONVERTED)
+            + " FROM "
             + _NAME
-            + r" GROUP BY \[endpoint\], \[request_id\], \[slot\], \[version\], \[status\], \[pinned\];$",
+            + re.escape(" GROUP BY [endpoint], [request_id], [slot], [version], [status], [pinned];")
+            + "$",
             flat,
         )
         if match is None or match.group(1) != match.group(2):
@@ -892,6 +891,15 @@ def _cast(value: Any, sql_type: str, name: str) -> Any:
         return float(value)
     except (TypeError, ValueError):
         raise server_error(8114, f"Error converting data type to {sql_type}.") from None
+
+
+#: sql_migrate.convert's SELECT: the earlier rows grouped by call and slot
+_CONVERTED = (
+    "SELECT [endpoint], MIN([t]), [request_id], [slot], [version], [status], COUNT(*), AVG([latency_ms]), "
+    r"""CASE WHEN COUNT([row_key]) = COUNT(*) THEN N'[' + STRING_AGG(CAST(N'"' + REPLACE(REPLACE([row_key], """
+    r"""N'\', N'\\'), N'"', N'\"') + N'"' AS nvarchar(max)), N',') + N']' END, [pinned], """
+    "CAST(NULL AS nvarchar(2000))"
+)
 
 
 def _like(pattern: str) -> re.Pattern[str]:
