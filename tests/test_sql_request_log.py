@@ -31,6 +31,7 @@ from test_synapse_sql_wire import PASSWORD as POOL_PASSWORD
 from test_synapse_sql_wire import PASSWORD_ENV as POOL_PASSWORD_ENV
 
 from tdsp_deploy.backends.sql import schema
+from tdsp_deploy.backends.sql.requests import scoring_call
 from tdsp_deploy.backends.synapse import sql_calls, sql_migrate
 from tdsp_deploy.errors import BackendError
 
@@ -304,7 +305,8 @@ def earlier_pool(cli: Any, tmp_path: Path, pool: FakeSqlPool, port: int) -> tupl
     conn.cursor().execute((EARLIER_POOL / "03-create_request_log_table.sql").read_text())
     pool.db.procedures[name] = earlier_pool_definition(current)
     target = pool_backend(first, pool).target
-    batch, params = sql_calls.scoring_batch(target, "irispool", SAMPLES, request_id="earlier-call")
+    rows = sql_calls.input_rows(target, SAMPLES)
+    batch, params = scoring_call("[dbo].[score_irispool]", sql_calls.INPUT_ARGUMENT, rows, None, "earlier-call")
     cursor = conn.cursor()
     cursor.execute(batch, params)
     assert len(cursor.fetchall()) == 3

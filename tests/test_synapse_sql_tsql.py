@@ -16,6 +16,7 @@ import pytest
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sql import schema
+from tdsp_deploy.backends.sql.requests import scoring_call
 from tdsp_deploy.backends.synapse import predict_tsql, sql_calls
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
 from tdsp_deploy.backends.synapse.target import SynapseTarget
@@ -92,8 +93,12 @@ def statements() -> dict[str, str]:
     manifest = make_manifest()
     target = manifest.target
     found = {s.name: s.sql for s in predict_tsql.deployment_statements(target, "iris", target.outputs)}
-    found["scoring_batch"] = sql_calls.scoring_batch(
-        target, "iris", [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]
+    found["scoring_batch"] = scoring_call(
+        predict_tsql.qualified_procedure(target, "iris"),
+        sql_calls.INPUT_ARGUMENT,
+        sql_calls.input_rows(target, [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]),
+        None,
+        None,
     )[0]
     found["drop_procedure"] = predict_tsql.drop_procedure(target, "iris")
     found["drop_table_if_empty"] = predict_tsql.drop_table_if_empty(target)

@@ -33,6 +33,7 @@ from tdsp_deploy.backends.sql.requests import (
     check_traffic_request,
     first_value_true,
     request_rows,
+    scoring_call,
 )
 from tdsp_deploy.backends.sql.target import check_identifier, quote_identifier
 from tdsp_deploy.errors import DeploymentFailed, EndpointNotFound, UsageError
@@ -106,9 +107,16 @@ class SqlBackend(Backend):
         """The value of the KEY column for this endpoint's rows: the scoring procedure's name."""
         return check_identifier(self.target.procedure_name(self.manifest.name))
 
+    #: how the scoring procedure is told where a call's rows are (requests.INPUT_TABLE)
+    INPUT_ARGUMENT: ClassVar[str]
+
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        """The statements that put ``rows`` in requests.INPUT_TABLE, and their bound values."""
+        raise NotImplementedError
+
     def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         """The batch that scores ``rows`` through the procedure, and its parameters."""
-        raise NotImplementedError
+        return scoring_call(self._procedure_name(), self.INPUT_ARGUMENT, self._input_rows(rows), slot, request)
 
     def _answer(
         self,

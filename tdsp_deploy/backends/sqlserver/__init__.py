@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from tdsp_deploy.backends.base import Capabilities, ProgressEvent, SlotStatus, no_progress
 from tdsp_deploy.backends.base import json_answer  # noqa: F401 (tests import it from here)
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend
+from tdsp_deploy.backends.sql.backend import Answer, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import document_id, with_slot
 from tdsp_deploy.backends.sql.requests import (  # noqa: F401 (the target's names, as tests import them)
+    INPUT_TABLE,
     check_traffic_request,
     first_value_true,
     request_rows,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 #: libraries whose pickles break across major/minor versions, per model flavor
 PICKLE_LIBRARIES = {"sklearn": ("scikit-learn", "numpy")}
-INPUT_TABLE = "#tdsp_input"
 STEP_MESSAGES = {
     "create_model_table": "model table {table}",
     "create_traffic_table": "traffic table",
@@ -79,6 +79,7 @@ class SqlServerBackend(SqlBackend):
     WHO = "the sqlserver target"
     GRANT_HINT = "GRANT EXECUTE ON the procedure to the callers' database users"
     LOGGED = "the procedures log no requests"
+    INPUT_ARGUMENT = f"@input_query = N'SELECT * FROM {INPUT_TABLE}'"
 
     def __init__(
         self,
@@ -195,8 +196,8 @@ class SqlServerBackend(SqlBackend):
         return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir, payload=payload)
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
-        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        return input_rows(self.target, rows)
 
     def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         versions = sorted({str(r[-1]) for r in result}) if result else []
@@ -320,20 +321,9 @@ class SqlServerBackend(SqlBackend):
 
 
 # -- the scoring call -------------------------------------------------------------------------------
-def scoring_batch(
-    target: SqlServerTarget,
-    endpoint: str,
-    rows: Sequence[Sequence[Any]],
-    *,
-    slot: str | None = None,
-    request_id: str | None = None,
-) -> tuple[str, list[Any]]:
-    """One batch: the rows into a temporary table through a VALUES query whose values are
-    bound ``?`` parameters (never written into the SQL), then EXEC of the procedure with an
-    ``@input_query`` that reads that table, ``@slot`` (NULL: the traffic split decides) and
-    ``@request_id``. No rows: a typed empty table (the health probe)."""
-    from tdsp_deploy.backends.sqlserver.target import quote_identifier
-
+def input_rows(target: SqlServerTarget, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+    """The rows into the #temp table through a VALUES query whose values are bound ``?``
+    parameters (never written into the SQL); no rows: a typed empty table (the health probe)."""
     names = ", ".join(quote_identifier(c.name) for c in target.inputs)
     params: list[Any] = []
     if rows:
@@ -345,14 +335,7 @@ def scoring_batch(
     else:
         null_row = ", ".join(f"CAST(NULL AS {c.type})" for c in target.inputs)
         source = f"(VALUES ({null_row})) AS v({names}) WHERE 1 = 0"
-    procedure = f"{quote_identifier(target.schema_)}.{quote_identifier(target.procedure_name(endpoint))}"
-    sql = (
-        "SET NOCOUNT ON;\n"
-        f"SELECT * INTO {INPUT_TABLE} FROM {source};\n"
-        f"EXEC {procedure} @input_query = N'SELECT * FROM {INPUT_TABLE}', @slot = ?, @request_id = ?;\n"
-        f"DROP TABLE {INPUT_TABLE};"
-    )
-    return sql, [*params, slot, request_id]
+    return ["SET NOCOUNT ON;", f"SELECT * INTO {INPUT_TABLE} FROM {source};"], params
 
 
 def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:

@@ -47,14 +47,30 @@ def _in_exec(sql: str) -> str:
     return "EXEC(N'" + sql.replace("'", "''") + "');"
 
 
+def _probe(name: str, table: str, column: str, test: str) -> str:
+    """1 when ``table`` exists and ``COL_LENGTH`` of ``column`` ``test`` (IS NULL: it lacks the
+    column; IS NOT NULL: it has it), else 0."""
+    return tagged(
+        name,
+        f"SELECT CASE WHEN OBJECT_ID({_text(table)}, N'U') IS NOT NULL "
+        f"AND COL_LENGTH({_text(table)}, N'{column}') {test} THEN 1 ELSE 0 END AS [earlier];\n",
+    )
+
+
 def probe_schema(t: Tables) -> str:
     """1 when the model table exists without ``[endpoint]`` (a database of an earlier version)."""
-    models = _text(t.models)
-    return tagged(
-        "probe_schema",
-        f"SELECT CASE WHEN OBJECT_ID({models}, N'U') IS NOT NULL "
-        f"AND COL_LENGTH({models}, N'endpoint') IS NULL THEN 1 ELSE 0 END AS [earlier];\n",
-    )
+    return _probe("probe_schema", t.models, "endpoint", "IS NULL")
+
+
+def _drop_primary_key(table: str) -> list[str]:
+    """The steps that drop ``table``'s primary key, whose name the server chose (needs the
+    batch's ``@pk sysname, @sql nvarchar(max)``)."""
+    return [
+        f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
+        f"AND [parent_object_id] = OBJECT_ID({_text(table)}));",
+        f"SET @sql = N'ALTER TABLE {table.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
+        "IF @pk IS NOT NULL EXEC(@sql);",
+    ]
 
 
 def _rekey(table: str, key: str, fill: str, *, drop_name: bool, primary: str | None) -> str:
@@ -66,12 +82,7 @@ def _rekey(table: str, key: str, fill: str, *, drop_name: bool, primary: str | N
         _in_exec(f"ALTER TABLE {table} ALTER COLUMN [endpoint] nvarchar(128) NOT NULL;"),
     ]
     if primary is not None:
-        steps += [
-            f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
-            f"AND [parent_object_id] = OBJECT_ID({_text(table)}));",
-            f"SET @sql = N'ALTER TABLE {table.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
-            "IF @pk IS NOT NULL EXEC(@sql);",
-        ]
+        steps += _drop_primary_key(table)
     if drop_name:
         steps.append(_in_exec(f"ALTER TABLE {table} DROP COLUMN [name];"))
     if primary is not None:
@@ -194,30 +205,15 @@ def endpoint_of(procedure: str, bound: set[str]) -> str:
 
 def probe_request_log(t: Tables) -> str:
     """1 when the request log exists with the earlier versions' ``[id]``."""
-    log = _text(t.requests)
-    return tagged(
-        "probe_request_log",
-        f"SELECT CASE WHEN OBJECT_ID({log}, N'U') IS NOT NULL "
-        f"AND COL_LENGTH({log}, N'id') IS NOT NULL THEN 1 ELSE 0 END AS [earlier];\n",
-    )
+    return _probe("probe_request_log", t.requests, "id", "IS NOT NULL")
 
 
 def migrate_request_log(t: Tables) -> str:
-    """The request log without its primary key and ``[id]`` (dynamic SQL: the key's name is
-    the server's own)."""
-    log = t.requests
-    body = "\n    ".join(
-        [
-            f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
-            f"AND [parent_object_id] = OBJECT_ID({_text(log)}));",
-            f"SET @sql = N'ALTER TABLE {log.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
-            "IF @pk IS NOT NULL EXEC(@sql);",
-            _in_exec(f"ALTER TABLE {log} DROP COLUMN [id];"),
-        ]
-    )
+    """The request log without its primary key and ``[id]``."""
+    body = "\n    ".join([*_drop_primary_key(t.requests), _in_exec(f"ALTER TABLE {t.requests} DROP COLUMN [id];")])
     return tagged(
         "migrate_request_log",
-        f"DECLARE @pk sysname, @sql nvarchar(max);\nIF COL_LENGTH({_text(log)}, N'id') IS NOT NULL\n"
+        f"DECLARE @pk sysname, @sql nvarchar(max);\nIF COL_LENGTH({_text(t.requests)}, N'id') IS NOT NULL\n"
         f"BEGIN\n    {body}\nEND;\n",
     )
 
@@ -226,9 +222,10 @@ def migrate(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
     """Migrate when the database is an earlier version's; True when it did. ``conn`` is the
     backend's SqlConnection; ``create_or_alter`` turns a stored definition into its CREATE OR
     ALTER form."""
-    keyed = _key_by_endpoint(conn, t, create_or_alter, tell)
-    earlier = conn.execute(probe_request_log(t), doing="check the request log's schema")
-    if not earlier or not earlier[0][0]:
+    keyed = _earlier(conn, probe_schema(t), "check the tables' schema")
+    if keyed:
+        _key_by_endpoint(conn, t, create_or_alter, tell)
+    if not _earlier(conn, probe_request_log(t), "check the request log's schema"):
         return keyed
     tell("migrate", "converting the request log to the one shape of both SQL targets (its [id] goes)")
     with conn.transaction():
@@ -236,10 +233,12 @@ def migrate(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
     return True
 
 
-def _key_by_endpoint(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
-    earlier = conn.execute(probe_schema(t), doing="check the tables' schema")
-    if not earlier or not earlier[0][0]:
-        return False
+def _earlier(conn: Any, probe: str, doing: str) -> bool:
+    found = conn.execute(probe, doing=doing)
+    return bool(found and found[0][0])
+
+
+def _key_by_endpoint(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> None:
     tell("migrate", "moving the model, traffic and request log tables from [name] to [endpoint]")
     with conn.transaction():
         conn.execute(migrate_tables(t), doing="migrate the tables")
@@ -255,4 +254,3 @@ def _key_by_endpoint(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> b
                 rewritten = rewrite_procedure(str(definition), endpoint_of(str(procedure), bound))
                 conn.execute(create_or_alter(rewritten), doing="rewrite the procedure")
             conn.execute(unbind(str(schema), str(procedure)), doing="drop the model-name property")
-    return True

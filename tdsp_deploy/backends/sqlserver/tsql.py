@@ -1,10 +1,9 @@
 """The T-SQL of the sqlserver target, as text for a DB-API driver (qmark style, ``?``).
 
-What it adds to the SQL core's T-SQL (sql/schema.py: the model and traffic tables and the model
-insert; sql/rows.py: slots, weights, salts, active flags, reading rows back): the request log
-table's rows (the core's table, sql/schema.py: one row per call and slot, written from the
-script's ``request_log``), the two scoring procedures around ``sp_execute_external_script`` and
-the server probes.
+What it adds to the SQL core's T-SQL (sql/schema.py: the three tables and the model insert;
+sql/rows.py: slots, weights, salts, active flags, reading rows back): the two scoring
+procedures around ``sp_execute_external_script`` -- which write the request log's rows from
+the script's ``request_log`` -- and the server probes.
 
 The only things built into the text are identifiers that ``target.py`` checked (and that are
 bracket-quoted here), SQL types from its allow-list, and the generated Python script (as an

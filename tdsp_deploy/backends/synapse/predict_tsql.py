@@ -1,10 +1,11 @@
 """The T-SQL of the synapse target's sql mode: an ONNX model behind PREDICT in a dedicated SQL pool.
 
-What it adds to the SQL core's T-SQL (sql/rows.py: the slots, weights, salts and reading rows
-back, in the pool's dialect): the pool's tables (ROUND_ROBIN HEAPs without keys or DEFAULTs, a
-model table as the PREDICT documentation's is), the insert that keeps (endpoint, version) unique
-itself (the pool enforces no key), a procedure stub then ALTER (no CREATE OR ALTER), and the
-routing procedure with PREDICT. Only the rows change inside the one transaction of a push.
+What it adds to the SQL core's T-SQL (sql/schema.py: the three tables and the model insert;
+sql/rows.py: the slots, weights, salts and reading rows back; both in the pool's dialect:
+ROUND_ROBIN HEAPs without keys or DEFAULTs): a procedure stub then ALTER (no CREATE OR ALTER),
+the routing procedure with PREDICT, which writes the request log's rows itself (a dynamic
+INSERT grouped by slot), and reading the pool's failed requests. Only the rows change inside
+the one transaction of a push.
 
 Nothing from the manifest is written into the text except identifiers that target.py checked
 (bracket-quoted here, or as N'...' literals of the checked name) and SQL types from PREDICT's
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging.lock import PackageLock
 
-INPUT_TABLE = "#tdsp_input"
 #: What the platform says of this mode (validate, push, render and status repeat it).
 PREDICT_NOTICE = (
     "T-SQL PREDICT is off by default and currently unavailable in Synapse dedicated SQL pools "

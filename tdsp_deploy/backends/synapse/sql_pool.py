@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import Capabilities, SlotStatus, no_progress
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend
+from tdsp_deploy.backends.sql.backend import Answer, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import deployment_document, document_id, with_slot
 from tdsp_deploy.backends.sql.requests import check_traffic_request, request_rows
 from tdsp_deploy.backends.sql.target import Column
-from tdsp_deploy.backends.synapse.sql_calls import answer, scoring_batch, served_by
+from tdsp_deploy.backends.synapse.sql_calls import INPUT_ARGUMENT as TABLE_ARGUMENT
+from tdsp_deploy.backends.synapse.sql_calls import answer, input_rows, served_by
 from tdsp_deploy.backends.synapse.sql_connection import SqlPoolConnection
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError, UsageError
@@ -82,6 +83,7 @@ class SqlPoolBackend(SqlBackend):
     # the pool refusing a call (PREDICT failing, a permission) is an answer, not a crash
     CALL_REFUSALS = (DeploymentFailed, BackendError)
     SAMPLE_PURPOSE = " for the ONNX checks"
+    INPUT_ARGUMENT = TABLE_ARGUMENT
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, connection: Any = None):
         super().__init__(manifest, progress=progress, connection=connection)
@@ -270,8 +272,8 @@ class SqlPoolBackend(SqlBackend):
         return prepared
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
-        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        return input_rows(self.target, rows)
 
     def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         return answer(columns, result, self.target.outputs), served_by(columns, result)
