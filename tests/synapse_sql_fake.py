@@ -619,27 +619,18 @@ class FakeSqlPool:
             r"GROUP BY r\.\[slot\], r\.\[version\];",
             flat,
         )
+        def logged(route: dict[str, Any], **columns: Any) -> dict[str, Any]:
+            call = {"endpoint": endpoint, "t": now, "request_id": request_id, "status": status}
+            answered = {"slot": route["slot"], "version": route["version"], "latency_ms": 1.0 / max(count, 1)}
+            return {**call, **answered, "pinned": 0 if slot is None else 1, **columns}
+
         if per_call is not None:
             keys = _keys_function(per_call.group(1), types)
             for route in routes:
                 rows = routed[route["slot"]]
-                if not rows:  # GROUP BY: a slot without rows has no group
-                    continue
-                log.rows.append(
-                    {
-                        "endpoint": endpoint,
-                        "t": now,
-                        "request_id": request_id,
-                        "slot": route["slot"],
-                        "version": route["version"],
-                        "status": status,
-                        "row_count": len(rows),
-                        "latency_ms": 1.0 / max(count, 1),
-                        "row_keys": keys(rows),
-                        "pinned": 0 if slot is None else 1,
-                        "message": None if error is None else error[:2000],
-                    }
-                )
+                if rows:  # GROUP BY: a slot without rows has no group
+                    message = None if error is None else error[:2000]
+                    log.rows.append(logged(route, row_count=len(rows), row_keys=keys(rows), message=message))
             return
         earlier = re.search(r"@request_id, r\.\[slot\], r\.\[version\], @status, (.+?) AS \[row_key\]", flat)
         if earlier is None:
@@ -650,19 +641,7 @@ class FakeSqlPool:
         )
         for route in routes:
             for row in routed[route["slot"]]:
-                log.rows.append(
-                    {
-                        "endpoint": endpoint,
-                        "t": now,
-                        "request_id": request_id,
-                        "slot": route["slot"],
-                        "version": route["version"],
-                        "status": status,
-                        "row_key": None if row_key is None else row_key(row),
-                        "latency_ms": 1.0 / max(count, 1),
-                        "pinned": 0 if slot is None else 1,
-                    }
-                )
+                log.rows.append(logged(route, row_key=None if row_key is None else row_key(row)))
 
     def _routes(self, flat: str, slot: str | None) -> list[dict[str, Any]]:
         """#tdsp_routes as the procedure's CTAS makes it: the pinned slot with every bucket, else

@@ -174,7 +174,22 @@ def before_log(definition: str) -> str:
 
 @pytest.mark.parametrize("name", ["05-create_procedure.sql", "06-create_row_procedure.sql"])
 def test_the_sqlserver_fixture_is_the_earlier_version_s_text(name):
-    assert before_log((GOLDEN / "sqlserver" / name).read_text()) == (BEFORE_LOG / name).read_text()
+    """The earlier version wrote the golden procedures (tests/golden/sqlserver) with the request
+    log lines kept in tests/golden/sqlserver-before-log; everything else was the same."""
+    earlier = before_log((GOLDEN / "sqlserver" / name).read_text())
+    assert (BEFORE_LOG / "request-log-lines.sql").read_text() in earlier
+
+
+def before_log_database(cli: Any, root: Path, server: FakeSqlServer, port: int) -> Path:
+    """The version before the one log: version 1 pushed, its request log table as that version
+    made it (with [id]); the project of version 1."""
+    first = on_the_wire(sqlserver_project(root), port)
+    assert cli("push", first, "--json").exit_code == 0
+    del server.db.tables[LOG]
+    conn = server.connect()
+    conn.cursor().execute((BEFORE_LOG / "03-create_request_log_table.sql").read_text())
+    conn.commit()
+    return first
 
 
 def call_the_row_procedure(server: FakeSqlServer) -> None:
@@ -189,13 +204,7 @@ def call_the_row_procedure(server: FakeSqlServer) -> None:
 
 def test_a_sqlserver_log_with_an_id_loses_it_on_the_next_status_and_keeps_its_rows(cli, tmp_path, sqlserver):
     server, port = sqlserver
-    first = on_the_wire(sqlserver_project(tmp_path / "v1"), port)
-    assert cli("push", first, "--json").exit_code == 0
-    # the database as the version before the one log left it: its log table and procedures
-    del server.db.tables[LOG]
-    conn = server.connect()
-    conn.cursor().execute((BEFORE_LOG / "03-create_request_log_table.sql").read_text())
-    conn.commit()
+    first = before_log_database(cli, tmp_path / "v1", server, port)
     for name, definition in list(server.db.procedures.items()):
         server.db.procedures[name] = before_log(definition)
     call_the_row_procedure(server)
@@ -222,18 +231,14 @@ def test_a_sqlserver_log_with_an_id_loses_it_on_the_next_status_and_keeps_its_ro
 
 def test_a_sqlserver_log_conversion_that_fails_leaves_the_log_as_it_was(cli, tmp_path, sqlserver):
     server, port = sqlserver
-    first = on_the_wire(sqlserver_project(tmp_path / "v1"), port)
-    assert cli("push", first, "--json").exit_code == 0
-    del server.db.tables[LOG]
-    conn = server.connect()
-    conn.cursor().execute((BEFORE_LOG / "03-create_request_log_table.sql").read_text())
-    conn.commit()
+    first = before_log_database(cli, tmp_path / "v1", server, port)
     before = server.state()
     server.fail_matching = r"^-- tdsp-deploy: migrate_request_log"
 
-    status = cli("status", first, "--json")
+    pushed = cli("push", first, "--json")
 
-    assert status.exit_code != 0 and server.fail_matching is None
+    assert pushed.exit_code != 0 and server.fail_matching is None
+    assert "converting the request log" in pushed.stderr  # the push said what it was doing
     assert server.state() == before
 
 
@@ -277,15 +282,17 @@ def earlier_pool_definition(current: str) -> str:
 
 
 def test_the_earlier_pool_procedure_is_rewritten_exactly_as_the_current_version_writes_it():
-    earlier = (EARLIER_POOL / "08-alter_procedure.sql").read_text()
+    """The earlier version wrote the golden procedure (tests/golden/synapse) with the request
+    log lines kept in tests/golden/synapse-earlier; everything else was the same."""
     current = (GOLDEN / "synapse" / "08-alter_procedure.sql").read_text()
+    earlier = earlier_pool_definition(current)
 
+    assert (EARLIER_POOL / "08-request-log-lines.sql").read_text() in earlier  # the fixture is faithful
     assert sql_migrate.rewrite_procedure(earlier) == current
-    assert earlier_pool_definition(current) == earlier  # the fixture below is faithful
 
 
 def test_a_pool_procedure_not_as_the_earlier_version_wrote_it_is_refused():
-    earlier = (EARLIER_POOL / "08-alter_procedure.sql").read_text()
+    earlier = earlier_pool_definition((GOLDEN / "synapse" / "08-alter_procedure.sql").read_text())
 
     with pytest.raises(BackendError, match="not as tdsp-deploy wrote it"):
         sql_migrate.rewrite_procedure(earlier.replace("@elapsed_ms * 1.0 / COUNT(*)", "@elapsed_ms / COUNT(*)"))
