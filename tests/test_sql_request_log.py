@@ -154,6 +154,11 @@ def test_the_log_is_read_in_pages_by_time_without_losing_or_repeating_a_call(tmp
 
 # -- SQL Server: the earlier log had an [id] ----------------------------------------------------------
 BEFORE_LOG = GOLDEN / "sqlserver-before-log"
+#: the request log table as the version before the one log made it: the earlier versions' (tests/
+#: golden/sqlserver-earlier), keyed by [endpoint] since the previous migration
+BEFORE_LOG_TABLE = (GOLDEN / "sqlserver-earlier" / "03-create_request_log_table.sql").read_text().replace(
+    "    [name] nvarchar(128) NOT NULL,", "    [endpoint] nvarchar(128) NOT NULL,"
+)
 _LOG_NOW = (
     "([endpoint], [t], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], "
     "[pinned], [message])\n    SELECT @endpoint, SYSUTCDATETIME(), @request_id, [slot], [version], [status], "
@@ -185,9 +190,10 @@ def before_log_database(cli: Any, root: Path, server: FakeSqlServer, port: int) 
     made it (with [id]); the project of version 1."""
     first = on_the_wire(sqlserver_project(root), port)
     assert cli("push", first, "--json").exit_code == 0
+    assert "[endpoint] nvarchar(128) NOT NULL" in BEFORE_LOG_TABLE and "[id] bigint IDENTITY" in BEFORE_LOG_TABLE
     del server.db.tables[LOG]
     conn = server.connect()
-    conn.cursor().execute((BEFORE_LOG / "03-create_request_log_table.sql").read_text())
+    conn.cursor().execute(BEFORE_LOG_TABLE)
     conn.commit()
     return first
 
