@@ -118,7 +118,7 @@ def test_a_call_is_the_same_request_log_row_on_both_engines(cli, tmp_path, sqlse
 
 def test_the_log_is_read_in_pages_by_time_without_losing_or_repeating_a_call(tmp_path, monkeypatch):
     """More calls than a page, several at the same time (the pool's GETUTCDATE() is coarse)."""
-    from tdsp_deploy.backends.sql import backend as sql_backend
+    from tdsp_deploy.backends.sql import request_log
 
     server = FakeSqlServer(libraries=matching_libraries())
     manifest = sqlserver_project(tmp_path / "project")
@@ -145,7 +145,7 @@ def test_the_log_is_read_in_pages_by_time_without_losing_or_repeating_a_call(tmp
             }
         )
     conn.commit()
-    monkeypatch.setattr(sql_backend, "LOG_PAGE", 2)
+    monkeypatch.setattr(request_log, "LOG_PAGE", 2)
 
     records = list(backend.request_records(when.replace(tzinfo=datetime.UTC).timestamp()))
 

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tdsp_deploy.backends import base
 from tdsp_deploy.backends.base import Backend, EndpointStatus, SlotStatus, json_answer
+from tdsp_deploy.backends.sql import request_log
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql import schema
+from tdsp_deploy.backends.sql.request_log import iso, sortable
 from tdsp_deploy.backends.sql.document import document_id
 from tdsp_deploy.backends.sql.requests import (
     check_traffic_request,
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 #: failed calls (or requests) ``logs`` reads when no tail is asked for
 FAILED_CALLS = 200
-#: request log rows read per query by request_records
-LOG_PAGE = 5000
 #: a result set's rows; a batch and its parameters; an answer and the slots that served it
 Rows = list[tuple[Any, ...]]
 Batch = tuple[str, list[Any]]
@@ -133,13 +132,7 @@ class SqlBackend(Backend):
         request log, with the engine's error."""
         if not self.target.request_log or not self._exists(self.tables.requests, "U"):
             return []
-        rows = self.connection.execute(
-            schema.read_failed_calls(self.tables, limit), (self._key(), slot), doing="read the failed calls"
-        )
-        return [
-            (t, f"{slot}: error: {count} row(s) of call {request_id} failed on version {version}: {message}")
-            for t, request_id, version, count, message in rows
-        ]
+        return request_log.failed_calls(self.connection, self.tables, self._key(), slot, limit)
 
     def _endpoint_details(self) -> dict[str, Any]:
         """The status details of an endpoint that exists (its versions are added after them)."""
@@ -180,27 +173,10 @@ class SqlBackend(Backend):
     # -- reading -------------------------------------------------------------------------
     def request_records(self, since: float) -> Iterator[dict[str, Any]]:
         """The request log from ``since``: one record per scored row, as the A/B analysis reads
-        them (``id``: the row's ab_key value, else ``<request id>:<row>`` when the log numbers
-        the call's rows, else ``<request id>:<slot>:<n>``), in call order. Paged by time: each
-        page starts at the last one's time, leaving out the rows it already gave."""
+        them (request_log.py)."""
         started = self._log_start(since)
-        if started is None:
-            return
-        page, seen = LOG_PAGE, set[tuple[Any, ...]]()
-        while True:
-            rows = self.connection.execute(
-                schema.read_requests(self.tables, page), (self._key(), started), doing="read the request log"
-            )
-            fresh = [row for row in rows if (row[1], row[2], row[3]) not in seen]
-            for row in fresh:
-                yield from call_records(*row[1:])
-            if len(rows) < page:
-                return
-            if not fresh:  # a whole page at one time: read more at once
-                page *= 2
-                continue
-            started = rows[-1][1]
-            seen = {(r[1], r[2], r[3]) for r in rows if r[1] == started}
+        if started is not None:
+            yield from request_log.records(self.connection, self.tables, self._key(), started)
 
     def status(self) -> EndpointStatus:
         """The procedure, the model versions, and the slots of the traffic table."""
@@ -496,57 +472,3 @@ class SqlBackend(Backend):
 
     def _scoring_uri(self) -> str:
         return f"mssql://{self.target.server}/{self.target.database}/{self._procedure_name()}"
-
-
-
-def sortable(t: Any) -> Any:
-    """A timestamp that sorts beside others (the engine's datetime, or a fake's counter)."""
-    if isinstance(t, datetime.datetime):
-        return t.replace(tzinfo=None).timestamp()
-    return float(t) if isinstance(t, int | float) else 0.0
-
-
-def timestamp(t: Any) -> float:
-    """Unix time of the engine's datetime2 (UTC, without a zone)."""
-    if isinstance(t, datetime.datetime):
-        return t.replace(tzinfo=datetime.UTC).timestamp()
-    return float(t)
-
-
-def iso(t: Any) -> str:
-    if isinstance(t, datetime.datetime):
-        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
-    return str(t)
-
-
-def call_records(
-    t: Any,
-    request_id: str,
-    slot: str,
-    version: str,
-    status: int,
-    row_count: int,
-    latency_ms: float | None,
-    row_keys: str | None,
-    pinned: Any,
-    message: str | None = None,
-) -> Iterator[dict[str, Any]]:
-    """One request log row (a call's rows one slot served) as one record per scored row."""
-    # the pool's keys escape only quotes and backslashes (it has no STRING_ESCAPE): control
-    # characters are taken as they are
-    keys = json.loads(row_keys, strict=False) if row_keys else None
-    if keys is None:
-        ids = [f"{request_id}:{slot}:{n}" for n in range(int(row_count))]
-    else:  # ab_key values (text), or the rows' numbers within the call
-        ids = [k if isinstance(k, str) else f"{request_id}:{k}" for k in keys]
-    record = {
-        "kind": "live",
-        "t": timestamp(t),
-        "deployment": str(slot),
-        "version": str(version),
-        "status": int(status),
-        "latency_ms": latency_ms,
-        "pinned": bool(pinned),
-    }
-    for row_id in ids:
-        yield {**record, "id": row_id}
