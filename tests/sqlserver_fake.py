@@ -68,6 +68,9 @@ class Database:
     bindings: dict[str, str] = dataclasses.field(default_factory=dict)
     #: table -> its columns, as CREATE TABLE (or ALTER TABLE) left them
     columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: table -> its NOT NULL columns, and those with a DEFAULT or an IDENTITY
+    required: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    defaulted: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     identity: int = 0  # the last IDENTITY value handed out
 
 
@@ -150,7 +153,7 @@ class FakeSqlServer:
             # every table tsql.py names is [schema].[table]; in order of first mention
             tables = list(dict.fromkeys(_name(t) for t in re.findall(r"\[\w+\]\.\[\w+\]", flat)))
             if tag.group(1).startswith("create_") and tables[0] not in self.db.tables:
-                self.db.columns[tables[0]] = re.findall(r"^\s+\[(\w+)\] \w", text, re.M)
+                self._declare_columns(tables[0], text)
             return getattr(self, "_" + tag.group(1))(variables, tables)
         create = re.match(
             r"^(?:SET \w+ ON;\s*)*CREATE\s+(?:OR\s+ALTER\s+)?PROC(?:EDURE)?\s+" + _NAME, flat, re.I
@@ -183,18 +186,19 @@ class FakeSqlServer:
             self.db.tables.setdefault(table, [])
             return [], []
         match = re.match(
-            r"^SELECT (?:TOP \(\?\) )?(.+?) FROM\s+" + _NAME + r" WHERE (.+?)(?: ORDER BY (.+?))?;?$",
+            r"^SELECT (?:TOP \((\?|\d+)\) )?(.+?) FROM\s+" + _NAME + r" WHERE (.+?)(?: ORDER BY (.+?))?;?$",
             flat,
             re.I,
         )
         if match:
-            top = params[0] if flat.upper().startswith("SELECT TOP (?)") else None
-            table = self._table(_name(match.group(2)))
-            columns = [c.strip(" []") for c in match.group(1).split(",")]
-            named = re.findall(r"\[(\w+)\]", " ".join(filter(None, match.group(1, 3, 4))))
-            self._has(_name(match.group(2)), *named)
-            rows = _where(table, match.group(3), list(params[1:] if top is not None else params))
-            rows = _ordered(rows, match.group(4))
+            bound = match.group(1) == "?"
+            top = params[0] if bound else match.group(1)
+            table = self._table(_name(match.group(3)))
+            columns = [c.strip(" []") for c in match.group(2).split(",")]
+            named = re.findall(r"\[(\w+)\]", " ".join(filter(None, match.group(2, 4, 5))))
+            self._has(_name(match.group(3)), *named)
+            rows = _where(table, match.group(4), list(params[1:] if bound else params))
+            rows = _ordered(rows, match.group(5))
             if top is not None:
                 rows = rows[: int(top)]
             return columns, [tuple(r.get(c) for c in columns) for r in rows]
@@ -219,6 +223,13 @@ class FakeSqlServer:
         if match:  # the single-row procedure: its arguments are bound parameters
             return self._exec(_name(match.group(1)), None, _declared(match.group(2), params))
         raise server_error(102, f"the fake does not understand: {flat[:200]}")
+
+    def _declare_columns(self, table: str, text: str) -> None:
+        """A CREATE TABLE's columns, which of them are NOT NULL, and which fill themselves."""
+        lines = re.findall(r"^\s+\[(\w+)\] (\w[^\n]*)$", text, re.M)
+        self.db.columns[table] = [name for name, _ in lines]
+        self.db.required[table] = [n for n, rest in lines if "NOT NULL" in rest or "PRIMARY KEY" in rest]
+        self.db.defaulted[table] = {n for n, rest in lines if re.search(r"\b(DEFAULT|IDENTITY)\b", rest)}
 
     def _table(self, name: str) -> list[dict[str, Any]]:
         if name not in self.db.tables:
@@ -399,9 +410,11 @@ class FakeSqlServer:
                     row["endpoint"] = min(found, default=row.pop("name"))
                     row.pop("name", None)
                 columns.remove("name")
+                self.db.required[table] = [c for c in self.db.required.get(table, []) if c != "name"]
                 if index == 1:
                     self._check_unique(rows, ("endpoint", "slot"))
             columns.append("endpoint")
+            self.db.required.setdefault(table, []).append("endpoint")
         return [], []
 
     @staticmethod
@@ -412,6 +425,25 @@ class FakeSqlServer:
                 1505,
                 "The CREATE UNIQUE INDEX statement terminated because a duplicate key was found.",
             )
+
+    def _probe_request_log(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        earlier = tables[0] in self.db.tables and "id" in self.db.columns.get(tables[0], [])
+        return ["earlier"], [(1 if earlier else 0,)]
+
+    def _migrate_request_log(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
+        """The log's primary key and [id] dropped, as the batch's T-SQL says; the rows stay."""
+        (log,) = tables
+        columns = self.db.columns.get(log, [])
+        if "id" not in columns:
+            return [], []
+        if "DROP COLUMN [id]" not in "".join(self.statements[-1:]):
+            raise server_error(102, "the fake knows this migration only as dropping [id]")
+        columns.remove("id")
+        self.db.required[log] = [c for c in self.db.required.get(log, []) if c != "id"]
+        self.db.defaulted.get(log, set()).discard("id")
+        for row in self.db.tables[log]:
+            row.pop("id", None)
+        return [], []
 
     def _bound_procedures(self, variables: dict[str, Any], tables: list[str]) -> tuple[list, list]:
         rows = [tuple(name.split(".", 1)) for name in sorted(self.db.bindings)]
@@ -560,32 +592,42 @@ class FakeSqlServer:
     def _log_requests(
         self, definition: str, key: str, model_name: str | None, call: dict[str, Any], request_log: Any
     ) -> None:
+        """The procedure's INSERT of the script's ``request_log``, a row per entry, into the
+        columns its text lists: each must be the table's (Msg 207), and a NOT NULL column it
+        leaves out needs a DEFAULT or an IDENTITY (Msg 515)."""
         tables = _tables_of(definition)
         if len(tables) < 3:  # target.request_log off: the procedure inserts nothing
             return
         if not isinstance(request_log, str):
             raise server_error(13609, "JSON text is not properly formatted.")
         log = self._table(tables[2])
-        self._has(tables[2], key)
+        listed = re.search(r"INSERT INTO \[\w+\]\.\[\w+\]\s*\(([^)]*)\)", definition)
+        assert listed is not None
+        columns = re.findall(r"\[(\w+)\]", listed.group(1))
+        self._has(tables[2], *columns)
+        filled = set(columns) | self.db.defaulted.get(tables[2], set())
+        for column in self.db.required.get(tables[2], []):
+            if column not in filled:
+                raise server_error(515, f"Cannot insert the value NULL into column '{column}'.")
         for entry in json.loads(request_log):
             self.db.identity += 1
             keys = entry.get("row_keys")
-            log.append(
-                {
-                    "id": self.db.identity,
-                    key: model_name,
-                    "t": self.now(),
-                    "request_id": call.get("request_id") or f"fake-{self.db.identity}",
-                    "slot": entry["slot"],
-                    "version": entry["version"],
-                    "status": int(entry["status"]),
-                    "row_count": int(entry["row_count"]),
-                    "latency_ms": entry.get("latency_ms"),
-                    "row_keys": None if keys is None else json.dumps(keys),
-                    "pinned": 0 if call.get("slot") is None else 1,
-                    "message": entry.get("message"),
-                }
-            )
+            row = {
+                key: model_name,
+                "t": self.now(),
+                "request_id": call.get("request_id") or f"fake-{self.db.identity}",
+                "slot": entry["slot"],
+                "version": entry["version"],
+                "status": int(entry["status"]),
+                "row_count": int(entry["row_count"]),
+                "latency_ms": entry.get("latency_ms"),
+                "row_keys": None if keys is None else json.dumps(keys),
+                "pinned": 0 if call.get("slot") is None else 1,
+                "message": entry.get("message"),
+            }
+            if "id" in self.db.columns.get(tables[2], []):
+                row["id"] = self.db.identity
+            log.append(row)
 
     def now(self) -> datetime.datetime:
         """SYSUTCDATETIME(): naive UTC, as drivers return datetime2; never the same twice, so
@@ -614,10 +656,12 @@ _TAGGED = frozenset(
         "probe_schema",
         "migrate_tables",
         "bound_procedures",
+        "probe_request_log",
+        "migrate_request_log",
     }
 )
 #: tagged batches whose variables are not ``?`` parameters
-_UNDECLARED = frozenset({"migrate_tables"})
+_UNDECLARED = frozenset({"migrate_tables", "migrate_request_log"})
 
 
 def _declared(flat: str, params: tuple[Any, ...]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from dbapi_fake import (
 )
 
 _NAME = r"((?:\[(?:[^\]]|\]\])*\]|#?\w+)(?:\s*\.\s*(?:\[(?:[^\]]|\]\])*\]|\w+))?)"
-_DDL = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|PROC|PROCEDURE)\b", re.I)
+_DDL = re.compile(r"\b(?:(CREATE|ALTER|DROP)\s+(TABLE|PROC|PROCEDURE)|RENAME\s+OBJECT)\b", re.I)
 #: the tensor element type (onnxruntime's name) PREDICT passes for each SQL type
 _TENSOR = {
     "int": "tensor(int32)",
@@ -321,17 +321,18 @@ class FakeSqlPool:
             table.rows[:] = [r for r in table.rows if keep(r)]
             return [], []
         match = re.match(
-            r"^SELECT (.+?) FROM "
+            r"^SELECT (?:TOP \((\d+)\) )?(.+?) FROM "
             + _NAME
             + r" WHERE \[endpoint\] = \?( AND \[t\] >= \?)? ORDER BY ([\[\]\w, ]+);$",
             flat,
             re.I,
         )
         if match:
-            table = self._table(match.group(2))
-            columns = [c.strip(" []") for c in match.group(1).split(",")]
-            order = [c.strip(" []") for c in match.group(4).split(",")]
-            since = params[1] if match.group(3) else None
+            top = match.group(1)
+            table = self._table(match.group(3))
+            columns = [c.strip(" []") for c in match.group(2).split(",")]
+            order = [c.strip(" []") for c in match.group(5).split(",")]
+            since = params[1] if match.group(4) else None
             known = {c for c, _ in table.columns}
             for column in columns + order:
                 if column not in known:
@@ -340,9 +341,13 @@ class FakeSqlPool:
                 (r for r in table.rows if r["endpoint"] == params[0] and (since is None or r["t"] >= since)),
                 key=lambda r: tuple(str(r[c]).lower() if isinstance(r[c], str) else r[c] for c in order),
             )
+            if top is not None:
+                rows = rows[: int(top)]
             return columns, [tuple(r[c] for c in columns) for r in rows]
         if "SYS.DM_PDW_" in upper:
             return self._dmv(conn, flat, params)
+        if "SYS.SQL_MODULES" in upper or upper.startswith("RENAME OBJECT") or "WHERE [ENDPOINT] IS NOT NULL" in upper:
+            return self._migration(flat, params)
         match = re.match(r"^SELECT OBJECT_ID\(\?, N'(U|P)'\);$", flat, re.I)
         if match:
             found = _name(params[0]) in (self.db.tables if match.group(1) == "U" else self.db.procedures)
@@ -570,8 +575,8 @@ class FakeSqlPool:
                     self.routed.append((route["slot"], route["version"], row.get("tdsp_row")))
         except DatabaseError as exc:  # the procedure's CATCH: logged as 500, re-thrown as 50007
             self._failed(request, exc)
-            self._log_requests(flat, key, routes, routed, dict(data.columns), request_id, slot, 500)
             message = re.sub(r"^.*\[SQL Server\]", "", " ".join(map(str, exc.args)))
+            self._log_requests(flat, key, routes, routed, dict(data.columns), request_id, slot, 500, message)
             raise server_error(50007, re.sub(r" \(\d+\)$", "", message)) from None
         request["status"] = "Completed"
         self._log_requests(flat, key, routes, routed, dict(data.columns), request_id, slot, 200)
@@ -588,41 +593,55 @@ class FakeSqlPool:
         request_id: str | None,
         slot: str | None,
         status: int,
+        error: str | None = None,
     ) -> None:
-        """The procedure's dynamic INSERT into the request log, when its text has one: a row per
-        scored row, its route, its ab_key text (the key part the INSERT writes), time per row."""
-        match = re.search(
-            r"INSERT INTO " + _NAME + r" \(\[endpoint\], \[t\], \[request_id\], \[slot\], \[version\], "
-            r"\[status\], \[row_key\], \[latency_ms\], \[pinned\]\) SELECT N''(\w+)'', GETUTCDATE\(\), "
-            r"@request_id, r\.\[slot\], r\.\[version\], @status, (.+?) AS \[row_key\]",
-            flat,
-        )
+        """The procedure's dynamic INSERT into the request log, when its text has one: a row
+        per slot that answered (its rows counted, their ab_key texts listed as its STRING_AGG
+        writes them), or -- a procedure an earlier version wrote -- a row per scored row. The
+        INSERT's columns must be the table's (Msg 207)."""
+        match = re.search(r"INSERT INTO " + _NAME + r" \(((?:\[\w+\](?:, )?)+)\) SELECT N''(\w+)''", flat)
         if match is None:
             return
-        table, endpoint, key_expression = match.groups()
+        table, listed, endpoint = match.groups()
         if endpoint != key:
             raise server_error(50000, "the request log names another endpoint than the procedure")
-        row_key = (
-            None if key_expression == "CAST(NULL AS nvarchar(4000))" else _key_part(key_expression, types)
-        )
+        log = self._table(table)
+        known = {c for c, _ in log.columns}
+        for column in re.findall(r"\[(\w+)\]", listed):
+            if column not in known:
+                raise server_error(207, f"Invalid column name '{column}'.")
         request_id = request_id or f"NEWID-{len(self.requests)}"
         count = sum(len(rows) for rows in routed.values())
         now = self._now()
+        per_call = re.search(
+            r"@status, COUNT\(\*\), @elapsed_ms \* 1\.0 / SUM\(COUNT\(\*\)\) OVER \(\), (.+?), @pinned, "
+            r"LEFT\(@error, 2000\) FROM ' \+ @source \+ N' AS s JOIN #tdsp_routes AS r ON .+ "
+            r"GROUP BY r\.\[slot\], r\.\[version\];",
+            flat,
+        )
+        def logged(route: dict[str, Any], **columns: Any) -> dict[str, Any]:
+            call = {"endpoint": endpoint, "t": now, "request_id": request_id, "status": status}
+            answered = {"slot": route["slot"], "version": route["version"], "latency_ms": 1.0 / max(count, 1)}
+            return {**call, **answered, "pinned": 0 if slot is None else 1, **columns}
+
+        if per_call is not None:
+            keys = _keys_function(per_call.group(1), types)
+            for route in routes:
+                rows = routed[route["slot"]]
+                if rows:  # GROUP BY: a slot without rows has no group
+                    message = None if error is None else error[:2000]
+                    log.rows.append(logged(route, row_count=len(rows), row_keys=keys(rows), message=message))
+            return
+        earlier = re.search(r"@request_id, r\.\[slot\], r\.\[version\], @status, (.+?) AS \[row_key\]", flat)
+        if earlier is None:
+            raise server_error(102, "the fake does not know this request log INSERT")
+        key_expression = earlier.group(1)
+        row_key = (
+            None if key_expression == "CAST(NULL AS nvarchar(4000))" else _key_part(key_expression, types)
+        )
         for route in routes:
             for row in routed[route["slot"]]:
-                self._table(table).rows.append(
-                    {
-                        "endpoint": endpoint,
-                        "t": now,
-                        "request_id": request_id,
-                        "slot": route["slot"],
-                        "version": route["version"],
-                        "status": status,
-                        "row_key": None if row_key is None else row_key(row),
-                        "latency_ms": 1.0 / max(count, 1),
-                        "pinned": 0 if slot is None else 1,
-                    }
-                )
+                log.rows.append(logged(route, row_key=None if row_key is None else row_key(row)))
 
     def _routes(self, flat: str, slot: str | None) -> list[dict[str, Any]]:
         """#tdsp_routes as the procedure's CTAS makes it: the pinned slot with every bucket, else
@@ -651,6 +670,83 @@ class FakeSqlPool:
             )
         return routes
 
+    # -- sql_migrate.py's statements, as their T-SQL says ----------------------------------------
+    def _migration(self, flat: str, params: tuple) -> tuple[list, list]:
+        match = re.match(
+            r"^SELECT CASE WHEN OBJECT_ID\(N'([^']+)', N'U'\) IS NOT NULL AND COL_LENGTH\(N'\1', N'row_key'\) "
+            r"IS NOT NULL THEN 1 WHEN OBJECT_ID\(N'\1', N'U'\) IS NULL AND OBJECT_ID\(N'([^']+)', N'U'\) IS NOT NULL "
+            r"THEN 2 ELSE 0 END AS \[state\], \(SELECT COUNT\(\*\) FROM sys\.sql_modules WHERE \[definition\] "
+            r"LIKE \?\) AS \[procedures\];$",
+            flat,
+        )
+        if match:
+            log = self.db.tables.get(_name(match.group(1)))
+            if log is not None:
+                state = 1 if "row_key" in {c for c, _ in log.columns} else 0
+            else:
+                state = 2 if _name(match.group(2)) in self.db.tables else 0
+            like = _like(params[0])
+            return ["state", "procedures"], [(state, sum(1 for d in self.db.procedures.values() if like.match(d)))]
+        if re.match(
+            r"^SELECT OBJECT_SCHEMA_NAME\(\[object_id\]\) AS \[schema_name\], OBJECT_NAME\(\[object_id\]\) AS "
+            r"\[procedure_name\], \[definition\] FROM sys\.sql_modules WHERE \[definition\] LIKE \?;$",
+            flat,
+        ):
+            like = _like(params[0])
+            found = sorted((n, d) for n, d in self.db.procedures.items() if like.match(d))
+            return ["schema_name", "procedure_name", "definition"], [(*n.split(".", 1), d) for n, d in found]
+        match = re.match(r"^RENAME OBJECT " + _NAME + r" TO \[(\w+)\];$", flat)
+        if match:
+            old = _name(match.group(1))
+            new = f"{old.split('.')[0]}.{match.group(2).lower()}"
+            if old not in self.db.tables:
+                raise server_error(15225, f"No item by the name of '{old}' could be found in the current database.")
+            if new in self.db.tables:
+                raise server_error(15335, f"Error: The new name '{match.group(2)}' is already in use as a object name.")
+            self.db.tables[new] = self.db.tables.pop(old)
+            return [], []
+        match = re.match(
+            r"^DELETE FROM " + _NAME + r" WHERE \[endpoint\] IS NOT NULL; INSERT INTO " + _NAME + r" \(([^)]*)\) "
+            + re.escape(_CONVERTED)
+            + " FROM "
+            + _NAME
+            + re.escape(" GROUP BY [endpoint], [request_id], [slot], [version], [status], [pinned];")
+            + "$",
+            flat,
+        )
+        if match is None or match.group(1) != match.group(2):
+            raise server_error(102, f"Incorrect syntax near '{flat[:40]}' (the fake does not know this batch).")
+        calls, earlier = self._table(match.group(1)), self._table(match.group(4))
+        known = {c for c, _ in calls.columns}
+        for column in re.findall(r"\[(\w+)\]", match.group(3)):
+            if column not in known:
+                raise server_error(207, f"Invalid column name '{column}'.")
+        calls.rows.clear()
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for row in earlier.rows:
+            group = tuple(row[c] for c in ("endpoint", "request_id", "slot", "version", "status", "pinned"))
+            groups.setdefault(group, []).append(row)
+        for (endpoint, request_id, slot, version, status, pinned), rows in groups.items():
+            keys = [r["row_key"] for r in rows]
+            escaped = [k.replace("\\", "\\\\").replace('"', '\\"') for k in keys if k is not None]
+            latencies = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+            calls.rows.append(
+                {
+                    "endpoint": endpoint,
+                    "t": min(r["t"] for r in rows),
+                    "request_id": request_id,
+                    "slot": slot,
+                    "version": version,
+                    "status": status,
+                    "row_count": len(rows),
+                    "latency_ms": sum(latencies) / len(latencies) if latencies else None,
+                    "row_keys": "[" + ",".join(f'"{k}"' for k in escaped) + "]" if len(escaped) == len(keys) else None,
+                    "pinned": pinned,
+                    "message": None,
+                }
+            )
+        return [], []
+
     # -- the pool's DMVs ---------------------------------------------------------------------------
     def _dmv(self, conn: FakePoolConnection, flat: str, params: tuple) -> tuple[list, list]:
         """predict_tsql.failed_requests over sys.dm_pdw_exec_requests and sys.dm_pdw_errors, holding
@@ -672,21 +768,7 @@ class FakeSqlPool:
             if column not in (REQUEST_COLUMNS if alias == "r" else ERROR_COLUMNS):
                 raise server_error(207, f"Invalid column name '{column}'.")
         label, pattern = params
-        like = re.compile(
-            "^"
-            + "".join(
-                ".*"
-                if p == "%"
-                else "."
-                if p == "_"
-                else re.escape(p[1:-1])
-                if p.startswith("[")
-                else re.escape(p)
-                for p in re.findall(r"\[[^\]]\]|%|_|[^%_\[]+", pattern)
-            )
-            + "$",
-            re.S | re.I,
-        )
+        like = _like(pattern)
         found = [
             r
             for r in self.requests
@@ -790,6 +872,34 @@ def _cast(value: Any, sql_type: str, name: str) -> Any:
         raise server_error(8114, f"Error converting data type to {sql_type}.") from None
 
 
+#: sql_migrate.convert's SELECT: the earlier rows grouped by call and slot
+_CONVERTED = (
+    "SELECT [endpoint], MIN([t]), [request_id], [slot], [version], [status], COUNT(*), AVG([latency_ms]), "
+    r"""CASE WHEN COUNT([row_key]) = COUNT(*) THEN N'[' + STRING_AGG(CAST(N'"' + REPLACE(REPLACE([row_key], """
+    r"""N'\', N'\\'), N'"', N'\"') + N'"' AS nvarchar(max)), N',') + N']' END, [pinned], """
+    "CAST(NULL AS nvarchar(2000))"
+)
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    """A LIKE pattern (``%``, ``_``, one character in brackets) as a regular expression."""
+    return re.compile(
+        "^"
+        + "".join(
+            ".*"
+            if p == "%"
+            else "."
+            if p == "_"
+            else re.escape(p[1:-1])
+            if p.startswith("[")
+            else re.escape(p)
+            for p in re.findall(r"\[[^\]]\]|%|_|[^%_\[]+", pattern)
+        )
+        + "$",
+        re.S | re.I,
+    )
+
+
 def _without_literals(sql: str) -> str:
     return re.sub(r"N?'(?:[^']|'')*'", "''", sql)
 
@@ -823,6 +933,27 @@ def _bucket_function(flat: str, types: dict[str, str]) -> Any:
         return int.from_bytes(digest[:4], "big") * 100 // 4294967296
 
     return bucket
+
+
+#: predict_tsql.keys_expression around a key part, as the dynamic text holds it (quotes doubled)
+_KEYS_BEFORE = "N''['' + STRING_AGG(CAST(N''\"'' + REPLACE(REPLACE("
+_KEYS_AFTER = ", N''\\'', N''\\\\''), N''\"'', N''\\\"'') + N''\"'' AS nvarchar(max)), N'','') + N'']''"
+
+
+def _keys_function(text: str, types: dict[str, str]) -> Any:
+    """The request log's keys expression (predict_tsql.keys_expression) as a function rows ->
+    its text: NULL, or the JSON list STRING_AGG builds of the escaped key texts."""
+    if text == "CAST(NULL AS nvarchar(max))":
+        return lambda rows: None
+    if not (text.startswith(_KEYS_BEFORE) and text.endswith(_KEYS_AFTER)):
+        raise server_error(102, f"the fake does not know the keys expression {text!r}")
+    part = _key_part(text[len(_KEYS_BEFORE) : -len(_KEYS_AFTER)], types)
+
+    def keys(rows: list[dict[str, Any]]) -> str:
+        escaped = (part(row).replace("\\", "\\\\").replace('"', '\\"') for row in rows)
+        return "[" + ",".join(f'"{k}"' for k in escaped) + "]"
+
+    return keys
 
 
 def _key_part(text: str, types: dict[str, str]) -> Any:

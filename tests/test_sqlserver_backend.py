@@ -21,7 +21,8 @@ from sqlserver_fake import FakeSqlServer, server_error
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql.connection import connection_string, translate_error
-from tdsp_deploy.backends.sqlserver import SqlServerBackend, request_rows, scoring_batch
+from tdsp_deploy.backends.sql.requests import scoring_call
+from tdsp_deploy.backends.sqlserver import SqlServerBackend, input_rows, request_rows
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode, TdspError, UsageError
@@ -503,7 +504,8 @@ def test_request_rows_follow_the_inputs_order_and_the_batch_binds_them(project):
     loaded = load_manifest(project, targets=(LocalTarget, SqlServerTarget))
     body = json.dumps({"columns": list(reversed(FEATURES)), "data": [[0.2, 1.4, 3.5, 5.1]]}).encode()
     assert request_rows(body, FEATURES) == [[5.1, 3.5, 1.4, 0.2]]
-    sql, params = scoring_batch(loaded.manifest.target, NAME, [[5.1, 3.5, 1.4, 0.2]], slot="green")
+    rows = input_rows(loaded.manifest.target, [[5.1, 3.5, 1.4, 0.2]])
+    sql, params = scoring_call(f"[dbo].[score_{NAME}]", SqlServerBackend.INPUT_ARGUMENT, rows, "green", None)
     assert params == [5.1, 3.5, 1.4, 0.2, "green", None]
     assert "@input_query = N'SELECT * FROM #tdsp_input', @slot = ?, @request_id = ?" in sql
     with pytest.raises(ValueError):

@@ -26,7 +26,8 @@ from tdsp_deploy.backends.sql.errors import (
     sqlstate,
     translate_error,
 )
-from tdsp_deploy.backends.sqlserver import request_rows, scoring_batch, tsql
+from tdsp_deploy.backends.sql.requests import scoring_call
+from tdsp_deploy.backends.sqlserver import SqlServerBackend, input_rows, request_rows, tsql
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.backends.synapse import predict_tsql
@@ -182,7 +183,7 @@ def test_an_error_after_the_first_result_set_is_not_committed_away():
 
 def test_no_none_reaches_the_driver():
     """Before: a None parameter made mssql-python describe the statement on the server first."""
-    sql, params = scoring_batch(TARGET, "ep", [[1.5, None]], slot=None, request_id=None)
+    sql, params = scoring_call("[dbo].[score_ep]", SqlServerBackend.INPUT_ARGUMENT, input_rows(TARGET, [[1.5, None]]), None, None)
     assert None in params
     bound_sql, bound = bind_nulls(sql, params)
     assert None not in bound and bound == [1.5]

@@ -21,7 +21,8 @@ from sqlserver_fake import FakeSqlServer
 from test_sqlserver_backend import make_project, matching_libraries
 
 from tdsp_deploy.backends.sql.errors import TSQL_REFUSALS, translate_error
-from tdsp_deploy.backends.sqlserver import scoring_batch
+from tdsp_deploy.backends.sql.requests import scoring_call
+from tdsp_deploy.backends.sqlserver import SqlServerBackend, input_rows
 from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
@@ -171,7 +172,8 @@ def test_a_throw_of_the_procedure_keeps_its_identity_through_the_driver(cli, tmp
     assert cli("push", manifest, "--json").exit_code == 0
     target = SqlServerTarget.model_validate(yaml.safe_load(manifest.read_text())["target"])
     connection = SqlServerConnection.connect(target)
-    sql, params = scoring_batch(target, "irissql", [[5.1, 3.5, 1.4, 0.2]], slot="purple")
+    rows = input_rows(target, [[5.1, 3.5, 1.4, 0.2]])
+    sql, params = scoring_call("[dbo].[score_irissql]", SqlServerBackend.INPUT_ARGUMENT, rows, "purple", None)
 
     with pytest.raises(DeploymentFailed) as refused:
         connection.query(sql, params, doing="score")

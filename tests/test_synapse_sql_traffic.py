@@ -266,7 +266,8 @@ def test_the_request_log_keeps_each_rows_key_its_slot_and_the_calls_that_failed(
     keys = {row_key(row, backend.target.inputs, "sepal_length") for row in rows}
     assert {r["id"] for r in records} == keys  # the outcomes file joins on the ab_key values
     logged = [r for r in pool.rows("dbo.tdsp_requests") if r["request_id"] == request_id]
-    assert len(logged) == 40 and {r["status"] for r in logged} == {200}
+    assert [(r["slot"], r["status"], r["row_count"]) for r in logged] == [("blue", 200, 40)]  # one row per call
+    assert len(json.loads(logged[0]["row_keys"])) == 40 and set(json.loads(logged[0]["row_keys"])) == keys
 
     for row in pool.rows(TABLE):  # the model cannot be loaded any more: the call fails, logged as 500
         row["payload"] = pickle.dumps("no model")
@@ -275,7 +276,8 @@ def test_the_request_log_keeps_each_rows_key_its_slot_and_the_calls_that_failed(
     failures = [
         r for r in pool.rows("dbo.tdsp_requests") if r["request_id"] == failed.headers["x-request-id"]
     ]
-    assert len(failures) == 3 and {r["status"] for r in failures} == {500}
+    assert [(r["status"], r["row_count"]) for r in failures] == [(500, 3)]
+    assert "could not be loaded" in failures[0]["message"]  # the pool's message, kept with the call
 
 
 # -- logs ------------------------------------------------------------------------------------------

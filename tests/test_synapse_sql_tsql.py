@@ -15,6 +15,8 @@ import pytest
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql import rows as sql_rows
+from tdsp_deploy.backends.sql import schema
+from tdsp_deploy.backends.sql.requests import scoring_call
 from tdsp_deploy.backends.synapse import predict_tsql, sql_calls
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
 from tdsp_deploy.backends.synapse.target import SynapseTarget
@@ -91,8 +93,12 @@ def statements() -> dict[str, str]:
     manifest = make_manifest()
     target = manifest.target
     found = {s.name: s.sql for s in predict_tsql.deployment_statements(target, "iris", target.outputs)}
-    found["scoring_batch"] = sql_calls.scoring_batch(
-        target, "iris", [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]
+    found["scoring_batch"] = scoring_call(
+        predict_tsql.qualified_procedure(target, "iris"),
+        sql_calls.INPUT_ARGUMENT,
+        sql_calls.input_rows(target, [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]]),
+        None,
+        None,
     )[0]
     found["drop_procedure"] = predict_tsql.drop_procedure(target, "iris")
     found["drop_table_if_empty"] = predict_tsql.drop_table_if_empty(target)
@@ -100,7 +106,7 @@ def statements() -> dict[str, str]:
     found["list_versions"] = sql_rows.list_versions(predict_tsql.tables(target))
     found["list_slots"] = sql_rows.list_slots(predict_tsql.tables(target))
     found["delete_slot"] = sql_rows.delete_slot(predict_tsql.tables(target))
-    found["list_requests"] = predict_tsql.list_requests(target)
+    found["read_requests"] = schema.read_requests(predict_tsql.tables(target), 5000)
     found["failed_requests"] = predict_tsql.failed_requests()
     found["set_weight"] = sql_rows.set_weight(predict_tsql.tables(target))
     found["set_salt"] = sql_rows.set_salt(predict_tsql.tables(target))
@@ -173,7 +179,7 @@ PARSED_BY_SQLGLOT = [
     "list_versions",
     "list_slots",
     "delete_slot",
-    "list_requests",
+    "read_requests",
     "failed_requests",
 ]
 
@@ -215,7 +221,8 @@ def test_sqlglot_parses_the_request_log_insert():
     query = predict_tsql.request_log_query(target, "iris").format(source="[dbo].[new_flowers]")
     parsed = sqlglot.parse_one(query.replace("#tdsp_routes", "tdsp_routes"), read="tsql")
     assert isinstance(parsed, sqlglot.exp.Insert) and parsed.find(sqlglot.exp.Window) is not None
-    assert "CONVERT(nvarchar(30), CAST(s.[sepal_length] AS float), 2), N'') AS [row_key]" in query
+    assert parsed.find(sqlglot.exp.Group) is not None  # a row per slot that answered
+    assert "REPLACE(REPLACE(ISNULL(CONVERT(nvarchar(30), CAST(s.[sepal_length] AS float), 2), N'')" in query
 
 
 def test_the_key_bucket_is_read_from_the_hash_as_the_local_router_reads_its_fraction():

@@ -9,7 +9,8 @@ transaction, and the engine refuses weights that do not add up to 100.
 
 Everything goes through one ``SqlConnection`` (connection.py), the one door to the engine; tests
 hand in a fake DB-API connection. This module imports no driver. A subclass says how its engine
-stores a model, scores rows, keeps its request log and undoes a push.
+stores a model, scores rows and undoes a push; both write the one request log (sql/schema.py),
+which is read here.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tdsp_deploy.backends import base
 from tdsp_deploy.backends.base import Backend, EndpointStatus, SlotStatus, json_answer
+from tdsp_deploy.backends.sql import request_log
 from tdsp_deploy.backends.sql import rows as sql_rows
+from tdsp_deploy.backends.sql.request_log import iso, sortable
 from tdsp_deploy.backends.sql.document import document_id
 from tdsp_deploy.backends.sql.requests import (
     check_traffic_request,
     first_value_true,
     request_rows,
+    scoring_call,
 )
 from tdsp_deploy.backends.sql.target import check_identifier, quote_identifier
 from tdsp_deploy.errors import DeploymentFailed, EndpointNotFound, UsageError
@@ -79,12 +83,18 @@ class SqlBackend(Backend):
             self._connection = connection if wrapped else self.CONNECTION(connection)
         # slot -> what deploy_slot changed, for discard_slot
         self._replaced: dict[str, Any] = {}
+        self._schema_checked = False
 
     @property
     def connection(self) -> SqlConnection:
-        """The connection, opened on first use (never when a test handed one in)."""
+        """The connection, opened on first use (never when a test handed one in); on its first
+        use a database of an earlier version is brought to the one schema (``_migrate``)
+        before anything reads its tables."""
         if self._connection is None:
             self._connection = self.CONNECTION.connect(self.target)
+        if not self._schema_checked:
+            self._schema_checked = True
+            self._migrate(self._connection)
         return self._connection
 
     @property
@@ -96,9 +106,16 @@ class SqlBackend(Backend):
         """The value of the KEY column for this endpoint's rows: the scoring procedure's name."""
         return check_identifier(self.target.procedure_name(self.manifest.name))
 
+    #: how the scoring procedure is told where a call's rows are (requests.INPUT_TABLE)
+    INPUT_ARGUMENT: ClassVar[str]
+
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        """The statements that put ``rows`` in requests.INPUT_TABLE, and their bound values."""
+        raise NotImplementedError
+
     def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
         """The batch that scores ``rows`` through the procedure, and its parameters."""
-        raise NotImplementedError
+        return scoring_call(self._procedure_name(), self.INPUT_ARGUMENT, self._input_rows(rows), slot, request)
 
     def _answer(
         self,
@@ -111,8 +128,11 @@ class SqlBackend(Backend):
         raise NotImplementedError
 
     def _failure_events(self, slot: str, limit: int) -> list[tuple[Any, str]]:
-        """(time, line) of the failed calls ``logs`` shows for ``slot``."""
-        raise NotImplementedError
+        """(time, line) of the failed calls ``logs`` shows for ``slot``: status 500 in the
+        request log, with the engine's error."""
+        if not self.target.request_log or not self._exists(self.tables.requests, "U"):
+            return []
+        return request_log.failed_calls(self.connection, self.tables, self._key(), slot, limit)
 
     def _endpoint_details(self) -> dict[str, Any]:
         """The status details of an endpoint that exists (its versions are added after them)."""
@@ -146,7 +166,18 @@ class SqlBackend(Backend):
             return None
         return datetime.datetime.fromtimestamp(since, datetime.UTC).replace(tzinfo=None)
 
+    def _migrate(self, conn: SqlConnection) -> None:
+        """Bring a database an earlier version made to the one schema (run once, on the
+        connection's first use)."""
+
     # -- reading -------------------------------------------------------------------------
+    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
+        """The request log from ``since``: one record per scored row, as the A/B analysis reads
+        them (request_log.py)."""
+        started = self._log_start(since)
+        if started is not None:
+            yield from request_log.records(self.connection, self.tables, self._key(), started)
+
     def status(self) -> EndpointStatus:
         """The procedure, the model versions, and the slots of the traffic table."""
         procedure = self._procedure_exists()
@@ -441,24 +472,3 @@ class SqlBackend(Backend):
 
     def _scoring_uri(self) -> str:
         return f"mssql://{self.target.server}/{self.target.database}/{self._procedure_name()}"
-
-
-
-def sortable(t: Any) -> Any:
-    """A timestamp that sorts beside others (the engine's datetime, or a fake's counter)."""
-    if isinstance(t, datetime.datetime):
-        return t.replace(tzinfo=None).timestamp()
-    return float(t) if isinstance(t, int | float) else 0.0
-
-
-def timestamp(t: Any) -> float:
-    """Unix time of the engine's datetime2 (UTC, without a zone)."""
-    if isinstance(t, datetime.datetime):
-        return t.replace(tzinfo=datetime.UTC).timestamp()
-    return float(t)
-
-
-def iso(t: Any) -> str:
-    if isinstance(t, datetime.datetime):
-        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
-    return str(t)

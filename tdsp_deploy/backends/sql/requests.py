@@ -1,6 +1,7 @@
 """What the SQL targets' backends do alike with a request and an answer: a request's rows
-(JSON table or CSV) as values a driver binds, the refusal of a traffic change a procedure-routed
-target cannot make, a JSON answer, and the id of a deployment document."""
+(JSON table or CSV) as values a driver binds, the batch that calls the scoring procedure on
+them, the refusal of a traffic change a procedure-routed target cannot make, a JSON answer,
+and the id of a deployment document."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ from typing import Any
 
 from tdsp_deploy.backends.sql.target import Column
 from tdsp_deploy.errors import EndpointNotFound, UsageError
+
+
+#: the #temp table a caller's rows go into for the scoring procedure to read (a session's own)
+INPUT_TABLE = "#tdsp_input"
+
+
+def scoring_call(
+    procedure: str, argument: str, loading: tuple[list[str], list[Any]], slot: str | None, request_id: str | None
+) -> tuple[str, list[Any]]:
+    """One batch: ``loading`` (the statements that fill INPUT_TABLE with the request's rows,
+    and their bound values), EXEC of ``procedure`` on that table (``argument`` tells it where
+    the rows are; ``@slot``: NULL lets the split decide; ``@request_id`` names the call in the
+    request log), then the table dropped."""
+    lines, params = loading
+    call = f"EXEC {procedure} {argument}, @slot = ?, @request_id = ?;"
+    return "\n".join([*lines, call, f"DROP TABLE {INPUT_TABLE};"]) + "\n", [*params, slot, request_id]
 
 
 def check_traffic_request(

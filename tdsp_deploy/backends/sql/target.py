@@ -181,6 +181,7 @@ MODEL_TABLE = "tdsp_models"
 TRAFFIC_TABLE = "tdsp_traffic"
 REQUEST_LOG_TABLE = "tdsp_requests"
 TRAFFIC_DESCRIPTION = "Deployment slots: each one's model version and traffic weight."
+REQUEST_LOG_DESCRIPTION = "One row per call and slot (its rows, status, keys), read by `ab` and `logs`."
 AB_KEY_DESCRIPTION = (
     "Input column whose value picks a row's slot under a traffic split (default: all input values); "
     "the same key always reaches the same slot while the split holds."

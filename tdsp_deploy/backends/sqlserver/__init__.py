@@ -7,17 +7,16 @@ Python libraries against the package lock; ``force`` lets a mismatch through wit
 then runs everything in ONE transaction (SQL Server runs DDL inside one): the tables, the model
 row, both procedures (batch and single row) and the slot, with no traffic. A database made when
 the rows were keyed by the model's name is migrated on first use (migrate.py). Undo puts back
-the procedures' previous definitions and the traffic table's rows. The endpoint lock is an application lock on the server (applock.py); the request log keeps a row per
-call and slot.
+the procedures' previous definitions and the traffic table's rows. The endpoint lock is an
+application lock on the server (applock.py). The request log is the core's (a row per call and
+slot); here the script writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from tdsp_deploy.backends.base import Capabilities, ProgressEvent, SlotStatus, no_progress
 from tdsp_deploy.backends.base import json_answer  # noqa: F401 (tests import it from here)
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend
+from tdsp_deploy.backends.sql.backend import Answer, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import document_id, with_slot
 from tdsp_deploy.backends.sql.requests import (  # noqa: F401 (the target's names, as tests import them)
+    INPUT_TABLE,
     check_traffic_request,
     first_value_true,
     request_rows,
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 #: libraries whose pickles break across major/minor versions, per model flavor
 PICKLE_LIBRARIES = {"sklearn": ("scikit-learn", "numpy")}
-INPUT_TABLE = "#tdsp_input"
 STEP_MESSAGES = {
     "create_model_table": "model table {table}",
     "create_traffic_table": "traffic table",
@@ -56,8 +55,6 @@ STEP_MESSAGES = {
     "assign_slot": "slot {slot} serves {model} (no traffic yet)",
     "refresh_active": "marking the versions that take traffic",
 }
-#: request log rows read per query by request_records
-LOG_PAGE = 5000
 
 
 @dataclasses.dataclass
@@ -82,6 +79,7 @@ class SqlServerBackend(SqlBackend):
     WHO = "the sqlserver target"
     GRANT_HINT = "GRANT EXECUTE ON the procedure to the callers' database users"
     LOGGED = "the procedures log no requests"
+    INPUT_ARGUMENT = f"@input_query = N'SELECT * FROM {INPUT_TABLE}'"
 
     def __init__(
         self,
@@ -94,19 +92,12 @@ class SqlServerBackend(SqlBackend):
         super().__init__(manifest, progress=progress, connection=connection)
         self.target: SqlServerTarget
         self.force = force
-        self._schema_checked = False
 
-    @property
-    def connection(self) -> SqlConnection:
-        """The connection; on its first use, a database of an earlier version is migrated to
-        the one schema (migrate.py) before anything reads its tables."""
-        conn = super().connection
-        if not self._schema_checked:
-            from tdsp_deploy.backends.sqlserver import migrate
+    def _migrate(self, conn: SqlConnection) -> None:
+        """A database of an earlier version, brought to the one schema (migrate.py)."""
+        from tdsp_deploy.backends.sqlserver import migrate
 
-            self._schema_checked = True
-            migrate.migrate(conn, self.tables, _create_or_alter, self.tell)
-        return conn
+        migrate.migrate(conn, self.tables, _create_or_alter, self.tell)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """An application lock on the server, owned by this session (see applock.py)."""
@@ -196,27 +187,6 @@ class SqlServerBackend(SqlBackend):
                 sql_rows.refresh_active(self.tables), (self._key(),), doing="restore the active versions"
             )
 
-    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        """The request log from ``since``: one record per scored row, as the A/B analysis reads
-        them (``id``: the row's ab_key value, else ``<request id>:<row number>``)."""
-        started = self._log_start(since)
-        if started is None:
-            return
-        last = 0
-        while True:
-            rows = self.connection.execute(
-                "SELECT TOP (?) [id], [t], [request_id], [slot], [version], [status], [row_count], "
-                f"[latency_ms], [row_keys], [pinned] FROM {self.tables.requests} "
-                "WHERE [endpoint] = ? AND [t] >= ? AND [id] > ? ORDER BY [id]",
-                (LOG_PAGE, self._key(), started, last),
-                doing="read the request log",
-            )
-            for row in rows:
-                yield from _row_records(*row[1:])
-            if len(rows) < LOG_PAGE:
-                return
-            last = rows[-1][0]
-
     # -- reviewing -----------------------------------------------------------------------
     def render(self, package: BuiltPackage, out_dir: Path) -> list[Path]:
         """The T-SQL a push would run, its parameters and the model payload (tsql.render_tsql)."""
@@ -226,29 +196,13 @@ class SqlServerBackend(SqlBackend):
         return tsql.render_tsql(self.target, self.manifest, script, package.lock, out_dir, payload=payload)
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
-        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        return input_rows(self.target, rows)
 
     def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         versions = sorted({str(r[-1]) for r in result}) if result else []
         slots = [slot] if slot else sorted({s for v in versions for s in serving.get(v, [])})
         return {"columns": columns, "data": [list(r) for r in result]}, slots
-
-    def _failure_events(self, slot: str, limit: int) -> list[tuple[Any, str]]:
-        """The calls that failed on this slot: status 500 in the request log, with the Python error."""
-        if not self.target.request_log or not self._exists(self.tables.requests, "U"):
-            return []
-        rows = self.connection.execute(
-            "SELECT TOP (?) [t], [request_id], [version], [row_count], [message] "
-            f"FROM {self.tables.requests} WHERE [endpoint] = ? AND [slot] = ? AND [status] >= 500 "
-            "ORDER BY [id] DESC",
-            (limit, self._key(), slot),
-            doing="read the failed calls",
-        )
-        return [
-            (t, f"{slot}: error: {count} row(s) of call {request_id} failed on version {version}: {message}")
-            for t, request_id, version, count, message in rows
-        ]
 
     def _endpoint_details(self) -> dict[str, Any]:
         return {**super()._endpoint_details(), "procedure_sha256": self._definition_hash()}
@@ -367,20 +321,9 @@ class SqlServerBackend(SqlBackend):
 
 
 # -- the scoring call -------------------------------------------------------------------------------
-def scoring_batch(
-    target: SqlServerTarget,
-    endpoint: str,
-    rows: Sequence[Sequence[Any]],
-    *,
-    slot: str | None = None,
-    request_id: str | None = None,
-) -> tuple[str, list[Any]]:
-    """One batch: the rows into a temporary table through a VALUES query whose values are
-    bound ``?`` parameters (never written into the SQL), then EXEC of the procedure with an
-    ``@input_query`` that reads that table, ``@slot`` (NULL: the traffic split decides) and
-    ``@request_id``. No rows: a typed empty table (the health probe)."""
-    from tdsp_deploy.backends.sqlserver.target import quote_identifier
-
+def input_rows(target: SqlServerTarget, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+    """The rows into the #temp table through a VALUES query whose values are bound ``?``
+    parameters (never written into the SQL); no rows: a typed empty table (the health probe)."""
     names = ", ".join(quote_identifier(c.name) for c in target.inputs)
     params: list[Any] = []
     if rows:
@@ -392,14 +335,7 @@ def scoring_batch(
     else:
         null_row = ", ".join(f"CAST(NULL AS {c.type})" for c in target.inputs)
         source = f"(VALUES ({null_row})) AS v({names}) WHERE 1 = 0"
-    procedure = f"{quote_identifier(target.schema_)}.{quote_identifier(target.procedure_name(endpoint))}"
-    sql = (
-        "SET NOCOUNT ON;\n"
-        f"SELECT * INTO {INPUT_TABLE} FROM {source};\n"
-        f"EXEC {procedure} @input_query = N'SELECT * FROM {INPUT_TABLE}', @slot = ?, @request_id = ?;\n"
-        f"DROP TABLE {INPUT_TABLE};"
-    )
-    return sql, [*params, slot, request_id]
+    return ["SET NOCOUNT ON;", f"SELECT * INTO {INPUT_TABLE} FROM {source};"], params
 
 
 def library_versions(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:
@@ -414,37 +350,6 @@ def _major_minor(version: str | None) -> tuple[str, ...] | None:
     if not version:
         return None
     return tuple(version.split(".")[:2])
-
-
-def _row_records(
-    t: datetime.datetime,
-    request_id: str,
-    slot: str,
-    version: str,
-    status: int,
-    row_count: int,
-    latency_ms: float | None,
-    row_keys: str | None,
-    pinned: Any,
-) -> Iterator[dict[str, Any]]:
-    """One request-log row (a call's rows served by one slot) as one record per scored row."""
-    when = t.replace(tzinfo=datetime.UTC).timestamp() if isinstance(t, datetime.datetime) else float(t)
-    keys = json.loads(row_keys) if row_keys else None
-    if keys is None:
-        ids = [f"{request_id}:{n}" for n in range(int(row_count))]
-    else:  # ab_key values (strings), or the row numbers of the call (a split without ab_key)
-        ids = [str(k) if isinstance(k, str) else f"{request_id}:{k}" for k in keys]
-    for row_id in ids:
-        yield {
-            "kind": "live",
-            "t": when,
-            "id": row_id,
-            "deployment": slot,
-            "version": version,
-            "status": int(status),
-            "latency_ms": latency_ms,
-            "pinned": bool(pinned),
-        }
 
 
 def _create_or_alter(definition: str) -> str:

@@ -16,6 +16,13 @@ transaction (SQL Server runs DDL inside one, so a failure leaves the database as
    shared) is rewritten as the current generator writes it, naming its rows by its endpoint, and
    the property is dropped. The rewrite replaces the earlier generator's exact lines; a
    definition that does not hold them is refused rather than guessed at.
+
+Earlier versions also gave the request log an ``[id]`` (IDENTITY, the primary key), which the
+one log of both engines (sql/schema.py) does not have: its rows were already one per call and
+slot, with the same columns and meaning otherwise, so ``migrate_request_log`` converts the table
+in place, in its own transaction: the key and ``[id]`` go, the rows stay. The DEFAULT on
+``[t]`` stays, so that the procedures of endpoints not pushed since, which leave the time to
+it, keep logging.
 """
 
 from __future__ import annotations
@@ -40,14 +47,30 @@ def _in_exec(sql: str) -> str:
     return "EXEC(N'" + sql.replace("'", "''") + "');"
 
 
+def _probe(name: str, table: str, column: str, test: str) -> str:
+    """1 when ``table`` exists and ``COL_LENGTH`` of ``column`` ``test`` (IS NULL: it lacks the
+    column; IS NOT NULL: it has it), else 0."""
+    return tagged(
+        name,
+        f"SELECT CASE WHEN OBJECT_ID({_text(table)}, N'U') IS NOT NULL "
+        f"AND COL_LENGTH({_text(table)}, N'{column}') {test} THEN 1 ELSE 0 END AS [earlier];\n",
+    )
+
+
 def probe_schema(t: Tables) -> str:
     """1 when the model table exists without ``[endpoint]`` (a database of an earlier version)."""
-    models = _text(t.models)
-    return tagged(
-        "probe_schema",
-        f"SELECT CASE WHEN OBJECT_ID({models}, N'U') IS NOT NULL "
-        f"AND COL_LENGTH({models}, N'endpoint') IS NULL THEN 1 ELSE 0 END AS [earlier];\n",
-    )
+    return _probe("probe_schema", t.models, "endpoint", "IS NULL")
+
+
+def _drop_primary_key(table: str) -> list[str]:
+    """The steps that drop ``table``'s primary key, whose name the server chose (needs the
+    batch's ``@pk sysname, @sql nvarchar(max)``)."""
+    return [
+        f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
+        f"AND [parent_object_id] = OBJECT_ID({_text(table)}));",
+        f"SET @sql = N'ALTER TABLE {table.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
+        "IF @pk IS NOT NULL EXEC(@sql);",
+    ]
 
 
 def _rekey(table: str, key: str, fill: str, *, drop_name: bool, primary: str | None) -> str:
@@ -59,12 +82,7 @@ def _rekey(table: str, key: str, fill: str, *, drop_name: bool, primary: str | N
         _in_exec(f"ALTER TABLE {table} ALTER COLUMN [endpoint] nvarchar(128) NOT NULL;"),
     ]
     if primary is not None:
-        steps += [
-            f"SET @pk = (SELECT [name] FROM sys.key_constraints WHERE [type] = 'PK' "
-            f"AND [parent_object_id] = OBJECT_ID({_text(table)}));",
-            f"SET @sql = N'ALTER TABLE {table.replace(chr(39), chr(39) * 2)} DROP CONSTRAINT ' + QUOTENAME(@pk) + N';';",
-            "IF @pk IS NOT NULL EXEC(@sql);",
-        ]
+        steps += _drop_primary_key(table)
     if drop_name:
         steps.append(_in_exec(f"ALTER TABLE {table} DROP COLUMN [name];"))
     if primary is not None:
@@ -139,10 +157,18 @@ _EARLIER_LINES = (
     ("    WHERE [name] = @model_name AND ([slot]", "    WHERE [endpoint] = @endpoint AND ([slot]"),
     (" AS m ON m.[name] = @model_name AND ", " AS m ON m.[endpoint] = @endpoint AND "),
 )
-#: the request log's lines (only when the procedure logs requests)
+#: the request log's lines (only when the procedure logs requests): the current ones name the
+#: time, which the log table no longer defaults
 _EARLIER_LOG = (
-    ("\n        ([name], [request_id],", "\n        ([endpoint], [request_id],"),
-    ("\n    SELECT @model_name, @request_id,", "\n    SELECT @endpoint, @request_id,"),
+    (
+        "\n        ([name], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], "
+        "[pinned], [message])\n    SELECT @model_name, @request_id, [slot], [version], [status], [row_count], "
+        "[latency_ms], [row_keys],\n        CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]",
+        "\n        ([endpoint], [t], [request_id], [slot], [version], [status], [row_count], [latency_ms], "
+        "[row_keys], [pinned], [message])\n    SELECT @endpoint, SYSUTCDATETIME(), @request_id, [slot], "
+        "[version], [status], [row_count], [latency_ms],\n        [row_keys], CASE WHEN @slot IS NULL THEN 0 "
+        "ELSE 1 END, [message]",
+    ),
 )
 
 
@@ -177,13 +203,42 @@ def endpoint_of(procedure: str, bound: set[str]) -> str:
     return procedure
 
 
+def probe_request_log(t: Tables) -> str:
+    """1 when the request log exists with the earlier versions' ``[id]``."""
+    return _probe("probe_request_log", t.requests, "id", "IS NOT NULL")
+
+
+def migrate_request_log(t: Tables) -> str:
+    """The request log without its primary key and ``[id]``."""
+    body = "\n    ".join([*_drop_primary_key(t.requests), _in_exec(f"ALTER TABLE {t.requests} DROP COLUMN [id];")])
+    return tagged(
+        "migrate_request_log",
+        f"DECLARE @pk sysname, @sql nvarchar(max);\nIF COL_LENGTH({_text(t.requests)}, N'id') IS NOT NULL\n"
+        f"BEGIN\n    {body}\nEND;\n",
+    )
+
+
 def migrate(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
     """Migrate when the database is an earlier version's; True when it did. ``conn`` is the
     backend's SqlConnection; ``create_or_alter`` turns a stored definition into its CREATE OR
     ALTER form."""
-    earlier = conn.execute(probe_schema(t), doing="check the tables' schema")
-    if not earlier or not earlier[0][0]:
-        return False
+    keyed = _earlier(conn, probe_schema(t), "check the tables' schema")
+    if keyed:
+        _key_by_endpoint(conn, t, create_or_alter, tell)
+    if not _earlier(conn, probe_request_log(t), "check the request log's schema"):
+        return keyed
+    tell("migrate", "converting the request log to the one shape of both SQL targets (its [id] goes)")
+    with conn.transaction():
+        conn.execute(migrate_request_log(t), doing="migrate the request log")
+    return True
+
+
+def _earlier(conn: Any, probe: str, doing: str) -> bool:
+    found = conn.execute(probe, doing=doing)
+    return bool(found and found[0][0])
+
+
+def _key_by_endpoint(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> None:
     tell("migrate", "moving the model, traffic and request log tables from [name] to [endpoint]")
     with conn.transaction():
         conn.execute(migrate_tables(t), doing="migrate the tables")
@@ -199,4 +254,3 @@ def migrate(conn: Any, t: Tables, create_or_alter: Any, tell: Any) -> bool:
                 rewritten = rewrite_procedure(str(definition), endpoint_of(str(procedure), bound))
                 conn.execute(create_or_alter(rewritten), doing="rewrite the procedure")
             conn.execute(unbind(str(schema), str(procedure)), doing="drop the model-name property")
-    return True

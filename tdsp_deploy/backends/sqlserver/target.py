@@ -17,6 +17,7 @@ from tdsp_deploy.backends.sql.target import (  # noqa: F401 (the schema's names,
     AB_KEY_DESCRIPTION,
     MAX_IDENTIFIER,
     MODEL_TABLE,
+    REQUEST_LOG_DESCRIPTION,
     REQUEST_LOG_TABLE,
     TRAFFIC_DESCRIPTION,
     TRAFFIC_TABLE,
@@ -48,7 +49,7 @@ class SqlServerTarget(SqlTargetBase):
     model_table: Identifier = Field(default=MODEL_TABLE, description="Versioned model table.")
     traffic_table: Identifier = Field(default=TRAFFIC_TABLE, description=TRAFFIC_DESCRIPTION)
     request_log_table: Identifier = Field(
-        default=REQUEST_LOG_TABLE, description="Scored rows per call and slot, read by `ab` and `logs`."
+        default=REQUEST_LOG_TABLE, description=REQUEST_LOG_DESCRIPTION
     )
     request_log: bool = Field(
         default=True, description="Log every call of the scoring procedures (needed by `ab analyze`)."

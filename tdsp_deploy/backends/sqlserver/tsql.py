@@ -1,9 +1,9 @@
 """The T-SQL of the sqlserver target, as text for a DB-API driver (qmark style, ``?``).
 
-What it adds to the SQL core's T-SQL (sql/schema.py: the model and traffic tables and the model
-insert; sql/rows.py: slots, weights, salts, active flags, reading rows back): the request log
-table (an IDENTITY, one row per call and slot), the two scoring procedures around
-``sp_execute_external_script`` and the server probes.
+What it adds to the SQL core's T-SQL (sql/schema.py: the three tables and the model insert;
+sql/rows.py: slots, weights, salts, active flags, reading rows back): the two scoring
+procedures around ``sp_execute_external_script`` -- which write the request log's rows from
+the script's ``request_log`` -- and the server probes.
 
 The only things built into the text are identifiers that ``target.py`` checked (and that are
 bracket-quoted here), SQL types from its allow-list, and the generated Python script (as an
@@ -122,29 +122,8 @@ def create_traffic_table(target: SqlServerTarget) -> str:
 
 
 def create_request_log_table(target: SqlServerTarget) -> str:
-    """One row per scoring call and slot that answered it: the rows it scored (``row_keys``:
-    their ``ab_key`` values or row numbers as JSON; NULL for all of the call's rows), the
-    status (500: that version failed on them) and the time per row."""
-    table = _qualified(target, target.request_log_table)
-    return _tagged(
-        "create_request_log_table",
-        f"""IF OBJECT_ID({_name_literal(table)}, N'U') IS NULL
-CREATE TABLE {table} (
-    [id] bigint IDENTITY(1, 1) PRIMARY KEY,
-    [endpoint] nvarchar(128) NOT NULL,
-    [t] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
-    [request_id] nvarchar(64) NOT NULL,
-    [slot] {SLOT_TYPE} NOT NULL,
-    [version] {VERSION_TYPE} NOT NULL,
-    [status] int NOT NULL,
-    [row_count] int NOT NULL,
-    [latency_ms] float NULL,
-    [row_keys] nvarchar(max) NULL,
-    [pinned] bit NOT NULL,
-    [message] nvarchar(2000) NULL
-);
-""",
-    )
+    """The core's request log (sql/schema.py): one row per scoring call and slot."""
+    return _tagged("create_request_log_table", schema.create_request_log_table(tables(target)))
 
 
 def insert_model(target: SqlServerTarget) -> str:
@@ -206,9 +185,9 @@ def _log_requests(target: SqlServerTarget) -> str:
     log = _qualified(target, target.request_log_table)
     return f"""    -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
     INSERT INTO {log}
-        ([endpoint], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
-    SELECT @endpoint, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
-        CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
+        ({schema.request_log_columns()})
+    SELECT @endpoint, SYSUTCDATETIME(), @request_id, [slot], [version], [status], [row_count], [latency_ms],
+        [row_keys], CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
     FROM OPENJSON(@request_log)
     WITH ([slot] {SLOT_TYPE}, [version] {VERSION_TYPE}, [status] int, [row_count] int, [latency_ms] float,
         [row_keys] nvarchar(max) AS JSON, [message] nvarchar(2000));

@@ -1,10 +1,11 @@
 """The T-SQL of the synapse target's sql mode: an ONNX model behind PREDICT in a dedicated SQL pool.
 
-What it adds to the SQL core's T-SQL (sql/rows.py: the slots, weights, salts and reading rows
-back, in the pool's dialect): the pool's tables (ROUND_ROBIN HEAPs without keys or DEFAULTs, a
-model table as the PREDICT documentation's is), the insert that keeps (endpoint, version) unique
-itself (the pool enforces no key), a procedure stub then ALTER (no CREATE OR ALTER), and the
-routing procedure with PREDICT. Only the rows change inside the one transaction of a push.
+What it adds to the SQL core's T-SQL (sql/schema.py: the three tables and the model insert;
+sql/rows.py: the slots, weights, salts and reading rows back; both in the pool's dialect:
+ROUND_ROBIN HEAPs without keys or DEFAULTs): a procedure stub then ALTER (no CREATE OR ALTER),
+the routing procedure with PREDICT, which writes the request log's rows itself (a dynamic
+INSERT grouped by slot), and reading the pool's failed requests. Only the rows change inside
+the one transaction of a push.
 
 Nothing from the manifest is written into the text except identifiers that target.py checked
 (bracket-quoted here, or as N'...' literals of the checked name) and SQL types from PREDICT's
@@ -16,9 +17,9 @@ holds each slot's version, weight and salt; the procedure reads it into a #temp 
 and builds one dynamic query: a CTE of rows per route (PREDICT's DATA takes a table, view or CTE
 alias, not a subquery), filtered by the rows' key buckets (``bucket_expression``: HASHBYTES
 SHA2_256, the pool having no blake2b), one PREDICT per route, UNION ALL. The route numbers are
-the only values spliced into that query, and the procedure counts them itself. It then logs the
-scored rows in the request log table, a row per scored row (the pool has no JSON escaping to
-keep a list per call).
+the only values spliced into that query, and the procedure counts them itself. It then writes
+the core's request log (sql/schema.py): a row per slot that answered, its rows counted and
+their ab_key values listed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging.lock import PackageLock
 
-INPUT_TABLE = "#tdsp_input"
 #: What the platform says of this mode (validate, push, render and status repeat it).
 PREDICT_NOTICE = (
     "T-SQL PREDICT is off by default and currently unavailable in Synapse dedicated SQL pools "
@@ -102,35 +102,8 @@ def create_traffic_table(target: SynapseTarget) -> str:
 
 
 def create_request_log_table(target: SynapseTarget) -> str:
-    """One row per row the procedure scored: when, which call (``request_id``), which slot and
-    version, the status (500: the scoring query failed), the row's ``ab_key`` value (NULL without
-    one), the call's time per row, and whether the call was pinned to a slot. A row per scored
-    row rather than a JSON list per call: the pool has no JSON escaping (STRING_ESCAPE)."""
-    table = tables(target).requests
-    return f"""IF OBJECT_ID(N'{table}', N'U') IS NULL
-CREATE TABLE {table} (
-    [endpoint] nvarchar(128) NOT NULL,
-    [t] datetime2 NOT NULL,
-    [request_id] nvarchar(64) NOT NULL,
-    [slot] {SLOT_TYPE} NOT NULL,
-    [version] nvarchar(64) NOT NULL,
-    [status] int NOT NULL,
-    [row_key] nvarchar(4000) NULL,
-    [latency_ms] float NULL,
-    [pinned] bit NOT NULL
-)
-WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
-"""
-
-
-def list_requests(target: SynapseTarget) -> str:
-    """Parameters: endpoint, since (datetime2, UTC). The request log's rows from then on, in
-    call order: (t, request_id, slot, version, status, row_key, latency_ms, pinned)."""
-    return (
-        "SELECT [t], [request_id], [slot], [version], [status], [row_key], [latency_ms], [pinned] "
-        f"FROM {tables(target).requests} WHERE [endpoint] = ? AND [t] >= ? "
-        "ORDER BY [t], [request_id];\n"
-    )
+    """The core's request log (sql/schema.py): one row per call and slot."""
+    return schema.create_request_log_table(tables(target))
 
 
 # --- the scoring procedure ------------------------------------------------------------------------
@@ -169,7 +142,7 @@ def bucket_expression(target: SynapseTarget, alias: str = "s", salt: str = "r.[s
     return f"CAST(SUBSTRING({digest}, 1, 4) AS bigint) * {BUCKETS} / CAST(4294967296 AS bigint)"
 
 
-def _dynamic(template: str, **variables: str) -> str:
+def dynamic(template: str, **variables: str) -> str:
     """``template`` as a concatenation of N'...' literals (quotes doubled) and the T-SQL variables
     its ``{name}`` fields stand for: the text of a dynamic query."""
     import re
@@ -213,21 +186,57 @@ def route_predict_query(target: SynapseTarget, endpoint: str, outputs: Sequence[
     )
 
 
-def request_log_query(target: SynapseTarget, endpoint: str) -> str:
-    """The dynamic INSERT of the request log: every row of ``{source}`` with the route its key
-    bucket chose (as the scoring query chose it), its ``ab_key`` text, and the call's time per
-    row. Its parameters: @request_id, @status, @elapsed_ms, @pinned."""
-    bucket = bucket_expression(target)
+def keys_expression(key: str | None) -> str:
+    """A slot's rows' keys as the request log keeps them (sql/schema.py), ``key`` being the text
+    of a row's ab_key (key_text): a JSON list of those texts -- quotes and backslashes escaped
+    by REPLACE, as the pool has no STRING_ESCAPE -- or NULL without ab_key (PREDICT's rows have
+    no order to number them by)."""
+    if key is None:
+        return "CAST(NULL AS nvarchar(max))"
+    text = f"REPLACE(REPLACE({key}, N'\\', N'\\\\'), N'\"', N'\\\"')"
+    return f"N'[' + STRING_AGG(CAST(N'\"' + {text} + N'\"' AS nvarchar(max)), N',') + N']'"
+
+
+def ab_key_text(target: SynapseTarget) -> str | None:
+    """The text of a row's ab_key (key_text), None without one."""
     columns = [c for c in target.inputs if target.ab_key and c.name.lower() == target.ab_key.lower()]
-    key = key_text(columns[0]) if columns else "CAST(NULL AS nvarchar(4000))"
-    return (
-        f"INSERT INTO {tables(target).requests} ([endpoint], [t], [request_id], [slot], [version], "
-        "[status], [row_key], [latency_ms], [pinned])\n"
-        f"SELECT {_literal(procedure(target, endpoint))}, GETUTCDATE(), @request_id, r.[slot], r.[version], "
-        f"@status, {key} AS [row_key],\n"
-        "    @elapsed_ms * 1.0 / COUNT(*) OVER (), @pinned\n"
-        f"FROM {{source}} AS s JOIN {ROUTES_TABLE} AS r ON {bucket} BETWEEN r.[low] AND r.[high] - 1;"
+    return key_text(columns[0]) if columns else None
+
+
+def request_log_query(target: SynapseTarget, endpoint: str) -> str:
+    """The dynamic INSERT of the request log (log_insert) for this target."""
+    return log_insert(
+        tables(target).requests, procedure(target, endpoint), ab_key_text(target), bucket_expression(target)
     )
+
+
+def log_insert(log: str, endpoint: str, key: str | None, bucket: str) -> str:
+    """The dynamic INSERT of the request log: a row per slot that answered (sql/schema.py), the
+    rows of ``{source}`` counted by the route their key ``bucket`` chose (as the scoring query
+    chose it), their ``key`` texts, and the call's time per row (one query scores every slot:
+    the pool cannot time them apart). Its parameters: @request_id, @status, @elapsed_ms,
+    @pinned, @error."""
+    return (
+        f"INSERT INTO {log} ({schema.request_log_columns()})\n"
+        f"SELECT {_literal(endpoint)}, GETUTCDATE(), @request_id, r.[slot], r.[version], @status, COUNT(*),\n"
+        f"    @elapsed_ms * 1.0 / SUM(COUNT(*)) OVER (), {keys_expression(key)}, @pinned, LEFT(@error, 2000)\n"
+        f"FROM {{source}} AS s JOIN {ROUTES_TABLE} AS r ON {bucket} BETWEEN r.[low] AND r.[high] - 1\n"
+        "GROUP BY r.[slot], r.[version];"
+    )
+
+
+def log_block(log: str) -> str:
+    """The procedure's lines that run the request log's INSERT (``log``: its dynamic text)."""
+    return f"""    -- A row per slot that answered into the request log (status 500 when the query failed),
+    -- then the failure, with the pool's message, to the caller.
+    DECLARE @log nvarchar(max) = {log};
+    DECLARE @elapsed_ms float, @pinned bit = CASE WHEN @slot IS NULL THEN 0 ELSE 1 END;
+    SET @elapsed_ms = DATEDIFF(millisecond, @started, GETUTCDATE());
+    EXEC sp_executesql @log,
+        N'@request_id nvarchar(64), @status int, @elapsed_ms float, @pinned bit, @error nvarchar(2048)',
+        @request_id = @request_id, @status = @status, @elapsed_ms = @elapsed_ms, @pinned = @pinned,
+        @error = @error;
+"""
 
 
 def query_label(target: SynapseTarget, endpoint: str) -> str:
@@ -247,21 +256,14 @@ def alter_procedure(target: SynapseTarget, endpoint: str, outputs: Sequence[_Col
     query; the query's other variable parts are route numbers the procedure counts itself."""
     traffic = tables(target).traffic
     key = _literal(procedure(target, endpoint))
-    rows = _dynamic(route_rows_query(target), k="@k", source="@source")
-    scored = _dynamic(route_predict_query(target, endpoint, outputs), k="@k")
+    rows = dynamic(route_rows_query(target), k="@k", source="@source")
+    scored = dynamic(route_predict_query(target, endpoint, outputs), k="@k")
     cumulative = "SUM([weight]) OVER (ORDER BY [slot] ROWS UNBOUNDED PRECEDING)"
     name = qualified_procedure(target, endpoint)
     logged = ""
     if target.request_log:
-        log = _dynamic(request_log_query(target, endpoint), source="@source")
-        logged = f"""    -- Every scored row into the request log (status 500 when the query failed), then the
-    -- failure, with the pool's message, to the caller.
-    DECLARE @log nvarchar(max) = {log};
-    DECLARE @elapsed_ms float, @pinned bit = CASE WHEN @slot IS NULL THEN 0 ELSE 1 END;
-    SET @elapsed_ms = DATEDIFF(millisecond, @started, GETUTCDATE());
-    EXEC sp_executesql @log, N'@request_id nvarchar(64), @status int, @elapsed_ms float, @pinned bit',
-        @request_id = @request_id, @status = @status, @elapsed_ms = @elapsed_ms, @pinned = @pinned;
-"""
+        log = dynamic(request_log_query(target, endpoint), source="@source")
+        logged = log_block(log)
     return f"""ALTER PROCEDURE {name} @input_table nvarchar(256), @slot {SLOT_TYPE} = NULL,
     @request_id nvarchar(64) = NULL
 AS

@@ -1,38 +1,30 @@
-"""A caller's side of the pool's scoring procedure: the batch that puts the request's rows in a
-#temp table and EXECs the procedure on it, and the procedure's result as the JSON answer (in the
-request's row order) with the slots that served it."""
+"""A caller's side of the pool's scoring procedure. What it adds to the core's call
+(sql/requests.scoring_call): how the request's rows get into the #temp table (numbered, in a
+ROUND_ROBIN heap), and the procedure's result as the JSON answer (in the request's row order)
+with the slots that served it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tdsp_deploy.backends.sql.requests import INPUT_TABLE
 from tdsp_deploy.backends.sql.rows import q
-from tdsp_deploy.backends.synapse.predict_tsql import (
-    INPUT_TABLE,
-    ROW_COLUMN,
-    VARIANT_COLUMN,
-    qualified_procedure,
-)
+from tdsp_deploy.backends.synapse.predict_tsql import ROW_COLUMN, VARIANT_COLUMN
 from tdsp_deploy.errors import BackendError
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.synapse.target import SynapseTarget
 
 
-def scoring_batch(
-    target: SynapseTarget,
-    endpoint: str,
-    rows: Sequence[Sequence[Any]],
-    *,
-    slot: str | None = None,
-    request_id: str | None = None,
-) -> tuple[str, list[Any]]:
-    """One batch: the rows into a #temp table with their numbers (``tdsp_row``: the answer comes
-    back in no particular order), values bound as ``?`` (one SELECT per row joined by UNION ALL),
-    EXEC of the procedure on it (``@slot``: NULL lets the split decide; ``@request_id`` names the
-    call in the request log), and the table dropped.
-    No rows: an empty table (the health probe). A #temp table lives as long as the session, so
+#: how the pool's procedure is told where a call's rows are
+INPUT_ARGUMENT = f"@input_table = N'{INPUT_TABLE}'"
+
+
+def input_rows(target: SynapseTarget, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+    """The rows into the #temp table with their numbers (``tdsp_row``: the answer comes back in
+    no particular order), values bound as ``?`` (one SELECT per row joined by UNION ALL). No
+    rows: an empty table (the health probe). A #temp table lives as long as the session, so
     each caller has its own."""
     names = ", ".join(q(c.name) for c in target.inputs)
     declared = ", ".join(f"{q(c.name)} {c.type}" for c in target.inputs)
@@ -51,12 +43,7 @@ def scoring_batch(
         lines.append(
             f"INSERT INTO {INPUT_TABLE} ({q(ROW_COLUMN)}, {names})\n" + "\nUNION ALL ".join(selects) + ";"
         )
-    lines += [
-        f"EXEC {qualified_procedure(target, endpoint)} @input_table = N'{INPUT_TABLE}',"
-        " @slot = ?, @request_id = ?;",
-        f"DROP TABLE {INPUT_TABLE};",
-    ]
-    return "\n".join(lines) + "\n", [*params, slot, request_id]
+    return lines, params
 
 
 def answer(columns: Sequence[str], rows: Sequence[Sequence[Any]], outputs: Sequence[Any]) -> dict[str, Any]:

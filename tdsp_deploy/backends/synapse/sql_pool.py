@@ -6,7 +6,8 @@ checked before any statement is sent. A dedicated SQL pool runs no DDL inside a 
 transaction, so a push creates the tables and a procedure stub outside one, inserts the model
 row and points the slot inside ONE transaction, then alters the procedure to the new outputs;
 a failure at any step undoes the earlier ones. Slots under one split answer the same outputs
-(one WITH clause). ``logs`` reads the pool's failed requests (sys.dm_pdw_exec_requests and
+(one WITH clause). The request log is the core's (a row per call and slot; a pool an earlier
+version logged per scored row is converted, sql_migrate.py). ``logs`` reads the pool's failed requests (sys.dm_pdw_exec_requests and
 sys.dm_pdw_errors: the last 10,000 requests); the lock is a file on this machine (the pool has
 no application locks).
 """
@@ -16,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from tdsp_deploy.backends.base import Capabilities, SlotStatus, no_progress
 from tdsp_deploy.backends.sql import rows as sql_rows
-from tdsp_deploy.backends.sql.backend import Answer, Batch, Rows, SqlBackend, timestamp
+from tdsp_deploy.backends.sql.backend import Answer, Rows, SqlBackend
 from tdsp_deploy.backends.sql.document import deployment_document, document_id, with_slot
 from tdsp_deploy.backends.sql.requests import check_traffic_request, request_rows
 from tdsp_deploy.backends.sql.target import Column
-from tdsp_deploy.backends.synapse.sql_calls import answer, scoring_batch, served_by
+from tdsp_deploy.backends.synapse.sql_calls import INPUT_ARGUMENT as TABLE_ARGUMENT
+from tdsp_deploy.backends.synapse.sql_calls import answer, input_rows, served_by
 from tdsp_deploy.backends.synapse.sql_connection import SqlPoolConnection
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, TdspError, UsageError
@@ -81,11 +83,19 @@ class SqlPoolBackend(SqlBackend):
     # the pool refusing a call (PREDICT failing, a permission) is an answer, not a crash
     CALL_REFUSALS = (DeploymentFailed, BackendError)
     SAMPLE_PURPOSE = " for the ONNX checks"
+    INPUT_ARGUMENT = TABLE_ARGUMENT
 
     def __init__(self, manifest: ManifestBase, *, progress: Progress = no_progress, connection: Any = None):
         super().__init__(manifest, progress=progress, connection=connection)
         self.target: SynapseTarget
         self._prepared: dict[str, PreparedModel] = {}
+
+    def _migrate(self, conn: Any) -> None:
+        """A pool whose request log an earlier version made (a row per scored row), brought to
+        the one shape (sql_migrate.py)."""
+        from tdsp_deploy.backends.synapse import sql_migrate
+
+        sql_migrate.migrate(conn, self.tables, self.tell)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         """A lock file per pool and endpoint on this machine: a dedicated SQL pool has no
@@ -196,35 +206,6 @@ class SqlPoolBackend(SqlBackend):
                 doing="alter the procedure to the serving version's outputs",
             )
 
-    def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        """The request log from ``since``: one record per scored row, as the A/B analysis reads
-        them (``id``: the row's ab_key value, else ``<request id>:<slot>:<n>``, n counting the
-        call's rows of that slot)."""
-        from tdsp_deploy.backends.synapse import predict_tsql
-
-        started = self._log_start(since)
-        if started is None:
-            return
-        rows = self.connection.execute(
-            predict_tsql.list_requests(self.target),
-            (self._key(), started),
-            doing="read the request log",
-        )
-        counted: dict[tuple[str, str], int] = {}
-        for t, request_id, slot, version, status, row_key, latency_ms, pinned in rows:
-            number = counted.get((request_id, slot), 0)
-            counted[(request_id, slot)] = number + 1
-            yield {
-                "kind": "live",
-                "t": timestamp(t),
-                "id": str(row_key) if row_key is not None else f"{request_id}:{slot}:{number}",
-                "deployment": str(slot),
-                "version": str(version),
-                "status": int(status),
-                "latency_ms": latency_ms,
-                "pinned": bool(pinned),
-            }
-
     def _remove_endpoint(self) -> None:
         """The procedure and its rows (and the tables when no other endpoint's rows are left in them)."""
         from tdsp_deploy.backends.synapse import predict_tsql
@@ -291,8 +272,8 @@ class SqlPoolBackend(SqlBackend):
         return prepared
 
     # -- what the core asks of this engine --------------------------------------------------
-    def _scoring_batch(self, rows: Sequence[Sequence[Any]], slot: str | None, request: str | None) -> Batch:
-        return scoring_batch(self.target, self.manifest.name, rows, slot=slot, request_id=request)
+    def _input_rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[Any]]:
+        return input_rows(self.target, rows)
 
     def _answer(self, columns: list[str], result: Rows, slot: str | None, serving: dict[str, Any]) -> Answer:
         return answer(columns, result, self.target.outputs), served_by(columns, result)

@@ -260,7 +260,7 @@ class SynapseTarget(SqlTargetBase):
     )
     request_log_table: Identifier = Field(
         default=sql_target.REQUEST_LOG_TABLE,
-        description="One row per scored row: slot, version, status, key (`ab`).",
+        description=sql_target.REQUEST_LOG_DESCRIPTION,
     )
     request_log: bool = Field(
         default=True,

@@ -1,9 +1,8 @@
 -- tdsp-deploy: create_request_log_table
 IF OBJECT_ID(N'[dbo].[tdsp_requests]', N'U') IS NULL
 CREATE TABLE [dbo].[tdsp_requests] (
-    [id] bigint IDENTITY(1, 1) PRIMARY KEY,
     [endpoint] nvarchar(128) NOT NULL,
-    [t] datetime2 NOT NULL DEFAULT SYSUTCDATETIME(),
+    [t] datetime2 NOT NULL,
     [request_id] nvarchar(64) NOT NULL,
     [slot] nvarchar(64) NOT NULL,
     [version] nvarchar(64) NOT NULL,

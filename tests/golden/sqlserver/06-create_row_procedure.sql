@@ -207,9 +207,9 @@ except Exception:
     END;
     -- One row per slot that answered, for `tdsp-deploy ab analyze` and `tdsp-deploy logs`.
     INSERT INTO [dbo].[tdsp_requests]
-        ([endpoint], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
-    SELECT @endpoint, @request_id, [slot], [version], [status], [row_count], [latency_ms], [row_keys],
-        CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
+        ([endpoint], [t], [request_id], [slot], [version], [status], [row_count], [latency_ms], [row_keys], [pinned], [message])
+    SELECT @endpoint, SYSUTCDATETIME(), @request_id, [slot], [version], [status], [row_count], [latency_ms],
+        [row_keys], CASE WHEN @slot IS NULL THEN 0 ELSE 1 END, [message]
     FROM OPENJSON(@request_log)
     WITH ([slot] nvarchar(64), [version] nvarchar(64), [status] int, [row_count] int, [latency_ms] float,
         [row_keys] nvarchar(max) AS JSON, [message] nvarchar(2000));

@@ -6,8 +6,10 @@ CREATE TABLE [dbo].[tdsp_requests] (
     [slot] nvarchar(64) NOT NULL,
     [version] nvarchar(64) NOT NULL,
     [status] int NOT NULL,
-    [row_key] nvarchar(4000) NULL,
+    [row_count] int NOT NULL,
     [latency_ms] float NULL,
-    [pinned] bit NOT NULL
+    [row_keys] nvarchar(max) NULL,
+    [pinned] bit NOT NULL,
+    [message] nvarchar(2000) NULL
 )
 WITH (DISTRIBUTION = ROUND_ROBIN, HEAP);
