@@ -15,6 +15,7 @@ Loaded by slot_server.py as ``gunicorn -c python:tdsp_deploy.backends.local.slot
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 import time
@@ -88,8 +89,21 @@ def start_watchdog(log: Any) -> Watchdog:
     return watchdog
 
 
+def settle_after_init() -> None:
+    """Called once a worker has run init() and is about to serve: what exists now (the
+    modules, the server's app, the user's model) lives as long as the worker, so the cyclic
+    garbage collector is told to stop walking it. Python's full collection otherwise walks
+    every one of those objects (about 180,000 for a scikit-learn model loaded with mlflow)
+    every so many thousand requests, a pause of tens of milliseconds on the request that
+    triggers it (BENCHMARKS.md, "Serving: the slot's share"). Reference counting still frees
+    them; only a reference cycle among them made garbage later would stay (a run() that
+    replaces a model with cycles, which a worker's restart frees)."""
+    gc.freeze()
+
+
 def post_worker_init(worker: Any) -> None:
     global _watchdog
+    settle_after_init()
     _watchdog = start_watchdog(worker.log)
     from tdsp_deploy.backends.local.slot_guard import guarded
 
