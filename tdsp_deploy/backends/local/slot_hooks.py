@@ -1,4 +1,5 @@
-"""gunicorn hooks of a slot's workers: the scoring time limit, kept under the threaded worker.
+"""gunicorn hooks of a slot's workers: the scoring time limit, kept under the threaded worker;
+and, under either HTTP server, the collector told to skip what init() left (settle_after_init).
 
 Under gunicorn's sync worker the inference server limits run() with SIGALRM (its
 SCORING_TIMEOUT_MS); a signal reaches only the main thread, and the threaded worker that gives
@@ -92,12 +93,11 @@ def start_watchdog(log: Any) -> Watchdog:
 def settle_after_init() -> None:
     """Called once a worker has run init() and is about to serve: what exists now (the
     modules, the server's app, the user's model) lives as long as the worker, so the cyclic
-    garbage collector is told to stop walking it. Python's full collection otherwise walks
-    every one of those objects (about 180,000 for a scikit-learn model loaded with mlflow)
-    every so many thousand requests, a pause of tens of milliseconds on the request that
-    triggers it (BENCHMARKS.md, "Serving: the slot's share"). Reference counting still frees
-    them; only a reference cycle among them made garbage later would stay (a run() that
-    replaces a model with cycles, which a worker's restart frees)."""
+    garbage collector is told to stop walking it. A full collection otherwise walks every one
+    of those objects, hundreds of thousands with mlflow loaded, and the request that triggers
+    it waits (BENCHMARKS.md, "Serving: the slot's share"). Reference counting still frees
+    them; only a reference cycle among them made garbage later would stay until the worker
+    restarts (a run() that replaces a model holding cycles)."""
     gc.freeze()
 
 
