@@ -34,7 +34,8 @@ def init():
 
 def run(raw_data):
     print("run printed this")
-    return seen
+    # objects the worker held once init() had run, which the garbage collector no longer walks
+    return {**seen, "frozen_after_init": __import__("gc").get_freeze_count()}
 """
 
 
@@ -98,6 +99,9 @@ def test_the_deployment_sees_azure_mls_layout_and_none_of_the_clis_environment(
         assert Path(seen["model_dir"]) == app_root.parent / "azureml-models" / "iris-model" / "3"
         assert seen["entry_script"] == seen["file"] == str(app_root / "score.py")
         assert seen["sibling"] == "beside the script" and seen["opened"] == "in the code folder"
+        # the worker set aside what init() left (the modules, the model) before serving: a full
+        # collection no longer walks it (BENCHMARKS.md, "Serving: the slot's share")
+        assert seen["frozen_after_init"] > 10_000, seen["frozen_after_init"]
 
         # status: the deployment's environment (here the CLI's own, "shared") and its Python
         details = cli("status", manifest, "--json").json()["slots"][0]["details"]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tdsp_deploy.backends.local.slot_guard import guarded
-from tdsp_deploy.backends.local.slot_hooks import Watchdog, start_watchdog
+from tdsp_deploy.backends.local.slot_hooks import Watchdog, settle_after_init, start_watchdog
 from tdsp_deploy.backends.local.slot_server import BOOT_EXIT_FILE
 
 WHOLE_BODY_MAX = 1024 * 1024  # bytes: answers up to this length go to granian in one piece
@@ -98,3 +98,4 @@ class ScoringTimeLimit:
 
 # Only the router may call this slot (slot_guard.py).
 app = guarded(ScoringTimeLimit(_load_server_app(), start_watchdog(logging.getLogger("azmlinfsrv"))))
+settle_after_init()  # init() has run: the model and the modules stay for the worker's life

@@ -1,4 +1,5 @@
-"""gunicorn hooks of a slot's workers: the scoring time limit, kept under the threaded worker.
+"""gunicorn hooks of a slot's workers: the scoring time limit, kept under the threaded worker;
+and, under either HTTP server, the collector told to skip what init() left (settle_after_init).
 
 Under gunicorn's sync worker the inference server limits run() with SIGALRM (its
 SCORING_TIMEOUT_MS); a signal reaches only the main thread, and the threaded worker that gives
@@ -15,6 +16,7 @@ Loaded by slot_server.py as ``gunicorn -c python:tdsp_deploy.backends.local.slot
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 import time
@@ -88,8 +90,20 @@ def start_watchdog(log: Any) -> Watchdog:
     return watchdog
 
 
+def settle_after_init() -> None:
+    """Called once a worker has run init() and is about to serve: what exists now (the
+    modules, the server's app, the user's model) lives as long as the worker, so the cyclic
+    garbage collector is told to stop walking it. A full collection otherwise walks every one
+    of those objects, hundreds of thousands with mlflow loaded, and the request that triggers
+    it waits (BENCHMARKS.md, "Serving: the slot's share"). Reference counting still frees
+    them; only a reference cycle among them made garbage later would stay until the worker
+    restarts (a run() that replaces a model holding cycles)."""
+    gc.freeze()
+
+
 def post_worker_init(worker: Any) -> None:
     global _watchdog
+    settle_after_init()
     _watchdog = start_watchdog(worker.log)
     from tdsp_deploy.backends.local.slot_guard import guarded
 
