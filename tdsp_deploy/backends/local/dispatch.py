@@ -83,7 +83,7 @@ class Dispatch:
         self.shadows_in_flight = 0
 
     async def answer(self, request: Request) -> Reply:
-        path = request.url.split(b"?", 1)[0]
+        path = request.path
         keep = request.keep_alive
         if path == b"/" and request.method in (b"GET", b"HEAD"):
             return parts(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)

@@ -49,6 +49,19 @@ _ID_PREFIX = os.urandom(8).hex().encode()
 _id_numbers = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
+# Request headers the router acts on (the rest it only passes on), by what it does with them.
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_LENGTH, _PIN, _REQUEST_ID, _EXPECT, _CONNECTION = range(7)
+_NOTED = {
+    b"authorization": _AUTHORIZATION,
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _CONTENT_LENGTH,
+    PIN_HEADER: _PIN,
+    REQUEST_ID: _REQUEST_ID,
+    b"expect": _EXPECT,
+    b"connection": _CONNECTION,
+}
+
+
 class Refused(Exception):
     """Raised inside a parser callback to stop parsing a request already answered."""
 
@@ -79,6 +92,8 @@ class Request:
         "upstream",
         "deployment",
         "status",
+        "path",
+        "oversized",
     )
 
     def __init__(self) -> None:
@@ -110,6 +125,8 @@ class Request:
         # (metrics.py) once the answer is written, off the path of the answer itself.
         self.deployment: str | None = None
         self.status = 0
+        self.path = b""  # the target without its query
+        self.oversized = False  # a Content-Length past the endpoint's limit
 
 
 class ClientConnection(asyncio.Protocol):
@@ -285,24 +302,29 @@ class ClientConnection(asyncio.Protocol):
             self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
             raise Refused
         lname = name.lower()
-        if lname == b"authorization":
+        kind = _NOTED.get(lname)  # one lookup for most headers, which the router only passes on
+        if kind is None:
+            if lname == self.router.sticky_header:
+                request.sticky = value
+        elif kind == _AUTHORIZATION:
             request.authorization.append(value)
             return
-        if lname == PIN_HEADER:
-            request.pin = value.strip()
-        elif lname == b"content-type":
+        elif kind == _CONTENT_TYPE:
             request.content_type = value
-        elif lname == REQUEST_ID:
+        elif kind == _CONTENT_LENGTH:
+            if value.isdigit() and int(value) > self.router.config.max_request_bytes:
+                request.oversized = True  # a 413, once the credential is checked
+        elif kind == _PIN:
+            request.pin = value.strip()
+        elif kind == _REQUEST_ID:
             if 0 < len(value) <= MAX_REQUEST_ID:  # the inference server refuses longer ids
                 request.request_id = value
             return
-        elif lname == b"expect":
+        elif kind == _EXPECT:
             request.expect = value
-        elif lname == b"connection":
+        else:  # Connection
             tokens = {token.strip().lower() for token in value.split(b",")}
             request.connection_tokens = request.connection_tokens | tokens
-        elif lname == self.router.sticky_header:
-            request.sticky = value
         request.headers.append((lname, value))
 
     def on_headers_complete(self) -> None:
@@ -314,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
         request.method = self.parser.get_method()
         request.keep_alive = self.parser.should_keep_alive()
         request.http11 = self.parser.get_http_version() == "1.1"
-        path = request.url.split(b"?", 1)[0]
+        request.path = path = request.url.split(b"?", 1)[0]
         refusal = self.router.credentials.refusal(
             admission.needed(request.method, path), request.authorization
         )
@@ -325,14 +347,9 @@ class ClientConnection(asyncio.Protocol):
         if b"upgrade" in request.connection_tokens and any(n == b"upgrade" for n, _ in request.headers):
             self._fail(400, "protocol upgrades are not supported")  # before it is queued and sent on
             raise Refused
-        for name, value in request.headers:
-            if (
-                name == b"content-length"
-                and value.isdigit()
-                and int(value) > self.router.config.max_request_bytes
-            ):
-                self._too_large()
-                raise Refused
+        if request.oversized:
+            self._too_large()
+            raise Refused
         if request.expect is not None:
             self._expect_continue(request)
         self._arm_timer(BODY_READ_TIMEOUT_S)
