@@ -24,6 +24,7 @@ import time
 from json.scanner import make_scanner
 from typing import TYPE_CHECKING
 
+from tdsp_deploy.backends.local.deadlines import Deadlines
 from tdsp_deploy.backends.local.http1 import Request
 from tdsp_deploy.backends.local.responses import (
     JSON_TYPE,
@@ -81,6 +82,7 @@ class Dispatch:
     def __init__(self, router: Router):
         self.router = router
         self.shadows_in_flight = 0
+        self.deadlines = Deadlines()
 
     async def answer(self, request: Request) -> Reply:
         path = request.path
@@ -238,16 +240,10 @@ class Dispatch:
             for shadow in shadows:
                 if shadow.name not in router.draining:
                     self.start_shadow(shadow, request, live, timeout_s)
-        # One timer for connect + answer (cheaper than a wait_for wrapper on every request).
-        task = asyncio.current_task()
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()  # type: ignore[union-attr]
-
-        timer = loop.call_later(timeout_s, expire)
+        # One limit for connect + answer, kept with every other request's (deadlines.py).
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        deadlines = self.deadlines
+        deadlines.watch(task, loop, timeout_s)
         pool.started()
         streaming = False
         try:
@@ -259,7 +255,7 @@ class Dispatch:
                 if not answer.stream.done:
                     answer.stream.on_done(loop.call_later(timeout_s, answer.stream.abandon).cancel)
         except asyncio.CancelledError:
-            if not expired:
+            if not deadlines.release(task):
                 raise  # the client went away: nothing to answer
             message = (
                 f"deployment '{pool.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
@@ -276,7 +272,7 @@ class Dispatch:
                 live.cancel()  # the shadows stop waiting for a live answer that will not come
             raise
         finally:
-            timer.cancel()
+            deadlines.release(task)
             if not streaming:
                 pool.finished()
         if live is not None:
