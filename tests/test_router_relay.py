@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import socketserver
-import threading
 
 import pytest
-from router_harness import AUTH, routers_for_test
+from router_harness import AUTH, RawSlotServer, read_request, routers_for_test
 
 
 @pytest.fixture
@@ -19,25 +18,13 @@ def make_router(tmp_path):  # type: ignore[no-untyped-def]
     yield from routers_for_test(tmp_path)
 
 
-class HeaderSlot(socketserver.ThreadingTCPServer):
+class HeaderSlot(RawSlotServer):
     """A keep-alive HTTP/1.1 upstream that answers the n-th request on a connection with the
     n-th head of ``heads`` (cycling) and a body naming the request's own x-request-id."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
     def __init__(self, heads: list[bytes]):
         self.heads = heads
-        super().__init__(("127.0.0.1", 0), HeaderSlotHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        super().__init__(HeaderSlotHandler)
 
 
 class HeaderSlotHandler(socketserver.BaseRequestHandler):
@@ -45,20 +32,10 @@ class HeaderSlotHandler(socketserver.BaseRequestHandler):
         server: HeaderSlot = self.server  # type: ignore[assignment]
         buffered, answered = b"", 0
         while True:
-            while b"\r\n\r\n" not in buffered:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, buffered = buffered.split(b"\r\n\r\n", 1)
-            fields = {}
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                fields[name.strip().lower()] = value.strip()
-            length = int(fields.get(b"content-length", b"0"))
-            while len(buffered) < length:
-                buffered += self.request.recv(65536)
-            buffered = buffered[length:]
+            request = read_request(self.request, buffered)
+            if request is None:
+                return
+            _, fields, _, buffered = request
             body = json.dumps({"id": fields[b"x-request-id"].decode()}).encode()
             own = server.heads[answered % len(server.heads)]
             answered += 1
