@@ -16,6 +16,7 @@ The parts, each in its module:
 - admission.py: what a request may cost before it is admitted, and which key opens what;
 - dispatch.py: what an admitted request gets (control routes, slot choice, retries, mirrors);
 - upstream.py: the connections to the slots (pools, 1xx, streams, back-off);
+- deadlines.py: the time limit on every request to a slot, kept by one timer;
 - this module: the shared state (routes, keys, pools, client connections, drains) and the
   process (signals, start, stop).
 
