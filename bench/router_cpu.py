@@ -168,13 +168,16 @@ async def _drive(requests: int, make: Any) -> float:
     return (time.process_time() - started) / requests
 
 
+def rounds_and_requests() -> tuple[int, int]:
+    """From the command line: 3 rounds of 5,000 requests with --quick, else 5 of 20,000."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    options = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    options.add_argument("--quick", action="store_true", help="3 rounds of 5,000 requests, not 5 of 20,000")
+    return (3, 5_000) if options.parse_args().quick else (5, 20_000)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 5,000 requests, not 5 of 20,000")
-    args = parser.parse_args()
-    rounds, requests = (3, 5_000) if args.quick else (5, 20_000)
+    rounds, requests = rounds_and_requests()
     ours_s, peer_s = [], []
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-cpu-") as tmp:
         for round_ in range(rounds):
