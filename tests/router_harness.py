@@ -7,6 +7,7 @@ import http.client
 import http.server
 import json
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -70,6 +71,50 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
 
 class KeepAliveEchoHandler(EchoHandler):
     protocol_version = "HTTP/1.1"  # keeps connections open, as a threaded gunicorn worker does
+
+
+class RawSlotServer(socketserver.ThreadingTCPServer):
+    """A keep-alive HTTP/1.1 upstream written by hand, so that a test decides every byte a slot
+    sends (``handler`` reads requests with read_request); serves from a thread of its own."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, handler: type[socketserver.BaseRequestHandler]):
+        super().__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def read_request(
+    sock: socket.socket, buffered: bytes
+) -> tuple[bytes, dict[bytes, bytes], bytes, bytes] | None:
+    """The next request on a slot's connection: (head, its fields by lower-cased name, body,
+    the bytes read past it); None once the router closed the connection."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffered += chunk
+    head, buffered = buffered.split(b"\r\n\r\n", 1)
+    fields = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    length = int(fields.get(b"content-length", b"0"))
+    while len(buffered) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffered += chunk
+    return head, fields, buffered[:length], buffered[length:]
 
 
 class RouterProcess:

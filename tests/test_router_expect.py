@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from router_harness import AUTH, KEY, routers_for_test
+from router_harness import AUTH, KEY, RawSlotServer, read_request, routers_for_test
 
 
 @pytest.fixture
@@ -20,26 +19,14 @@ def make_router(tmp_path):  # type: ignore[no-untyped-def]
     yield from routers_for_test(tmp_path)
 
 
-class RawSlot(socketserver.ThreadingTCPServer):
+class RawSlot(RawSlotServer):
     """A keep-alive HTTP/1.1 upstream that answers each request with its body echoed, after
     ``interim`` (raw 1xx answers, sent before it), and followed by ``trailing`` bytes."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, *, interim: bytes = b"", trailing: bytes = b"", delay: float = 0.0):
         self.interim, self.trailing, self.delay = interim, trailing, delay
         self.heads: list[bytes] = []
-        super().__init__(("127.0.0.1", 0), RawSlotHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        super().__init__(RawSlotHandler)
 
 
 class RawSlotHandler(socketserver.BaseRequestHandler):
@@ -47,24 +34,11 @@ class RawSlotHandler(socketserver.BaseRequestHandler):
         server: RawSlot = self.server  # type: ignore[assignment]
         buffered = b""
         while True:
-            while b"\r\n\r\n" not in buffered:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, buffered = buffered.split(b"\r\n\r\n", 1)
+            request = read_request(self.request, buffered)
+            if request is None:
+                return
+            head, _, body, buffered = request
             server.heads.append(head)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(buffered) < length:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            body, buffered = buffered[:length], buffered[length:]
             if server.interim:
                 self.request.sendall(server.interim)
             if server.delay:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from echo_endpoint import read_answer
-from router_harness import KEY, routers_for_test
+from router_harness import KEY, RawSlotServer, read_request, routers_for_test
 
 GAP_S = 0.6
 
@@ -22,21 +22,13 @@ def make_router(tmp_path):  # type: ignore[no-untyped-def]
     yield from routers_for_test(tmp_path)
 
 
-class StreamingSlot(socketserver.ThreadingTCPServer):
+class StreamingSlot(RawSlotServer):
     """Answers POST /stream with three chunks GAP_S apart (chunked), anything else whole; a
     keep-alive HTTP/1.1 server, counting the connections it was given."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
     def __init__(self) -> None:
         self.connections = 0
-        super().__init__(("127.0.0.1", 0), StreamingHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
+        super().__init__(StreamingHandler)
 
 
 class StreamingHandler(socketserver.BaseRequestHandler):
@@ -45,20 +37,10 @@ class StreamingHandler(socketserver.BaseRequestHandler):
         server.connections += 1
         buffered = b""
         while True:
-            while b"\r\n\r\n" not in buffered:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, buffered = buffered.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(buffered) < length:
-                buffered += self.request.recv(65536)
-            buffered = buffered[length:]
+            request = read_request(self.request, buffered)
+            if request is None:
+                return
+            head, _, _, buffered = request
             if head.startswith(b"POST /until-close "):  # no length, no chunks: the close ends it
                 self.request.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"

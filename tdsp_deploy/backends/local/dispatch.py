@@ -21,10 +21,19 @@ import asyncio
 import json
 import logging
 import time
+from json.scanner import make_scanner
 from typing import TYPE_CHECKING
 
-from tdsp_deploy.backends.local.http1 import PIN_HEADER, REQUEST_ID, Request
-from tdsp_deploy.backends.local.responses import JSON_TYPE, REASONS, message_body, parts
+from tdsp_deploy.backends.local.deadlines import Deadlines
+from tdsp_deploy.backends.local.http1 import Request
+from tdsp_deploy.backends.local.responses import (
+    JSON_TYPE,
+    PIN_HEADER,
+    REASONS,
+    REQUEST_ID,
+    message_body,
+    parts,
+)
 from tdsp_deploy.backends.local.routes import SlotRoute
 from tdsp_deploy.backends.local.upstream import (
     BodyStream,
@@ -63,9 +72,6 @@ HOP_BY_HOP = frozenset(
         PIN_HEADER,
     }
 )
-RESPONSE_DROP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", PIN_HEADER, REQUEST_ID}
-)
 
 Reply = tuple[bytes, "bytes | BodyStream"]
 
@@ -76,9 +82,10 @@ class Dispatch:
     def __init__(self, router: Router):
         self.router = router
         self.shadows_in_flight = 0
+        self.deadlines = Deadlines()
 
     async def answer(self, request: Request) -> Reply:
-        path = request.url.split(b"?", 1)[0]
+        path = request.path
         keep = request.keep_alive
         if path == b"/" and request.method in (b"GET", b"HEAD"):
             return parts(200, [(b"Content-Type", b"text/plain")], b"Healthy", keep_alive=keep)
@@ -233,28 +240,22 @@ class Dispatch:
             for shadow in shadows:
                 if shadow.name not in router.draining:
                     self.start_shadow(shadow, request, live, timeout_s)
-        # One timer for connect + answer (cheaper than a wait_for wrapper on every request).
-        task = asyncio.current_task()
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()  # type: ignore[union-attr]
-
-        timer = loop.call_later(timeout_s, expire)
+        # One limit for connect + answer, kept with every other request's (deadlines.py).
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        deadlines = self.deadlines
+        deadlines.watch(task, loop, timeout_s)
         pool.started()
         streaming = False
         try:
             answer = await pool.exchange(upstream_head(request, pool.secret_line), request.body)
-            request.answer_times = (answer.sent, answer.answered, answer.fresh)
+            request.upstream = answer
             if answer.stream is not None:  # in flight until its last chunk
                 streaming = True
                 answer.stream.on_done(pool.finished)
                 if not answer.stream.done:
                     answer.stream.on_done(loop.call_later(timeout_s, answer.stream.abandon).cancel)
         except asyncio.CancelledError:
-            if not expired:
+            if not deadlines.release(task):
                 raise  # the client went away: nothing to answer
             message = (
                 f"deployment '{pool.name}' did not answer within {timeout_s:g} s (target.request_timeout_ms)"
@@ -271,7 +272,7 @@ class Dispatch:
                 live.cancel()  # the shadows stop waiting for a live answer that will not come
             raise
         finally:
-            timer.cancel()
+            deadlines.release(task)
             if not streaming:
                 pool.finished()
         if live is not None:
@@ -279,19 +280,15 @@ class Dispatch:
         return answer
 
     def _relay(self, request: Request, slot: SlotRoute, answer: UpstreamAnswer) -> Reply:
-        self.router.measurements.live(
-            slot.name,
-            answer.status,
-            time.perf_counter() - request.started,
-            request.request_id.decode("latin-1"),  # type: ignore[union-attr]
-            request.pin is not None,
+        # Counted and logged once written (http1.py), in the name of this slot.
+        request.deployment, request.status = slot.name, answer.status
+        # A slot's headers come without the hop-by-hop ones (upstream.py), save any its
+        # Connection header named; the router's own answers have none of either.
+        dropped = answer.dropped
+        headers = (
+            [(n, v) for n, v in answer.headers if n.lower() not in dropped] if dropped else answer.headers
         )
-        drop = RESPONSE_DROP
-        for name, value in answer.headers:
-            if name.lower() == b"connection":  # and the headers it names (RFC 9110 7.6.1)
-                drop = drop | {token.strip().lower() for token in value.split(b",")}
-        headers = [(n, v) for n, v in answer.headers if n.lower() not in drop]
-        headers += [(PIN_HEADER, slot.name.encode()), (REQUEST_ID, request.request_id)]  # type: ignore[list-item]
+        headers = [*headers, (PIN_HEADER, slot.name.encode()), (REQUEST_ID, request.request_id)]  # type: ignore[list-item]
         if answer.stream is not None:
             if not request.http11:  # no chunked framing: the end of the body is the end of the connection
                 request.keep_alive = False
@@ -302,9 +299,17 @@ class Dispatch:
                 keep_alive=request.keep_alive,
                 reason=answer.reason,
                 streamed=True,
+                typed=answer.typed,
             )
             return head, answer.stream
-        return parts(answer.status, headers, answer.body, keep_alive=request.keep_alive, reason=answer.reason)
+        return parts(
+            answer.status,
+            headers,
+            answer.body,
+            keep_alive=request.keep_alive,
+            reason=answer.reason,
+            typed=answer.typed,
+        )
 
     def _refuse(self, request: Request, slot: SlotRoute, refusal: tuple[int, str]) -> Reply:
         """The answer the slot's inference server would give to a body it cannot take."""
@@ -370,6 +375,8 @@ class Dispatch:
 
 
 _parse_json = json.JSONDecoder().decode
+_scan_json = make_scanner(json.JSONDecoder())  # one value from an index: (value, end)
+_JSON_SPACE = " \t\n\r"
 
 
 def is_json_type(content_type: bytes) -> bool:
@@ -400,7 +407,8 @@ def body_refusal(request: Request) -> tuple[int, str] | None:
         text = body.decode("utf-8")
         if text.startswith("\ufeff"):  # json.loads in run() refuses it too
             return 400, "the request body starts with a byte order mark: send JSON in UTF-8 without one"
-        _parse_json(text)
+        if not _well_formed(text):
+            _parse_json(text)  # raises, saying where (a body _well_formed is unsure of passes here)
     except json.JSONDecodeError as exc:
         return 400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
     except UnicodeDecodeError as exc:
@@ -408,6 +416,17 @@ def body_refusal(request: Request) -> tuple[int, str] | None:
     except RecursionError:
         return None  # valid as far as the router can tell; nested too deeply to walk here
     return None
+
+
+def _well_formed(text: str) -> bool:
+    """True when ``text`` is one JSON value, with nothing but JSON's whitespace after it, and
+    no whitespace before it (the usual body): the scanner alone, without ``decode``'s two
+    regular-expression matches. False when unsure (leading whitespace) or not JSON at all."""
+    try:
+        _, end = _scan_json(text, 0)
+    except (StopIteration, json.JSONDecodeError):
+        return False
+    return end == len(text) or not text[end:].strip(_JSON_SPACE)
 
 
 def upstream_head(request: Request, secret_line: bytes = b"") -> bytes:

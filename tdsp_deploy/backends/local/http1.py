@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING
 import httptools
 
 from tdsp_deploy.backends.local import admission
-from tdsp_deploy.backends.local.responses import message_body, parts, response
-from tdsp_deploy.backends.local.upstream import BodyStream
+from tdsp_deploy.backends.local.responses import PIN_HEADER, REQUEST_ID, message_body, parts, response
+from tdsp_deploy.backends.local.upstream import BodyStream, UpstreamAnswer
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.local.router import Router
 
 log = logging.getLogger("tdsp_deploy.router")
 
-PIN_HEADER = b"azureml-model-deployment"
-REQUEST_ID = b"x-request-id"
 MAX_REQUEST_ID = 100
 KEEPALIVE_TIMEOUT_S = 75.0
 BODY_READ_TIMEOUT_S = 60.0
@@ -49,6 +47,19 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # counting half, so they never repeat and cost no system call each (os.urandom did).
 _ID_PREFIX = os.urandom(8).hex().encode()
 _id_numbers = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+# Request headers the router acts on (the rest it only passes on), by what it does with them.
+_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_LENGTH, _PIN, _REQUEST_ID, _EXPECT, _CONNECTION = range(7)
+_NOTED = {
+    b"authorization": _AUTHORIZATION,
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _CONTENT_LENGTH,
+    PIN_HEADER: _PIN,
+    REQUEST_ID: _REQUEST_ID,
+    b"expect": _EXPECT,
+    b"connection": _CONNECTION,
+}
 
 
 class Refused(Exception):
@@ -78,7 +89,11 @@ class Request:
         "begun",
         "served",
         "picked",
-        "answer_times",
+        "upstream",
+        "deployment",
+        "status",
+        "path",
+        "oversized",
     )
 
     def __init__(self) -> None:
@@ -101,11 +116,17 @@ class Request:
         self.expect: bytes | None = None  # the Expect header; b"" once 100 Continue is sent or moot
         self.connection_tokens: frozenset[bytes] = frozenset()  # headers named in Connection:
         # perf_counter() stamps for timing.py: first byte parsed, task started, slot being
-        # picked; and the slot's (sent, answered, fresh) once one answered
+        # picked; and the slot's answer (its own stamps) once one answered
         self.begun = 0.0
         self.served = 0.0
         self.picked = 0.0
-        self.answer_times: tuple[float, float, bool] | None = None
+        self.upstream: UpstreamAnswer | None = None
+        # The deployment an answer was given for and its status: counted and logged
+        # (metrics.py) once the answer is written, off the path of the answer itself.
+        self.deployment: str | None = None
+        self.status = 0
+        self.path = b""  # the target without its query
+        self.oversized = False  # a Content-Length past the endpoint's limit
 
 
 class ClientConnection(asyncio.Protocol):
@@ -126,7 +147,14 @@ class ClientConnection(asyncio.Protocol):
         self.stopped = False  # nothing more is read: the last request came, or a refusal waits its turn
         self.deferred: tuple[int, str, list[tuple[bytes, bytes]] | None] | None = None
         self.lingering = 0  # bytes dropped after a refusal, +1
+        # One timer for the connection's time limits (head, body, keep-alive, linger): a limit
+        # set later than the armed timer only moves ``deadline``, and the timer, when it fires,
+        # waits on until the deadline then in force. So a request on a kept-alive connection
+        # arms no timer of its own (three per request did, each a call_later and a cancel).
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # loop.time() the armed timer fires at
+        self.deadline = 0.0  # loop.time() the current limit runs out; 0.0: none
+        self.reading_paused = False  # paused for too many pipelined requests
         self.writable = asyncio.Event()
         self.writable.set()
         self.accepted_at = 0.0  # perf_counter() at accept, until the first request begins
@@ -180,9 +208,25 @@ class ClientConnection(asyncio.Protocol):
             self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
 
     def _arm_timer(self, seconds: float) -> None:
-        if self.timer:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(seconds, self._timed_out)
+        at = self.loop.time() + seconds
+        self.deadline = at
+        if self.timer is None or self.timer_at > at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(at, self._timer_fired)
+            self.timer_at = at
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if not deadline:
+            return
+        if self.loop.time() < deadline:  # a later limit replaced the one this timer was armed for
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
+            self.timer_at = deadline
+            return
+        self.deadline = 0.0
+        self._timed_out()
 
     def _timed_out(self) -> None:
         if self.lingering:  # the refused client had its time to read the refusal
@@ -258,24 +302,29 @@ class ClientConnection(asyncio.Protocol):
             self._fail(431, f"request head larger than {admission.MAX_HEAD_BYTES} bytes")
             raise Refused
         lname = name.lower()
-        if lname == b"authorization":
+        kind = _NOTED.get(lname)  # one lookup for most headers, which the router only passes on
+        if kind is None:
+            if lname == self.router.sticky_header:
+                request.sticky = value
+        elif kind == _AUTHORIZATION:
             request.authorization.append(value)
             return
-        if lname == PIN_HEADER:
-            request.pin = value.strip()
-        elif lname == b"content-type":
+        elif kind == _CONTENT_TYPE:
             request.content_type = value
-        elif lname == REQUEST_ID:
+        elif kind == _CONTENT_LENGTH:
+            if value.isdigit() and int(value) > self.router.config.max_request_bytes:
+                request.oversized = True  # a 413, once the credential is checked
+        elif kind == _PIN:
+            request.pin = value.strip()
+        elif kind == _REQUEST_ID:
             if 0 < len(value) <= MAX_REQUEST_ID:  # the inference server refuses longer ids
                 request.request_id = value
             return
-        elif lname == b"expect":
+        elif kind == _EXPECT:
             request.expect = value
-        elif lname == b"connection":
+        else:  # Connection
             tokens = {token.strip().lower() for token in value.split(b",")}
             request.connection_tokens = request.connection_tokens | tokens
-        elif lname == self.router.sticky_header:
-            request.sticky = value
         request.headers.append((lname, value))
 
     def on_headers_complete(self) -> None:
@@ -287,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
         request.method = self.parser.get_method()
         request.keep_alive = self.parser.should_keep_alive()
         request.http11 = self.parser.get_http_version() == "1.1"
-        path = request.url.split(b"?", 1)[0]
+        request.path = path = request.url.split(b"?", 1)[0]
         refusal = self.router.credentials.refusal(
             admission.needed(request.method, path), request.authorization
         )
@@ -298,14 +347,9 @@ class ClientConnection(asyncio.Protocol):
         if b"upgrade" in request.connection_tokens and any(n == b"upgrade" for n, _ in request.headers):
             self._fail(400, "protocol upgrades are not supported")  # before it is queued and sent on
             raise Refused
-        for name, value in request.headers:
-            if (
-                name == b"content-length"
-                and value.isdigit()
-                and int(value) > self.router.config.max_request_bytes
-            ):
-                self._too_large()
-                raise Refused
+        if request.oversized:
+            self._too_large()
+            raise Refused
         if request.expect is not None:
             self._expect_continue(request)
         self._arm_timer(BODY_READ_TIMEOUT_S)
@@ -343,9 +387,7 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         self.in_head = True
         self.head_bytes = 0
-        if self.timer:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0  # no limit while it is answered (the timer, if armed, finds none)
         request.started = time.perf_counter()
         chunks = request.chunks
         # The usual body arrives in one piece and is kept as it is; only a split one is joined.
@@ -360,6 +402,7 @@ class ClientConnection(asyncio.Protocol):
             if self.transport:
                 self.transport.pause_reading()
         if len(self.queue) > MAX_PIPELINED and self.transport:
+            self.reading_paused = True
             self.transport.pause_reading()
         if self.task is None:
             self._next()
@@ -390,8 +433,10 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(CONTINUE)
             return
         request = self.queue.popleft()
-        if self.transport and len(self.queue) <= MAX_PIPELINED // 2 and not self.stopped:
-            self.transport.resume_reading()
+        if self.reading_paused and len(self.queue) <= MAX_PIPELINED // 2 and not self.stopped:
+            self.reading_paused = False
+            if self.transport:
+                self.transport.resume_reading()
         self.task = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
@@ -414,32 +459,38 @@ class ClientConnection(asyncio.Protocol):
                 # would read a body as the start of its next answer.
                 body = b""
             if isinstance(body, BodyStream):
+                written = time.perf_counter()  # a stream's head: its latency, as the slot's
+                self._measured(request, written)
                 await self._write_stream(head, body, request)
-            elif transport and not transport.is_closing():
-                if len(body) <= SMALL_BODY:
-                    transport.write(head + body)
-                else:
-                    transport.write(head)
-                    transport.write(body)
-            times = request.answer_times
-            if times is not None:
-                sent, answered, fresh = times
-                router.timing.add(
-                    request.begun,
-                    request.started,
-                    request.served,
-                    request.picked,
-                    sent,
-                    answered,
-                    time.perf_counter(),
-                    fresh,
-                )
+            else:
+                if transport and not transport.is_closing():
+                    if len(body) <= SMALL_BODY:
+                        transport.write(head + body)
+                    else:
+                        transport.write(head)
+                        transport.write(body)
+                # What follows is bookkeeping: done once the answer is on its way, so that at
+                # concurrency 1 it overlaps the client's turn rather than delaying the answer.
+                written = time.perf_counter()
+                self._measured(request, written)
+            if request.upstream is not None:
+                router.timing.add(request, request.upstream, written)
             if not request.keep_alive and transport and not transport.is_closing():
                 transport.close()
                 self.closing = True
         finally:
             router.finished()
             self._next()
+
+    def _measured(self, request: Request, now: float) -> None:
+        if request.deployment is not None:
+            self.router.measurements.live(
+                request.deployment,
+                request.status,
+                now - request.started,
+                request.request_id.decode("latin-1"),  # type: ignore[union-attr]
+                request.pin is not None,
+            )
 
     async def _write_stream(self, head: bytes, stream: BodyStream, request: Request) -> None:
         """A slot's streamed answer, relayed chunk by chunk as it comes (chunked to an HTTP/1.1

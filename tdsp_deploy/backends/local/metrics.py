@@ -18,6 +18,7 @@ from typing import IO
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FLUSH_EVERY_S = 1.0
 FLUSH_LINES = 512
+_LIVE_LINE = '{"kind":"live","t":%.6f,"id":%s,"deployment":%s,"status":%d,"latency_ms":%.3f,"pinned":%s}'
 
 
 class SlotCounters:
@@ -52,6 +53,7 @@ class Measurements:
         self._log: IO[str] | None = None
         self._log_path: str | None = None
         self._pending: list[str] = []
+        self._quoted: dict[str, str] = {}  # deployment names as JSON strings, escaped once
         self._last_flush = time.monotonic()
         self.log_to(log_path)
 
@@ -78,12 +80,22 @@ class Measurements:
         counters.latency_sum += seconds
         counters.count += 1
         if self._log is not None:
-            # One line per live request, on the router's hot path: formatted by hand, about a
-            # third of json.dumps's time (2.3 against 6.1 us); strings escaped by json's encoder.
+            # One line per live request, on the router's hot path: formatted by hand with %
+            # (fixed decimals rather than round() and repr), the request id escaped by json's
+            # encoder and each deployment's name once.
+            quoted = self._quoted.get(deployment)
+            if quoted is None:
+                quoted = self._quoted[deployment] = _json_string(deployment)
             self._write_line(
-                f'{{"kind":"live","t":{round(time.time(), 6)!r},"id":{_json_string(request_id)},'
-                f'"deployment":{_json_string(deployment)},"status":{int(status)},'
-                f'"latency_ms":{round(seconds * 1000, 3)!r},"pinned":{"true" if pinned else "false"}}}'
+                _LIVE_LINE
+                % (
+                    time.time(),
+                    _json_string(request_id),
+                    quoted,
+                    status,
+                    seconds * 1000,
+                    "true" if pinned else "false",
+                )
             )
 
     def shadow(

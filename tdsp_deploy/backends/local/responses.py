@@ -9,6 +9,13 @@ from __future__ import annotations
 import json
 
 JSON_TYPE = (b"Content-Type", b"application/json")
+PIN_HEADER = b"azureml-model-deployment"  # names the slot: pins a request, names who answered
+REQUEST_ID = b"x-request-id"
+# Headers of a slot's answer that the router never relays: those that describe one connection
+# (RFC 9110 7.6.1), the framing (the router frames its own answer), and those it sets itself.
+RESPONSE_DROP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", PIN_HEADER, REQUEST_ID}
+)
 REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -41,10 +48,15 @@ def parts(
     keep_alive: bool,
     reason: bytes | None = None,
     streamed: bool = False,
+    typed: bool | None = None,
 ) -> tuple[bytes, bytes]:
     """A response's head (status line and headers) and its body, kept apart so that a large
-    body is written as it is. ``streamed``: the body follows in chunks (no length yet)."""
-    if not headers or all(n.lower() != b"content-type" for n, _ in headers):
+    body is written as it is. ``streamed``: the body follows in chunks (no length yet).
+    ``typed``: whether ``headers`` has a Content-Type, when the caller knows (else looked up);
+    without one, the answer is JSON."""
+    if typed is None:
+        typed = any(n.lower() == b"content-type" for n, _ in headers)
+    if not typed:
         headers = [*headers, JSON_TYPE]
     lines = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or REASONS.get(status, b"Unknown"), b"\r\n"]
     for name, value in headers:

@@ -16,6 +16,7 @@ The parts, each in its module:
 - admission.py: what a request may cost before it is admitted, and which key opens what;
 - dispatch.py: what an admitted request gets (control routes, slot choice, retries, mirrors);
 - upstream.py: the connections to the slots (pools, 1xx, streams, back-off);
+- deadlines.py: the time limit on every request to a slot, kept by one timer;
 - this module: the shared state (routes, keys, pools, client connections, drains) and the
   process (signals, start, stop).
 
@@ -238,7 +239,7 @@ class Router(InFlightCount):
         else:
             pools = [p for p in self.pools.values() if p.port == port]
         started = time.monotonic()
-        waits = [asyncio.ensure_future(p.quiet.wait()) for p in pools if p.in_flight]
+        waits = [asyncio.ensure_future(p.quiet()) for p in pools if p.in_flight]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=timeout)
             for wait in pending:
@@ -348,7 +349,7 @@ async def serve(config_path: Path) -> None:
     server.close()
     started = time.monotonic()
     try:
-        await asyncio.wait_for(router.quiet.wait(), DRAIN_TIMEOUT_S)
+        await asyncio.wait_for(router.quiet(), DRAIN_TIMEOUT_S)
     except TimeoutError:
         log.warning("stopping with %s requests still in flight", router.in_flight)
     for connection in list(router.connections):

@@ -25,7 +25,11 @@ around the load it measures.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tdsp_deploy.backends.local.http1 import Request
+    from tdsp_deploy.backends.local.upstream import UpstreamAnswer
 
 PHASES = ("parse", "queue", "pick", "connect", "slot", "relay")
 
@@ -61,27 +65,21 @@ class RouterTiming:
         if seconds > self.accept_max:
             self.accept_max = seconds
 
-    def add(
-        self,
-        begun: float,
-        parsed: float,
-        served: float,
-        picked: float,
-        sent: float,
-        answered: float,
-        written: float,
-        fresh: bool,
-    ) -> None:
+    def add(self, request: Request, answer: UpstreamAnswer, written: float) -> None:
+        """One request a slot answered: the request's stamps (http1.Request), the answer's (sent,
+        answered, on a new connection or not), and when the answer was written."""
         # Written out rather than looped: this runs on every request.
         self.requests += 1
-        if fresh:
+        if answer.fresh:
             self.opened += 1
         else:
             self.reused += 1
+        begun, parsed, picked = request.begun, request.started, request.picked
+        sent, answered = answer.sent, answer.answered
         sums = self.sums
         sums[0] += parsed - begun
-        sums[1] += served - parsed
-        sums[2] += picked - served
+        sums[1] += request.served - parsed
+        sums[2] += picked - request.served
         sums[3] += sent - picked
         sums[4] += answered - sent
         sums[5] += written - answered

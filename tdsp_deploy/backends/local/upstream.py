@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import httptools
 
+from tdsp_deploy.backends.local.responses import RESPONSE_DROP
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER
 
 log = logging.getLogger("tdsp_deploy.router")
@@ -44,9 +45,24 @@ class SlotClosed(Exception):
 
 
 class UpstreamAnswer:
-    """A slot's final answer: its body whole, or (a chunked answer) ``stream`` as it comes."""
+    """A slot's final answer: its body whole, or (a chunked answer) ``stream`` as it comes.
 
-    __slots__ = ("status", "reason", "headers", "body", "stream", "sent", "answered", "fresh")
+    ``headers`` are those to relay: a slot's answer has RESPONSE_DROP's left out as they are
+    parsed, and ``dropped`` names the headers its Connection header listed (to leave out too);
+    ``typed``: whether a Content-Type is among them (None: not known, look)."""
+
+    __slots__ = (
+        "status",
+        "reason",
+        "headers",
+        "body",
+        "stream",
+        "sent",
+        "answered",
+        "fresh",
+        "dropped",
+        "typed",
+    )
 
     def __init__(
         self,
@@ -61,6 +77,8 @@ class UpstreamAnswer:
         self.headers = headers
         self.body = body
         self.stream = stream
+        self.dropped: set[bytes] | None = None
+        self.typed: bool | None = None
         # perf_counter() when the request was written to the slot and when its answer was read
         # (0.0 for the router's own answers), and whether a new connection carried it: timing.py
         self.sent = 0.0
@@ -166,6 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = False  # the answer has no length: its end is the connection's
         self.sent_at = 0.0  # perf_counter() once the current request was written
         self.framing = 0  # HAS_LENGTH, CHUNKED: what the current message's headers said
+        self.typed = False  # the current message has a Content-Type
+        self.dropped: set[bytes] | None = None  # headers its Connection header names
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -178,6 +198,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.framing = 0
+        self.typed = False
+        self.dropped = None
         self.body = []
         transport = self.transport
         assert transport is not None
@@ -246,12 +268,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # What is relayed is sorted out here, once: the framing and the hop-by-hop headers are
+        # noted and left out, the rest kept as the slot sent them.
         lname = name.lower()
-        if lname == b"content-length":
+        if lname not in RESPONSE_DROP:
+            if lname == b"content-type":
+                self.typed = True
+            self.headers.append((name, value))
+        elif lname == b"content-length":
             self.framing |= HAS_LENGTH
-        elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-            self.framing |= CHUNKED
+        elif lname == b"transfer-encoding":
+            if b"chunked" in value.lower():
+                self.framing |= CHUNKED
+        elif lname == b"connection":  # and the headers it names (RFC 9110 7.6.1)
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            self.dropped = tokens if self.dropped is None else self.dropped | tokens
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -270,6 +301,7 @@ class UpstreamConnection(asyncio.Protocol):
             if not answer.done():
                 result = UpstreamAnswer(status, self.reason, self.headers, b"", self.stream)
                 result.sent, result.answered = self.sent_at, time.perf_counter()
+                result.dropped, result.typed = self.dropped, self.typed
                 answer.set_result(result)
 
     def on_body(self, body: bytes) -> None:
@@ -288,6 +320,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.reason = b""
             self.headers = []
             self.framing = 0
+            self.typed = False
+            self.dropped = None
             self.body = []
             return
         self.busy = False
@@ -302,26 +336,37 @@ class UpstreamConnection(asyncio.Protocol):
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             result = UpstreamAnswer(self.parser.get_status_code(), self.reason, self.headers, body)
             result.sent, result.answered = self.sent_at, time.perf_counter()
+            result.dropped, result.typed = self.dropped, self.typed
             answer.set_result(result)
 
 
 class InFlightCount:
-    """Requests begun and not yet answered, and ``quiet``: an event set while there are none,
-    which a drain waits for (the whole router's, or one slot pool's)."""
+    """Requests begun and not yet answered, and ``quiet()``: a wait until there are none, which a
+    drain waits on (the whole router's, or one slot pool's). Counting is all a request pays:
+    the waiters are made only when someone waits."""
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.quiet = asyncio.Event()
-        self.quiet.set()
+        self.waiters: list[asyncio.Future[None]] = []
 
     def started(self) -> None:
         self.in_flight += 1
-        self.quiet.clear()
 
     def finished(self) -> None:
         self.in_flight -= 1
+        if self.in_flight == 0 and self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def quiet(self) -> None:
+        """Return once nothing is in flight (at once if nothing is)."""
         if self.in_flight == 0:
-            self.quiet.set()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        await waiter
 
 
 class SlotPool(InFlightCount):
@@ -367,44 +412,37 @@ class SlotPool(InFlightCount):
         have seen the request, SlotClosed when it may have. The caller bounds the time."""
         loop = asyncio.get_running_loop()
         connection = self._reuse()
-        if connection is not None:
+        fresh = connection is None
+        while True:
+            if connection is None:
+                try:
+                    _, connection = await loop.create_connection(
+                        lambda: UpstreamConnection(self), "127.0.0.1", self.port
+                    )
+                except OSError as exc:
+                    raise SlotUnavailable(str(exc) or type(exc).__name__) from None
             answer: asyncio.Future[UpstreamAnswer] = loop.create_future()
             connection.send(head, body, answer)
             try:
-                return await self._finish(connection, answer)
+                result = await answer
             except SlotClosed:
-                if connection.received:
+                if fresh or connection.received:
+                    connection.close()
                     raise
                 # The slot closed this idle connection just as it was reused: it read nothing
                 # from it, so the request goes again on a new connection.
+                connection, fresh = None, True
+                continue
             except BaseException:
                 connection.close()
                 raise
-        try:
-            _, connection = await loop.create_connection(
-                lambda: UpstreamConnection(self), "127.0.0.1", self.port
-            )
-        except OSError as exc:
-            raise SlotUnavailable(str(exc) or type(exc).__name__) from None
-        answer = loop.create_future()
-        connection.send(head, body, answer)
-        try:
-            result = await self._finish(connection, answer)
-        except BaseException:
-            connection.close()
-            raise
-        result.fresh = True
-        return result
-
-    async def _finish(
-        self, connection: UpstreamConnection, answer: asyncio.Future[UpstreamAnswer]
-    ) -> UpstreamAnswer:
-        result = await answer
+            break
         self.reached()
+        result.fresh = fresh
         if result.stream is not None:  # free once the whole stream is read
             result.stream.on_done(lambda: self._release(connection))
-            return result
-        self._release(connection)
+        else:
+            self._release(connection)
         return result
 
     def _release(self, connection: UpstreamConnection) -> None:
