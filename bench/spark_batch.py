@@ -65,6 +65,9 @@ from test_synapse_spark import FEATURES, make_project  # noqa: E402
 
 GOAL = 1.0  # on the marginal rate: two cores must pay off
 ROWS = {"quick": (100_000, 300_000), "full": (300_000, 1_000_000, 3_000_000)}
+# Seconds the measurements may take: inside bench/run's limit per script (300 s with --quick,
+# 1200 s without), with room for writing the inputs and for the pair already under way.
+BUDGET_S = {"quick": 255, "full": 1000}
 
 PEER = """
 import pickle, sys, time
@@ -100,11 +103,14 @@ def models() -> dict[str, Any]:
 
 
 class PeakMemory:
-    """Samples the RSS of a process and all its children (the JVM's Python workers too)."""
+    """Samples the RSS of a process and all its children (the JVM's Python workers too), and
+    the CPU seconds each of them has used (the last sample of each process, summed: a process
+    that ends between two samples loses at most 0.1 s of its CPU)."""
 
     def __init__(self, process: subprocess.Popen[Any]):
         self.root = psutil.Process(process.pid)
         self.peak = 0
+        self.cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -116,6 +122,8 @@ class PeakMemory:
                 for proc in [self.root, *self.root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         total += proc.memory_info().rss
+                        times = proc.cpu_times()
+                        self.cpu[proc.pid] = times.user + times.system
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
@@ -127,7 +135,8 @@ class PeakMemory:
         return self.peak
 
 
-def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str, int]:
+def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str, int, float]:
+    """Wall seconds, stdout, peak RSS and CPU seconds of the command's process tree."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -137,7 +146,7 @@ def measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float,
     peak = memory.stop()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:3]} exited {process.returncode}:\n{stderr[-3000:]}")
-    return time.perf_counter() - started, stdout, peak
+    return time.perf_counter() - started, stdout, peak, sum(memory.cpu.values())
 
 
 def write_rows(path: Path, count: int) -> None:
@@ -157,7 +166,7 @@ def measure_pair(work: Path, name: str, model: Any, source: Path, count: int, en
     model_file.write_bytes(pickle.dumps(model))
     (work / "peer.py").write_text(PEER)
     note(f"{name}, {count:,} rows: pandas peer")
-    peer_wall, peer_out, peer_peak = measured(
+    peer_wall, peer_out, peer_peak, peer_cpu = measured(
         [
             sys.executable,
             str(work / "peer.py"),
@@ -171,7 +180,7 @@ def measure_pair(work: Path, name: str, model: Any, source: Path, count: int, en
     )
     note(f"{name}, {count:,} rows: tdsp-deploy run --local --master local[2]")
     scored = work / f"{name}-{count}-scored.parquet"
-    ours_wall, ours_out, ours_peak = measured(
+    ours_wall, ours_out, ours_peak, ours_cpu = measured(
         [*tdsp_deploy(), "run", str(project), "--local", "--master", "local[2]"]
         + ["-i", str(source), "-o", str(scored), "--json"],
         env,
@@ -191,12 +200,39 @@ def measure_pair(work: Path, name: str, model: Any, source: Path, count: int, en
         "ours_peak_rss_mib": round(ours_peak / 2**20, 1),
         "model_loads": summary.get("model_loads"),
         "peer_peak_rss_mib": round(peer_peak / 2**20, 1),
+        "command_cpu_s": round(ours_cpu, 2),
+        "peer_command_cpu_s": round(peer_cpu, 2),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     note(
         f"{name}: job {count / pair['job_s']:,.0f} rows/s, peer {count / pair['peer_s']:,.0f} rows/s,"
         f" command {ours_wall:.1f} s"
     )
     return pair
+
+
+def measure_within(
+    work: Path, named: dict[str, Any], sources: dict[int, Path], env: dict[str, str], budget: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Every model at a size before the next size, each pair only while the budget allows it
+    (the estimate: the last pair of the same model half as long again, else the last pair
+    measured). A run cut short still has the smaller sizes of both models, and bench/run gets
+    its JSON before its limit."""
+    began = time.monotonic()
+    series: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
+    last: dict[str, Any] | None = None
+    for count in sorted(sources):
+        for name, model in named.items():
+            if last is not None:
+                same = series[name][-1] if series[name] else None
+                estimate = 1.5 * (same["command_s"] + same["peer_command_s"]) if same else (
+                    last["command_s"] + last["peer_command_s"])  # fmt: skip
+                if time.monotonic() - began + estimate > budget:
+                    note(f"{name}, {count:,} rows: skipped, {budget:.0f} s budget (about {estimate:.0f} s more)")
+                    continue
+            last = measure_pair(work, name, model, sources[count], count, env)
+            series[name].append(last)
+    return series
 
 
 def ratio_entries(name: str, pair: dict[str, Any]) -> list[dict[str, Any]]:
@@ -237,6 +273,14 @@ def scale_entries(name: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]
     side's time into a fixed part and a part per row; the marginal rate (what each further row
     costs once the JVM, the workers and the model are up, which is what a bigger cluster
     multiplies) is compared, and the job's fixed seconds are reported beside it."""
+    goal = f"ratio >= {GOAL} (what a further row costs, on local[2])"
+    if len(pairs) < 2:
+        # the budget ran out before a second size: one point fixes no line
+        return [
+            result(f"spark_batch_marginal_{name}", 0.0, None, unit="rows/s", met=False, goal=goal,
+                   error=f"{len(pairs)} size(s) measured within the time budget: no line to fit",
+                   points=pairs)
+        ]  # fmt: skip
     rows = np.array([p["rows"] for p in pairs], dtype=float)
     job_slope, job_fixed = np.polyfit(rows, [p["job_s"] for p in pairs], 1)
     peer_slope, peer_fixed = np.polyfit(rows, [p["peer_s"] for p in pairs], 1)
@@ -245,22 +289,30 @@ def scale_entries(name: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]
         # and no rate can be read from these points (a failed measurement, not a met goal)
         note(f"{name}: time did not grow with rows (job slope {job_slope:.3g}, peer {peer_slope:.3g})")
         return [
-            result(f"spark_batch_marginal_{name}", 0.0, None, unit="rows/s", met=False,
-                   goal=f"ratio >= {GOAL} (what a further row costs, on local[2])",
+            result(f"spark_batch_marginal_{name}", 0.0, None, unit="rows/s", met=False, goal=goal,
                    error="time did not grow with rows: no marginal rate can be read", points=pairs)
         ]  # fmt: skip
     # plain floats: numpy's would make `met` a numpy bool, which json cannot write
     job_rate, peer_rate = 1 / float(job_slope), 1 / float(peer_slope)
+    # the whole command's fixed seconds (JVM and session start too), and each side's CPU per
+    # further row: the CPU a row costs moves far less with the machine's load than its seconds
+    command_slope, command_fixed = np.polyfit(rows, [p["command_s"] for p in pairs], 1)
+    cpu_slope, cpu_fixed = np.polyfit(rows, [p["command_cpu_s"] for p in pairs], 1)
+    peer_cpu_slope, _ = np.polyfit(rows, [p["peer_command_cpu_s"] for p in pairs], 1)
     return [
         result(
             f"spark_batch_marginal_{name}",
             job_rate,
             peer_rate,
             unit="rows/s",
-            goal=f"ratio >= {GOAL} (what a further row costs, on local[2])",
+            goal=goal,
             met=job_rate / peer_rate >= GOAL,
             job_fixed_seconds=round(float(job_fixed), 2),
             peer_fixed_seconds=round(float(peer_fixed), 2),
+            command_fixed_seconds=round(float(command_fixed), 2),
+            command_fixed_cpu_seconds=round(float(cpu_fixed), 2),
+            cpu_us_per_row=round(float(cpu_slope) * 1e6, 3),
+            peer_cpu_us_per_row=round(float(peer_cpu_slope) * 1e6, 3),
             points=pairs,
             master="local[2]",
         )
@@ -319,10 +371,11 @@ def main() -> None:
             for count in counts:
                 sources[count] = work / f"rows-{count}.parquet"
                 write_rows(sources[count], count)
-            for name, model in models().items():
-                pairs = [measure_pair(work, name, model, sources[c], c, env) for c in counts]
+            series = measure_within(work, models(), sources, env, BUDGET_S["quick" if args.quick else "full"])
+            for name, pairs in series.items():
                 entries += scale_entries(name, pairs)
-                entries += ratio_entries(name, pairs[-1])
+                if pairs:
+                    entries += ratio_entries(name, pairs[-1])
             emit(entries)
             return
         counts = (100_000, 300_000, 1_000_000) if args.quick else (100_000, 300_000, 1_000_000, 3_000_000)

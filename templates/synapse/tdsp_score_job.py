@@ -6,7 +6,8 @@
 # Arrow batches, and writes every input row with its columns, the predictions named by the
 # spec's outputs, and the model version (and the variant, in an A/B split) that scored it.
 # The model is loaded once per Python worker, not per batch: workers are reused across tasks
-# (spark.python.worker.reuse, on by default) and keep it in _MODELS.
+# (spark.python.worker.reuse, on by default) and keep it in _MODELS. The driver imports pandas
+# and pyarrow in a thread while the JVM starts, rather than after it.
 #
 # The spec says everything that differs between runs:
 #   input / output      {"path": ..., "format": ...} or {"table": ..., "format": ...}
@@ -514,6 +515,21 @@ def write_request_log(spark, spec):
     return place
 
 
+def _import_in_background():
+    """Import what mapInPandas needs on the driver (pandas, pyarrow: seconds on a busy machine)
+    in a thread, while the main thread waits for the JVM to start."""
+    import threading
+
+    def imports():
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:  # the scoring query says what is missing
+            pass
+
+    threading.Thread(target=imports, name="tdsp-imports", daemon=True).start()
+
+
 def run(spark, spec):
     """Read, score, write; returns the summary (also written to spec["result"])."""
     started = time.time()
@@ -584,6 +600,8 @@ def main(argv):
         return 2
     spec = json.loads(argv[1])
     from pyspark.sql import SparkSession
+
+    _import_in_background()
 
     spark = SparkSession.builder.appName("tdsp-" + spec.get("endpoint", "score")).getOrCreate()
     # Workers import this file as a module, so that the scoring functions (and the model cache

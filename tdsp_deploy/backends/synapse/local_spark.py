@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,13 +54,36 @@ def spark_submit() -> Path:
     return Path(spec.origin).parent / "bin" / "spark-submit"
 
 
+def local_cores(master: str) -> int | None:
+    """The task slots of a ``local[N]`` / ``local[*]`` / ``local`` master (None for another)."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if match is None:
+        return None
+    count = match.group(1)
+    if count is None:
+        return 1
+    return (os.cpu_count() or 1) if count == "*" else max(1, int(count))
+
+
 def local_command(job_file: Path, spec: dict[str, Any], conf: dict[str, str], master: str) -> list[str]:
-    """The spark-submit command line (also what ``render`` shows for a local run)."""
+    """The spark-submit command line (also what ``render`` shows for a local run). The settings
+    cut what a one-machine job pays before its first row; ``target.conf`` overrides any."""
+    cores = local_cores(master)
     settings = {
-        "spark.ui.enabled": "false",  # no web UI port to take on a shared machine
+        "spark.ui.enabled": "false",  # no web UI to start, and no port to take on a shared machine
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
+        "spark.sql.catalogImplementation": "in-memory",  # no Hive metastore to start
+        "spark.python.worker.reuse": "true",  # a worker keeps its loaded model from task to task
+        # a shuffle, should a plan have one, in as many parts as there are cores, not Spark's 200
+        # opening a local file is cheap: at Spark's 4 MiB estimate, a file of a few row groups
+        # makes one task and leaves the other cores idle
+        "spark.sql.files.openCostInBytes": str(1 << 20),
+        # the JVM's optimising compiler (C2) is most of a short job's CPU: its quick compiler
+        # alone starts the job for less (BENCHMARKS.md, "Spark: the fixed cost")
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+        **({"spark.sql.shuffle.partitions": str(cores)} if cores else {}),
         **conf,
     }
     command = [str(spark_submit()), "--master", master]
