@@ -190,17 +190,21 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, head: bytes, body: bytes, answer: asyncio.Future[UpstreamAnswer]) -> None:
-        self.answer = answer
-        self.busy = True
-        self.received = False
-        self.reusable = False
+    def _forget_answer(self) -> None:
+        """Clears what was parsed of an answer, before a request or after an interim answer."""
         self.reason = b""
         self.headers = []
         self.framing = 0
         self.typed = False
         self.dropped = None
         self.body = []
+
+    def send(self, head: bytes, body: bytes, answer: asyncio.Future[UpstreamAnswer]) -> None:
+        self.answer = answer
+        self.busy = True
+        self.received = False
+        self.reusable = False
+        self._forget_answer()
         transport = self.transport
         assert transport is not None
         if len(body) <= 65536:
@@ -317,12 +321,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(SlotClosed("the slot switched protocols (101) unasked"))
                 self.close()
                 return
-            self.reason = b""
-            self.headers = []
-            self.framing = 0
-            self.typed = False
-            self.dropped = None
-            self.body = []
+            self._forget_answer()  # the final answer follows the interim one
             return
         self.busy = False
         self.reusable = self.parser.should_keep_alive()
