@@ -35,14 +35,14 @@ from tdsp_deploy.backends.base import (
 )
 from tdsp_deploy.backends.local import processes
 from tdsp_deploy.backends.local.target import LocalTarget
-from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, UsageError
+from tdsp_deploy.errors import BackendError, DeploymentTimeout, EndpointNotFound, UsageError
 from tdsp_deploy.locks import FileLock
 
 if TYPE_CHECKING:
     from tdsp_deploy.backends.base import Progress
     from tdsp_deploy.backends.local.lifecycle import EndpointProcesses
     from tdsp_deploy.backends.local.slots import SlotStarter
-    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord, SlotRecord
+    from tdsp_deploy.backends.local.state import EndpointFiles, EndpointRecord
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
@@ -99,7 +99,7 @@ class LocalBackend(Backend):
         return read_counters(status, self.credentials()["primary_key"])
 
     # -- reading -------------------------------------------------------------------------
-    def _record(self) -> EndpointRecord:
+    def deployed_record(self) -> EndpointRecord:
         record = self.files.read()
         if record is None:
             raise EndpointNotFound(
@@ -124,7 +124,7 @@ class LocalBackend(Backend):
         )
 
     def logs(self, slot: str, *, tail: int | None = None) -> str:
-        record = self._record()
+        record = self.deployed_record()
         found = record.slots.get(slot)
         if found is None:
             raise UsageError(
@@ -151,88 +151,22 @@ class LocalBackend(Backend):
         return read_tail(path, tail)
 
     def credentials(self) -> dict[str, str]:
-        self._record()
+        self.deployed_record()
         return self.files.keys()
 
     def repair(self) -> list[str]:
         record = self.files.read()
         if record is None:
             return []
-        finished = self._finish_interrupted(record)
+        from tdsp_deploy.backends.local import repair
+
+        finished = repair.finish_interrupted(self, record)
         if finished:
-            record = self._record()
-        return finished + self._restart_what_stopped(record)
-
-    def _finish_interrupted(self, record: EndpointRecord) -> list[str]:
-        """Complete what an interrupted command left: roll back a deployment its push never
-        finished with, stop the processes it started and never recorded or stopped."""
-        done = []
-        for name in sorted(n for n, slot in record.slots.items() if slot.pending):
-            self.discard_slot(name)
-            done.append(f"rolled back deployment '{name}', left by a push that did not finish")
-        record = self._record()
-        strays = self.lifecycle.strays(record)
-        if strays:
-            processes.stop_together([ref for ref, _ in strays])
-            done += [
-                f"stopped a {what} process (pid {ref.pid}) left by an interrupted command"
-                for ref, what in strays
-            ]
-        return done
-
-    def _restart_what_stopped(self, record: EndpointRecord) -> list[str]:
-        dead = [
-            slot
-            for slot in record.slots.values()
-            if not processes.is_running(slot.process) and (Path(slot.directory) / "package").is_dir()
-        ]
-        supervisor_up = processes.is_running(record.supervisor)
-        if not dead and supervisor_up and processes.is_running(record.router):
-            return []
-        done, restarted = [], []
-        if dead:
-            # The supervisor may be restarting them too: stop it first so only one of us does.
-            processes.stop(record.supervisor)
-            record = self._record()
-            for name in sorted(slot.name for slot in dead):
-                slot = record.slots[name]
-                if processes.is_running(slot.process):
-                    continue
-                try:
-                    self._restart_slot(record, slot)
-                except DeploymentFailed as refused:  # its files changed on disk: not loaded again
-                    done.append(f"deployment '{name}' not restarted: {refused.message}")
-                    continue
-                restarted.append(name)
-                done.append(f"restarted deployment '{name}' (its process had stopped)")
-        if not processes.is_running(record.router):
-            self.lifecycle.start_router(record)
-            done.append(f"restarted the router on {record.host}:{record.port}")
-        for name in restarted:
-            self.wait_healthy(name)  # publishes the slot to the router once it answers
-        record = self._record()
-        if not processes.is_running(record.supervisor):
-            self.lifecycle.start_supervisor(record)
-            if not supervisor_up and not dead:
-                done.append("restarted the supervisor")
-        return done
-
-    def _restart_slot(self, record: EndpointRecord, slot: SlotRecord) -> None:
-        from tdsp_deploy.packaging.extract import verify_extracted
-
-        directory = Path(slot.directory)
-        processes.end_leftovers(slot.process, directory)
-        lock = verify_extracted(directory / "package", slot.package_id)  # before the model loads again
-        if not processes.port_is_free("127.0.0.1", slot.port):  # keep the port: the router knows it
-            slot.port = processes.free_port()
-        with interrupts.deferred():
-            slot.process, slot.command = self.starter.start(
-                self.lifecycle.spawn, directory, lock, slot.port, slot.environment, slot.log_path
-            )
-            self.files.write(record)
+            record = self.deployed_record()
+        return finished + repair.restart_what_stopped(self, record)
 
     def regenerate_keys(self) -> None:
-        record = self._record()
+        record = self.deployed_record()
         self.files.new_keys()
         if processes.is_running(record.router):
             self.lifecycle.publish(record)  # the router re-reads the keys; old ones fail from now on
@@ -353,7 +287,7 @@ class LocalBackend(Backend):
         from tdsp_deploy.backends.local.slot_log import read_tail
         from tdsp_deploy.backends.local.status import slot_status
 
-        record = self._record()
+        record = self.deployed_record()
         found = record.slots[slot]
         timeout = self.target.startup_timeout
         started = time.monotonic()
@@ -392,7 +326,7 @@ class LocalBackend(Backend):
         return slot_status(found)
 
     def finalize_slot(self, slot: str) -> None:
-        record = self._record()
+        record = self.deployed_record()
         found = record.slots[slot]
         if found.pending:
             found.pending = False
@@ -428,7 +362,7 @@ class LocalBackend(Backend):
     def set_traffic(self, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> None:
         from tdsp_deploy.traffic import TrafficSplit, validate
 
-        record = self._record()
+        record = self.deployed_record()
         if mirror is None:
             mirror = {name: slot.mirror for name, slot in record.slots.items() if slot.mirror}
         split = TrafficSplit(traffic, mirror)
@@ -441,13 +375,13 @@ class LocalBackend(Backend):
 
     def set_experiment(self, experiment_id: str) -> None:
         """Salt sticky keys with a new experiment's id (a new experiment reshuffles users)."""
-        record = self._record()
+        record = self.deployed_record()
         record.experiment_id = experiment_id
         self.files.write(record)
         self.lifecycle.publish(record)
 
     def request_records(self, since: float) -> Iterator[dict[str, Any]]:
-        record = self._record()
+        record = self.deployed_record()
         if processes.is_running(record.router):
             self.lifecycle.router_generation(record)  # asking for its state makes the router flush its log
         try:
@@ -463,7 +397,7 @@ class LocalBackend(Backend):
                     yield record
 
     def delete(self, slot: str | None = None) -> None:
-        record = self._record()
+        record = self.deployed_record()
         if slot is None:
             from tdsp_deploy.traffic import TrafficHistory
 
@@ -491,7 +425,7 @@ class LocalBackend(Backend):
     def callers(self, slot: str | None = None) -> AbstractContextManager[Iterator[Caller]]:
         from tdsp_deploy.http_caller import http_callers
 
-        record = self._record()
+        record = self.deployed_record()
         if not processes.is_running(record.router):
             raise BackendError(
                 f"the router of endpoint '{record.name}' is not running",

@@ -25,7 +25,7 @@ from json.scanner import make_scanner
 from typing import TYPE_CHECKING
 
 from tdsp_deploy.backends.local.deadlines import Deadlines
-from tdsp_deploy.backends.local.http1 import Request
+from tdsp_deploy.backends.local.request import Request
 from tdsp_deploy.backends.local.responses import (
     JSON_TYPE,
     PIN_HEADER,

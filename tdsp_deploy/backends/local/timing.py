@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tdsp_deploy.backends.local.http1 import Request
+    from tdsp_deploy.backends.local.request import Request
     from tdsp_deploy.backends.local.upstream import UpstreamAnswer
 
 PHASES = ("parse", "queue", "pick", "connect", "slot", "relay")
