@@ -37,13 +37,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import emit, note, result  # noqa: E402
-from sqlserver_harness import run_external_script_with_outputs  # noqa: E402
+from tests.fakes.sqlserver_harness import run_external_script_with_outputs  # noqa: E402
 
 from tdsp_deploy.backends.sqlserver.script import generate_script  # noqa: E402
 from tdsp_deploy.backends.sqlserver.target import Column  # noqa: E402

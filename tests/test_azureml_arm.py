@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
-from arm.transport import Reply
-from azurite import azurite_blob
-from test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
+from tests.fakes.arm import EmulatedAzure, Storage, emulated_azure, emulated_storage
+from tests.fakes.arm.transport import Reply
+from tests.fakes.azurite import azurite_blob
+from tests.test_azureml_backend import EXPECTED, NAME, edit, make_project, new_model
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.target import AzureMLTarget

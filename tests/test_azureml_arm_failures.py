@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_azureml_arm as shared
-from arm import emulated_azure
-from arm.transport import Reply
-from arm.workspace import arm_error
-from test_azureml_arm import backend_for, live, push_fails, run_push, writes
-from test_azureml_backend import EXPECTED, NAME, edit, new_model
+import tests.test_azureml_arm as shared
+from tests.fakes.arm import emulated_azure
+from tests.fakes.arm.transport import Reply
+from tests.fakes.arm.workspace import arm_error
+from tests.test_azureml_arm import backend_for, live, push_fails, run_push, writes
+from tests.test_azureml_backend import EXPECTED, NAME, edit, new_model
 
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode
 from tdsp_deploy.pipeline import change_traffic

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from azureml_fake import FakeAzureML, FakeOperation, azure_error
+from tests.fakes.azureml_fake import FakeAzureML, FakeOperation, azure_error
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.client import MODEL_HASH_TAG, AzureMLClient

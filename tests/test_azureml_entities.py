@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from test_packaging import make_project
+from tests.test_packaging import make_project
 
 from tdsp_deploy.backends.azureml import entities
 from tdsp_deploy.backends.azureml.importer import import_az_ml

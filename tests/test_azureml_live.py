@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests import paths
 
 REQUIRED = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "iris"
+EXAMPLE = paths.EXAMPLES / "iris"
 
 pytestmark = [
     pytest.mark.skipif(

@@ -9,9 +9,9 @@ from typing import Any
 
 import fake_backend
 import pytest
-from test_pipeline import make_project as make_fake_project
-from test_synapse_spark import STORAGE, load
-from test_synapse_spark import make_project as make_spark_project
+from tests.test_pipeline import make_project as make_fake_project
+from tests.test_synapse_spark import STORAGE, load
+from tests.test_synapse_spark import make_project as make_spark_project
 
 from tdsp_deploy.backends.base import Backend, Capabilities, SlotCounters
 from tdsp_deploy.backends.registry import Registry

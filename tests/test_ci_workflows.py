@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from tdsp_deploy.errors import ExitCode
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 CI = ROOT / "examples" / "ci"
 
 

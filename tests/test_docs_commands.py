@@ -19,8 +19,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 # A command line ends where the shell takes over again.

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from tdsp_deploy.errors import ExitCode, TdspError
 from tdsp_deploy.manifest import check_manifest, load_manifest
+from tests import paths
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "iris"
+EXAMPLE = paths.EXAMPLES / "iris"
 settings.register_profile(
     "ci", max_examples=75, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

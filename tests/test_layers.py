@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

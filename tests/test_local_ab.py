@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_local_traffic import Client
+from tests.test_local_traffic import Client
 
 from tdsp_deploy.errors import ExitCode
 

@@ -29,8 +29,9 @@ from tdsp_deploy.manifest import (
     manifest_class,
 )
 from tdsp_deploy.manifest.model import Strict
+from tests import paths
 
-CORPUS = Path(__file__).parent / "manifests"
+CORPUS = paths.DATA / "manifests"
 
 MINIMAL = """\
 name: iris

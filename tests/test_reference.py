@@ -20,8 +20,9 @@ from tdsp_deploy.manifest.reference import (
     stale_files,
 )
 from tdsp_deploy.manifest.schema import manifest_json_schema
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 
 
 def test_the_committed_reference_and_schema_are_what_the_schema_generates():
@@ -79,7 +80,7 @@ def test_regenerating_writes_only_what_is_stale(tmp_path, capsys):
     assert (tmp_path / SCHEMA_PATH).read_text() == published_files()[SCHEMA_PATH]
 
 
-@pytest.mark.parametrize("manifest", ["examples/iris/deploy.yaml", "tests/manifests/minimal.yaml"])
+@pytest.mark.parametrize("manifest", ["examples/iris/deploy.yaml", "tests/data/manifests/minimal.yaml"])
 def test_the_published_schema_accepts_real_manifests_and_refuses_typos(manifest):
     schema = json.loads((ROOT / SCHEMA_PATH).read_text())
     document = yaml.safe_load((ROOT / manifest).read_text())

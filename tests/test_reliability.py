@@ -22,8 +22,9 @@ import yaml
 
 from tdsp_deploy.backends.local.supervisor import RestartPolicy
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
+from tests import paths
 
-CORPUS = Path(__file__).parent / "corpus" / "manifests"
+CORPUS = paths.DATA / "corpus" / "manifests"
 CLASSES = {
     "syntax.yaml", "duplicate-keys.yaml", "types.yaml", "ranges.yaml", "unknown-keys.yaml",
     "missing-files.yaml", "escaping-paths.yaml", "undefined-variable.yaml", "platform-limits.yaml",

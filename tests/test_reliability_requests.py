@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from tdsp_deploy.backends.local.entry_script import takes_raw_requests
+from tests import paths
 
 pytestmark = pytest.mark.timeout(300)
 
-CORPUS = Path(__file__).parent / "corpus" / "requests"
+CORPUS = paths.DATA / "corpus" / "requests"
 LIMIT_MB = 0.01  # the endpoint's body limit in these tests: 10 KB
 
 

@@ -12,13 +12,13 @@ import time
 from typing import Any
 
 import pytest
-import test_azureml_arm as shared
+import tests.test_azureml_arm as shared
 import yaml
-from arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
+from tests.fakes.arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
 from azure.monitor.query import MetricsQueryClient
-from azure_monitor_fake import FakeCredential, FakeMonitor, Minute
-from test_azureml_arm import backend_for, live, run_push
-from test_azureml_backend import NAME, edit, new_model
+from tests.fakes.azure_monitor_fake import FakeCredential, FakeMonitor, Minute
+from tests.test_azureml_arm import backend_for, live, run_push
+from tests.test_azureml_backend import NAME, edit, new_model
 
 from tdsp_deploy.backends.azureml.monitor import EndpointMetrics, endpoint_resource_id
 from tdsp_deploy.errors import BackendError, ExitCode
@@ -214,7 +214,7 @@ def tags_sent(azure: EmulatedAzure) -> list[dict[str, str]]:
 def emulated_cli(monkeypatch: pytest.MonkeyPatch, azure: EmulatedAzure) -> None:
     """The CLI's own backend, signed in to the emulated workspace: the real MLClient over the
     emulator's transport is the only difference."""
-    from arm import StaticToken
+    from tests.fakes.arm import StaticToken
 
     from tdsp_deploy.backends.azureml.client import AzureMLClient
 
@@ -307,8 +307,8 @@ def test_a_rollout_in_progress_shows_its_step_on_another_machine(
 def test_a_refused_tag_update_does_not_stop_the_rollout_and_is_tried_again(
     tmp_path, azure, staged, project
 ) -> None:
-    from arm.assets import arm_error
-    from arm.workspace import Scripted
+    from tests.fakes.arm.assets import arm_error
+    from tests.fakes.arm.workspace import Scripted
 
     from tdsp_deploy.rollout.tags import TAG, TaggedStore, decode
 

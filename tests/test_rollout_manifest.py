@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_manifest import project
+from tests.test_manifest import project
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import ExitCode, ManifestError

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import threading
 
-from test_sqlserver_backend import FEATURES, backend_for
-from test_sqlserver_traffic import driver, random_rows, server, two_versions, weights  # noqa: F401
+from tests.test_sqlserver_backend import FEATURES, backend_for
+from tests.test_sqlserver_traffic import driver, random_rows, server, two_versions, weights  # noqa: F401
 
 from tdsp_deploy.rollout.machine import Walker
 from tdsp_deploy.rollout.sources import RequestLogSource

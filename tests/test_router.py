@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from router_harness import (
+from tests.fakes.router_harness import (
     ADMIN,
     AUTH,
     KEY,

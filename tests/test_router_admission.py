@@ -8,8 +8,8 @@ import socket
 import time
 
 import pytest
-from echo_endpoint import read_answer
-from router_harness import ADMIN_KEY, KEY, Upstream, routers_for_test, upstream_for_test, wait_for
+from tests.fakes.echo_endpoint import read_answer
+from tests.fakes.router_harness import ADMIN_KEY, KEY, Upstream, routers_for_test, upstream_for_test, wait_for
 
 
 @pytest.fixture

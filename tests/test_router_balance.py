@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 
 import pytest
-from router_harness import ADMIN, AUTH, Upstream, routers_for_test
+from tests.fakes.router_harness import ADMIN, AUTH, Upstream, routers_for_test
 
 from tdsp_deploy.backends.local.balance import SLACK, Balancer
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute

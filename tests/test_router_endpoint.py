@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from echo_endpoint import belongs, body_for, write_echo_manifest
+from tests.fakes.echo_endpoint import belongs, body_for, write_echo_manifest
 
 pytestmark = pytest.mark.timeout(300)
 

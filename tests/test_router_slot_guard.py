@@ -7,7 +7,7 @@ import http.client
 import json
 
 import pytest
-from test_router import HTTP_SERVERS, SlotProcess
+from tests.test_router import HTTP_SERVERS, SlotProcess
 
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_ENV, SLOT_SECRET_HEADER, slot_secret
 

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from echo_endpoint import read_answer
-from router_harness import KEY, routers_for_test
+from tests.fakes.echo_endpoint import read_answer
+from tests.fakes.router_harness import KEY, routers_for_test
 
 GAP_S = 0.6
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlserver_fake import FakeSqlServer, server_error
+from tests.fakes.sqlserver_fake import FakeSqlServer, server_error
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql.connection import connection_string, translate_error

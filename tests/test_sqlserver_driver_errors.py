@@ -14,8 +14,8 @@ import types
 from typing import Any
 
 import pytest
-from dbapi_fake import install_driver, server_error
-from sqlserver_fake import FakeSqlServer
+from tests.fakes.dbapi_fake import install_driver, server_error
+from tests.fakes.sqlserver_fake import FakeSqlServer
 
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sql.connection import bind_nulls

@@ -25,11 +25,12 @@ from tdsp_deploy.backends.sqlserver.script import generate_script, model_payload
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget, quote_identifier, sql_type
 from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging.lock import LockedModel, PackageLock
-from tests.sqlserver_harness import ExternalScriptError, run_external_script, run_external_script_with_outputs
+from tests.fakes.sqlserver_harness import ExternalScriptError, run_external_script, run_external_script_with_outputs
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 IRIS = ROOT / "examples" / "iris"
-GOLDEN = Path(__file__).parent / "golden" / "sqlserver"
+GOLDEN = paths.DATA / "golden" / "sqlserver"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CLASSES = ["setosa", "versicolor", "virginica"]
 # A model name no T-SQL text may hold: it must travel as a parameter.

@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 import yaml
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 EXAMPLE = ROOT / "examples" / "iris"
-MANIFEST = Path(__file__).resolve().parent / "manifests" / "sqlserver-iris"
+MANIFEST = paths.DATA / "manifests" / "sqlserver-iris"
 LIVE = os.environ.get("TDSP_TEST_MSSQL", "")
 
 
@@ -75,8 +76,8 @@ def test_connection_parts():
 
 
 def test_the_live_manifest_scores_against_the_fake_server(tmp_path, monkeypatch, cli):
-    from dbapi_fake import install_driver
-    from sqlserver_fake import FakeSqlServer
+    from tests.fakes.dbapi_fake import install_driver
+    from tests.fakes.sqlserver_fake import FakeSqlServer
 
     server = FakeSqlServer()
     install_driver(monkeypatch, server.connect, "TDSP_TEST_MSSQL_PASSWORD")

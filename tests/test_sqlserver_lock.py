@@ -11,9 +11,9 @@ import threading
 import time
 
 import pytest
-from sqlserver_fake import FakeSqlServer
-from test_sqlserver_backend import backend_for, make_project, matching_libraries
-from test_sqlserver_traffic import driver  # noqa: F401 (fixture: the CLI's driver is the fake)
+from tests.fakes.sqlserver_fake import FakeSqlServer
+from tests.test_sqlserver_backend import backend_for, make_project, matching_libraries
+from tests.test_sqlserver_traffic import driver  # noqa: F401 (fixture: the CLI's driver is the fake)
 
 from tdsp_deploy.backends.sqlserver.applock import resource_name
 from tdsp_deploy.errors import BackendError, ExitCode

@@ -14,15 +14,16 @@ import re
 from pathlib import Path
 
 import pytest
-from dbapi_fake import install_driver
-from sqlserver_fake import DatabaseError, FakeSqlServer
-from test_sqlserver_backend import FEATURES, PROCEDURE, backend_for, make_project, matching_libraries, run_push
+from tests.fakes.dbapi_fake import install_driver
+from tests.fakes.sqlserver_fake import DatabaseError, FakeSqlServer
+from tests.test_sqlserver_backend import FEATURES, PROCEDURE, backend_for, make_project, matching_libraries, run_push
 
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sqlserver import migrate
 from tdsp_deploy.errors import BackendError
+from tests import paths
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = paths.DATA / "golden"
 EARLIER = GOLDEN / "sqlserver-earlier"
 MODEL = "iris-classifier"
 ENDPOINT = PROCEDURE.split(".", 1)[1]

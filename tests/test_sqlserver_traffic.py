@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from dbapi_fake import install_driver
-from sqlserver_fake import FakeSqlServer
-from test_sqlserver_backend import FEATURES, backend_for, make_project, matching_libraries, train
+from tests.fakes.dbapi_fake import install_driver
+from tests.fakes.sqlserver_fake import FakeSqlServer
+from tests.test_sqlserver_backend import FEATURES, backend_for, make_project, matching_libraries, train
 
 from tdsp_deploy.errors import ExitCode, TdspError
 

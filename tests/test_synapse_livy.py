@@ -23,9 +23,9 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from livy_server import LOG_LINES, LivyServer  # noqa: E402
-from synapse_rest_spec import validate  # noqa: E402
-from test_synapse_spark import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
+from tests.fakes.livy_server import LOG_LINES, LivyServer  # noqa: E402
+from tests.fakes.synapse_rest_spec import validate  # noqa: E402
+from tests.test_synapse_spark import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
 
 from tdsp_deploy.backends.base import Backend  # noqa: E402
 from tdsp_deploy.backends.synapse import make_backend  # noqa: E402

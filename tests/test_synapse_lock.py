@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azurite import Azurite, azurite_blob
-from test_synapse_spark import load, make_project
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.test_synapse_spark import load, make_project
 
 from tdsp_deploy.backends.base import Backend
 from tdsp_deploy.backends.synapse import make_backend

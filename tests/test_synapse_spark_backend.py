@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_synapse_spark import STORAGE, load, make_project
+from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.base import Backend

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from test_synapse_spark import STORAGE, load, make_project
+from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.synapse import make_backend
@@ -237,8 +237,8 @@ def test_the_run_command_prints_the_rows_and_output_replaying_the_recording(
     """`tdsp-deploy run` as a user runs it: storage through the Blob API (a Blob service on
     loopback), the workspace answering as recorded, the token from a managed identity.
     Before: "scored ? rows into ?"."""
-    from blob_service import BlobService
-    from identity_endpoint import ManagedIdentityEndpoint
+    from tests.fakes.blob_service import BlobService
+    from tests.fakes.identity_endpoint import ManagedIdentityEndpoint
 
     project = make_project(tmp_path / "p")
     with BlobService() as service, ManagedIdentityEndpoint(TOKEN) as identity:

@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import pytest
 import yaml
-from synapse_sql_fake import FakeSqlPool
+from tests.fakes.synapse_sql_fake import FakeSqlPool
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.backends.sql.connection import SqlConnection as SqlServerConnection
@@ -23,8 +23,9 @@ from tdsp_deploy.errors import BackendError, ExitCode, TdspError
 from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.pipeline import PushResult, push
 from tdsp_deploy.smoke import json_differences
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 NAME = "irispool"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CLASSES = ["setosa", "versicolor", "virginica"]

@@ -31,7 +31,7 @@ pytestmark = [
 
 
 def live_project(root: Path, name: str, **options: object) -> Path:
-    from test_synapse_sql_backend import make_project
+    from tests.test_synapse_sql_backend import make_project
 
     user = os.environ.get("TDSP_SYNAPSE_SQL_USER")
     auth = (
@@ -58,7 +58,7 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     import json
 
     import numpy as np
-    from test_synapse_sql_backend import FEATURES
+    from tests.test_synapse_sql_backend import FEATURES
 
     from tdsp_deploy.backends.local.target import LocalTarget
     from tdsp_deploy.backends.synapse import make_backend

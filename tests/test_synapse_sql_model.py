@@ -18,7 +18,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
-from synapse_sql_fake import FakeSqlPool, Table
+from tests.fakes.synapse_sql_fake import FakeSqlPool, Table
 
 from tdsp_deploy.backends.synapse.onnx_parity import OnnxParityMismatch, check_parity, original_columns
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
@@ -26,8 +26,9 @@ from tdsp_deploy.backends.synapse.sql_onnx_convert import ConversionFailed, skle
 from tdsp_deploy.backends.synapse.sql_predict_local import LocalPredict
 from tdsp_deploy.backends.synapse.sql_predict_rules import PredictRuleError, check_columns, check_model
 from tdsp_deploy.errors import ExitCode, UsageError
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 IRIS = ROOT / "examples" / "iris"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -351,7 +352,7 @@ def test_the_fake_pools_predict_says_no_to_a_matrix_input_and_a_type_mismatch(ir
     table = Table(
         [(n, "float") for n in FEATURES], [dict(zip(FEATURES, features.to_numpy()[0], strict=True))]
     )
-    from sqlserver_fake import DatabaseError
+    from tests.fakes.sqlserver_fake import DatabaseError
 
     with pytest.raises(DatabaseError, match="each input must be one column"):
         FakeSqlPool().predict(

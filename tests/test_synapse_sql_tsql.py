@@ -20,9 +20,10 @@ from tdsp_deploy.backends.synapse.sql_model import prepare_model
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging.lock import LockedModel, PackageLock
+from tests import paths
 
-GOLDEN = Path(__file__).parent / "golden" / "synapse"
-IRIS = Path(__file__).resolve().parent.parent / "examples" / "iris"
+GOLDEN = paths.DATA / "golden" / "synapse"
+IRIS = paths.EXAMPLES / "iris"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 CLASSES = ["setosa", "versicolor", "virginica"]
 PLANTED_MODEL_NAME = "Zq9-planted.model_name-7x"  # may travel only as a parameter

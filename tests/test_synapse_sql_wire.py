@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synapse_sql_fake import FakeSqlPool
-from test_synapse_sql_backend import make_project
+from tests.fakes.synapse_sql_fake import FakeSqlPool
+from tests.test_synapse_sql_backend import make_project
 
 from tdsp_deploy.errors import ExitCode
 
 pytest.importorskip("mssql_python")
-from tds.responder import SP_PREPEXEC, Responder  # noqa: E402
+from tests.fakes.tds.responder import SP_PREPEXEC, Responder  # noqa: E402
 
 PASSWORD = "Pq9;{Zz}vv-pool"
 PASSWORD_ENV = "TDSP_TEST_POOL_PASSWORD"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azurite import Azurite, azurite_blob
-from test_synapse_spark import STORAGE, load, make_project
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.synapse import make_backend

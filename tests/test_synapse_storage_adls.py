@@ -20,10 +20,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from azurite import Azurite, azurite_blob
-from blob_service import BlobService
-from identity_endpoint import STORAGE_RESOURCE, ManagedIdentityEndpoint, unsigned_jwt
-from test_synapse_spark import STORAGE, make_project
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.fakes.blob_service import BlobService
+from tests.fakes.identity_endpoint import STORAGE_RESOURCE, ManagedIdentityEndpoint, unsigned_jwt
+from tests.test_synapse_spark import STORAGE, make_project
 
 from tdsp_deploy.backends.synapse.spark_backend import read_scored
 from tdsp_deploy.backends.synapse.storage import BlobStore

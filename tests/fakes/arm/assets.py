@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from arm.transport import Reply, Sent
+from tests.fakes.arm.transport import Reply, Sent
 
 PROVIDER = "Microsoft.MachineLearningServices"
 STARTED = "2025-02-27T10:35:40.9824177+00:00"

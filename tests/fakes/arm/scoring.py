@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from arm.workspace import Workspace
+from tests.fakes.arm.workspace import Workspace
 
 PIN_HEADER = "azureml-model-deployment"
 

@@ -60,8 +60,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from blob_mount import BlobMount
-from identity_endpoint import ManagedIdentityEndpoint  # noqa: F401 - re-exported for the tests
+from tests.fakes.blob_mount import BlobMount
+from tests.fakes.identity_endpoint import ManagedIdentityEndpoint  # noqa: F401 - re-exported for the tests
 
 API_VERSION = "2019-11-01-preview"
 API = f"/livyApi/versions/{API_VERSION}/sparkPools/"

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from arm.assets import AssetsMixin, arm_error
-from arm.transport import HandlerTransport, Reply, Sent
+from tests.fakes.arm.assets import AssetsMixin, arm_error
+from tests.fakes.arm.transport import HandlerTransport, Reply, Sent
 
 PROVIDER = "Microsoft.MachineLearningServices"
 ARM = "https://management.azure.com"

@@ -38,7 +38,7 @@ import threading
 import traceback
 from typing import Any
 
-from tds import wire
+from tests.fakes.tds import wire
 
 SP_EXECUTESQL, SP_PREPARE, SP_EXECUTE, SP_PREPEXEC, SP_UNPREPARE = 10, 11, 12, 13, 15
 TM_BEGIN_XACT, TM_COMMIT_XACT, TM_ROLLBACK_XACT = 5, 7, 8

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: tests import them from here)
+from tests.fakes.dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: tests import them from here)
     DatabaseError,
     Error,
     FakeCursor,
@@ -57,7 +57,7 @@ from dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: te
     ProgrammingError,
     server_error,
 )
-from sqlserver_harness import ExternalScriptError, run_external_script_with_outputs
+from tests.fakes.sqlserver_harness import ExternalScriptError, run_external_script_with_outputs
 
 
 @dataclasses.dataclass

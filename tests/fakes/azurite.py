@@ -20,8 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 ACCOUNT = "devstoreaccount1"
 # The development account's key, published in Azurite's README for every installation.
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from arm.scoring import scoring_handler
+from tests.fakes.arm.scoring import scoring_handler
 
 from tdsp_deploy.backends.azureml.client import LOG_CONTAINERS
 from tdsp_deploy.backends.azureml.operations import provisioning_summary, wait_for

@@ -21,7 +21,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from azurite import self_signed
+from tests.fakes.azurite import self_signed
 
 STORAGE_SUFFIX = "blob.core.windows.net"
 

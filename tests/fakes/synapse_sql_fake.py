@@ -45,7 +45,7 @@ import threading
 from typing import Any
 
 import numpy as np
-from dbapi_fake import (
+from tests.fakes.dbapi_fake import (
     DatabaseError,
     FakeCursor,
     InterfaceError,

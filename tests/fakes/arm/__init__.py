@@ -18,9 +18,9 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from arm.scoring import ScoringFrontEnd
-from arm.storage_proxy import StorageProxy
-from arm.workspace import Workspace
+from tests.fakes.arm.scoring import ScoringFrontEnd
+from tests.fakes.arm.storage_proxy import StorageProxy
+from tests.fakes.arm.workspace import Workspace
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "rg-tdsp"
@@ -82,7 +82,7 @@ class Storage:
         from datetime import datetime, timedelta
 
         from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-        from azurite import ACCOUNT, KEY
+        from tests.fakes.azurite import ACCOUNT, KEY
 
         self.azurite.service().create_container(name)
         sas = generate_container_sas(
@@ -99,7 +99,7 @@ class Storage:
 def emulated_storage(folder: Path) -> Iterator[Storage]:
     """Azurite, and the environment that sends azure-ai-ml's blob client to it."""
     import pytest
-    from azurite import ACCOUNT, Azurite
+    from tests.fakes.azurite import ACCOUNT, Azurite
 
     folder.mkdir(parents=True, exist_ok=True)
     with Azurite(folder / "azurite") as azurite, pytest.MonkeyPatch.context() as env:
@@ -118,7 +118,7 @@ def emulated_storage(folder: Path) -> Iterator[Storage]:
 @contextmanager
 def emulated_azure(storage: Storage, answer: bytes, **workspace_options: Any) -> Iterator[EmulatedAzure]:
     """A fresh workspace (its own blob container) and scoring front end."""
-    from azurite import ACCOUNT, KEY
+    from tests.fakes.azurite import ACCOUNT, KEY
 
     container = f"azureml-blobstore-{uuid.uuid4()}"
     storage.azurite.service().create_container(container)
