@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import emit, note, result  # noqa: E402
-from tests.fakes.sqlserver_harness import run_external_script_with_outputs  # noqa: E402
 
 from tdsp_deploy.backends.sqlserver.script import generate_script  # noqa: E402
 from tdsp_deploy.backends.sqlserver.target import Column  # noqa: E402
+from tests.fakes.sqlserver_harness import run_external_script_with_outputs  # noqa: E402
 
 GOAL = 0.8
 # A multi-threaded BLAS (OpenBLAS here) keeps its idle threads spinning for a while after each

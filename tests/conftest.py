@@ -4,10 +4,10 @@ test leaves a process running."""
 from __future__ import annotations
 
 import contextlib
-import os
 import dataclasses
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path

@@ -425,9 +425,8 @@ def test_rates_show_no_floating_point_dust_and_tiny_ones_stay_readable() -> None
 def test_the_primary_metric_shows_each_variants_interval_and_the_mde_line(tmp_path) -> None:
     import re
 
-    from tests.test_ab_analysis import run, traffic
-
     from tdsp_deploy.ab.report import write_report
+    from tests.fakes.ab_records import run, traffic
 
     records, outcomes = traffic(600, rate=(0.10, 0.12), seed=12)
     document = run(records, outcomes)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import tests.test_azureml_arm as shared
-from tests.fakes.arm import emulated_azure
-from tests.fakes.arm.transport import Reply
-from tests.fakes.arm.workspace import arm_error
-from tests.test_azureml_arm import backend_for, live, push_fails, run_push, writes
-from tests.test_azureml_backend import EXPECTED, NAME, edit, new_model
 
+import tests.fakes.azureml_emulated as shared
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, EndpointNotFound, ExitCode
 from tdsp_deploy.pipeline import change_traffic
 from tdsp_deploy.traffic import TrafficSplit
+from tests.fakes.arm import emulated_azure
+from tests.fakes.arm.transport import Reply
+from tests.fakes.arm.workspace import arm_error
+from tests.fakes.azureml_emulated import backend_for, live, push_fails, run_push, writes
+from tests.fakes.azureml_project import EXPECTED, NAME, edit, new_model
 
 DEPLOYMENT_PUT = rf"/onlineEndpoints/{NAME}/deployments/blue"
 

@@ -15,7 +15,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from tests.test_packaging import make_project
 
 from tdsp_deploy.backends.azureml import entities
 from tdsp_deploy.backends.azureml.importer import import_az_ml
@@ -32,6 +31,7 @@ from tdsp_deploy.errors import BackendError, ExitCode, ManifestError, UsageError
 from tdsp_deploy.manifest.loader import load_manifest
 from tdsp_deploy.manifest.model import ENDPOINT_NAME, manifest_class
 from tdsp_deploy.packaging import build_package, extract_package
+from tests.fakes.packaging_project import make_project
 
 TARGETS = (LocalTarget, AzureMLTarget)
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"

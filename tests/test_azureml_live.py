@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests import paths
 
 REQUIRED = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE")

@@ -9,9 +9,6 @@ from typing import Any
 
 import fake_backend
 import pytest
-from tests.test_pipeline import make_project as make_fake_project
-from tests.test_synapse_spark import STORAGE, load
-from tests.test_synapse_spark import make_project as make_spark_project
 
 from tdsp_deploy.backends.base import Backend, Capabilities, SlotCounters
 from tdsp_deploy.backends.registry import Registry
@@ -20,6 +17,9 @@ from tdsp_deploy.errors import BackendError, ExitCode
 from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.pipeline import _allow_forced
 from tdsp_deploy.status_view import EndpointWatcher
+from tests.fakes.fake_backend_project import make_project as make_fake_project
+from tests.fakes.synapse_spark_project import STORAGE, load
+from tests.fakes.synapse_spark_project import make_project as make_spark_project
 
 
 @pytest.fixture(autouse=True)

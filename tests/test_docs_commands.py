@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+
 from tests import paths
 
 ROOT = paths.ROOT

@@ -3,44 +3,17 @@ and the request log and metrics the router keeps."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
-import urllib.parse
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.fakes.endpoint_client import Client
+
 pytestmark = pytest.mark.timeout(300)
-
-
-class Client:
-    """One keep-alive connection to the endpoint, with the key."""
-
-    def __init__(self, uri: str, key: str):
-        parts = urllib.parse.urlsplit(uri)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        self.key = key
-
-    def post(self, body: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
-        self.connection.request(
-            "POST",
-            "/score",
-            body=body,
-            headers={
-                "Authorization": f"Bearer {self.key}",
-                "Content-Type": "application/json",
-                **{k.replace("_", "-"): v for k, v in headers.items()},
-            },
-        )
-        response = self.connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-
-    def get(self, path: str) -> bytes:
-        self.connection.request("GET", path, headers={"Authorization": f"Bearer {self.key}"})
-        return self.connection.getresponse().read()
 
 
 @pytest.fixture

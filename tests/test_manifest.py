@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -30,44 +29,9 @@ from tdsp_deploy.manifest import (
 )
 from tdsp_deploy.manifest.model import Strict
 from tests import paths
+from tests.fakes.manifest_project import GOOD_SCRIPT, MINIMAL, project
 
 CORPUS = paths.DATA / "manifests"
-
-MINIMAL = """\
-name: iris
-model:
-  path: model/
-scoring:
-  script: score.py
-"""
-
-GOOD_SCRIPT = """\
-def init():
-    pass
-
-
-def run(raw_data):
-    return raw_data
-"""
-
-
-def project(root: Path, manifest: str = MINIMAL, files: dict[str, str | bytes] | None = None) -> Path:
-    """A folder with a model, a scoring script, a sample request and ``deploy.yaml``."""
-    root.mkdir(parents=True, exist_ok=True)
-    defaults: dict[str, str | bytes] = {
-        "model/model.pkl": b"weights",
-        "score.py": GOOD_SCRIPT,
-        "sample-request.json": '{"data": [1, 2]}',
-        "deploy.yaml": textwrap.dedent(manifest),
-    }
-    for name, content in {**defaults, **(files or {})}.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root / "deploy.yaml"
 
 
 def problems_of(path: Path | str, **kwargs) -> list[tuple[int | None, str | None, str]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from pathlib import Path
 
 import pytest
 import yaml

@@ -12,19 +12,19 @@ import time
 from typing import Any
 
 import pytest
-import tests.test_azureml_arm as shared
 import yaml
-from tests.fakes.arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
 from azure.monitor.query import MetricsQueryClient
-from tests.fakes.azure_monitor_fake import FakeCredential, FakeMonitor, Minute
-from tests.test_azureml_arm import backend_for, live, run_push
-from tests.test_azureml_backend import NAME, edit, new_model
 
+import tests.fakes.azureml_emulated as shared
 from tdsp_deploy.backends.azureml.monitor import EndpointMetrics, endpoint_resource_id
 from tdsp_deploy.errors import BackendError, ExitCode
 from tdsp_deploy.rollout.machine import RolledBack, Walker
 from tdsp_deploy.rollout.sources import AzureMonitorSource
 from tdsp_deploy.rollout.state import RolloutState, RolloutStore
+from tests.fakes.arm import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, EmulatedAzure
+from tests.fakes.azure_monitor_fake import FakeCredential, FakeMonitor, Minute
+from tests.fakes.azureml_emulated import backend_for, live, run_push
+from tests.fakes.azureml_project import NAME, edit, new_model
 
 START = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC).timestamp()
 HEALTHY = Minute(ok=950, errors=2, p50=20, p90=30, p95=35, p99=50)
@@ -214,9 +214,8 @@ def tags_sent(azure: EmulatedAzure) -> list[dict[str, str]]:
 def emulated_cli(monkeypatch: pytest.MonkeyPatch, azure: EmulatedAzure) -> None:
     """The CLI's own backend, signed in to the emulated workspace: the real MLClient over the
     emulator's transport is the only difference."""
-    from tests.fakes.arm import StaticToken
-
     from tdsp_deploy.backends.azureml.client import AzureMLClient
+    from tests.fakes.arm import StaticToken
 
     connect = AzureMLClient.connect.__func__
 
@@ -307,10 +306,9 @@ def test_a_rollout_in_progress_shows_its_step_on_another_machine(
 def test_a_refused_tag_update_does_not_stop_the_rollout_and_is_tried_again(
     tmp_path, azure, staged, project
 ) -> None:
+    from tdsp_deploy.rollout.tags import TAG, TaggedStore, decode
     from tests.fakes.arm.assets import arm_error
     from tests.fakes.arm.workspace import Scripted
-
-    from tdsp_deploy.rollout.tags import TAG, TaggedStore, decode
 
     refused: list[dict] = []
 

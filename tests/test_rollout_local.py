@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.test_local_traffic import Client
 
 from tdsp_deploy.errors import ExitCode
+from tests.fakes.endpoint_client import Client
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -7,12 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.test_manifest import project
 
 from tdsp_deploy.backends.local.target import LocalTarget
 from tdsp_deploy.errors import ExitCode, ManifestError
 from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.rollout import validation_warnings
+from tests.fakes.manifest_project import project
 
 BASE = """\
 name: iris

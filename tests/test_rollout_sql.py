@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import threading
 
-from tests.test_sqlserver_backend import FEATURES, backend_for
-from tests.test_sqlserver_traffic import driver, random_rows, server, two_versions, weights  # noqa: F401
-
 from tdsp_deploy.rollout.machine import Walker
 from tdsp_deploy.rollout.sources import RequestLogSource
 from tdsp_deploy.rollout.state import RolloutState, RolloutStore
+from tests.fakes.sqlserver_project import FEATURES, backend_for
+from tests.fakes.sqlserver_traffic import driver, random_rows, server, two_versions, weights  # noqa: F401
 
 
 def test_a_rollout_walks_on_the_request_log_and_counts_calls_not_rows(server, driver, cli, tmp_path):  # noqa: F811

@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+
 from tests.fakes.echo_endpoint import read_answer
 from tests.fakes.router_harness import ADMIN_KEY, KEY, Upstream, routers_for_test, upstream_for_test, wait_for
 

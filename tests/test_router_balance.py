@@ -8,11 +8,11 @@ import threading
 from collections import Counter
 
 import pytest
-from tests.fakes.router_harness import ADMIN, AUTH, Upstream, routers_for_test
 
 from tdsp_deploy.backends.local.balance import SLACK, Balancer
 from tdsp_deploy.backends.local.routes import RouterConfig, SlotRoute
 from tdsp_deploy.backends.local.timing import PHASES, difference
+from tests.fakes.router_harness import ADMIN, AUTH, Upstream, routers_for_test
 
 BLUE, GREEN = SlotRoute("blue", 1, 50), SlotRoute("green", 2, 50)
 

@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+
 from tests.fakes.echo_endpoint import belongs, body_for, write_echo_manifest
 
 pytestmark = pytest.mark.timeout(300)

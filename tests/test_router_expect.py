@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from tests.fakes.router_harness import AUTH, KEY, routers_for_test
 
 

@@ -23,9 +23,10 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from tests.fakes.echo_endpoint import belongs, body_for, read_answer, write_echo_manifest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from tests.fakes.echo_endpoint import belongs, body_for, read_answer, write_echo_manifest
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -7,9 +7,9 @@ import http.client
 import json
 
 import pytest
-from tests.test_router import HTTP_SERVERS, SlotProcess
 
 from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_ENV, SLOT_SECRET_HEADER, slot_secret
+from tests.fakes.slot_process import HTTP_SERVERS, SlotProcess
 
 pytestmark = pytest.mark.timeout(300)
 

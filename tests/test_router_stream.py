@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+
 from tests.fakes.echo_endpoint import read_answer
 from tests.fakes.router_harness import KEY, routers_for_test
 

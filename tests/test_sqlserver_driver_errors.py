@@ -14,8 +14,6 @@ import types
 from typing import Any
 
 import pytest
-from tests.fakes.dbapi_fake import install_driver, server_error
-from tests.fakes.sqlserver_fake import FakeSqlServer
 
 from tdsp_deploy.backends.sql import rows as sql_rows
 from tdsp_deploy.backends.sql.connection import bind_nulls
@@ -32,6 +30,8 @@ from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.backends.synapse import predict_tsql
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
+from tests.fakes.dbapi_fake import install_driver, server_error
+from tests.fakes.sqlserver_fake import FakeSqlServer
 
 mssql_python = pytest.importorskip("mssql_python")
 

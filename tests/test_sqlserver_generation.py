@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +24,12 @@ from tdsp_deploy.backends.sqlserver.script import generate_script, model_payload
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget, quote_identifier, sql_type
 from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.packaging.lock import LockedModel, PackageLock
-from tests.fakes.sqlserver_harness import ExternalScriptError, run_external_script, run_external_script_with_outputs
 from tests import paths
+from tests.fakes.sqlserver_harness import (
+    ExternalScriptError,
+    run_external_script,
+    run_external_script_with_outputs,
+)
 
 ROOT = paths.ROOT
 IRIS = ROOT / "examples" / "iris"

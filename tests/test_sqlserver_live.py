@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests import paths
 
 ROOT = paths.ROOT

@@ -11,12 +11,12 @@ import threading
 import time
 
 import pytest
-from tests.fakes.sqlserver_fake import FakeSqlServer
-from tests.test_sqlserver_backend import backend_for, make_project, matching_libraries
-from tests.test_sqlserver_traffic import driver  # noqa: F401 (fixture: the CLI's driver is the fake)
 
 from tdsp_deploy.backends.sqlserver.applock import resource_name
 from tdsp_deploy.errors import BackendError, ExitCode
+from tests.fakes.sqlserver_fake import FakeSqlServer
+from tests.fakes.sqlserver_project import backend_for, make_project, matching_libraries
+from tests.fakes.sqlserver_traffic import driver  # noqa: F401 (fixture: the CLI's driver is the fake)
 
 
 @pytest.fixture

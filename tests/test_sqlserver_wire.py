@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.fakes.dbapi_fake import server_error
-from tests.fakes.sqlserver_fake import FakeSqlServer
-from tests.test_sqlserver_backend import make_project, matching_libraries
 
 from tdsp_deploy.backends.sql.errors import TSQL_REFUSALS, translate_error
 from tdsp_deploy.backends.sqlserver import scoring_batch
@@ -26,6 +23,9 @@ from tdsp_deploy.backends.sqlserver.applock import GET_APPLOCK
 from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
+from tests.fakes.dbapi_fake import server_error
+from tests.fakes.sqlserver_fake import FakeSqlServer
+from tests.fakes.sqlserver_project import make_project, matching_libraries
 
 pytest.importorskip("mssql_python")
 from tests.fakes.tds.responder import SP_PREPEXEC, Responder  # noqa: E402
@@ -279,7 +279,7 @@ def test_the_driver_keeps_only_the_first_of_several_records(monkeypatch):
 def test_a_database_of_the_earlier_version_is_migrated_through_the_real_driver(cli, tmp_path, monkeypatch):
     """The migration's batches (dynamic SQL with quotes inside quotes, the primary keys looked
     up by name) go through mssql-python as they would to SQL Server."""
-    from tests.test_sqlserver_migration import ENDPOINT, MODEL, earlier_database
+    from tests.fakes.sqlserver_earlier import ENDPOINT, MODEL, earlier_database
 
     earlier, _ = earlier_database(tmp_path)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)

@@ -23,10 +23,6 @@ import pytest
 
 pytest.importorskip("pyspark")
 
-from tests.fakes.livy_server import LOG_LINES, LivyServer  # noqa: E402
-from tests.fakes.synapse_rest_spec import validate  # noqa: E402
-from tests.test_synapse_spark import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
-
 from tdsp_deploy.backends.base import Backend  # noqa: E402
 from tdsp_deploy.backends.synapse import make_backend  # noqa: E402
 from tdsp_deploy.backends.synapse.livy import LivyClient  # noqa: E402
@@ -34,6 +30,9 @@ from tdsp_deploy.backends.synapse.storage import FolderStore  # noqa: E402
 from tdsp_deploy.backends.synapse.target import DataLocation  # noqa: E402
 from tdsp_deploy.errors import BackendError, DeploymentFailed, DeploymentTimeout, ExitCode  # noqa: E402
 from tdsp_deploy.pipeline import push  # noqa: E402
+from tests.fakes.livy_server import LOG_LINES, LivyServer  # noqa: E402
+from tests.fakes.synapse_rest_spec import validate  # noqa: E402
+from tests.fakes.synapse_spark_project import STORAGE, expected_scores, load, make_project, rows  # noqa: E402
 
 TOKEN = "test-token-3f9a"
 CONTAINER = "abfss://tdsp@contosolake.dfs.core.windows.net"

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fakes.azurite import Azurite, azurite_blob
-from tests.test_synapse_spark import load, make_project
 
 from tdsp_deploy.backends.base import Backend
 from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.blob_lease import BlobLease
 from tdsp_deploy.backends.synapse.storage import BlobStore, FolderStore
 from tdsp_deploy.errors import BackendError, ExitCode
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.fakes.synapse_spark_project import load, make_project
 
 pytestmark = pytest.mark.skipif(
     azurite_blob() is None, reason="Azurite needs node and the npm package azurite (.ci/run installs both)"

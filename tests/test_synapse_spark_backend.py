@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.base import Backend
@@ -17,6 +16,7 @@ from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.storage import FolderStore
 from tdsp_deploy.errors import EndpointNotFound, UsageError
 from tdsp_deploy.packaging import build_package
+from tests.fakes.synapse_spark_project import STORAGE, load, make_project
 
 
 class RecordingLivy:

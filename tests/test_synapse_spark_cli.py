@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from tests.fakes.azurite import Azurite, azurite_blob
 
 pytest.importorskip("pyspark")
 
 from tests.fakes.identity_endpoint import ManagedIdentityEndpoint  # noqa: E402
 from tests.fakes.livy_server import LOG_LINES, BlobMount, LivyServer  # noqa: E402
-from tests.test_synapse_spark import expected_scores, make_project, rows  # noqa: E402
+from tests.fakes.synapse_spark_project import expected_scores, make_project, rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     azurite_blob() is None, reason="Azurite needs node and the npm package azurite (.ci/run installs both)"

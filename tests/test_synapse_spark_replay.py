@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.synapse import make_backend
@@ -32,6 +31,7 @@ from tdsp_deploy.backends.synapse.storage import FolderStore
 from tdsp_deploy.backends.synapse.target import DataLocation
 from tdsp_deploy.errors import DeploymentFailed, ExitCode
 from tdsp_deploy.packaging import build_package
+from tests.fakes.synapse_spark_project import STORAGE, load, make_project
 
 TOKEN = "replay-token"
 BATCHES = "/livyApi/versions/2019-11-01-preview/sparkPools/pool1/batches"

@@ -31,7 +31,7 @@ pytestmark = [
 
 
 def live_project(root: Path, name: str, **options: object) -> Path:
-    from tests.test_synapse_sql_backend import make_project
+    from tests.fakes.synapse_sql_project import make_project
 
     user = os.environ.get("TDSP_SYNAPSE_SQL_USER")
     auth = (
@@ -58,7 +58,6 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     import json
 
     import numpy as np
-    from tests.test_synapse_sql_backend import FEATURES
 
     from tdsp_deploy.backends.local.target import LocalTarget
     from tdsp_deploy.backends.synapse import make_backend
@@ -66,6 +65,7 @@ def test_push_split_score_and_delete_on_a_real_pool(tmp_path: Path):
     from tdsp_deploy.backends.synapse.target import SynapseTarget
     from tdsp_deploy.manifest import load_manifest
     from tdsp_deploy.pipeline import push
+    from tests.fakes.synapse_sql_project import FEATURES
 
     name = "tdsplive" + secrets.token_hex(3)
     first = load_manifest(

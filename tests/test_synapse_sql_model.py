@@ -5,7 +5,6 @@ mapping run with onnxruntime -- compared with the original model on the iris exa
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +17,6 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
-from tests.fakes.synapse_sql_fake import FakeSqlPool, Table
 
 from tdsp_deploy.backends.synapse.onnx_parity import OnnxParityMismatch, check_parity, original_columns
 from tdsp_deploy.backends.synapse.sql_model import prepare_model
@@ -27,6 +25,7 @@ from tdsp_deploy.backends.synapse.sql_predict_local import LocalPredict
 from tdsp_deploy.backends.synapse.sql_predict_rules import PredictRuleError, check_columns, check_model
 from tdsp_deploy.errors import ExitCode, UsageError
 from tests import paths
+from tests.fakes.synapse_sql_fake import FakeSqlPool, Table
 
 ROOT = paths.ROOT
 IRIS = ROOT / "examples" / "iris"

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from tests.fakes.dbapi_fake import install_driver
-from tests.fakes.synapse_sql_fake import FakeSqlPool, _bucket_function
-from tests.test_synapse_sql_backend import FEATURES, TABLE, backend_for, make_project
 
 from tdsp_deploy.backends.synapse import predict_tsql
 from tdsp_deploy.backends.synapse.sql_predict_local import key_bucket, row_key, split_rows
 from tdsp_deploy.backends.synapse.target import SynapseTarget
 from tdsp_deploy.errors import ExitCode, TdspError
+from tests.fakes.dbapi_fake import install_driver
+from tests.fakes.synapse_sql_fake import FakeSqlPool, _bucket_function
+from tests.fakes.synapse_sql_project import FEATURES, TABLE, backend_for, make_project
 
 TRAFFIC = "dbo.tdsp_traffic"
 AB_SECTION = {"minimum_detectable_effect": 0.2, "baseline": 0.3, "primary_metric": {"type": "binary"}}
@@ -252,7 +252,7 @@ def test_ab_start_status_analyze_and_promote_through_the_cli(pool, driver, cli, 
 def test_the_request_log_keeps_each_rows_key_its_slot_and_the_calls_that_failed(pool, tmp_path):
     import pickle
 
-    from tests.test_synapse_sql_backend import run_push
+    from tests.fakes.synapse_sql_project import run_push
 
     first = make_project(tmp_path / "v1", version="1", ab_key="sepal_length")
     run_push(first, pool)
@@ -310,7 +310,7 @@ def test_logs_without_view_database_state_say_what_to_grant(driver, cli, tmp_pat
 
 
 def test_without_a_request_log_nothing_is_logged_and_ab_says_why(pool, tmp_path):
-    from tests.test_synapse_sql_backend import run_push
+    from tests.fakes.synapse_sql_project import run_push
 
     project = make_project(tmp_path / "p", request_log=False)
     run_push(project, pool)
@@ -440,7 +440,7 @@ def test_validate_refuses_an_ab_key_that_is_not_an_input_and_a_shared_table(cli,
 
 
 def test_a_canary_of_a_version_with_other_outputs_is_rolled_back(pool, tmp_path):
-    from tests.test_synapse_sql_backend import push_fails, run_push
+    from tests.fakes.synapse_sql_project import push_fails, run_push
 
     first = make_project(tmp_path / "v1", version="1")
     run_push(first, pool)

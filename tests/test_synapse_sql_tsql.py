@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import re
-from pathlib import Path
 
 import onnx
 import pytest

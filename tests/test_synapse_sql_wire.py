@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fakes.synapse_sql_fake import FakeSqlPool
-from tests.test_synapse_sql_backend import make_project
 
 from tdsp_deploy.errors import ExitCode
+from tests.fakes.synapse_sql_fake import FakeSqlPool
+from tests.fakes.synapse_sql_project import make_project
 
 pytest.importorskip("mssql_python")
 from tests.fakes.tds.responder import SP_PREPEXEC, Responder  # noqa: E402

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fakes.azurite import Azurite, azurite_blob
-from tests.test_synapse_spark import STORAGE, load, make_project
 
 from tdsp_deploy import paths
 from tdsp_deploy.backends.synapse import make_backend
 from tdsp_deploy.backends.synapse.storage import SHA256_METADATA, BlobStore, file_sha256
 from tdsp_deploy.errors import BackendError
 from tdsp_deploy.packaging import build_package
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.fakes.synapse_spark_project import STORAGE, load, make_project
 
 pytestmark = pytest.mark.skipif(
     azurite_blob() is None, reason="Azurite needs node and the npm package azurite (.ci/run installs both)"

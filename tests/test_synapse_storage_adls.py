@@ -20,14 +20,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from tests.fakes.azurite import Azurite, azurite_blob
-from tests.fakes.blob_service import BlobService
-from tests.fakes.identity_endpoint import STORAGE_RESOURCE, ManagedIdentityEndpoint, unsigned_jwt
-from tests.test_synapse_spark import STORAGE, make_project
 
 from tdsp_deploy.backends.synapse.spark_backend import read_scored
 from tdsp_deploy.backends.synapse.storage import BlobStore
 from tdsp_deploy.errors import BackendError, ExitCode
+from tests.fakes.azurite import Azurite, azurite_blob
+from tests.fakes.blob_service import BlobService
+from tests.fakes.identity_endpoint import STORAGE_RESOURCE, ManagedIdentityEndpoint, unsigned_jwt
+from tests.fakes.synapse_spark_project import STORAGE, make_project
 
 ROOT = STORAGE  # abfss://tdsp@contosolake.dfs.core.windows.net/deploy
 

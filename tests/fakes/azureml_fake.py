@@ -38,8 +38,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.arm.scoring import scoring_handler
-
 from tdsp_deploy.backends.azureml.client import LOG_CONTAINERS
 from tdsp_deploy.backends.azureml.operations import provisioning_summary, wait_for
 from tdsp_deploy.backends.azureml.records import DeploymentInfo, EndpointInfo
@@ -50,6 +48,7 @@ from tdsp_deploy.backends.azureml.translate import (
     translate_error,
 )
 from tdsp_deploy.errors import TdspError
+from tests.fakes.arm.scoring import scoring_handler
 
 PIN_HEADER = "azureml-model-deployment"
 BUSY = frozenset({"Creating", "Updating", "Deleting"})

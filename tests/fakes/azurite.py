@@ -20,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
 from tests import paths
 
 ROOT = paths.ROOT

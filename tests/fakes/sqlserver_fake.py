@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from tests.fakes.dbapi_fake import (  # noqa: F401 (the exceptions are this module's too: tests import them from here)
     DatabaseError,
     Error,

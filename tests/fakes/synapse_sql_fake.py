@@ -45,6 +45,7 @@ import threading
 from typing import Any
 
 import numpy as np
+
 from tests.fakes.dbapi_fake import (
     DatabaseError,
     FakeCursor,

@@ -82,6 +82,7 @@ class Storage:
         from datetime import datetime, timedelta
 
         from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
         from tests.fakes.azurite import ACCOUNT, KEY
 
         self.azurite.service().create_container(name)
@@ -99,6 +100,7 @@ class Storage:
 def emulated_storage(folder: Path) -> Iterator[Storage]:
     """Azurite, and the environment that sends azure-ai-ml's blob client to it."""
     import pytest
+
     from tests.fakes.azurite import ACCOUNT, Azurite
 
     folder.mkdir(parents=True, exist_ok=True)
