@@ -2,7 +2,7 @@
 calling the model directly.
 
 Ours: the Python that the scoring procedure hands to ``sp_execute_external_script``, run with
-that procedure's contract by tests/sqlserver_harness.py (InputDataSet, the ``@params`` bound
+that procedure's contract by tests/fakes/sqlserver_harness.py (InputDataSet, the ``@params`` bound
 by name, the ``request_log`` OUTPUT parameter): unbundle the payload, route the rows (one
 slot with all the traffic), load the model, predict, build ``OutputDataSet`` with the serving
 version beside each row, write the request log. Peer: the same model loaded from the same

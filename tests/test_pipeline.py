@@ -1,5 +1,5 @@
 """The push pipeline's steps, rollbacks and exit codes, through the real CLI and a fake
-backend installed through the real entry-point group (tests/plugins)."""
+backend installed through the real entry-point group (tests/fakes/plugins)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 not proven elsewhere: keys compared in constant time and stored privately, files changed on
 disk never loaded again, and a flavor that unpickles said so by `validate`.
 
-The manifest corpus lives in tests/corpus/manifests/: one bad manifest per class of mistake,
+The manifest corpus lives in tests/data/corpus/manifests/: one bad manifest per class of mistake,
 its first line ``# expect: EXIT | fragment of the message``.
 """
 

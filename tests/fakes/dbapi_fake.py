@@ -4,7 +4,7 @@ mssql-python's own exception classes, built as the driver builds them from a SQL
 server's first message (so a translation that reads what the driver never gives fails), and a
 cursor over a connection whose ``run(sql, params)`` answers (column names, rows). Each fake
 keeps its own platform rules in its connection and its server; nothing here decides what a
-statement does. The same fakes also stand below the wire (tests/tds), where the real driver
+statement does. The same fakes also stand below the wire (tests/fakes/tds), where the real driver
 reads their answers and errors from TDS tokens.
 """
 
@@ -48,7 +48,7 @@ def server_error(number: int, message: str, cls: Any = None, state: str | None =
         message = f"tdsp-{number}: {message}"
     error = sqlstate_to_exception(state, f"[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{message}")
     assert error is not None, state
-    # what the server sent, for the wire-level responder (tests/tds) to send as an ERROR token
+    # what the server sent, for the wire-level responder (tests/fakes/tds) to send as an ERROR token
     error.server_message = (number, message)  # type: ignore[attr-defined]
     return error
 

@@ -1,6 +1,6 @@
 """Bad requests to a live endpoint: each gets its own clear status, and the endpoint keeps serving.
 
-The corpus in tests/corpus/requests/ holds raw HTTP requests, byte for byte as they are sent
+The corpus in tests/data/corpus/requests/ holds raw HTTP requests, byte for byte as they are sent
 (``{KEY}`` stands for the endpoint's key), each with its expected status and a fragment of the
 answer on its first line: ``# expect: STATUS | fragment``. After every one of them a good
 request must still get its 200.

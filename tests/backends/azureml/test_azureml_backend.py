@@ -1,4 +1,4 @@
-"""What of the azureml backend needs no Azure, and the fake above the SDK (tests/azureml_fake.py).
+"""What of the azureml backend needs no Azure, and the fake above the SDK (tests/fakes/azureml_fake.py).
 
 The backend's work with Azure is tested through the real MLClient against the ARM emulator
 (test_azureml_arm*.py). Here: render and preflight (offline; the fake only proves nothing is

@@ -1,7 +1,7 @@
 """The sqlserver target's generated artefacts: schema, scoring script, T-SQL.
 
 The scoring script is run with the exact ``sp_execute_external_script`` contract
-(tests/sqlserver_harness.py) and must answer like the model called directly. The T-SQL is
+(tests/fakes/sqlserver_harness.py) and must answer like the model called directly. The T-SQL is
 compared with golden files (``UPDATE_GOLDEN=1 pytest ...`` rewrites them) and parsed by sqlglot.
 """
 

@@ -2,10 +2,10 @@
 client:
 
 - with a hierarchical namespace, List Blobs returns directories as zero-length blobs with
-  ``hdi_isfolder=true``: the store skips them (tests/blob_service.py answers so; Azurite has
+  ``hdi_isfolder=true``: the store skips them (tests/fakes/blob_service.py answers so; Azurite has
   no hierarchical namespace);
 - an identity without a data role gets 403 AuthorizationPermissionMismatch: the user is told
-  which role to grant, exit 3 (tests/blob_service.py);
+  which role to grant, exit 3 (tests/fakes/blob_service.py);
 - the token path, as a user runs it with no connection string: DefaultAzureCredential gets a
   token for https://storage.azure.com/.default from a managed identity, and Azurite, in its
   OAuth mode over HTTPS, accepts the token only for that audience.

@@ -1,14 +1,14 @@
-"""The iris example on SQL Server: tests/manifests/sqlserver-iris/deploy.yaml beside a copy of
+"""The iris example on SQL Server: tests/data/manifests/sqlserver-iris/deploy.yaml beside a copy of
 examples/iris's model and code.
 
 ``test_the_live_manifest_scores_against_the_fake_server`` always runs: the same manifest, the
-real push through the CLI, against tests/sqlserver_fake.py (the example's ONNX model scored by
+real push through the CLI, against tests/fakes/sqlserver_fake.py (the example's ONNX model scored by
 the generated Python in the harness). The live test runs only when ``TDSP_TEST_MSSQL`` holds an
 ODBC connection string to a SQL Server with Machine Learning Services (Python) and external
 scripts enabled, e.g.
 
     export TDSP_TEST_MSSQL='Server=tcp:localhost,1433;Database=tdsp_test;UID=sa;PWD=...'
-    pytest tests/test_sqlserver_live.py
+    pytest tests/backends/sqlserver/test_sqlserver_live.py
 
 (the README's "The SQL Server target" says how to start one). It needs the driver
 (``pip install 'tdsp-deploy[sqlserver]'``) and onnxruntime in the server's Python. It pushes

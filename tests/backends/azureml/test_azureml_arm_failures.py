@@ -1,5 +1,5 @@
 """How the azureml backend fails, through the real azure-ai-ml ``MLClient`` against the ARM
-emulator (tests/arm/): Azure's error bodies and operation outcomes, as recorded or as Azure's
+emulator (tests/fakes/arm/): Azure's error bodies and operation outcomes, as recorded or as Azure's
 documentation shows them, reach the user translated, with the exit code the README lists and
 a hint, and a push that fails after the deployment exists rolls back as far as Azure allows."""
 

@@ -1,5 +1,5 @@
 """The azureml backend through the real azure-ai-ml ``MLClient``, against an Azure Resource
-Manager emulator at the HTTP transport (tests/arm/) that answers as Azure's recorded traffic
+Manager emulator at the HTTP transport (tests/fakes/arm/) that answers as Azure's recorded traffic
 does; blob uploads go to Azurite through azure-storage-blob; the scoring URI is a loopback
 front end reading the emulated workspace's keys and traffic. Nothing above the transport is
 patched: the SDK's requests, retries, polling and deserialisation are its own."""

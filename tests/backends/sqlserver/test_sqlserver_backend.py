@@ -1,4 +1,4 @@
-"""The sqlserver backend driven by the real push pipeline against tests/sqlserver_fake.py, a
+"""The sqlserver backend driven by the real push pipeline against tests/fakes/sqlserver_fake.py, a
 fake SQL Server that enforces the server's rules (transactions roll back whole, missing
 objects fail, Machine Learning Services can be off or forbidden) and scores for real: EXEC of
 the procedure runs the generated Python through the sp_execute_external_script harness with

@@ -1,6 +1,6 @@
 """The SQL Server target through the real driver: mssql-python and its bundled ODBC driver
-talk TDS to tests/tds/responder.py on loopback, which hands each statement to the fake SQL
-Server (tests/sqlserver_fake.py) and sends its answers and refusals back as SQL Server does.
+talk TDS to tests/fakes/tds/responder.py on loopback, which hands each statement to the fake SQL
+Server (tests/fakes/sqlserver_fake.py) and sends its answers and refusals back as SQL Server does.
 
 Connect, bind (qmark parameters become sp_prepexec with typed parameters; the model's bytes
 go as varbinary(max)), read results and read errors all run in the real driver here.

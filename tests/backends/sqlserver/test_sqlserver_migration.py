@@ -1,7 +1,7 @@
 """A database made by the previous tdsp-deploy (rows keyed by the model's name, procedures bound
 to it by the extended property ``tdsp_model_name``) brought to the one schema by a push.
 
-The earlier version's T-SQL is kept as it wrote it, in tests/golden/sqlserver-earlier/ (the
+The earlier version's T-SQL is kept as it wrote it, in tests/data/golden/sqlserver-earlier/ (the
 golden files of that version; the procedures' generated Python script, which the migration
 does not touch, left out): its tables are created from that text, and its procedures are the
 current ones with the earlier lines put back, which the first test proves equal to what the

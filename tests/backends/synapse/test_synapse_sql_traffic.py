@@ -1,7 +1,7 @@
 """The synapse target's sql mode: a split between model versions, A/B experiments and logs.
 
 The CLI connects as in production, through the driver module: a stand-in ``mssql_python``
-whose ``connect`` hands out sessions of tests/synapse_sql_fake.py's pool. The pool runs the
+whose ``connect`` hands out sessions of tests/fakes/synapse_sql_fake.py's pool. The pool runs the
 generated procedure as its T-SQL says: the routes from the traffic table, each row's key bucket
 by the HASHBYTES expression written in the procedure (the fake evaluates that text, it does not
 share the local twin's code), one PREDICT per slot with onnxruntime.

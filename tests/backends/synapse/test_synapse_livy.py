@@ -1,5 +1,5 @@
 """The Livy path end to end: the backend pushes, runs and smoke-tests through a Livy-compatible
-server on loopback (tests/livy_server.py) that runs every batch with the local spark-submit.
+server on loopback (tests/fakes/livy_server.py) that runs every batch with the local spark-submit.
 
 The storage is a folder standing for the container, mounted by the server as the pool mounts
 its ADLS Gen2 account (uploads through the Blob API are tested against Azurite elsewhere).

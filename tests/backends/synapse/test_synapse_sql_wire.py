@@ -1,6 +1,6 @@
 """The Synapse target's SQL-pool mode through the real driver: mssql-python and its bundled
-ODBC driver talk TDS to tests/tds/responder.py, which hands each statement to the fake
-dedicated SQL pool (tests/synapse_sql_fake.py). The pool's session runs in autocommit with
+ODBC driver talk TDS to tests/fakes/tds/responder.py, which hands each statement to the fake
+dedicated SQL pool (tests/fakes/synapse_sql_fake.py). The pool's session runs in autocommit with
 explicit transactions (sql_connection.py); here the driver itself turns autocommit on."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Traffic, A/B tests, logs and --force on the sqlserver target, through the real CLI.
 
 The CLI connects as it does in production, through the driver module: a stand-in
-``mssql_python`` module whose ``connect`` hands out connections to tests/sqlserver_fake.py's
+``mssql_python`` module whose ``connect`` hands out connections to tests/fakes/sqlserver_fake.py's
 server, which keeps the traffic and request log tables and runs the generated routing Python
-for real (tests/sqlserver_harness.py).
+for real (tests/fakes/sqlserver_harness.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Staged rollouts on SQL Server: the live metrics are the request log table the generated
-procedures write, read through the backend (tests/sqlserver_fake.py's server runs the
+procedures write, read through the backend (tests/fakes/sqlserver_fake.py's server runs the
 generated routing for real); the rows one slot scored in one call count as one request."""
 
 from __future__ import annotations

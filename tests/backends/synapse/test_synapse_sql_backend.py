@@ -1,4 +1,4 @@
-"""The synapse target's sql mode driven by the real push pipeline against tests/synapse_sql_fake.py,
+"""The synapse target's sql mode driven by the real push pipeline against tests/fakes/synapse_sql_fake.py,
 a fake dedicated SQL pool that enforces the pool's rules (no DDL in a user transaction, aborted
 transactions, no CREATE OR ALTER, enforced keys refused) and scores for real: the procedure's
 PREDICT runs the stored ONNX payload with onnxruntime, feeding each model input from its column."""

@@ -1,6 +1,6 @@
 """The manifest: loading, located errors, interpolation, and the checks of the files it names.
 
-Bad manifests that read best as files live in tests/manifests/ (beside the model, script and
+Bad manifests that read best as files live in tests/data/manifests/ (beside the model, script and
 sample request they point to); cases that need a symlink, an environment or a script written
 for the occasion are built in tmp_path.
 """

@@ -1,8 +1,8 @@
 """Staged rollouts on the Azure ML target: the metrics come from Azure Monitor through
 Microsoft's client library (azure-monitor-query's MetricsQueryClient) talking to a fake
-transport that answers as the metrics API's recorded traffic does (tests/azure_monitor_fake.py),
+transport that answers as the metrics API's recorded traffic does (tests/fakes/azure_monitor_fake.py),
 and the traffic moves through the backend's own calls, the real azure-ai-ml MLClient, against
-the ARM emulator (tests/arm/). One test per guardrail: a deployment that breaches it is rolled
+the ARM emulator (tests/fakes/arm/). One test per guardrail: a deployment that breaches it is rolled
 back to the control; a healthy one is promoted."""
 
 from __future__ import annotations
