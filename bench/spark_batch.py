@@ -54,14 +54,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 from common import emit, note, result, tdsp_deploy  # noqa: E402
-from test_synapse_spark import FEATURES, make_project  # noqa: E402
+
+from tests.fakes.synapse_spark_project import FEATURES, make_project  # noqa: E402
 
 GOAL = 1.0  # on the marginal rate: two cores must pay off
 ROWS = {"quick": (100_000, 300_000), "full": (300_000, 1_000_000, 3_000_000)}

@@ -2,7 +2,7 @@
 calling the model directly.
 
 Ours: the Python that the scoring procedure hands to ``sp_execute_external_script``, run with
-that procedure's contract by tests/sqlserver_harness.py (InputDataSet, the ``@params`` bound
+that procedure's contract by tests/fakes/sqlserver_harness.py (InputDataSet, the ``@params`` bound
 by name, the ``request_log`` OUTPUT parameter): unbundle the payload, route the rows (one
 slot with all the traffic), load the model, predict, build ``OutputDataSet`` with the serving
 version beside each row, write the request log. Peer: the same model loaded from the same
@@ -37,16 +37,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import emit, note, result  # noqa: E402
-from sqlserver_harness import run_external_script_with_outputs  # noqa: E402
 
 from tdsp_deploy.backends.sqlserver.script import generate_script  # noqa: E402
 from tdsp_deploy.backends.sqlserver.target import Column  # noqa: E402
+from tests.fakes.sqlserver_harness import run_external_script_with_outputs  # noqa: E402
 
 GOAL = 0.8
 # A multi-threaded BLAS (OpenBLAS here) keeps its idle threads spinning for a while after each

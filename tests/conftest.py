@@ -4,10 +4,10 @@ test leaves a process running."""
 from __future__ import annotations
 
 import contextlib
-import os
 import dataclasses
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,10 +18,11 @@ import pytest
 
 from tdsp_deploy.cli import main
 from tdsp_deploy.output import Environment
+from tests import paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 EXAMPLES = ROOT / "examples"
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGINS = paths.FAKES / "plugins"
 
 # The fake backend registers through the real entry-point mechanism: its dist-info folder on
 # sys.path is found by importlib.metadata exactly as an installed plugin would be.

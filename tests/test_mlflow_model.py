@@ -150,7 +150,7 @@ def test_azure_ml_serves_an_mlflow_model_with_a_no_code_deployment(mlflow_projec
     from tdsp_deploy.backends.local.target import LocalTarget
     from tdsp_deploy.manifest import load_manifest
     from tdsp_deploy.pipeline import push
-    from tests.azureml_fake import FakeAzureML
+    from tests.fakes.azureml_fake import FakeAzureML
 
     manifest = _copy(mlflow_project, tmp_path)
     text = manifest.read_text().replace(
@@ -187,7 +187,7 @@ def test_azure_ml_serves_an_mlflow_model_with_a_no_code_deployment(mlflow_projec
 def test_the_fake_refuses_a_custom_model_without_code(tmp_path):
     from types import SimpleNamespace
 
-    from tests.azureml_fake import FakeAzureML
+    from tests.fakes.azureml_fake import FakeAzureML
 
     fake = FakeAzureML(polls=1)
     custom = SimpleNamespace(type="custom_model", path=str(tmp_path))

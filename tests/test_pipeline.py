@@ -1,5 +1,5 @@
 """The push pipeline's steps, rollbacks and exit codes, through the real CLI and a fake
-backend installed through the real entry-point group (tests/plugins)."""
+backend installed through the real entry-point group (tests/fakes/plugins)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tdsp_deploy.errors import ExitCode
+from tests.fakes.fake_backend_project import make_project
 
 
 @pytest.fixture(autouse=True)
@@ -18,33 +19,6 @@ def fresh_fake_state():  # type: ignore[no-untyped-def]
     fake_backend.ENDPOINTS.clear()
     yield
     fake_backend.ENDPOINTS.clear()
-
-
-def make_project(
-    root: Path, *, target: dict | None = None, smoke: dict | None = None, **extra: object
-) -> Path:
-    (root / "model").mkdir(parents=True, exist_ok=True)
-    (root / "model" / "weights.json").write_text('{"w": [1, 2, 3]}')
-    (root / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n")
-    (root / "request.json").write_text('{"data": [[1, 2, 3]]}')
-    (root / "expected.json").write_text('{"predictions": [1.0, 2.5]}')
-    manifest = {
-        "name": "fakey",
-        "model": {"path": "model/"},
-        "scoring": {"script": "score.py"},
-        "target": {"kind": "fake", **(target or {})},
-        "smoke_test": smoke
-        if smoke is not None
-        else {
-            "request": "request.json",
-            "expect": "expected.json",
-            "latency": {"requests": 20, "concurrency": 2, "warmup": 2},
-        },
-        **extra,
-    }
-    path = root / "deploy.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
 
 
 def set_target(manifest: Path, **fields: object) -> None:

@@ -2,7 +2,7 @@
 not proven elsewhere: keys compared in constant time and stored privately, files changed on
 disk never loaded again, and a flavor that unpickles said so by `validate`.
 
-The manifest corpus lives in tests/corpus/manifests/: one bad manifest per class of mistake,
+The manifest corpus lives in tests/data/corpus/manifests/: one bad manifest per class of mistake,
 its first line ``# expect: EXIT | fragment of the message``.
 """
 
@@ -22,8 +22,9 @@ import yaml
 
 from tdsp_deploy.backends.local.supervisor import RestartPolicy
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
+from tests import paths
 
-CORPUS = Path(__file__).parent / "corpus" / "manifests"
+CORPUS = paths.DATA / "corpus" / "manifests"
 CLASSES = {
     "syntax.yaml", "duplicate-keys.yaml", "types.yaml", "ranges.yaml", "unknown-keys.yaml",
     "missing-files.yaml", "escaping-paths.yaml", "undefined-variable.yaml", "platform-limits.yaml",
