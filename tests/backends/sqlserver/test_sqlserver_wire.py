@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,14 +24,14 @@ from tdsp_deploy.backends.sqlserver.connection import SqlServerConnection
 from tdsp_deploy.backends.sqlserver.target import SqlServerTarget
 from tdsp_deploy.errors import BackendError, DeploymentFailed, ExitCode
 from tests.fakes.dbapi_fake import server_error
+from tests.fakes.sql_wire import SQL_PASSWORD, SQL_PASSWORD_ENV, on_the_wire
 from tests.fakes.sqlserver_fake import FakeSqlServer
 from tests.fakes.sqlserver_project import make_project, matching_libraries
 
 pytest.importorskip("mssql_python")
 from tests.fakes.tds.responder import SP_PREPEXEC, Responder  # noqa: E402
 
-PASSWORD = "Xq7;{Pz55}kv"
-PASSWORD_ENV = "TDSP_TEST_SQL_PASSWORD"
+PASSWORD, PASSWORD_ENV = SQL_PASSWORD, SQL_PASSWORD_ENV
 
 
 @pytest.fixture
@@ -46,14 +45,6 @@ def responder(server: FakeSqlServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     with Responder(server, password=PASSWORD) as listening:
         yield listening
     assert listening.failures == []
-
-
-def on_the_wire(manifest: Path, port: int) -> Path:
-    """The manifest aimed at the responder (no TLS: it answers ENCRYPT_NOT_SUP)."""
-    document = yaml.safe_load(manifest.read_text())
-    document["target"].update(server="127.0.0.1", port=port, encrypt=False)
-    manifest.write_text(yaml.safe_dump(document))
-    return manifest
 
 
 def wire_target(port: int, *, encrypt: bool = False) -> SqlServerTarget:

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from tdsp_deploy.errors import ExitCode
+from tests.fakes.sql_wire import POOL_PASSWORD, POOL_PASSWORD_ENV
 from tests.fakes.synapse_sql_fake import FakeSqlPool
 from tests.fakes.synapse_sql_project import make_project
 
 pytest.importorskip("mssql_python")
 from tests.fakes.tds.responder import SP_PREPEXEC, Responder  # noqa: E402
 
-PASSWORD = "Pq9;{Zz}vv-pool"
-PASSWORD_ENV = "TDSP_TEST_POOL_PASSWORD"
+PASSWORD, PASSWORD_ENV = POOL_PASSWORD, POOL_PASSWORD_ENV
 
 
 @pytest.fixture

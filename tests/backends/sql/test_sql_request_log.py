@@ -17,28 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlserver_fake import FakeSqlServer
-from synapse_sql_fake import _KEYS_AFTER, _KEYS_BEFORE, FakeSqlPool
-from test_sqlserver_backend import FEATURES, SAMPLES, matching_libraries
-from test_sqlserver_backend import backend_for as sqlserver_backend
-from test_sqlserver_backend import make_project as sqlserver_project
-from test_sqlserver_wire import PASSWORD as SQL_PASSWORD
-from test_sqlserver_wire import PASSWORD_ENV as SQL_PASSWORD_ENV
-from test_sqlserver_wire import on_the_wire
-from test_synapse_sql_backend import backend_for as pool_backend
-from test_synapse_sql_backend import make_project as pool_project
-from test_synapse_sql_wire import PASSWORD as POOL_PASSWORD
-from test_synapse_sql_wire import PASSWORD_ENV as POOL_PASSWORD_ENV
 
 from tdsp_deploy.backends.sql import schema
 from tdsp_deploy.backends.sql.requests import scoring_call
 from tdsp_deploy.backends.synapse import sql_calls, sql_migrate
 from tdsp_deploy.errors import BackendError
+from tests.fakes.sql_wire import POOL_PASSWORD, POOL_PASSWORD_ENV, SQL_PASSWORD, SQL_PASSWORD_ENV, on_the_wire
+from tests.fakes.sqlserver_fake import FakeSqlServer
+from tests.fakes.sqlserver_project import FEATURES, SAMPLES, matching_libraries
+from tests.fakes.sqlserver_project import backend_for as sqlserver_backend
+from tests.fakes.sqlserver_project import make_project as sqlserver_project
+from tests.fakes.synapse_sql_fake import _KEYS_AFTER, _KEYS_BEFORE, FakeSqlPool
+from tests.fakes.synapse_sql_project import backend_for as pool_backend
+from tests.fakes.synapse_sql_project import make_project as pool_project
+from tests.paths import DATA
 
 pytest.importorskip("mssql_python")
-from tds.responder import Responder  # noqa: E402
+from tests.fakes.tds.responder import Responder  # noqa: E402
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = DATA / "golden"
 LOG = "dbo.tdsp_requests"
 
 
@@ -179,8 +176,8 @@ def before_log(definition: str) -> str:
 
 @pytest.mark.parametrize("name", ["05-create_procedure.sql", "06-create_row_procedure.sql"])
 def test_the_sqlserver_fixture_is_the_earlier_version_s_text(name):
-    """The earlier version wrote the golden procedures (tests/golden/sqlserver) with the request
-    log lines kept in tests/golden/sqlserver-before-log; everything else was the same."""
+    """The earlier version wrote the golden procedures (tests/data/golden/sqlserver) with the request
+    log lines kept in tests/data/golden/sqlserver-before-log; everything else was the same."""
     earlier = before_log((GOLDEN / "sqlserver" / name).read_text())
     assert (BEFORE_LOG / "request-log-lines.sql").read_text() in earlier
 
@@ -288,8 +285,8 @@ def earlier_pool_definition(current: str) -> str:
 
 
 def test_the_earlier_pool_procedure_is_rewritten_exactly_as_the_current_version_writes_it():
-    """The earlier version wrote the golden procedure (tests/golden/synapse) with the request
-    log lines kept in tests/golden/synapse-earlier; everything else was the same."""
+    """The earlier version wrote the golden procedure (tests/data/golden/synapse) with the request
+    log lines kept in tests/data/golden/synapse-earlier; everything else was the same."""
     current = (GOLDEN / "synapse" / "08-alter_procedure.sql").read_text()
     earlier = earlier_pool_definition(current)
 

@@ -10,7 +10,8 @@ import json
 import socketserver
 
 import pytest
-from router_harness import AUTH, RawSlotServer, read_request, routers_for_test
+
+from tests.fakes.router_harness import AUTH, RawSlotServer, read_request, routers_for_test
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_azureml_backend import SUBSCRIPTION, make_project
 
 from tdsp_deploy.backends.azureml import AzureMLBackend
 from tdsp_deploy.backends.azureml.import_command import run_import
@@ -20,6 +19,7 @@ from tdsp_deploy.backends.synapse.target import location_from_option
 from tdsp_deploy.errors import PluginError, UsageError
 from tdsp_deploy.manifest import load_manifest
 from tdsp_deploy.rollout.sources import AzureMonitorSource, metric_source
+from tests.fakes.azureml_project import SUBSCRIPTION, make_project
 
 
 def test_the_registry_hands_out_the_importer_of_the_target_that_has_one() -> None:
