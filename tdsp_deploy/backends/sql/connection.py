@@ -3,7 +3,7 @@
 The backends talk to the engine only through ``SqlConnection``: ``execute`` (one statement or
 batch, ``?`` parameters, rows back), ``query`` (the same with the column names),
 ``transaction`` (commit on success, rollback on any error) and ``close``. Tests hand in a fake
-DB-API connection (tests/sqlserver_fake.py, tests/synapse_sql_fake.py) and the wrapper treats it
+DB-API connection (tests/fakes/sqlserver_fake.py, tests/fakes/synapse_sql_fake.py) and the wrapper treats it
 exactly like a driver's.
 
 SQL Server runs DDL in transactions: the connection has autocommit off and commits (or rolls
