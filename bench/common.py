@@ -287,3 +287,13 @@ def timing_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -
     from tdsp_deploy.backends.local.timing import difference
 
     return difference(after, before) if before and after else None
+
+
+def slot_pass(endpoint: dict[str, Any], slot: dict[str, Any]) -> dict[str, str]:
+    """The header that lets a caller other than the router reach a slot (slot_guard.py)."""
+    from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER, slot_secret
+    from tdsp_deploy.backends.local.state import EndpointFiles
+
+    files = EndpointFiles(endpoint["status"]["name"], Path(endpoint["env"]["TDSP_DEPLOY_HOME"]))
+    secret = slot_secret(files.admin()["slot_key"], slot["name"], slot["details"]["revision"])
+    return {SLOT_SECRET_HEADER.decode(): secret}

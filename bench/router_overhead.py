@@ -40,6 +40,7 @@ from common import (
     result,
     router_timing,
     run_wrk,
+    slot_pass,
     timing_change,
     wrk_script,
     wrk_threads,
@@ -49,16 +50,6 @@ CONCURRENCY = (1, 4, 16)
 ROUNDS = 2
 GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT = 0.90
-
-
-def slot_pass(endpoint: dict[str, Any], slot: dict[str, Any]) -> dict[str, str]:
-    """The header that lets a caller other than the router reach a slot (slot_guard.py)."""
-    from tdsp_deploy.backends.local.slot_guard import SLOT_SECRET_HEADER, slot_secret
-    from tdsp_deploy.backends.local.state import EndpointFiles
-
-    files = EndpointFiles(endpoint["status"]["name"], Path(endpoint["env"]["TDSP_DEPLOY_HOME"]))
-    secret = slot_secret(files.admin()["slot_key"], slot["name"], slot["details"]["revision"])
-    return {SLOT_SECRET_HEADER.decode(): secret}
 
 
 def main() -> None:
