@@ -24,8 +24,10 @@ HELP_FLAGS = ("--help", "-h")
 COMPLETE_VARIABLE = "_TDSP_DEPLOY_COMPLETE"
 
 
-def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
-    """Run the CLI; return the exit code."""
+def main(argv: list[str] | None = None, env: Environment | None = None, *, exiting: bool = False) -> int:
+    """Run the CLI; return the exit code. ``exiting``: the caller exits with that code (the
+    console script), so SIGINT and SIGTERM stay ignored once it is decided, instead of getting
+    their handlers back: a late Ctrl-C must not replace it with death by SIGINT."""
     env = env or Environment()
     args = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing, so that even a usage error answers in JSON when asked to.
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
             return 0
         return _parsed(args, env)
     except TdspError as exc:
+        if exc.exit_code == ExitCode.INTERRUPTED:  # a second Ctrl-C must not cut the message
+            held = _hold_interrupts()
         return _render_error(env, exc)
     except KeyboardInterrupt:
         held = _hold_interrupts()
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         )
         return _render_error(env, error)
     finally:
+        if exiting:
+            _hold_interrupts()
+            held, previous_sigterm = {}, None
         context.unbind(token)
         for signum, handler in held.items():
             signal.signal(signum, handler)
@@ -152,7 +159,8 @@ def _render_error(env: Environment, error: TdspError) -> int:
 def run() -> None:
     """The console script."""
     try:
-        code = main()
-    except KeyboardInterrupt:  # a Ctrl-C after main() put its handlers back, before the exit
+        code = main(exiting=True)
+    except KeyboardInterrupt:  # one that landed in main()'s last statements
+        _hold_interrupts()
         code = int(ExitCode.INTERRUPTED)
     sys.exit(code)

@@ -97,6 +97,32 @@ def test_two_ctrl_c_50_ms_apart_roll_back_completely(cli, tmp_path, state_home):
     assert _endpoint_processes(state_home) == []
 
 
+def test_a_ctrl_c_after_the_interrupted_push_said_so_does_not_change_its_exit(cli, tmp_path, state_home):
+    # The second Ctrl-C may land after the rollback, while the process is already exiting: it
+    # used to end the process by SIGINT (-2) instead of 130, or print a traceback on the way out.
+    manifest = _starter(cli, tmp_path, "late")
+    with open(manifest.parent / "score.py", "a") as script:
+        script.write(SLOW_INIT)
+    push = _push_in_background(manifest)
+    try:
+        _wait_for_line(push.stderr, "waiting for blue to be healthy")
+        push.send_signal(signal.SIGINT)
+        seen = _wait_for_line(push.stderr, "error: push interrupted")
+        for _ in range(50):  # every moment of the exit, until the process is gone
+            if push.poll() is not None:
+                break
+            push.send_signal(signal.SIGINT)
+            time.sleep(0.001)
+        _, rest = push.communicate(timeout=120)
+    finally:
+        if push.poll() is None:
+            push.kill()
+        cli("delete", manifest, "--yes")
+    errors = "".join(seen) + rest
+    assert push.returncode == ExitCode.INTERRUPTED, errors
+    assert "Traceback" not in errors and "Exception ignored" not in errors, errors
+
+
 def test_a_push_killed_mid_way_is_rolled_back_by_the_next_push(cli, tmp_path, state_home):
     manifest = _starter(cli, tmp_path, "killed")
     script = manifest.parent / "score.py"
