@@ -13,9 +13,14 @@ Rounds alternate (ours, then wrk for as long as ours took; 7 rounds of about 4 s
 3 of about 1.5 s), and the verdict is the median over rounds of each round's ratio: on a shared
 machine the load moves between runs, and a pair taken back to back shares most of it. An odd
 number of rounds, so that the median is one round's ratio and one round caught in a burst of
-load cannot decide the verdict (the median of two is their mean). Goals:
-our p50 and our p99 within 15% of wrk's; the runner well short of one core (a Python
+load cannot decide the verdict (the median of two is their mean). Goals: our p50 within 15%
+of wrk's (issue 7); our p99 within 15% of wrk's or hey's, whichever agrees with the router's
+own record, at concurrency 1 and 4 (issue 21, which put that in place of issue 7's "p99 within
+15% of wrk's": the refereed entries below); the runner well short of one core (a Python
 runner's threads share one core: at 0.75 of it, it would start to be what is measured).
+Our p99 against wrk alone, against hey alone, and the refereed p99 at concurrency 16 are
+reported cross-checks: no issue asks for them, and on a shared machine the endpoint's own tail
+moves between two runs by more than 15% (see ``drift_adjusted``).
 
 Two cross-checks, for when the tools disagree:
 
@@ -28,8 +33,9 @@ Two cross-checks, for when the tools disagree:
 
 The verdict (``latency_agreement_refereed_p99_c*``): round by round, our p99 against the p99
 of wrk or hey, whichever stands nearer the router's own p99 over its run (the issue's goal:
-within 15%), and which of the three tools is right: the one whose p99 is nearest the router's
-record (a tool cannot see less than the endpoint spent, and only the client side beyond it).
+within 15% at concurrency 1 and 4; at 16 reported), and which of the three tools is right: the
+one whose p99 is nearest the router's record (a tool cannot see less than the endpoint spent,
+and only the client side beyond it).
 
 Also reported (no goal): ``latency_agreement_drift_adjusted_p99_c*``, the refereed rounds
 with the endpoint's own movement between the two runs of a round (by the router's record)
@@ -66,6 +72,9 @@ from tdsp_deploy.smoke import percentile, run_latency
 
 CONCURRENCY = (1, 4, 16)
 GOAL_AGREEMENT = 0.15
+# Where issue 21 asks for the refereed p99 to agree ("the smoke test's p99 at c=1 and c=4");
+# at the other concurrencies it is reported.
+REFEREED_GOAL_CONCURRENCY = (1, 4)
 GOAL_RUNNER_CORES = 0.75
 
 
@@ -267,12 +276,17 @@ def refereed(
     time.sleep(1.5)  # the router writes its log at least once a second
     lines = [json.loads(line) for line in request_log.read_text().splitlines()]
     rounds: list[dict[str, dict[str, float]]] = []
+    failed: list[dict[str, int]] = []  # per round, each tool's failed requests
     for tool_name, began, ended, run in windows:
         if tool_name == "ours":
             rounds.append({})
+            failed.append({})
         inside = router_p99(lines, began, ended)
         if inside is not None and rounds:
             rounds[-1][tool_name] = {"p99_ms": run["p99_ms"], "router_p99_ms": inside}
+        if rounds:
+            errors = run["errors"]
+            failed[len(rounds) - 1][tool_name] = sum(errors.values()) if isinstance(errors, dict) else errors
     tools = sorted({name for found in rounds for name in found})
     excess = {
         name: statistics.median(
@@ -282,12 +296,15 @@ def refereed(
     }
     right = min(excess, key=lambda name: abs(excess[name]))
     ratios, referees, ours, theirs, drifts = [], [], [], [], []
-    for found in rounds:
+    clean = True
+    for found, errors in zip(rounds, failed):
         peers = [name for name in ("wrk", "hey") if name in found]
         if "ours" not in found or not peers:
             continue
         # the peer of this round whose p99 stands nearest the router's own record of its run
         peer = min(peers, key=lambda name: abs(found[name]["p99_ms"] - found[name]["router_p99_ms"]))
+        # a round whose compared runs had failed requests: their p99s are not the endpoint's
+        clean = clean and errors.get("ours", 0) == 0 and errors.get(peer, 0) == 0
         referees.append(peer)
         ours.append(found["ours"]["p99_ms"])
         theirs.append(found[peer]["p99_ms"])
@@ -302,15 +319,20 @@ def refereed(
         + ", ".join(f"{name} {excess[name]:+.2f} ms" for name in tools)
         + ")"
     )
+    goal = (
+        f"our p99 within {GOAL_AGREEMENT:.0%} of wrk's or hey's, whichever agrees with the "
+        "router's own record (round by round)"
+    )
+    judged = concurrency in REFEREED_GOAL_CONCURRENCY
     return result(
         f"latency_agreement_refereed_p99_c{concurrency}",
         statistics.median(ours),
         statistics.median(theirs),
         ratio=ratio,
         unit="ms",
-        goal=f"our p99 within {GOAL_AGREEMENT:.0%} of wrk's or hey's, whichever agrees with the "
-        "router's own record (round by round)",
-        met=abs(ratio - 1) <= GOAL_AGREEMENT,
+        goal=goal if judged else f"(reported: {goal}; issue 21 asks it at concurrency 1 and 4)",
+        met=(abs(ratio - 1) <= GOAL_AGREEMENT and clean) if judged else None,
+        errors_ok=clean,
         concurrency=concurrency,
         round_ratios=[round(r, 3) for r in ratios],
         rounds_within=f"{sum(within)} of {len(within)}",
@@ -365,19 +387,28 @@ def judge_hey(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]
         "hey (a second independent generator)",
         pairs,
         clean,
+        judged=(),  # a cross-check: the goal is on the refereed entries
         concurrency=concurrency,
         peer_command=f"hey -c {concurrency} -z Ns -m POST, the sample with the key",
     )
 
 
 def agreement(
-    prefix: str, peer: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]], clean: bool, **extra: Any
+    prefix: str,
+    peer: str,
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+    clean: bool,
+    *,
+    judged: tuple[str, ...],
+    **extra: Any,
 ) -> list[dict[str, Any]]:
-    """p50 and p99 entries: medians over rounds, judged by the median of the rounds' ratios."""
+    """p50 and p99 entries: medians over rounds, judged by the median of the rounds' ratios;
+    those of ``judged`` carry the goal, the others report the same figures as cross-checks."""
     out = []
     for key in ("p50_ms", "p99_ms"):
         ratios = [mine[key] / theirs[key] for mine, theirs in pairs]
         ratio = statistics.median(ratios)
+        goal = f"within {GOAL_AGREEMENT:.0%} of {peer}"
         out.append(
             result(
                 f"{prefix}_{key.removesuffix('_ms')}_c{extra['concurrency']}",
@@ -385,8 +416,9 @@ def agreement(
                 statistics.median(theirs[key] for _, theirs in pairs),
                 ratio=ratio,
                 unit="ms",
-                goal=f"within {GOAL_AGREEMENT:.0%} of {peer}",
-                met=abs(ratio - 1) <= GOAL_AGREEMENT and clean,
+                goal=goal if key in judged else f"(reported cross-check: {goal}; the p99 goal is "
+                "latency_agreement_refereed_p99_c1 and _c4)",
+                met=(abs(ratio - 1) <= GOAL_AGREEMENT and clean) if key in judged else None,
                 round_ratios=[round(r, 3) for r in ratios],
                 **extra,
             )
@@ -428,7 +460,9 @@ def judge(concurrency: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
         "notes": "rounds alternate ours then wrk for as long as ours took; figures are medians over "
         "rounds, the ratio is the median of the rounds' ratios",
     }
-    out = agreement("latency_agreement", "wrk", pairs, clean, **common)
+    # the p50 against wrk is issue 7's goal, which issue 21 left as it was; the p99 against wrk
+    # alone is what issue 21 replaced with the refereed p99
+    out = agreement("latency_agreement", "wrk", pairs, clean, judged=("p50_ms",), **common)
     cores = statistics.median(mine["cpu_cores"] for mine, _ in pairs)
     out.append(
         result(
