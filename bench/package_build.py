@@ -63,11 +63,12 @@ def main() -> None:
         _peer(peers["sha256sum"], model)  # warm-up: the file is now in the page cache for everyone
         peer_times: dict[str, list[float]] = {name: [] for name in peers}
         peer_starts: dict[str, list[float]] = {name: [] for name in peers}
+        peer_cpu: dict[str, list[float]] = {name: [] for name in peers}
         runs = []
         for i in range(QUICK_RUNS if args.quick else RUNS):
             for name, cmd in peers.items():
                 peer_starts[name].append(_peer(cmd, empty))
-                peer_times[name].append(_peer(cmd, model))
+                peer_times[name].append(_peer(cmd, model, peer_cpu[name]))
             runs.append(_ours(project, Path(tmp) / f"out{i}"))
             _note(
                 f"run {i + 1}: "
@@ -83,6 +84,7 @@ def main() -> None:
             our_times,
             times,
             peer_starts[peer],
+            peer_cpu[peer],
             runs,
             size_mb,
         )
@@ -97,6 +99,7 @@ def _result(
     our_times: list[float],
     peer_times: list[float],
     peer_starts: list[float],
+    peer_cpu: list[float],
     runs: list[dict[str, float]],
     size_mb: int,
 ) -> dict[str, object]:
@@ -120,12 +123,14 @@ def _result(
         "cpu_s": {
             "ours": round(statistics.median(r["cpu_s"] for r in runs), 4),
             "ours_main_thread": round(statistics.median(r["main_thread_cpu_s"] for r in runs), 4),
+            "peer": round(statistics.median(peer_cpu), 4),
         },
         "peer_command": " ".join(PEERS[peer]) + " FILE",
         "notes": f"median of {len(our_times)}, alternating, file in page cache, sync before each timed "
         "command; ours = build_package() wall time in a child process (hash + uncompressed tar written to "
         "the same disk); peer = its process's wall time minus peer_start_s (the same command on an empty "
-        "file, median); rss_mb = our process's peak",
+        "file, median); rss_mb = our process's peak; cpu_s = user + system seconds, medians (ours: the build, "
+        "both threads, and its main thread alone; peer: its whole process)",
     }
 
 
@@ -151,11 +156,17 @@ def _project(root: Path, size_mb: int) -> Path:
     return root
 
 
-def _peer(command: list[str], model: Path) -> float:
+def _peer(command: list[str], model: Path, cpu: list[float] | None = None) -> float:
+    """The command's wall seconds on ``model``; its CPU seconds (user + system) go to ``cpu``."""
     _settle()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([*command, str(model)], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return seconds
 
 
 def _ours(project: Path, out_dir: Path) -> dict[str, float]:
