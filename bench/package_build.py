@@ -72,7 +72,9 @@ def main() -> None:
             runs.append(_ours(project, Path(tmp) / f"out{i}"))
             _note(
                 f"run {i + 1}: "
-                + ", ".join(f"{n} {t[-1]:.3f}s (start {peer_starts[n][-1]:.3f}s)" for n, t in peer_times.items())
+                + ", ".join(
+                    f"{n} {t[-1]:.3f}s (start {peer_starts[n][-1]:.3f}s)" for n, t in peer_times.items()
+                )
                 + f", build_package {runs[-1]['seconds']:.3f}s"
             )
     our_times = [r["seconds"] for r in runs]
@@ -129,8 +131,8 @@ def _result(
         "notes": f"median of {len(our_times)}, alternating, file in page cache, sync before each timed "
         "command; ours = build_package() wall time in a child process (hash + uncompressed tar written to "
         "the same disk); peer = its process's wall time minus peer_start_s (the same command on an empty "
-        "file, median); rss_mb = our process's peak; cpu_s = user + system seconds, medians (ours: the build, "
-        "both threads, and its main thread alone; peer: its whole process)",
+        "file, median); rss_mb = our process's peak; cpu_s = user + system seconds, medians (ours: the "
+        "build, both threads, and its main thread alone; peer: its whole process)",
     }
 
 
