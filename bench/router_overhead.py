@@ -7,8 +7,8 @@ sample request to:
 - peer: the slot's inference server directly, ``http://127.0.0.1:<slot port>/score``.
 
 At concurrency 1, 4 and 16 (wrk threads: 1 for c=1, else 2), 10 s each (--quick: 2 s, one round),
-direct and router alternating so they share the machine's noise, 2 rounds; the run with
-more requests/s of each pair is kept. Each router run also reads the router's own timing
+direct, the bare relay (below) and router in turn so they share the machine's noise, 2 rounds;
+the run with more requests/s of each side is kept. Each router run also reads the router's own timing
 (``GET /-/timing`` before and after) and reports where its time went per request (parse,
 queue, pick, connect, slot, relay) and how many connections to the slot it opened and reused.
 Goals per concurrency: router p50 - direct p50 <= 1 ms, router/direct requests/s >= 0.90, and
@@ -19,10 +19,11 @@ a bare relay (this file, ``--bare-relay``: one process on uvloop, httptools find
 request and answer ends, the bytes passed on unchanged over one kept-alive slot connection per
 client connection; no key, no checks, no log), run right after the direct side. It is the
 floor of any Python relay between wrk and the slot on this machine: the router's ratio to it
-says what the router's own work costs, and its ratio to direct what the extra hop costs. The slot's inference server keeps
-connections alive (granian, or gunicorn's threaded worker, see slot_server.py), so both sides
-run on kept-alive connections: wrk's to the slot or the router, and the router's pooled ones
-to the slot.
+says what the router's own work costs, and its ratio to direct what the extra hop costs.
+
+The slot's inference server keeps connections alive (granian, or gunicorn's threaded worker,
+see slot_server.py), so every side runs on kept-alive connections: wrk's to the slot, the
+relay or the router, and the relay's and the router's to the slot.
 
     python bench/router_overhead.py [--quick]      (needs wrk: apt-get install wrk)
 
@@ -77,7 +78,9 @@ def main() -> None:
         "--quick", action="store_true", help="2 s per run and one round, instead of 10 s and two"
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--bare-relay", nargs=2, type=int, metavar=("PORT", "SLOT_PORT"), help=argparse.SUPPRESS)
+    parser.add_argument(  # the relay's own process (started_relay)
+        "--bare-relay", nargs=2, type=int, metavar=("PORT", "SLOT_PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.bare_relay:
         bare_relay(*args.bare_relay)
@@ -160,7 +163,7 @@ def main() -> None:
             "router_timing": timing,
             "peer_command": "wrk POST to the slot's inference server directly (no router, no key; "
             "the slot's secret header)",
-            "notes": f"wrk --latency, {duration} s per run, direct/router alternating, "
+            "notes": f"wrk --latency, {duration} s per run, direct/relay/router in turn, "
             f"better of {rounds} round(s) (by requests/s); met also requires 0 non-2xx and 0 socket errors "
             "on both sides",
         }
