@@ -244,7 +244,14 @@ class _RelayClient(asyncio.Protocol):
         loop.create_task(self._connect(loop))
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
-        slot, _ = await loop.create_connection(lambda: _RelaySlot(self), "127.0.0.1", self.slot_port)
+        try:
+            slot, _ = await loop.create_connection(lambda: _RelaySlot(self), "127.0.0.1", self.slot_port)
+        except OSError:  # no slot: the client sees its connection closed
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if self.transport.is_closing():  # type: ignore[union-attr]  # the client left meanwhile
+            slot.close()
+            return
         if self.pending_requests:  # what came while the connection was made
             slot.write(b"".join(self.pending_requests))
         self.slot = slot
