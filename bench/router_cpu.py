@@ -17,7 +17,13 @@ is relayed back, logged and timed. No system call is made but the request log's 
 Ours and the peer alternate (5 rounds, --quick 3) and the median of each is kept. Reported,
 no goal: it says where the router's own cost stands and how it moves between commits.
 
-    python bench/router_cpu.py [--quick]
+``--sweep-kib N`` writes over N KiB of memory (and walks as many Python objects) between one
+request and the next, its own CPU time left out: the caches the request finds are then as
+cold as behind a real socket, where the slot's and the client's processes run between the
+router's two halves of each request on the same two cores. Its entry is
+``router_cpu_per_request_cold``.
+
+    python bench/router_cpu.py [--quick] [--sweep-kib N]
 
 Prints one JSON document on stdout; notes go to stderr.
 """
@@ -147,37 +153,65 @@ async def peer(requests: int) -> float:
     return await _drive(requests, lambda deliver: BareRelay(Relay(deliver).write))
 
 
+class Sweep:
+    """Evicts the caches between two requests (see --sweep-kib) and counts its own CPU time."""
+
+    def __init__(self, kib: int):
+        self.buffer = bytearray(kib * 1024)
+        self.zeros = bytes(kib * 1024)
+        self.objects = [object() for _ in range(kib * 16)]
+        self.spent = 0.0
+
+    def __call__(self) -> None:
+        if self.buffer:
+            started = time.process_time()
+            self.buffer[:] = self.zeros
+            for _ in self.objects:
+                pass
+            self.spent += time.process_time() - started
+
+
+SWEEP = Sweep(0)
+
+
 async def _drive(requests: int, make: Any) -> float:
     """Send ``requests`` requests one after another (each when the previous is answered)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     sent = [0]
     request = request_bytes()
+    SWEEP.spent = 0.0
 
     def answered(_: bytes) -> None:
         sent[0] += 1
         if sent[0] >= requests:
             done.set_result(None)
         else:
+            SWEEP()
             loop.call_soon(server.data_received, request)
 
     server = make(answered)
     started = time.process_time()
     server.data_received(request)
     await done
-    return (time.process_time() - started) / requests
+    return (time.process_time() - started - SWEEP.spent) / requests
 
 
-def rounds_and_requests() -> tuple[int, int]:
-    """From the command line: 3 rounds of 5,000 requests with --quick, else 5 of 20,000."""
+def rounds_and_requests() -> tuple[int, int, int]:
+    """From the command line: 3 rounds of 5,000 requests with --quick, else 5 of 20,000; and
+    the KiB swept between requests."""
     formatter = argparse.RawDescriptionHelpFormatter
     options = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     options.add_argument("--quick", action="store_true", help="3 rounds of 5,000 requests, not 5 of 20,000")
-    return (3, 5_000) if options.parse_args().quick else (5, 20_000)
+    options.add_argument("--sweep-kib", type=int, default=0, help="KiB of memory written between requests")
+    args = options.parse_args()
+    return (3, 5_000, args.sweep_kib) if args.quick else (5, 20_000, args.sweep_kib)
 
 
 def main() -> None:
-    rounds, requests = rounds_and_requests()
+    global SWEEP
+    rounds, requests, sweep_kib = rounds_and_requests()
+    SWEEP = Sweep(sweep_kib)
     ours_s, peer_s = [], []
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-cpu-") as tmp:
         for round_ in range(rounds):
@@ -193,7 +227,7 @@ def main() -> None:
     emit(
         [
             result(
-                "router_cpu_per_request",
+                "router_cpu_per_request_cold" if sweep_kib else "router_cpu_per_request",
                 ours_us,
                 peer_us,
                 unit="us CPU/request",
@@ -201,6 +235,7 @@ def main() -> None:
                 met=None,
                 rounds=rounds,
                 requests_per_round=requests,
+                sweep_kib=sweep_kib,
                 ours_rounds_us=[round(s * 1e6, 2) for s in ours_s],
                 peer_rounds_us=[round(s * 1e6, 2) for s in peer_s],
                 peer_command="a bare relay in the same loop: httptools parses the request and the answer, "

@@ -232,7 +232,9 @@ class Dispatch:
         """The slot's answer, or the router's own 502/504; SlotUnavailable when it was never sent."""
         router = self.router
         request.picked = time.perf_counter()
-        loop = asyncio.get_running_loop()
+        # The answering task and its loop as http1.py noted them (no getpid() per request).
+        task: asyncio.Task[object] = request.task or asyncio.current_task()  # type: ignore[assignment]
+        loop = task.get_loop()
         timeout_s = router.config.request_timeout_s
         live: asyncio.Future[UpstreamAnswer] | None = None
         if shadows:
@@ -241,13 +243,12 @@ class Dispatch:
                 if shadow.name not in router.draining:
                     self.start_shadow(shadow, request, live, timeout_s)
         # One limit for connect + answer, kept with every other request's (deadlines.py).
-        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         deadlines = self.deadlines
         deadlines.watch(task, loop, timeout_s)
         pool.started()
         streaming = False
         try:
-            answer = await pool.exchange(upstream_head(request, pool.secret_line), request.body)
+            answer = await pool.exchange(upstream_head(request, pool.secret_line), request.body, loop)
             request.upstream = answer
             if answer.stream is not None:  # in flight until its last chunk
                 streaming = True

@@ -375,7 +375,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = False
             if self.transport:
                 self.transport.resume_reading()
-        self.task = self.loop.create_task(self._serve(request))
+        self.task = request.task = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
         router = self.router
@@ -417,6 +417,7 @@ class ClientConnection(asyncio.Protocol):
                 transport.close()
                 self.closing = True
         finally:
+            request.task = None  # no cycle (task -> coroutine -> request -> task) left for the GC
             router.finished()
             self._next()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
+
     from tdsp_deploy.backends.local.upstream import UpstreamAnswer
 
 
@@ -40,6 +42,7 @@ class Request:
         "status",
         "path",
         "oversized",
+        "task",
     )
 
     def __init__(self) -> None:
@@ -73,3 +76,6 @@ class Request:
         self.status = 0
         self.path = b""  # the target without its query
         self.oversized = False  # a Content-Length past the endpoint's limit
+        # The task answering it (http1.py): dispatch.py takes its loop and deadline from it, as
+        # asyncio.get_running_loop() and current_task() each cost a getpid() system call.
+        self.task: asyncio.Task[None] | None = None

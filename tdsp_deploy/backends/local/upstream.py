@@ -406,10 +406,14 @@ class SlotPool(InFlightCount):
             self.down_until = 0.0
 
     # -- connections ---------------------------------------------------------------------
-    async def exchange(self, head: bytes, body: bytes) -> UpstreamAnswer:
+    async def exchange(
+        self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop | None = None
+    ) -> UpstreamAnswer:
         """Send one request and read the answer. Raises SlotUnavailable when the slot cannot
-        have seen the request, SlotClosed when it may have. The caller bounds the time."""
-        loop = asyncio.get_running_loop()
+        have seen the request, SlotClosed when it may have. The caller bounds the time, and may
+        pass its loop (asyncio.get_running_loop() costs a getpid() system call)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         connection = self._reuse()
         fresh = connection is None
         while True:
