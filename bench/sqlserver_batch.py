@@ -13,13 +13,22 @@ The goal: at least 0.8 of the peer's throughput.
 Timed in CPU seconds of this process (``time.process_time``), the median of alternating runs:
 on a machine shared with other work the wall clock measures the neighbours as much as the
 code; the wall-clock figures and their ratio are reported too (``wall_*``). Each run starts
-after a short pause, so that neither side pays for the other's spinning BLAS threads.
+after a short pause.
+
+OpenBLAS's idle threads spin for about 0.1 s after each call before they sleep, and that CPU
+time is this process's: it charged each side for the time its Python work ran after a BLAS
+call (twice over on an idle machine, where the spinning thread has a core to itself, less
+under load, where it yields), so the ratio moved with the machine's load rather than with
+the code. Both sides therefore run with OPENBLAS_THREAD_TIMEOUT=4 (the threads sleep as soon
+as their work is done; the BLAS keeps its threads), and ``blas_idle_spin_cpu_ms`` shows what
+the process spent during a 0.1 s sleep right after a BLAS call (about 0 when the setting took).
+``--blas-spin`` keeps the BLAS's default, to see the effect.
 
 The server's conversion of ``OutputDataSet`` to the WITH RESULT SETS types is the server's
 work, not the script's, and is left out of both (the harness emulates it in Python, much more
 slowly than the server's C++ does; ``harness_conversion_s`` shows it for reference).
 
-    python bench/sqlserver_batch.py [--quick]      (--quick: 3 runs instead of 7)
+    python bench/sqlserver_batch.py [--quick] [--blas-spin]     (--quick: 5 runs instead of 7)
 
 Prints one JSON document on stdout; progress notes go to stderr.
 """
@@ -28,12 +37,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# Read by OpenBLAS when numpy loads it, so set before the imports below (see the docstring).
+if "--blas-spin" not in sys.argv:
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -64,11 +78,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="3 runs instead of 7 (same rows)")
+    parser.add_argument("--quick", action="store_true", help="5 runs instead of 7 (same rows)")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--blas-spin", action="store_true", help="leave OpenBLAS's idle threads spinning")
     args = parser.parse_args()
-    rows, runs = args.rows, (3 if args.quick else args.runs)
+    rows, runs = args.rows, (5 if args.quick else args.runs)
     frame = pd.DataFrame(
         np.random.default_rng(0).uniform([4, 2, 1, 0], [8, 4.5, 7, 2.5], size=(rows, 4)), columns=FEATURES
     )
@@ -104,6 +119,7 @@ def _compare(flavor: str, payload: bytes, frame: pd.DataFrame, runs: int) -> dic
     if ours_out["label"].tolist() != [str(v) for v in peer_labels]:
         raise SystemExit(f"{flavor}: the script and the model disagree")
     _ours(script, frame, params), peer(payload, frame)  # warm-up: imports, caches
+    spin = _idle_spin(payload, frame) if flavor == "sklearn" else None
     ours_times, peer_times, ours_wall, peer_wall = [], [], [], []
     for run in range(runs):  # alternating, so that load on the machine hits both alike
         for times, wall, measure in (
@@ -144,11 +160,24 @@ def _compare(flavor: str, payload: bytes, frame: pd.DataFrame, runs: int) -> dic
         },
         wall_ratio=round(statistics.median(peer_wall) / statistics.median(ours_wall), 3),
         harness_conversion_s=round(max(conversion, 0.0), 4),
+        blas_idle_spin_cpu_ms=spin,
+        openblas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         peer_command=_PEER_TEXT[flavor],
         notes="rows per CPU second, median of alternating runs (wall_ratio: the same by the wall "
         "clock); both load the model from the same bytes in each run; onnxruntime on one thread, "
-        "scikit-learn with the BLAS's default threads on both sides; a 0.3 s pause before each run",
+        "scikit-learn with the BLAS's default threads on both sides, which sleep once their work is "
+        "done (OPENBLAS_THREAD_TIMEOUT=4, unless --blas-spin); a 0.3 s pause before each run",
     )
+
+
+def _idle_spin(payload: bytes, frame: pd.DataFrame) -> float:
+    """CPU milliseconds this process spends in a 0.1 s sleep right after a BLAS call."""
+    model = pickle.loads(payload)
+    time.sleep(SETTLE_S)
+    model.predict_proba(frame)
+    cpu = time.process_time()
+    time.sleep(0.1)
+    return round((time.process_time() - cpu) * 1000, 1)
 
 
 def _ours(script: str, frame: pd.DataFrame, params: dict[str, Any]) -> tuple[float, pd.DataFrame]:

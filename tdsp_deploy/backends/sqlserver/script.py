@@ -109,21 +109,39 @@ def _labels(model, labels):
         return labels
     if classes.dtype.kind != "U" or classes.ndim != 1 or not len(classes):
         return labels
-    if len(classes) <= 16:  # a few classes: one comparison each, cheaper than a search by text
-        position = numpy.zeros(labels.shape, dtype=numpy.uint8)
-        matched = 0
-        for index, name in enumerate(classes):
-            same = labels == name
-            matched += numpy.count_nonzero(same)
-            if index:
-                numpy.add(position, index, out=position, where=same)
-        if matched != labels.size:  # a label not among classes_ (or classes_ repeats one)
+    position = _positions(labels.reshape(-1), classes)
+    if position is None:  # no character place tells the classes apart: search them by text
+        position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
+        if not (classes[position] == labels).all():  # classes_ not sorted, or labels not among them
             return labels
         return classes.astype(object)[position]
-    position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
-    if not (classes[position] == labels).all():  # classes_ not sorted, or labels not among them
+    if position is False:  # a label that is not among classes_
         return labels
-    return classes.astype(object)[position]
+    return classes.astype(object)[position].reshape(labels.shape)
+
+
+def _positions(labels, classes):
+    # Which class each label is, by the labels' character codes (one 32-bit code per character,
+    # as numpy stores text): one character place where the classes all differ picks a class per
+    # row, then every place of every row is checked against that class. Cheaper than comparing
+    # text. False: a label is not among classes_; None: no such place (compare the text instead).
+    width = labels.itemsize // 4
+    if not width or classes.itemsize > labels.itemsize:
+        return None
+    codes = numpy.ascontiguousarray(labels).view(numpy.uint32).reshape(len(labels), width)
+    known = classes.astype(labels.dtype).view(numpy.uint32).reshape(len(classes), width)
+    for place in range(width):
+        if len(set(known[:, place].tolist())) == len(classes):
+            break
+    else:
+        return None
+    lookup = numpy.zeros(int(known[:, place].max()) + 1, dtype=numpy.intp)
+    lookup[known[:, place]] = numpy.arange(len(classes))
+    position = lookup.take(codes[:, place], mode="clip")  # a code past the table: checked below
+    for column in range(width):
+        if not numpy.array_equal(codes[:, column], known[:, column].take(position)):
+            return False
+    return position
 """,
     "onnx": """
 
@@ -145,12 +163,17 @@ def _blocks(model, features):
 
 _BUILTIN_PREDICT = """
 
-def _predict(model, features):
-    # Split the model's outputs into columns (keeping each one's dtype) and name them in order.
+def _predict(model, features, version):
+    # Split the model's outputs into columns (keeping each one's dtype) and name them in order;
+    # model_version joins them in the same step. copy=False: each column stays the array it is
+    # (pandas would otherwise copy the columns of each dtype into one block).
     columns = [block[:, i] for block in _blocks(model, features) for i in range(block.shape[1])]
     if len(columns) < len(OUTPUTS):
         raise ValueError(f"the model gives {len(columns)} output column(s); {len(OUTPUTS)} are declared")
-    return pandas.DataFrame({name: _column(values) for name, values in zip(OUTPUTS, columns)})
+    index = pandas.RangeIndex(len(features))  # one index for every column: nothing to align
+    answer = {name: _column(values, index) for name, values in zip(OUTPUTS, columns)}
+    answer["model_version"] = _column(_versions(version, len(features)), index)
+    return pandas.DataFrame(answer, index=index, copy=False)
 """
 
 _USER_PREDICT = """
@@ -160,7 +183,8 @@ _USER_PREDICT = """
 # -----------------------------------------------------------------------------------------
 
 
-def _predict(model, features):
+def _predict(model, features, version):
+    # model_version is added by the caller, once the rows' index is set.
     result = pandas.DataFrame(predict(model, features))
     if all(name in result.columns for name in OUTPUTS):
         return result[OUTPUTS].copy()
@@ -177,6 +201,14 @@ def _column(values, index=None):
     if values.dtype == object or values.dtype.kind in "US":
         return pandas.Series(values.astype(object, copy=False), index=index, dtype=object, copy=False)
     return values
+
+
+def _versions(version, count):
+    # The model_version column: one string for every row (filled in place: cheaper than
+    # numpy.repeat or numpy.full).
+    versions = numpy.empty(count, dtype=object)
+    versions.fill(version)
+    return versions
 
 
 def _unbundle(bundle):
@@ -234,7 +266,8 @@ def _score():
             if count == 0:  # no rows: an empty result set with the declared columns
                 answer = pandas.DataFrame({{name: pandas.Series([], dtype=object) for name in OUTPUTS}})
             else:
-                answer = _predict(model, features if where is None else features.iloc[where])
+                rows = features if where is None else features.iloc[where]
+                answer = _predict(model, rows, route["version"])
         except Exception as error:
             if chosen is None:
                 raise
@@ -244,9 +277,8 @@ def _score():
             entry.update(status=500, message=f"{{type(error).__name__}}: {{error}}"[:2000])
         if where is not None:
             answer.index = where
-        version = numpy.array([route["version"]], dtype=object)
-        # numpy.repeat: faster than numpy.full
-        answer["model_version"] = _column(numpy.repeat(version, count), answer.index)
+        if "model_version" not in answer:  # no rows, a failed version's NULLs, or the user's predict()
+            answer["model_version"] = _column(_versions(route["version"], count), answer.index)
         entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
         if AB_KEY:
             keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]

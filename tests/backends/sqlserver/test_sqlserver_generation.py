@@ -286,7 +286,7 @@ def _labels(model, labels):
 
 def _earlier_script(script: str) -> str:
     start = script.index("\n\ndef _blocks(model, features):")
-    end = script.index("\n\ndef _predict(model, features):")
+    end = script.index("\n\ndef _predict(model, features, version):")
     return script[:start] + _EARLIER_SKLEARN_PREDICT + script[end:]
 
 

@@ -68,12 +68,17 @@ def _blocks(model, features):
     return [numpy.asarray(out).reshape(len(features), -1) for out in model.run(None, {name: matrix})]
 
 
-def _predict(model, features):
-    # Split the model''s outputs into columns (keeping each one''s dtype) and name them in order.
+def _predict(model, features, version):
+    # Split the model''s outputs into columns (keeping each one''s dtype) and name them in order;
+    # model_version joins them in the same step. copy=False: each column stays the array it is
+    # (pandas would otherwise copy the columns of each dtype into one block).
     columns = [block[:, i] for block in _blocks(model, features) for i in range(block.shape[1])]
     if len(columns) < len(OUTPUTS):
         raise ValueError(f"the model gives {len(columns)} output column(s); {len(OUTPUTS)} are declared")
-    return pandas.DataFrame({name: _column(values) for name, values in zip(OUTPUTS, columns)})
+    index = pandas.RangeIndex(len(features))  # one index for every column: nothing to align
+    answer = {name: _column(values, index) for name, values in zip(OUTPUTS, columns)}
+    answer["model_version"] = _column(_versions(version, len(features)), index)
+    return pandas.DataFrame(answer, index=index, copy=False)
 
 
 def _column(values, index=None):
@@ -82,6 +87,14 @@ def _column(values, index=None):
     if values.dtype == object or values.dtype.kind in "US":
         return pandas.Series(values.astype(object, copy=False), index=index, dtype=object, copy=False)
     return values
+
+
+def _versions(version, count):
+    # The model_version column: one string for every row (filled in place: cheaper than
+    # numpy.repeat or numpy.full).
+    versions = numpy.empty(count, dtype=object)
+    versions.fill(version)
+    return versions
 
 
 def _unbundle(bundle):
@@ -139,7 +152,8 @@ def _score():
             if count == 0:  # no rows: an empty result set with the declared columns
                 answer = pandas.DataFrame({name: pandas.Series([], dtype=object) for name in OUTPUTS})
             else:
-                answer = _predict(model, features if where is None else features.iloc[where])
+                rows = features if where is None else features.iloc[where]
+                answer = _predict(model, rows, route["version"])
         except Exception as error:
             if chosen is None:
                 raise
@@ -149,9 +163,8 @@ def _score():
             entry.update(status=500, message=f"{type(error).__name__}: {error}"[:2000])
         if where is not None:
             answer.index = where
-        version = numpy.array([route["version"]], dtype=object)
-        # numpy.repeat: faster than numpy.full
-        answer["model_version"] = _column(numpy.repeat(version, count), answer.index)
+        if "model_version" not in answer:  # no rows, a failed version''s NULLs, or the user''s predict()
+            answer["model_version"] = _column(_versions(route["version"], count), answer.index)
         entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
         if AB_KEY:
             keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
