@@ -2,8 +2,8 @@
 predict in one pandas process, same rows, same run.
 
 Ours: ``tdsp-deploy run MANIFEST --local --master local[2]`` on a parquet of N rows: the
-generated job reads it, scores it with mapInPandas over Arrow batches (model loaded once per
-Python worker) and writes every row with its predictions and model version as parquet. The
+generated job reads it, scores it over Arrow batches (mapInArrow: only the features become
+pandas for the model; the model loaded once per Python worker) and writes every row with its predictions and model version as parquet. The
 input is written in row groups of 50,000 rows (a parquet split is a row group: a file of one
 huge row group is read by one task).
 Peer: one Python process that reads the same parquet with pandas, calls the same model's predict
@@ -13,7 +13,7 @@ Two models, so that the figure is not one model's accident: a logistic regressio
 score: the run is mostly reading, converting and writing) and a random forest of 100 trees
 (scoring dominates).
 
-Every run measures both sides at several sizes (--quick: 100,000 and 300,000 rows; full:
+Every run measures both sides at several sizes (--quick: 100,000 and 1,000,000 rows; full:
 300,000, 1,000,000 and 3,000,000) and fits a straight line through each side's times (least
 squares), which splits them into a fixed cost (the JVM's first query, the Python workers'
 start, the model load) and a marginal rate (what each further row costs once all that is up,
@@ -65,7 +65,10 @@ from common import emit, note, result, tdsp_deploy  # noqa: E402
 from tests.fakes.synapse_spark_project import FEATURES, make_project  # noqa: E402
 
 GOAL = 1.0  # on the marginal rate: two cores must pay off
-ROWS = {"quick": (100_000, 300_000), "full": (300_000, 1_000_000, 3_000_000)}
+# --quick: two sizes far apart, so that the load's noise on a job's seconds (a second or two)
+# is small beside what the further rows cost; 100,000 and 300,000 rows differed by less than
+# that noise for the logistic regression (BENCHMARKS.md, "Spark batch, round three")
+ROWS = {"quick": (100_000, 1_000_000), "full": (300_000, 1_000_000, 3_000_000)}
 # Seconds the measurements may take: inside bench/run's limit per script (300 s with --quick,
 # 1200 s without), with room for writing the inputs and for the pair already under way.
 BUDGET_S = {"quick": 255, "full": 1000}
@@ -226,7 +229,10 @@ def measure_within(
         for name, model in named.items():
             if last is not None:
                 same = series[name][-1] if series[name] else None
-                estimate = 1.5 * (same["command_s"] + same["peer_command_s"]) if same else (
+                # the job's time grows far slower than its rows (its fixed cost), the peer's
+                # about with them
+                grown = count / same["rows"] if same else 1.0
+                estimate = 1.5 * same["command_s"] + grown * same["peer_command_s"] if same else (
                     last["command_s"] + last["peer_command_s"])  # fmt: skip
                 if time.monotonic() - began + estimate > budget:
                     note(f"{name}, {count:,} rows: skipped, {budget:.0f} s budget (about {estimate:.0f} s more)")
@@ -351,7 +357,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="100,000 and 300,000 rows instead of 300,000 to 3,000,000"
+        "--quick", action="store_true", help="100,000 and 1,000,000 rows instead of 300,000 to 3,000,000"
     )
     parser.add_argument(
         "--scale",
