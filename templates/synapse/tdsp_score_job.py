@@ -612,6 +612,28 @@ def _import_in_background():
     threading.Thread(target=imports, name="tdsp-imports", daemon=True).start()
 
 
+BATCH_ROWS_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
+BATCH_ROWS = (10000, 100000)  # Spark's default, and what a narrow table gets
+BATCH_BYTES = 64 << 20  # what a batch's rows may take, by Spark's estimate of a row's size
+# Spark's estimate of a value's size (DataType.defaultSize), by type name; 100 for the others
+# (arrays, maps, structs)
+_ROW_BYTES = {"byte": 1, "boolean": 1, "short": 2, "integer": 4, "float": 4, "date": 4, "long": 8}
+_ROW_BYTES.update({"double": 8, "timestamp": 8, "timestamp_ntz": 8, "decimal": 16, "string": 20, "binary": 100})
+
+
+def set_batch_rows(spark, schema):
+    """Rows per Arrow batch, unless the job's Spark settings name it: as many as fit in
+    BATCH_BYTES, between Spark's 10,000 and 100,000. A model called on 10,000 rows at a time
+    pays its per-call cost a hundred times per million rows (a forest of 100 trees: 40% more
+    CPU per row than in batches of 100,000; BENCHMARKS.md, "Spark batch, round three")."""
+    if spark.sparkContext.getConf().contains(BATCH_ROWS_KEY):
+        return
+    width = max(1, sum(_ROW_BYTES.get(field.dataType.typeName(), 100) for field in schema.fields))
+    rows = max(BATCH_ROWS[0], min(BATCH_ROWS[1], BATCH_BYTES // width))
+    spark.conf.set(BATCH_ROWS_KEY, str(rows))
+    say(f"Arrow batches of up to {rows} rows")
+
+
 def run(spark, spec):
     """Read, score, write; returns the summary (also written to spec["result"])."""
     started = time.time()
@@ -622,7 +644,9 @@ def run(spark, spec):
     say(f"reading {spec['input'].get('path') or spec['input'].get('table')} ({spec['input']['format']})")
     counters = [spark.sparkContext.accumulator(0) for _ in spec["variants"]]
     loads = spark.sparkContext.accumulator(0)
-    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counters, loads)
+    source = read_input(spark, spec["input"])
+    set_batch_rows(spark, source.schema)
+    frame = scored_frame(spark, source, spec, counters, loads)
     target = spec["output"]
     say(f"scoring with {', '.join(v['name'] + ':' + str(v['model_version']) for v in spec['variants'])}")
     write_output(frame, target)

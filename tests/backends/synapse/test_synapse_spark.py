@@ -400,6 +400,26 @@ def test_text_or_dates_among_features_or_predictions_keep_the_pandas_path(
     assert "MapInPandas" in plan._jdf.queryExecution().executedPlan().toString()
 
 
+def test_arrow_batches_grow_to_100000_rows_for_a_narrow_table_and_less_for_a_wide_one(
+    spark: Any, job_module: Any
+) -> None:
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    key = job_module.BATCH_ROWS_KEY
+    before = spark.conf.get(key)
+    try:
+        job_module.set_batch_rows(spark, spark.createDataFrame(rows(3)).schema)
+        assert spark.conf.get(key) == "100000"
+        wide = StructType([StructField(f"c{i}", DoubleType()) for i in range(400)])  # 3,200 bytes a row
+        job_module.set_batch_rows(spark, wide)
+        assert spark.conf.get(key) == str((64 << 20) // 3200)
+        very_wide = StructType([StructField(f"c{i}", DoubleType()) for i in range(20000)])
+        job_module.set_batch_rows(spark, very_wide)
+        assert spark.conf.get(key) == "10000"  # never below Spark's own default
+    finally:
+        spark.conf.set(key, before)
+
+
 def test_input_without_a_model_column_is_refused_by_name(tmp_path: Path, spark: Any, job_module: Any) -> None:
     project = make_project(tmp_path / "p")
     spec = spec_for(project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"))
