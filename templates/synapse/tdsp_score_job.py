@@ -7,7 +7,8 @@
 # model version (and the variant, in an A/B split) that scored it. When the features and the
 # predictions are all numbers, the batches stay Arrow (mapInArrow): only the features become a
 # pandas frame for the model, and the other columns go back to the JVM untouched. Otherwise
-# (dates, text, decimals...) the whole batch goes through pandas (mapInPandas).
+# (dates, text, decimals...) the whole batch goes through pandas (mapInPandas). A batch holds up
+# to 100,000 rows (set_batch_rows), unless the job's Spark settings say otherwise.
 # The model is loaded once per Python worker, not per batch: workers are reused across tasks
 # (spark.python.worker.reuse, on by default) and keep it in _MODELS. The driver imports pandas
 # and pyarrow in a thread while the JVM starts, rather than after it.
@@ -397,7 +398,8 @@ def score_batches(batches, spec, counters=None, loads=None):
 
 # Spark SQL types that the Arrow path carries: numbers, whose Arrow and pandas forms convert the
 # same way both ways, so that it gives what the pandas path gives, value for value.
-ARROW_TYPES = {"double": "float64", "float": "float32", "bigint": "int64", "int": "int32", "smallint": "int16"}
+ARROW_TYPES = {"double": "float64", "float": "float32", "bigint": "int64", "int": "int32"}
+ARROW_TYPES["smallint"] = "int16"
 
 
 def arrow_path(spec):
@@ -429,7 +431,8 @@ def score_arrow_batches(batches, spec, safe=False, counters=None, loads=None):
         else:
             groups = [(0, None)]
         columns = _scored_columns(groups, variants, features, output_names, batch.num_rows, loads)
-        arrays = list(batch.columns) + [_arrow_column(name, columns[name], kind, safe) for name, kind in outputs]
+        arrays = list(batch.columns)
+        arrays += [_arrow_column(name, columns[name], kind, safe) for name, kind in outputs]
         fields = list(batch.schema) + [pyarrow.field(name, kind) for name, kind in outputs]
         if counters is not None:
             for number, positions in groups:
@@ -452,7 +455,8 @@ def _arrow_column(name, values, kind, safe):
             return pyarrow.Array.from_pandas(values, mask=mask).cast(target_type=kind, safe=safe)
     except (pyarrow.ArrowException, TypeError, ValueError) as exc:
         raise ValueError(
-            f"cannot convert the prediction column {name!r} ({values.dtype}) to the declared type {kind}: {exc}"
+            f"cannot convert the prediction column {name!r} ({values.dtype}) to the declared type "
+            f"{kind}: {exc}"
         ) from None
 
 
@@ -562,7 +566,8 @@ def scored_frame(spark, frame, spec, counters=None, loads=None, arrow=None):
     if arrow is None:
         arrow = arrow_path(spec)
     if arrow:
-        safe = str(spark.conf.get("spark.sql.execution.pandas.convertToArrowArraySafely", "false")).lower() == "true"
+        safe = spark.conf.get("spark.sql.execution.pandas.convertToArrowArraySafely", "false")
+        safe = str(safe).lower() == "true"
         scored = frame.mapInArrow(
             lambda batches: score_arrow_batches(batches, spec, safe, counters, loads), StructType(fields)
         )
@@ -618,7 +623,7 @@ BATCH_BYTES = 64 << 20  # what a batch's rows may take, by Spark's estimate of a
 # Spark's estimate of a value's size (DataType.defaultSize), by type name; 100 for the others
 # (arrays, maps, structs)
 _ROW_BYTES = {"byte": 1, "boolean": 1, "short": 2, "integer": 4, "float": 4, "date": 4, "long": 8}
-_ROW_BYTES.update({"double": 8, "timestamp": 8, "timestamp_ntz": 8, "decimal": 16, "string": 20, "binary": 100})
+_ROW_BYTES.update({"double": 8, "timestamp": 8, "timestamp_ntz": 8, "decimal": 16, "string": 20})
 
 
 def set_batch_rows(spark, schema):
