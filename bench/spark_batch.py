@@ -404,7 +404,8 @@ def cpu_per_row(work: Path, count: int, reps: int) -> list[dict[str, Any]]:
         for arrow in (False, True):
             queries[f"{name}: the job, {'Arrow' if arrow else 'pandas'} path"] = (
                 lambda s=specs[name], a=arrow: job.scored_frame(spark, read(), s, arrow=a))  # fmt: skip
-    job.set_batch_rows(spark, read().schema)
+    with contextlib.redirect_stdout(sys.stderr):  # the job says what it set; stdout is the JSON
+        job.set_batch_rows(spark, read().schema)
     spent: dict[str, list[float]] = {}
     for rep in range(reps):
         for label, query in queries.items():
