@@ -2,8 +2,8 @@
 predict in one pandas process, same rows, same run.
 
 Ours: ``tdsp-deploy run MANIFEST --local --master local[2]`` on a parquet of N rows: the
-generated job reads it, scores it with mapInPandas over Arrow batches (model loaded once per
-Python worker) and writes every row with its predictions and model version as parquet. The
+generated job reads it, scores it over Arrow batches (mapInArrow: only the features become
+pandas for the model; the model loaded once per Python worker) and writes every row with its predictions and model version as parquet. The
 input is written in row groups of 50,000 rows (a parquet split is a row group: a file of one
 huge row group is read by one task).
 Peer: one Python process that reads the same parquet with pandas, calls the same model's predict
@@ -13,7 +13,7 @@ Two models, so that the figure is not one model's accident: a logistic regressio
 score: the run is mostly reading, converting and writing) and a random forest of 100 trees
 (scoring dominates).
 
-Every run measures both sides at several sizes (--quick: 100,000 and 300,000 rows; full:
+Every run measures both sides at several sizes (--quick: 100,000 and 1,000,000 rows; full:
 300,000, 1,000,000 and 3,000,000) and fits a straight line through each side's times (least
 squares), which splits them into a fixed cost (the JVM's first query, the Python workers'
 start, the model load) and a marginal rate (what each further row costs once all that is up,
@@ -65,7 +65,10 @@ from common import emit, note, result, tdsp_deploy  # noqa: E402
 from tests.fakes.synapse_spark_project import FEATURES, make_project  # noqa: E402
 
 GOAL = 1.0  # on the marginal rate: two cores must pay off
-ROWS = {"quick": (100_000, 300_000), "full": (300_000, 1_000_000, 3_000_000)}
+# --quick: two sizes far apart, so that the load's noise on a job's seconds (a second or two)
+# is small beside what the further rows cost; 100,000 and 300,000 rows differed by less than
+# that noise for the logistic regression (BENCHMARKS.md, "Spark batch, round three")
+ROWS = {"quick": (100_000, 1_000_000), "full": (300_000, 1_000_000, 3_000_000)}
 # Seconds the measurements may take: inside bench/run's limit per script (300 s with --quick,
 # 1200 s without), with room for writing the inputs and for the pair already under way.
 BUDGET_S = {"quick": 255, "full": 1000}
@@ -226,7 +229,10 @@ def measure_within(
         for name, model in named.items():
             if last is not None:
                 same = series[name][-1] if series[name] else None
-                estimate = 1.5 * (same["command_s"] + same["peer_command_s"]) if same else (
+                # the job's time grows far slower than its rows (its fixed cost), the peer's
+                # about with them
+                grown = count / same["rows"] if same else 1.0
+                estimate = 1.5 * same["command_s"] + grown * same["peer_command_s"] if same else (
                     last["command_s"] + last["peer_command_s"])  # fmt: skip
                 if time.monotonic() - began + estimate > budget:
                     note(f"{name}, {count:,} rows: skipped, {budget:.0f} s budget (about {estimate:.0f} s more)")
@@ -346,12 +352,102 @@ def plot_scale(series: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(figure)
 
 
+def cpu_per_row(work: Path, count: int, reps: int) -> list[dict[str, Any]]:
+    """CPU microseconds per row of each step of the job, warm: one local[2] session with the
+    job's local settings, each query over ``count`` rows written as parquet ``reps`` times (the
+    first run pays the JIT; the least of the others is kept), CPU of the whole process tree
+    (this driver, the JVM, the Python workers); beside it, the pandas peer's steps in this
+    process, timed alike."""
+    import importlib.util
+
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from tdsp_deploy.backends.synapse import job as jobs
+    from tdsp_deploy.backends.synapse.local_spark import local_command
+    from tdsp_deploy.backends.synapse.target import DataLocation
+    from tdsp_deploy.packaging import build_package
+    from tests.fakes.synapse_spark_project import load
+
+    source, sink = work / "rows.parquet", str(work / "out")
+    write_rows(source, count)
+    loaded = importlib.util.spec_from_file_location(jobs.JOB_FILE[:-3], jobs.job_script_path())
+    job = importlib.util.module_from_spec(loaded)
+    sys.modules[loaded.name] = job
+    loaded.loader.exec_module(job)
+    command = local_command(jobs.job_script_path(), {}, {}, "local[2]")
+    builder = SparkSession.builder.master("local[2]")
+    for key, value in (c.split("=", 1) for c in command[command.index("--conf") + 1 : -2 : 2]):
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.addPyFile(str(jobs.job_script_path()))
+
+    def tree_cpu() -> float:
+        me = psutil.Process()
+        times = [p.cpu_times() for p in [me, *me.children(recursive=True)]]
+        return sum(t.user + t.system for t in times)
+
+    read = lambda: spark.read.parquet(str(source))  # noqa: E731
+    queries: dict[str, Any] = {
+        "read + write, no Python": lambda: read().withColumn("model_version", F.lit("1")),
+        "mapInArrow, batches handed back": lambda: read().mapInArrow(lambda b: b, read().schema),
+        "mapInPandas, batches handed back": lambda: read().mapInPandas(lambda b: b, read().schema),
+    }
+    specs = {}
+    for name, model in models().items():
+        manifest = load(make_project(work / name)).manifest
+        (work / name / "model" / "model.pkl").write_bytes(pickle.dumps(model))
+        package = build_package(manifest, work / "packages")
+        variant = jobs.Variant.of("local", package.lock, str(package.path), 100, "sklearn")
+        places = DataLocation(path="i"), DataLocation(path="o")
+        specs[name] = jobs.job_spec(manifest.target, manifest, [variant], *places)
+        for arrow in (False, True):
+            queries[f"{name}: the job, {'Arrow' if arrow else 'pandas'} path"] = (
+                lambda s=specs[name], a=arrow: job.scored_frame(spark, read(), s, arrow=a))  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):  # the job says what it set; stdout is the JSON
+        job.set_batch_rows(spark, read().schema)
+    spent: dict[str, list[float]] = {}
+    for rep in range(reps):
+        for label, query in queries.items():
+            before = tree_cpu()
+            query().write.mode("overwrite").parquet(sink)
+            spent.setdefault(label, []).append((tree_cpu() - before) / count * 1e6)
+            note(f"run {rep + 1}, {label}: {spent[label][-1]:.2f} CPU us/row, load {os.getloadavg()[0]:.1f}")
+    spark.stop()
+    entries = []
+    for name, model in models().items():
+        steps: dict[str, list[float]] = {}
+        for _ in range(reps):
+            began = time.process_time()
+            frame = pd.read_parquet(source)
+            features = frame[FEATURES].astype("float64")
+            frame["label"] = model.predict(features).astype("int64")
+            proba = model.predict_proba(features)
+            scored = time.process_time()
+            for i in range(proba.shape[1]):
+                frame[f"p{i}"] = proba[:, i]
+            frame["model_version"] = "peer"
+            frame.to_parquet(work / "peer.parquet", index=False)
+            done = time.process_time()
+            steps.setdefault("read + score", []).append((scored - began) / count * 1e6)
+            steps.setdefault("write", []).append((done - scored) / count * 1e6)
+        peer = sum(min(v) for v in steps.values())
+        for label, values in spent.items():
+            if not label.startswith(tuple(specs)) or label.startswith(name):
+                entries.append(result(
+                    f"spark_cpu_per_row: {label} (vs pandas, {name})", min(values[1:] or values), peer,
+                    unit="CPU us/row", goal="reported (lower is better)", met=None,
+                    runs=[round(v, 3) for v in values],
+                    peer_steps={k: round(min(v), 3) for k, v in steps.items()}, rows=count))  # fmt: skip
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="100,000 and 300,000 rows instead of 300,000 to 3,000,000"
+        "--quick", action="store_true", help="100,000 and 1,000,000 rows instead of 300,000 to 3,000,000"
     )
     parser.add_argument(
         "--scale",
@@ -359,7 +455,15 @@ def main() -> None:
         help="batch time vs rows (100,000 to 3,000,000; --quick: to 1,000,000), plotted to"
         " bench/scale_spark.png with its JSON beside it",
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU microseconds per row of each step of the job, in one"
+        " session (1,000,000 rows, 3 runs each), and of the pandas peer's; not run by bench/run"
+    )
     args = parser.parse_args()
+    if args.cpu:
+        with tempfile.TemporaryDirectory(prefix="tdsp-bench-spark-") as scratch:
+            emit(cpu_per_row(Path(scratch), 1_000_000, 3))
+        return
     entries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tdsp-bench-spark-") as scratch:
         work = Path(scratch)

@@ -2,9 +2,13 @@
 #
 #   spark-submit tdsp_score_job.py '<job spec JSON>'
 #
-# Reads the input (a path or a table; parquet, csv or delta), scores it with mapInPandas over
-# Arrow batches, and writes every input row with its columns, the predictions named by the
-# spec's outputs, and the model version (and the variant, in an A/B split) that scored it.
+# Reads the input (a path or a table; parquet, csv or delta), scores it over Arrow batches, and
+# writes every input row with its columns, the predictions named by the spec's outputs, and the
+# model version (and the variant, in an A/B split) that scored it. When the features and the
+# predictions are all numbers, the batches stay Arrow (mapInArrow): only the features become a
+# pandas frame for the model, and the other columns go back to the JVM untouched. Otherwise
+# (dates, text, decimals...) the whole batch goes through pandas (mapInPandas). A batch holds up
+# to 100,000 rows (set_batch_rows), unless the job's Spark settings say otherwise.
 # The model is loaded once per Python worker, not per batch: workers are reused across tasks
 # (spark.python.worker.reuse, on by default) and keep it in _MODELS. The driver imports pandas
 # and pyarrow in a thread while the JVM starts, rather than after it.
@@ -340,6 +344,30 @@ def _onnx_block(output, rows):
     return numpy.asarray(output).reshape(rows, -1)
 
 
+def _scored_columns(groups, variants, features, output_names, size, loads):
+    """The predictions of a batch's ``features`` (a DataFrame), each group of rows (positions,
+    or None for all) by its variant's model, placed back by position: {output name: array}."""
+    import numpy
+
+    columns = {}
+    for number, positions in groups:
+        if positions is not None and len(positions) == 0:
+            continue
+        rows = features if positions is None else features.iloc[positions]
+        predictions = _predict(variants[number], rows.reset_index(drop=True), output_names, loads)
+        for name in output_names:
+            values = numpy.asarray(predictions[name])
+            if positions is None:
+                columns[name] = values
+                continue
+            if name not in columns:
+                columns[name] = numpy.empty(size, dtype=values.dtype)
+            elif columns[name].dtype != values.dtype:
+                columns[name] = columns[name].astype(numpy.result_type(columns[name].dtype, values.dtype))
+            columns[name][positions] = values
+    return columns
+
+
 def score_batches(batches, spec, counters=None, loads=None):
     """mapInPandas: each Arrow batch scored by the model of its rows' variant. The batch keeps
     its rows and their order; predictions are placed by position (no concat, which would turn
@@ -359,28 +387,77 @@ def score_batches(batches, spec, counters=None, loads=None):
             groups = [(i, numpy.flatnonzero(index == i)) for i in range(len(variants))]
         else:
             groups = [(0, None)]
-        columns = {}
-        for number, positions in groups:
-            if positions is not None and len(positions) == 0:
-                continue
-            rows = batch if positions is None else batch.iloc[positions]
-            predictions = _predict(variants[number], rows[input_names].reset_index(drop=True), output_names, loads)
-            for name in output_names:
-                values = numpy.asarray(predictions[name])
-                if positions is None:
-                    columns[name] = values
-                    continue
-                if name not in columns:
-                    columns[name] = numpy.empty(len(batch), dtype=values.dtype)
-                elif columns[name].dtype != values.dtype:
-                    columns[name] = columns[name].astype(numpy.result_type(columns[name].dtype, values.dtype))
-                columns[name][positions] = values
+        columns = _scored_columns(groups, variants, batch[input_names], output_names, len(batch), loads)
         for name in output_names:
             batch[name] = columns[name]
         if counters is not None:
             for number, positions in groups:
                 counters[number].add(len(batch) if positions is None else len(positions))
         yield batch
+
+
+# Spark SQL types that the Arrow path carries: numbers, whose Arrow and pandas forms convert the
+# same way both ways, so that it gives what the pandas path gives, value for value.
+ARROW_TYPES = {"double": "float64", "float": "float32", "bigint": "int64", "int": "int32"}
+ARROW_TYPES["smallint"] = "int16"
+
+
+def arrow_path(spec):
+    """True when every feature and every prediction is a number (the Arrow path's types)."""
+    return all(c["type"] in ARROW_TYPES for c in spec["inputs"] + spec["outputs"])
+
+
+def score_arrow_batches(batches, spec, safe=False, counters=None, loads=None):
+    """mapInArrow: each Arrow batch scored as score_batches scores it, but only the features
+    become pandas (for the model); the batch's own columns are passed back as they came, and
+    each prediction becomes an Arrow column as Spark's pandas path makes it (NaN as null; a
+    value that does not fit the declared type cast, or refused when ``safe``:
+    spark.sql.execution.pandas.convertToArrowArraySafely)."""
+    import numpy
+    import pyarrow
+
+    variants = spec["variants"]
+    input_names = [c["name"] for c in spec["inputs"]]
+    outputs = [(c["name"], pyarrow.from_numpy_dtype(ARROW_TYPES[c["type"]])) for c in spec["outputs"]]
+    output_names = [name for name, _ in outputs]
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        table = pyarrow.Table.from_batches([batch])
+        features = table.select(input_names).to_pandas()
+        if len(variants) > 1:
+            index = table.column(VARIANT_INDEX).to_numpy()
+            groups = [(i, numpy.flatnonzero(index == i)) for i in range(len(variants))]
+        else:
+            groups = [(0, None)]
+        columns = _scored_columns(groups, variants, features, output_names, batch.num_rows, loads)
+        arrays = list(batch.columns)
+        arrays += [_arrow_column(name, columns[name], kind, safe) for name, kind in outputs]
+        fields = list(batch.schema) + [pyarrow.field(name, kind) for name, kind in outputs]
+        if counters is not None:
+            for number, positions in groups:
+                counters[number].add(batch.num_rows if positions is None else len(positions))
+        yield pyarrow.RecordBatch.from_arrays(arrays, schema=pyarrow.schema(fields))
+
+
+def _arrow_column(name, values, kind, safe):
+    """One prediction column as Arrow, the way Spark converts a pandas column it is handed."""
+    import numpy
+    import pandas
+    import pyarrow
+
+    values = numpy.asarray(values)
+    mask = pandas.isnull(values) if values.dtype.kind in "fcOmM" else None
+    try:
+        try:
+            return pyarrow.Array.from_pandas(values, mask=mask, type=kind, safe=safe)
+        except pyarrow.ArrowInvalid:
+            return pyarrow.Array.from_pandas(values, mask=mask).cast(target_type=kind, safe=safe)
+    except (pyarrow.ArrowException, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"cannot convert the prediction column {name!r} ({values.dtype}) to the declared type "
+            f"{kind}: {exc}"
+        ) from None
 
 
 # -- the job, on the driver ----------------------------------------------------------------
@@ -454,9 +531,10 @@ def assign_variants(frame, spec):
     return frame.withColumn(VARIANT_INDEX, choice.cast("int"))
 
 
-def scored_frame(spark, frame, spec, counters=None, loads=None):
+def scored_frame(spark, frame, spec, counters=None, loads=None, arrow=None):
     """``counters``: one accumulator per variant, counting the rows it scored; ``loads``: one
-    counting the model loads in the workers."""
+    counting the model loads in the workers; ``arrow``: the Arrow path (mapInArrow) or the
+    pandas path (mapInPandas), by default the Arrow path when arrow_path(spec)."""
     # The input frame with its predictions (lazy): the heart of the job, shared with the tests.
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType, _parse_datatype_string
@@ -485,7 +563,16 @@ def scored_frame(spark, frame, spec, counters=None, loads=None):
         frame = assign_variants(frame, spec)
     fields = list(frame.schema.fields)
     fields += [StructField(c["name"], _parse_datatype_string(c["type"])) for c in spec["outputs"]]
-    scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counters, loads), StructType(fields))
+    if arrow is None:
+        arrow = arrow_path(spec)
+    if arrow:
+        safe = spark.conf.get("spark.sql.execution.pandas.convertToArrowArraySafely", "false")
+        safe = str(safe).lower() == "true"
+        scored = frame.mapInArrow(
+            lambda batches: score_arrow_batches(batches, spec, safe, counters, loads), StructType(fields)
+        )
+    else:
+        scored = frame.mapInPandas(lambda batches: score_batches(batches, spec, counters, loads), StructType(fields))
     if not ab:
         return scored.withColumn("model_version", F.lit(str(variants[0]["model_version"])).cast(StringType()))
     by_index = F.col(VARIANT_INDEX) + 1  # element_at counts from 1
@@ -530,6 +617,28 @@ def _import_in_background():
     threading.Thread(target=imports, name="tdsp-imports", daemon=True).start()
 
 
+BATCH_ROWS_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
+BATCH_ROWS = (10000, 100000)  # Spark's default, and what a narrow table gets
+BATCH_BYTES = 64 << 20  # what a batch's rows may take, by Spark's estimate of a row's size
+# Spark's estimate of a value's size (DataType.defaultSize), by type name; 100 for the others
+# (arrays, maps, structs)
+_ROW_BYTES = {"byte": 1, "boolean": 1, "short": 2, "integer": 4, "float": 4, "date": 4, "long": 8}
+_ROW_BYTES.update({"double": 8, "timestamp": 8, "timestamp_ntz": 8, "decimal": 16, "string": 20})
+
+
+def set_batch_rows(spark, schema):
+    """Rows per Arrow batch, unless the job's Spark settings name it: as many as fit in
+    BATCH_BYTES, between Spark's 10,000 and 100,000. A model called on 10,000 rows at a time
+    pays its per-call cost a hundred times per million rows (a forest of 100 trees: 40% more
+    CPU per row than in batches of 100,000; BENCHMARKS.md, "Spark batch, round three")."""
+    if spark.sparkContext.getConf().contains(BATCH_ROWS_KEY):
+        return
+    width = max(1, sum(_ROW_BYTES.get(field.dataType.typeName(), 100) for field in schema.fields))
+    rows = max(BATCH_ROWS[0], min(BATCH_ROWS[1], BATCH_BYTES // width))
+    spark.conf.set(BATCH_ROWS_KEY, str(rows))
+    say(f"Arrow batches of up to {rows} rows")
+
+
 def run(spark, spec):
     """Read, score, write; returns the summary (also written to spec["result"])."""
     started = time.time()
@@ -540,7 +649,9 @@ def run(spark, spec):
     say(f"reading {spec['input'].get('path') or spec['input'].get('table')} ({spec['input']['format']})")
     counters = [spark.sparkContext.accumulator(0) for _ in spec["variants"]]
     loads = spark.sparkContext.accumulator(0)
-    frame = scored_frame(spark, read_input(spark, spec["input"]), spec, counters, loads)
+    source = read_input(spark, spec["input"])
+    set_batch_rows(spark, source.schema)
+    frame = scored_frame(spark, source, spec, counters, loads)
     target = spec["output"]
     say(f"scoring with {', '.join(v['name'] + ':' + str(v['model_version']) for v in spec['variants'])}")
     write_output(frame, target)

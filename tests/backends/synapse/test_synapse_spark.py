@@ -29,6 +29,7 @@ from tdsp_deploy.backends.synapse.target import DataLocation  # noqa: E402
 from tdsp_deploy.packaging import build_package  # noqa: E402
 from tests.fakes.synapse_spark_project import (  # noqa: E402
     BATCH_PREDICT_PY,
+    SCORE_PY,
     FEATURES,
     OUTPUTS,
     STORAGE,
@@ -327,6 +328,98 @@ def test_job_reads_csv_and_writes_the_format_of_the_path(tmp_path: Path, spark: 
     written = pd.concat(pd.read_csv(p) for p in sorted(sink.glob("part-*.csv"))).sort_values("customer_id")
     model = pickle.loads((tmp_path / "p/model/model.pkl").read_bytes())
     np.testing.assert_array_equal(written["label"].to_numpy(), model.predict(frame[FEATURES]))
+
+
+CONVERSIONS_PY = (
+    SCORE_PY
+    + """
+def predict(model, df):
+    # what the two paths must convert alike: a float label for a bigint column, NaN for a
+    # missing feature, and a column handed back as it came
+    import numpy, pandas
+    label = model.predict(df.fillna(0).astype("float64")).astype("float64")
+    return pandas.DataFrame(
+        {"label": label, "p0": numpy.where(df["f0"].isna(), numpy.nan, 0.25), "p1": df["f1"], "p2": df["f3"]}
+    )
+"""
+)
+
+
+def test_the_arrow_path_writes_what_the_pandas_path_writes(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    """Numbers in and out: the batches stay Arrow (mapInArrow) and only the features become
+    pandas. Every column, passed through or predicted, nulls included, comes out with the
+    type and the value the pandas path (mapInPandas) gives it."""
+    from pyspark.sql import functions as F
+
+    project = make_project(tmp_path / "p", score_py=CONVERSIONS_PY)
+    manifest = yaml.safe_load(project.read_text())
+    manifest["target"]["inputs"][3]["type"] = "int"  # an integer feature, with nulls below
+    project.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    spec = spec_for(project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"))
+    assert job_module.arrow_path(spec)
+    frame = (
+        spark.createDataFrame(rows(3000))
+        .withColumn("f0", F.when(F.col("customer_id") % 3 == 0, F.lit(None)).otherwise(F.col("f0")))
+        .withColumn("f3", F.when(F.col("customer_id") % 4 == 0, F.lit(None)).otherwise(F.col("f3") * 10))
+        .withColumn("region", F.when(F.col("customer_id") % 5 == 0, F.lit(None)).otherwise(F.col("region")))
+        .withColumn("seen", F.timestamp_seconds(F.col("customer_id")))
+        .withColumn("day", F.to_date(F.timestamp_seconds(F.col("customer_id") * 1000)))
+        .withColumn("amount", (F.col("customer_id") / 7).cast("decimal(12,3)"))
+        .withColumn("even", F.col("customer_id") % 2 == 0)
+        .withColumn("maybe", F.when(F.col("customer_id") % 6 != 0, F.col("customer_id")))
+    )
+    arrow = job_module.scored_frame(spark, frame, spec, arrow=True)
+    pandas_path = job_module.scored_frame(spark, frame, spec, arrow=False)
+    assert arrow.schema == pandas_path.schema
+    assert "MapInArrow" in arrow._jdf.queryExecution().executedPlan().toString()
+    assert "MapInPandas" in pandas_path._jdf.queryExecution().executedPlan().toString()
+    ours = arrow.toPandas().sort_values("customer_id").reset_index(drop=True)
+    theirs = pandas_path.toPandas().sort_values("customer_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert len(ours) == 3000
+    # NaN predictions are nulls (which toPandas cannot tell apart), as the pandas path makes them
+    missing = (arrow.where("p0 IS NULL").count(), pandas_path.where("p0 IS NULL").count())
+    assert missing[0] == missing[1] == (ours["customer_id"] % 3 == 0).sum() > 0
+    # the float labels are whole numbers in a bigint column
+    assert ours["p0"].isna().sum() == (ours["customer_id"] % 3 == 0).sum() > 0
+    assert str(ours["label"].dtype) == "int64" and set(ours["label"]) <= {0, 1, 2}
+    assert ours["p2"].isna().sum() == (ours["customer_id"] % 4 == 0).sum() > 0
+
+
+def test_text_or_dates_among_features_or_predictions_keep_the_pandas_path(
+    tmp_path: Path, spark: Any, job_module: Any
+) -> None:
+    project = make_project(tmp_path / "p")
+    spec = spec_for(project, [(str(project), 100)], DataLocation(path="i"), DataLocation(path="o"))
+    assert job_module.arrow_path(spec)
+    text_label = {**spec, "outputs": [{"name": "label", "type": "string"}, *spec["outputs"][1:]]}
+    dated = {**spec, "inputs": [*spec["inputs"], {"name": "region", "type": "date"}]}
+    for other in (text_label, dated):
+        assert not job_module.arrow_path(other)
+    plan = job_module.scored_frame(spark, spark.createDataFrame(rows(5)), text_label)
+    assert "MapInPandas" in plan._jdf.queryExecution().executedPlan().toString()
+
+
+def test_arrow_batches_grow_to_100000_rows_for_a_narrow_table_and_less_for_a_wide_one(
+    spark: Any, job_module: Any
+) -> None:
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    key = job_module.BATCH_ROWS_KEY
+    before = spark.conf.get(key)
+    try:
+        job_module.set_batch_rows(spark, spark.createDataFrame(rows(3)).schema)
+        assert spark.conf.get(key) == "100000"
+        wide = StructType([StructField(f"c{i}", DoubleType()) for i in range(400)])  # 3,200 bytes a row
+        job_module.set_batch_rows(spark, wide)
+        assert spark.conf.get(key) == str((64 << 20) // 3200)
+        very_wide = StructType([StructField(f"c{i}", DoubleType()) for i in range(20000)])
+        job_module.set_batch_rows(spark, very_wide)
+        assert spark.conf.get(key) == "10000"  # never below Spark's own default
+    finally:
+        spark.conf.set(key, before)
 
 
 def test_input_without_a_model_column_is_refused_by_name(tmp_path: Path, spark: Any, job_module: Any) -> None:
