@@ -69,14 +69,24 @@ def _endpoint_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
-def test_two_ctrl_c_50_ms_apart_roll_back_completely(cli, tmp_path, state_home):
-    manifest = _starter(cli, tmp_path, "twice")
+def _slow_push_interrupted_once(cli, root: Path, name: str) -> tuple[Path, subprocess.Popen[str]]:  # type: ignore[no-untyped-def]
+    """A push whose deployment takes 30 s to start, sent one Ctrl-C while it waits for it."""
+    manifest = _starter(cli, root, name)
     with open(manifest.parent / "score.py", "a") as script:
         script.write(SLOW_INIT)
     push = _push_in_background(manifest)
     try:
         _wait_for_line(push.stderr, "waiting for blue to be healthy")
-        push.send_signal(signal.SIGINT)
+    except BaseException:
+        push.kill()
+        raise
+    push.send_signal(signal.SIGINT)
+    return manifest, push
+
+
+def test_two_ctrl_c_50_ms_apart_roll_back_completely(cli, tmp_path, state_home):
+    manifest, push = _slow_push_interrupted_once(cli, tmp_path, "twice")
+    try:
         time.sleep(0.05)
         push.send_signal(signal.SIGINT)  # lands in the rollback the first one started
         _, errors = push.communicate(timeout=120)
@@ -100,13 +110,8 @@ def test_two_ctrl_c_50_ms_apart_roll_back_completely(cli, tmp_path, state_home):
 def test_a_ctrl_c_after_the_interrupted_push_said_so_does_not_change_its_exit(cli, tmp_path, state_home):
     # The second Ctrl-C may land after the rollback, while the process is already exiting: it
     # used to end the process by SIGINT (-2) instead of 130, or print a traceback on the way out.
-    manifest = _starter(cli, tmp_path, "late")
-    with open(manifest.parent / "score.py", "a") as script:
-        script.write(SLOW_INIT)
-    push = _push_in_background(manifest)
+    manifest, push = _slow_push_interrupted_once(cli, tmp_path, "late")
     try:
-        _wait_for_line(push.stderr, "waiting for blue to be healthy")
-        push.send_signal(signal.SIGINT)
         seen = _wait_for_line(push.stderr, "error: push interrupted")
         for _ in range(50):  # every moment of the exit, until the process is gone
             if push.poll() is not None:
