@@ -117,7 +117,8 @@ def _labels(model, labels):
         return classes.astype(object)[position]
     if position is False:  # a label that is not among classes_
         return labels
-    return classes.astype(object)[position].reshape(labels.shape)
+    # pandas' take copies object references in a tighter loop than numpy's indexing
+    return pandas.api.extensions.take(classes.astype(object), position, allow_fill=True).reshape(labels.shape)
 
 
 def _positions(labels, classes):
@@ -138,8 +139,16 @@ def _positions(labels, classes):
     lookup = numpy.zeros(int(known[:, place].max()) + 1, dtype=numpy.intp)
     lookup[known[:, place]] = numpy.arange(len(classes))
     position = lookup.take(codes[:, place], mode="clip")  # a code past the table: checked below
-    for column in range(width):
-        if not numpy.array_equal(codes[:, column], known[:, column].take(position)):
+    # Every code of every row against its class's, a block of rows at a time: whole rows compare
+    # in one pass, and the two block buffers are reused (they stay in cache and take no new
+    # memory pages, as two arrays the size of the labels would).
+    step = 8192
+    expected = numpy.empty((min(step, len(labels)), width), dtype=numpy.uint32)
+    same = numpy.empty(expected.shape, dtype=bool)
+    for start in range(0, len(labels), step):
+        block = codes[start : start + step]
+        known.take(position[start : start + step], axis=0, out=expected[: len(block)], mode="clip")
+        if not numpy.equal(block, expected[: len(block)], out=same[: len(block)]).all():
             return False
     return position
 """,
@@ -220,6 +229,10 @@ def _unbundle(bundle):
     return models
 
 
+# A split over several routes, or a call with no rows, takes the general path below. The server
+# compiles the whole script on every call, and most calls have one route and rows, so that path
+# stays text here and is compiled only by a call that takes it.
+_ROUTES = '''
 def _fractions(frame, salt):
     # A stable number in [0, 1) per row: blake2b of its key, salted by the experiment, as the
     # local router hashes sticky keys; the same key lands on the same slot while the split holds.
@@ -236,16 +249,7 @@ def _fractions(frame, salt):
     ) / 2.0**64
 
 
-def _score():
-    # Everything the call does; a failure is caught below, with its traceback.
-    ROUTES = json.loads(routes)
-    payloads = _unbundle(bytes(model_bundle))
-    if len(payloads) != len(ROUTES):
-        raise ValueError(f"{{len(ROUTES)}} route(s) but {{len(payloads)}} model(s) in the bundle")
-    missing = [name for name in INPUTS if name not in InputDataSet.columns]
-    if missing:
-        raise ValueError(f"the input query has no column {{', '.join(missing)}}")
-    features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
+def _score_routes(ROUTES, payloads, features):
     if len(ROUTES) == 1:  # one slot answers every row (no split, or a call pinned to a slot)
         chosen = None
     else:  # the weights are percentages: bisect the cumulative ones, as the local router does
@@ -277,14 +281,7 @@ def _score():
             entry.update(status=500, message=f"{{type(error).__name__}}: {{error}}"[:2000])
         if where is not None:
             answer.index = where
-        if "model_version" not in answer:  # no rows, a failed version's NULLs, or the user's predict()
-            answer["model_version"] = _column(_versions(route["version"], count), answer.index)
-        entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(count, 1)
-        if AB_KEY:
-            keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
-            entry["row_keys"] = keys.astype(str).tolist()
-        elif where is not None:
-            entry["row_keys"] = where.tolist()
+        _finish(answer, entry, started, where)
         answers.append(answer)
         log.append(entry)
 
@@ -294,6 +291,42 @@ def _score():
     else:
         OutputDataSet = pandas.concat(answers).sort_index().reset_index(drop=True)
     return OutputDataSet, json.dumps(log)
+'''
+
+
+def _finish(answer, entry, started, where=None):
+    # The answer's model_version and the request log entry's latency and row keys.
+    if "model_version" not in answer:  # no rows, a failed version's NULLs, or the user's predict()
+        answer["model_version"] = _column(_versions(entry["version"], entry["row_count"]), answer.index)
+    entry["latency_ms"] = (time.perf_counter() - started) * 1000.0 / max(entry["row_count"], 1)
+    if AB_KEY:
+        keys = InputDataSet[AB_KEY] if where is None else InputDataSet[AB_KEY].iloc[where]
+        entry["row_keys"] = keys.astype(str).tolist()
+    elif where is not None:
+        entry["row_keys"] = where.tolist()
+
+
+def _score():
+    # Everything the call does; a failure is caught below, with its traceback.
+    ROUTES = json.loads(routes)
+    payloads = _unbundle(bytes(model_bundle))
+    if len(payloads) != len(ROUTES):
+        raise ValueError(f"{{len(ROUTES)}} route(s) but {{len(payloads)}} model(s) in the bundle")
+    missing = [name for name in INPUTS if name not in InputDataSet.columns]
+    if missing:
+        raise ValueError(f"the input query has no column {{', '.join(missing)}}")
+    features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
+    if len(ROUTES) != 1 or not len(features):
+        exec(_ROUTES, globals())
+        return _score_routes(ROUTES, payloads, features)
+    # One slot answers every row (no split, or a call pinned to a slot).
+    route = ROUTES[0]
+    model = _load(payloads[0])
+    entry = {{"slot": route["slot"], "version": route["version"], "row_count": len(features), "status": 200}}
+    started = time.perf_counter()
+    OutputDataSet = _predict(model, features, route["version"])
+    _finish(OutputDataSet, entry, started)
+    return OutputDataSet, json.dumps([entry])
 
 
 # The server would report a failure as error 39004, "HRESULT 0x80004004", and put Python's

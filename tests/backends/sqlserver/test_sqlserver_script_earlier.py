@@ -5,7 +5,8 @@ costs were cut (issue 21, item 6: the labels matched by character codes, the res
 model_version built in one step). Both run with the ``sp_execute_external_script`` contract
 (tests/fakes/sqlserver_harness.py) on the same rows, models and routes, and must leave the same
 ``OutputDataSet`` (values, dtypes, index, the Python type of every label), the same request log
-(but for the measured latency) and the same error.
+(but for the measured latency) and the same error. The routes take both of the script's paths:
+one route with rows, and the general one (a split, no rows, no route at all).
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def test_the_script_answers_as_the_earlier_one_for_every_route(kind):
             routed(("blue", "1", 50, payload, "u"), ("green", "2", 50, pickle.dumps({"no": 1}), "u")),
         ),
         (rows(0), routed(("blue", "1", 100, payload, ""))),
+        (rows(20), routed()),  # no route at all: the same error
     ):
         _answers(script, earlier, data, params)
 
@@ -198,6 +200,8 @@ def test_an_ab_key_and_the_users_predict_answer_as_before():
         ("blue", "1", 50, pickle.dumps(model), "k"), ("green", "2", 50, pickle.dumps(MODELS["stray"]), "k")
     )
     _answers(script, earlier_script(script), rows(2_000), params)
+    # one route (the path a call takes without a split): every row's key in the request log
+    _answers(script, earlier_script(script), rows(2_000), routed(("blue", "1", 100, pickle.dumps(model), "")))
 
     target = _target(MODELS["stray"])
     target = SqlServerTarget.model_validate(
