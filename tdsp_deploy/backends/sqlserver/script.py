@@ -140,15 +140,11 @@ def _positions(labels, classes):
     lookup[known[:, place]] = numpy.arange(len(classes))
     position = lookup.take(codes[:, place], mode="clip")  # a code past the table: checked below
     # Every code of every row against its class's, a block of rows at a time: whole rows compare
-    # in one pass, and the two block buffers are reused (they stay in cache and take no new
-    # memory pages, as two arrays the size of the labels would).
-    step = 8192
-    expected = numpy.empty((min(step, len(labels)), width), dtype=numpy.uint32)
-    same = numpy.empty(expected.shape, dtype=bool)
-    for start in range(0, len(labels), step):
-        block = codes[start : start + step]
-        known.take(position[start : start + step], axis=0, out=expected[: len(block)], mode="clip")
-        if not numpy.equal(block, expected[: len(block)], out=same[: len(block)]).all():
+    # in one pass, and the blocks are small enough to stay in cache and to reuse the same memory
+    # (arrays the size of the labels would take new memory pages on every call).
+    for start in range(0, len(labels), 2048):
+        block = codes[start : start + 2048]
+        if not (block == known.take(position[start : start + 2048], axis=0)).all():
             return False
     return position
 """,
@@ -316,7 +312,7 @@ def _score():
     if missing:
         raise ValueError(f"the input query has no column {{', '.join(missing)}}")
     features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
-    if len(ROUTES) != 1 or not len(features):
+    if len(ROUTES) != 1 or not len(features):  # a split or no rows: compile the general path
         exec(_ROUTES, globals())
         return _score_routes(ROUTES, payloads, features)
     # One slot answers every row (no split, or a call pinned to a slot).

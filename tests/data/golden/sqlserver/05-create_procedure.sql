@@ -193,7 +193,7 @@ def _score():
     if missing:
         raise ValueError(f"the input query has no column {'', ''.join(missing)}")
     features = InputDataSet if list(InputDataSet.columns) == INPUTS else InputDataSet[INPUTS]
-    if len(ROUTES) != 1 or not len(features):
+    if len(ROUTES) != 1 or not len(features):  # a split or no rows: compile the general path
         exec(_ROUTES, globals())
         return _score_routes(ROUTES, payloads, features)
     # One slot answers every row (no split, or a call pinned to a slot).
