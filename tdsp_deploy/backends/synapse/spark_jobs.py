@@ -110,6 +110,7 @@ class SparkJobs:
     def _run_local(
         self, source: DataLocation, sink: DataLocation, *, master: str, work_dir: Path | None
     ) -> dict[str, Any]:
+        import shutil
         import tempfile
 
         from tdsp_deploy import paths
@@ -128,14 +129,24 @@ class SparkJobs:
         variant = jobs.Variant.of("local", package.lock, str(package.path), 100, self.manifest.model.flavor)
         spec = self._spec([variant], source, sink)
         work = work_dir or Path(tempfile.mkdtemp(prefix=f"tdsp-run-{self.manifest.name}-"))
-        return run_local(
-            spec,
-            work,
-            conf=self.target.conf,
-            master=master,
-            timeout=self.target.job_timeout,
-            progress=self.progress,
-        )
+        try:
+            result = run_local(
+                spec,
+                work,
+                conf=self.target.conf,
+                master=master,
+                timeout=self.target.job_timeout,
+                progress=self.progress,
+            )
+        except DeploymentFailed:  # and its DeploymentTimeout
+            raise  # the error names the driver log in the scratch folder: it stays for reading
+        except BaseException:
+            if work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if work_dir is None:  # a run that succeeded leaves nothing behind in the temp folder
+            shutil.rmtree(work, ignore_errors=True)
+        return result
 
     def _spec(
         self,

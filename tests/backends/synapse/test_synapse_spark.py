@@ -454,11 +454,15 @@ def test_run_local_scores_a_parquet_with_spark_submit(tmp_path: Path) -> None:
     for part in range(8):
         frame.iloc[part * 200 : (part + 1) * 200].to_parquet(source / f"part-{part}.parquet", index=False)
     sink = tmp_path / "scored.parquet"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
 
     result = run_cli(
-        "run", str(project), "--local", "--master", "local[2]", "-i", str(source), "-o", str(sink), "--json"
+        "run", str(project), "--local", "--master", "local[2]", "-i", str(source), "-o", str(sink), "--json",
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not list(scratch.glob("tdsp-run-*")), "a run that succeeded left its scratch folder behind"
     summary = json.loads(result.stdout)
     assert summary["rows"] == 1500 and summary["local"] is True
     assert len(list(sink.glob("part-*.parquet"))) >= 3  # more tasks wrote than there are workers
@@ -476,11 +480,17 @@ def test_run_local_failure_exits_4_with_the_reason(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
     source = tmp_path / "rows.parquet"
     rows(10).drop(columns=["f3"]).to_parquet(source, index=False)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     result = run_cli(
-        "run", str(project), "--local", "--master", "local[1]", "-i", str(source), "-o", str(tmp_path / "o")
+        "run", str(project), "--local", "--master", "local[1]", "-i", str(source), "-o", str(tmp_path / "o"),
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert result.returncode == 4, result.stderr[-3000:]
     assert "the input has no column f3" in result.stderr
+    # the driver log the error points at is still there to read
+    (log,) = scratch.glob("tdsp-run-*/driver.log")
+    assert str(log) in " ".join(result.stderr.split()), result.stderr[-2000:]
     assert "Traceback" not in result.stderr.split("failed")[0]  # our message first, the job's log after
 
 
