@@ -8,7 +8,6 @@ before validation do not stop it, so that one report lists everything.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,38 +16,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem, PluginError
+from tdsp_deploy.manifest.loaded import LoadedManifest
 from tdsp_deploy.manifest.interpolation import interpolate_tree, secret_sources
 from tdsp_deploy.manifest.model import ManifestBase, manifest_class
 from tdsp_deploy.manifest.problems import validation_problems
-from tdsp_deploy.manifest.yaml_lines import FieldPath, LinedTree, dotted, line_of, read_text
+from tdsp_deploy.manifest.yaml_lines import FieldPath, LinedTree, read_text
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues
 
 __all__ = ["FieldPath", "LoadedManifest", "load_manifest"]
 
 _SCHEMA_HINT = "`tdsp-deploy schema` prints every key the manifest accepts"
 _MISSING_FILE = "' does not exist (looked for "  # model.py's message for a path that is not there
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedManifest:
-    """A validated manifest and what is needed to point back into its file."""
-
-    manifest: ManifestBase
-    file: Path  # absolute
-    base_dir: Path  # relative paths in the manifest are resolved against this folder
-    raw: dict[str, Any]  # the mapping that was validated: after interpolation and defaults
-    lines: dict[FieldPath, int]  # field path -> 1-based line; () is the top-level mapping
-    shown_as: str = ""  # the path as the user gave it, for messages
-    # Values taken from the environment (``${VAR}``, ``password_env``): never to be shown.
-    secrets: SecretValues = NO_SECRETS
-
-    def line_of(self, path: FieldPath) -> int | None:
-        """The line of ``path`` in the file, or of its nearest parent that is written there."""
-        return line_of(path, self.lines)
-
-    def problem(self, path: FieldPath, message: str) -> ManifestProblem:
-        """A problem located at the manifest field ``path`` (e.g. ``("scoring", "script")``)."""
-        return ManifestProblem(self.shown_as or str(self.file), self.line_of(path), dotted(path), message)
 
 
 TargetSchemas = tuple[type[BaseModel], ...]
