@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem, PluginError
-from tdsp_deploy.manifest.loaded import LoadedManifest
 from tdsp_deploy.manifest.interpolation import interpolate_tree, secret_sources
-from tdsp_deploy.manifest.model import ManifestBase, manifest_class
+from tdsp_deploy.manifest.loaded import LoadedManifest
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.manifest.problems import validation_problems
 from tdsp_deploy.manifest.yaml_lines import FieldPath, LinedTree, read_text
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues
