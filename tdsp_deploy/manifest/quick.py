@@ -15,7 +15,6 @@ values the models would (defaults included), as plain attribute records.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,11 +22,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from tdsp_deploy.manifest import rules
-from tdsp_deploy.manifest.interpolation import interpolate_tree, secret_sources
-from tdsp_deploy.manifest.loaded import LoadedManifest
+from tdsp_deploy.manifest.loaded import LoadedManifest, read_manifest
 from tdsp_deploy.manifest.quick_spec import MANIFEST, MODELS
-from tdsp_deploy.manifest.yaml_lines import LinedTree, read_text
-from tdsp_deploy.secrets import SecretValues
 
 
 class Declined(Exception):
@@ -106,31 +102,30 @@ def quick_load(path: str | Path, environ: Mapping[str, str] | None = None) -> Lo
     """The manifest at ``path`` for the local target, when the quick check vouches for it (it
     then equals what ``load_manifest`` returns for it, field for field); None otherwise. Raises
     nothing but ManifestError for a file that cannot be read, as the loader does."""
-    shown = str(path)
-    file = Path(path).absolute()
-    text = read_text(file, shown)
-    tree = LinedTree(shown)
-    raw = tree.parse(text)
-    environ = os.environ if environ is None else environ
-    taken: set[str] = set()
-    interpolate_tree(raw, environ, tree, taken)
-    if tree.problems:
+    read = read_manifest(path, environ)
+    if read.tree.problems:
         return None
-    secrets = SecretValues(taken | secret_sources(raw, environ))
+    raw = read.raw
     target = raw.get("target", {"kind": "local"})
-    if not isinstance(target, dict) or target.get("kind", "local") != "local":
+    if not isinstance(target, dict) or target.get("kind") != "local":
         return None  # another kind, or one the loader must explain
     model = raw.get("model")
     if isinstance(model, dict) and model.get("flavor") == "mlflow":
         return None  # the loader reads the MLflow model's signature into the manifest
-    if isinstance(target, dict) and "kind" not in target:
-        raw["target"] = {"kind": "local", **target}  # as the loader does
     try:
-        manifest = _model(MANIFEST, raw, file.parent)
+        manifest = _model(MANIFEST, raw, read.file.parent)
     except (Declined, ValueError, OSError, KeyError):
         return None
-    manifest.secret_values = secrets
-    return LoadedManifest(manifest, file, file.parent, raw, tree.lines, shown, secrets)  # type: ignore[arg-type]
+    manifest.secret_values = read.secrets
+    return LoadedManifest(
+        manifest,  # type: ignore[arg-type]
+        read.file,
+        read.file.parent,
+        raw,
+        read.tree.lines,
+        read.shown,
+        read.secrets,
+    )
 
 
 def _model(name: str, value: Any, base: Path) -> SimpleNamespace:
