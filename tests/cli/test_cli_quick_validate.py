@@ -56,6 +56,17 @@ def test_mutated_manifests_are_answered_alike(cli, project: Path) -> None:  # ty
     assert codes == {0, 2}  # valid ones and refused ones, both compared
 
 
+def test_a_valid_manifest_whose_files_fail_their_checks_is_answered_alike(cli, project: Path) -> None:  # type: ignore[no-untyped-def]
+    """The quick check vouches for the manifest; the checks of its files then fail (no run(), a
+    sample request that is not JSON): the models' path says so, byte for byte the same."""
+    (project / "src" / "score.py").write_text("def init():\n    pass\n")
+    (project / "sample-request.json").write_text("{not json")
+    manifest = project / "deploy.yaml"
+    assert _same_answer(cli, manifest) == []
+    answer = cli("validate", manifest, "--json")
+    assert answer.exit_code == 2 and "no top-level function 'run'" in answer.stdout
+
+
 def test_validate_s_success_path_imports_no_pydantic(project: Path, tmp_path: Path) -> None:
     """The real console script, in its own process: no pydantic, no typing_extensions, no
     backend package (its pre-flight checks live beside it), and the same answer."""
