@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None, env: Environment | None = None, *, exiti
         # the parser would call the same function with the same values (unless the shell asks
         # it for completions, which it answers whatever the arguments)
         if manifest is not None and COMPLETE_VARIABLE not in os.environ:
-            validation.validate(context.Command.start(manifest, env.json_mode, env.debug), manifest)
+            command = context.Command.start(manifest, env.json_mode, env.debug)
+            if not validation.quick_validate(command, manifest):
+                validation.validate(command, manifest)
             return 0
         return _parsed(args, env)
     except TdspError as exc:

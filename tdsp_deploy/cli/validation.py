@@ -43,6 +43,44 @@ def validate(ctx: Command, manifest: Path) -> None:
             warnings += validation_warnings(loaded.manifest)
     except PluginError as exc:
         warnings.append(f"{exc.message}; {exc.hint}")
+    _answer(ctx, manifest, warnings)
+
+
+def quick_validate(ctx: Command, manifest: Path) -> bool:
+    """``validate`` for a manifest of the built-in local target that the quick check vouches for
+    (manifest/quick.py): the same checks and answer as ``validate``, without pydantic or the
+    backend's package. False, having said nothing, for any other manifest (or any doubt): then
+    ``validate`` answers, with the loader's messages and exit codes."""
+    from tdsp_deploy import entry_point_cache
+    from tdsp_deploy.backends.local_preflight import preflight
+    from tdsp_deploy.manifest.checks import check_manifest
+    from tdsp_deploy.manifest.quick import quick_load
+
+    try:
+        # The registry would make the first `local` on sys.path: it must be the built-in one.
+        refs, _ = entry_point_cache.entry_points(
+            entry_point_cache.BACKENDS_GROUP, entry_point_cache.START_GROUPS
+        )
+        local = next((ref for ref in refs if ref.name == "local"), None)
+        if local is None or local.value != BUILT_IN_LOCAL:
+            return False
+        loaded = quick_load(manifest)
+        if loaded is None:
+            return False
+        warnings = check_manifest(loaded) + preflight(loaded.manifest)
+    except Exception:  # whatever it is, the full path meets it again and reports it as it always has
+        return False
+    ctx.loaded = loaded  # type: ignore[misc]  (a cached property, made here)
+    ctx.env.add_secrets(loaded.secrets)
+    _answer(ctx, manifest, warnings)
+    return True
+
+
+BUILT_IN_LOCAL = "tdsp_deploy.backends.local:LocalBackend"  # as pyproject.toml registers it
+
+
+def _answer(ctx: Command, manifest: Path, warnings: list[str]) -> None:
+    loaded = ctx.loaded
 
     def human() -> None:
         ctx.warn(warnings)

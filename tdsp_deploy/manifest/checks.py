@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem
-from tdsp_deploy.manifest.loader import FieldPath, LoadedManifest
+from tdsp_deploy.manifest.loaded import LoadedManifest
+from tdsp_deploy.manifest.yaml_lines import FieldPath
 
 _CONTRACT = "the scoring contract needs def init() and def run(raw_data)"
 

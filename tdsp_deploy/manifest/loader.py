@@ -8,8 +8,6 @@ before validation do not stop it, so that one report lists everything.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,38 +15,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tdsp_deploy.errors import ManifestError, ManifestProblem, PluginError
-from tdsp_deploy.manifest.interpolation import interpolate_tree, secret_sources
-from tdsp_deploy.manifest.model import ManifestBase, manifest_class
+from tdsp_deploy.manifest.loaded import LoadedManifest, read_manifest
+from tdsp_deploy.manifest.model import manifest_class
 from tdsp_deploy.manifest.problems import validation_problems
-from tdsp_deploy.manifest.yaml_lines import FieldPath, LinedTree, dotted, line_of, read_text
+from tdsp_deploy.manifest.yaml_lines import FieldPath
 from tdsp_deploy.secrets import NO_SECRETS, SecretValues
 
 __all__ = ["FieldPath", "LoadedManifest", "load_manifest"]
 
 _SCHEMA_HINT = "`tdsp-deploy schema` prints every key the manifest accepts"
 _MISSING_FILE = "' does not exist (looked for "  # model.py's message for a path that is not there
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedManifest:
-    """A validated manifest and what is needed to point back into its file."""
-
-    manifest: ManifestBase
-    file: Path  # absolute
-    base_dir: Path  # relative paths in the manifest are resolved against this folder
-    raw: dict[str, Any]  # the mapping that was validated: after interpolation and defaults
-    lines: dict[FieldPath, int]  # field path -> 1-based line; () is the top-level mapping
-    shown_as: str = ""  # the path as the user gave it, for messages
-    # Values taken from the environment (``${VAR}``, ``password_env``): never to be shown.
-    secrets: SecretValues = NO_SECRETS
-
-    def line_of(self, path: FieldPath) -> int | None:
-        """The line of ``path`` in the file, or of its nearest parent that is written there."""
-        return line_of(path, self.lines)
-
-    def problem(self, path: FieldPath, message: str) -> ManifestProblem:
-        """A problem located at the manifest field ``path`` (e.g. ``("scoring", "script")``)."""
-        return ManifestProblem(self.shown_as or str(self.file), self.line_of(path), dotted(path), message)
 
 
 TargetSchemas = tuple[type[BaseModel], ...]
@@ -68,18 +44,8 @@ def load_manifest(
     caller loads only the schema it needs, from the file as read once. Without them (or when
     none could be loaded) the manifest is validated as a local one. The schema of kind
     ``local`` among them is the default target."""
-    shown = str(path)
-    file = Path(path).absolute()
-    text = read_text(file, shown)
-    tree = LinedTree(shown)
-    raw = tree.parse(text)
-    # Problems found so far do not stop us: validation still runs, so that one report lists
-    # everything (values that could not be read are left out of it, see `tree.failed`).
-    environ = os.environ if environ is None else environ
-    taken: set[str] = set()
-    substituted = interpolate_tree(raw, environ, tree, taken)
-    secrets = SecretValues(taken | secret_sources(raw, environ))
-    _default_target_kind(raw)
+    read = read_manifest(path, environ)
+    shown, file, tree, raw, secrets = read.shown, read.file, read.tree, read.raw, read.secrets
     _columns_from_mlflow_signature(raw, file.parent)
     if callable(targets):
         targets = targets(_target_kind(raw))
@@ -89,7 +55,7 @@ def load_manifest(
     try:
         manifest = cls.model_validate(raw, context={"base_dir": file.parent})
     except ValidationError as exc:
-        problems += validation_problems(exc, cls, raw, tree.lines, shown, substituted, tree.failed)
+        problems += validation_problems(exc, cls, raw, tree.lines, shown, read.substituted, tree.failed)
         raise _error(problems, hint=_hint_for(problems, file.parent), secrets=secrets) from None
     except Exception as exc:  # a target schema from a plugin may raise anything: keep the contract
         problems.append(ManifestProblem(shown, None, None, f"could not be validated: {exc!r}"))
@@ -136,13 +102,6 @@ def _target_kind(raw: dict[str, Any]) -> str | None:
     target = raw.get("target", {"kind": "local"})
     kind = target.get("kind") if isinstance(target, dict) else None
     return kind if isinstance(kind, str) else None
-
-
-def _default_target_kind(raw: dict[str, Any]) -> None:
-    # The local target is the default: `target: {port: 8080}` means a local target on 8080.
-    target = raw.get("target")
-    if isinstance(target, dict) and "kind" not in target:
-        raw["target"] = {"kind": "local", **target}
 
 
 def _columns_from_mlflow_signature(raw: dict[str, Any], base_dir: Path) -> None:

@@ -32,9 +32,9 @@ from tdsp_deploy.manifest.fields import (
     ModelPath,
     Strict,
     Text,
-    must_exist,
-    resolve_path,
+    _base_dir,
 )
+from tdsp_deploy.manifest.rules import code_folder, script_path, variable_name
 from tdsp_deploy.manifest.traffic_sections import (
     ABSection,
     Guardrails,
@@ -97,27 +97,14 @@ class ScoringSection(Strict):
     @field_validator("code")
     @classmethod
     def _code_is_folder(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
-            raise ValueError(f"must be a folder, got file {value}")
-        return value
+        return code_folder(value)
 
     @field_validator("script")
     @classmethod
     def _resolve_script(cls, value: Path, info: ValidationInfo) -> Path:
         if "code" not in info.data:
             return value  # scoring.code is wrong and says so; a second error here would be noise
-        code: Path | None = info.data["code"]
-        if code is None:
-            script = resolve_path(value, info)
-        else:
-            script = (code / value).resolve()
-            if not script.is_relative_to(code):
-                raise ValueError(f"'{value}' leaves the code folder {code}")
-            must_exist(value, script)
-        if not script.is_file():
-            what = "a folder" if script.is_dir() else "not a regular file"
-            raise ValueError(f"must be a file; {script} is {what}")
-        return script
+        return script_path(value, info.data["code"], _base_dir(info))
 
     @model_validator(mode="after")
     def _default_code(self) -> ScoringSection:
@@ -132,16 +119,7 @@ class ScoringSection(Strict):
         return self.script.relative_to(self.code).as_posix()
 
 
-def _check_variable_name(key: str) -> str:
-    # Checked per key, so that an error points at the line of the bad name.
-    if not ENV_VAR_NAME.fullmatch(key):
-        raise ValueError(
-            "not a valid environment variable name: use letters, digits and '_', not a digit first"
-        )
-    return key
-
-
-VariableName = Annotated[str, AfterValidator(_check_variable_name)]
+VariableName = Annotated[str, AfterValidator(variable_name)]
 
 
 class EnvironmentSection(Strict):

@@ -1,13 +1,14 @@
 """The manifest reference in Markdown, generated from the JSON Schema so that it cannot drift.
 
 Every key, type, default, limit and description comes from the pydantic models (through their
-JSON Schema); nothing here is written by hand. The repository publishes two generated files,
+JSON Schema); nothing here is written by hand. The repository publishes three generated files,
 which a test compares with what the schema generates:
 
     schema/manifest.schema.json     for editors (yaml-language-server) and other tools
     docs/manifest-reference.md      for people
+    tdsp_deploy/manifest/quick_spec.py   the local manifest's models as data (quick_spec_build.py)
 
-Regenerate both after changing the schema or adding a target (built-in targets only, so a
+Regenerate them after changing the schema or adding a target (built-in targets only, so a
 plugin installed on the developer's machine never ends up in them)::
 
     python -m tdsp_deploy.manifest.reference
@@ -41,13 +42,22 @@ def builtin_target_models() -> tuple[Any, ...]:
 
 def published_files(targets: tuple[Any, ...] | None = None) -> dict[Path, str]:
     """What the repository publishes, path (relative to its root) -> exact text."""
+    from tdsp_deploy.manifest.model import target_kind
+    from tdsp_deploy.manifest.quick_spec_build import QUICK_SPEC_PATH, quick_spec_text
     from tdsp_deploy.manifest.schema import manifest_json_schema
 
-    schema = manifest_json_schema(targets if targets is not None else builtin_target_models())
-    return {
+    targets = targets if targets is not None else builtin_target_models()
+    schema = manifest_json_schema(targets)
+    files = {
         SCHEMA_PATH: json.dumps(schema, indent=2, sort_keys=True) + "\n",
         REFERENCE_PATH: markdown_reference(schema),
     }
+    # validate's quick check of a local manifest (manifest/quick.py) reads the local target's
+    # models as data: regenerated with the rest, so that it cannot drift from them either.
+    local = [model for model in targets if target_kind(model) == "local"]
+    if local:
+        files[QUICK_SPEC_PATH] = quick_spec_text(local[0])
+    return files
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -15,23 +15,31 @@ import pytest
 from tdsp_deploy import manifest
 from tdsp_deploy.backends.registry import Registry
 from tdsp_deploy.errors import ExitCode
+from tdsp_deploy.manifest import quick
 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How often a command reads a manifest and discovers the registry."""
-    calls = {"load_manifest": 0, "discover": 0}
+    """How often a command reads a manifest (with the models, or with validate's quick check)
+    and discovers the registry."""
+    calls = {"load_manifest": 0, "quick_load": 0, "discover": 0}
     load, discover = manifest.load_manifest, Registry.discover.__func__  # type: ignore[attr-defined]
+    quick_load = quick.quick_load
 
     def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["load_manifest"] += 1
         return load(*args, **kwargs)
+
+    def counting_quick_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["quick_load"] += 1
+        return quick_load(*args, **kwargs)
 
     def counting_discover(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls["discover"] += 1
         return discover(cls, *args, **kwargs)
 
     monkeypatch.setattr(manifest, "load_manifest", counting_load)
+    monkeypatch.setattr(quick, "quick_load", counting_quick_load)
     monkeypatch.setattr(Registry, "discover", classmethod(counting_discover))
     return calls
 
@@ -39,7 +47,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("command", "exit_code"),
     [
-        (["validate"], 0),
+        (["validate", "--"], 0),  # parsed: validated by the models
         (["status"], ExitCode.BACKEND),  # not deployed: the backend was built and asked
         (["traffic"], ExitCode.BACKEND),
         (["logs"], ExitCode.BACKEND),
@@ -51,9 +59,28 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def test_a_command_reads_its_manifest_once_and_discovers_the_backends_once(
     cli, iris: Path, counted: dict[str, int], command: list[str], exit_code: int
 ) -> None:
-    result = cli(*command, iris, "--json")
+    arguments = [*command, iris, "--json"] if command[-1] != "--" else [*command[:-1], "--json", "--", iris]
+    result = cli(*arguments)
     assert result.exit_code == exit_code, result.stderr
-    assert counted == {"load_manifest": 1, "discover": 1}
+    assert counted == {"load_manifest": 1, "quick_load": 0, "discover": 1}
+
+
+def test_plain_validate_reads_its_manifest_once_without_the_models_or_the_registry(
+    cli, iris: Path, counted: dict[str, int]
+) -> None:
+    result = cli("validate", iris, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert counted == {"load_manifest": 0, "quick_load": 1, "discover": 0}
+
+
+def test_a_manifest_the_quick_check_declines_is_read_by_the_models_once_more(
+    cli, iris: Path, counted: dict[str, int]
+) -> None:
+    # a whole number written as 100.0: pydantic takes it, the quick check leaves it to pydantic
+    iris.write_text(iris.read_text().replace("traffic: 100 ", "traffic: 100.0 "))
+    result = cli("validate", iris, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert counted == {"load_manifest": 1, "quick_load": 1, "discover": 1}
 
 
 PROBE = textwrap.dedent(
@@ -104,8 +131,9 @@ def test_validate_and_help_import_only_what_they_use(iris: Path, tmp_path: Path)
     assert validate["code"] == 0
     # a manifest without rollout.steps needs no rollout package; the local backend checks an
     # environment file only when its slots share this environment; the plain form of validate
-    # needs no command-line parser, and no process is looked at
-    assert validate["loaded"] == ["pydantic", "yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
+    # needs no command-line parser, and no process is looked at; a manifest the quick check
+    # vouches for needs neither pydantic nor the backend's package (only its pre-flight checks)
+    assert validate["loaded"] == ["yaml", "tdsp_deploy.manifest", "tdsp_deploy.backends"]
     helped = _start(tmp_path, "--help")
     assert helped["code"] == 0 and helped["loaded"] == ["typer", "tdsp_deploy.cli.commands"]
 

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from tdsp_deploy.manifest.model import ManifestBase
     from tdsp_deploy.packaging import BuiltPackage
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
 
 class LocalBackend(Backend):
     kind = "local"
@@ -172,33 +170,9 @@ class LocalBackend(Backend):
             self.lifecycle.publish(record)  # the router re-reads the keys; old ones fail from now on
 
     def preflight(self) -> list[str]:
-        from tdsp_deploy.backends.local.venvs import declared as venvs_declared
-        from tdsp_deploy.environment import check_environment
+        from tdsp_deploy.backends.local_preflight import preflight
 
-        warnings = []
-        if self.target.host not in LOOPBACK_HOSTS:
-            warnings.append(
-                f"target.host {self.target.host} lets other machines reach the endpoint (the key still "
-                "guards it); use 127.0.0.1 unless that is what you want"
-            )
-        liveness, timeout_ms = self.target.liveness_probe, self.target.request_timeout_ms
-        silence = liveness.period * liveness.failure_threshold  # a busy worker answers no probe meanwhile
-        if silence < timeout_ms / 1000:
-            warnings.append(
-                f"target.liveness_probe gives up on a slot after {silence} s without an answer, less "
-                f"than target.request_timeout_ms ({timeout_ms} ms): a slot busy with one long request "
-                "may be restarted; raise period or failure_threshold"
-            )
-        environment = self.manifest.environment
-        if environment.isolation == "shared":
-            # Slots run in this Python environment: say where it differs from the manifest's.
-            return warnings + check_environment(environment)
-        if venvs_declared(environment, self.manifest.model.path) is None:
-            warnings.append(
-                "the manifest declares no environment (environment.requirements or conda_file): the "
-                "deployment runs in this CLI's Python environment, and Azure ML will need one"
-            )
-        return warnings  # isolated: built from the file alone at push (validate resolves nothing)
+        return preflight(self.manifest)
 
     def lock(self, *, timeout: float = 600.0) -> AbstractContextManager[object]:
         def told(message: str) -> None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tdsp_deploy.backends.local.interpreters import choose_python, conda_python, uv_binary
+from tdsp_deploy.backends.local_preflight import declared
 from tdsp_deploy.environment import conda_requirement_lines
 from tdsp_deploy.errors import DeploymentFailed
 from tdsp_deploy.progress import Progress, ProgressEvent, no_progress
@@ -128,31 +129,6 @@ def plan(
         declared_in=declared_in,
         key=digest.hexdigest(),
     )
-
-
-def declared(
-    environment: object, model_path: Path | None
-) -> tuple[Path | None, Path | None, str | None] | None:
-    """(requirements file, conda file, Python version) the deployment's environment is built
-    from: the manifest's, else, for an MLflow model, the model's own (as Azure ML's no-code
-    deployments do); None when neither declares one. Reads no package index (validate uses it)."""
-    requirements = getattr(environment, "requirements", None)
-    conda_file = getattr(environment, "conda_file", None)
-    python = getattr(environment, "python", None)
-    if requirements or conda_file:
-        return (
-            Path(requirements) if requirements else None,
-            Path(conda_file) if conda_file else None,
-            python,
-        )
-    if model_path is None:
-        return None
-    from tdsp_deploy.mlflow_model import model_environment
-
-    carried = model_environment(Path(model_path))
-    if carried is None:
-        return None
-    return carried.requirements, carried.conda_file, python or carried.python
 
 
 def _slot_needs(lines: Iterable[str], http_server: str) -> list[str]:
