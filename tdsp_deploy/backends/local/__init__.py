@@ -12,7 +12,6 @@ router, the supervisor and a revision's end, status.py and plan.py report and re
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -358,17 +357,14 @@ class LocalBackend(Backend):
         record = self.deployed_record()
         if processes.is_running(record.router):
             self.lifecycle.router_generation(record)  # asking for its state makes the router flush its log
+        from tdsp_deploy.backends.local.request_log import records_since
+
         try:
-            handle = open(self.files.request_log, encoding="utf-8")  # noqa: SIM115
+            handle = open(self.files.request_log, "rb")  # noqa: SIM115
         except FileNotFoundError:
             return
         with handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if record.get("t", 0) >= since:
-                    yield record
+            yield from records_since(handle, since)
 
     def delete(self, slot: str | None = None) -> None:
         record = self.deployed_record()

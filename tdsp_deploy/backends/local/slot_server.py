@@ -26,6 +26,7 @@ scoring code (AML_APP_ROOT).
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import sys
@@ -154,35 +155,46 @@ def _take_option(name: str, *, default: str) -> str:
 def serve_with_granian(port: int, workers: int) -> None:
     import tempfile
 
+    given = os.environ.get(BOOT_EXIT_FILE)
+    if given:  # in the revision's folder (slots.py): it goes with the revision, however the slot ends
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(given)  # left by an earlier start of this revision
+        sys.exit(_serve_granian(port, workers, given))
+    # Started by hand: a folder of its own, which a SIGKILL leaves behind.
+    with tempfile.TemporaryDirectory(prefix="tdsp-slot-") as scratch:
+        code = _serve_granian(port, workers, os.path.join(scratch, "boot-exit"))
+    sys.exit(code)
+
+
+def _serve_granian(port: int, workers: int, boot_exit: str) -> int:
+    """Serve until granian stops; the exit code (a worker's whose init() failed, if one did)."""
     from granian.constants import Interfaces
     from granian.server import Server
 
-    with tempfile.TemporaryDirectory(prefix="tdsp-slot-") as scratch:
-        boot_exit = os.path.join(scratch, "boot-exit")
-        os.environ[BOOT_EXIT_FILE] = boot_exit
-        server = Server(
-            GRANIAN_APP,
-            address=LOOPBACK,
-            port=port,
-            interface=Interfaces.WSGI,
-            workers=workers,
-            blocking_threads=1,  # run() one call at a time per worker, as under gunicorn
-            runtime_threads=1,
-            # a worker that dies (a crashed model, the watchdog's exit) is started again, as
-            # gunicorn's arbiter does; a crash loop stops the slot and the supervisor takes over
-            respawn_failed_workers=True,
-            log_access=False,  # the server logs every scoring request itself
-            websockets=False,
-        )
-        code = 0
-        try:
-            server.serve()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        if os.path.exists(boot_exit):  # init() failed: exit as gunicorn would, with its code
-            with open(boot_exit) as file:
-                code = int(file.read() or 1)
-    sys.exit(code)
+    os.environ[BOOT_EXIT_FILE] = boot_exit
+    server = Server(
+        GRANIAN_APP,
+        address=LOOPBACK,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=1,  # run() one call at a time per worker, as under gunicorn
+        runtime_threads=1,
+        # a worker that dies (a crashed model, the watchdog's exit) is started again, as
+        # gunicorn's arbiter does; a crash loop stops the slot and the supervisor takes over
+        respawn_failed_workers=True,
+        log_access=False,  # the server logs every scoring request itself
+        websockets=False,
+    )
+    code = 0
+    try:
+        server.serve()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    if os.path.exists(boot_exit):  # init() failed: exit as gunicorn would, with its code
+        with open(boot_exit) as file:
+            code = int(file.read() or 1)
+    return code
 
 
 def serve_with_gunicorn(port: int, workers: int) -> None:

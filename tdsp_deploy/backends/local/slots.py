@@ -117,6 +117,11 @@ class SlotStarter:
                 "SCORING_TIMEOUT_MS": str(self.target.request_timeout_ms),
             }
         )
+        # Where a granian worker whose init() failed leaves its exit code (slot_app.py): in
+        # the revision's folder, which goes with the revision however the process ends.
+        from tdsp_deploy.backends.local.slot_server import BOOT_EXIT_FILE
+
+        env[BOOT_EXIT_FILE] = str(directory / "boot-exit")
         # Its secret: it answers only requests that carry it, which only the router adds.
         env[SLOT_SECRET_ENV] = slot_secret(
             self.files.admin()["slot_key"], directory.parent.name, directory.name
