@@ -1,0 +1,148 @@
+"""`tdsp-deploy --help` (and `-h`) answered without typer, click or rich.
+
+The root help is the one page of the CLI that depends on nothing but the terminal's width and
+whether stdout is a terminal, and importing the parser and its renderer costs far more than
+printing it. root_help.bin holds that page exactly as typer and rich print it, for each width
+in WIDTHS, plain and styled (ANSI), written by ``python -m tdsp_deploy.cli.root_help_build``
+from the real command tree (a test fails when it is stale).
+
+``page`` picks the stored page the way rich's console would pick its width and mode, and
+declines (None) whenever anything could make rich or typer print something else: other
+arguments, a variable either of them (or shell completion) reads, a width outside WIDTHS,
+stdout not UTF-8 or not the process's own, a terminal rich would not style (TERM=dumb), a
+platform other than POSIX. A declined help goes to typer, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from collections.abc import Mapping, Sequence
+
+# os.path, not pathlib: pathlib's imports would cost a good share of this page's start-up
+PAGES_PATH = os.path.join(os.path.dirname(__file__), "root_help.bin")
+MAGIC = b"tdsp-deploy root help 1\n"
+FIRST_WIDTH, LAST_WIDTH = 40, 200
+WIDTHS = range(FIRST_WIDTH, LAST_WIDTH + 1)
+ARGUMENTS = (["--help"], ["-h"])
+
+# Read by rich's console or typer's help formatter, or by click/typer shell completion: with any
+# of them set the page may differ, so typer answers.
+DECLINE_VARIABLES = frozenset(
+    {
+        "NO_COLOR",
+        "FORCE_COLOR",
+        "PY_COLORS",
+        "GITHUB_ACTIONS",
+        "TTY_COMPATIBLE",
+        "TTY_INTERACTIVE",
+        "TERMINAL_WIDTH",
+        "JUPYTER_COLUMNS",
+        "JUPYTER_LINES",
+        "DATABRICKS_RUNTIME_VERSION",
+        "COMP_WORDS",
+        "COMP_CWORD",
+    }
+)
+DECLINE_PREFIXES = ("_TDSP_DEPLOY_", "_TYPER", "TYPER_")
+DUMB_TERMINALS = ("dumb", "unknown")
+
+
+def page(args: Sequence[str], environ: Mapping[str, str], stdout: object) -> bytes | None:
+    """The bytes typer would print for ``args`` on ``stdout``; None when not sure."""
+    if list(args) not in ARGUMENTS or os.name != "posix" or stdout is not sys.__stdout__:
+        return None
+    if any(name in DECLINE_VARIABLES or name.startswith(DECLINE_PREFIXES) for name in environ):
+        return None
+    if environ.get("TERM", "").strip().lower() in DUMB_TERMINALS:
+        return None
+    if (getattr(stdout, "encoding", None) or "").lower().replace("_", "-") != "utf-8":
+        return None
+    for name in ("COLUMNS", "LINES"):  # rich ignores a value that is not digits; typer's answer then
+        value = environ.get(name)
+        if value is not None and not (value.isascii() and value.isdigit()):
+            return None
+    try:
+        terminal = stdout.isatty()  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return None
+    width = _width(environ)
+    if width not in WIDTHS:
+        return None
+    return _stored(width, terminal)
+
+
+def _width(environ: Mapping[str, str]) -> int:
+    """rich's width: COLUMNS, else the first of stdin, stdout, stderr that is a terminal, else 80."""
+    columns = environ.get("COLUMNS")
+    if columns is not None:
+        return int(columns)
+    width = 0
+    for descriptor in (0, 1, 2):
+        try:
+            width = os.get_terminal_size(descriptor).columns
+        except (AttributeError, ValueError, OSError):
+            continue
+        break
+    return width or 80
+
+
+def _stored(width: int, terminal: bool) -> bytes | None:
+    try:
+        with open(PAGES_PATH, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    return unpack(data, width, terminal)
+
+
+def unpack(data: bytes, width: int, terminal: bool) -> bytes | None:
+    """One page of root_help.bin: the magic line, the zlib dictionary's length and the
+    dictionary, then an offset and a length per (width, mode), then the compressed pages."""
+    if not data.startswith(MAGIC):
+        return None
+    position = len(MAGIC)
+    dictionary_length = int.from_bytes(data[position : position + 4], "big")
+    position += 4
+    dictionary = data[position : position + dictionary_length]
+    position += dictionary_length
+    entry = position + 8 * (2 * (width - FIRST_WIDTH) + int(terminal))
+    offset = int.from_bytes(data[entry : entry + 4], "big")
+    length = int.from_bytes(data[entry + 4 : entry + 8], "big")
+    if entry + 8 > len(data) or offset + length > len(data):
+        return None
+    try:
+        decompressor = zlib.decompressobj(zdict=dictionary)
+        page = decompressor.decompress(data[offset : offset + length]) + decompressor.flush()
+    except zlib.error:
+        return None
+    # a cut stream decompresses without an error, to part of the page
+    return page if decompressor.eof and not decompressor.unused_data else None
+
+
+def pack(pages: Mapping[tuple[int, bool], bytes], dictionary: bytes) -> bytes:
+    """root_help.bin for ``pages`` (every width of WIDTHS, plain and terminal)."""
+    head = MAGIC + len(dictionary).to_bytes(4, "big") + dictionary
+    keys = [(width, terminal) for width in WIDTHS for terminal in (False, True)]
+    compressed = []
+    for key in keys:
+        compressor = zlib.compressobj(9, zdict=dictionary)
+        compressed.append(compressor.compress(pages[key]) + compressor.flush())
+    offset = len(head) + 8 * len(keys)
+    index = b""
+    for blob in compressed:
+        index += offset.to_bytes(4, "big") + len(blob).to_bytes(4, "big")
+        offset += len(blob)
+    return head + index + b"".join(compressed)
+
+
+def serve(args: Sequence[str]) -> bool:
+    """Print the root help if ``page`` vouches for it; False, having printed nothing, if not."""
+    text = page(args, os.environ, sys.stdout)
+    if text is None:
+        return False
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text)
+    sys.stdout.flush()
+    return True
