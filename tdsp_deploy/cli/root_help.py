@@ -3,12 +3,13 @@
 The root help is the one page of the CLI that depends on nothing but the terminal's width and
 whether stdout is a terminal, and importing the parser and its renderer costs far more than
 printing it. root_help.bin holds that page exactly as typer and rich print it, for each width
-in WIDTHS, plain and styled (ANSI), written by ``python -m tdsp_deploy.cli.root_help_build``
-from the real command tree (a test fails when it is stale).
+in WIDTHS, in each of MODES (plain; styled with ANSI; styled without colours, as rich styles it
+under NO_COLOR), written by ``python -m tdsp_deploy.cli.root_help_build`` from the real command
+tree (a test fails when it is stale).
 
 ``page`` picks the stored page the way rich's console would pick its width and mode, and
 declines (None) whenever anything could make rich or typer print something else: other
-arguments, a variable either of them (or shell completion) reads, a width outside WIDTHS,
+arguments, a variable either of them (or shell completion) reads (NO_COLOR aside), a width outside WIDTHS,
 stdout not UTF-8 or not the process's own, a terminal rich would not style (TERM=dumb), a
 platform other than POSIX. A declined help goes to typer, as before.
 """
@@ -22,16 +23,18 @@ from collections.abc import Mapping, Sequence
 
 # os.path, not pathlib: pathlib's imports would cost a good share of this page's start-up
 PAGES_PATH = os.path.join(os.path.dirname(__file__), "root_help.bin")
-MAGIC = b"tdsp-deploy root help 1\n"
+MAGIC = b"tdsp-deploy root help 2\n"
 FIRST_WIDTH, LAST_WIDTH = 40, 200
 WIDTHS = range(FIRST_WIDTH, LAST_WIDTH + 1)
 ARGUMENTS = (["--help"], ["-h"])
+# How rich prints: to a pipe or file (NO_COLOR changes nothing there), to a terminal, to a
+# terminal with NO_COLOR set (bold and dim kept, colours dropped).
+PLAIN, TERMINAL, TERMINAL_NO_COLOR = MODES = (0, 1, 2)
 
 # Read by rich's console or typer's help formatter, or by click/typer shell completion: with any
 # of them set the page may differ, so typer answers.
 DECLINE_VARIABLES = frozenset(
     {
-        "NO_COLOR",
         "FORCE_COLOR",
         "PY_COLORS",
         "GITHUB_ACTIONS",
@@ -70,7 +73,10 @@ def page(args: Sequence[str], environ: Mapping[str, str], stdout: object) -> byt
     width = _width(environ)
     if width not in WIDTHS:
         return None
-    return _stored(width, terminal)
+    if not terminal:
+        return _stored(width, PLAIN)
+    # rich's rule: NO_COLOR set to anything but the empty text
+    return _stored(width, TERMINAL_NO_COLOR if environ.get("NO_COLOR", "") != "" else TERMINAL)
 
 
 def _width(environ: Mapping[str, str]) -> int:
@@ -88,16 +94,16 @@ def _width(environ: Mapping[str, str]) -> int:
     return width or 80
 
 
-def _stored(width: int, terminal: bool) -> bytes | None:
+def _stored(width: int, mode: int) -> bytes | None:
     try:
         with open(PAGES_PATH, "rb") as file:
             data = file.read()
     except OSError:
         return None
-    return unpack(data, width, terminal)
+    return unpack(data, width, mode)
 
 
-def unpack(data: bytes, width: int, terminal: bool) -> bytes | None:
+def unpack(data: bytes, width: int, mode: int) -> bytes | None:
     """One page of root_help.bin: the magic line, the zlib dictionary's length and the
     dictionary, then an offset and a length per (width, mode), then the compressed pages."""
     if not data.startswith(MAGIC):
@@ -107,7 +113,7 @@ def unpack(data: bytes, width: int, terminal: bool) -> bytes | None:
     position += 4
     dictionary = data[position : position + dictionary_length]
     position += dictionary_length
-    entry = position + 8 * (2 * (width - FIRST_WIDTH) + int(terminal))
+    entry = position + 8 * (len(MODES) * (width - FIRST_WIDTH) + mode)
     offset = int.from_bytes(data[entry : entry + 4], "big")
     length = int.from_bytes(data[entry + 4 : entry + 8], "big")
     if entry + 8 > len(data) or offset + length > len(data):
@@ -121,10 +127,10 @@ def unpack(data: bytes, width: int, terminal: bool) -> bytes | None:
     return page if decompressor.eof and not decompressor.unused_data else None
 
 
-def pack(pages: Mapping[tuple[int, bool], bytes], dictionary: bytes) -> bytes:
-    """root_help.bin for ``pages`` (every width of WIDTHS, plain and terminal)."""
+def pack(pages: Mapping[tuple[int, int], bytes], dictionary: bytes) -> bytes:
+    """root_help.bin for ``pages`` (every width of WIDTHS in every one of MODES)."""
     head = MAGIC + len(dictionary).to_bytes(4, "big") + dictionary
-    keys = [(width, terminal) for width in WIDTHS for terminal in (False, True)]
+    keys = [(width, mode) for width in WIDTHS for mode in MODES]
     compressed = []
     for key in keys:
         compressor = zlib.compressobj(9, zdict=dictionary)

@@ -40,9 +40,11 @@ def _stored() -> bytes:
 
 def test_the_stored_pages_are_what_typer_prints_at_every_width() -> None:
     fresh = root_help_build.pages()
-    assert len(fresh) == 2 * len(root_help.WIDTHS)
+    assert len(fresh) == len(root_help.MODES) * len(root_help.WIDTHS)
     assert root_help_build.stale(_stored(), fresh) == [], f"run {root_help_build.REGENERATE}"
-    assert b"\x1b[" in fresh[(80, True)] and b"\x1b[" not in fresh[(80, False)]
+    plain, styled, no_color = (fresh[(80, mode)] for mode in root_help.MODES)
+    assert b"\x1b[" not in plain and b"\x1b[1;36m" in styled  # bold cyan: the option names
+    assert b"\x1b[1m" in no_color and b"36m" not in no_color  # bold kept, the colour dropped
 
 
 def test_a_changed_command_help_makes_the_pages_stale(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,9 +52,9 @@ def test_a_changed_command_help_makes_the_pages_stale(monkeypatch: pytest.Monkey
 
     validate = next(info for info in app.registered_commands if info.name == "validate")
     monkeypatch.setattr(validate, "help", "Check a manifest, differently.")
-    keys = [(80, False), (80, True), (133, False)]
+    keys = [(80, root_help.PLAIN), (80, root_help.TERMINAL), (133, root_help.TERMINAL_NO_COLOR)]
     fresh = {key: root_help_build.render(*key) for key in keys}
-    assert b"differently" in fresh[(80, False)]
+    assert b"differently" in fresh[(80, root_help.PLAIN)]
     assert root_help_build.stale(_stored(), fresh) == keys
     assert root_help_build.stale(b"not the pages", fresh) == keys
 
@@ -62,13 +64,17 @@ def _run(arguments: list[str], environ: dict[str, str]) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("width", [None, 40, 41, 57, 80, 99, 120, 163, 200])
-@pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_the_console_script_prints_what_typer_prints_to_a_pipe(width: int | None, flag: str) -> None:
-    environ = _clean_environ(**({} if width is None else {"COLUMNS": str(width)}))
+@pytest.mark.parametrize(("flag", "no_color"), [("--help", False), ("-h", False), ("--help", True)])
+def test_the_console_script_prints_what_typer_prints_to_a_pipe(
+    width: int | None, flag: str, no_color: bool
+) -> None:
+    environ = _clean_environ(
+        **({} if width is None else {"COLUMNS": str(width)}), **({"NO_COLOR": "1"} if no_color else {})
+    )
     fast = _run([sys.executable, "-X", "importtime", str(SCRIPT), flag], environ)
     typer = _run([sys.executable, *TYPER_ONLY, flag], environ)
     assert (fast.returncode, fast.stdout) == (typer.returncode, typer.stdout) == (0, typer.stdout)
-    assert fast.stdout == root_help.unpack(_stored(), width or 80, False)
+    assert fast.stdout == root_help.unpack(_stored(), width or 80, root_help.PLAIN)
     imported = set(re.findall(rb"\|\s+([\w.]+)\s*$", fast.stderr, re.MULTILINE))
     assert b"tdsp_deploy.cli.root_help" in imported
     assert not {name for name in imported if name.split(b".")[0] in (b"typer", b"click", b"rich")}
@@ -93,18 +99,22 @@ def _in_terminal(arguments: list[str], environ: dict[str, str], width: int) -> t
     return process.wait(timeout=120), output
 
 
-@pytest.mark.parametrize("width", [40, 80, 133, 200])
-def test_the_console_script_prints_what_typer_prints_to_a_terminal(width: int) -> None:
-    environ = _clean_environ()
+@pytest.mark.parametrize(
+    ("width", "mode"),
+    [(40, root_help.TERMINAL), (80, root_help.TERMINAL), (133, root_help.TERMINAL), (200, root_help.TERMINAL),
+     (61, root_help.TERMINAL_NO_COLOR), (80, root_help.TERMINAL_NO_COLOR)],
+)  # fmt: skip
+def test_the_console_script_prints_what_typer_prints_to_a_terminal(width: int, mode: int) -> None:
+    environ = _clean_environ(**({"NO_COLOR": "yes"} if mode == root_help.TERMINAL_NO_COLOR else {}))
     fast = _in_terminal([str(SCRIPT), "--help"], environ, width)
     typer = _in_terminal([sys.executable, *TYPER_ONLY, "--help"], environ, width)
     assert fast == typer and fast[0] == 0
-    stored = root_help.unpack(_stored(), width, True)
+    stored = root_help.unpack(_stored(), width, mode)
     assert stored is not None and b"\x1b[" in stored
     assert fast[1] == stored.replace(b"\n", b"\r\n")  # the terminal turns each newline into CR LF
     # a terminal's width in COLUMNS wins over its size, as rich has it
     assert _in_terminal([str(SCRIPT), "--help"], {**environ, "COLUMNS": "99"}, width)[1] == (
-        root_help.unpack(_stored(), 99, True).replace(b"\n", b"\r\n")  # type: ignore[union-attr]
+        root_help.unpack(_stored(), 99, mode).replace(b"\n", b"\r\n")  # type: ignore[union-attr]
     )
 
 
@@ -128,12 +138,17 @@ CLEAN = {"TERM": "xterm-256color", "PATH": "/usr/bin", "HOME": "/home/user", "LA
 
 
 def test_a_plain_start_is_served(stdout: _Stdout) -> None:
-    assert root_help.page(["--help"], CLEAN, stdout) == root_help.unpack(_stored(), 80, False)
-    assert root_help.page(["-h"], {**CLEAN, "COLUMNS": "150"}, stdout) == root_help.unpack(
-        _stored(), 150, False
-    )
+    stored = _stored()
+    assert root_help.page(["--help"], CLEAN, stdout) == root_help.unpack(stored, 80, root_help.PLAIN)
+    wide = {**CLEAN, "COLUMNS": "150", "NO_COLOR": "1"}  # no colours to drop from a plain page
+    assert root_help.page(["-h"], wide, stdout) == root_help.unpack(stored, 150, root_help.PLAIN)
     stdout.terminal = True
-    assert root_help.page(["-h"], {**CLEAN, "COLUMNS": "70"}, stdout) == root_help.unpack(_stored(), 70, True)
+    for environ, mode in [
+        ({"COLUMNS": "70"}, root_help.TERMINAL),
+        ({"COLUMNS": "70", "NO_COLOR": ""}, root_help.TERMINAL),  # rich: empty is not set
+        ({"COLUMNS": "70", "NO_COLOR": "0"}, root_help.TERMINAL_NO_COLOR),
+    ]:
+        assert root_help.page(["-h"], {**CLEAN, **environ}, stdout) == root_help.unpack(stored, 70, mode)
 
 
 UNUSUAL_VARIABLES = [
@@ -196,20 +211,30 @@ def test_missing_or_damaged_pages_are_left_to_typer(
 ) -> None:
     stored = _stored()
     absent, cut, damaged = tmp_path / "absent.bin", tmp_path / "cut.bin", tmp_path / "damaged.bin"
-    cut.write_bytes(stored[:-40])  # the last page, (200, terminal), loses its end
-    position = len(stored) - 100
+    cut.write_bytes(stored[:-40])  # the last page, (200, terminal without colours), loses its end
+    # a byte in the middle of that page: its index entry follows the magic line and dictionary
+    head = (
+        len(root_help.MAGIC)
+        + 4
+        + int.from_bytes(stored[len(root_help.MAGIC) : len(root_help.MAGIC) + 4], "big")
+    )
+    entry = head + 8 * (len(root_help.MODES) * len(root_help.WIDTHS) - 1)
+    offset, length = (int.from_bytes(stored[i : i + 4], "big") for i in (entry, entry + 4))
+    assert offset + length == len(stored)
+    position = offset + length // 2
     damaged.write_bytes(stored[:position] + bytes([stored[position] ^ 0xFF]) + stored[position + 1 :])
-    environ = {**CLEAN, "COLUMNS": "200"}
+    environ = {**CLEAN, "COLUMNS": "200", "NO_COLOR": "1"}
     stdout.terminal = True
-    assert root_help.page(["--help"], environ, stdout) == root_help.unpack(stored, 200, True) is not None
+    last = root_help.unpack(stored, 200, root_help.TERMINAL_NO_COLOR)
+    assert last is not None and root_help.page(["--help"], environ, stdout) == last
     for path in (absent, cut, damaged):
         monkeypatch.setattr(root_help, "PAGES_PATH", str(path))
         assert root_help.page(["--help"], environ, stdout) is None, path.name
-    assert root_help.unpack(b"tdsp-deploy root help 0\n" + stored[len(root_help.MAGIC) :], 200, True) is None
+    assert root_help.unpack(b"tdsp-deploy root help 0\n" + stored[len(root_help.MAGIC) :], 80, 0) is None
 
 
 @pytest.mark.parametrize(
-    "environ", [{"NO_COLOR": "1"}, {"COLUMNS": "300"}, {"TERMINAL_WIDTH": "90"}], ids=repr
+    "environ", [{"FORCE_COLOR": "1"}, {"COLUMNS": "300"}, {"TERMINAL_WIDTH": "90"}], ids=repr
 )
 def test_a_declined_help_is_typer_s_own(environ: dict[str, str]) -> None:
     """The real console script, declining: typer is imported and prints its help."""
