@@ -1,4 +1,4 @@
-"""`tdsp-deploy --help` (and `-h`) answered without typer, click or rich.
+"""`tdsp-deploy --help` (and `-h`, and bare `tdsp-deploy`) answered without typer, click or rich.
 
 The root help is the one page of the CLI that depends on nothing but the terminal's width and
 whether stdout is a terminal, and importing the parser and its renderer costs far more than
@@ -26,7 +26,8 @@ PAGES_PATH = os.path.join(os.path.dirname(__file__), "root_help.bin")
 MAGIC = b"tdsp-deploy root help 2\n"
 FIRST_WIDTH, LAST_WIDTH = 40, 200
 WIDTHS = range(FIRST_WIDTH, LAST_WIDTH + 1)
-ARGUMENTS = (["--help"], ["-h"])
+# bare `tdsp-deploy` prints the same help (no_args_is_help); the tests compare it with typer's
+ARGUMENTS = (["--help"], ["-h"], [])
 # How rich prints: to a pipe or file (NO_COLOR changes nothing there), to a terminal, to a
 # terminal with NO_COLOR set (bold and dim kept, colours dropped).
 PLAIN, TERMINAL, TERMINAL_NO_COLOR = MODES = (0, 1, 2)

@@ -64,15 +64,17 @@ def _run(arguments: list[str], environ: dict[str, str]) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("width", [None, 40, 41, 57, 80, 99, 120, 163, 200])
-@pytest.mark.parametrize(("flag", "no_color"), [("--help", False), ("-h", False), ("--help", True)])
+@pytest.mark.parametrize(
+    ("flags", "no_color"), [(["--help"], False), (["-h"], False), (["--help"], True), ([], False), ([], True)]
+)
 def test_the_console_script_prints_what_typer_prints_to_a_pipe(
-    width: int | None, flag: str, no_color: bool
+    width: int | None, flags: list[str], no_color: bool
 ) -> None:
     environ = _clean_environ(
         **({} if width is None else {"COLUMNS": str(width)}), **({"NO_COLOR": "1"} if no_color else {})
     )
-    fast = _run([sys.executable, "-X", "importtime", str(SCRIPT), flag], environ)
-    typer = _run([sys.executable, *TYPER_ONLY, flag], environ)
+    fast = _run([sys.executable, "-X", "importtime", str(SCRIPT), *flags], environ)
+    typer = _run([sys.executable, *TYPER_ONLY, *flags], environ)
     assert (fast.returncode, fast.stdout) == (typer.returncode, typer.stdout) == (0, typer.stdout)
     assert fast.stdout == root_help.unpack(_stored(), width or 80, root_help.PLAIN)
     imported = set(re.findall(rb"\|\s+([\w.]+)\s*$", fast.stderr, re.MULTILINE))
@@ -109,6 +111,11 @@ def test_the_console_script_prints_what_typer_prints_to_a_terminal(width: int, m
     fast = _in_terminal([str(SCRIPT), "--help"], environ, width)
     typer = _in_terminal([sys.executable, *TYPER_ONLY, "--help"], environ, width)
     assert fast == typer and fast[0] == 0
+    bare = (
+        _in_terminal([str(SCRIPT)], environ, width),
+        _in_terminal([sys.executable, *TYPER_ONLY], environ, width),
+    )
+    assert bare[0] == bare[1] == fast  # bare `tdsp-deploy` prints the same help
     stored = root_help.unpack(_stored(), width, mode)
     assert stored is not None and b"\x1b[" in stored
     assert fast[1] == stored.replace(b"\n", b"\r\n")  # the terminal turns each newline into CR LF
@@ -186,7 +193,8 @@ def test_an_unusual_terminal_or_width_is_left_to_typer(stdout: _Stdout, environ:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["--help", "--help"], ["-h", "validate"], ["validate", "--help"], ["--version"], ["--HELP"]]
+    "args",
+    [[""], ["--help", "--help"], ["-h", "validate"], ["validate", "--help"], ["--version"], ["--HELP"]],
 )
 def test_other_arguments_are_left_to_typer(stdout: _Stdout, args: list[str]) -> None:
     assert root_help.page(args, CLEAN, stdout) is None
