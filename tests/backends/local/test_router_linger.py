@@ -22,8 +22,8 @@ from tests.fakes.echo_endpoint import read_answer
 from tests.fakes.router_harness import (
     AUTH,
     KEY,
+    Upstream,
     routers_for_test,
-    upstream_for_test,
     wait_for,
     write_config,
     write_keys,
@@ -31,13 +31,14 @@ from tests.fakes.router_harness import (
 
 
 @pytest.fixture
-def blue():  # type: ignore[no-untyped-def]
-    yield from upstream_for_test("blue")
-
-
-@pytest.fixture
-def make_router(tmp_path):  # type: ignore[no-untyped-def]
-    yield from routers_for_test(tmp_path)
+def start_router(tmp_path):  # type: ignore[no-untyped-def]
+    """Starts a router in front of one echoing upstream (with the options RouterProcess takes)."""
+    upstream = Upstream("blue")
+    routers = routers_for_test(tmp_path)
+    make = next(routers)
+    yield lambda **options: make({"blue": (upstream.port, 100)}, **options)
+    next(routers, None)  # stops the routers made
+    upstream.shutdown()
 
 
 def _open(port: int) -> socket.socket:
@@ -61,8 +62,8 @@ def _send_until_closed(sock: socket.socket, stop_after: float = 20.0) -> int:
     return sent
 
 
-def test_a_refused_body_is_dropped_at_a_pace_not_as_fast_as_it_comes(make_router, blue):
-    router = make_router({"blue": (blue.port, 100)})
+def test_a_refused_body_is_dropped_at_a_pace_not_as_fast_as_it_comes(start_router):
+    router = start_router()
     with _open(router.port) as sock:
         sock.sendall(KEYLESS_99MB)
         assert read_answer(sock)[0] == 401
@@ -79,8 +80,8 @@ def test_a_refused_body_is_dropped_at_a_pace_not_as_fast_as_it_comes(make_router
     assert router.post()[0] == 200
 
 
-def test_clients_that_send_their_whole_body_first_still_read_their_413(make_router, blue):
-    router = make_router({"blue": (blue.port, 100)}, max_bytes=10_000)
+def test_clients_that_send_their_whole_body_first_still_read_their_413(start_router):
+    router = start_router(max_bytes=10_000)
     connection = router.connection()  # http.client reads only once the body is sent
     connection.request("POST", "/score", body=b"x" * 3_000_000, headers=AUTH)
     response = connection.getresponse()
@@ -90,8 +91,8 @@ def test_clients_that_send_their_whole_body_first_still_read_their_413(make_rout
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (.ci/run installs it)")
-def test_curl_sending_a_body_too_large_reads_its_413_as_it_sends(make_router, blue, tmp_path):
-    router = make_router({"blue": (blue.port, 100)}, max_bytes=10_000)
+def test_curl_sending_a_body_too_large_reads_its_413_as_it_sends(start_router, tmp_path):
+    router = start_router(max_bytes=10_000)
     (tmp_path / "big.json").write_bytes(b"x" * 20_000_000)
     started = time.monotonic()
     done = subprocess.run(
@@ -122,8 +123,8 @@ def test_curl_sending_a_body_too_large_reads_its_413_as_it_sends(make_router, bl
     assert elapsed < 20, elapsed  # not the whole 20 MB at the drop's pace, nor curl's time-out
 
 
-def test_a_head_refused_midway_is_answered_and_then_never_read(make_router, blue):
-    router = make_router({"blue": (blue.port, 100)})
+def test_a_head_refused_midway_is_answered_and_then_never_read(start_router):
+    router = start_router()
     with _open(router.port) as sock:
         sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nx-endless: ")
         started = time.monotonic()
@@ -144,8 +145,8 @@ def test_a_head_refused_midway_is_answered_and_then_never_read(make_router, blue
     assert http1.LINGER_S * 0.9 <= elapsed < http1.LINGER_S + 5, elapsed
 
 
-def test_at_the_cap_a_refused_connection_makes_room_before_an_idle_one(make_router, blue):
-    router = make_router({"blue": (blue.port, 100)}, max_connections=4)
+def test_at_the_cap_a_refused_connection_makes_room_before_an_idle_one(start_router):
+    router = start_router(max_connections=4)
     idle = [_open(router.port) for _ in range(3)]
     refused = _open(router.port)
     refused.sendall(KEYLESS_99MB)  # refused on its head; its body "on its way" keeps it lingering
@@ -175,7 +176,7 @@ def _router_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def test_a_closed_client_connection_leaves_nothing_for_the_cyclic_collector(tmp_path, blue, monkeypatch):
+def test_a_closed_client_connection_leaves_nothing_for_the_cyclic_collector(tmp_path, monkeypatch):
     """The router runs here, in this process, so that what outlives a connection can be seen:
     with the cyclic collector off, every connection must be freed as soon as it closes."""
     monkeypatch.setattr(http1, "LINGER_S", 0.2)
@@ -204,7 +205,7 @@ def test_a_closed_client_connection_leaves_nothing_for_the_cyclic_collector(tmp_
 
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        router = Router(write_config(tmp_path, 0, {"blue": (blue.port, 100)}))
+        router = Router(write_config(tmp_path, 0, {"blue": (upstream.port, 100)}))
         server = await loop.create_server(lambda: connect(router), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         statuses = await asyncio.to_thread(run_clients, port)
@@ -218,6 +219,7 @@ def test_a_closed_client_connection_leaves_nothing_for_the_cyclic_collector(tmp_
         await asyncio.sleep(0.1)
         return statuses
 
+    upstream = Upstream("blue")
     gc.collect()
     gc.disable()
     try:
@@ -229,5 +231,6 @@ def test_a_closed_client_connection_leaves_nothing_for_the_cyclic_collector(tmp_
         alive = sum(ref() is not None for ref in made)
     finally:
         gc.enable()
+        upstream.shutdown()
     assert statuses == [431, 401, 200, 400] * 3
     assert len(made) == 12 and alive == 0, f"{alive} of {len(made)} connections left to the collector"
