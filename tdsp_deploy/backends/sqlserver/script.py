@@ -209,11 +209,9 @@ def _column(values, index=None):
 
 
 def _versions(version, count):
-    # The model_version column: one string for every row (filled in place: cheaper than
-    # numpy.repeat or numpy.full).
-    versions = numpy.empty(count, dtype=object)
-    versions.fill(version)
-    return versions
+    # The model_version column: one string for every row, as a read-only view of a single
+    # cell (no array of 'count' references to fill now and to release with the result).
+    return numpy.broadcast_to(numpy.array([version], dtype=object), (count,))
 
 
 def _unbundle(bundle):
