@@ -9,7 +9,10 @@ The iris example is pushed; then, against its router process:
 - a keyed client's latency (sequential requests on one kept-alive connection, the example's
   sample request), for the same number of seconds, with no attack (the peer) and with each
   attack repeated for that whole time (ours), in three rounds alternating the two, pooled per
-  side: p50 and p99, and their ratios.
+  side: p50 and p99, and their ratios. Reported beside them (no goal): the CPU time each process
+  involved spent per second in each side's rounds (the router, the slot, the keyed client and
+  the attacker, all on the same cores), to tell the router's share of an attack from the
+  attacker's own.
 
 Goals (issue 15): a keyless 64 MB header or 99 MB body refused within 50 ms of router CPU, the
 router's peak RSS within 2x its idle RSS, and the keyed client's p99 within 2x its p99 without
@@ -116,11 +119,50 @@ def cpu_ms(process: psutil.Process) -> float:
     """The process's time on a CPU so far, in ms, to the nanosecond (the scheduler's own count,
     /proc/PID/task/*/schedstat, summed over its threads); psutil's cpu_times counts in 10 ms
     clock ticks, too coarse for one refusal."""
+    return cpu_ms_of([process.pid])
+
+
+def cpu_ms_of(pids: list[int]) -> float:
+    """cpu_ms summed over processes; one that is gone counts nothing."""
     total = 0
-    for task in Path(f"/proc/{process.pid}/task").iterdir():
+    for pid in pids:
         with contextlib.suppress(OSError):
-            total += int((task / "schedstat").read_text().split()[0])
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    total += int((task / "schedstat").read_text().split()[0])
     return total / 1e6
+
+
+class CpuShares:
+    """CPU time per second of wall time that each process spent in the no-attack and the attacked
+    rounds: the router, the slot (its processes), the keyed client (this thread) and the
+    attacker. Reported only: on two shared cores the attacker's own CPU competes with the keyed
+    client's path as much as the router's work on the attack does."""
+
+    def __init__(self, router: int, slot: list[int]):
+        self.pids = {"router": [router], "slot": slot}
+        self.spent: dict[str, dict[str, float]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def snapshot(self, attacker: int | None) -> dict[str, float]:
+        now = {name: cpu_ms_of(pids) for name, pids in self.pids.items()}
+        now["keyed_client"] = time.thread_time() * 1000
+        now["attacker"] = cpu_ms_of([attacker]) if attacker else 0.0
+        now["wall"] = time.perf_counter()
+        return now
+
+    def add(self, side: str, before: dict[str, float], after: dict[str, float]) -> None:
+        spent = self.spent.setdefault(side, {})
+        for name, value in after.items():
+            if name != "wall":
+                spent[name] = spent.get(name, 0.0) + value - before[name]
+        self.seconds[side] = self.seconds.get(side, 0.0) + after["wall"] - before["wall"]
+
+    def per_second(self) -> dict[str, dict[str, float]]:
+        return {
+            side: {name: round(ms / self.seconds[side], 1) for name, ms in spent.items()}
+            for side, spent in self.spent.items()
+        }
 
 
 def keyed_latencies(uri: str, key: str, body: bytes, seconds: float) -> list[float]:
@@ -151,7 +193,12 @@ def _attack_loop(attack: Callable[[], Any], stop: Any) -> None:
         attack()
 
 
-def during(attack: Callable[[], Any], seconds: float, keyed: Callable[[float], list[float]]) -> list[float]:
+def during(
+    attack: Callable[[], Any],
+    seconds: float,
+    keyed: Callable[[float], list[float]],
+    shares: CpuShares | None = None,
+) -> list[float]:
     """The keyed client's latencies while ``attack`` runs again and again, from a process of its
     own (a thread here would take the keyed client's interpreter lock, not the router's time)."""
     context = multiprocessing.get_context("fork")
@@ -160,7 +207,11 @@ def during(attack: Callable[[], Any], seconds: float, keyed: Callable[[float], l
     attacker.start()
     time.sleep(0.2)  # the attack under way first
     try:
-        return keyed(seconds)
+        before = shares.snapshot(attacker.pid) if shares else {}
+        latencies = keyed(seconds)
+        if shares:
+            shares.add("attack", before, shares.snapshot(attacker.pid))
+        return latencies
     finally:
         stop.set()
         attacker.join(timeout=60)
@@ -169,7 +220,10 @@ def during(attack: Callable[[], Any], seconds: float, keyed: Callable[[float], l
 
 
 def paired(
-    attack: Callable[[], Any], seconds: float, keyed: Callable[[float], list[float]]
+    attack: Callable[[], Any],
+    seconds: float,
+    keyed: Callable[[float], list[float]],
+    shares: CpuShares | None = None,
 ) -> tuple[list[float], list[float]]:
     """The keyed client's latencies without and with the attack, in ROUNDS alternating rounds
     of ``seconds / ROUNDS`` each, pooled per side: the machine's load moves over a run, and a
@@ -177,8 +231,11 @@ def paired(
     baseline: list[float] = []
     attacked: list[float] = []
     for _ in range(ROUNDS):
+        before = shares.snapshot(None) if shares else {}
         baseline += keyed(seconds / ROUNDS)
-        attacked += during(attack, seconds / ROUNDS, keyed)
+        if shares:
+            shares.add("no_attack", before, shares.snapshot(None))
+        attacked += during(attack, seconds / ROUNDS, keyed, shares)
     return baseline, attacked
 
 
@@ -199,6 +256,11 @@ def main() -> None:
         parts = urllib.parse.urlsplit(uri)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         router = psutil.Process(status["details"]["router"]["pid"])
+        slot_pids = []
+        for slot in status.get("slots") or ():
+            with contextlib.suppress(psutil.Error, KeyError, TypeError):
+                process = psutil.Process(slot["details"]["pid"])
+                slot_pids += [process.pid, *(child.pid for child in process.children(recursive=True))]
 
         def keyed(seconds: float) -> list[float]:
             return keyed_latencies(uri, key, body, seconds)
@@ -229,6 +291,7 @@ def main() -> None:
                     goal=f"<= {GOAL_CPU_MS:g} ms of router CPU" if cpu_goal else "(recorded)",
                     met=spent <= GOAL_CPU_MS if cpu_goal else None,
                     attack=outcome,
+                    router_cpu_ms_per_attacker_mb=round(spent / max(outcome["sent_bytes"] / MB, 1e-9), 3),
                 )
             )
             entries.append(
@@ -244,8 +307,11 @@ def main() -> None:
             )
         for name, attack in attacks.items():
             watch = RssWatch(router)
-            baseline, attacked = paired(attack, args.seconds, keyed)
+            shares = CpuShares(router.pid, slot_pids)
+            baseline, attacked = paired(attack, args.seconds, keyed, shares)
             peak = watch.stop()
+            cpu = shares.per_second()
+            note(f"CPU ms per s during {name} (and without it): {cpu}")
             quiet_p99 = percentile(baseline, 0.99)
             note(f"keyed, no attack (beside {name}): {len(baseline)} requests, p99 {quiet_p99:.2f} ms")
             for q, label in ((0.5, "p50"), (0.99, "p99")):
@@ -263,6 +329,7 @@ def main() -> None:
                         peer_requests=len(baseline),
                         rounds=ROUNDS,
                         peak_rss_mb=round(peak / MB, 1),
+                        cpu_ms_per_s=cpu,
                         peer_command="the same keyed client, same seconds, no attack, in rounds "
                         "alternating with the attacked ones",
                     )

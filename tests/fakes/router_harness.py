@@ -117,6 +117,40 @@ def read_request(
     return head, fields, buffered[:length], buffered[length:]
 
 
+def write_keys(folder: Path) -> Path:
+    """The keys a test router takes (KEY, ADMIN_KEY) in ``folder``; where its router.json goes."""
+    (folder / "keys.json").write_text(json.dumps({"primary_key": KEY, "secondary_key": "second-key"}))
+    (folder / "admin.json").write_text(json.dumps({"admin_key": ADMIN_KEY, "slot_key": SLOT_KEY}))
+    return folder / "router.json"
+
+
+def write_config(
+    folder: Path,
+    port: int,
+    slots: dict[str, tuple],
+    *,
+    generation: int = 1,
+    timeout_s: float = 5.0,
+    max_bytes: int = 10_000,
+    **options: object,
+) -> Path:
+    """A router.json in ``folder`` (beside write_keys' files); slots: name -> (port, weight, ...)."""
+    path = folder / "router.json"
+    RouterConfig(
+        endpoint="test",
+        host="127.0.0.1",
+        port=port,
+        keys_file=str(folder / "keys.json"),
+        admin_file=str(folder / "admin.json"),
+        slots=tuple(SlotRoute(n, *route) for n, route in slots.items()),
+        generation=generation,
+        request_timeout_s=timeout_s,
+        max_request_bytes=max_bytes,
+        **options,  # type: ignore[arg-type]
+    ).write(path)
+    return path
+
+
 class RouterProcess:
     def __init__(
         self,
@@ -129,10 +163,8 @@ class RouterProcess:
     ):
         self.options = options
         self.dir = tmp
-        (tmp / "keys.json").write_text(json.dumps({"primary_key": KEY, "secondary_key": "second-key"}))
-        (tmp / "admin.json").write_text(json.dumps({"admin_key": ADMIN_KEY, "slot_key": SLOT_KEY}))
         self.port = free_port()
-        self.config_path = tmp / "router.json"
+        self.config_path = write_keys(tmp)
         self.write(slots, generation=1, timeout_s=timeout_s, max_bytes=max_bytes)
         self.log = open(tmp / "router.log", "wb")  # noqa: SIM115 (closed by stop())
         self.process = subprocess.Popen(
@@ -153,18 +185,15 @@ class RouterProcess:
         self, slots: dict[str, tuple], *, generation: int, timeout_s: float = 5.0, max_bytes: int = 10_000
     ) -> None:
         """slots: name -> (port, weight) or (port, weight, mirror)."""
-        RouterConfig(
-            endpoint="test",
-            host="127.0.0.1",
-            port=self.port,
-            keys_file=str(self.dir / "keys.json"),
-            admin_file=str(self.dir / "admin.json"),
-            slots=tuple(SlotRoute(n, *route) for n, route in slots.items()),
+        write_config(
+            self.dir,
+            self.port,
+            slots,
             generation=generation,
-            request_timeout_s=timeout_s,
-            max_request_bytes=max_bytes,
-            **self.options,  # type: ignore[arg-type]
-        ).write(self.config_path)
+            timeout_s=timeout_s,
+            max_bytes=max_bytes,
+            **self.options,
+        )
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)

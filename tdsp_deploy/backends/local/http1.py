@@ -40,9 +40,15 @@ BODY_READ_TIMEOUT_S = 60.0
 MAX_PIPELINED = 16
 SMALL_BODY = 65536  # bodies up to this size are joined to their head; larger ones are not copied
 # After refusing a request whose body is on its way, read and drop at most this much of it
-# (for at most LINGER_S) so that the client reads the refusal rather than a reset.
+# (for at most LINGER_S) so that a client that sends its whole body before it reads still
+# reads the refusal rather than a reset. The bytes are dropped one read (up to the loop's read
+# size, 256 KiB) per LINGER_PACE_S: read as fast as they came, they held up the loop for
+# milliseconds at a time and let a client without the key send as fast as loopback goes,
+# reconnecting at once for more. A refusal while the head still arrives drops nothing: the
+# connection is not read again, and closed after LINGER_S.
 LINGER_BYTES = 4 * 1024 * 1024
 LINGER_S = 2.0
+LINGER_PACE_S = 0.01
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Request ids the router makes: 32 hex digits, a random half drawn once per process and a
 # counting half, so they never repeat and cost no system call each (os.urandom did).
@@ -84,7 +90,9 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.stopped = False  # nothing more is read: the last request came, or a refusal waits its turn
         self.deferred: tuple[int, str, list[tuple[bytes, bytes]] | None] | None = None
-        self.lingering = 0  # bytes dropped after a refusal, +1
+        self.lingering = False  # refused: the answer is written, the connection waits to close
+        self.linger_left = 0  # bytes of the refused request's body still to be dropped
+        self.pace: asyncio.TimerHandle | None = None  # the next read of a lingering connection
         # One timer for the connection's time limits (head, body, keep-alive, linger): a limit
         # set later than the armed timer only moves ``deadline``, and the timer, when it fires,
         # waits on until the deadline then in force. So a request on a kept-alive connection
@@ -113,8 +121,18 @@ class ClientConnection(asyncio.Protocol):
         self.router.connection_closed(self)
         if self.timer:
             self.timer.cancel()
+            self.timer = None
+        if self.pace:
+            self.pace.cancel()
+            self.pace = None
         if self.task and not self.task.done():
             self.task.cancel()
+        # The parser calls back into this object, which holds it: a cycle that only the cyclic
+        # collector would free, with the request half-parsed. Connections refused by the
+        # hundred a second (an attacker reconnecting) piled up enough of them that one
+        # collection held up the loop for tens of ms; freed here, nothing is left to collect.
+        del self.parser
+        self.current = None
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -124,9 +142,13 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
-            self.lingering += len(data)
-            if self.lingering > LINGER_BYTES and self.transport:
-                self.transport.close()
+            self.linger_left -= len(data)
+            if self.transport:
+                if self.linger_left < 0:
+                    self.transport.close()
+                else:
+                    self.transport.pause_reading()
+                    self.pace = self.loop.call_later(LINGER_PACE_S, self._drop_more)
             return
         if self.closing or self.stopped:
             return
@@ -191,16 +213,25 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(response(status, headers or [], message_body(message), keep_alive=False))
-        if self.in_head or self.current is None:  # no body on its way yet
-            transport.close()
-            return
         try:
             transport.write_eof()
         except (NotImplementedError, OSError, RuntimeError):
             transport.close()
             return
-        self.lingering = 1
+        # Not read at the loop's pace from here on (see LINGER_PACE_S), and the first to close
+        # when the connection cap is reached.
+        transport.pause_reading()
+        self.router.connection_refused(self)
+        self.lingering = True
         self._arm_timer(LINGER_S)
+        if not self.in_head and self.current is not None:  # its body is on its way: drop some
+            self.linger_left = LINGER_BYTES
+            self.pace = self.loop.call_later(LINGER_PACE_S, self._drop_more)
+
+    def _drop_more(self) -> None:
+        self.pace = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -30,8 +30,8 @@ control routes (``/-/state``, ``/-/timing``, ``/-/drain``, ``/-/resume``) take t
 only (admin.json), never the scoring key.
 
 The number of client connections is capped below what the process's file descriptors allow;
-at the cap, the connection idle longest is closed to make room, and when none is idle the new
-one is refused; either is logged.
+at the cap, a refused connection still lingering, else the connection idle longest, is closed
+to make room, and when none is either the new one is refused; either is logged.
 
 Run as: ``python -m tdsp_deploy.backends.local.router ROUTER_JSON``. SIGHUP reloads the
 configuration and keys; SIGTERM stops accepting, lets in-flight requests finish, and exits.
@@ -81,8 +81,10 @@ class Router(InFlightCount):
         self.draining: set[str] = set()
         self.down_until = 0.0  # the latest back-off of any pool: before it, look for down slots
         self.connections: set[ClientConnection] = set()
-        # Idle client connections, longest idle first: the first to close when the cap is reached.
+        # Idle client connections, longest idle first: the first to close when the cap is reached,
+        # after those refused and waiting to close (http1.py lingers after a refusal).
         self.idle_connections: dict[ClientConnection, None] = {}
+        self.refused_connections: dict[ClientConnection, None] = {}
         self.max_connections = DEFAULT_MAX_CONNECTIONS
         self.cap_closed = 0  # connections closed or refused at the cap since it was last logged
         self.cap_logged = 0.0
@@ -272,10 +274,19 @@ class Router(InFlightCount):
     # -- client connections ----------------------------------------------------------------
     def connection_opened(self, connection: ClientConnection) -> bool:
         """Take a new client connection, or not (False) when the cap is reached and no open
-        connection is idle; at the cap, the connection idle longest is closed to make room."""
+        connection is idle or refused; at the cap, the oldest refused connection, else the
+        connection idle longest, is closed to make room."""
         if len(self.connections) >= self.max_connections:
-            oldest = next(iter(self.idle_connections), None)
-            self._at_cap(evicted=oldest is not None)
+            oldest = next(iter(self.refused_connections), None)
+            if oldest is not None:
+                self._at_cap("closing a refused connection waiting to close for each new one")
+            else:
+                oldest = next(iter(self.idle_connections), None)
+                self._at_cap(
+                    "closing the connection idle longest for each new one"
+                    if oldest is not None
+                    else "refusing new connections, none is idle"
+                )
             if oldest is None:
                 return False
             self.connection_closed(oldest)
@@ -293,11 +304,18 @@ class Router(InFlightCount):
     def connection_busy(self, connection: ClientConnection) -> None:
         self.idle_connections.pop(connection, None)
 
+    def connection_refused(self, connection: ClientConnection) -> None:
+        """Its request was refused and answered; it only waits to close (the first to go at the cap)."""
+        self.idle_connections.pop(connection, None)
+        if connection in self.connections:
+            self.refused_connections[connection] = None
+
     def connection_closed(self, connection: ClientConnection) -> None:
         self.connections.discard(connection)
         self.idle_connections.pop(connection, None)
+        self.refused_connections.pop(connection, None)
 
-    def _at_cap(self, *, evicted: bool) -> None:
+    def _at_cap(self, what: str) -> None:
         self.cap_closed += 1
         now = time.monotonic()
         if now - self.cap_logged >= CAP_LOG_EVERY_S:
@@ -305,9 +323,7 @@ class Router(InFlightCount):
                 "%d client connections open, the cap (%d): %s (%d at the cap since the last such line)",
                 len(self.connections),
                 self.max_connections,
-                "closing the connection idle longest for each new one"
-                if evicted
-                else "refusing new connections, none is idle",
+                what,
                 self.cap_closed,
             )
             self.cap_logged, self.cap_closed = now, 0

@@ -233,6 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        del self.parser  # it calls back into this object: a cycle left to the cyclic collector
         if self.stream is not None and self.until_close and exc is None:  # its end, not a failure
             stream, self.stream = self.stream, None
             self.busy = False

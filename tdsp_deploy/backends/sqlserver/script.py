@@ -111,10 +111,8 @@ def _labels(model, labels):
         return labels
     position = _positions(labels.reshape(-1), classes)
     if position is None:  # no character place tells the classes apart: search them by text
-        position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
-        if not (classes[position] == labels).all():  # classes_ not sorted, or labels not among them
-            return labels
-        return classes.astype(object)[position]
+        exec(_BY_TEXT, globals())
+        return _by_text(labels, classes)
     if position is False:  # a label that is not among classes_
         return labels
     # pandas' take copies object references in a tighter loop than numpy's indexing
@@ -147,6 +145,17 @@ def _positions(labels, classes):
         if not (block == known.take(position[start : start + 2048], axis=0)).all():
             return False
     return position
+
+
+# Few sets of classes need the search by text, so it stays text, compiled by a call that takes
+# it (the server compiles the whole script on every call).
+_BY_TEXT = '''
+def _by_text(labels, classes):
+    position = numpy.minimum(numpy.searchsorted(classes, labels), len(classes) - 1)
+    if not (classes[position] == labels).all():  # classes_ not sorted, or labels not among them
+        return labels
+    return classes.astype(object)[position]
+'''
 """,
     "onnx": """
 
@@ -209,11 +218,9 @@ def _column(values, index=None):
 
 
 def _versions(version, count):
-    # The model_version column: one string for every row (filled in place: cheaper than
-    # numpy.repeat or numpy.full).
-    versions = numpy.empty(count, dtype=object)
-    versions.fill(version)
-    return versions
+    # The model_version column: one string for every row, as a read-only view of a single
+    # cell (no array of 'count' references to fill now and to release with the result).
+    return numpy.broadcast_to(numpy.array([version], dtype=object), (count,))
 
 
 def _unbundle(bundle):
@@ -332,13 +339,15 @@ def _score():
 script_error = None
 try:
     OutputDataSet, request_log = _score()
-except Exception:
-    import traceback
+except Exception:  # compiled only on failure: the traceback and an empty result set
+    exec('''
+import traceback
 
-    script_error = traceback.format_exc()
-    empty = {{name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}}
-    OutputDataSet = pandas.DataFrame(empty)
-    request_log = "[]"
+script_error = traceback.format_exc()
+empty = {{name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}}
+OutputDataSet = pandas.DataFrame(empty)
+request_log = "[]"
+''')
 """
 
 

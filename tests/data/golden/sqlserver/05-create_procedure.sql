@@ -90,11 +90,9 @@ def _column(values, index=None):
 
 
 def _versions(version, count):
-    # The model_version column: one string for every row (filled in place: cheaper than
-    # numpy.repeat or numpy.full).
-    versions = numpy.empty(count, dtype=object)
-    versions.fill(version)
-    return versions
+    # The model_version column: one string for every row, as a read-only view of a single
+    # cell (no array of ''count'' references to fill now and to release with the result).
+    return numpy.broadcast_to(numpy.array([version], dtype=object), (count,))
 
 
 def _unbundle(bundle):
@@ -213,13 +211,15 @@ def _score():
 script_error = None
 try:
     OutputDataSet, request_log = _score()
-except Exception:
-    import traceback
+except Exception:  # compiled only on failure: the traceback and an empty result set
+    exec(''''''
+import traceback
 
-    script_error = traceback.format_exc()
-    empty = {name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}
-    OutputDataSet = pandas.DataFrame(empty)
-    request_log = "[]"
+script_error = traceback.format_exc()
+empty = {name: pandas.Series([], dtype=object) for name in [*OUTPUTS, "model_version"]}
+OutputDataSet = pandas.DataFrame(empty)
+request_log = "[]"
+'''''')
 ',
         @input_data_1 = @input_query,
         @params = N'@model_bundle varbinary(max), @routes nvarchar(max), @request_log nvarchar(max) OUTPUT, @script_error nvarchar(max) OUTPUT',
