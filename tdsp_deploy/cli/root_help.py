@@ -5,7 +5,8 @@ whether stdout is a terminal, and importing the parser and its renderer costs fa
 printing it. root_help.bin holds that page exactly as typer and rich print it, for each width
 in WIDTHS, in each of MODES (plain; styled with ANSI; styled without colours, as rich styles it
 under NO_COLOR), written by ``python -m tdsp_deploy.cli.root_help_build`` from the real command
-tree (a test fails when it is stale).
+tree (a test fails when it is stale). The pages are only as right as the typer and rich that
+printed them: the file names their versions, and with any other version installed typer answers.
 
 ``page`` picks the stored page the way rich's console would pick its width and mode, and
 declines (None) whenever anything could make rich or typer print something else: other
@@ -23,7 +24,9 @@ from collections.abc import Mapping, Sequence
 
 # os.path, not pathlib: pathlib's imports would cost a good share of this page's start-up
 PAGES_PATH = os.path.join(os.path.dirname(__file__), "root_help.bin")
-MAGIC = b"tdsp-deploy root help 2\n"
+MAGIC = b"tdsp-deploy root help 3\n"
+# the distributions whose output the pages are: their versions follow MAGIC, one line
+PRINTERS = ("typer", "rich")
 FIRST_WIDTH, LAST_WIDTH = 40, 200
 WIDTHS = range(FIRST_WIDTH, LAST_WIDTH + 1)
 # bare `tdsp-deploy` prints the same help (no_args_is_help); the tests compare it with typer's
@@ -101,15 +104,53 @@ def _stored(width: int, mode: int) -> bytes | None:
             data = file.read()
     except OSError:
         return None
+    if recorded_printers(data) != printers_line():  # another typer or rich may print otherwise
+        return None
     return unpack(data, width, mode)
 
 
-def unpack(data: bytes, width: int, mode: int) -> bytes | None:
-    """One page of root_help.bin: the magic line, the zlib dictionary's length and the
-    dictionary, then an offset and a length per (width, mode), then the compressed pages."""
+def installed_version(name: str) -> str | None:
+    """The version of the distribution ``name`` that ``import name`` would load: the
+    ``name-VERSION.dist-info`` beside the first sys.path entry holding the package
+    (importlib.metadata would cost more than the whole page)."""
+    for entry in sys.path:
+        folder = entry or os.getcwd()
+        if not os.path.isdir(os.path.join(folder, name)):
+            continue
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return None
+        prefix, suffix = f"{name}-", ".dist-info"
+        found = [n[len(prefix) : -len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def printers_line() -> bytes | None:
+    """The line naming the installed typer and rich, as root_help.bin records them."""
+    versions = [installed_version(name) for name in PRINTERS]
+    if None in versions:
+        return None
+    return " ".join(f"{name}=={version}" for name, version in zip(PRINTERS, versions)).encode() + b"\n"
+
+
+def recorded_printers(data: bytes) -> bytes | None:
+    """The versions line of ``data`` (root_help.bin), None if it has none."""
     if not data.startswith(MAGIC):
         return None
-    position = len(MAGIC)
+    end = data.find(b"\n", len(MAGIC))
+    return data[len(MAGIC) : end + 1] if end >= 0 else None
+
+
+def unpack(data: bytes, width: int, mode: int) -> bytes | None:
+    """One page of root_help.bin: the magic line, the versions line, the zlib dictionary's
+    length and the dictionary, then an offset and a length per (width, mode), then the
+    compressed pages."""
+    printers = recorded_printers(data)
+    if printers is None:
+        return None
+    position = len(MAGIC) + len(printers)
     dictionary_length = int.from_bytes(data[position : position + 4], "big")
     position += 4
     dictionary = data[position : position + dictionary_length]
@@ -128,9 +169,10 @@ def unpack(data: bytes, width: int, mode: int) -> bytes | None:
     return page if decompressor.eof and not decompressor.unused_data else None
 
 
-def pack(pages: Mapping[tuple[int, int], bytes], dictionary: bytes) -> bytes:
-    """root_help.bin for ``pages`` (every width of WIDTHS in every one of MODES)."""
-    head = MAGIC + len(dictionary).to_bytes(4, "big") + dictionary
+def pack(pages: Mapping[tuple[int, int], bytes], dictionary: bytes, printers: bytes) -> bytes:
+    """root_help.bin for ``pages`` (every width of WIDTHS in every one of MODES), as printed
+    by the typer and rich that ``printers`` names."""
+    head = MAGIC + printers + len(dictionary).to_bytes(4, "big") + dictionary
     keys = [(width, mode) for width in WIDTHS for mode in MODES]
     compressed = []
     for key in keys:

@@ -68,14 +68,21 @@ def main(argv: list[str]) -> int:
         except OSError:
             data = b""
         differing = stale(data, fresh)
+        if root_help.recorded_printers(data) != root_help.printers_line():
+            print(f"{root_help.PAGES_PATH} was printed by another typer or rich; run {REGENERATE}")
+            return 1
         if differing:
             print(f"{root_help.PAGES_PATH} is stale ({len(differing)} pages); run {REGENERATE}")
             return 1
         return 0
     # the pages share most of their words: a dictionary of two of them makes each page small
     dictionary = fresh[(80, root_help.PLAIN)] + fresh[(120, root_help.TERMINAL)]
+    printers = root_help.printers_line()
+    if printers is None:
+        print("cannot tell which typer and rich are installed (no single dist-info beside each)")
+        return 1
     with open(root_help.PAGES_PATH, "wb") as file:
-        file.write(root_help.pack(fresh, dictionary[-32768:]))
+        file.write(root_help.pack(fresh, dictionary[-32768:], printers))
     return 0
 
 

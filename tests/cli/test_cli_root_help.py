@@ -38,9 +38,17 @@ def _stored() -> bytes:
         return file.read()
 
 
+# The pages serve only the typer and rich that printed them; with others installed, typer answers
+# (and the tests below check that instead of the pages).
+SERVED = root_help.recorded_printers(_stored()) == root_help.printers_line()
+
+
 def test_the_stored_pages_are_what_typer_prints_at_every_width() -> None:
     fresh = root_help_build.pages()
     assert len(fresh) == len(root_help.MODES) * len(root_help.WIDTHS)
+    if not SERVED:  # printed by another typer or rich: never served here
+        assert root_help.page(["--help"], {"TERM": "xterm"}, sys.__stdout__) is None
+        return
     assert root_help_build.stale(_stored(), fresh) == [], f"run {root_help_build.REGENERATE}"
     plain, styled, no_color = (fresh[(80, mode)] for mode in root_help.MODES)
     assert b"\x1b[" not in plain and b"\x1b[1;36m" in styled  # bold cyan: the option names
@@ -76,10 +84,14 @@ def test_the_console_script_prints_what_typer_prints_to_a_pipe(
     fast = _run([sys.executable, "-X", "importtime", str(SCRIPT), *flags], environ)
     typer = _run([sys.executable, *TYPER_ONLY, *flags], environ)
     assert (fast.returncode, fast.stdout) == (typer.returncode, typer.stdout) == (0, typer.stdout)
-    assert fast.stdout == root_help.unpack(_stored(), width or 80, root_help.PLAIN)
     imported = set(re.findall(rb"\|\s+([\w.]+)\s*$", fast.stderr, re.MULTILINE))
+    printers = {name for name in imported if name.split(b".")[0] in (b"typer", b"click", b"rich")}
+    if not SERVED:
+        assert b"typer" in printers
+        return
+    assert fast.stdout == root_help.unpack(_stored(), width or 80, root_help.PLAIN)
     assert b"tdsp_deploy.cli.root_help" in imported
-    assert not {name for name in imported if name.split(b".")[0] in (b"typer", b"click", b"rich")}
+    assert not printers
 
 
 def _in_terminal(arguments: list[str], environ: dict[str, str], width: int) -> tuple[int, bytes]:
@@ -116,6 +128,8 @@ def test_the_console_script_prints_what_typer_prints_to_a_terminal(width: int, m
         _in_terminal([sys.executable, *TYPER_ONLY], environ, width),
     )
     assert bare[0] == bare[1] == fast  # bare `tdsp-deploy` prints the same help
+    if not SERVED:
+        return
     stored = root_help.unpack(_stored(), width, mode)
     assert stored is not None and b"\x1b[" in stored
     assert fast[1] == stored.replace(b"\n", b"\r\n")  # the terminal turns each newline into CR LF
@@ -138,6 +152,9 @@ def stdout(monkeypatch: pytest.MonkeyPatch) -> _Stdout:
     """The process's own stdout, a pipe in UTF-8, as root_help sees it."""
     fake = _Stdout()
     monkeypatch.setattr(sys, "__stdout__", fake)
+    # the choice of page, whichever typer and rich are installed: as if they printed the pages
+    recorded = root_help.recorded_printers(_stored())
+    monkeypatch.setattr(root_help, "printers_line", lambda: recorded)
     return fake
 
 
@@ -221,11 +238,8 @@ def test_missing_or_damaged_pages_are_left_to_typer(
     absent, cut, damaged = tmp_path / "absent.bin", tmp_path / "cut.bin", tmp_path / "damaged.bin"
     cut.write_bytes(stored[:-40])  # the last page, (200, terminal without colours), loses its end
     # a byte in the middle of that page: its index entry follows the magic line and dictionary
-    head = (
-        len(root_help.MAGIC)
-        + 4
-        + int.from_bytes(stored[len(root_help.MAGIC) : len(root_help.MAGIC) + 4], "big")
-    )
+    start = len(root_help.MAGIC) + len(root_help.recorded_printers(stored) or b"")
+    head = start + 4 + int.from_bytes(stored[start : start + 4], "big")
     entry = head + 8 * (len(root_help.MODES) * len(root_help.WIDTHS) - 1)
     offset, length = (int.from_bytes(stored[i : i + 4], "big") for i in (entry, entry + 4))
     assert offset + length == len(stored)
@@ -251,3 +265,23 @@ def test_a_declined_help_is_typer_s_own(environ: dict[str, str]) -> None:
     typer = _run([sys.executable, *TYPER_ONLY, "--help"], environ)
     assert (fast.returncode, fast.stdout) == (typer.returncode, typer.stdout) and fast.returncode == 0
     assert re.search(rb"\|\s+typer\s*$", fast.stderr, re.MULTILINE)
+
+
+def test_pages_printed_by_another_typer_or_rich_are_left_to_typer(
+    stdout: _Stdout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = root_help.recorded_printers(_stored())
+    assert recorded is not None and recorded.startswith(b"typer==") and b" rich==" in recorded
+    assert root_help.page(["--help"], CLEAN, stdout) is not None
+    for other in (b"typer==0.0.1 rich==15.0.0\n", recorded.replace(b"rich==", b"rich==1"), None):
+        monkeypatch.setattr(root_help, "printers_line", lambda other=other: other)
+        assert root_help.page(["--help"], CLEAN, stdout) is None, other
+
+
+def test_the_installed_versions_are_read_beside_the_packages() -> None:
+    import importlib.metadata
+
+    line = root_help.printers_line()
+    assert line == (
+        f"typer=={importlib.metadata.version('typer')} rich=={importlib.metadata.version('rich')}\n".encode()
+    )
