@@ -132,7 +132,10 @@ def printers_line() -> bytes | None:
     versions = [installed_version(name) for name in PRINTERS]
     if None in versions:
         return None
-    return " ".join(f"{name}=={version}" for name, version in zip(PRINTERS, versions, strict=True)).encode() + b"\n"
+    return (
+        " ".join(f"{name}=={version}" for name, version in zip(PRINTERS, versions, strict=True)).encode()
+        + b"\n"
+    )
 
 
 def recorded_printers(data: bytes) -> bytes | None:
