@@ -129,8 +129,9 @@ class SparkJobs:
         variant = jobs.Variant.of("local", package.lock, str(package.path), 100, self.manifest.model.flavor)
         spec = self._spec([variant], source, sink)
         work = work_dir or Path(tempfile.mkdtemp(prefix=f"tdsp-run-{self.manifest.name}-"))
+        keep = work_dir is not None  # a folder we made goes, unless the error points into it
         try:
-            result = run_local(
+            return run_local(
                 spec,
                 work,
                 conf=self.target.conf,
@@ -138,15 +139,12 @@ class SparkJobs:
                 timeout=self.target.job_timeout,
                 progress=self.progress,
             )
-        except DeploymentFailed:  # and its DeploymentTimeout
-            raise  # the error names the driver log in the scratch folder: it stays for reading
-        except BaseException:
-            if work_dir is None:
-                shutil.rmtree(work, ignore_errors=True)
+        except DeploymentFailed:  # and its DeploymentTimeout: they name the driver log in it
+            keep = True
             raise
-        if work_dir is None:  # a run that succeeded leaves nothing behind in the temp folder
-            shutil.rmtree(work, ignore_errors=True)
-        return result
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
 
     def _spec(
         self,
